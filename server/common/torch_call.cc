@@ -14,13 +14,13 @@ absl::Status StatusFromCurrentException(std::string_view context) {
     throw;
   } catch (const c10::Error& e) {
     // what_without_backtrace() keeps messages short enough to return to users.
-    return absl::InternalError(absl::StrCat(context, ": ", e.what_without_backtrace()));
+    return absl::InternalError(absl::StrCat(std::string(context), ": ", e.what_without_backtrace()));
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
+    return absl::ResourceExhaustedError(absl::StrCat(std::string(context), ": out of memory"));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(context, ": ", e.what()));
+    return absl::InternalError(absl::StrCat(std::string(context), ": ", e.what()));
   } catch (...) {
-    return absl::InternalError(absl::StrCat(context, ": unknown exception"));
+    return absl::InternalError(absl::StrCat(std::string(context), ": unknown exception"));
   }
 }
 

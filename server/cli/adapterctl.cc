@@ -1,0 +1,193 @@
+// adapterctl: command-line client for adapterd.
+//   adapterctl generate --prompt=1,2,3 [--max_new_tokens=16] [--adapter=ID] [--unary]
+//   adapterctl health [--service=NAME]
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "adapterd/v1/inference.grpc.pb.h"
+
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address");
+ABSL_FLAG(std::string, prompt, "", "Prompt token ids, comma-separated");
+ABSL_FLAG(std::string, adapter, "", "Adapter id (empty = base model)");
+ABSL_FLAG(uint32_t, max_new_tokens, 16, "Tokens to generate");
+ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy)");
+ABSL_FLAG(uint32_t, top_k, 0, "Top-k filter (0 = off)");
+ABSL_FLAG(double, top_p, 1, "Top-p filter (1 = off)");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed (0 = random)");
+ABSL_FLAG(std::string, stop, "", "Stop token ids, comma-separated");
+ABSL_FLAG(bool, ignore_eos, false, "Do not stop at the model's end-of-sequence token");
+ABSL_FLAG(bool, logprobs, false, "Print the log-probability of each token");
+ABSL_FLAG(bool, unary, false, "Use Generate instead of GenerateStream");
+ABSL_FLAG(double, timeout_seconds, 60, "Deadline of the call");
+ABSL_FLAG(std::string, service, "", "health: service name (empty = overall)");
+
+namespace {
+
+bool ParseIds(const std::string& text, google::protobuf::RepeatedField<uint32_t>* out) {
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    uint32_t v;
+    if (!absl::SimpleAtoi(part, &v)) return false;
+    out->Add(v);
+  }
+  return true;
+}
+
+int Report(const grpc::Status& s, const grpc::ClientContext& ctx) {
+  std::string id;
+  const auto& md = ctx.GetServerInitialMetadata();
+  if (auto it = md.find("x-request-id"); it != md.end()) id.assign(it->second.data(), it->second.size());
+  if (s.ok()) return 0;
+  std::cerr << "error: " << s.error_code() << " " << s.error_message()
+            << (id.empty() ? "" : " (request " + id + ")") << "\n";
+  return 1;
+}
+
+const char* ReasonName(adapterd::v1::FinishReason r) {
+  switch (r) {
+    case adapterd::v1::FINISH_REASON_LENGTH: return "length";
+    case adapterd::v1::FINISH_REASON_STOP: return "stop";
+    case adapterd::v1::FINISH_REASON_CANCELLED: return "cancelled";
+    default: return "unspecified";
+  }
+}
+
+int Generate(const std::shared_ptr<grpc::Channel>& channel) {
+  adapterd::v1::GenerateRequest req;
+  req.set_adapter_id(absl::GetFlag(FLAGS_adapter));
+  if (!ParseIds(absl::GetFlag(FLAGS_prompt), req.mutable_prompt_token_ids())) {
+    std::cerr << "error: --prompt must be comma-separated token ids\n";
+    return 2;
+  }
+  auto* s = req.mutable_sampling();
+  s->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  s->set_seed(absl::GetFlag(FLAGS_seed));
+  s->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  s->set_return_logprobs(absl::GetFlag(FLAGS_logprobs));
+  if (!ParseIds(absl::GetFlag(FLAGS_stop), s->mutable_stop_token_ids())) {
+    std::cerr << "error: --stop must be comma-separated token ids\n";
+    return 2;
+  }
+  auto stub = adapterd::v1::Inference::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(
+                       static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
+  const absl::Time start = absl::Now();
+  if (absl::GetFlag(FLAGS_unary)) {
+    adapterd::v1::GenerateResponse resp;
+    grpc::Status st = stub->Generate(&ctx, req, &resp);
+    if (int rc = Report(st, ctx); rc != 0) return rc;
+    std::cout << absl::StrJoin(resp.token_ids(), " ") << "\n";
+    if (resp.logprobs_size() > 0) std::cout << "logprobs: " << absl::StrJoin(resp.logprobs(), " ") << "\n";
+    std::cerr << "finish=" << ReasonName(resp.finish_reason())
+              << " prompt_tokens=" << resp.usage().prompt_tokens()
+              << " completion_tokens=" << resp.usage().completion_tokens()
+              << " request_id=" << resp.request_id() << " time=" << absl::FormatDuration(absl::Now() - start)
+              << "\n";
+    return 0;
+  }
+  auto reader = stub->GenerateStream(&ctx, req);
+  adapterd::v1::GenerateStreamResponse msg;
+  std::string request_id;
+  while (reader->Read(&msg)) {
+    for (int i = 0; i < msg.token_ids_size(); ++i) {
+      std::cout << msg.token_ids(i);
+      if (i < msg.logprobs_size()) std::cout << "(" << msg.logprobs(i) << ")";
+      std::cout << " " << std::flush;
+    }
+    request_id = msg.request_id();
+    if (msg.finish_reason() != adapterd::v1::FINISH_REASON_UNSPECIFIED) {
+      std::cout << "\n";
+      std::cerr << "finish=" << ReasonName(msg.finish_reason())
+                << " prompt_tokens=" << msg.usage().prompt_tokens()
+                << " completion_tokens=" << msg.usage().completion_tokens()
+                << " request_id=" << request_id << " time=" << absl::FormatDuration(absl::Now() - start)
+                << "\n";
+    }
+  }
+  return Report(reader->Finish(), ctx);
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& channel) {
+  // grpc.health.v1 via a generic unary call, to avoid depending on its generated code.
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // HealthCheckRequest{service = 1}: tag 0x0a, length, bytes.
+  std::string service = absl::GetFlag(FLAGS_service), req_bytes;
+  if (!service.empty()) {
+    req_bytes.push_back(0x0a);
+    req_bytes.push_back(static_cast<char>(service.size()));
+    req_bytes += service;
+  }
+  grpc::Slice slice(req_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> l(mu);
+                   status = std::move(s);
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> l(mu);
+  cv.wait(l, [&] { return done; });
+  if (int rc = Report(status, ctx); rc != 0) return rc;
+  std::vector<grpc::Slice> slices;
+  (void)response.Dump(&slices);
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  const int value = bytes.size() >= 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  std::cout << (value >= 0 && value <= 3 ? names[value] : "UNKNOWN") << "\n";
+  return value == 1 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "adapterctl COMMAND [flags]\n"
+      "Commands:\n"
+      "  generate  --prompt=IDS [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
+      "  health    [--service=NAME]");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "adapterctl.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::cerr << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
+  const std::string cmd = args[1];
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  if (cmd == "generate") return Generate(channel);
+  if (cmd == "health") return Health(channel);
+  std::cerr << "unknown command '" << cmd << "'\n" << absl::ProgramUsageMessage() << "\n";
+  return 2;
+}

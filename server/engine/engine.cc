@@ -1,0 +1,308 @@
+#include "server/engine/engine.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/log/log.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/engine/sampler.h"
+
+namespace adapterd::engine {
+
+struct Engine::Sequence {
+  GenerationRequest request;
+  std::shared_ptr<ResultSink> sink;
+  std::shared_ptr<RequestHandle> handle = std::make_shared<RequestHandle>();
+  Sampler sampler;
+  std::vector<int64_t> tokens;  // prompt, then generated tokens
+  int64_t num_computed = 0;     // tokens whose keys and values are in the cache
+  int64_t generated = 0;
+  std::vector<int32_t> blocks;
+  absl::Time arrival = absl::Now();
+  absl::Time last_token;
+  bool finished = false;
+
+  Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s)
+      : request(std::move(r)), sink(std::move(s)), sampler(request.sampling),
+        tokens(request.prompt) {}
+  int64_t prompt_len() const { return static_cast<int64_t>(request.prompt.size()); }
+  int64_t max_len() const { return prompt_len() + request.sampling.max_new_tokens; }
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::LlamaModel> model,
+                                                       const EngineOptions& options,
+                                                       metrics::ServerMetrics* metrics) {
+  if (options.max_batch_size < 1 || options.max_tokens_per_step < 1 || options.max_waiting < 0) {
+    return absl::InvalidArgumentError(
+        "max_batch_size and max_tokens_per_step must be >= 1, max_waiting >= 0");
+  }
+  absl::StatusOr<std::unique_ptr<model::KvCache>> kv = model::KvCache::Create(
+      model->config(), options.kv_block_size, options.kv_cache_bytes, model->options().dtype,
+      model->options().device);
+  if (!kv.ok()) return kv.status();
+  LOG(INFO) << "kv cache: " << (*kv)->num_blocks() << " blocks of " << options.kv_block_size
+            << " tokens (" << (*kv)->num_blocks() * options.kv_block_size << " tokens)";
+  return std::unique_ptr<Engine>(new Engine(std::move(model), *std::move(kv), options, metrics));
+}
+
+Engine::Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::KvCache> kv,
+               const EngineOptions& options, metrics::ServerMetrics* metrics)
+    : model_(std::move(model)), kv_(std::move(kv)), options_(options), metrics_(metrics) {
+  stat_kv_free_ = kv_->free_blocks();
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status Engine::Validate(const GenerationRequest& r) const {
+  const model::ModelConfig& c = model_->config();
+  if (r.prompt.empty()) return absl::InvalidArgumentError("prompt_token_ids must not be empty");
+  for (size_t i = 0; i < r.prompt.size(); ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "] = ", r.prompt[i],
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  const SamplingParams& s = r.sampling;
+  if (s.max_new_tokens < 1) {
+    return absl::InvalidArgumentError("sampling.max_new_tokens must be at least 1");
+  }
+  const int64_t total = static_cast<int64_t>(r.prompt.size()) + s.max_new_tokens;
+  if (total > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt_token_ids (", r.prompt.size(), ") plus sampling.max_new_tokens (",
+        s.max_new_tokens, ") exceed the context length ", c.max_position_embeddings));
+  }
+  if (!std::isfinite(s.temperature) || s.temperature < 0) {
+    return absl::InvalidArgumentError("sampling.temperature must be finite and >= 0");
+  }
+  if (!std::isfinite(s.top_p) || s.top_p < 0 || s.top_p > 1) {
+    return absl::InvalidArgumentError("sampling.top_p must be in [0, 1]");
+  }
+  if (s.top_k < 0) return absl::InvalidArgumentError("sampling.top_k must be >= 0");
+  for (size_t i = 0; i < s.stop_token_ids.size(); ++i) {
+    if (s.stop_token_ids[i] < 0 || s.stop_token_ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids[", i,
+                                                     "] is outside the vocabulary"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest request,
+                                                              std::shared_ptr<ResultSink> sink) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  const int64_t blocks = kv_->BlocksFor(static_cast<int64_t>(request.prompt.size()) +
+                                        request.sampling.max_new_tokens);
+  if (blocks > kv_->num_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", blocks, " KV cache blocks but the pool holds ", kv_->num_blocks(),
+        "; lower sampling.max_new_tokens or raise --kv_cache_bytes"));
+  }
+  auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink));
+  std::shared_ptr<RequestHandle> handle = seq->handle;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server is shutting down");
+  if (queued_ >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("waiting queue is full (", options_.max_waiting, " requests)"));
+  }
+  ++queued_;
+  incoming_.push_back(std::move(seq));
+  return handle;
+}
+
+void Engine::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      stop_deadline_ = absl::Now() + grace;
+    } else {
+      stop_deadline_ = std::min(stop_deadline_, absl::Now() + grace);
+    }
+  }
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+Engine::Stats Engine::GetStats() const {
+  return Stats{stat_running_.load(), stat_waiting_.load(), stat_kv_free_.load(),
+               kv_->num_blocks()};
+}
+
+void Engine::Loop() {
+  while (true) {
+    bool stopping;
+    absl::Time deadline;
+    {
+      absl::MutexLock lock(&mu_);
+      if (running_.empty() && waiting_.empty()) {
+        auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return !incoming_.empty() || stopping_;
+        };
+        mu_.Await(absl::Condition(&has_work));
+      }
+      while (!incoming_.empty()) {
+        waiting_.push_back(std::move(incoming_.front()));
+        incoming_.pop_front();
+      }
+      stopping = stopping_;
+      deadline = stop_deadline_;
+    }
+    const bool expired = stopping && absl::Now() >= deadline;
+    DropFinishedOrCancelled(expired);
+    if (stopping && running_.empty() && waiting_.empty()) break;
+    Step();
+  }
+  PublishStats();
+}
+
+void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status status) {
+  if (seq.finished) return;
+  seq.finished = true;
+  kv_->Free(seq.blocks);
+  if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
+    LOG(WARNING) << "request " << seq.request.id << " ended: " << status;
+  }
+  if (metrics_ != nullptr && reason != FinishReason::kError && seq.generated > 0) {
+    metrics_->request_duration().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
+  }
+  seq.sink->OnFinish(Finish{reason, std::move(status), seq.prompt_len(), seq.generated});
+}
+
+void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
+  const absl::Time now = absl::Now();
+  auto should_drop = [&](Sequence& s) {
+    if (shutdown_expired) {
+      FinishSequence(s, FinishReason::kCancelled,
+                     absl::UnavailableError("server shut down before the request finished"));
+    } else if (s.handle->cancelled()) {
+      FinishSequence(s, FinishReason::kCancelled, absl::CancelledError("cancelled by the client"));
+    } else if (now >= s.request.deadline) {
+      FinishSequence(s, FinishReason::kCancelled,
+                     absl::DeadlineExceededError("deadline exceeded"));
+    }
+    return s.finished;
+  };
+  size_t dropped_waiting = 0;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (should_drop(**it)) {
+      it = waiting_.erase(it);
+      ++dropped_waiting;
+    } else {
+      ++it;
+    }
+  }
+  std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) { return should_drop(*s); });
+  if (dropped_waiting > 0) {
+    absl::MutexLock lock(&mu_);
+    queued_ -= static_cast<int64_t>(dropped_waiting);
+  }
+}
+
+void Engine::Admit() {
+  size_t admitted = 0;
+  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch_size) {
+    Sequence& seq = *waiting_.front();
+    if (!kv_->Reserve(seq.blocks, seq.max_len())) break;  // FCFS: the head waits for blocks
+    if (metrics_ != nullptr) {
+      metrics_->queue_time().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
+      metrics_->prompt_tokens().Increment(static_cast<double>(seq.prompt_len()));
+    }
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+    ++admitted;
+  }
+  if (admitted > 0) {
+    absl::MutexLock lock(&mu_);
+    queued_ -= static_cast<int64_t>(admitted);
+  }
+}
+
+void Engine::Step() {
+  Admit();
+  PublishStats();
+  if (running_.empty()) return;
+
+  // Decode tokens first, then prompt chunks, within the step's token budget.
+  model::ForwardBatch batch;
+  std::vector<Sequence*> in_batch;
+  int64_t budget = options_.max_tokens_per_step;
+  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
+    for (auto& s : running_) {
+      const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->num_computed;
+      const bool decoding = pending == 1;
+      if ((pass == 0) != decoding || pending <= 0 || budget <= 0) continue;
+      const int64_t n = std::min(pending, budget);
+      budget -= n;
+      batch.seqs.push_back(model::SequenceChunk{
+          n, s->num_computed, &s->blocks, s->num_computed + n == static_cast<int64_t>(s->tokens.size())});
+      batch.token_ids.insert(batch.token_ids.end(), s->tokens.begin() + s->num_computed,
+                             s->tokens.begin() + s->num_computed + n);
+      in_batch.push_back(s.get());
+    }
+  }
+  if (metrics_ != nullptr) {
+    metrics_->batch_size().Observe(static_cast<double>(in_batch.size()));
+    metrics_->tokens_per_step().Observe(static_cast<double>(batch.token_ids.size()));
+  }
+
+  absl::StatusOr<at::Tensor> logits = model_->Forward(batch, *kv_);
+  if (!logits.ok()) {
+    LOG(ERROR) << "forward step failed: " << logits.status();
+    for (Sequence* s : in_batch) FinishSequence(*s, FinishReason::kError, logits.status());
+  } else {
+    const absl::Time now = absl::Now();
+    int64_t row = 0;
+    for (size_t i = 0; i < in_batch.size(); ++i) {
+      Sequence& s = *in_batch[i];
+      s.num_computed += batch.seqs[i].num_tokens;
+      if (!batch.seqs[i].wants_logits) continue;
+      Sampler::Choice choice = s.sampler.Sample(logits->select(0, row++));
+      s.tokens.push_back(choice.token);
+      ++s.generated;
+      if (metrics_ != nullptr) {
+        metrics_->generated_tokens().Increment();
+        if (s.generated == 1) {
+          metrics_->time_to_first_token().Observe(absl::ToDoubleSeconds(now - s.arrival));
+        } else {
+          metrics_->time_per_output_token().Observe(absl::ToDoubleSeconds(now - s.last_token));
+        }
+      }
+      s.last_token = now;
+      const int64_t tok[1] = {choice.token};
+      const float lp[1] = {choice.logprob};
+      s.sink->OnTokens(tok, s.request.sampling.return_logprobs ? std::span<const float>(lp)
+                                                                : std::span<const float>());
+      const SamplingParams& sp = s.request.sampling;
+      auto contains = [&](const std::vector<int64_t>& ids) {
+        return std::find(ids.begin(), ids.end(), choice.token) != ids.end();
+      };
+      if (contains(sp.stop_token_ids) || (!sp.ignore_eos && contains(model_->config().eos_token_ids))) {
+        FinishSequence(s, FinishReason::kStop, absl::OkStatus());
+      } else if (s.generated >= sp.max_new_tokens) {
+        FinishSequence(s, FinishReason::kLength, absl::OkStatus());
+      }
+    }
+  }
+  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
+  PublishStats();
+}
+
+void Engine::PublishStats() {
+  stat_running_ = static_cast<int64_t>(running_.size());
+  stat_waiting_ = static_cast<int64_t>(waiting_.size());
+  stat_kv_free_ = kv_->free_blocks();
+  if (metrics_ != nullptr) {
+    metrics_->running_requests().Set(static_cast<double>(running_.size()));
+    metrics_->waiting_requests().Set(static_cast<double>(waiting_.size()));
+    metrics_->kv_cache_utilization().Set(kv_->utilization());
+  }
+}
+
+}  // namespace adapterd::engine

@@ -1,0 +1,118 @@
+// The engine: one thread that owns the model, its KV cache and the batch.
+#ifndef ADAPTERD_SERVER_ENGINE_ENGINE_H_
+#define ADAPTERD_SERVER_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/engine/request.h"
+#include "server/metrics/server_metrics.h"
+#include "server/model/kv_cache.h"
+#include "server/model/llama_model.h"
+
+namespace adapterd::engine {
+
+struct EngineOptions {
+  int64_t max_batch_size = 64;        // sequences in one forward step
+  int64_t max_tokens_per_step = 512;  // prompt chunks and decode tokens per step
+  int64_t max_waiting = 1024;         // queued requests before RESOURCE_EXHAUSTED
+  int64_t kv_block_size = 16;         // tokens per KV block
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+};
+
+// Lets the submitter of a request cancel it. Thread-safe.
+class RequestHandle {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Runs generation requests with iteration-level batching: at every step,
+// finished sequences leave, waiting ones join, prompts are processed in
+// chunks under a per-step token budget, and decode tokens of all running
+// sequences go through the model together.
+//
+// Submit() and Shutdown() are thread-safe. Everything that touches the model
+// or the KV cache happens on the engine's own thread, which calls the
+// ResultSinks. A request's KV blocks are reserved in full (prompt plus
+// max_new_tokens) when it is admitted, so admitted requests never run out of
+// cache; requests wait, first come first served, until blocks are free.
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<model::LlamaModel> model,
+                                                        const EngineOptions& options,
+                                                        metrics::ServerMetrics* metrics);
+  // Shuts down with no grace period.
+  ~Engine();
+
+  // Checks a request against the model (token ids, lengths, sampling values).
+  // Errors are INVALID_ARGUMENT naming the request field.
+  absl::Status Validate(const GenerationRequest& request) const;
+
+  // Queues a request. Errors: INVALID_ARGUMENT (see Validate),
+  // RESOURCE_EXHAUSTED when the waiting queue is full or the request could
+  // never fit in the KV cache, UNAVAILABLE once shutdown has begun.
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
+                                                        std::shared_ptr<ResultSink> sink)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Stops accepting requests, lets accepted ones finish until `grace` has
+  // passed, then ends the rest with UNAVAILABLE and joins the engine thread.
+  // Idempotent.
+  void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const model::ModelConfig& model_config() const { return model_->config(); }
+
+  // A snapshot for tests and logs.
+  struct Stats {
+    int64_t running = 0;
+    int64_t waiting = 0;
+    int64_t kv_free_blocks = 0;
+    int64_t kv_total_blocks = 0;
+  };
+  Stats GetStats() const;
+
+ private:
+  struct Sequence;
+  Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::KvCache> kv,
+         const EngineOptions& options, metrics::ServerMetrics* metrics);
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Step();
+  void DropFinishedOrCancelled(bool shutdown_expired);
+  void Admit();
+  void FinishSequence(Sequence& seq, FinishReason reason, absl::Status status);
+  void PublishStats();
+
+  const std::unique_ptr<model::LlamaModel> model_;
+  const std::unique_ptr<model::KvCache> kv_;
+  const EngineOptions options_;
+  metrics::ServerMetrics* const metrics_;  // may be null
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // incoming + waiting, for the queue bound
+
+  // Engine thread only.
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+
+  std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0};
+  std::thread thread_;
+};
+
+}  // namespace adapterd::engine
+
+#endif  // ADAPTERD_SERVER_ENGINE_ENGINE_H_

@@ -1,0 +1,208 @@
+// adapterd: wires the model, engine, metrics and gRPC services together.
+#include <signal.h>
+#include <unistd.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/log/globals.h"
+#include "absl/log/initialize.h"
+#include "absl/log/log.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/engine/engine.h"
+#include "server/metrics/server_metrics.h"
+#include "server/model/demo_checkpoint.h"
+#include "server/model/llama_model.h"
+#include "server/rpc/grpc_server.h"
+#include "server/rpc/inference_service.h"
+
+ABSL_FLAG(std::string, model, "",
+          "Hugging Face checkpoint directory (config.json + safetensors). Empty serves the "
+          "embedded demo model, generated under --cache_dir on first use.");
+ABSL_FLAG(std::string, cache_dir, "",
+          "Cache directory for the demo model. Empty: $ADAPTERD_CACHE_DIR, else "
+          "$XDG_CACHE_HOME/adapterd, else ~/.cache/adapterd.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics listen address (host:port; port 0 = any; empty disables)");
+ABSL_FLAG(int, threads, 0, "Compute threads for the model (0 = number of cores)");
+ABSL_FLAG(std::string, dtype, "float32", "Weight and activation dtype: float32, bfloat16, float16");
+ABSL_FLAG(int64_t, max_batch_size, 64, "Sequences in one forward step");
+ABSL_FLAG(int64_t, max_tokens_per_step, 512, "Token budget of one forward step (chunked prefill)");
+ABSL_FLAG(int64_t, max_waiting, 1024, "Queued requests before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per KV cache block");
+ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache budget in MiB");
+ABSL_FLAG(int, max_message_mb, 4, "Largest gRPC message accepted or sent, in MiB");
+ABSL_FLAG(double, shutdown_grace_seconds, 30,
+          "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled");
+ABSL_FLAG(std::string, log_level, "info", "Minimum log level: info, warning, error");
+ABSL_FLAG(std::string, ready_file, "",
+          "If set, write the bound addresses as JSON to this file once serving");
+
+namespace {
+
+std::string DefaultCacheDir() {
+  if (const char* d = std::getenv("ADAPTERD_CACHE_DIR"); d && *d) return d;
+  if (const char* d = std::getenv("XDG_CACHE_HOME"); d && *d) return absl::StrCat(d, "/adapterd");
+  if (const char* d = std::getenv("HOME"); d && *d) return absl::StrCat(d, "/.cache/adapterd");
+  return "/tmp/adapterd-cache";
+}
+
+bool SetLogLevel(const std::string& level) {
+  absl::LogSeverityAtLeast s;
+  if (level == "info") {
+    s = absl::LogSeverityAtLeast::kInfo;
+  } else if (level == "warning") {
+    s = absl::LogSeverityAtLeast::kWarning;
+  } else if (level == "error") {
+    s = absl::LogSeverityAtLeast::kError;
+  } else {
+    return false;
+  }
+  absl::SetMinLogLevel(s);
+  absl::SetStderrThreshold(s);
+  return true;
+}
+
+int Fail(const absl::Status& status) {
+  LOG(ERROR) << status;
+  std::cerr << "adapterd: " << status.message() << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves a Llama-family base model and its adapters over gRPC.\n"
+      "Usage: adapterd [--model=DIR] [--listen=HOST:PORT] [--flagfile=FILE] ...\n"
+      "A --flagfile holds one --flag=value per line and mirrors these flags.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server/main.cc");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+  absl::InitializeLog();
+  if (!SetLogLevel(absl::GetFlag(FLAGS_log_level))) {
+    std::cerr << "adapterd: --log_level must be info, warning or error\n";
+    return 2;
+  }
+
+  // Signals are taken by one thread with sigwait; block them everywhere else.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const int threads = absl::GetFlag(FLAGS_threads) > 0
+                          ? absl::GetFlag(FLAGS_threads)
+                          : static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(threads);
+
+  adapterd::model::ModelOptions model_options;
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype == "float32") {
+    model_options.dtype = c10::ScalarType::Float;
+  } else if (dtype == "bfloat16") {
+    model_options.dtype = c10::ScalarType::BFloat16;
+  } else if (dtype == "float16") {
+    model_options.dtype = c10::ScalarType::Half;
+  } else {
+    return Fail(absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16"));
+  }
+
+  std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) {
+    std::string cache = absl::GetFlag(FLAGS_cache_dir);
+    if (cache.empty()) cache = DefaultCacheDir();
+    absl::StatusOr<std::string> demo = adapterd::model::EnsureDemoCheckpoint(cache);
+    if (!demo.ok()) return Fail(demo.status());
+    model_dir = *demo;
+    LOG(INFO) << "no --model given: serving the demo model at " << model_dir;
+  }
+  const absl::Time load_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<adapterd::model::LlamaModel>> model =
+      adapterd::model::LlamaModel::Load(model_dir, model_options);
+  if (!model.ok()) return Fail(model.status());
+  const adapterd::model::ModelConfig config = (*model)->config();
+  LOG(INFO) << "model " << config.architecture_name << ": " << config.num_layers << " layers, hidden "
+            << config.hidden_size << ", vocab " << config.vocab_size << ", "
+            << (*model)->weight_bytes() << " weight bytes, loaded in "
+            << absl::FormatDuration(absl::Now() - load_start) << ", " << threads << " threads";
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  adapterd::metrics::ServerMetrics metrics(*registry);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::string metrics_address = "disabled";
+  if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(addr);
+    } catch (const std::exception& e) {
+      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", addr, ": ",
+                                                      e.what())));
+    }
+    exposer->RegisterCollectable(registry);
+    metrics_address = absl::StrCat(addr.substr(0, addr.rfind(':')), ":",
+                                   exposer->GetListeningPorts().front());
+  }
+
+  adapterd::engine::EngineOptions engine_options;
+  engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  engine_options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
+  engine_options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  engine_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
+  engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  absl::StatusOr<std::unique_ptr<adapterd::engine::Engine>> engine =
+      adapterd::engine::Engine::Create(*std::move(model), engine_options, &metrics);
+  if (!engine.ok()) return Fail(engine.status());
+
+  adapterd::rpc::InferenceService inference((*engine).get(), &metrics);
+  adapterd::rpc::GrpcServerOptions grpc_options;
+  grpc_options.listen_address = absl::GetFlag(FLAGS_listen);
+  grpc_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  grpc_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  absl::StatusOr<std::unique_ptr<adapterd::rpc::GrpcServer>> server =
+      adapterd::rpc::GrpcServer::Start(grpc_options, {&inference});
+  if (!server.ok()) return Fail(server.status());
+
+  if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
+    const std::string tmp = f + ".tmp";
+    std::ofstream(tmp) << absl::StrFormat(R"({"grpc": "%s", "metrics": "%s", "pid": %d})",
+                                          (*server)->address(), metrics_address, getpid())
+                       << "\n";
+    std::rename(tmp.c_str(), f.c_str());
+  }
+  LOG(INFO) << "ready: grpc " << (*server)->address() << ", metrics http://" << metrics_address
+            << "/metrics";
+  std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  metrics: http://"
+            << metrics_address << "/metrics\n  try:     ./x ctl generate --addr="
+            << (*server)->address() << " --prompt=1,2,3 --max_new_tokens=16\n"
+            << std::flush;
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  LOG(INFO) << "received signal " << sig << ": shutting down (grace "
+            << absl::FormatDuration(grace) << ")";
+  (*server)->Shutdown(grace);
+  (*engine)->Shutdown(absl::ZeroDuration());
+  LOG(INFO) << "shut down cleanly";
+  return 0;
+}

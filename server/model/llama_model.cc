@@ -1,0 +1,257 @@
+#include "server/model/llama_model.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <numbers>
+#include <optional>
+
+#include "absl/log/log.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/common/torch_call.h"
+#include "server/model/checkpoint.h"
+
+namespace adapterd::model {
+
+struct LlamaModel::Layer {
+  at::Tensor input_norm, post_attention_norm;
+  at::Tensor q, k, v, o;           // projection weights [out, in]
+  at::Tensor q_b, k_b, v_b, o_b;   // biases; undefined when absent
+  at::Tensor gate, up, down;
+  at::Tensor gate_b, up_b, down_b;
+};
+
+LlamaModel::~LlamaModel() = default;
+
+namespace {
+
+std::optional<at::Tensor> Opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// LlamaRMSNorm / Qwen2RMSNorm: normalise in float32, scale in the model dtype.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(var + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+// Inverse frequencies exactly as transformers computes them (float32 ops).
+at::Tensor InverseFrequencies(const ModelConfig& c) {
+  const int64_t dim = c.head_dim;
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = at::reciprocal(at::pow(c.rope.theta, exponent));
+  switch (c.rope.type) {
+    case RopeConfig::Type::kDefault:
+      return inv_freq;
+    case RopeConfig::Type::kLinear:
+      return inv_freq / c.rope.factor;
+    case RopeConfig::Type::kLlama3: {
+      const double factor = c.rope.factor, low = c.rope.low_freq_factor,
+                   high = c.rope.high_freq_factor;
+      const double old_len = static_cast<double>(c.rope.original_max_position_embeddings);
+      const double low_wavelen = old_len / low, high_wavelen = old_len / high;
+      at::Tensor wavelen = 2 * std::numbers::pi / inv_freq;
+      at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / factor, inv_freq);
+      at::Tensor smooth = (old_len / wavelen - low) / (high - low);
+      at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
+      at::Tensor medium = at::logical_not(wavelen < high_wavelen)
+                              .logical_and(at::logical_not(wavelen > low_wavelen));
+      return at::where(medium, smoothed, scaled);
+    }
+  }
+  return inv_freq;
+}
+
+// q * cos + rotate_half(q) * sin, with x [T, heads, head_dim] and cos/sin [T, head_dim].
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  at::Tensor rotated = at::cat({-x2, x1}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
+}
+
+at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
+  return at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir,
+                                                             const ModelOptions& options) {
+  absl::StatusOr<ModelConfig> config = ModelConfig::FromDirectory(dir);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  (*ckpt)->Prefault();
+
+  auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
+  model->config_ = *config;
+  model->options_ = options;
+  const ModelConfig& c = model->config_;
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+
+  absl::Status status;
+  auto get = [&](const std::string& name, std::vector<int64_t> shape) -> at::Tensor {
+    if (!status.ok()) return {};
+    absl::StatusOr<at::Tensor> t = (*ckpt)->Get(name, shape, options.dtype, options.device);
+    if (!t.ok()) {
+      status = t.status();
+      return {};
+    }
+    return *t;
+  };
+  model->embed_tokens_ = get("model.embed_tokens.weight", {c.vocab_size, H});
+  model->final_norm_ = get("model.norm.weight", {H});
+  if (c.tie_word_embeddings && !(*ckpt)->Has("lm_head.weight")) {
+    model->lm_head_ = model->embed_tokens_;
+  } else {
+    model->lm_head_ = get("lm_head.weight", {c.vocab_size, H});
+  }
+  for (int64_t i = 0; i < c.num_layers && status.ok(); ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    Layer l;
+    l.input_norm = get(p + "input_layernorm.weight", {H});
+    l.post_attention_norm = get(p + "post_attention_layernorm.weight", {H});
+    l.q = get(p + "self_attn.q_proj.weight", {q_out, H});
+    l.k = get(p + "self_attn.k_proj.weight", {kv_out, H});
+    l.v = get(p + "self_attn.v_proj.weight", {kv_out, H});
+    l.o = get(p + "self_attn.o_proj.weight", {H, q_out});
+    if (c.attention_bias) {
+      l.q_b = get(p + "self_attn.q_proj.bias", {q_out});
+      l.k_b = get(p + "self_attn.k_proj.bias", {kv_out});
+      l.v_b = get(p + "self_attn.v_proj.bias", {kv_out});
+    }
+    if (c.o_proj_bias) l.o_b = get(p + "self_attn.o_proj.bias", {H});
+    l.gate = get(p + "mlp.gate_proj.weight", {I, H});
+    l.up = get(p + "mlp.up_proj.weight", {I, H});
+    l.down = get(p + "mlp.down_proj.weight", {H, I});
+    if (c.mlp_bias) {
+      l.gate_b = get(p + "mlp.gate_proj.bias", {I});
+      l.up_b = get(p + "mlp.up_proj.bias", {I});
+      l.down_b = get(p + "mlp.down_proj.bias", {H});
+    }
+    model->layers_.push_back(std::move(l));
+  }
+  if (!status.ok()) return status;
+  for (const std::string& name : (*ckpt)->UnusedNames()) {
+    LOG(WARNING) << dir << ": ignoring tensor '" << name << "' that the model does not use";
+  }
+
+  status = TorchCall("computing rotary tables", [&] {
+    at::Tensor inv_freq = InverseFrequencies(c);
+    at::Tensor pos = at::arange(c.max_position_embeddings, at::kLong).to(at::kFloat);
+    at::Tensor freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
+    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    model->rope_cos_ = emb.cos().to(options.device, options.dtype);
+    model->rope_sin_ = emb.sin().to(options.device, options.dtype);
+  });
+  if (!status.ok()) return status;
+  return model;
+}
+
+int64_t LlamaModel::weight_bytes() const {
+  int64_t total = embed_tokens_.nbytes() + final_norm_.nbytes();
+  if (!lm_head_.is_same(embed_tokens_)) total += lm_head_.nbytes();
+  for (const Layer& l : layers_) {
+    for (const at::Tensor* t : {&l.input_norm, &l.post_attention_norm, &l.q, &l.k, &l.v, &l.o,
+                                &l.q_b, &l.k_b, &l.v_b, &l.o_b, &l.gate, &l.up, &l.down,
+                                &l.gate_b, &l.up_b, &l.down_b}) {
+      if (t->defined()) total += t->nbytes();
+    }
+  }
+  return total;
+}
+
+absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCache& kv) const {
+  return TorchCall("forward", [&] { return ForwardImpl(batch, kv); });
+}
+
+at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const {
+  c10::InferenceMode inference_mode;
+  const ModelConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t bs = kv.block_size();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+
+  // Per-token positions and cache slots; per-sequence slots of the whole context.
+  std::vector<int64_t> positions, write_slots, logit_rows;
+  std::vector<at::Tensor> read_slots;
+  positions.reserve(T);
+  write_slots.reserve(T);
+  int64_t offset = 0;
+  for (const SequenceChunk& s : batch.seqs) {
+    const std::vector<int32_t>& table = *s.block_table;
+    std::vector<int64_t> ctx_slots;
+    ctx_slots.reserve(s.context_len + s.num_tokens);
+    for (int64_t p = 0; p < s.context_len + s.num_tokens; ++p) {
+      ctx_slots.push_back(static_cast<int64_t>(table[p / bs]) * bs + p % bs);
+    }
+    for (int64_t i = 0; i < s.num_tokens; ++i) {
+      positions.push_back(s.context_len + i);
+      write_slots.push_back(ctx_slots[s.context_len + i]);
+    }
+    read_slots.push_back(SlotsTensor(ctx_slots).to(options_.device));
+    offset += s.num_tokens;
+    if (s.wants_logits) logit_rows.push_back(offset - 1);
+  }
+  const auto dev = at::TensorOptions().device(options_.device);
+  at::Tensor ids = SlotsTensor(batch.token_ids).to(options_.device);
+  at::Tensor pos = SlotsTensor(positions).to(options_.device);
+  at::Tensor wslots = SlotsTensor(write_slots).to(options_.device);
+  at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
+
+  // Causal masks for chunks that follow cached context ([n, ctx + n], bottom-right aligned).
+  std::vector<std::optional<at::Tensor>> masks(batch.seqs.size());
+  for (size_t s = 0; s < batch.seqs.size(); ++s) {
+    const SequenceChunk& sc = batch.seqs[s];
+    if (sc.num_tokens > 1 && sc.context_len > 0) {
+      at::Tensor q_pos = at::arange(sc.num_tokens, dev.dtype(at::kLong)).unsqueeze(1) + sc.context_len;
+      at::Tensor k_pos = at::arange(sc.context_len + sc.num_tokens, dev.dtype(at::kLong)).unsqueeze(0);
+      masks[s] = k_pos <= q_pos;
+    }
+  }
+
+  at::Tensor x = embed_tokens_.index_select(0, ids);  // [T, H]
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& l = layers_[li];
+    at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
+    at::Tensor q = at::linear(h, l.q, Opt(l.q_b)).view({T, c.num_heads, c.head_dim});
+    at::Tensor k = at::linear(h, l.k, Opt(l.k_b)).view({T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = at::linear(h, l.v, Opt(l.v_b)).view({T, c.num_kv_heads, c.head_dim});
+    q = ApplyRope(q, cos, sin);
+    k = ApplyRope(k, cos, sin);
+    at::Tensor& kc = kv.k(static_cast<int64_t>(li));
+    at::Tensor& vc = kv.v(static_cast<int64_t>(li));
+    kc.index_copy_(0, wslots, k);
+    vc.index_copy_(0, wslots, v);
+
+    at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
+    int64_t off = 0;
+    for (size_t s = 0; s < batch.seqs.size(); ++s) {
+      const SequenceChunk& sc = batch.seqs[s];
+      at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);  // [nh, n, hd]
+      at::Tensor ks = kc.index_select(0, read_slots[s]).transpose(0, 1);  // [nkv, L, hd]
+      at::Tensor vs = vc.index_select(0, read_slots[s]).transpose(0, 1);
+      const bool causal = sc.num_tokens > 1 && sc.context_len == 0;
+      at::Tensor o = at::scaled_dot_product_attention(qs, ks, vs, masks[s], 0.0, causal, scale,
+                                                      /*enable_gqa=*/c.num_heads != c.num_kv_heads);
+      attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
+      off += sc.num_tokens;
+    }
+    x = x + at::linear(attn.view({T, c.num_heads * c.head_dim}), l.o, Opt(l.o_b));
+    h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
+    at::Tensor act = at::silu(at::linear(h, l.gate, Opt(l.gate_b))) * at::linear(h, l.up, Opt(l.up_b));
+    x = x + at::linear(act, l.down, Opt(l.down_b));
+  }
+  if (logit_rows.empty()) return at::empty({0, c.vocab_size}, at::kFloat);
+  at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));
+  last = RmsNorm(last, final_norm_, c.rms_norm_eps);
+  return at::linear(last, lm_head_).to(at::kFloat);
+}
+
+}  // namespace adapterd::model

@@ -1,0 +1,79 @@
+// The frozen base model: Llama-family decoder (LlamaForCausalLM, Qwen2ForCausalLM).
+#ifndef ADAPTERD_SERVER_MODEL_LLAMA_MODEL_H_
+#define ADAPTERD_SERVER_MODEL_LLAMA_MODEL_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/model/kv_cache.h"
+#include "server/model/model_config.h"
+
+namespace adapterd::model {
+
+struct ModelOptions {
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  c10::ScalarType dtype = c10::ScalarType::Float;
+};
+
+// One sequence's share of a forward step: `num_tokens` new tokens that follow
+// `context_len` tokens already in the KV cache.
+struct SequenceChunk {
+  int64_t num_tokens = 0;
+  int64_t context_len = 0;
+  const std::vector<int32_t>* block_table = nullptr;  // covers context_len + num_tokens
+  bool wants_logits = false;  // produce logits for the chunk's last token
+};
+
+// A flat batch of tokens from many sequences, concatenated in `seqs` order.
+struct ForwardBatch {
+  std::vector<int64_t> token_ids;
+  std::vector<SequenceChunk> seqs;
+};
+
+// Weights of the base model, loaded once and shared read-only by every
+// request; nothing is copied per request or merged. Load() does all the
+// expensive work (reading, validating and converting every tensor); after it
+// the object is immutable, and Forward() may be called from one thread at a
+// time (it writes the given KvCache).
+class LlamaModel {
+ public:
+  // Loads <dir>/config.json and the safetensors weights. Every error names
+  // the file and tensor involved.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::string& dir,
+                                                          const ModelOptions& options);
+  ~LlamaModel();
+
+  const ModelConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  // Bytes held by the weights (aliases of the checkpoint mapping included).
+  int64_t weight_bytes() const;
+
+  // Runs the chunks through the model, appending their keys and values to
+  // `kv`. Returns float32 logits [number of chunks with wants_logits, vocab],
+  // in chunk order.
+  absl::StatusOr<at::Tensor> Forward(const ForwardBatch& batch, KvCache& kv) const;
+
+ private:
+  struct Layer;
+  LlamaModel() = default;
+  at::Tensor ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
+
+  ModelConfig config_;
+  ModelOptions options_;
+  at::Tensor embed_tokens_;  // [vocab, hidden]
+  at::Tensor final_norm_;    // [hidden]
+  at::Tensor lm_head_;       // [vocab, hidden]; the embedding itself when tied
+  at::Tensor rope_cos_;      // [max_positions, head_dim]
+  at::Tensor rope_sin_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace adapterd::model
+
+#endif  // ADAPTERD_SERVER_MODEL_LLAMA_MODEL_H_

@@ -1,0 +1,40 @@
+// gRPC transport for adapterd.v1.Inference.
+#ifndef ADAPTERD_SERVER_RPC_INFERENCE_SERVICE_H_
+#define ADAPTERD_SERVER_RPC_INFERENCE_SERVICE_H_
+
+#include <string>
+
+#include "adapterd/v1/inference.grpc.pb.h"
+#include "server/engine/engine.h"
+#include "server/metrics/server_metrics.h"
+
+namespace adapterd::rpc {
+
+// Translates Inference RPCs into engine requests and engine results back
+// into responses; it holds no model state. Handlers never block: each call
+// is a callback reactor that submits to the engine and is completed by the
+// engine's ResultSink calls. A client cancel, disconnect or deadline cancels
+// the engine request. Thread-safe; the engine and metrics must outlive it.
+class InferenceService final : public adapterd::v1::Inference::CallbackService {
+ public:
+  InferenceService(engine::Engine* engine, metrics::ServerMetrics* metrics);
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const adapterd::v1::GenerateRequest* request,
+                                     adapterd::v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<adapterd::v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context,
+      const adapterd::v1::GenerateRequest* request) override;
+
+ private:
+  engine::Engine* const engine_;
+  metrics::ServerMetrics* const metrics_;
+};
+
+// Picks the request id: the client's "x-request-id" when it is 1-64 characters
+// of [A-Za-z0-9._-], otherwise a fresh random one. Exposed for tests.
+std::string ChooseRequestId(const grpc::CallbackServerContext& context);
+
+}  // namespace adapterd::rpc
+
+#endif  // ADAPTERD_SERVER_RPC_INFERENCE_SERVICE_H_

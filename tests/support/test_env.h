@@ -1,0 +1,73 @@
+// Helpers shared by adapterd's tests: paths, subprocesses, the reference
+// Python stack, and a real server process on loopback.
+#ifndef ADAPTERD_TESTS_SUPPORT_TEST_ENV_H_
+#define ADAPTERD_TESTS_SUPPORT_TEST_ENV_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace adapterd::testing {
+
+std::string SourceDir();
+std::string BinaryDir();
+// A fresh, empty directory under the test temp dir.
+std::string MakeTempDir(const std::string& name);
+
+// Runs a shell command; returns its combined stdout+stderr, or an error with
+// that output when it exits non-zero.
+absl::StatusOr<std::string> RunCommand(const std::string& command);
+
+// The reference venv's python, or an error explaining why it is unusable.
+absl::StatusOr<std::string> ReferencePython();
+// True when ADAPTERD_OFFLINE=1 asks to skip tests that need the reference stack.
+bool OfflineRequested();
+// Runs tests/conformance/hf_reference.py with `args` in the reference venv.
+absl::StatusOr<std::string> RunReference(const std::string& args);
+
+// Skips the test (printing why) under ADAPTERD_OFFLINE=1; otherwise fails it
+// when the reference stack is missing.
+#define ADAPTERD_REQUIRE_REFERENCE()                                                   \
+  do {                                                                                 \
+    if (::adapterd::testing::OfflineRequested()) {                                     \
+      GTEST_SKIP() << "ADAPTERD_OFFLINE=1: reference (transformers/peft) test skipped"; \
+    }                                                                                  \
+    auto _py = ::adapterd::testing::ReferencePython();                                 \
+    ASSERT_TRUE(_py.ok()) << _py.status()                                              \
+                          << " -- run ./x setup, or set ADAPTERD_OFFLINE=1 to skip";   \
+  } while (0)
+
+// A real adapterd process listening on 127.0.0.1 with OS-chosen ports.
+class ServerProcess {
+ public:
+  // Starts build/server/adapterd with `args` plus listen, metrics and
+  // ready-file flags, and waits until it is ready.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      const std::vector<std::string>& args, absl::Duration timeout = absl::Seconds(120));
+  ~ServerProcess();
+
+  const std::string& grpc_address() const { return grpc_; }
+  const std::string& metrics_address() const { return metrics_; }
+  pid_t pid() const { return pid_; }
+  // Sends `signal` and waits for the exit; returns the exit code (or 128+signal).
+  int Stop(int signal, absl::Duration timeout = absl::Seconds(60));
+  // The server's stderr so far.
+  std::string Log() const;
+
+ private:
+  ServerProcess() = default;
+  pid_t pid_ = -1;
+  std::string grpc_, metrics_, log_path_;
+};
+
+// GET http://host:port/path over loopback; returns the body.
+absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path);
+
+}  // namespace adapterd::testing
+
+#endif  // ADAPTERD_TESTS_SUPPORT_TEST_ENV_H_
