@@ -45,7 +45,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   std::vector<std::string> names;
   std::map<std::string, std::string> expected;  // tensor -> shard, from the index
-  if (fs::exists(index)) {
+  if (fs::exists(single)) {  // transformers also prefers the single file
+    names.push_back("model.safetensors");
+  } else if (fs::exists(index)) {
     std::ifstream in(index);
     std::stringstream ss;
     ss << in.rdbuf();
@@ -68,8 +70,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
       expected[tensor] = f;
       if (std::find(names.begin(), names.end(), f) == names.end()) names.push_back(f);
     }
-  } else if (fs::exists(single)) {
-    names.push_back("model.safetensors");
+    if (names.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(index.string(), ": 'weight_map' names no tensors"));
+    }
   } else if (fs::exists(fs::path(dir) / "pytorch_model.bin")) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir, ": only pytorch_model.bin found; pickled checkpoints are not loaded, "

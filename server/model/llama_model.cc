@@ -107,7 +107,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   };
   model->embed_tokens_ = get("model.embed_tokens.weight", {c.vocab_size, H});
   model->final_norm_ = get("model.norm.weight", {H});
-  if (c.tie_word_embeddings && !(*ckpt)->Has("lm_head.weight")) {
+  if (c.tie_word_embeddings) {  // transformers ties even when lm_head.weight is stored
     model->lm_head_ = model->embed_tokens_;
   } else {
     model->lm_head_ = get("lm_head.weight", {c.vocab_size, H});

@@ -169,7 +169,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& json_text,
   check(GetDouble(j, "rms_norm_eps", label, &c.rms_norm_eps));
   check(GetBool(j, "tie_word_embeddings", label, &c.tie_word_embeddings));
   if (!s.ok()) return s;
-  if (c.hidden_size % c.num_heads != 0 && !j.contains("head_dim")) {
+  const bool explicit_head_dim = j.contains("head_dim") && !j["head_dim"].is_null();
+  if (c.hidden_size % c.num_heads != 0 && !explicit_head_dim) {
     return Bad(label, "hidden_size must be divisible by num_attention_heads");
   }
   c.head_dim = c.hidden_size / c.num_heads;

@@ -1,0 +1,27 @@
+# adapterd container image. Both stages install from deploy/packages.txt, the
+# same list ./x setup uses: the "build" packages here, the "runtime" ones below.
+FROM debian:trixie AS build
+COPY deploy/packages.txt /tmp/packages.txt
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      $(awk '!/^#/ && NF >= 2 && $2 == "build" { print $1 }' /tmp/packages.txt) \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_TESTS=OFF \
+ && cmake --build build --target adapterd adapterctl
+
+FROM debian:trixie-slim AS runtime
+COPY deploy/packages.txt /tmp/packages.txt
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      $(awk '!/^#/ && NF >= 2 && $2 == "runtime" { print $1 }' /tmp/packages.txt) \
+ && rm -rf /var/lib/apt/lists/* /tmp/packages.txt \
+ && useradd --system --create-home --uid 10001 adapterd
+COPY --from=build /src/build/server/adapterd /src/build/server/adapterctl /usr/local/bin/
+USER adapterd
+ENV ADAPTERD_CACHE_DIR=/home/adapterd/cache
+EXPOSE 50051 9464
+# With no --model the server generates and serves the demo model. Mount a
+# checkpoint and pass --model=/models/NAME to serve a real one.
+ENTRYPOINT ["adapterd", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]

@@ -1,0 +1,174 @@
+// adapterd_loadgen: drives adapterd over gRPC and reports throughput and
+// latency as one JSON object on stdout.
+//
+// Closed loop (--rate=0): --concurrency clients each send requests back to
+// back. Open loop (--rate=R): requests arrive as a Poisson process at R/s,
+// each on its own thread, bounded by --requests. Prompt and output lengths
+// are uniform in the given ranges; adapters are drawn uniformly or with
+// power-law skew from --adapters (empty = base model only).
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <atomic>
+#include <cmath>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "adapterd/v1/inference.grpc.pb.h"
+
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address");
+ABSL_FLAG(int, concurrency, 1, "Closed loop: concurrent clients");
+ABSL_FLAG(double, rate, 0, "Open loop: Poisson arrivals per second (0 = closed loop)");
+ABSL_FLAG(int, requests, 8, "Requests in total");
+ABSL_FLAG(int, warmup, 1, "Requests sent first and not measured");
+ABSL_FLAG(int, prompt_min, 16, "Shortest prompt");
+ABSL_FLAG(int, prompt_max, 16, "Longest prompt");
+ABSL_FLAG(int, output_min, 128, "Fewest new tokens");
+ABSL_FLAG(int, output_max, 128, "Most new tokens");
+ABSL_FLAG(int, vocab, 2048, "Prompt ids are drawn below this");
+ABSL_FLAG(std::string, adapters, "", "Comma-separated adapter ids to draw from (empty = base)");
+ABSL_FLAG(double, alpha, 1.0, "Adapter popularity: id = floor(n * U^(1/alpha)); 1 = uniform");
+ABSL_FLAG(uint64_t, seed, 1, "Workload seed");
+
+namespace {
+
+struct Result {
+  bool ok = false;
+  std::string error;
+  int tokens = 0;
+  double ttft = 0;       // seconds
+  double duration = 0;   // seconds, arrival to last token
+  std::vector<double> gaps;  // seconds between consecutive tokens
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double idx = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(idx)), hi = static_cast<size_t>(std::ceil(idx));
+  return v[lo] + (v[hi] - v[lo]) * (idx - lo);
+}
+
+Result RunOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateRequest& req) {
+  Result r;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
+  const absl::Time start = absl::Now();
+  absl::Time last = start;
+  auto reader = stub.GenerateStream(&ctx, req);
+  adapterd::v1::GenerateStreamResponse msg;
+  while (reader->Read(&msg)) {
+    const absl::Time now = absl::Now();
+    for (int i = 0; i < msg.token_ids_size(); ++i) {
+      if (r.tokens == 0) {
+        r.ttft = absl::ToDoubleSeconds(now - start);
+      } else {
+        r.gaps.push_back(absl::ToDoubleSeconds(now - last) / msg.token_ids_size());
+      }
+      ++r.tokens;
+    }
+    if (msg.token_ids_size() > 0) last = now;
+  }
+  grpc::Status st = reader->Finish();
+  r.duration = absl::ToDoubleSeconds(last - start);
+  r.ok = st.ok();
+  if (!st.ok()) r.error = absl::StrFormat("%d %s", st.error_code(), st.error_message());
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  auto stub = adapterd::v1::Inference::NewStub(channel);
+  std::vector<std::string> adapters =
+      absl::StrSplit(absl::GetFlag(FLAGS_adapters), ',', absl::SkipEmpty());
+
+  // The whole workload is drawn up front from the seed, so runs are comparable.
+  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
+  const int total = absl::GetFlag(FLAGS_requests) + absl::GetFlag(FLAGS_warmup);
+  std::vector<adapterd::v1::GenerateRequest> reqs(total);
+  std::vector<double> arrivals(total, 0);
+  double t = 0;
+  for (int i = 0; i < total; ++i) {
+    auto& r = reqs[i];
+    const int plen = std::uniform_int_distribution<int>(absl::GetFlag(FLAGS_prompt_min),
+                                                        absl::GetFlag(FLAGS_prompt_max))(rng);
+    for (int j = 0; j < plen; ++j) {
+      r.add_prompt_token_ids(std::uniform_int_distribution<int>(3, absl::GetFlag(FLAGS_vocab) - 1)(rng));
+    }
+    r.mutable_sampling()->set_max_new_tokens(std::uniform_int_distribution<int>(
+        absl::GetFlag(FLAGS_output_min), absl::GetFlag(FLAGS_output_max))(rng));
+    r.mutable_sampling()->set_ignore_eos(true);
+    if (!adapters.empty()) {
+      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+      size_t idx = static_cast<size_t>(adapters.size() * std::pow(u, 1.0 / absl::GetFlag(FLAGS_alpha)));
+      r.set_adapter_id(adapters[std::min(idx, adapters.size() - 1)]);
+    }
+    if (absl::GetFlag(FLAGS_rate) > 0) {
+      t += std::exponential_distribution<double>(absl::GetFlag(FLAGS_rate))(rng);
+      arrivals[i] = t;
+    }
+  }
+
+  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RunOne(*stub, reqs[i]);
+
+  std::vector<Result> results(absl::GetFlag(FLAGS_requests));
+  const int first = absl::GetFlag(FLAGS_warmup);
+  const absl::Time start = absl::Now();
+  if (absl::GetFlag(FLAGS_rate) > 0) {
+    std::vector<std::thread> threads;
+    const double t0 = arrivals[first];
+    for (int i = first; i < total; ++i) {
+      absl::SleepFor(absl::Seconds(arrivals[i] - t0) - (absl::Now() - start));
+      threads.emplace_back([&, i] { results[i - first] = RunOne(*stub, reqs[i]); });
+    }
+    for (auto& th : threads) th.join();
+  } else {
+    std::atomic<int> next{first};
+    std::vector<std::thread> threads;
+    for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) {
+      threads.emplace_back([&] {
+        for (int i = next++; i < total; i = next++) results[i - first] = RunOne(*stub, reqs[i]);
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+  const double wall = absl::ToDoubleSeconds(absl::Now() - start);
+
+  std::vector<double> ttft, tpot, per_stream;
+  int64_t tokens = 0, errors = 0;
+  std::string first_error;
+  for (const Result& r : results) {
+    if (!r.ok) {
+      if (errors++ == 0) first_error = r.error;
+      continue;
+    }
+    tokens += r.tokens;
+    ttft.push_back(r.ttft);
+    tpot.insert(tpot.end(), r.gaps.begin(), r.gaps.end());
+    if (r.tokens > 1 && r.duration > r.ttft) per_stream.push_back((r.tokens - 1) / (r.duration - r.ttft));
+  }
+  std::cout << absl::StrFormat(
+                   R"({"requests": %d, "errors": %d, "first_error": "%s", "wall_s": %.4f, )"
+                   R"("tokens": %d, "throughput_tok_s": %.3f, "decode_tok_s_per_stream_p50": %.3f, )"
+                   R"("ttft_p50_s": %.5f, "ttft_p99_s": %.5f, "tpot_p50_s": %.6f, "tpot_p99_s": %.6f})",
+                   static_cast<int>(results.size()), errors, first_error, wall, tokens,
+                   tokens / wall, Percentile(per_stream, 50), Percentile(ttft, 50),
+                   Percentile(ttft, 99), Percentile(tpot, 50), Percentile(tpot, 99))
+            << std::endl;
+  return errors == 0 ? 0 : 1;
+}

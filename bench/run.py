@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""adapterd benchmarks, run side by side with Hugging Face in one process tree.
+
+  ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
+
+`decode`: single-stream greedy decode tokens/s of the demo model and of a
+~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
+adapterd_loadgen) and for transformers `generate` on the same checkpoint,
+with the same thread count. Runs alternate between the two systems and the
+medians are reported. Prints a Markdown table for docs/benchmarks.md.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(SRC, "tests", "conformance"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+import hf_reference  # noqa: E402
+
+MODEL_100M = dict(hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
+                  max_pos=2048)
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Server:
+    """A real adapterd process on 127.0.0.1 with OS-chosen ports."""
+
+    def __init__(self, build, args):
+        self.tmp = tempfile.mkdtemp(prefix="adapterd-bench-")
+        ready = os.path.join(self.tmp, "ready.json")
+        self.log = open(os.path.join(self.tmp, "server.log"), "w")
+        cmd = [os.path.join(build, "server", "adapterd"), "--listen=127.0.0.1:0",
+               "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning"] + args
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        for _ in range(6000):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"adapterd exited: see {self.log.name}")
+            if os.path.exists(ready):
+                with open(ready) as f:
+                    self.addr = json.load(f)["grpc"]
+                return
+            time.sleep(0.05)
+        raise RuntimeError("adapterd did not become ready")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def loadgen(build, addr, **flags):
+    cmd = [os.path.join(build, "bench", "adapterd_loadgen"), f"--addr={addr}"]
+    cmd += [f"--{k}={v}" for k, v in flags.items()]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+class Timer(BaseStreamer):
+    """Records when generate() emits each new token (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times = []
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def hf_decode_rate(model, prompt, new_tokens):
+    timer = Timer()
+    ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None,
+                       pad_token_id=0, streamer=timer)
+    t = timer.times
+    return (len(t) - 1) / (t[-1] - t[0])
+
+
+def ensure_model(work, name, build):
+    path = os.path.join(work, name)
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    if name == "demo":
+        # The server generates the demo checkpoint into its cache directory.
+        s = Server(build, [f"--cache_dir={work}/demo-cache"])
+        s.stop()
+        os.symlink(os.path.join(work, "demo-cache", "demo-llama-v1"), path)
+    else:
+        log(f"creating the ~100M checkpoint in {path}")
+        model = hf_reference.build_model("llama", seed=100, **MODEL_100M)
+        model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def cmd_decode(a):
+    torch.set_num_threads(a.threads)
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    rows = []
+    for name in ["demo", "llama-100m"]:
+        path = ensure_model(work, name, a.build)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model.generation_config.eos_token_id = None
+        params = sum(p.numel() for p in model.parameters())
+        vocab = model.config.vocab_size
+        prompt = [(7 * i + 3) % vocab for i in range(16)]
+        server = Server(a.build, [f"--model={path}", f"--threads={a.threads}"])
+        try:
+            ours, theirs = [], []
+            hf_decode_rate(model, prompt, 8)  # warm-up
+            loadgen(a.build, server.addr, requests=1, warmup=1, vocab=vocab, prompt_min=16,
+                    prompt_max=16, output_min=8, output_max=8)
+            for run in range(a.runs):
+                theirs.append(hf_decode_rate(model, prompt, a.new_tokens))
+                r = loadgen(a.build, server.addr, requests=1, warmup=0, vocab=vocab,
+                            prompt_min=16, prompt_max=16, output_min=a.new_tokens,
+                            output_max=a.new_tokens, seed=run + 1)
+                ours.append(r["decode_tok_s_per_stream_p50"])
+                log(f"{name} run {run}: adapterd {ours[-1]:.1f} tok/s, transformers {theirs[-1]:.1f} tok/s")
+        finally:
+            server.stop()
+        row = dict(model=name, params=params, adapterd=statistics.median(ours),
+                   transformers=statistics.median(theirs), runs=a.runs)
+        row["ratio"] = row["adapterd"] / row["transformers"]
+        rows.append(row)
+        del model
+
+    print(f"Single-stream greedy decode, fp32, {a.threads} threads, prompt 16, "
+          f"{a.new_tokens} new tokens, median of {a.runs} alternating runs "
+          f"({platform.processor() or platform.machine()}, torch {torch.__version__}):\n")
+    print("| model | parameters | adapterd tok/s | transformers tok/s | ratio |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['adapterd']:.1f} | "
+              f"{r['transformers']:.1f} | {r['ratio']:.2f}x |")
+    print("\n" + json.dumps(rows))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--build", required=True, help="CMake build directory")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("decode", help="single-stream decode tokens/s vs transformers")
+    d.add_argument("--runs", type=int, default=7)
+    d.add_argument("--new-tokens", type=int, default=128)
+    d.add_argument("--threads", type=int, default=os.cpu_count())
+    a = p.parse_args()
+    {"decode": cmd_decode}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

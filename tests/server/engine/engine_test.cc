@@ -1,0 +1,264 @@
+#include "server/engine/engine.h"
+
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/model/demo_checkpoint.h"
+#include "tests/support/test_env.h"
+
+namespace adapterd::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+class Collector : public ResultSink {
+ public:
+  void OnTokens(std::span<const int64_t> t, std::span<const float> lp) override {
+    tokens.insert(tokens.end(), t.begin(), t.end());
+    if (first_token_seen != nullptr && !first_token_seen->HasBeenNotified()) first_token_seen->Notify();
+  }
+  void OnFinish(const Finish& f) override {
+    finish = f;
+    done.Notify();
+  }
+  std::vector<int64_t> tokens;
+  Finish finish;
+  absl::Notification done;
+  absl::Notification* first_token_seen = nullptr;
+};
+
+std::string DemoDir() {
+  static const std::string* dir = [] {
+    auto d = model::EnsureDemoCheckpoint(testing::MakeTempDir("engine-demo"));
+    EXPECT_TRUE(d.ok()) << d.status();
+    return new std::string(d.ok() ? *d : "");
+  }();
+  return *dir;
+}
+
+std::unique_ptr<Engine> MakeEngine(EngineOptions opts = {}) {
+  auto m = model::LlamaModel::Load(DemoDir(), {});
+  EXPECT_TRUE(m.ok()) << m.status();
+  auto e = Engine::Create(*std::move(m), opts, nullptr);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? *std::move(e) : nullptr;
+}
+
+GenerationRequest Greedy(std::vector<int64_t> prompt, int64_t n) {
+  GenerationRequest r;
+  r.id = "t";
+  r.prompt = std::move(prompt);
+  r.sampling.max_new_tokens = n;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+std::vector<int64_t> RunAlone(Engine& e, const GenerationRequest& r) {
+  auto c = std::make_shared<Collector>();
+  EXPECT_TRUE(e.Submit(r, c).ok());
+  c->done.WaitForNotification();
+  EXPECT_TRUE(c->finish.status.ok()) << c->finish.status;
+  return c->tokens;
+}
+
+void WaitForFreeKv(Engine& e) {
+  for (int i = 0; i < 500; ++i) {
+    Engine::Stats s = e.GetStats();
+    if (s.running == 0 && s.waiting == 0 && s.kv_free_blocks == s.kv_total_blocks) return;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ADD_FAILURE() << "KV blocks were not returned";
+}
+
+TEST(EngineTest, SequencesJoiningAndLeavingMidBatchMatchRunningAlone) {
+  EngineOptions opts;
+  opts.max_tokens_per_step = 24;  // long prompts are chunked across steps
+  auto e = MakeEngine(opts);
+  ASSERT_NE(e, nullptr);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int64_t> prompt;
+    for (int j = 0; j < 5 + 13 * i; ++j) prompt.push_back((i * 97 + j * 31) % 2000 + 3);
+    reqs.push_back(Greedy(prompt, 8 + 5 * i));
+  }
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto& r : reqs) alone.push_back(RunAlone(*e, r));
+
+  // Staggered: each request joins while earlier ones are mid-decode, and
+  // shorter ones leave while longer ones continue.
+  std::vector<std::shared_ptr<Collector>> cs;
+  for (const auto& r : reqs) {
+    cs.push_back(std::make_shared<Collector>());
+    absl::Notification first;
+    cs.back()->first_token_seen = &first;
+    ASSERT_TRUE(e->Submit(r, cs.back()).ok());
+    first.WaitForNotification();
+    cs.back()->first_token_seen = nullptr;
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    cs[i]->done.WaitForNotification();
+    EXPECT_EQ(cs[i]->tokens, alone[i]) << "request " << i;
+    EXPECT_EQ(cs[i]->finish.reason, FinishReason::kLength);
+    EXPECT_EQ(cs[i]->finish.completion_tokens, reqs[i].sampling.max_new_tokens);
+  }
+  WaitForFreeKv(*e);
+}
+
+TEST(EngineTest, CancelReturnsKvBlocks) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  auto c = std::make_shared<Collector>();
+  absl::Notification first;
+  c->first_token_seen = &first;
+  auto h = e->Submit(Greedy({1, 2, 3}, 1500), c);
+  ASSERT_TRUE(h.ok());
+  first.WaitForNotification();
+  EXPECT_LT(e->GetStats().kv_free_blocks, e->GetStats().kv_total_blocks);
+  (*h)->Cancel();
+  c->done.WaitForNotification();
+  EXPECT_EQ(c->finish.reason, FinishReason::kCancelled);
+  EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(c->tokens.size(), 1500u);
+  WaitForFreeKv(*e);
+}
+
+TEST(EngineTest, DeadlineEndsTheRequest) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  GenerationRequest r = Greedy({1, 2, 3}, 1900);
+  r.deadline = absl::Now() + absl::Milliseconds(200);
+  auto c = std::make_shared<Collector>();
+  ASSERT_TRUE(e->Submit(r, c).ok());
+  c->done.WaitForNotification();
+  EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kDeadlineExceeded);
+  WaitForFreeKv(*e);
+}
+
+TEST(EngineTest, FullQueueIsResourceExhausted) {
+  EngineOptions opts;
+  opts.max_batch_size = 1;
+  opts.max_waiting = 2;
+  auto e = MakeEngine(opts);
+  ASSERT_NE(e, nullptr);
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  std::vector<std::shared_ptr<Collector>> cs;
+  auto submit = [&] {
+    cs.push_back(std::make_shared<Collector>());
+    return e->Submit(Greedy({1, 2}, 1000), cs.back());
+  };
+  auto first = submit();
+  ASSERT_TRUE(first.ok());
+  handles.push_back(*first);
+  while (e->GetStats().running == 0) absl::SleepFor(absl::Milliseconds(1));
+  for (int i = 0; i < 2; ++i) {
+    auto h = submit();
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles.push_back(*h);
+  }
+  auto rejected = submit();
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(rejected.status().message()), HasSubstr("queue is full"));
+  for (auto& h : handles) h->Cancel();
+  for (size_t i = 0; i < 3; ++i) cs[i]->done.WaitForNotification();
+  WaitForFreeKv(*e);
+}
+
+TEST(EngineTest, RequestLargerThanTheKvPoolIsRejected) {
+  EngineOptions opts;
+  opts.kv_cache_bytes = 1 << 20;  // demo model: 64 KiB per block of 16 -> 16 blocks
+  auto e = MakeEngine(opts);
+  ASSERT_NE(e, nullptr);
+  auto c = std::make_shared<Collector>();
+  auto h = e->Submit(Greedy({1, 2, 3}, 1000), c);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(h.status().message()), HasSubstr("KV cache blocks"));
+}
+
+TEST(EngineTest, SmallKvPoolQueuesUntilBlocksAreFree) {
+  EngineOptions opts;
+  opts.kv_cache_bytes = 1 << 20;  // 16 blocks of 16 tokens
+  auto e = MakeEngine(opts);
+  ASSERT_NE(e, nullptr);
+  // Each request needs 12 blocks, so only one fits at a time.
+  std::vector<GenerationRequest> reqs = {Greedy({5, 6, 7}, 180), Greedy({8, 9}, 180),
+                                         Greedy({10}, 180)};
+  std::vector<std::vector<int64_t>> alone;
+  for (const auto& r : reqs) alone.push_back(RunAlone(*e, r));
+  std::vector<std::shared_ptr<Collector>> cs;
+  for (const auto& r : reqs) {
+    cs.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE(e->Submit(r, cs.back()).ok());
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    cs[i]->done.WaitForNotification();
+    EXPECT_EQ(cs[i]->tokens, alone[i]);
+  }
+  WaitForFreeKv(*e);
+}
+
+TEST(EngineTest, ValidationNamesTheField) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  GenerationRequest r = Greedy({1, 2, 3}, 4);
+  r.sampling.top_k = -1;
+  EXPECT_THAT(std::string(e->Validate(r).message()), HasSubstr("sampling.top_k"));
+  r = Greedy({1, -5}, 4);
+  EXPECT_THAT(std::string(e->Validate(r).message()), HasSubstr("prompt_token_ids[1]"));
+  r = Greedy({1}, 4);
+  r.sampling.top_p = std::nan("");
+  EXPECT_THAT(std::string(e->Validate(r).message()), HasSubstr("sampling.top_p"));
+  EXPECT_TRUE(e->Validate(Greedy({1}, 4)).ok());
+}
+
+TEST(EngineTest, ShutdownEndsRunningWorkAndRejectsNewWork) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  auto c = std::make_shared<Collector>();
+  absl::Notification first;
+  c->first_token_seen = &first;
+  ASSERT_TRUE(e->Submit(Greedy({1, 2, 3}, 1800), c).ok());
+  first.WaitForNotification();
+  e->Shutdown(absl::ZeroDuration());
+  ASSERT_TRUE(c->done.HasBeenNotified());
+  EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kUnavailable);
+  auto late = e->Submit(Greedy({1}, 2), std::make_shared<Collector>());
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(EngineTest, ShutdownWithGraceLetsShortRequestsFinish) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  auto c = std::make_shared<Collector>();
+  ASSERT_TRUE(e->Submit(Greedy({1, 2, 3}, 20), c).ok());
+  e->Shutdown(absl::Seconds(60));
+  ASSERT_TRUE(c->done.HasBeenNotified());
+  EXPECT_TRUE(c->finish.status.ok()) << c->finish.status;
+  EXPECT_EQ(c->tokens.size(), 20u);
+}
+
+TEST(EngineTest, StopsAtEosUnlessIgnored) {
+  auto e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  // Find a prompt whose greedy continuation contains a token, then declare it
+  // the stop token: generation ends right after it.
+  GenerationRequest r = Greedy({11, 12, 13}, 10);
+  std::vector<int64_t> full = RunAlone(*e, r);
+  ASSERT_EQ(full.size(), 10u);
+  r.sampling.stop_token_ids = {full[3]};
+  auto c = std::make_shared<Collector>();
+  ASSERT_TRUE(e->Submit(r, c).ok());
+  c->done.WaitForNotification();
+  EXPECT_EQ(c->finish.reason, FinishReason::kStop);
+  EXPECT_EQ(c->tokens.back(), full[3]);
+  EXPECT_LE(c->tokens.size(), 4u);
+}
+
+}  // namespace
+}  // namespace adapterd::engine

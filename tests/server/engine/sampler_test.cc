@@ -1,0 +1,122 @@
+#include "server/engine/sampler.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <set>
+
+#include "gtest/gtest.h"
+
+namespace adapterd::engine {
+namespace {
+
+at::Tensor Logits(std::vector<float> v) { return at::tensor(v, at::kFloat); }
+
+TEST(SamplerTest, GreedyPicksTheArgmax) {
+  SamplingParams p;
+  p.temperature = 0;
+  Sampler s(p);
+  EXPECT_EQ(s.Sample(Logits({0.1f, 2.5f, -1.0f, 2.4f})).token, 1);
+  EXPECT_EQ(s.Sample(Logits({5.0f, 2.5f, -1.0f, 2.4f})).token, 0);
+}
+
+TEST(SamplerTest, LogprobIsLogSoftmaxOfRawLogits) {
+  SamplingParams p;
+  p.return_logprobs = true;
+  p.temperature = 0;
+  Sampler s(p);
+  at::Tensor l = Logits({1.0f, 3.0f, 0.5f});
+  Sampler::Choice c = s.Sample(l);
+  EXPECT_EQ(c.token, 1);
+  const double denom = std::exp(1.0) + std::exp(3.0) + std::exp(0.5);
+  EXPECT_NEAR(c.logprob, 3.0 - std::log(denom), 1e-6);
+}
+
+TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
+  at::Tensor l = Logits({0.0f, 1.0f, 0.9f, 0.95f});
+  SamplingParams k;
+  k.temperature = 2.0;
+  k.top_k = 1;
+  k.seed = 7;
+  Sampler sk(k);
+  SamplingParams p;
+  p.temperature = 2.0;
+  p.top_p = 0.01;
+  p.seed = 7;
+  Sampler sp(p);
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ(sk.Sample(l).token, 1);
+    EXPECT_EQ(sp.Sample(l).token, 1);
+  }
+}
+
+TEST(SamplerTest, TopKRestrictsToTheKBest) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.top_k = 2;
+  p.seed = 11;
+  Sampler s(p);
+  std::set<int64_t> seen;
+  for (int i = 0; i < 500; ++i) seen.insert(s.Sample(Logits({0.0f, 1.0f, 1.0f, 0.5f})).token);
+  EXPECT_EQ(seen, (std::set<int64_t>{1, 2}));
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestNucleus) {
+  // probs ~ [0.5, 0.3, 0.2]: top_p 0.7 keeps {0, 1}; 0.85 keeps all three.
+  at::Tensor l = Logits({std::log(0.5f), std::log(0.3f), std::log(0.2f)});
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.top_p = 0.7;
+  p.seed = 3;
+  Sampler s(p);
+  std::set<int64_t> seen;
+  for (int i = 0; i < 500; ++i) seen.insert(s.Sample(l).token);
+  EXPECT_EQ(seen, (std::set<int64_t>{0, 1}));
+  p.top_p = 0.85;
+  Sampler all(p);
+  seen.clear();
+  for (int i = 0; i < 500; ++i) seen.insert(all.Sample(l).token);
+  EXPECT_EQ(seen, (std::set<int64_t>{0, 1, 2}));
+}
+
+TEST(SamplerTest, FollowsTheDistribution) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.seed = 42;
+  Sampler s(p);
+  at::Tensor l = Logits({std::log(0.7f), std::log(0.3f)});
+  int ones = 0;
+  const int n = 4000;
+  for (int i = 0; i < n; ++i) ones += s.Sample(l).token == 1;
+  // 0.3 +- 5 standard deviations (sd ~ 0.0072).
+  EXPECT_NEAR(static_cast<double>(ones) / n, 0.3, 0.036);
+}
+
+TEST(SamplerTest, SeedMakesDrawsReproducible) {
+  at::Tensor l = at::zeros({100});
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.seed = 99;
+  Sampler a(p), b(p);
+  p.seed = 100;
+  Sampler c(p);
+  std::vector<int64_t> ta, tb, tc;
+  for (int i = 0; i < 50; ++i) {
+    ta.push_back(a.Sample(l).token);
+    tb.push_back(b.Sample(l).token);
+    tc.push_back(c.Sample(l).token);
+  }
+  EXPECT_EQ(ta, tb);
+  EXPECT_NE(ta, tc);
+}
+
+TEST(SamplerTest, ZeroSeedPicksARandomSeed) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  Sampler a(p), b(p);
+  EXPECT_NE(a.seed(), 0u);
+  EXPECT_NE(a.seed(), b.seed());
+}
+
+}  // namespace
+}  // namespace adapterd::engine

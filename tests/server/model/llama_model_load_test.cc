@@ -1,0 +1,550 @@
+// Checkpoint and LlamaModel::Load: success on the demo checkpoint, and
+// specific errors for corrupted copies of it.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/model/checkpoint.h"
+#include "server/model/demo_checkpoint.h"
+#include "server/model/kv_cache.h"
+#include "server/model/llama_model.h"
+#include "server/model/model_config.h"
+#include "server/model/safetensors.h"
+#include "tests/support/test_env.h"
+
+namespace adapterd::model {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+constexpr char kUpProj1[] = "model.layers.1.mlp.up_proj.weight";
+
+std::string ReadAll(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void WriteAll(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  ASSERT_TRUE(out) << path;
+}
+
+std::string_view Bytes(std::span<const std::byte> s) {
+  return std::string_view(reinterpret_cast<const char*>(s.data()), s.size());
+}
+
+std::string_view Bytes(const at::Tensor& t) {
+  return std::string_view(static_cast<const char*>(t.data_ptr()), t.nbytes());
+}
+
+class LlamaModelLoadTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> dir =
+        EnsureDemoCheckpoint(testing::MakeTempDir("demo-checkpoint-cache"));
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    demo_dir_ = new std::string(*dir);
+  }
+  static void TearDownTestSuite() {
+    delete demo_dir_;
+    demo_dir_ = nullptr;
+  }
+
+  void SetUp() override { ASSERT_NE(demo_dir_, nullptr) << "demo checkpoint was not generated"; }
+
+  static const std::string& demo() { return *demo_dir_; }
+
+  // A copy of the demo directory that the test may corrupt.
+  static std::string CopyOfDemo(const std::string& name) {
+    const std::string dir = testing::MakeTempDir(name);
+    fs::copy(demo(), dir, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+    return dir;
+  }
+
+  // Rewrites <dir>/model.safetensors from the demo tensors, letting `edit`
+  // drop (return false) or replace (change `out`) each one. `keep` holds
+  // buffers that `out.bytes` may point to.
+  static absl::Status RewriteWeights(
+      const std::string& dir,
+      const std::function<bool(const StTensorInfo&, std::string_view, StTensorToWrite&,
+                               std::vector<at::Tensor>&)>& edit) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> src =
+        SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
+    if (!src.ok()) return src.status();
+    std::vector<StTensorToWrite> out;
+    std::vector<at::Tensor> keep;
+    for (const StTensorInfo& t : (*src)->tensors()) {
+      StTensorToWrite w{t.name, t.dtype, t.shape, Bytes((*src)->Data(t))};
+      if (edit(t, Bytes((*src)->Data(t)), w, keep)) out.push_back(w);
+    }
+    return WriteSafetensors((fs::path(dir) / "model.safetensors").string(), out,
+                            {{"format", "pt"}});
+  }
+
+  static absl::StatusOr<at::Tensor> Logits(const LlamaModel& m,
+                                           const std::vector<int64_t>& tokens) {
+    absl::StatusOr<std::unique_ptr<KvCache>> kv =
+        KvCache::Create(m.config(), 16, int64_t{64} << 20, at::kFloat, at::kCPU);
+    if (!kv.ok()) return kv.status();
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    std::vector<int32_t> blocks;
+    if (!(*kv)->Reserve(blocks, n)) return absl::ResourceExhaustedError("kv reserve failed");
+    ForwardBatch batch;
+    batch.token_ids = tokens;
+    batch.seqs.push_back(SequenceChunk{n, 0, &blocks, true});
+    return m.Forward(batch, **kv);
+  }
+
+  static const std::vector<int64_t>& Prompt() {
+    static const std::vector<int64_t> p = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
+    return p;
+  }
+
+  static std::string* demo_dir_;
+};
+
+std::string* LlamaModelLoadTest::demo_dir_ = nullptr;
+
+// ------------------------------------------------------------- success -----
+
+TEST_F(LlamaModelLoadTest, LoadsDemoCheckpoint) {
+  absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  const ModelConfig& c = (*m)->config();
+  EXPECT_EQ(c.architecture, Architecture::kLlama);
+  EXPECT_EQ(c.vocab_size, 2048);
+  EXPECT_EQ(c.num_layers, 4);
+  EXPECT_EQ(c.hidden_size, 256);
+  EXPECT_EQ(c.intermediate_size, 688);
+  EXPECT_EQ(c.num_heads, 8);
+  EXPECT_EQ(c.num_kv_heads, 4);
+  EXPECT_EQ(c.head_dim, 32);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_EQ((*m)->options().dtype, at::kFloat);
+  EXPECT_TRUE((*m)->options().device.is_cpu());
+  EXPECT_GT((*m)->weight_bytes(), 0);
+  // Every weight is float32 and none is tied, so the bytes are 4 per parameter.
+  EXPECT_EQ((*m)->weight_bytes(), c.NumParameters() * 4);
+
+  absl::StatusOr<at::Tensor> logits = Logits(**m, Prompt());
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_EQ(logits->dim(), 2);
+  EXPECT_EQ(logits->size(0), 1);
+  EXPECT_EQ(logits->size(1), 2048);
+  EXPECT_EQ(logits->scalar_type(), at::kFloat);
+  EXPECT_TRUE(logits->isfinite().all().item<bool>());
+  EXPECT_GT(logits->abs().max().item<float>(), 0.0f);
+}
+
+TEST_F(LlamaModelLoadTest, NumParametersMatchesCheckpointTensors) {
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromDirectory(demo());
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
+      SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
+  ASSERT_TRUE(f.ok()) << f.status();
+  int64_t total = 0;
+  for (const StTensorInfo& t : (*f)->tensors()) total += t.numel();
+  EXPECT_EQ(c->NumParameters(), total);
+  EXPECT_EQ((*f)->tensors().size(), 2u + 4u * 9u + 1u);
+}
+
+TEST_F(LlamaModelLoadTest, LoadsTwiceFromTheSameMapping) {
+  absl::StatusOr<std::unique_ptr<LlamaModel>> a = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> b = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<at::Tensor> la = Logits(**a, Prompt());
+  absl::StatusOr<at::Tensor> lb = Logits(**b, Prompt());
+  ASSERT_TRUE(la.ok()) << la.status();
+  ASSERT_TRUE(lb.ok()) << lb.status();
+  EXPECT_TRUE(at::equal(*la, *lb));
+  // The first model still works after the second mapped the same file.
+  b->reset();
+  absl::StatusOr<at::Tensor> again = Logits(**a, Prompt());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(at::equal(*la, *again));
+}
+
+TEST_F(LlamaModelLoadTest, Bf16OptionHalvesWeightBytes) {
+  ModelOptions opts;
+  opts.dtype = at::kBFloat16;
+  absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(demo(), opts);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->weight_bytes(), (*m)->config().NumParameters() * 2);
+}
+
+TEST_F(LlamaModelLoadTest, CheckpointF32GetAliasesTheMapping) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(demo());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ((*ckpt)->total_bytes(), fs::file_size(fs::path(demo()) / "model.safetensors"));
+  EXPECT_TRUE((*ckpt)->Has(kUpProj1));
+  EXPECT_FALSE((*ckpt)->Has("model.layers.4.mlp.up_proj.weight"));
+
+  absl::StatusOr<at::Tensor> a = (*ckpt)->Get(kUpProj1, {688, 256}, at::kFloat, at::kCPU);
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<at::Tensor> b = (*ckpt)->Get(kUpProj1, {688, 256}, at::kFloat, at::kCPU);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->data_ptr(), b->data_ptr()) << "F32 weights should alias the mapped file";
+  EXPECT_EQ(a->sizes().vec(), (std::vector<int64_t>{688, 256}));
+
+  // The values are the file's bytes.
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
+      SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
+  ASSERT_TRUE(f.ok()) << f.status();
+  const StTensorInfo* info = (*f)->Find(kUpProj1);
+  ASSERT_NE(info, nullptr);
+  EXPECT_EQ(Bytes(*a), Bytes((*f)->Data(*info)));
+
+  // A converted tensor is a copy.
+  absl::StatusOr<at::Tensor> c = (*ckpt)->Get(kUpProj1, {688, 256}, at::kBFloat16, at::kCPU);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->scalar_type(), at::kBFloat16);
+  EXPECT_NE(c->data_ptr(), a->data_ptr());
+
+  std::vector<std::string> unused = (*ckpt)->UnusedNames();
+  EXPECT_EQ(unused.size(), 38u);
+  EXPECT_EQ(std::count(unused.begin(), unused.end(), std::string(kUpProj1)), 0);
+}
+
+// ------------------------------------------------------ missing tensor -----
+
+TEST_F(LlamaModelLoadTest, MissingTensor) {
+  const std::string dir = CopyOfDemo("missing-tensor");
+  ASSERT_TRUE(RewriteWeights(dir, [](const StTensorInfo& t, std::string_view, StTensorToWrite&,
+                                     std::vector<at::Tensor>&) { return t.name != kUpProj1; })
+                  .ok());
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  const std::string msg(s.message());
+  EXPECT_THAT(msg, HasSubstr((fs::path(dir) / "model.safetensors").string()));
+  EXPECT_THAT(msg, HasSubstr(kUpProj1));
+  EXPECT_THAT(msg, HasSubstr("missing"));
+  EXPECT_THAT(msg, HasSubstr("[688, 256]"));
+}
+
+// -------------------------------------------------------- wrong shape ------
+
+TEST_F(LlamaModelLoadTest, WrongShape) {
+  const std::string dir = CopyOfDemo("wrong-shape");
+  ASSERT_TRUE(RewriteWeights(dir,
+                             [](const StTensorInfo& t, std::string_view, StTensorToWrite& w,
+                                std::vector<at::Tensor>& keep) {
+                               if (t.name == kUpProj1) {
+                                 keep.push_back(at::zeros({688, 128}, at::kFloat));
+                                 w.shape = {688, 128};
+                                 w.bytes = Bytes(keep.back());
+                               }
+                               return true;
+                             })
+                  .ok());
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  const std::string msg(s.message());
+  EXPECT_THAT(msg, HasSubstr((fs::path(dir) / "model.safetensors").string()));
+  EXPECT_THAT(msg, HasSubstr(kUpProj1));
+  EXPECT_THAT(msg, HasSubstr("[688, 128]"));  // actual
+  EXPECT_THAT(msg, HasSubstr("[688, 256]"));  // expected
+}
+
+// ----------------------------------------------------- truncated file ------
+
+TEST_F(LlamaModelLoadTest, TruncatedSafetensors) {
+  const std::string dir = CopyOfDemo("truncated");
+  const fs::path file = fs::path(dir) / "model.safetensors";
+  const auto size = fs::file_size(file);
+  fs::resize_file(file, size / 2);
+  ASSERT_EQ(fs::file_size(file), size / 2);
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(file.string()));
+}
+
+TEST_F(LlamaModelLoadTest, TruncatedIntoTheHeader) {
+  const std::string dir = CopyOfDemo("truncated-header");
+  const fs::path file = fs::path(dir) / "model.safetensors";
+  fs::resize_file(file, 100);
+  absl::Status s = Checkpoint::Open(dir).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(file.string()));
+}
+
+// ---------------------------------------------------- pickled weights ------
+
+TEST_F(LlamaModelLoadTest, OnlyPytorchModelBin) {
+  const std::string dir = testing::MakeTempDir("pickled");
+  fs::copy_file(fs::path(demo()) / "config.json", fs::path(dir) / "config.json");
+  WriteAll(fs::path(dir) / "pytorch_model.bin", "PK\x03\x04 not really a zip");
+  for (absl::Status s : {LlamaModel::Load(dir, {}).status(), Checkpoint::Open(dir).status()}) {
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    const std::string msg(s.message());
+    EXPECT_THAT(msg, HasSubstr("pytorch_model.bin"));
+    EXPECT_THAT(msg, HasSubstr("pickled"));
+    EXPECT_THAT(msg, HasSubstr("safetensors"));
+    EXPECT_THAT(msg, HasSubstr(dir));
+  }
+}
+
+TEST_F(LlamaModelLoadTest, ConfigButNoWeights) {
+  const std::string dir = testing::MakeTempDir("no-weights");
+  fs::copy_file(fs::path(demo()) / "config.json", fs::path(dir) / "config.json");
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(dir));
+}
+
+// ---------------------------------------------------------- config.json ----
+
+TEST_F(LlamaModelLoadTest, EmptyDirectory) {
+  const std::string dir = testing::MakeTempDir("empty");
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.code(), AnyOf(absl::StatusCode::kNotFound, absl::StatusCode::kInvalidArgument))
+      << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr((fs::path(dir) / "config.json").string()));
+}
+
+TEST_F(LlamaModelLoadTest, BadConfigJson) {
+  const std::string dir = CopyOfDemo("bad-config");
+  const fs::path config = fs::path(dir) / "config.json";
+  WriteAll(config, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": ");
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(config.string()));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("JSON"));
+}
+
+TEST_F(LlamaModelLoadTest, ConfigDisagreesWithWeights) {
+  const std::string dir = CopyOfDemo("config-mismatch");
+  json j = json::parse(ReadAll(fs::path(demo()) / "config.json"));
+  j["intermediate_size"] = 512;
+  WriteAll(fs::path(dir) / "config.json", j.dump(2));
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("mlp.gate_proj.weight"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("[688, 256]"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("[512, 256]"));
+}
+
+// -------------------------------------------------------------- shards -----
+
+class ShardedTest : public LlamaModelLoadTest {
+ protected:
+  // Writes the demo tensors into two shards: layers 0-1 plus embeddings go to
+  // shard 1, everything else to shard 2. `shard_of` in the index can be
+  // overridden per tensor.
+  static absl::Status WriteShards(const std::string& dir,
+                                  const std::map<std::string, std::string>& index_override = {}) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> src =
+        SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
+    if (!src.ok()) return src.status();
+    const std::string s1 = "model-00001-of-00002.safetensors";
+    const std::string s2 = "model-00002-of-00002.safetensors";
+    std::vector<StTensorToWrite> a, b;
+    json map = json::object();
+    for (const StTensorInfo& t : (*src)->tensors()) {
+      StTensorToWrite w{t.name, t.dtype, t.shape, Bytes((*src)->Data(t))};
+      const bool first = t.name.starts_with("model.embed_tokens") ||
+                         t.name.starts_with("model.layers.0.") ||
+                         t.name.starts_with("model.layers.1.");
+      (first ? a : b).push_back(w);
+      map[t.name] = first ? s1 : s2;
+    }
+    for (const auto& [name, shard] : index_override) map[name] = shard;
+    if (absl::Status s = WriteSafetensors((fs::path(dir) / s1).string(), a, {{"format", "pt"}});
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = WriteSafetensors((fs::path(dir) / s2).string(), b, {{"format", "pt"}});
+        !s.ok()) {
+      return s;
+    }
+    json index = {{"metadata", {{"total_size", (*src)->size_bytes()}}}, {"weight_map", map}};
+    WriteAll(fs::path(dir) / "model.safetensors.index.json", index.dump(2));
+    fs::copy_file(fs::path(demo()) / "config.json", fs::path(dir) / "config.json");
+    fs::copy_file(fs::path(demo()) / "generation_config.json",
+                  fs::path(dir) / "generation_config.json");
+    return absl::OkStatus();
+  }
+};
+
+TEST_F(ShardedTest, LoadsAndMatchesUnsharded) {
+  const std::string dir = testing::MakeTempDir("sharded");
+  ASSERT_TRUE(WriteShards(dir).ok());
+  ASSERT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
+
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE((*ckpt)->Has("model.embed_tokens.weight"));
+  EXPECT_TRUE((*ckpt)->Has("lm_head.weight"));
+  EXPECT_EQ((*ckpt)->UnusedNames().size(), 39u);
+
+  absl::StatusOr<std::unique_ptr<LlamaModel>> sharded = LlamaModel::Load(dir, {});
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> single = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ((*sharded)->weight_bytes(), (*single)->weight_bytes());
+
+  absl::StatusOr<at::Tensor> ls = Logits(**sharded, Prompt());
+  absl::StatusOr<at::Tensor> lu = Logits(**single, Prompt());
+  ASSERT_TRUE(ls.ok()) << ls.status();
+  ASSERT_TRUE(lu.ok()) << lu.status();
+  ASSERT_EQ(ls->sizes(), lu->sizes());
+  EXPECT_LE((*ls - *lu).abs().max().item<float>(), 1e-6f);
+}
+
+TEST_F(ShardedTest, IndexNamesWrongShard) {
+  const std::string dir = testing::MakeTempDir("sharded-wrong");
+  // lm_head.weight lives in shard 2, but the index says shard 1.
+  ASSERT_TRUE(
+      WriteShards(dir, {{"lm_head.weight", "model-00001-of-00002.safetensors"}}).ok());
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  const std::string msg(s.message());
+  EXPECT_THAT(msg, HasSubstr("model.safetensors.index.json"));
+  EXPECT_THAT(msg, HasSubstr("lm_head.weight"));
+  EXPECT_THAT(msg, HasSubstr("model-00001-of-00002.safetensors"));
+}
+
+TEST_F(ShardedTest, IndexNamesMissingTensor) {
+  const std::string dir = testing::MakeTempDir("sharded-ghost");
+  ASSERT_TRUE(WriteShards(dir, {{"model.layers.9.mlp.up_proj.weight",
+                                 "model-00002-of-00002.safetensors"}})
+                  .ok());
+  absl::Status s = Checkpoint::Open(dir).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("model.layers.9.mlp.up_proj.weight"));
+}
+
+TEST_F(ShardedTest, IndexNamesMissingShardFile) {
+  const std::string dir = testing::MakeTempDir("sharded-no-file");
+  ASSERT_TRUE(WriteShards(dir).ok());
+  const fs::path shard2 = fs::path(dir) / "model-00002-of-00002.safetensors";
+  fs::remove(shard2);
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr(shard2.string()));
+}
+
+TEST_F(ShardedTest, ShardPathEscapeRejected) {
+  const std::string dir = testing::MakeTempDir("sharded-escape");
+  ASSERT_TRUE(
+      WriteShards(dir, {{"lm_head.weight", "../model-00002-of-00002.safetensors"}}).ok());
+  absl::Status s = Checkpoint::Open(dir).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("../model-00002-of-00002.safetensors"));
+}
+
+TEST_F(ShardedTest, BadIndexJson) {
+  const std::string dir = testing::MakeTempDir("sharded-bad-index");
+  ASSERT_TRUE(WriteShards(dir).ok());
+  WriteAll(fs::path(dir) / "model.safetensors.index.json", R"({"metadata": {}})");
+  absl::Status s = Checkpoint::Open(dir).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors.index.json"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("weight_map"));
+}
+
+// ------------------------------------------------------ unsupported dtype --
+
+TEST_F(LlamaModelLoadTest, UnsupportedDtype) {
+  const std::string dir = CopyOfDemo("i32-weight");
+  ASSERT_TRUE(RewriteWeights(dir,
+                             [](const StTensorInfo& t, std::string_view, StTensorToWrite& w,
+                                std::vector<at::Tensor>& keep) {
+                               if (t.name == kUpProj1) {
+                                 keep.push_back(at::zeros({688, 256}, at::kInt));
+                                 w.dtype = StDType::kI32;
+                                 w.bytes = Bytes(keep.back());
+                               }
+                               return true;
+                             })
+                  .ok());
+  absl::Status s = LlamaModel::Load(dir, {}).status();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  const std::string msg(s.message());
+  EXPECT_THAT(msg, HasSubstr((fs::path(dir) / "model.safetensors").string()));
+  EXPECT_THAT(msg, HasSubstr(kUpProj1));
+  EXPECT_THAT(msg, HasSubstr("I32"));
+}
+
+// ------------------------------------------------------------ bf16 file ----
+
+TEST_F(LlamaModelLoadTest, Bf16CheckpointLoadsAsFloat32) {
+  const std::string dir = CopyOfDemo("bf16");
+  ASSERT_TRUE(RewriteWeights(dir,
+                             [](const StTensorInfo& t, std::string_view bytes, StTensorToWrite& w,
+                                std::vector<at::Tensor>& keep) {
+                               at::Tensor f32 = at::from_blob(const_cast<char*>(bytes.data()),
+                                                              t.shape, at::kFloat);
+                               keep.push_back(f32.to(at::kBFloat16).contiguous());
+                               w.dtype = StDType::kBF16;
+                               w.bytes = Bytes(keep.back());
+                               return true;
+                             })
+                  .ok());
+  {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
+        SafetensorsFile::Open((fs::path(dir) / "model.safetensors").string());
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (const StTensorInfo& t : (*f)->tensors()) {
+      ASSERT_EQ(t.dtype, StDType::kBF16) << t.name;
+    }
+  }
+
+  absl::StatusOr<std::unique_ptr<LlamaModel>> bf16 = LlamaModel::Load(dir, {});
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ((*bf16)->options().dtype, at::kFloat);
+  // Converted to float32 on load: 4 bytes per parameter.
+  EXPECT_EQ((*bf16)->weight_bytes(), (*bf16)->config().NumParameters() * 4);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> f32 = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(f32.ok()) << f32.status();
+
+  absl::StatusOr<at::Tensor> lb = Logits(**bf16, Prompt());
+  absl::StatusOr<at::Tensor> lf = Logits(**f32, Prompt());
+  ASSERT_TRUE(lb.ok()) << lb.status();
+  ASSERT_TRUE(lf.ok()) << lf.status();
+  ASSERT_EQ(lb->sizes(), lf->sizes());
+  EXPECT_EQ(lb->scalar_type(), at::kFloat);
+  const float diff = (*lb - *lf).abs().max().item<float>();
+  EXPECT_LT(diff, 0.1f);
+  EXPECT_GT(diff, 0.0f) << "bf16 rounding should change the logits a little";
+  // Same next-token prediction.
+  EXPECT_EQ(lb->argmax(-1).item<int64_t>(), lf->argmax(-1).item<int64_t>());
+}
+
+}  // namespace
+}  // namespace adapterd::model
