@@ -22,9 +22,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "server/engine/engine.h"
+#include "server/metrics/metrics_http_server.h"
 #include "server/metrics/server_metrics.h"
 #include "server/model/demo_checkpoint.h"
 #include "server/model/llama_model.h"
@@ -149,18 +149,14 @@ int main(int argc, char** argv) {
 
   auto registry = std::make_shared<prometheus::Registry>();
   adapterd::metrics::ServerMetrics metrics(*registry);
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<adapterd::metrics::MetricsHttpServer> metrics_server;
   std::string metrics_address = "disabled";
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(addr);
-    } catch (const std::exception& e) {
-      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", addr, ": ",
-                                                      e.what())));
-    }
-    exposer->RegisterCollectable(registry);
-    metrics_address = absl::StrCat(addr.substr(0, addr.rfind(':')), ":",
-                                   exposer->GetListeningPorts().front());
+    absl::StatusOr<std::unique_ptr<adapterd::metrics::MetricsHttpServer>> m =
+        adapterd::metrics::MetricsHttpServer::Start(addr, registry);
+    if (!m.ok()) return Fail(m.status());
+    metrics_server = *std::move(m);
+    metrics_address = metrics_server->address();
   }
 
   adapterd::engine::EngineOptions engine_options;
