@@ -65,6 +65,7 @@ struct Case {
   std::string name;
   std::string make_args;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " (" << c.make_args << ")"; }
 
 class BaseModelConformanceTest : public ::testing::TestWithParam<Case> {};
 

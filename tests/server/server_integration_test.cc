@@ -282,6 +282,10 @@ TEST_F(ServerTest, MetricsAreScraped) {
   EXPECT_THAT(m, HasSubstr("adapterd_prompt_tokens_total"));
   EXPECT_THAT(m, HasSubstr("adapterd_requests_running"));
   EXPECT_THAT(m, HasSubstr("adapterd_requests_waiting"));
+  EXPECT_THAT(m, HasSubstr("adapterd_kv_cache_utilization"));
+  auto missing = testing::HttpGet(server_->metrics_address(), "/nothing");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("404"));
 }
 
 // A separate server: SIGTERM lets the in-flight stream finish, then exits 0.
