@@ -28,6 +28,8 @@
 #include "server/metrics/server_metrics.h"
 #include "server/model/demo_checkpoint.h"
 #include "server/model/llama_model.h"
+#include "adapters/adapter_registry.h"
+#include "server/rpc/admin_service.h"
 #include "server/rpc/grpc_server.h"
 #include "server/rpc/inference_service.h"
 
@@ -38,6 +40,11 @@ ABSL_FLAG(std::string, cache_dir, "",
           "Cache directory for the demo model. Empty: $ADAPTERD_CACHE_DIR, else "
           "$XDG_CACHE_HOME/adapterd, else ~/.cache/adapterd.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
+ABSL_FLAG(std::string, admin_listen, "",
+          "Admin API listen address; empty serves Admin on --listen");
+ABSL_FLAG(int64_t, max_upload_mb, 1024, "Largest adapter upload (all files together), in MiB");
+ABSL_FLAG(int, metrics_max_adapter_labels, 100,
+          "Adapter ids that get their own metric label; the rest share adapter=\"other\"");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address (host:port; port 0 = any; empty disables)");
 ABSL_FLAG(int, threads, 0, "Compute threads for the model (0 = number of cores)");
@@ -148,7 +155,7 @@ int main(int argc, char** argv) {
             << absl::FormatDuration(absl::Now() - load_start) << ", " << threads << " threads";
 
   auto registry = std::make_shared<prometheus::Registry>();
-  adapterd::metrics::ServerMetrics metrics(*registry);
+  adapterd::metrics::ServerMetrics metrics(*registry, absl::GetFlag(FLAGS_metrics_max_adapter_labels));
   std::unique_ptr<adapterd::metrics::MetricsHttpServer> metrics_server;
   std::string metrics_address = "disabled";
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
@@ -169,27 +176,56 @@ int main(int argc, char** argv) {
       adapterd::engine::Engine::Create(*std::move(model), engine_options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
 
-  adapterd::rpc::InferenceService inference((*engine).get(), &metrics);
+  // The registry reads the base model's weights (for validation and DoRA)
+  // while the engine runs it; both only read them.
+  const adapterd::model::LlamaModel* base = (*engine)->model();
+  adapterd::adapters::AdapterRegistry adapter_registry(base);
+  adapterd::rpc::InferenceService inference((*engine).get(), &adapter_registry, &metrics);
+  adapterd::rpc::AdminOptions admin_options;
+  admin_options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
+  adapterd::rpc::AdminService admin(&adapter_registry, &metrics, admin_options);
+
   adapterd::rpc::GrpcServerOptions grpc_options;
   grpc_options.listen_address = absl::GetFlag(FLAGS_listen);
   grpc_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   grpc_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  const std::string admin_listen = absl::GetFlag(FLAGS_admin_listen);
+  std::vector<grpc::Service*> services = {&inference};
+  grpc_options.health_services = {"adapterd.v1.Inference"};
+  if (admin_listen.empty()) {
+    services.push_back(&admin);
+    grpc_options.health_services.push_back("adapterd.v1.Admin");
+  }
   absl::StatusOr<std::unique_ptr<adapterd::rpc::GrpcServer>> server =
-      adapterd::rpc::GrpcServer::Start(grpc_options, {&inference});
+      adapterd::rpc::GrpcServer::Start(grpc_options, services);
   if (!server.ok()) return Fail(server.status());
+  std::unique_ptr<adapterd::rpc::GrpcServer> admin_server;
+  std::string admin_address = (*server)->address();
+  if (!admin_listen.empty()) {
+    adapterd::rpc::GrpcServerOptions admin_grpc = grpc_options;
+    admin_grpc.listen_address = admin_listen;
+    admin_grpc.health_services = {"adapterd.v1.Admin"};
+    absl::StatusOr<std::unique_ptr<adapterd::rpc::GrpcServer>> a =
+        adapterd::rpc::GrpcServer::Start(admin_grpc, {&admin});
+    if (!a.ok()) return Fail(a.status());
+    admin_server = *std::move(a);
+    admin_address = admin_server->address();
+  }
 
   if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
     const std::string tmp = f + ".tmp";
-    std::ofstream(tmp) << absl::StrFormat(R"({"grpc": "%s", "metrics": "%s", "pid": %d})",
-                                          (*server)->address(), metrics_address, getpid())
+    std::ofstream(tmp) << absl::StrFormat(
+                              R"({"grpc": "%s", "admin": "%s", "metrics": "%s", "pid": %d})",
+                              (*server)->address(), admin_address, metrics_address, getpid())
                        << "\n";
     std::rename(tmp.c_str(), f.c_str());
   }
-  LOG(INFO) << "ready: grpc " << (*server)->address() << ", metrics http://" << metrics_address
-            << "/metrics";
-  std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  metrics: http://"
-            << metrics_address << "/metrics\n  try:     ./x ctl generate --addr="
-            << (*server)->address() << " --prompt=1,2,3 --max_new_tokens=16\n"
+  LOG(INFO) << "ready: grpc " << (*server)->address() << ", admin " << admin_address
+            << ", metrics http://" << metrics_address << "/metrics";
+  std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  admin:   "
+            << admin_address << "\n  metrics: http://" << metrics_address
+            << "/metrics\n  try:     ./x ctl generate --addr=" << (*server)->address()
+            << " --prompt=1,2,3 --max_new_tokens=16\n"
             << std::flush;
 
   int sig = 0;
@@ -197,6 +233,7 @@ int main(int argc, char** argv) {
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   LOG(INFO) << "received signal " << sig << ": shutting down (grace "
             << absl::FormatDuration(grace) << ")";
+  if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
   (*server)->Shutdown(grace);
   (*engine)->Shutdown(absl::ZeroDuration());
   LOG(INFO) << "shut down cleanly";

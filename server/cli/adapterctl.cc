@@ -1,5 +1,8 @@
 // adapterctl: command-line client for adapterd.
 //   adapterctl generate --prompt=1,2,3 [--max_new_tokens=16] [--adapter=ID] [--unary]
+//   adapterctl load --id=ID --path=DIR [--replace]       (a directory on the server)
+//   adapterctl upload --id=ID --path=DIR [--replace]     (files sent from this machine)
+//   adapterctl unload --id=ID | get --id=ID | list
 //   adapterctl health [--service=NAME]
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -8,6 +11,7 @@
 #include <mutex>
 
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,6 +25,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "adapterd/v1/admin.grpc.pb.h"
 #include "adapterd/v1/inference.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address");
@@ -37,6 +42,10 @@ ABSL_FLAG(bool, logprobs, false, "Print the log-probability of each token");
 ABSL_FLAG(bool, unary, false, "Use Generate instead of GenerateStream");
 ABSL_FLAG(double, timeout_seconds, 60, "Deadline of the call");
 ABSL_FLAG(std::string, service, "", "health: service name (empty = overall)");
+ABSL_FLAG(std::string, admin_addr, "", "Admin address (empty = --addr)");
+ABSL_FLAG(std::string, id, "", "load/upload/unload/get: adapter id");
+ABSL_FLAG(std::string, path, "", "load: directory on the server; upload: local directory");
+ABSL_FLAG(bool, replace, false, "load/upload: swap an adapter already loaded under --id");
 
 namespace {
 
@@ -128,6 +137,90 @@ int Generate(const std::shared_ptr<grpc::Channel>& channel) {
   return Report(reader->Finish(), ctx);
 }
 
+void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
+  std::cout << a.adapter_id() << "  "
+            << (a.state() == adapterd::v1::ADAPTER_STATE_READY ? "ready" : "loading") << "  "
+            << a.type() << "  ranks=" << absl::StrJoin(a.ranks(), ",")
+            << "  targets=" << absl::StrJoin(a.target_modules(), ",") << "  bytes=" << a.bytes()
+            << "  load_s=" << a.load_seconds() << "  requests=" << a.requests_served()
+            << "  tokens=" << a.tokens_generated() << "  source=" << a.source() << "\n";
+}
+
+void SetDeadline(grpc::ClientContext& ctx) {
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(
+                       static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
+}
+
+int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = adapterd::v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  const std::string id = absl::GetFlag(FLAGS_id);
+  if (cmd == "list") {
+    adapterd::v1::ListAdaptersResponse resp;
+    grpc::Status st = stub->ListAdapters(&ctx, {}, &resp);
+    if (int rc = Report(st, ctx); rc != 0) return rc;
+    for (const auto& a : resp.adapters()) PrintAdapter(a);
+    return 0;
+  }
+  if (cmd == "get") {
+    adapterd::v1::GetAdapterRequest req;
+    req.set_adapter_id(id);
+    adapterd::v1::AdapterInfo info;
+    grpc::Status st = stub->GetAdapter(&ctx, req, &info);
+    if (int rc = Report(st, ctx); rc != 0) return rc;
+    PrintAdapter(info);
+    return 0;
+  }
+  if (cmd == "unload") {
+    adapterd::v1::UnloadAdapterRequest req;
+    req.set_adapter_id(id);
+    adapterd::v1::UnloadAdapterResponse resp;
+    grpc::Status st = stub->UnloadAdapter(&ctx, req, &resp);
+    if (int rc = Report(st, ctx); rc != 0) return rc;
+    std::cout << "unloaded " << id << "\n";
+    return 0;
+  }
+  adapterd::v1::AdapterInfo info;
+  grpc::Status st;
+  if (cmd == "load") {
+    adapterd::v1::LoadAdapterRequest req;
+    req.set_adapter_id(id);
+    req.set_path(absl::GetFlag(FLAGS_path));
+    req.set_replace(absl::GetFlag(FLAGS_replace));
+    st = stub->LoadAdapter(&ctx, req, &info);
+  } else {  // upload
+    auto writer = stub->UploadAdapter(&ctx, &info);
+    adapterd::v1::UploadAdapterRequest msg;
+    msg.mutable_header()->set_adapter_id(id);
+    msg.mutable_header()->set_replace(absl::GetFlag(FLAGS_replace));
+    bool ok = writer->Write(msg);
+    for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
+      std::ifstream in(absl::GetFlag(FLAGS_path) + "/" + name, std::ios::binary);
+      if (!in) {
+        std::cerr << "error: cannot read " << absl::GetFlag(FLAGS_path) << "/" << name << "\n";
+        return 2;
+      }
+      std::string buf(1 << 20, '\0');  // 1 MiB chunks stay under message limits
+      while (ok && in) {
+        in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+        const std::streamsize n = in.gcount();
+        if (n <= 0) break;
+        msg.Clear();
+        msg.mutable_chunk()->set_file_name(name);
+        msg.mutable_chunk()->set_data(buf.data(), static_cast<size_t>(n));
+        ok = writer->Write(msg);
+      }
+    }
+    writer->WritesDone();
+    st = writer->Finish();
+  }
+  if (int rc = Report(st, ctx); rc != 0) return rc;
+  PrintAdapter(info);
+  return 0;
+}
+
 int Health(const std::shared_ptr<grpc::Channel>& channel) {
   // grpc.health.v1 via a generic unary call, to avoid depending on its generated code.
   grpc::GenericStub stub(channel);
@@ -173,6 +266,11 @@ int main(int argc, char** argv) {
       "adapterctl COMMAND [flags]\n"
       "Commands:\n"
       "  generate  --prompt=IDS [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
+      "  load      --id=ID --path=DIR_ON_SERVER [--replace]\n"
+      "  upload    --id=ID --path=LOCAL_DIR [--replace]\n"
+      "  unload    --id=ID\n"
+      "  get       --id=ID\n"
+      "  list\n"
       "  health    [--service=NAME]");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -188,6 +286,11 @@ int main(int argc, char** argv) {
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
   if (cmd == "generate") return Generate(channel);
   if (cmd == "health") return Health(channel);
+  if (cmd == "load" || cmd == "upload" || cmd == "unload" || cmd == "get" || cmd == "list") {
+    const std::string admin = absl::GetFlag(FLAGS_admin_addr);
+    return Admin(cmd, admin.empty() ? channel
+                                    : grpc::CreateChannel(admin, grpc::InsecureChannelCredentials()));
+  }
   std::cerr << "unknown command '" << cmd << "'\n" << absl::ProgramUsageMessage() << "\n";
   return 2;
 }

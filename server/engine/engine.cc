@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <utility>
 
@@ -230,9 +231,13 @@ void Engine::Step() {
   if (running_.empty()) return;
 
   // Decode tokens first, then prompt chunks, within the step's token budget.
-  model::ForwardBatch batch;
-  std::vector<Sequence*> in_batch;
+  struct Pick {
+    Sequence* seq;
+    int64_t n;
+  };
+  std::vector<Pick> picks;
   int64_t budget = options_.max_tokens_per_step;
+  bool any_adapter = false;
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
     for (auto& s : running_) {
       const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->num_computed;
@@ -240,12 +245,27 @@ void Engine::Step() {
       if ((pass == 0) != decoding || pending <= 0 || budget <= 0) continue;
       const int64_t n = std::min(pending, budget);
       budget -= n;
-      batch.seqs.push_back(model::SequenceChunk{
-          n, s->num_computed, &s->blocks, s->num_computed + n == static_cast<int64_t>(s->tokens.size())});
-      batch.token_ids.insert(batch.token_ids.end(), s->tokens.begin() + s->num_computed,
-                             s->tokens.begin() + s->num_computed + n);
-      in_batch.push_back(s.get());
+      picks.push_back({s.get(), n});
+      any_adapter |= s->request.adapter != nullptr;
     }
+  }
+  // Rows of one adapter sit together, so each adapter's delta is one product.
+  if (any_adapter) {
+    std::stable_sort(picks.begin(), picks.end(), [](const Pick& a, const Pick& b) {
+      return std::less<>()(a.seq->request.adapter, b.seq->request.adapter);
+    });
+  }
+  model::ForwardBatch batch;
+  std::vector<Sequence*> in_batch;
+  for (const Pick& p : picks) {
+    Sequence* s = p.seq;
+    batch.seqs.push_back(model::SequenceChunk{
+        p.n, s->num_computed, &s->blocks,
+        s->num_computed + p.n == static_cast<int64_t>(s->tokens.size())});
+    batch.token_ids.insert(batch.token_ids.end(), s->tokens.begin() + s->num_computed,
+                           s->tokens.begin() + s->num_computed + p.n);
+    if (any_adapter) batch.adapters.push_back(s->request.adapter);
+    in_batch.push_back(s);
   }
   if (metrics_ != nullptr) {
     metrics_->batch_size().Observe(static_cast<double>(in_batch.size()));

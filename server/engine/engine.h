@@ -73,6 +73,8 @@ class Engine {
   void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
 
   const model::ModelConfig& model_config() const { return model_->config(); }
+  // The base model, for read-only use (adapter validation) on other threads.
+  const model::LlamaModel* model() const { return model_.get(); }
 
   // A snapshot for tests and logs.
   struct Stats {

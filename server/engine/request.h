@@ -4,12 +4,17 @@
 #define ADAPTERD_SERVER_ENGINE_REQUEST_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+
+namespace adapterd::model {
+class AdapterWeights;
+}  // namespace adapterd::model
 
 namespace adapterd::engine {
 
@@ -29,6 +34,10 @@ struct GenerationRequest {
   std::vector<int64_t> prompt;
   SamplingParams sampling;
   absl::Time deadline = absl::InfiniteFuture();
+  // The adapter to run through; null for the base model. `adapter_ref` keeps
+  // it alive until the request is finished and dropped by the engine.
+  const model::AdapterWeights* adapter = nullptr;
+  std::shared_ptr<const void> adapter_ref;
 };
 
 enum class FinishReason { kLength, kStop, kCancelled, kError };

@@ -27,8 +27,9 @@ Histogram* AddHistogram(prometheus::Registry& r, const std::string& name, const 
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(prometheus::Registry& r)
-    : requests_(&prometheus::BuildCounter()
+ServerMetrics::ServerMetrics(prometheus::Registry& r, int max_adapter_labels)
+    : max_adapter_labels_(max_adapter_labels),
+      requests_(&prometheus::BuildCounter()
                      .Name("adapterd_requests_total")
                      .Help("Finished RPCs by method and gRPC status code")
                      .Register(r)),
@@ -70,7 +71,54 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r)
                            .Name("adapterd_kv_cache_utilization")
                            .Help("Fraction of KV cache blocks in use (0..1)")
                            .Register(r)
-                           .Add({})) {}
+                           .Add({})),
+      adapter_requests_(&prometheus::BuildCounter()
+                             .Name("adapterd_adapter_requests_total")
+                             .Help("Finished requests by adapter (bounded: see --metrics_max_adapter_labels)")
+                             .Register(r)),
+      adapter_tokens_(&prometheus::BuildCounter()
+                           .Name("adapterd_adapter_generated_tokens_total")
+                           .Help("Generated tokens by adapter (bounded like adapter_requests_total)")
+                           .Register(r)),
+      adapter_load_failures_(&prometheus::BuildCounter()
+                                  .Name("adapterd_adapter_load_failures_total")
+                                  .Help("Adapter loads that failed, by gRPC status code")
+                                  .Register(r)),
+      adapter_load_seconds_(AddHistogram(r, "adapterd_adapter_load_seconds",
+                                         "Time to read, validate and build an adapter",
+                                         LatencyBuckets())),
+      adapters_loaded_(&prometheus::BuildGauge()
+                            .Name("adapterd_adapters_loaded")
+                            .Help("Adapters ready to serve")
+                            .Register(r)
+                            .Add({})),
+      adapter_bytes_(&prometheus::BuildGauge()
+                          .Name("adapterd_adapter_bytes")
+                          .Help("Bytes held by adapter tensors, including unloaded adapters "
+                                "that running requests still use")
+                          .Register(r)
+                          .Add({})) {}
+
+std::string ServerMetrics::AdapterLabel(const std::string& adapter_id) {
+  if (adapter_id.empty()) return "base";
+  absl::MutexLock lock(&mu_);
+  if (labelled_adapters_.contains(adapter_id)) return adapter_id;
+  if (static_cast<int>(labelled_adapters_.size()) < max_adapter_labels_) {
+    labelled_adapters_.insert(adapter_id);
+    return adapter_id;
+  }
+  return "other";
+}
+
+void ServerMetrics::RecordAdapterRequest(const std::string& adapter_id, int64_t generated_tokens) {
+  const std::string label = AdapterLabel(adapter_id);
+  adapter_requests_->Add({{"adapter", label}}).Increment();
+  adapter_tokens_->Add({{"adapter", label}}).Increment(static_cast<double>(generated_tokens));
+}
+
+void ServerMetrics::RecordAdapterLoadFailure(std::string_view reason) {
+  adapter_load_failures_->Add({{"reason", std::string(reason)}}).Increment();
+}
 
 void ServerMetrics::RecordRpc(std::string_view rpc, std::string_view code) {
   requests_->Add({{"rpc", std::string(rpc)}, {"code", std::string(code)}}).Increment();

@@ -2,7 +2,13 @@
 #ifndef ADAPTERD_SERVER_METRICS_SERVER_METRICS_H_
 #define ADAPTERD_SERVER_METRICS_SERVER_METRICS_H_
 
+#include <cstdint>
+#include <string>
 #include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -19,13 +25,25 @@ namespace adapterd::metrics {
 // internally.
 class ServerMetrics {
  public:
-  explicit ServerMetrics(prometheus::Registry& registry);
+  // Per-adapter series get their own `adapter` label for the first
+  // `max_adapter_labels` adapter ids seen; later ids share adapter="other",
+  // and the base model is adapter="base". That bounds the series count.
+  explicit ServerMetrics(prometheus::Registry& registry, int max_adapter_labels = 100);
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
 
   // One finished RPC: `rpc` is the method name, `code` the gRPC status name.
   void RecordRpc(std::string_view rpc, std::string_view code);
 
+  // One finished request through `adapter_id` ("" = base model).
+  void RecordAdapterRequest(const std::string& adapter_id, int64_t generated_tokens)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // A load that failed; `reason` is a gRPC status code name.
+  void RecordAdapterLoadFailure(std::string_view reason);
+
+  prometheus::Histogram& adapter_load_seconds() { return *adapter_load_seconds_; }
+  prometheus::Gauge& adapters_loaded() { return *adapters_loaded_; }
+  prometheus::Gauge& adapter_bytes() { return *adapter_bytes_; }
   prometheus::Histogram& time_to_first_token() { return *ttft_; }
   prometheus::Histogram& time_per_output_token() { return *tpot_; }
   prometheus::Histogram& request_duration() { return *e2e_; }
@@ -39,7 +57,18 @@ class ServerMetrics {
   prometheus::Gauge& kv_cache_utilization() { return *kv_utilization_; }
 
  private:
+  std::string AdapterLabel(const std::string& adapter_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const int max_adapter_labels_;
+  absl::Mutex mu_;
+  absl::flat_hash_set<std::string> labelled_adapters_ ABSL_GUARDED_BY(mu_);
   prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Counter>* adapter_requests_;
+  prometheus::Family<prometheus::Counter>* adapter_tokens_;
+  prometheus::Family<prometheus::Counter>* adapter_load_failures_;
+  prometheus::Histogram* adapter_load_seconds_;
+  prometheus::Gauge* adapters_loaded_;
+  prometheus::Gauge* adapter_bytes_;
   prometheus::Histogram* ttft_;
   prometheus::Histogram* tpot_;
   prometheus::Histogram* e2e_;

@@ -167,6 +167,38 @@ int64_t LlamaModel::weight_bytes() const {
   return total;
 }
 
+const at::Tensor& LlamaModel::ProjWeight(int64_t layer, Proj p) const {
+  const Layer& l = layers_[layer];
+  switch (p) {
+    case Proj::kQ: return l.q;
+    case Proj::kK: return l.k;
+    case Proj::kV: return l.v;
+    case Proj::kO: return l.o;
+    case Proj::kGate: return l.gate;
+    case Proj::kUp: return l.up;
+    case Proj::kDown: return l.down;
+  }
+  return l.q;
+}
+
+at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                               int64_t layer, Proj p, const std::vector<Segment>& segments) const {
+  at::Tensor y = at::linear(x, w, Opt(bias));
+  for (const Segment& s : segments) {
+    const LoraModule* m = s.adapter->Find(layer, p);
+    if (m == nullptr) continue;
+    at::Tensor ys = y.narrow(0, s.start, s.rows);
+    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), m->a.t()), m->b.t());
+    if (m->dora_scale.defined()) {
+      at::Tensor base = bias.defined() ? ys - bias : ys;
+      ys.add_((m->dora_scale - 1) * base + m->dora_scale * (delta * m->scale));
+    } else {
+      ys.add_(delta, m->scale);
+    }
+  }
+  return y;
+}
+
 absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCache& kv) const {
   return TorchCall("forward", [&] { return ForwardImpl(batch, kv); });
 }
@@ -199,6 +231,23 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
     offset += s.num_tokens;
     if (s.wants_logits) logit_rows.push_back(offset - 1);
   }
+  // Row ranges that run through the same adapter.
+  std::vector<Segment> segments;
+  if (!batch.adapters.empty()) {
+    int64_t row = 0;
+    for (size_t i = 0; i < batch.seqs.size(); ++i) {
+      const AdapterWeights* a = batch.adapters[i];
+      if (a != nullptr) {
+        if (!segments.empty() && segments.back().adapter == a &&
+            segments.back().start + segments.back().rows == row) {
+          segments.back().rows += batch.seqs[i].num_tokens;
+        } else {
+          segments.push_back({row, batch.seqs[i].num_tokens, a});
+        }
+      }
+      row += batch.seqs[i].num_tokens;
+    }
+  }
   const auto dev = at::TensorOptions().device(options_.device);
   at::Tensor ids = SlotsTensor(batch.token_ids).to(options_.device);
   at::Tensor pos = SlotsTensor(positions).to(options_.device);
@@ -220,9 +269,10 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
-    at::Tensor q = at::linear(h, l.q, Opt(l.q_b)).view({T, c.num_heads, c.head_dim});
-    at::Tensor k = at::linear(h, l.k, Opt(l.k_b)).view({T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = at::linear(h, l.v, Opt(l.v_b)).view({T, c.num_kv_heads, c.head_dim});
+    const int64_t L = static_cast<int64_t>(li);
+    at::Tensor q = Project(h, l.q, l.q_b, L, Proj::kQ, segments).view({T, c.num_heads, c.head_dim});
+    at::Tensor k = Project(h, l.k, l.k_b, L, Proj::kK, segments).view({T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = Project(h, l.v, l.v_b, L, Proj::kV, segments).view({T, c.num_kv_heads, c.head_dim});
     q = ApplyRope(q, cos, sin);
     k = ApplyRope(k, cos, sin);
     at::Tensor& kc = kv.k(static_cast<int64_t>(li));
@@ -243,10 +293,11 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
       attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
       off += sc.num_tokens;
     }
-    x = x + at::linear(attn.view({T, c.num_heads * c.head_dim}), l.o, Opt(l.o_b));
+    x = x + Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
-    at::Tensor act = at::silu(at::linear(h, l.gate, Opt(l.gate_b))) * at::linear(h, l.up, Opt(l.up_b));
-    x = x + at::linear(act, l.down, Opt(l.down_b));
+    at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments)) *
+                     Project(h, l.up, l.up_b, L, Proj::kUp, segments);
+    x = x + Project(act, l.down, l.down_b, L, Proj::kDown, segments);
   }
   if (logit_rows.empty()) return at::empty({0, c.vocab_size}, at::kFloat);
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));

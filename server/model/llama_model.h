@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/model/adapter_weights.h"
 #include "server/model/kv_cache.h"
 #include "server/model/model_config.h"
 
@@ -31,9 +32,13 @@ struct SequenceChunk {
 };
 
 // A flat batch of tokens from many sequences, concatenated in `seqs` order.
+// `adapters` is empty (base model only) or holds one entry per chunk (null =
+// base). Chunks that share an adapter should be adjacent: each run of equal
+// adapters costs one delta product per projection, whatever its length.
 struct ForwardBatch {
   std::vector<int64_t> token_ids;
   std::vector<SequenceChunk> seqs;
+  std::vector<const AdapterWeights*> adapters;
 };
 
 // Weights of the base model, loaded once and shared read-only by every
@@ -53,6 +58,8 @@ class LlamaModel {
   const ModelOptions& options() const { return options_; }
   // Bytes held by the weights (aliases of the checkpoint mapping included).
   int64_t weight_bytes() const;
+  // The frozen weight [out, in] of one projection (adapters validate against it).
+  const at::Tensor& ProjWeight(int64_t layer, Proj p) const;
 
   // Runs the chunks through the model, appending their keys and values to
   // `kv`. Returns float32 logits [number of chunks with wants_logits, vocab],
@@ -61,7 +68,14 @@ class LlamaModel {
 
  private:
   struct Layer;
+  struct Segment {
+    int64_t start = 0, rows = 0;
+    const AdapterWeights* adapter = nullptr;
+  };
   LlamaModel() = default;
+  // base(x) plus every segment's adapter delta for projection `p` of `layer`.
+  at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                     int64_t layer, Proj p, const std::vector<Segment>& segments) const;
   at::Tensor ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
 
   ModelConfig config_;

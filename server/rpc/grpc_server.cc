@@ -30,7 +30,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   server->address_ = absl::StrCat(host, ":", server->port_);
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   health->SetServingStatus(true);
-  for (const char* name : {"adapterd.v1.Inference"}) health->SetServingStatus(name, true);
+  for (const std::string& name : options.health_services) health->SetServingStatus(name, true);
   return server;
 }
 

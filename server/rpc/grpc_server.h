@@ -17,6 +17,8 @@ struct GrpcServerOptions {
   std::string listen_address = "127.0.0.1:50051";  // port 0 picks a free port
   int max_receive_message_bytes = 4 << 20;
   int max_send_message_bytes = 4 << 20;
+  // Names reported SERVING by grpc.health.v1 besides the overall "" status.
+  std::vector<std::string> health_services;
 };
 
 // Owns one grpc::Server with the given services, the standard

@@ -35,16 +35,28 @@ FinishReason ToProto(engine::FinishReason r) {
   return adapterd::v1::FINISH_REASON_UNSPECIFIED;
 }
 
-// Proto → engine request. The adapter id is resolved here once adapters exist;
-// until then any non-empty id is NOT_FOUND.
+// What every call needs from the service.
+struct Deps {
+  engine::Engine* engine;
+  const adapters::AdapterRegistry* registry;
+  metrics::ServerMetrics* metrics;
+};
+
+// Proto -> engine request. A non-empty adapter_id must name a ready adapter:
+// there is no fallback to the base model.
 absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
                                                     const grpc::CallbackServerContext& ctx,
-                                                    std::string id) {
-  if (!req.adapter_id().empty()) {
-    return absl::NotFoundError(absl::StrCat("adapter_id '", req.adapter_id(), "' is not loaded"));
-  }
+                                                    std::string id, const Deps& deps,
+                                                    std::shared_ptr<const adapters::Adapter>* adapter) {
   if (!req.has_sampling()) return absl::InvalidArgumentError("sampling is required");
   engine::GenerationRequest out;
+  if (!req.adapter_id().empty()) {
+    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = deps.registry->Lookup(req.adapter_id());
+    if (!a.ok()) return a.status();
+    *adapter = *a;
+    out.adapter = &(*a)->weights();
+    out.adapter_ref = *a;
+  }
   out.id = std::move(id);
   out.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
   const auto& s = req.sampling();
@@ -63,27 +75,34 @@ absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
   return out;
 }
 
+void RecordFinished(const Deps& deps, const std::shared_ptr<const adapters::Adapter>& adapter,
+                    const engine::Finish& f) {
+  if (adapter != nullptr) adapter->RecordRequest(f.completion_tokens);
+  if (deps.metrics != nullptr) {
+    deps.metrics->RecordAdapterRequest(adapter ? adapter->id() : "", f.completion_tokens);
+  }
+}
+
 // Unary Generate: collects tokens, answers once.
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(grpc::CallbackServerContext* ctx, GenerateResponse* response,
-                  metrics::ServerMetrics* metrics, std::string id)
-      : response_(response), metrics_(metrics), id_(std::move(id)) {
+  GenerateReactor(grpc::CallbackServerContext* ctx, GenerateResponse* response, const Deps& deps,
+                  std::string id)
+      : response_(response), deps_(deps), metrics_(deps.metrics), id_(std::move(id)) {
     ctx->AddInitialMetadata(kRequestIdKey, id_);
     response_->set_request_id(id_);
   }
 
   // The reactor may be finished by the engine before Start returns; it is
   // deleted only when both Start and OnDone are over.
-  void Start(engine::Engine* engine, const GenerateRequest& req,
-             const grpc::CallbackServerContext& ctx) {
-    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_);
+  void Start(const GenerateRequest& req, const grpc::CallbackServerContext& ctx) {
+    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
     if (!r.ok()) {
       Complete(r.status());
     } else {
       auto sink = std::make_shared<Sink>(this);
       absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-          engine->Submit(*std::move(r), sink);
+          deps_.engine->Submit(*std::move(r), sink);
       if (!h.ok()) {
         Complete(h.status());
       } else {
@@ -111,6 +130,8 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       for (float lp : logprobs) r_->response_->add_logprobs(lp);
     }
     void OnFinish(const engine::Finish& f) override {
+      RecordFinished(r_->deps_, r_->adapter_, f);
+      r_->adapter_.reset();
       r_->response_->set_finish_reason(ToProto(f.reason));
       r_->response_->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
       r_->response_->mutable_usage()->set_completion_tokens(
@@ -137,6 +158,8 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 
   std::atomic<int> refs_{2};  // Start and OnDone
   GenerateResponse* const response_;
+  const Deps deps_;
+  std::shared_ptr<const adapters::Adapter> adapter_;  // held until the engine finishes
   metrics::ServerMetrics* const metrics_;
   const std::string id_;
   absl::Mutex mu_;
@@ -148,21 +171,20 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 // arrive meanwhile are coalesced into the next message.
 class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamResponse> {
  public:
-  StreamReactor(grpc::CallbackServerContext* ctx, metrics::ServerMetrics* metrics, std::string id)
-      : metrics_(metrics), id_(std::move(id)) {
+  StreamReactor(grpc::CallbackServerContext* ctx, const Deps& deps, std::string id)
+      : deps_(deps), metrics_(deps.metrics), id_(std::move(id)) {
     ctx->AddInitialMetadata(kRequestIdKey, id_);
   }
 
   // Same lifetime rule as GenerateReactor::Start.
-  void Start(engine::Engine* engine, const GenerateRequest& req,
-             const grpc::CallbackServerContext& ctx) {
-    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_);
+  void Start(const GenerateRequest& req, const grpc::CallbackServerContext& ctx) {
+    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
     if (!r.ok()) {
       FinishNow(r.status());
     } else {
       auto sink = std::make_shared<Sink>(this);
       absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-          engine->Submit(*std::move(r), sink);
+          deps_.engine->Submit(*std::move(r), sink);
       if (!h.ok()) {
         FinishNow(h.status());
       } else {
@@ -206,6 +228,8 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
       r_->MaybeWriteLocked(&unused);
     }
     void OnFinish(const engine::Finish& f) override {
+      RecordFinished(r_->deps_, r_->adapter_, f);
+      r_->adapter_.reset();
       bool finish = false;
       absl::Status status;
       {
@@ -263,6 +287,8 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
   }
 
   std::atomic<int> refs_{2};  // Start and OnDone
+  const Deps deps_;
+  std::shared_ptr<const adapters::Adapter> adapter_;  // written in Start only
   metrics::ServerMetrics* const metrics_;
   const std::string id_;
   absl::Mutex mu_;
@@ -300,21 +326,25 @@ std::string ChooseRequestId(const grpc::CallbackServerContext& context) {
   return absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen));
 }
 
-InferenceService::InferenceService(engine::Engine* engine, metrics::ServerMetrics* metrics)
-    : engine_(engine), metrics_(metrics) {}
+InferenceService::InferenceService(engine::Engine* engine,
+                                   const adapters::AdapterRegistry* registry,
+                                   metrics::ServerMetrics* metrics)
+    : engine_(engine), registry_(registry), metrics_(metrics) {}
 
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const GenerateRequest* request,
                                                      GenerateResponse* response) {
-  auto* reactor = new GenerateReactor(context, response, metrics_, ChooseRequestId(*context));
-  reactor->Start(engine_, *request, *context);
+  auto* reactor = new GenerateReactor(context, response, Deps{engine_, registry_, metrics_},
+                                      ChooseRequestId(*context));
+  reactor->Start(*request, *context);
   return reactor;
 }
 
 grpc::ServerWriteReactor<GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const GenerateRequest* request) {
-  auto* reactor = new StreamReactor(context, metrics_, ChooseRequestId(*context));
-  reactor->Start(engine_, *request, *context);
+  auto* reactor = new StreamReactor(context, Deps{engine_, registry_, metrics_},
+                                    ChooseRequestId(*context));
+  reactor->Start(*request, *context);
   return reactor;
 }
 

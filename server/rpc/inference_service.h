@@ -5,6 +5,7 @@
 #include <string>
 
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "adapters/adapter_registry.h"
 #include "server/engine/engine.h"
 #include "server/metrics/server_metrics.h"
 
@@ -14,10 +15,13 @@ namespace adapterd::rpc {
 // into responses; it holds no model state. Handlers never block: each call
 // is a callback reactor that submits to the engine and is completed by the
 // engine's ResultSink calls. A client cancel, disconnect or deadline cancels
-// the engine request. Thread-safe; the engine and metrics must outlive it.
+// the engine request. An adapter id is resolved once per request; the request
+// holds the adapter until it finishes. Thread-safe; the engine, registry and
+// metrics must outlive it.
 class InferenceService final : public adapterd::v1::Inference::CallbackService {
  public:
-  InferenceService(engine::Engine* engine, metrics::ServerMetrics* metrics);
+  InferenceService(engine::Engine* engine, const adapters::AdapterRegistry* registry,
+                   metrics::ServerMetrics* metrics);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const adapterd::v1::GenerateRequest* request,
@@ -28,6 +32,7 @@ class InferenceService final : public adapterd::v1::Inference::CallbackService {
 
  private:
   engine::Engine* const engine_;
+  const adapters::AdapterRegistry* const registry_;
   metrics::ServerMetrics* const metrics_;
 };
 

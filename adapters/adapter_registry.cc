@@ -1,0 +1,227 @@
+#include "adapters/adapter_registry.h"
+
+#include <utility>
+
+#include "absl/log/log.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "adapters/lora_loader.h"
+
+namespace adapterd::adapters {
+
+std::string_view AdapterStateName(AdapterState s) {
+  switch (s) {
+    case AdapterState::kLoading: return "loading";
+    case AdapterState::kReady: return "ready";
+    case AdapterState::kUnloading: return "unloading";
+    case AdapterState::kGone: return "gone";
+    case AdapterState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+Adapter::Adapter(AdapterInfo info, std::shared_ptr<const model::AdapterWeights> weights,
+                 std::shared_ptr<std::atomic<int64_t>> live_bytes)
+    : info_(std::move(info)), weights_(std::move(weights)), live_bytes_(std::move(live_bytes)) {
+  live_bytes_->fetch_add(info_.bytes);
+}
+
+Adapter::~Adapter() { live_bytes_->fetch_sub(info_.bytes); }
+
+void Adapter::RecordRequest(int64_t tokens) const {
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  tokens_.fetch_add(tokens, std::memory_order_relaxed);
+}
+
+AdapterInfo Adapter::info() const {
+  AdapterInfo i = info_;
+  i.requests_served = requests_.load(std::memory_order_relaxed);
+  i.tokens_generated = tokens_.load(std::memory_order_relaxed);
+  return i;
+}
+
+AdapterRegistry::AdapterRegistry(const model::LlamaModel* base) : base_(base) {
+  loader_ = std::thread([this] { LoaderLoop(); });
+}
+
+AdapterRegistry::~AdapterRegistry() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  loader_.join();
+}
+
+absl::Status AdapterRegistry::ValidateId(const std::string& id) {
+  bool ok = !id.empty() && id.size() <= 128 && absl::ascii_isalnum(static_cast<unsigned char>(id[0]));
+  for (char c : id) {
+    ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      "adapter_id must be 1-128 characters of [A-Za-z0-9._-] starting with a letter or digit");
+}
+
+absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bool replace,
+                                        LoadDone done) {
+  if (absl::Status s = ValidateId(id); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server is shutting down");
+  auto it = entries_.find(id);
+  if (it != entries_.end()) {
+    if (it->second.state == AdapterState::kLoading || it->second.replacing) {
+      return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is already loading"));
+    }
+    if (!replace) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "adapter '", id, "' is already loaded; set replace to swap it for the new version"));
+    }
+    it->second.replacing = true;
+  } else {
+    Entry e;
+    e.source = std::holds_alternative<PathSource>(source) ? std::get<PathSource>(source).dir : "upload";
+    entries_.emplace(id, std::move(e));
+  }
+  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done)});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(
+    const std::string& id, const AdapterSource& source) const {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<AdapterFiles> files =
+      std::holds_alternative<PathSource>(source)
+          ? ReadAdapterDirectory(std::get<PathSource>(source).dir)
+          : AdapterFilesFromUpload(std::get<UploadSource>(source).files);
+  if (!files.ok()) return files.status();
+  absl::StatusOr<LoadedLora> lora = LoadLora(*files, *base_);
+  if (!lora.ok()) return lora.status();
+  AdapterInfo info;
+  info.id = id;
+  info.state = AdapterState::kReady;
+  info.type = lora->summary.dora ? "dora" : "lora";
+  info.ranks = lora->summary.ranks;
+  info.target_modules = lora->summary.target_modules;
+  info.dora = lora->summary.dora;
+  info.source = files->label;
+  info.bytes = lora->weights->bytes();
+  info.loaded_at = absl::Now();
+  info.load_duration = info.loaded_at - start;
+  return std::make_shared<const Adapter>(std::move(info), std::move(lora->weights), live_bytes_);
+}
+
+void AdapterRegistry::LoaderLoop() {
+  while (true) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !tasks_.empty() || stopping_; };
+      mu_.Await(absl::Condition(&ready));
+      if (tasks_.empty()) return;
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    absl::StatusOr<std::shared_ptr<const Adapter>> built = Build(task.id, task.source);
+    absl::StatusOr<AdapterInfo> result;
+    std::shared_ptr<const Adapter> replaced;  // released outside the lock
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = entries_.find(task.id);
+      if (!built.ok()) {
+        if (it != entries_.end()) {
+          if (it->second.replacing) {
+            it->second.replacing = false;  // the old version keeps serving
+          } else {
+            entries_.erase(it);
+          }
+        }
+        result = built.status();
+      } else if (it == entries_.end()) {
+        result = absl::AbortedError(absl::StrCat("adapter '", task.id, "' was unloaded while loading"));
+      } else {
+        replaced = std::move(it->second.adapter);
+        it->second.adapter = *built;
+        it->second.state = AdapterState::kReady;
+        it->second.replacing = false;
+        it->second.source = (*built)->info().source;
+        result = (*built)->info();
+      }
+    }
+    if (result.ok()) {
+      LOG(INFO) << "adapter " << task.id << " ready: " << result->type << ", " << result->bytes
+                << " bytes, loaded in " << absl::FormatDuration(result->load_duration);
+    } else {
+      LOG(WARNING) << "adapter " << task.id << " failed to load: " << result.status();
+    }
+    if (task.done) task.done(std::move(result));
+  }
+}
+
+absl::Status AdapterRegistry::Unload(const std::string& id) {
+  std::shared_ptr<const Adapter> released;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+    if (it->second.state == AdapterState::kLoading || it->second.replacing) {
+      return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is still loading"));
+    }
+    // unloading: out of the map, so new requests get NOT_FOUND; gone when the
+    // last running request drops its reference.
+    released = std::move(it->second.adapter);
+    entries_.erase(it);
+  }
+  LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1
+            << " other references remain)";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Lookup(const std::string& id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter_id '", id, "' is not loaded"));
+  if (it->second.adapter == nullptr) {
+    return absl::UnavailableError(absl::StrCat("adapter_id '", id, "' is still loading; retry"));
+  }
+  return it->second.adapter;
+}
+
+absl::StatusOr<AdapterInfo> AdapterRegistry::Get(const std::string& id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+  if (it->second.adapter != nullptr) return it->second.adapter->info();
+  AdapterInfo info;
+  info.id = id;
+  info.state = AdapterState::kLoading;
+  info.source = it->second.source;
+  return info;
+}
+
+std::vector<AdapterInfo> AdapterRegistry::List() const {
+  std::vector<AdapterInfo> out;
+  absl::ReaderMutexLock lock(&mu_);
+  for (const auto& [id, e] : entries_) {
+    if (e.adapter != nullptr) {
+      out.push_back(e.adapter->info());
+    } else {
+      AdapterInfo info;
+      info.id = id;
+      info.state = AdapterState::kLoading;
+      info.source = e.source;
+      out.push_back(std::move(info));
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+int64_t AdapterRegistry::ready_count() const {
+  absl::ReaderMutexLock lock(&mu_);
+  int64_t n = 0;
+  for (const auto& [id, e] : entries_) n += e.adapter != nullptr;
+  return n;
+}
+
+}  // namespace adapterd::adapters

@@ -1,0 +1,145 @@
+// The adapters a server holds, and their lifecycle.
+#ifndef ADAPTERD_ADAPTERS_ADAPTER_REGISTRY_H_
+#define ADAPTERD_ADAPTERS_ADAPTER_REGISTRY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/model/adapter_weights.h"
+#include "server/model/llama_model.h"
+
+namespace adapterd::adapters {
+
+// loading -> ready -> unloading -> gone, or loading -> failed. Only ready
+// adapters serve requests; failed and gone ones leave no entry behind.
+enum class AdapterState { kLoading, kReady, kUnloading, kGone, kFailed };
+std::string_view AdapterStateName(AdapterState s);
+
+struct AdapterInfo {
+  std::string id;
+  AdapterState state = AdapterState::kLoading;
+  std::string type = "lora";
+  std::vector<int64_t> ranks;
+  std::vector<std::string> target_modules;
+  bool dora = false;
+  std::string source;  // the directory, or "upload"
+  int64_t bytes = 0;
+  absl::Time loaded_at;
+  absl::Duration load_duration;
+  int64_t requests_served = 0;
+  int64_t tokens_generated = 0;
+};
+
+// A ready adapter. Requests hold a shared_ptr to it for as long as they run,
+// so unloading never pulls weights from under a running sequence; the
+// tensors are freed when the last holder lets go. Immutable apart from its
+// counters; thread-safe.
+class Adapter {
+ public:
+  Adapter(AdapterInfo info, std::shared_ptr<const model::AdapterWeights> weights,
+          std::shared_ptr<std::atomic<int64_t>> live_bytes);
+  ~Adapter();
+  Adapter(const Adapter&) = delete;
+  Adapter& operator=(const Adapter&) = delete;
+
+  const std::string& id() const { return info_.id; }
+  const model::AdapterWeights& weights() const { return *weights_; }
+  // Counts one finished request and the tokens it generated.
+  void RecordRequest(int64_t tokens) const;
+  AdapterInfo info() const;
+
+ private:
+  const AdapterInfo info_;
+  const std::shared_ptr<const model::AdapterWeights> weights_;
+  const std::shared_ptr<std::atomic<int64_t>> live_bytes_;
+  mutable std::atomic<int64_t> requests_{0}, tokens_{0};
+};
+
+// Where an adapter's files come from.
+struct PathSource {
+  std::string dir;
+};
+struct UploadSource {
+  std::map<std::string, std::string> files;  // file name -> contents
+};
+using AdapterSource = std::variant<PathSource, UploadSource>;
+
+// Maps adapter ids to adapters. Loads run one at a time on the registry's
+// own loader thread, so the engine keeps stepping while an adapter is parsed,
+// validated and built; Lookup() (one per request) takes a reader lock and
+// never waits for a load. A replacing load keeps the old adapter serving
+// until the new one is ready, then swaps them atomically. Thread-safe. The
+// base model must outlive the registry.
+class AdapterRegistry {
+ public:
+  explicit AdapterRegistry(const model::LlamaModel* base);
+  ~AdapterRegistry();  // finishes queued loads, then joins the loader thread
+
+  // Adapter ids are 1-128 characters of [A-Za-z0-9._-], starting with a letter
+  // or digit.
+  static absl::Status ValidateId(const std::string& id);
+
+  using LoadDone = std::function<void(absl::StatusOr<AdapterInfo>)>;
+  // Checks the id (INVALID_ARGUMENT, ALREADY_EXISTS unless `replace`,
+  // FAILED_PRECONDITION while the id is loading) and queues the load; `done`
+  // runs on the loader thread with the ready adapter's info or the error.
+  // A failed load leaves the registry as it was.
+  absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops new requests from finding the adapter at once (NOT_FOUND); running
+  // requests keep their reference. NOT_FOUND if absent, FAILED_PRECONDITION
+  // while it is still loading.
+  absl::Status Unload(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // The ready adapter `id`: NOT_FOUND if unknown, UNAVAILABLE while its first
+  // load is in progress.
+  absl::StatusOr<std::shared_ptr<const Adapter>> Lookup(const std::string& id) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<AdapterInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<AdapterInfo> List() const ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t ready_count() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Bytes of adapter tensors still alive, including unloaded adapters that
+  // running requests still hold.
+  int64_t live_bytes() const { return live_bytes_->load(); }
+
+ private:
+  struct Entry {
+    AdapterState state = AdapterState::kLoading;
+    std::shared_ptr<const Adapter> adapter;  // set once ready
+    bool replacing = false;                  // a new version is loading
+    std::string source;
+  };
+  struct Task {
+    std::string id;
+    AdapterSource source;
+    LoadDone done;
+  };
+  void LoaderLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::shared_ptr<const Adapter>> Build(const std::string& id,
+                                                       const AdapterSource& source) const;
+
+  const model::LlamaModel* const base_;
+  const std::shared_ptr<std::atomic<int64_t>> live_bytes_ =
+      std::make_shared<std::atomic<int64_t>>(0);
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread loader_;
+};
+
+}  // namespace adapterd::adapters
+
+#endif  // ADAPTERD_ADAPTERS_ADAPTER_REGISTRY_H_

@@ -1,0 +1,199 @@
+#include "adapters/lora_config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace adapterd::adapters {
+namespace {
+
+using json = nlohmann::json;
+
+absl::Status Bad(const std::string& label, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(label, ": ", what));
+}
+
+bool IsSet(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return false;
+  if (it->is_boolean()) return it->get<bool>();
+  if (it->is_array() || it->is_object() || it->is_string()) return !it->empty();
+  return true;
+}
+
+absl::Status StringList(const json& v, const std::string& label, const char* key,
+                        std::vector<std::string>* list, std::optional<std::string>* regex) {
+  if (v.is_string()) {
+    *regex = v.get<std::string>();
+    try {
+      std::regex re(**regex);
+    } catch (const std::regex_error& e) {
+      return Bad(label, absl::StrCat("'", key, "' is not a valid regular expression: ", e.what()));
+    }
+    return absl::OkStatus();
+  }
+  if (!v.is_array()) return Bad(label, absl::StrCat("'", key, "' must be a list or a string"));
+  for (const json& s : v) {
+    if (!s.is_string()) return Bad(label, absl::StrCat("'", key, "' must hold strings"));
+    list->push_back(s.get<std::string>());
+  }
+  return absl::OkStatus();
+}
+
+// PEFT: a key applies when it equals the module name or `(.*\.)?(key)$` matches it.
+bool PatternMatches(const std::string& key, const std::string& name) {
+  if (key == name) return true;
+  try {
+    return std::regex_match(name, std::regex("(.*\\.)?(" + key + ")"));
+  } catch (const std::regex_error&) {
+    return false;
+  }
+}
+
+bool ListMatches(const std::vector<std::string>& list, const std::string& name) {
+  for (const std::string& t : list) {
+    if (name == t || absl::EndsWith(name, "." + t)) return true;
+  }
+  return false;
+}
+
+bool RegexFullMatch(const std::string& re, const std::string& name) {
+  try {
+    return std::regex_match(name, std::regex(re));
+  } catch (const std::regex_error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const std::string& label) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return Bad(label, "not a valid JSON object");
+  LoraConfig c;
+  if (auto t = j.find("peft_type"); t != j.end() && !t->is_null()) {
+    if (!t->is_string() || (*t != "LORA")) {
+      return Bad(label, absl::StrCat("'peft_type' is ", t->dump(), "; only LORA is supported"));
+    }
+  }
+  // Known keys that change the math in ways adapterd does not implement.
+  for (const char* key : {"modules_to_save", "lora_bias", "layer_replication", "target_parameters",
+                          "use_qalora", "alora_invocation_tokens", "trainable_token_indices",
+                          "megatron_config"}) {
+    if (IsSet(j, key)) {
+      return Bad(label, absl::StrCat("'", key, "' is not supported (", j[key].dump(), ")"));
+    }
+  }
+  if (auto b = j.find("bias"); b != j.end() && !b->is_null() && *b != "none") {
+    return Bad(label, absl::StrCat("'bias': ", b->dump(),
+                                   " is not supported; only \"none\" (no trained biases)"));
+  }
+  auto num = [&](const char* key, double* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return absl::OkStatus();
+    if (!it->is_number()) return Bad(label, absl::StrCat("'", key, "' must be a number"));
+    *out = it->get<double>();
+    return absl::OkStatus();
+  };
+  double r = static_cast<double>(c.r);
+  if (absl::Status s = num("r", &r); !s.ok()) return s;
+  if (r < 1 || r != std::floor(r)) return Bad(label, "'r' must be a positive integer");
+  c.r = static_cast<int64_t>(r);
+  c.lora_alpha = static_cast<double>(c.r);
+  if (absl::Status s = num("lora_alpha", &c.lora_alpha); !s.ok()) return s;
+  for (auto [key, dst] : {std::pair{"use_rslora", &c.use_rslora}, std::pair{"use_dora", &c.use_dora},
+                          std::pair{"fan_in_fan_out", &c.fan_in_fan_out}}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    if (!it->is_boolean()) return Bad(label, absl::StrCat("'", key, "' must be a boolean"));
+    *dst = it->get<bool>();
+  }
+  auto targets = j.find("target_modules");
+  if (targets == j.end() || targets->is_null()) {
+    c.target_modules = {"q_proj", "v_proj"};  // PEFT's default for Llama and Qwen2
+  } else if (targets->is_string() && *targets == "all-linear") {
+    c.all_linear = true;
+  } else if (absl::Status s = StringList(*targets, label, "target_modules", &c.target_modules,
+                                         &c.target_regex);
+             !s.ok()) {
+    return s;
+  }
+  if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null()) {
+    if (absl::Status s = StringList(*ex, label, "exclude_modules", &c.exclude_modules,
+                                    &c.exclude_regex);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (auto l = j.find("layers_to_transform"); l != j.end() && !l->is_null()) {
+    if (l->is_number_integer()) {
+      c.layers_to_transform.push_back(l->get<int64_t>());
+    } else if (l->is_array()) {
+      for (const json& v : *l) {
+        if (!v.is_number_integer()) return Bad(label, "'layers_to_transform' must hold integers");
+        c.layers_to_transform.push_back(v.get<int64_t>());
+      }
+    } else {
+      return Bad(label, "'layers_to_transform' must be an integer or a list");
+    }
+  }
+  if (auto p = j.find("layers_pattern"); p != j.end() && !p->is_null()) {
+    const bool ok = (p->is_string() && *p == "layers") ||
+                    (p->is_array() && p->size() == 1 && (*p)[0] == "layers");
+    if (!ok) return Bad(label, absl::StrCat("'layers_pattern' ", p->dump(), " does not match this model's 'layers'"));
+  }
+  for (auto [key, is_rank] : {std::pair{"rank_pattern", true}, std::pair{"alpha_pattern", false}}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    if (!it->is_object()) return Bad(label, absl::StrCat("'", key, "' must be an object"));
+    for (const auto& [k, v] : it->items()) {
+      if (!v.is_number()) return Bad(label, absl::StrCat("'", key, "[", k, "]' must be a number"));
+      if (is_rank) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 1) {
+          return Bad(label, absl::StrCat("'rank_pattern[", k, "]' must be a positive integer"));
+        }
+        c.rank_pattern.emplace_back(k, v.get<int64_t>());
+      } else {
+        c.alpha_pattern.emplace_back(k, v.get<double>());
+      }
+    }
+  }
+  return c;
+}
+
+bool LoraConfig::Targets(const std::string& name, int64_t layer) const {
+  if (exclude_regex ? RegexFullMatch(*exclude_regex, name) : ListMatches(exclude_modules, name)) {
+    return false;
+  }
+  if (all_linear) return true;  // every projection of the decoder layers
+  if (target_regex) return RegexFullMatch(*target_regex, name);
+  if (!ListMatches(target_modules, name)) return false;
+  if (layers_to_transform.empty()) return true;
+  return std::find(layers_to_transform.begin(), layers_to_transform.end(), layer) !=
+         layers_to_transform.end();
+}
+
+int64_t LoraConfig::RankFor(const std::string& name) const {
+  for (const auto& [key, value] : rank_pattern) {
+    if (PatternMatches(key, name)) return value;
+  }
+  return r;
+}
+
+double LoraConfig::AlphaFor(const std::string& name) const {
+  for (const auto& [key, value] : alpha_pattern) {
+    if (PatternMatches(key, name)) return value;
+  }
+  return lora_alpha;
+}
+
+double LoraConfig::ScaleFor(const std::string& name) const {
+  const double rank = static_cast<double>(RankFor(name));
+  return use_rslora ? AlphaFor(name) / std::sqrt(rank) : AlphaFor(name) / rank;
+}
+
+}  // namespace adapterd::adapters

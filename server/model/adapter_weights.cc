@@ -1,0 +1,29 @@
+#include "server/model/adapter_weights.h"
+
+namespace adapterd::model {
+
+std::string_view ProjPath(Proj p) {
+  static constexpr std::string_view kPaths[kNumProj] = {
+      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+  return kPaths[static_cast<int>(p)];
+}
+
+std::string_view ProjName(Proj p) {
+  std::string_view path = ProjPath(p);
+  return path.substr(path.find('.') + 1);
+}
+
+int64_t AdapterWeights::bytes() const {
+  int64_t total = 0;
+  for (const auto& layer : modules_) {
+    for (const LoraModule& m : layer) {
+      for (const at::Tensor* t : {&m.a, &m.b, &m.dora_scale}) {
+        if (t->defined()) total += static_cast<int64_t>(t->nbytes());
+      }
+    }
+  }
+  return total;
+}
+
+}  // namespace adapterd::model

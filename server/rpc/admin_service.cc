@@ -1,0 +1,221 @@
+#include "server/rpc/admin_service.h"
+
+#include <atomic>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/log/log.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/rpc/grpc_status.h"
+
+namespace adapterd::rpc {
+
+using adapterd::v1::AdapterInfo;
+
+void ToProto(const adapters::AdapterInfo& info, AdapterInfo* out) {
+  out->set_adapter_id(info.id);
+  out->set_state(info.state == adapters::AdapterState::kReady ? adapterd::v1::ADAPTER_STATE_READY
+                                                              : adapterd::v1::ADAPTER_STATE_LOADING);
+  out->set_type(info.type);
+  for (int64_t r : info.ranks) out->add_ranks(static_cast<uint32_t>(r));
+  for (const std::string& t : info.target_modules) out->add_target_modules(t);
+  out->set_source(info.source);
+  out->set_bytes(static_cast<uint64_t>(info.bytes));
+  if (info.state == adapters::AdapterState::kReady) {
+    out->set_loaded_at_unix_ms(absl::ToUnixMillis(info.loaded_at));
+    out->set_load_seconds(absl::ToDoubleSeconds(info.load_duration));
+  }
+  out->set_requests_served(static_cast<uint64_t>(info.requests_served));
+  out->set_tokens_generated(static_cast<uint64_t>(info.tokens_generated));
+}
+
+AdminService::AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
+                           AdminOptions options)
+    : registry_(registry), metrics_(metrics), options_(options) {}
+
+void AdminService::OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result) {
+  if (metrics_ == nullptr) return;
+  if (result.ok()) {
+    metrics_->adapter_load_seconds().Observe(absl::ToDoubleSeconds(result->load_duration));
+  } else {
+    metrics_->RecordAdapterLoadFailure(
+        GrpcCodeName(static_cast<grpc::StatusCode>(result.status().code())));
+  }
+  metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
+  metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
+}
+
+// Finishes when the registry's loader thread reports; deleted once both the
+// handler and OnDone are over (the load may finish before Start returns).
+class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
+ public:
+  LoadReactor(AdminService* service, AdapterInfo* resp, const char* rpc)
+      : service_(service), resp_(resp), rpc_(rpc) {}
+
+  void Start(std::string id, adapters::AdapterSource source, bool replace) {
+    absl::Status st = service_->registry_->StartLoad(
+        std::move(id), std::move(source), replace,
+        [this](absl::StatusOr<adapters::AdapterInfo> result) {
+          service_->OnLoaded(result);
+          if (result.ok()) ToProto(*result, resp_);
+          Complete(result.status());
+        });
+    if (!st.ok()) {
+      if (service_->metrics_ != nullptr) {
+        service_->metrics_->RecordAdapterLoadFailure(
+            GrpcCodeName(static_cast<grpc::StatusCode>(st.code())));
+      }
+      Complete(st);
+    }
+    Unref();
+  }
+  void OnDone() override { Unref(); }
+
+ private:
+  void Complete(const absl::Status& st) {
+    grpc::Status gs = ToGrpcStatus(st);
+    if (service_->metrics_ != nullptr) service_->metrics_->RecordRpc(rpc_, GrpcCodeName(gs.error_code()));
+    Finish(gs);
+  }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+  std::atomic<int> refs_{2};
+  AdminService* const service_;
+  AdapterInfo* const resp_;
+  const char* const rpc_;
+};
+
+// Collects an upload's chunks, bounded by max_upload_bytes, then loads it.
+class AdminService::UploadReactor final
+    : public grpc::ServerReadReactor<adapterd::v1::UploadAdapterRequest> {
+ public:
+  UploadReactor(AdminService* service, grpc::CallbackServerContext* ctx, AdapterInfo* resp)
+      : service_(service), ctx_(ctx), resp_(resp) {
+    StartRead(&msg_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return EndOfUpload();
+    if (msg_.has_header()) {
+      if (seen_header_) return Fail(absl::InvalidArgumentError("header must be sent once, first"));
+      seen_header_ = true;
+      id_ = msg_.header().adapter_id();
+      replace_ = msg_.header().replace();
+      if (absl::Status s = adapters::AdapterRegistry::ValidateId(id_); !s.ok()) return Fail(s);
+    } else if (msg_.has_chunk()) {
+      if (!seen_header_) return Fail(absl::InvalidArgumentError("the first message must be a header"));
+      const std::string& name = msg_.chunk().file_name();
+      if (name != "adapter_config.json" && name != "adapter_model.safetensors") {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "chunk.file_name '", name.substr(0, 100),
+            "' must be adapter_config.json or adapter_model.safetensors")));
+      }
+      total_ += static_cast<int64_t>(msg_.chunk().data().size());
+      if (total_ > service_->options_.max_upload_bytes) {
+        return Fail(absl::ResourceExhaustedError(absl::StrCat(
+            "upload exceeds the limit of ", service_->options_.max_upload_bytes, " bytes")));
+      }
+      files_[name].append(msg_.chunk().data());
+    } else {
+      return Fail(absl::InvalidArgumentError("a message carries neither header nor chunk"));
+    }
+    StartRead(&msg_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void EndOfUpload() {
+    // A cancelled or broken stream also ends reads: never load a partial upload.
+    if (ctx_->IsCancelled()) return Complete(absl::CancelledError("upload cancelled"));
+    if (!seen_header_) return Fail(absl::InvalidArgumentError("upload carried no header"));
+    absl::Status st = service_->registry_->StartLoad(
+        std::move(id_), adapters::UploadSource{std::move(files_)}, replace_,
+        [this](absl::StatusOr<adapters::AdapterInfo> result) {
+          service_->OnLoaded(result);
+          if (result.ok()) ToProto(*result, resp_);
+          Complete(result.status());  // may delete this: last statement
+        });
+    if (!st.ok()) Fail(st);
+  }
+
+  void Fail(const absl::Status& st) {
+    if (service_->metrics_ != nullptr) {
+      service_->metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(st.code())));
+    }
+    Complete(st);
+  }
+  void Complete(const absl::Status& st) {
+    grpc::Status gs = ToGrpcStatus(st);
+    if (service_->metrics_ != nullptr) {
+      service_->metrics_->RecordRpc("UploadAdapter", GrpcCodeName(gs.error_code()));
+    }
+    Finish(gs);
+  }
+  AdminService* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  AdapterInfo* const resp_;
+  adapterd::v1::UploadAdapterRequest msg_;
+  bool seen_header_ = false;
+  std::string id_;
+  bool replace_ = false;
+  int64_t total_ = 0;
+  std::map<std::string, std::string> files_;
+};
+
+grpc::ServerUnaryReactor* AdminService::Done(grpc::CallbackServerContext* ctx, const char* rpc,
+                                             const absl::Status& status) {
+  grpc::Status gs = ToGrpcStatus(status);
+  if (metrics_ != nullptr) metrics_->RecordRpc(rpc, GrpcCodeName(gs.error_code()));
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(gs);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::LoadAdapter(grpc::CallbackServerContext* ctx,
+                                                    const adapterd::v1::LoadAdapterRequest* req,
+                                                    AdapterInfo* resp) {
+  if (req->path().empty()) {
+    return Done(ctx, "LoadAdapter", absl::InvalidArgumentError("path must name a directory"));
+  }
+  auto* reactor = new LoadReactor(this, resp, "LoadAdapter");
+  reactor->Start(req->adapter_id(), adapters::PathSource{req->path()}, req->replace());
+  return reactor;
+}
+
+grpc::ServerReadReactor<adapterd::v1::UploadAdapterRequest>* AdminService::UploadAdapter(
+    grpc::CallbackServerContext* ctx, AdapterInfo* resp) {
+  return new UploadReactor(this, ctx, resp);
+}
+
+grpc::ServerUnaryReactor* AdminService::UnloadAdapter(grpc::CallbackServerContext* ctx,
+                                                      const adapterd::v1::UnloadAdapterRequest* req,
+                                                      adapterd::v1::UnloadAdapterResponse* resp) {
+  absl::Status st = registry_->Unload(req->adapter_id());
+  if (metrics_ != nullptr) {
+    metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
+    metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
+  }
+  return Done(ctx, "UnloadAdapter", st);
+}
+
+grpc::ServerUnaryReactor* AdminService::ListAdapters(grpc::CallbackServerContext* ctx,
+                                                     const adapterd::v1::ListAdaptersRequest* req,
+                                                     adapterd::v1::ListAdaptersResponse* resp) {
+  for (const adapters::AdapterInfo& info : registry_->List()) ToProto(info, resp->add_adapters());
+  if (metrics_ != nullptr) metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
+  return Done(ctx, "ListAdapters", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminService::GetAdapter(grpc::CallbackServerContext* ctx,
+                                                   const adapterd::v1::GetAdapterRequest* req,
+                                                   AdapterInfo* resp) {
+  absl::StatusOr<adapters::AdapterInfo> info = registry_->Get(req->adapter_id());
+  if (info.ok()) ToProto(*info, resp);
+  return Done(ctx, "GetAdapter", info.status());
+}
+
+}  // namespace adapterd::rpc

@@ -1,0 +1,58 @@
+// gRPC transport for adapterd.v1.Admin.
+#ifndef ADAPTERD_SERVER_RPC_ADMIN_SERVICE_H_
+#define ADAPTERD_SERVER_RPC_ADMIN_SERVICE_H_
+
+#include <cstdint>
+
+#include "adapterd/v1/admin.grpc.pb.h"
+#include "adapters/adapter_registry.h"
+#include "server/metrics/server_metrics.h"
+
+namespace adapterd::rpc {
+
+struct AdminOptions {
+  int64_t max_upload_bytes = int64_t{1} << 30;  // all files of one upload together
+};
+
+// Translates Admin RPCs into registry calls. Loads complete on the
+// registry's loader thread, which finishes the waiting reactor; no handler
+// blocks. Thread-safe; the registry and metrics must outlive it.
+class AdminService final : public adapterd::v1::Admin::CallbackService {
+ public:
+  AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
+               AdminOptions options = {});
+
+  grpc::ServerUnaryReactor* LoadAdapter(grpc::CallbackServerContext* ctx,
+                                        const adapterd::v1::LoadAdapterRequest* req,
+                                        adapterd::v1::AdapterInfo* resp) override;
+  grpc::ServerReadReactor<adapterd::v1::UploadAdapterRequest>* UploadAdapter(
+      grpc::CallbackServerContext* ctx, adapterd::v1::AdapterInfo* resp) override;
+  grpc::ServerUnaryReactor* UnloadAdapter(grpc::CallbackServerContext* ctx,
+                                          const adapterd::v1::UnloadAdapterRequest* req,
+                                          adapterd::v1::UnloadAdapterResponse* resp) override;
+  grpc::ServerUnaryReactor* ListAdapters(grpc::CallbackServerContext* ctx,
+                                         const adapterd::v1::ListAdaptersRequest* req,
+                                         adapterd::v1::ListAdaptersResponse* resp) override;
+  grpc::ServerUnaryReactor* GetAdapter(grpc::CallbackServerContext* ctx,
+                                       const adapterd::v1::GetAdapterRequest* req,
+                                       adapterd::v1::AdapterInfo* resp) override;
+
+ private:
+  class LoadReactor;
+  class UploadReactor;
+  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* rpc,
+                                 const absl::Status& status);
+  // Called on the loader thread when a load ends.
+  void OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result);
+
+  adapters::AdapterRegistry* const registry_;
+  metrics::ServerMetrics* const metrics_;
+  const AdminOptions options_;
+};
+
+// Fills an AdapterInfo message from the registry's view.
+void ToProto(const adapters::AdapterInfo& info, adapterd::v1::AdapterInfo* out);
+
+}  // namespace adapterd::rpc
+
+#endif  // ADAPTERD_SERVER_RPC_ADMIN_SERVICE_H_

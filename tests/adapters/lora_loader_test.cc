@@ -1,0 +1,652 @@
+// ReadAdapterDirectory / AdapterFilesFromUpload / LoadLora against the demo
+// base model: PEFT-layout adapters written here in C++ load into the right
+// per-layer modules and change the logits; malformed or mismatched adapters
+// fail with the status code and a message naming the tensor, key or file.
+#include "adapters/lora_loader.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/model/adapter_weights.h"
+#include "server/model/demo_checkpoint.h"
+#include "server/model/kv_cache.h"
+#include "server/model/llama_model.h"
+#include "server/model/safetensors.h"
+#include "tests/support/test_env.h"
+
+namespace adapterd::adapters {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using model::Proj;
+using model::StDType;
+using ::testing::ElementsAre;
+
+constexpr int64_t kLayers = 4;
+constexpr char kPrefix[] = "base_model.model.model.layers.";
+
+// ------------------------------------------------------------- helpers -----
+
+// [out, in] of each projection of the demo model.
+std::pair<int64_t, int64_t> Dims(const std::string& path) {
+  static const std::map<std::string, std::pair<int64_t, int64_t>> kDims = {
+      {"self_attn.q_proj", {256, 256}}, {"self_attn.k_proj", {128, 256}},
+      {"self_attn.v_proj", {128, 256}}, {"self_attn.o_proj", {256, 256}},
+      {"mlp.gate_proj", {688, 256}},    {"mlp.up_proj", {688, 256}},
+      {"mlp.down_proj", {256, 688}}};
+  return kDims.at(path);
+}
+
+std::string Key(int64_t layer, const std::string& path, const std::string& kind) {
+  return absl::StrCat(kPrefix, layer, ".", path, ".", kind);
+}
+
+// Deterministic pseudo-random float32 bytes in [-amplitude, amplitude].
+std::string RandomF32(int64_t n, float amplitude, uint32_t seed) {
+  std::string out(static_cast<size_t>(n) * 4, '\0');
+  uint32_t s = seed * 2654435761u + 12345u;
+  for (int64_t i = 0; i < n; ++i) {
+    s = s * 1664525u + 1013904223u;
+    const float v = (static_cast<float>(s >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f) * amplitude;
+    std::memcpy(&out[static_cast<size_t>(i) * 4], &v, 4);
+  }
+  return out;
+}
+
+std::string TensorBytes(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+at::Tensor FromF32(const std::string& bytes, const std::vector<int64_t>& shape) {
+  return at::from_blob(const_cast<char*>(bytes.data()), shape, at::kFloat).clone();
+}
+
+struct FakeTensor {
+  std::string name;
+  StDType dtype = StDType::kF32;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+// An adapter as PEFT saves it: adapter_config.json text and the tensors of
+// adapter_model.safetensors.
+struct FakeAdapter {
+  json config;
+  std::vector<FakeTensor> tensors;
+
+  FakeTensor* Find(const std::string& name) {
+    for (FakeTensor& t : tensors) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+  const FakeTensor* Find(const std::string& name) const {
+    return const_cast<FakeAdapter*>(this)->Find(name);
+  }
+  void Remove(const std::string& name) {
+    auto it = std::remove_if(tensors.begin(), tensors.end(),
+                             [&](const FakeTensor& t) { return t.name == name; });
+    ASSERT_NE(it, tensors.end()) << "no tensor " << name;
+    tensors.erase(it, tensors.end());
+  }
+  void Add(std::string name, std::vector<int64_t> shape, uint32_t seed, float amplitude = 0.05f) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    tensors.push_back(FakeTensor{std::move(name), StDType::kF32, shape, RandomF32(n, amplitude, seed)});
+  }
+
+  std::string Weights() const {
+    std::vector<model::StTensorToWrite> w;
+    for (const FakeTensor& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes});
+    return model::SerializeSafetensors(w, {{"format", "pt"}});
+  }
+  std::map<std::string, std::string> Files() const {
+    return {{kConfigFile, config.dump(2)}, {kWeightsFile, Weights()}};
+  }
+  // Writes the two files into a fresh directory and returns it.
+  std::string Write(const std::string& name) const {
+    const std::string dir = testing::MakeTempDir(name);
+    std::ofstream(fs::path(dir) / kConfigFile) << config.dump(2);
+    std::vector<model::StTensorToWrite> w;
+    for (const FakeTensor& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes});
+    absl::Status s = model::WriteSafetensors((fs::path(dir) / kWeightsFile).string(), w, {{"format", "pt"}});
+    EXPECT_TRUE(s.ok()) << s;
+    return dir;
+  }
+};
+
+json PeftConfig(int64_t r, double alpha, json targets) {
+  return json{{"peft_type", "LORA"},
+              {"task_type", "CAUSAL_LM"},
+              {"base_model_name_or_path", "demo"},
+              {"r", r},
+              {"lora_alpha", alpha},
+              {"lora_dropout", 0.0},
+              {"target_modules", std::move(targets)},
+              {"use_rslora", false},
+              {"use_dora", false},
+              {"bias", "none"},
+              {"modules_to_save", nullptr},
+              {"layers_to_transform", nullptr},
+              {"rank_pattern", json::object()},
+              {"alpha_pattern", json::object()},
+              {"fan_in_fan_out", false},
+              {"inference_mode", true}};
+}
+
+// A LoRA adapter of rank r on `paths` (e.g. "self_attn.q_proj") of every layer.
+FakeAdapter MakeLora(const std::vector<std::string>& paths, int64_t r, double alpha, uint32_t seed,
+                     float b_amplitude = 0.05f) {
+  json targets = json::array();
+  for (const std::string& p : paths) targets.push_back(p.substr(p.find('.') + 1));
+  FakeAdapter a;
+  a.config = PeftConfig(r, alpha, targets);
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (const std::string& p : paths) {
+      const auto [out, in] = Dims(p);
+      a.Add(Key(l, p, "lora_A.weight"), {r, in}, seed++, 0.1f);
+      a.Add(Key(l, p, "lora_B.weight"), {out, r}, seed++, b_amplitude);
+    }
+  }
+  return a;
+}
+
+FakeAdapter QvLora(uint32_t seed = 1) { return MakeLora({"self_attn.q_proj", "self_attn.v_proj"}, 4, 8, seed); }
+
+// The status is `code` and its message holds every substring.
+::testing::AssertionResult IsError(const absl::Status& s, absl::StatusCode code,
+                                   std::initializer_list<std::string> substrings) {
+  if (s.code() != code) {
+    return ::testing::AssertionFailure() << "code " << absl::StatusCodeToString(s.code()) << ", want "
+                                         << absl::StatusCodeToString(code) << " (" << s << ")";
+  }
+  const std::string message(s.message());
+  for (const std::string& sub : substrings) {
+    if (message.find(sub) == std::string::npos) {
+      return ::testing::AssertionFailure() << "message '" << message << "' lacks '" << sub << "'";
+    }
+  }
+  return ::testing::AssertionSuccess() << s;
+}
+
+class LoraLoaderTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("demo-cache"));
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = model::LlamaModel::Load(*dir, {});
+    ASSERT_TRUE(m.ok()) << m.status();
+    base_ = m->release();
+  }
+  static void TearDownTestSuite() {
+    delete base_;
+    base_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(base_, nullptr) << "the demo base model did not load"; }
+
+  static const model::LlamaModel& base() { return *base_; }
+
+  // Loads through a directory (the path the server uses for PathSource).
+  static absl::StatusOr<LoadedLora> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
+    const std::string dir = a.Write(name);
+    absl::StatusOr<AdapterFiles> files = ReadAdapterDirectory(dir);
+    if (!files.ok()) return files.status();
+    return LoadLora(*files, base());
+  }
+  static absl::StatusOr<LoadedLora> LoadUpload(const FakeAdapter& a) {
+    absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
+    if (!files.ok()) return files.status();
+    return LoadLora(*files, base());
+  }
+
+  static const std::vector<int64_t>& Prompt() {
+    static const std::vector<int64_t> p = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
+    return p;
+  }
+
+  // Last-token logits [1, vocab] of Prompt() through the base with `adapter` (null = base).
+  static at::Tensor Logits(const model::AdapterWeights* adapter) {
+    absl::StatusOr<std::unique_ptr<model::KvCache>> kv =
+        model::KvCache::Create(base().config(), 16, int64_t{32} << 20, at::kFloat, at::kCPU);
+    EXPECT_TRUE(kv.ok()) << kv.status();
+    if (!kv.ok()) return at::Tensor();
+    const int64_t n = static_cast<int64_t>(Prompt().size());
+    std::vector<int32_t> blocks;
+    EXPECT_TRUE((*kv)->Reserve(blocks, n));
+    model::ForwardBatch batch;
+    batch.token_ids = Prompt();
+    batch.seqs.push_back(model::SequenceChunk{n, 0, &blocks, true});
+    if (adapter != nullptr) batch.adapters = {adapter};
+    absl::StatusOr<at::Tensor> logits = base().Forward(batch, **kv);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return logits.ok() ? *logits : at::Tensor();
+  }
+
+  static double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+    return (a - b).abs().max().item<double>();
+  }
+
+  static model::LlamaModel* base_;
+};
+
+model::LlamaModel* LoraLoaderTest::base_ = nullptr;
+
+// ------------------------------------------------------------- success -----
+
+TEST_F(LoraLoaderTest, DemoProjectionShapesAreTheOnesTheseTestsAssume) {
+  const char* paths[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+  for (int p = 0; p < model::kNumProj; ++p) {
+    ASSERT_EQ(std::string(model::ProjPath(static_cast<Proj>(p))), paths[p]);
+    const at::Tensor& w = base().ProjWeight(0, static_cast<Proj>(p));
+    EXPECT_EQ(w.size(0), Dims(paths[p]).first) << paths[p];
+    EXPECT_EQ(w.size(1), Dims(paths[p]).second) << paths[p];
+  }
+  EXPECT_EQ(base().config().num_layers, kLayers);
+}
+
+TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
+  const FakeAdapter a = QvLora();
+  absl::StatusOr<LoadedLora> lora = LoadDir(a, "qv");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  const model::AdapterWeights& w = *lora->weights;
+  ASSERT_EQ(w.num_layers(), kLayers);
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (Proj p : {Proj::kQ, Proj::kV}) {
+      const model::LoraModule* m = w.Find(l, p);
+      ASSERT_NE(m, nullptr) << "layer " << l << " " << model::ProjName(p);
+      EXPECT_EQ(m->rank(), 4);
+      EXPECT_DOUBLE_EQ(m->scale, 8.0 / 4.0);
+      EXPECT_FALSE(m->dora_scale.defined());
+      EXPECT_EQ(m->a.scalar_type(), at::kFloat);
+      EXPECT_EQ(m->a.device(), base().options().device);
+      const int64_t out = p == Proj::kQ ? 256 : 128;
+      EXPECT_THAT(m->a.sizes().vec(), ElementsAre(4, 256));
+      EXPECT_THAT(m->b.sizes().vec(), ElementsAre(out, 4));
+    }
+    for (Proj p : {Proj::kK, Proj::kO, Proj::kGate, Proj::kUp, Proj::kDown}) {
+      EXPECT_EQ(w.Find(l, p), nullptr) << "layer " << l << " " << model::ProjName(p);
+    }
+  }
+  // The values are the file's, in their places.
+  const std::string a1 = Key(1, "self_attn.v_proj", "lora_A.weight");
+  const std::string b3 = Key(3, "self_attn.q_proj", "lora_B.weight");
+  ASSERT_NE(a.Find(a1), nullptr);
+  ASSERT_NE(a.Find(b3), nullptr);
+  EXPECT_TRUE(at::equal(w.Find(1, Proj::kV)->a, FromF32(a.Find(a1)->bytes, {4, 256})));
+  EXPECT_TRUE(at::equal(w.Find(3, Proj::kQ)->b, FromF32(a.Find(b3)->bytes, {256, 4})));
+
+  EXPECT_THAT(lora->summary.ranks, ElementsAre(4));
+  EXPECT_THAT(lora->summary.target_modules, ElementsAre("q_proj", "v_proj"));
+  EXPECT_FALSE(lora->summary.dora);
+  // Per layer: q A [4,256] + B [256,4], v A [4,256] + B [128,4], in float32.
+  const int64_t per_layer = (4 * 256 + 256 * 4 + 4 * 256 + 128 * 4) * 4;
+  EXPECT_EQ(w.bytes(), kLayers * per_layer);
+  EXPECT_EQ(w.bytes(), 57344);
+}
+
+TEST_F(LoraLoaderTest, UploadLoadsLikeDirectory) {
+  const FakeAdapter a = QvLora(7);
+  absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(files->label, "upload");
+  absl::StatusOr<LoadedLora> up = LoadLora(*files, base());
+  ASSERT_TRUE(up.ok()) << up.status();
+  absl::StatusOr<LoadedLora> dir = LoadDir(a, "qv-for-upload");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  EXPECT_EQ(up->weights->bytes(), dir->weights->bytes());
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (Proj p : {Proj::kQ, Proj::kV}) {
+      EXPECT_TRUE(at::equal(up->weights->Find(l, p)->a, dir->weights->Find(l, p)->a));
+      EXPECT_TRUE(at::equal(up->weights->Find(l, p)->b, dir->weights->Find(l, p)->b));
+    }
+  }
+}
+
+TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
+  const at::Tensor base_logits = Logits(nullptr);
+  ASSERT_TRUE(base_logits.defined());
+  ASSERT_THAT(base_logits.sizes().vec(), ElementsAre(1, 2048));
+
+  absl::StatusOr<LoadedLora> lora = LoadDir(QvLora(), "qv-logits");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  const at::Tensor with = Logits(lora->weights.get());
+  ASSERT_TRUE(with.defined());
+  EXPECT_GT(MaxDiff(with, base_logits), 1e-3) << "the adapter did not change the logits";
+  // The adapter is read-only: a second run gives the same result.
+  EXPECT_LT(MaxDiff(Logits(lora->weights.get()), with), 1e-6);
+
+  // PEFT initialises lora_B to zeros: such an adapter is exactly the base.
+  FakeAdapter zero = QvLora();
+  for (FakeTensor& t : zero.tensors) {
+    if (t.name.find("lora_B") != std::string::npos) t.bytes.assign(t.bytes.size(), '\0');
+  }
+  absl::StatusOr<LoadedLora> zero_lora = LoadDir(zero, "qv-zero-b");
+  ASSERT_TRUE(zero_lora.ok()) << zero_lora.status();
+  EXPECT_LT(MaxDiff(Logits(zero_lora->weights.get()), base_logits), 1e-6);
+}
+
+TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
+  FakeAdapter a;
+  a.config = PeftConfig(4, 16, "all-linear");
+  a.config["use_rslora"] = true;
+  a.config["rank_pattern"] = {{"layers.1.self_attn.q_proj", 8}};
+  a.config["alpha_pattern"] = {{"down_proj", 4}};
+  uint32_t seed = 100;
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (int p = 0; p < model::kNumProj; ++p) {
+      const std::string path(model::ProjPath(static_cast<Proj>(p)));
+      const int64_t r = (l == 1 && path == "self_attn.q_proj") ? 8 : 4;
+      const auto [out, in] = Dims(path);
+      a.Add(Key(l, path, "lora_A.weight"), {r, in}, seed++);
+      a.Add(Key(l, path, "lora_B.weight"), {out, r}, seed++);
+    }
+  }
+  absl::StatusOr<LoadedLora> lora = LoadUpload(a);
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  const model::AdapterWeights& w = *lora->weights;
+  EXPECT_EQ(w.Find(1, Proj::kQ)->rank(), 8);
+  EXPECT_DOUBLE_EQ(w.Find(1, Proj::kQ)->scale, 16.0 / std::sqrt(8.0));
+  EXPECT_EQ(w.Find(0, Proj::kQ)->rank(), 4);
+  EXPECT_DOUBLE_EQ(w.Find(0, Proj::kQ)->scale, 16.0 / 2.0);
+  EXPECT_DOUBLE_EQ(w.Find(2, Proj::kDown)->scale, 4.0 / 2.0);
+  EXPECT_THAT(lora->summary.ranks, ElementsAre(4, 8));
+  EXPECT_THAT(lora->summary.target_modules,
+              ElementsAre("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"));
+  EXPECT_GT(MaxDiff(Logits(&w), Logits(nullptr)), 1e-3);
+}
+
+TEST_F(LoraLoaderTest, LayersToTransformLoadsOnlyThoseLayers) {
+  FakeAdapter a;
+  a.config = PeftConfig(2, 4, json::array({"o_proj"}));
+  a.config["layers_to_transform"] = {2};
+  a.Add(Key(2, "self_attn.o_proj", "lora_A.weight"), {2, 256}, 5);
+  a.Add(Key(2, "self_attn.o_proj", "lora_B.weight"), {256, 2}, 6);
+  absl::StatusOr<LoadedLora> lora = LoadDir(a, "layer2");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  EXPECT_NE(lora->weights->Find(2, Proj::kO), nullptr);
+  EXPECT_EQ(lora->weights->Find(0, Proj::kO), nullptr);
+  EXPECT_EQ(lora->weights->Find(1, Proj::kO), nullptr);
+  EXPECT_EQ(lora->weights->Find(3, Proj::kO), nullptr);
+  EXPECT_EQ(lora->weights->bytes(), (2 * 256 + 256 * 2) * 4);
+}
+
+TEST_F(LoraLoaderTest, HalfPrecisionTensorsAreConvertedToTheBaseDtype) {
+  FakeAdapter a = QvLora();
+  for (FakeTensor& t : a.tensors) {
+    t.bytes = TensorBytes(FromF32(t.bytes, t.shape).to(at::kHalf));
+    t.dtype = StDType::kF16;
+  }
+  absl::StatusOr<LoadedLora> lora = LoadDir(a, "f16");
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  EXPECT_EQ(lora->weights->Find(0, Proj::kQ)->a.scalar_type(), at::kFloat);
+  EXPECT_EQ(lora->weights->bytes(), 57344);
+}
+
+// A DoRA adapter whose magnitudes equal ||W + scale B A|| row norms scales
+// nothing, so it gives the plain LoRA result; other magnitudes do not.
+TEST_F(LoraLoaderTest, DoraMagnitudesRescaleOutputs) {
+  const FakeAdapter plain = QvLora(11);
+  FakeAdapter dora = plain;
+  dora.config["use_dora"] = true;
+  FakeAdapter dora2 = dora;
+  const double scale = 8.0 / 4.0;
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (Proj p : {Proj::kQ, Proj::kV}) {
+      const std::string path(model::ProjPath(p));
+      const int64_t out = Dims(path).first;
+      at::Tensor A = FromF32(dora.Find(Key(l, path, "lora_A.weight"))->bytes, {4, 256});
+      at::Tensor B = FromF32(dora.Find(Key(l, path, "lora_B.weight"))->bytes, {out, 4});
+      at::Tensor norm = (base().ProjWeight(l, p).to(at::kFloat) + scale * at::mm(B, A)).norm(2, {1});
+      dora.tensors.push_back({Key(l, path, "lora_magnitude_vector"), StDType::kF32, {out}, TensorBytes(norm)});
+      dora2.tensors.push_back({Key(l, path, "lora_magnitude_vector"), StDType::kF32, {out},
+                               TensorBytes(norm * 1.5)});
+    }
+  }
+  absl::StatusOr<LoadedLora> lp = LoadDir(plain, "dora-plain");
+  absl::StatusOr<LoadedLora> ld = LoadDir(dora, "dora");
+  absl::StatusOr<LoadedLora> ld2 = LoadUpload(dora2);
+  ASSERT_TRUE(lp.ok()) << lp.status();
+  ASSERT_TRUE(ld.ok()) << ld.status();
+  ASSERT_TRUE(ld2.ok()) << ld2.status();
+  EXPECT_TRUE(ld->summary.dora);
+  const model::LoraModule* m = ld->weights->Find(2, Proj::kV);
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(m->dora_scale.defined());
+  EXPECT_THAT(m->dora_scale.sizes().vec(), ElementsAre(128));
+  EXPECT_LT((m->dora_scale - 1).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((ld2->weights->Find(2, Proj::kV)->dora_scale - 1.5).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(ld->weights->bytes(), 57344 + kLayers * (256 + 128) * 4);
+
+  const at::Tensor plain_logits = Logits(lp->weights.get());
+  EXPECT_LT(MaxDiff(Logits(ld->weights.get()), plain_logits), 1e-4);
+  EXPECT_GT(MaxDiff(Logits(ld2->weights.get()), plain_logits), 1e-3);
+}
+
+// ------------------------------------------------------ bad adapters -------
+
+TEST_F(LoraLoaderTest, RejectsWrongShapeOfLoraA) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(1, "self_attn.q_proj", "lora_A.weight");
+  a.Remove(name);
+  a.Add(name, {4, 128}, 99);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {kWeightsFile, name, "[4, 128]", "expected [4, 256]"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsWrongRankOfLoraB) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(0, "self_attn.v_proj", "lora_B.weight");
+  a.Remove(name);
+  a.Add(name, {128, 8}, 99);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {name, "[128, 8]", "expected [128, 4]"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsMissingLoraB) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(2, "self_attn.v_proj", "lora_B.weight");
+  a.Remove(name);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {kWeightsFile, "missing tensor", name}));
+}
+
+TEST_F(LoraLoaderTest, RejectsTargetedModuleWithoutTensors) {
+  FakeAdapter a = QvLora();
+  a.Remove(Key(3, "self_attn.q_proj", "lora_A.weight"));
+  a.Remove(Key(3, "self_attn.q_proj", "lora_B.weight"));
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {"missing tensor", Key(3, "self_attn.q_proj", "lora_A.weight"), kConfigFile}));
+}
+
+TEST_F(LoraLoaderTest, RejectsTensorsOfAnUntargetedModule) {
+  FakeAdapter a = QvLora();
+  a.Add(Key(0, "self_attn.k_proj", "lora_A.weight"), {4, 256}, 50);
+  a.Add(Key(0, "self_attn.k_proj", "lora_B.weight"), {128, 4}, 51);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {"model.layers.0.self_attn.k_proj", "not targeted"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsUnknownModule) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(0, "self_attn.rotary", "lora_A.weight");
+  a.Add(name, {4, 32}, 50);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {name, "unknown target"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsLayerThatDoesNotExist) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(9, "self_attn.q_proj", "lora_A.weight");
+  a.Add(name, {4, 256}, 50);
+  a.Add(Key(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 51);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {"layers.9.self_attn.q_proj", "layer 9 does not exist", "4 layers"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsEmbeddingLora) {
+  FakeAdapter a = QvLora();
+  const std::string name = "base_model.model.model.embed_tokens.lora_embedding_A";
+  a.Add(name, {4, 2048}, 50);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {name, "embed_tokens"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsLmHeadLora) {
+  FakeAdapter a = QvLora();
+  const std::string name = "base_model.model.lm_head.lora_A.weight";
+  a.Add(name, {4, 256}, 50);
+  a.Add("base_model.model.lm_head.lora_B.weight", {2048, 4}, 51);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {"lm_head.lora_", "lm_head"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsLoraBias) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(0, "self_attn.q_proj", "lora_B.bias");
+  a.Add(name, {256}, 50);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {name, "lora_bias"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsKeysWithoutThePeftPrefix) {
+  FakeAdapter a = QvLora();
+  const std::string name = "model.layers.0.self_attn.k_proj.lora_A.weight";
+  a.Add(name, {4, 256}, 50);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {name, "base_model.model."}));
+}
+
+TEST_F(LoraLoaderTest, RejectsDoraConfigWithoutMagnitudes) {
+  FakeAdapter a = QvLora();
+  a.config["use_dora"] = true;
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {"missing tensor", "lora_magnitude_vector", "use_dora"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsMagnitudeWithoutUseDora) {
+  FakeAdapter a = QvLora();
+  const std::string name = Key(1, "self_attn.v_proj", "lora_magnitude_vector");
+  a.Add(name, {128}, 50, 1.0f);
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {"unexpected tensor", name, "use_dora is false"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsMagnitudeOfWrongShape) {
+  FakeAdapter a = QvLora();
+  a.config["use_dora"] = true;
+  for (int64_t l = 0; l < kLayers; ++l) {
+    a.Add(Key(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 60, 1.0f);
+    a.Add(Key(l, "self_attn.v_proj", "lora_magnitude_vector"), {l == 2 ? 256 : 128}, 61, 1.0f);
+  }
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {Key(2, "self_attn.v_proj", "lora_magnitude_vector"), "[256]", "expected [128]"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsIntegerDtype) {
+  FakeAdapter a = QvLora();
+  FakeTensor* t = a.Find(Key(0, "self_attn.q_proj", "lora_A.weight"));
+  ASSERT_NE(t, nullptr);
+  t->dtype = StDType::kI32;  // same byte size as F32
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {t->name, "dtype I32", "not supported"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsTruncatedWeightsFile) {
+  const std::string dir = QvLora().Write("truncated");
+  const fs::path weights = fs::path(dir) / kWeightsFile;
+  const auto size = fs::file_size(weights);
+  fs::resize_file(weights, size - 1000);
+  absl::StatusOr<AdapterFiles> files = ReadAdapterDirectory(dir);
+  EXPECT_TRUE(IsError(files.status(), absl::StatusCode::kInvalidArgument,
+                      {weights.string(), "past the end"}));
+
+  // Cut inside the header too.
+  fs::resize_file(weights, 20);
+  EXPECT_TRUE(IsError(ReadAdapterDirectory(dir).status(), absl::StatusCode::kInvalidArgument,
+                      {weights.string(), "header"}));
+
+  // And the same bytes uploaded.
+  std::string bytes = QvLora().Weights();
+  bytes.resize(bytes.size() - 1000);
+  EXPECT_TRUE(IsError(AdapterFilesFromUpload({{kConfigFile, QvLora().config.dump()}, {kWeightsFile, bytes}})
+                          .status(),
+                      absl::StatusCode::kInvalidArgument, {kWeightsFile, "past the end"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsPickleOnlyDirectory) {
+  const std::string dir = testing::MakeTempDir("pickle");
+  std::ofstream(fs::path(dir) / kConfigFile) << QvLora().config.dump();
+  std::ofstream(fs::path(dir) / "adapter_model.bin") << "\x80\x02}q\x00.";
+  EXPECT_TRUE(IsError(ReadAdapterDirectory(dir).status(), absl::StatusCode::kInvalidArgument,
+                      {"adapter_model.bin", "adapter_model.safetensors"}));
+  EXPECT_TRUE(IsError(AdapterFilesFromUpload({{kConfigFile, "{}"}, {"adapter_model.bin", "x"}}).status(),
+                      absl::StatusCode::kInvalidArgument, {"adapter_model.bin", "safetensors"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsMissingConfig) {
+  const std::string dir = QvLora().Write("no-config");
+  fs::remove(fs::path(dir) / kConfigFile);
+  EXPECT_TRUE(IsError(ReadAdapterDirectory(dir).status(), absl::StatusCode::kInvalidArgument,
+                      {dir, kConfigFile}));
+}
+
+TEST_F(LoraLoaderTest, RejectsMissingWeightsAndMissingDirectory) {
+  const std::string dir = QvLora().Write("no-weights");
+  fs::remove(fs::path(dir) / kWeightsFile);
+  EXPECT_TRUE(IsError(ReadAdapterDirectory(dir).status(), absl::StatusCode::kInvalidArgument,
+                      {dir, kWeightsFile, "missing"}));
+  const std::string gone = dir + "/does-not-exist";
+  EXPECT_TRUE(IsError(ReadAdapterDirectory(gone).status(), absl::StatusCode::kNotFound, {gone}));
+}
+
+TEST_F(LoraLoaderTest, RejectsInvalidConfigThroughLoad) {
+  FakeAdapter a = QvLora();
+  a.config["bias"] = "all";
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
+                      {kConfigFile, "'bias'"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsAdapterWithoutLoraTensors) {
+  FakeAdapter a;
+  a.config = PeftConfig(4, 8, "q_proj");  // a regex that matches no module
+  EXPECT_TRUE(IsError(LoadUpload(a).status(), absl::StatusCode::kInvalidArgument,
+                      {kWeightsFile, "no LoRA tensors"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsUploadWithUnexpectedFile) {
+  std::map<std::string, std::string> files = QvLora().Files();
+  files["README.md"] = "# my adapter";
+  EXPECT_TRUE(IsError(AdapterFilesFromUpload(files).status(), absl::StatusCode::kInvalidArgument,
+                      {"unexpected file 'README.md'"}));
+}
+
+TEST_F(LoraLoaderTest, RejectsUploadMissingAFile) {
+  std::map<std::string, std::string> files = QvLora().Files();
+  files.erase(kWeightsFile);
+  EXPECT_TRUE(IsError(AdapterFilesFromUpload(files).status(), absl::StatusCode::kInvalidArgument,
+                      {"missing", kWeightsFile}));
+  files = QvLora().Files();
+  files.erase(kConfigFile);
+  EXPECT_TRUE(IsError(AdapterFilesFromUpload(files).status(), absl::StatusCode::kInvalidArgument,
+                      {"missing", kConfigFile}));
+}
+
+}  // namespace
+}  // namespace adapterd::adapters

@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Hugging Face PEFT reference for adapterd's LoRA conformance tests and benchmarks.
+
+This script is NOT part of the server. It only produces test fixtures and ground
+truth that the C++ tests compare against, computed live with `peft`:
+
+  make-lora   wrap a checkpoint made by hf_reference.py make-model in a LoRA
+              (optionally rsLoRA / DoRA / rank and alpha patterns / layer subset),
+              fill every adapter tensor from a seeded generator so the delta is
+              clearly non-zero, and save it (adapter_config.json +
+              adapter_model.safetensors).
+  reference   load the base in float32 plus several adapters and, for each
+              adapter (and `__base__`) and each prompt (batch 1, no padding),
+              record {NAME}.r{i}.last_logits, .greedy and .step_logits; with
+              --mixed, also one left-padded mixed-adapter batch through PEFT's
+              `adapter_names` API (mixed.r{i}.last_logits, mixed.r{i}.greedy);
+              PEFT refuses DoRA adapters there.
+  self-check  exercise both of the above in a temporary directory.
+
+Nothing is written to stdout except by self-check; callers read the files.
+Runs offline: nothing is ever downloaded.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import peft  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft.tuners.lora import LoraLayer  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+import hf_reference  # noqa: E402
+
+BASE = "__base__"
+GAIN = 0.5  # |scaling * B A x| ~ GAIN * |W x|: greedy tokens usually change
+
+
+def fail(msg):
+    print(f"peft_reference.py: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+hf_reference.fail = fail  # its helpers (load_prompts) report with our name
+
+
+def warn(msg):
+    print(f"peft_reference.py: warning: {msg}", file=sys.stderr)
+
+
+def json_arg(text, what, kinds):
+    val = json.loads(text)  # invalid JSON: a one-line error from main()
+    if not isinstance(val, kinds):
+        fail(f"{what} has the wrong JSON type")
+    return val
+
+
+def load_base(model_dir):
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        fail(f"{model_dir} has no config.json")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.generation_config.eos_token_id = None  # greedy must never stop at EOS
+    return model.eval()
+
+
+def cmd_make_lora(a):
+    targets = a.targets_regex or (a.targets if a.targets == "all-linear" else
+                                  [t for t in a.targets.split(",") if t])
+    cfg = LoraConfig(
+        r=a.r, lora_alpha=int(a.alpha) if a.alpha.is_integer() else a.alpha, use_rslora=a.rslora,
+        target_modules=targets, rank_pattern=json_arg(a.rank_pattern, "--rank-pattern", dict),
+        alpha_pattern=json_arg(a.alpha_pattern, "--alpha-pattern", dict),
+        layers_to_transform=[int(x) for x in a.layers.split(",")] if a.layers else None,
+        exclude_modules=json_arg(a.exclude, "--exclude", (list, str)) if a.exclude else None,
+        use_dora=a.dora, fan_in_fan_out=a.fan_in_fan_out, init_lora_weights=False,
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(load_base(a.model), cfg)
+    gen = torch.Generator().manual_seed(a.seed)
+    layers = sorted((n, m) for n, m in model.named_modules()
+                    if isinstance(m, LoraLayer) and "default" in m.lora_A)
+    if not layers:
+        fail("no module matched the target selection")
+    with torch.no_grad():
+        for _, m in layers:
+            A, B, s = m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"]
+            A.copy_(torch.randn(A.shape, generator=gen) / A.shape[1] ** 0.5)
+            B.copy_(torch.randn(B.shape, generator=gen) / A.shape[0] ** 0.5 * (GAIN / s))
+            if m.use_dora.get("default", False):  # ||W + s B A|| per output row, perturbed
+                mag = m.lora_magnitude_vector["default"].weight
+                norm = torch.linalg.norm(m.get_base_layer().weight.float() + s * (B @ A), dim=1)
+                mag.copy_(norm * (1 + 0.1 * torch.randn(mag.shape, generator=gen)))
+    os.makedirs(a.out, exist_ok=True)
+    model.save_pretrained(a.out, safe_serialization=True)
+    if a.fan_in_fan_out:  # PEFT resets it for nn.Linear (with a warning); keep the request on disk
+        path = os.path.join(a.out, "adapter_config.json")
+        with open(path) as f:
+            doc = dict(json.load(f), fan_in_fan_out=True)
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+    files = set(os.listdir(a.out))  # PEFT also writes a README.md model card
+    if not {"adapter_config.json", "adapter_model.safetensors"} <= files:
+        fail(f"unexpected files in {a.out}: {sorted(files)}")
+    with safe_open(os.path.join(a.out, "adapter_model.safetensors"), "pt") as f:
+        if len(list(f.keys())) < 2 * len(layers):
+            fail("saved adapter lacks tensors")
+
+
+def run_rows(model, prompts, n):
+    """Per prompt (batch 1): last logits, greedy tokens and per-step logits."""
+    out = []
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([p], dtype=torch.long)
+        mask = torch.ones_like(ids)
+        last = model(input_ids=ids, attention_mask=mask).logits[0, -1].float().clone()
+        g = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                           max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0,
+                           output_logits=True, return_dict_in_generate=True)
+        greedy = g.sequences[0, len(p):].to(torch.int64).contiguous()
+        steps = torch.stack([s[0].float() for s in g.logits]).contiguous()
+        if greedy.numel() != n or not torch.equal(steps.argmax(-1), greedy):
+            fail(f"prompt {i}: greedy tokens are not the {n} argmaxes of the step logits")
+        out.append({"last_logits": last, "greedy": greedy, "step_logits": steps})
+    return out
+
+
+def run_mixed(model, prompts, names, n):
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    last = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                 adapter_names=names).logits[:, -1].float()
+    g = model.generate(input_ids=ids, attention_mask=mask, adapter_names=names, do_sample=False,
+                       max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+    return last, g[:, width:].to(torch.int64)
+
+
+def cmd_reference(a):
+    prompts = hf_reference.load_prompts(a.prompts)
+    adapters = [x.split("=", 1) for x in a.adapters.split(",") if x]
+    if not adapters or any(len(x) != 2 or not x[0] or x[0] in (BASE, "mixed") for x in adapters):
+        fail("--adapters must be NAME=DIR[,NAME=DIR...] (names other than __base__, mixed)")
+    missing = [d for _, d in adapters if not os.path.isfile(f"{d}/adapter_config.json")]
+    if missing:
+        fail(f"no adapter_config.json in {missing[0]}")
+    base = load_base(a.model)
+    vocab = base.config.vocab_size
+    if not all(p and all(isinstance(t, int) and 0 <= t < vocab for t in p) for p in prompts):
+        fail(f"prompts must be non-empty lists of token ids in [0, {vocab})")
+    model = PeftModel.from_pretrained(base, adapters[0][1], adapter_name=adapters[0][0])
+    for name, d in adapters[1:]:
+        model.load_adapter(d, adapter_name=name)
+    model.eval()
+    res = {}
+    with torch.no_grad():
+        with model.disable_adapter():
+            res[BASE] = run_rows(model, prompts, a.new_tokens)
+        for name, _ in adapters:
+            model.set_adapter(name)
+            res[name] = run_rows(model, prompts, a.new_tokens)
+        tensors = {f"{k}.r{i}.{f}": v for k, rows in res.items()
+                   for i, r in enumerate(rows) for f, v in r.items()}
+        if a.mixed:
+            names = a.mixed.split(",")
+            if len(names) != len(prompts) or any(x not in res for x in names):
+                fail("--mixed needs one known adapter name (or __base__) per prompt")
+            last, greedy = run_mixed(model, prompts, names, a.new_tokens)  # PEFT refuses DoRA
+            for i, x in enumerate(names):
+                tensors[f"mixed.r{i}.last_logits"] = last[i].clone()
+                tensors[f"mixed.r{i}.greedy"] = greedy[i].contiguous()
+                d = float((last[i] - res[x][i]["last_logits"]).abs().max())
+                if d > 1e-4:
+                    warn(f"mixed row {i} ({x}) differs from single-row logits by {d:.3g}")
+                if not torch.equal(greedy[i], res[x][i]["greedy"]):
+                    warn(f"mixed row {i} ({x}) greedy differs from single-row greedy")
+    gap = hf_reference.min_top2_gap([r for rows in res.values() for r in rows])
+    if gap < 1e-3:
+        warn(f"near-tie in greedy logits (gap {gap:.3g})")
+    meta = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+            "peft_version": peft.__version__, "adapters": ",".join(n for n, _ in adapters),
+            "mixed": a.mixed or ""}
+    save_file(tensors, a.out, metadata=meta)
+
+
+def cmd_self_check(a):
+    def run(*argv):
+        (args := parser().parse_args(list(argv))).func(args)
+
+    def maxdiff(pairs):
+        return max(float((x - y).abs().max()) for x, y in pairs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base, pj, out = (os.path.join(tmp, x) for x in ("base", "prompts.json", "ref.safetensors"))
+        hf_reference.build_model("llama", seed=1234).save_pretrained(base, safe_serialization=True)
+        for name, seed, extra in [("a", 11, "--r 4 --targets q_proj,v_proj"),
+                                  ("b", 12, "--r 8 --targets all-linear --rslora"),
+                                  ("c", 13, "--r 4 --targets q_proj,k_proj,v_proj,o_proj --dora")]:
+            patterns = ["--rank-pattern", '{"q_proj": 2}', "--alpha-pattern", '{"v_proj": 3}']
+            run("make-lora", "--model", base, "--out", f"{tmp}/{name}", "--seed", str(seed),
+                *extra.split(), *(patterns if name == "b" else []))
+        prompts = [[1, 2, 3, 4, 5], [7, 100, 42, 9, 250, 17, 3, 88], [9, 8, 7], [200, 31, 5, 6]]
+        with open(pj, "w") as f:
+            json.dump(prompts, f)
+        names = ["a", BASE, "b", "a"]  # PEFT rejects DoRA adapters (c) in mixed batches
+        run("reference", "--model", base, "--adapters", f"a={tmp}/a,b={tmp}/b,c={tmp}/c",
+            "--prompts", pj, "--out", out, "--new-tokens", "12", "--mixed", ",".join(names))
+        st, rows = load_file(out), range(len(prompts))
+        mixed_d = maxdiff((st[f"mixed.r{i}.last_logits"], st[f"{x}.r{i}.last_logits"])
+                          for i, x in enumerate(names))
+        step_d = maxdiff((st[f"{x}.r{i}.step_logits"][0], st[f"{x}.r{i}.last_logits"])
+                         for x in (BASE, "a", "b", "c") for i in rows)
+        if mixed_d > 1e-4 or step_d > 1e-4:
+            fail(f"self-check: logits disagree (mixed {mixed_d:.3g}, step 0 {step_d:.3g})")
+        if any(not torch.equal(st[f"mixed.r{i}.greedy"], st[f"{x}.r{i}.greedy"])
+               for i, x in enumerate(names)):
+            fail("self-check: mixed-batch greedy differs from single-row greedy")
+        delta = {x: maxdiff((st[f"{x}.r{i}.last_logits"], st[f"{BASE}.r{i}.last_logits"])
+                            for i in rows) for x in "abc"}
+        changed = {x: sum(not torch.equal(st[f"{x}.r{i}.greedy"], st[f"{BASE}.r{i}.greedy"])
+                          for i in rows) for x in "abc"}
+        if min(delta.values()) < 1e-2:
+            fail(f"self-check: an adapter barely changes the logits: {delta}")
+        print(f"self-check ok: peft {peft.__version__}, transformers {transformers.__version__}, "
+              f"torch {torch.__version__}; max |adapter - base| last logits "
+              f"{ {k: round(v, 3) for k, v in delta.items()} }, greedy changed in {changed} of "
+              f"{len(prompts)} prompts; mixed {names} vs single rows max diff {mixed_d:.2e}, "
+              f"step 0 vs last logits max diff {step_d:.2e}")
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make-lora", help="create a seeded random LoRA adapter for a checkpoint")
+    for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
+                     ("--seed", dict(type=int, required=True)), ("--r", dict(type=int, default=8)),
+                     ("--alpha", dict(type=float, default=16.0)),
+                     ("--rank-pattern", dict(default="{}", help='JSON, e.g. {"q_proj": 2}')),
+                     ("--alpha-pattern", dict(default="{}", help='JSON, e.g. {"v_proj": 3}')),
+                     ("--layers", dict(help="comma list of layer indices (layers_to_transform)")),
+                     ("--exclude", dict(help="JSON list of names or regex (exclude_modules)"))]:
+        m.add_argument(flag, **kw)
+    for flag in ("--rslora", "--dora", "--fan-in-fan-out"):
+        m.add_argument(flag, action="store_true")
+    t = m.add_mutually_exclusive_group()
+    t.add_argument("--targets", default="q_proj,v_proj", help="comma list, or all-linear")
+    t.add_argument("--targets-regex", help="full-match regex over module names")
+    m.set_defaults(func=cmd_make_lora)
+    r = sub.add_parser("reference", help="compute reference logits and greedy tokens")
+    for flag in ("--model", "--adapters", "--prompts", "--out"):
+        r.add_argument(flag, required=True)  # NAME=DIR[,...]; JSON [[ids]]; .safetensors
+    r.add_argument("--new-tokens", type=int, default=32)
+    r.add_argument("--mixed", help="adapter name (or __base__) per prompt, comma-separated")
+    r.set_defaults(func=cmd_reference)
+    sub.add_parser("self-check", help="build a model and adapters, run reference, verify"
+                   ).set_defaults(func=cmd_self_check)
+    return p
+
+
+def main():
+    a = parser().parse_args()
+    if a.cmd == "reference" and a.new_tokens < 1:
+        fail("--new-tokens must be at least 1")
+    if a.cmd == "make-lora" and (a.r < 1 or a.alpha <= 0):
+        fail("--r must be at least 1 and --alpha positive")
+    try:
+        a.func(a)
+    except Exception as e:  # one line, exit 1
+        fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+if __name__ == "__main__":
+    main()
