@@ -148,6 +148,10 @@ void AdapterRegistry::LoaderLoop() {
         result = (*built)->info();
       }
     }
+    // Drop the loader's references before reporting, so that a replaced
+    // version's memory is already gone when the caller hears back.
+    replaced.reset();
+    built = absl::CancelledError("released");
     if (result.ok()) {
       LOG(INFO) << "adapter " << task.id << " ready: " << result->type << ", " << result->bytes
                 << " bytes, loaded in " << absl::FormatDuration(result->load_duration);

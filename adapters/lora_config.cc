@@ -4,6 +4,7 @@
 #include <cmath>
 #include <regex>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -11,7 +12,7 @@
 namespace adapterd::adapters {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // pattern keys keep the file's order
 
 absl::Status Bad(const std::string& label, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(label, ": ", what));
@@ -103,7 +104,7 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
   if (absl::Status s = num("r", &r); !s.ok()) return s;
   if (r < 1 || r != std::floor(r)) return Bad(label, "'r' must be a positive integer");
   c.r = static_cast<int64_t>(r);
-  c.lora_alpha = static_cast<double>(c.r);
+  c.lora_alpha = 8;  // PEFT's default
   if (absl::Status s = num("lora_alpha", &c.lora_alpha); !s.ok()) return s;
   for (auto [key, dst] : {std::pair{"use_rslora", &c.use_rslora}, std::pair{"use_dora", &c.use_dora},
                           std::pair{"fan_in_fan_out", &c.fan_in_fan_out}}) {
@@ -115,7 +116,8 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
   auto targets = j.find("target_modules");
   if (targets == j.end() || targets->is_null()) {
     c.target_modules = {"q_proj", "v_proj"};  // PEFT's default for Llama and Qwen2
-  } else if (targets->is_string() && *targets == "all-linear") {
+  } else if (targets->is_string() &&
+             absl::AsciiStrToLower(targets->get<std::string>()) == "all-linear") {
     c.all_linear = true;
   } else if (absl::Status s = StringList(*targets, label, "target_modules", &c.target_modules,
                                          &c.target_regex);
@@ -169,9 +171,10 @@ bool LoraConfig::Targets(const std::string& name, int64_t layer) const {
   if (exclude_regex ? RegexFullMatch(*exclude_regex, name) : ListMatches(exclude_modules, name)) {
     return false;
   }
-  if (all_linear) return true;  // every projection of the decoder layers
   if (target_regex) return RegexFullMatch(*target_regex, name);
-  if (!ListMatches(target_modules, name)) return false;
+  // all-linear: every projection of the decoder layers (still subject to
+  // layers_to_transform, as PEFT expands it to a list first).
+  if (!all_linear && !ListMatches(target_modules, name)) return false;
   if (layers_to_transform.empty()) return true;
   return std::find(layers_to_transform.begin(), layers_to_transform.end(), layer) !=
          layers_to_transform.end();
