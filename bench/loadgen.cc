@@ -39,6 +39,7 @@ ABSL_FLAG(int, output_min, 128, "Fewest new tokens");
 ABSL_FLAG(int, output_max, 128, "Most new tokens");
 ABSL_FLAG(int, vocab, 2048, "Prompt ids are drawn below this");
 ABSL_FLAG(std::string, adapters, "", "Comma-separated adapter ids to draw from (empty = base)");
+ABSL_FLAG(bool, round_robin, false, "Request i uses adapter i mod n (instead of a random draw)");
 ABSL_FLAG(double, alpha, 1.0, "Adapter popularity: id = floor(n * U^(1/alpha)); 1 = uniform");
 ABSL_FLAG(uint64_t, seed, 1, "Workload seed");
 
@@ -115,7 +116,9 @@ int main(int argc, char** argv) {
     r.mutable_sampling()->set_ignore_eos(true);
     if (!adapters.empty()) {
       const double u = std::uniform_real_distribution<double>(0, 1)(rng);
-      size_t idx = static_cast<size_t>(adapters.size() * std::pow(u, 1.0 / absl::GetFlag(FLAGS_alpha)));
+      size_t idx = absl::GetFlag(FLAGS_round_robin)
+                       ? static_cast<size_t>(i) % adapters.size()
+                       : static_cast<size_t>(adapters.size() * std::pow(u, 1.0 / absl::GetFlag(FLAGS_alpha)));
       r.set_adapter_id(adapters[std::min(idx, adapters.size() - 1)]);
     }
     if (absl::GetFlag(FLAGS_rate) > 0) {

@@ -2,6 +2,7 @@
 """adapterd benchmarks, run side by side with Hugging Face in one process tree.
 
   ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
+  ./x bench lora   [--runs 5] [--adapters 8] [--rank 16] [--new-tokens 128]
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -158,6 +159,85 @@ def cmd_decode(a):
     print("\n" + json.dumps(rows))
 
 
+def make_adapters(work, base, n, rank):
+    """n seeded rank-`rank` PEFT LoRA adapters on all 7 projections (cached)."""
+    dirs = []
+    for i in range(n):
+        d = os.path.join(work, f"lora-r{rank}-{i}")
+        if not os.path.exists(os.path.join(d, "adapter_model.safetensors")):
+            subprocess.run([sys.executable, os.path.join(SRC, "tests", "conformance", "peft_reference.py"),
+                            "make-lora", "--model", base, "--out", d, "--seed", str(1000 + i),
+                            "--r", str(rank), "--alpha", str(2 * rank), "--targets", "all-linear"],
+                           check=True)
+        dirs.append(d)
+    return dirs
+
+
+def peft_batch_rate(model, prompts, names, new_tokens):
+    """Tokens/s of one batched greedy generate over `prompts` (equal lengths)."""
+    ids = torch.tensor(prompts, dtype=torch.long)
+    kwargs = {"adapter_names": names} if names else {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             eos_token_id=None, pad_token_id=0, **kwargs)
+    elapsed = time.perf_counter() - start
+    return (out.shape[1] - ids.shape[1]) * ids.shape[0] / elapsed
+
+
+def cmd_lora(a):
+    from peft import PeftModel
+    torch.set_num_threads(a.threads)
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    base = ensure_model(work, "llama-100m", a.build)
+    dirs = make_adapters(work, base, a.adapters, a.rank)
+    names = [f"a{i}" for i in range(a.adapters)]
+    vocab = MODEL_100M["vocab"]
+    prompts = [[(7 * i + 13 * r + 3) % vocab for i in range(16)] for r in range(a.adapters)]
+
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    for name, d in zip(names, dirs):
+        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id={name}", f"--path={d}"],
+                       check=True, capture_output=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    peft_model = PeftModel.from_pretrained(model, dirs[0], adapter_name=names[0])
+    for name, d in zip(names[1:], dirs[1:]):
+        peft_model.load_adapter(d, adapter_name=name)
+    peft_model.eval()
+    common = dict(requests=a.adapters, warmup=0, concurrency=a.adapters, vocab=vocab,
+                  prompt_min=16, prompt_max=16, output_min=a.new_tokens, output_max=a.new_tokens)
+    results = {k: [] for k in ("adapterd_base", "adapterd_lora", "peft_lora", "peft_base")}
+    try:
+        loadgen(a.build, server.addr, **dict(common, output_min=8, output_max=8))  # warm-up
+        peft_batch_rate(peft_model, prompts, names, 4)
+        for run in range(a.runs):
+            results["adapterd_base"].append(loadgen(a.build, server.addr, **common)["throughput_tok_s"])
+            results["adapterd_lora"].append(loadgen(a.build, server.addr, adapters=",".join(names),
+                                                    round_robin="true", **common)["throughput_tok_s"])
+            results["peft_lora"].append(peft_batch_rate(peft_model, prompts, names, a.new_tokens))
+            with peft_model.disable_adapter():
+                results["peft_base"].append(peft_batch_rate(peft_model, prompts, None, a.new_tokens))
+            log("run %d: %s" % (run, {k: round(v[-1], 1) for k, v in results.items()}))
+    finally:
+        server.stop()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"Batch of {a.adapters} concurrent greedy requests, each with its own rank-{a.rank} LoRA on "
+          f"all 7 projections (base alone for comparison), ~100M Llama, fp32, {a.threads} threads, "
+          f"prompt 16, {a.new_tokens} new tokens; median of {a.runs} alternating runs:\n")
+    print("| system | base alone tok/s | 8 distinct adapters tok/s | adapters / base |")
+    print("|---|---|---|---|")
+    print(f"| adapterd | {med['adapterd_base']:.1f} | {med['adapterd_lora']:.1f} | "
+          f"{med['adapterd_lora'] / med['adapterd_base']:.2f} |")
+    print(f"| PEFT `generate(adapter_names=...)` | {med['peft_base']:.1f} | {med['peft_lora']:.1f} | "
+          f"{med['peft_lora'] / med['peft_base']:.2f} |")
+    print(f"\nadapterd / PEFT with the mixed adapters: {med['adapterd_lora'] / med['peft_lora']:.2f}x")
+    print("\n" + json.dumps({"medians": med, "runs": results}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--build", required=True, help="CMake build directory")
@@ -166,8 +246,14 @@ def main():
     d.add_argument("--runs", type=int, default=7)
     d.add_argument("--new-tokens", type=int, default=128)
     d.add_argument("--threads", type=int, default=os.cpu_count())
+    lo = sub.add_parser("lora", help="base vs mixed distinct LoRA adapters, adapterd vs PEFT")
+    lo.add_argument("--runs", type=int, default=5)
+    lo.add_argument("--adapters", type=int, default=8)
+    lo.add_argument("--rank", type=int, default=16)
+    lo.add_argument("--new-tokens", type=int, default=128)
+    lo.add_argument("--threads", type=int, default=os.cpu_count())
     a = p.parse_args()
-    {"decode": cmd_decode}[a.cmd](a)
+    {"decode": cmd_decode, "lora": cmd_lora}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -83,42 +83,68 @@ void RecordFinished(const Deps& deps, const std::shared_ptr<const adapters::Adap
   }
 }
 
+// What both reactors share: translating and submitting the request, and
+// forwarding a cancel that may arrive before or after the engine handle.
+class CallCore {
+ public:
+  CallCore(const Deps& deps, std::string id) : deps_(deps), id_(std::move(id)) {}
+
+  // Translates and submits; on error nothing was submitted.
+  absl::Status Submit(const GenerateRequest& req, const grpc::CallbackServerContext& ctx,
+                      std::shared_ptr<engine::ResultSink> sink) {
+    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
+    if (!r.ok()) return r.status();
+    absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
+        deps_.engine->Submit(*std::move(r), std::move(sink));
+    if (!h.ok()) return h.status();
+    absl::MutexLock lock(&mu_);
+    handle_ = *h;
+    if (cancelled_) handle_->Cancel();
+    return absl::OkStatus();
+  }
+  void Cancel() {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (handle_) handle_->Cancel();
+  }
+  // Engine thread, once: per-adapter accounting, then the adapter is released.
+  void Finished(const engine::Finish& f) {
+    RecordFinished(deps_, adapter_, f);
+    adapter_.reset();
+  }
+  const std::string& id() const { return id_; }
+  metrics::ServerMetrics* metrics() const { return deps_.metrics; }
+
+ private:
+  const Deps deps_;
+  const std::string id_;
+  // Written before Submit hands the request to the engine; read by the engine after.
+  std::shared_ptr<const adapters::Adapter> adapter_;
+  absl::Mutex mu_;
+  std::shared_ptr<engine::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Unary Generate: collects tokens, answers once.
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
   GenerateReactor(grpc::CallbackServerContext* ctx, GenerateResponse* response, const Deps& deps,
                   std::string id)
-      : response_(response), deps_(deps), metrics_(deps.metrics), id_(std::move(id)) {
-    ctx->AddInitialMetadata(kRequestIdKey, id_);
-    response_->set_request_id(id_);
+      : response_(response), core_(deps, std::move(id)) {
+    ctx->AddInitialMetadata(kRequestIdKey, core_.id());
+    response_->set_request_id(core_.id());
   }
 
   // The reactor may be finished by the engine before Start returns; it is
   // deleted only when both Start and OnDone are over.
   void Start(const GenerateRequest& req, const grpc::CallbackServerContext& ctx) {
-    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
-    if (!r.ok()) {
-      Complete(r.status());
-    } else {
-      auto sink = std::make_shared<Sink>(this);
-      absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-          deps_.engine->Submit(*std::move(r), sink);
-      if (!h.ok()) {
-        Complete(h.status());
-      } else {
-        absl::MutexLock lock(&mu_);
-        handle_ = *h;
-        if (cancelled_) handle_->Cancel();
-      }
+    if (absl::Status st = core_.Submit(req, ctx, std::make_shared<Sink>(this)); !st.ok()) {
+      Complete(st);
     }
     Unref();
   }
 
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (handle_) handle_->Cancel();
-  }
+  void OnCancel() override { core_.Cancel(); }
   void OnDone() override { Unref(); }
 
  private:
@@ -130,8 +156,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       for (float lp : logprobs) r_->response_->add_logprobs(lp);
     }
     void OnFinish(const engine::Finish& f) override {
-      RecordFinished(r_->deps_, r_->adapter_, f);
-      r_->adapter_.reset();
+      r_->core_.Finished(f);
       r_->response_->set_finish_reason(ToProto(f.reason));
       r_->response_->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
       r_->response_->mutable_usage()->set_completion_tokens(
@@ -145,10 +170,10 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 
   void Complete(const absl::Status& status) {
     if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
-      LOG(INFO) << "request " << id_ << " Generate failed: " << status;
+      LOG(INFO) << "request " << core_.id() << " Generate failed: " << status;
     }
     grpc::Status gs = ToGrpcStatus(status);
-    if (metrics_ != nullptr) metrics_->RecordRpc("Generate", GrpcCodeName(gs.error_code()));
+    if (core_.metrics() != nullptr) core_.metrics()->RecordRpc("Generate", GrpcCodeName(gs.error_code()));
     Finish(gs);
   }
 
@@ -158,13 +183,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 
   std::atomic<int> refs_{2};  // Start and OnDone
   GenerateResponse* const response_;
-  const Deps deps_;
-  std::shared_ptr<const adapters::Adapter> adapter_;  // held until the engine finishes
-  metrics::ServerMetrics* const metrics_;
-  const std::string id_;
-  absl::Mutex mu_;
-  std::shared_ptr<engine::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CallCore core_;
 };
 
 // Server-streaming GenerateStream: one write in flight at a time; tokens that
@@ -172,35 +191,19 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamResponse> {
  public:
   StreamReactor(grpc::CallbackServerContext* ctx, const Deps& deps, std::string id)
-      : deps_(deps), metrics_(deps.metrics), id_(std::move(id)) {
-    ctx->AddInitialMetadata(kRequestIdKey, id_);
+      : core_(deps, std::move(id)) {
+    ctx->AddInitialMetadata(kRequestIdKey, core_.id());
   }
 
   // Same lifetime rule as GenerateReactor::Start.
   void Start(const GenerateRequest& req, const grpc::CallbackServerContext& ctx) {
-    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
-    if (!r.ok()) {
-      FinishNow(r.status());
-    } else {
-      auto sink = std::make_shared<Sink>(this);
-      absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-          deps_.engine->Submit(*std::move(r), sink);
-      if (!h.ok()) {
-        FinishNow(h.status());
-      } else {
-        absl::MutexLock lock(&mu_);
-        handle_ = *h;
-        if (cancelled_) handle_->Cancel();
-      }
+    if (absl::Status st = core_.Submit(req, ctx, std::make_shared<Sink>(this)); !st.ok()) {
+      FinishNow(st);
     }
     Unref();
   }
 
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (handle_) handle_->Cancel();
-  }
+  void OnCancel() override { core_.Cancel(); }
 
   void OnWriteDone(bool ok) override {
     bool finish = false;
@@ -228,8 +231,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
       r_->MaybeWriteLocked(&unused);
     }
     void OnFinish(const engine::Finish& f) override {
-      RecordFinished(r_->deps_, r_->adapter_, f);
-      r_->adapter_.reset();
+      r_->core_.Finished(f);
       bool finish = false;
       absl::Status status;
       {
@@ -260,7 +262,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
     if (has_data && !broken_ && (final_status_.ok())) {
       in_flight_ = std::move(pending_);
       pending_.Clear();
-      in_flight_.set_request_id(id_);
+      in_flight_.set_request_id(core_.id());
       has_final_ = false;
       writing_ = true;
       StartWrite(&in_flight_);
@@ -275,10 +277,12 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
 
   void FinishNow(const absl::Status& status) {
     if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
-      LOG(INFO) << "request " << id_ << " GenerateStream failed: " << status;
+      LOG(INFO) << "request " << core_.id() << " GenerateStream failed: " << status;
     }
     grpc::Status gs = ToGrpcStatus(status);
-    if (metrics_ != nullptr) metrics_->RecordRpc("GenerateStream", GrpcCodeName(gs.error_code()));
+    if (core_.metrics() != nullptr) {
+      core_.metrics()->RecordRpc("GenerateStream", GrpcCodeName(gs.error_code()));
+    }
     Finish(gs);
   }
 
@@ -287,13 +291,8 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
   }
 
   std::atomic<int> refs_{2};  // Start and OnDone
-  const Deps deps_;
-  std::shared_ptr<const adapters::Adapter> adapter_;  // written in Start only
-  metrics::ServerMetrics* const metrics_;
-  const std::string id_;
+  CallCore core_;
   absl::Mutex mu_;
-  std::shared_ptr<engine::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   GenerateStreamResponse pending_ ABSL_GUARDED_BY(mu_);
   GenerateStreamResponse in_flight_ ABSL_GUARDED_BY(mu_);
   bool has_final_ ABSL_GUARDED_BY(mu_) = false;
