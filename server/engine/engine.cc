@@ -25,6 +25,8 @@ struct Engine::Sequence {
   std::vector<int32_t> blocks;
   absl::Time arrival = absl::Now();
   absl::Time last_token;
+  uint64_t order = 0;           // arrival order: FCFS admission, newest is preempted first
+  bool admitted_once = false;   // counted against the waiting bound until first admitted
   bool finished = false;
 
   Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s)
@@ -114,6 +116,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
         absl::StrCat("waiting queue is full (", options_.max_waiting, " requests)"));
   }
   ++queued_;
+  seq->order = next_order_++;
   incoming_.push_back(std::move(seq));
   return handle;
 }
@@ -133,7 +136,7 @@ void Engine::Shutdown(absl::Duration grace) {
 
 Engine::Stats Engine::GetStats() const {
   return Stats{stat_running_.load(), stat_waiting_.load(), stat_kv_free_.load(),
-               kv_->num_blocks()};
+               kv_->num_blocks(), preemptions_.load()};
 }
 
 void Engine::Loop() {
@@ -193,8 +196,8 @@ void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
   size_t dropped_waiting = 0;
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     if (should_drop(**it)) {
+      dropped_waiting += (*it)->admitted_once ? 0 : 1;
       it = waiting_.erase(it);
-      ++dropped_waiting;
     } else {
       ++it;
     }
@@ -210,19 +213,53 @@ void Engine::Admit() {
   size_t admitted = 0;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch_size) {
     Sequence& seq = *waiting_.front();
-    if (!kv_->Reserve(seq.blocks, seq.max_len())) break;  // FCFS: the head waits for blocks
-    if (metrics_ != nullptr) {
-      metrics_->queue_time().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
-      metrics_->prompt_tokens().Increment(static_cast<double>(seq.prompt_len()));
+    // Blocks for what is known now (prompt, or prompt plus tokens generated
+    // before a preemption) and the next token; later tokens are reserved step
+    // by step. FCFS: the head of the queue waits for blocks.
+    if (!kv_->Reserve(seq.blocks, static_cast<int64_t>(seq.tokens.size()) + 1)) break;
+    if (!seq.admitted_once) {
+      seq.admitted_once = true;
+      ++admitted;
+      if (metrics_ != nullptr) {
+        metrics_->queue_time().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
+        metrics_->prompt_tokens().Increment(static_cast<double>(seq.prompt_len()));
+      }
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
-    ++admitted;
   }
   if (admitted > 0) {
     absl::MutexLock lock(&mu_);
     queued_ -= static_cast<int64_t>(admitted);
   }
+}
+
+void Engine::Preempt(Sequence* victim) {
+  // Recompute later: drop the cache, keep the tokens; it rejoins the queue in
+  // arrival order, ahead of anything that arrived after it.
+  kv_->Free(victim->blocks);
+  victim->num_computed = 0;
+  ++preemptions_;
+  if (metrics_ != nullptr) metrics_->preemptions().Increment();
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [&](const std::unique_ptr<Sequence>& s) { return s.get() == victim; });
+  std::unique_ptr<Sequence> owned = std::move(*it);
+  running_.erase(it);
+  auto pos = std::find_if(waiting_.begin(), waiting_.end(),
+                          [&](const std::unique_ptr<Sequence>& s) { return s->order > victim->order; });
+  waiting_.insert(pos, std::move(owned));
+}
+
+bool Engine::EnsureBlocks(Sequence* seq, int64_t tokens) {
+  while (!kv_->Reserve(seq->blocks, tokens)) {
+    Sequence* newest = nullptr;
+    for (const auto& s : running_) {
+      if (newest == nullptr || s->order > newest->order) newest = s.get();
+    }
+    Preempt(newest);
+    if (newest == seq) return false;
+  }
+  return true;
 }
 
 void Engine::Step() {
@@ -249,6 +286,16 @@ void Engine::Step() {
       any_adapter |= s->request.adapter != nullptr;
     }
   }
+  // Blocks for this step's tokens; when the pool runs dry the newest
+  // sequences are preempted (and dropped from this step if picked).
+  for (Pick& p : picks) {
+    if (p.seq == nullptr) continue;
+    if (!EnsureBlocks(p.seq, p.seq->num_computed + p.n)) p.seq = nullptr;
+    for (Pick& q : picks) {
+      if (q.seq != nullptr && q.seq->blocks.empty()) q.seq = nullptr;  // preempted just now
+    }
+  }
+  std::erase_if(picks, [](const Pick& p) { return p.seq == nullptr; });
   // Rows of one adapter sit together, so each adapter's delta is one product.
   if (any_adapter) {
     std::stable_sort(picks.begin(), picks.end(), [](const Pick& a, const Pick& b) {

@@ -45,9 +45,17 @@ class RequestHandle {
 //
 // Submit() and Shutdown() are thread-safe. Everything that touches the model
 // or the KV cache happens on the engine's own thread, which calls the
-// ResultSinks. A request's KV blocks are reserved in full (prompt plus
-// max_new_tokens) when it is admitted, so admitted requests never run out of
-// cache; requests wait, first come first served, until blocks are free.
+// ResultSinks.
+//
+// Scheduling policy: requests are admitted first come, first served, while
+// batch slots and KV blocks for their known tokens are free. Each step takes
+// one decode token from every running sequence first, then prompt chunks in
+// arrival order, up to the step's token budget, so a long prompt is spread
+// over several steps and never stalls decoding. KV blocks are reserved as
+// sequences grow; when the pool runs dry, the most recently arrived running
+// sequence is preempted (its blocks are freed and it is recomputed later,
+// ahead of younger requests), so the oldest request always progresses.
+// Adapters play no part in the order: rows of any mix of adapters share a step.
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<model::LlamaModel> model,
@@ -82,6 +90,7 @@ class Engine {
     int64_t waiting = 0;
     int64_t kv_free_blocks = 0;
     int64_t kv_total_blocks = 0;
+    int64_t preemptions = 0;
   };
   Stats GetStats() const;
 
@@ -93,6 +102,10 @@ class Engine {
   void Step();
   void DropFinishedOrCancelled(bool shutdown_expired);
   void Admit();
+  void Preempt(Sequence* victim);
+  // Reserves blocks so `seq` covers `tokens` positions, preempting the newest
+  // sequences as needed. False if `seq` itself had to be preempted.
+  bool EnsureBlocks(Sequence* seq, int64_t tokens);
   void FinishSequence(Sequence& seq, FinishReason reason, absl::Status status);
   void PublishStats();
 
@@ -111,7 +124,8 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
 
-  std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0};
+  uint64_t next_order_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0}, preemptions_{0};
   std::thread thread_;
 };
 

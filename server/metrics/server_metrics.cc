@@ -72,6 +72,11 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r, int max_adapter_labels)
                            .Help("Fraction of KV cache blocks in use (0..1)")
                            .Register(r)
                            .Add({})),
+      preemptions_(&prometheus::BuildCounter()
+                        .Name("adapterd_preemptions_total")
+                        .Help("Sequences preempted (KV blocks freed, recomputed later)")
+                        .Register(r)
+                        .Add({})),
       adapter_requests_(&prometheus::BuildCounter()
                              .Name("adapterd_adapter_requests_total")
                              .Help("Finished requests by adapter (bounded: see --metrics_max_adapter_labels)")

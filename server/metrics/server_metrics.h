@@ -55,6 +55,7 @@ class ServerMetrics {
   prometheus::Gauge& running_requests() { return *running_; }
   prometheus::Gauge& waiting_requests() { return *waiting_; }
   prometheus::Gauge& kv_cache_utilization() { return *kv_utilization_; }
+  prometheus::Counter& preemptions() { return *preemptions_; }
 
  private:
   std::string AdapterLabel(const std::string& adapter_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -63,12 +64,6 @@ class ServerMetrics {
   absl::Mutex mu_;
   absl::flat_hash_set<std::string> labelled_adapters_ ABSL_GUARDED_BY(mu_);
   prometheus::Family<prometheus::Counter>* requests_;
-  prometheus::Family<prometheus::Counter>* adapter_requests_;
-  prometheus::Family<prometheus::Counter>* adapter_tokens_;
-  prometheus::Family<prometheus::Counter>* adapter_load_failures_;
-  prometheus::Histogram* adapter_load_seconds_;
-  prometheus::Gauge* adapters_loaded_;
-  prometheus::Gauge* adapter_bytes_;
   prometheus::Histogram* ttft_;
   prometheus::Histogram* tpot_;
   prometheus::Histogram* e2e_;
@@ -80,6 +75,13 @@ class ServerMetrics {
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_utilization_;
+  prometheus::Counter* preemptions_;
+  prometheus::Family<prometheus::Counter>* adapter_requests_;
+  prometheus::Family<prometheus::Counter>* adapter_tokens_;
+  prometheus::Family<prometheus::Counter>* adapter_load_failures_;
+  prometheus::Histogram* adapter_load_seconds_;
+  prometheus::Gauge* adapters_loaded_;
+  prometheus::Gauge* adapter_bytes_;
 };
 
 }  // namespace adapterd::metrics

@@ -181,16 +181,18 @@ TEST(EngineTest, RequestLargerThanTheKvPoolIsRejected) {
   EXPECT_THAT(std::string(h.status().message()), HasSubstr("KV cache blocks"));
 }
 
-TEST(EngineTest, SmallKvPoolQueuesUntilBlocksAreFree) {
+TEST(EngineTest, TinyKvPoolPreemptsAndStillMatchesRunningAlone) {
   EngineOptions opts;
   opts.kv_cache_bytes = 1 << 20;  // 16 blocks of 16 tokens
   auto e = MakeEngine(opts);
   ASSERT_NE(e, nullptr);
-  // Each request needs 12 blocks, so only one fits at a time.
+  // Each request grows to 12 blocks: all are admitted on their prompts, then
+  // the newest are preempted and recomputed as the oldest grow.
   std::vector<GenerationRequest> reqs = {Greedy({5, 6, 7}, 180), Greedy({8, 9}, 180),
-                                         Greedy({10}, 180)};
+                                         Greedy({10}, 180), Greedy({11, 12, 13, 14}, 120)};
   std::vector<std::vector<int64_t>> alone;
   for (const auto& r : reqs) alone.push_back(RunAlone(*e, r));
+  EXPECT_EQ(e->GetStats().preemptions, 0);
   std::vector<std::shared_ptr<Collector>> cs;
   for (const auto& r : reqs) {
     cs.push_back(std::make_shared<Collector>());
@@ -198,8 +200,11 @@ TEST(EngineTest, SmallKvPoolQueuesUntilBlocksAreFree) {
   }
   for (size_t i = 0; i < reqs.size(); ++i) {
     cs[i]->done.WaitForNotification();
-    EXPECT_EQ(cs[i]->tokens, alone[i]);
+    EXPECT_TRUE(cs[i]->finish.status.ok()) << cs[i]->finish.status;
+    EXPECT_EQ(cs[i]->tokens, alone[i]) << "request " << i;
+    EXPECT_EQ(cs[i]->finish.prompt_tokens, static_cast<int64_t>(reqs[i].prompt.size()));
   }
+  EXPECT_GT(e->GetStats().preemptions, 0);
   WaitForFreeKv(*e);
 }
 
