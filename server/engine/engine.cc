@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <string>
 #include <cmath>
 #include <utility>
 
@@ -369,6 +371,10 @@ void Engine::PublishStats() {
     metrics_->running_requests().Set(static_cast<double>(running_.size()));
     metrics_->waiting_requests().Set(static_cast<double>(waiting_.size()));
     metrics_->kv_cache_utilization().Set(kv_->utilization());
+    std::map<std::string, std::pair<int64_t, int64_t>> activity;
+    for (const auto& s : running_) ++activity[s->request.adapter_id].first;
+    for (const auto& s : waiting_) ++activity[s->request.adapter_id].second;
+    metrics_->SetAdapterActivity(activity, options_.max_batch_size);
   }
 }
 

@@ -38,6 +38,7 @@ struct GenerationRequest {
   // it alive until the request is finished and dropped by the engine.
   const model::AdapterWeights* adapter = nullptr;
   std::shared_ptr<const void> adapter_ref;
+  std::string adapter_id;  // for metrics; empty for the base model
 };
 
 enum class FinishReason { kLength, kStop, kCancelled, kError };

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace adapterd::metrics {
 namespace {
 
@@ -102,7 +104,20 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r, int max_adapter_labels)
                           .Help("Bytes held by adapter tensors, including unloaded adapters "
                                 "that running requests still use")
                           .Register(r)
-                          .Add({})) {}
+                          .Add({})),
+      adapter_running_(&prometheus::BuildGauge()
+                            .Name("adapterd_adapter_requests_running")
+                            .Help("Running requests by adapter (bounded labels; base = \"base\")")
+                            .Register(r)),
+      adapter_waiting_(&prometheus::BuildGauge()
+                            .Name("adapterd_adapter_requests_waiting")
+                            .Help("Waiting requests by adapter (bounded labels; base = \"base\")")
+                            .Register(r)),
+      lora_requests_info_(&prometheus::BuildGauge()
+                               .Name("vllm:lora_requests_info")
+                               .Help("vLLM-compatible: adapters of running and waiting requests as "
+                                     "comma-separated labels; value = last update (unix seconds)")
+                               .Register(r)) {}
 
 std::string ServerMetrics::AdapterLabel(const std::string& adapter_id) {
   if (adapter_id.empty()) return "base";
@@ -119,6 +134,36 @@ void ServerMetrics::RecordAdapterRequest(const std::string& adapter_id, int64_t 
   const std::string label = AdapterLabel(adapter_id);
   adapter_requests_->Add({{"adapter", label}}).Increment();
   adapter_tokens_->Add({{"adapter", label}}).Increment(static_cast<double>(generated_tokens));
+}
+
+void ServerMetrics::SetAdapterActivity(
+    const std::map<std::string, std::pair<int64_t, int64_t>>& by_adapter, int64_t max_batch_size) {
+  std::map<std::string, std::pair<int64_t, int64_t>> by_label;
+  std::string running, waiting;
+  for (const auto& [id, counts] : by_adapter) {
+    auto& sum = by_label[AdapterLabel(id)];
+    sum.first += counts.first;
+    sum.second += counts.second;
+    if (id.empty()) continue;
+    if (counts.first > 0) absl::StrAppend(&running, running.empty() ? "" : ",", id);
+    if (counts.second > 0) absl::StrAppend(&waiting, waiting.empty() ? "" : ",", id);
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [label, counts] : last_activity_) {
+    if (!by_label.contains(label)) by_label[label] = {0, 0};  // keep the series, at zero
+  }
+  if (by_label == last_activity_) return;
+  for (const auto& [label, counts] : by_label) {
+    adapter_running_->Add({{"adapter", label}}).Set(static_cast<double>(counts.first));
+    adapter_waiting_->Add({{"adapter", label}}).Set(static_cast<double>(counts.second));
+  }
+  last_activity_ = by_label;
+  // One series at a time: the previous label combination is removed.
+  if (lora_info_current_ != nullptr) lora_requests_info_->Remove(lora_info_current_);
+  lora_info_current_ = &lora_requests_info_->Add({{"max_lora", std::to_string(max_batch_size)},
+                                                  {"running_lora_adapters", running},
+                                                  {"waiting_lora_adapters", waiting}});
+  lora_info_current_->SetToCurrentTime();
 }
 
 void ServerMetrics::RecordAdapterLoadFailure(std::string_view reason) {

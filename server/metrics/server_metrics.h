@@ -3,6 +3,8 @@
 #define ADAPTERD_SERVER_METRICS_SERVER_METRICS_H_
 
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <string>
 #include <string_view>
 
@@ -38,6 +40,11 @@ class ServerMetrics {
   // One finished request through `adapter_id` ("" = base model).
   void RecordAdapterRequest(const std::string& adapter_id, int64_t generated_tokens)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Running and waiting requests per adapter id ("" = base), replacing the
+  // previous values: adapterd_adapter_requests_{running,waiting}{adapter}
+  // (bounded labels) and vLLM's router-compatible vllm:lora_requests_info.
+  void SetAdapterActivity(const std::map<std::string, std::pair<int64_t, int64_t>>& by_adapter,
+                          int64_t max_batch_size) ABSL_LOCKS_EXCLUDED(mu_);
   // A load that failed; `reason` is a gRPC status code name.
   void RecordAdapterLoadFailure(std::string_view reason);
 
@@ -82,6 +89,11 @@ class ServerMetrics {
   prometheus::Histogram* adapter_load_seconds_;
   prometheus::Gauge* adapters_loaded_;
   prometheus::Gauge* adapter_bytes_;
+  prometheus::Family<prometheus::Gauge>* adapter_running_;
+  prometheus::Family<prometheus::Gauge>* adapter_waiting_;
+  prometheus::Family<prometheus::Gauge>* lora_requests_info_;
+  prometheus::Gauge* lora_info_current_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::map<std::string, std::pair<int64_t, int64_t>> last_activity_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace adapterd::metrics

@@ -56,6 +56,7 @@ absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
     *adapter = *a;
     out.adapter = &(*a)->weights();
     out.adapter_ref = *a;
+    out.adapter_id = req.adapter_id();
   }
   out.id = std::move(id);
   out.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());

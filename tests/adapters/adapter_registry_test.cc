@@ -6,14 +6,11 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <initializer_list>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -31,133 +28,32 @@
 #include "adapters/lora_loader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "nlohmann/json.hpp"
 #include "server/model/adapter_weights.h"
-#include "server/model/demo_checkpoint.h"
-#include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/fakes/fake_adapter.h"
+#include "tests/support/demo_model.h"
+#include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd::adapters {
 namespace {
 
 namespace fs = std::filesystem;
-using json = nlohmann::json;
 using model::Proj;
 using model::StDType;
 using ::testing::ElementsAre;
 
+using testing::DemoLora;
+using testing::FakeAdapter;
+using testing::IsError;
+using testing::LoraKey;
+using testing::MaxDiff;
+using testing::QvLora;
+
 constexpr int64_t kLayers = 4;
 constexpr int64_t kQvBytes = 57344;  // q,v r=4 over 4 layers, float32
-constexpr char kPrefix[] = "base_model.model.model.layers.";
 const absl::Duration kLoadTimeout = absl::Seconds(120);
-
-// ----------------------------------------------------- adapter builders -----
-
-std::pair<int64_t, int64_t> Dims(const std::string& path) {
-  static const std::map<std::string, std::pair<int64_t, int64_t>> kDims = {
-      {"self_attn.q_proj", {256, 256}}, {"self_attn.k_proj", {128, 256}},
-      {"self_attn.v_proj", {128, 256}}, {"self_attn.o_proj", {256, 256}},
-      {"mlp.gate_proj", {688, 256}},    {"mlp.up_proj", {688, 256}},
-      {"mlp.down_proj", {256, 688}}};
-  return kDims.at(path);
-}
-
-std::string Key(int64_t layer, const std::string& path, const std::string& kind) {
-  return absl::StrCat(kPrefix, layer, ".", path, ".", kind);
-}
-
-std::string RandomF32(int64_t n, float amplitude, uint32_t seed) {
-  std::string out(static_cast<size_t>(n) * 4, '\0');
-  uint32_t s = seed * 2654435761u + 12345u;
-  for (int64_t i = 0; i < n; ++i) {
-    s = s * 1664525u + 1013904223u;
-    const float v = (static_cast<float>(s >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f) * amplitude;
-    std::memcpy(&out[static_cast<size_t>(i) * 4], &v, 4);
-  }
-  return out;
-}
-
-struct FakeTensor {
-  std::string name;
-  StDType dtype = StDType::kF32;
-  std::vector<int64_t> shape;
-  std::string bytes;
-};
-
-struct FakeAdapter {
-  json config;
-  std::vector<FakeTensor> tensors;
-
-  FakeTensor* Find(const std::string& name) {
-    for (FakeTensor& t : tensors) {
-      if (t.name == name) return &t;
-    }
-    return nullptr;
-  }
-  void Remove(const std::string& name) {
-    auto it = std::remove_if(tensors.begin(), tensors.end(),
-                             [&](const FakeTensor& t) { return t.name == name; });
-    ASSERT_NE(it, tensors.end()) << "no tensor " << name;
-    tensors.erase(it, tensors.end());
-  }
-  void Add(std::string name, std::vector<int64_t> shape, uint32_t seed, float amplitude = 0.05f) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    tensors.push_back(FakeTensor{std::move(name), StDType::kF32, shape, RandomF32(n, amplitude, seed)});
-  }
-  std::vector<model::StTensorToWrite> ToWrite() const {
-    std::vector<model::StTensorToWrite> w;
-    for (const FakeTensor& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes});
-    return w;
-  }
-  std::map<std::string, std::string> Files() const {
-    return {{kConfigFile, config.dump(2)}, {kWeightsFile, model::SerializeSafetensors(ToWrite())}};
-  }
-  std::string Write(const std::string& name) const {
-    const std::string dir = testing::MakeTempDir(name);
-    std::ofstream(fs::path(dir) / kConfigFile) << config.dump(2);
-    absl::Status s = model::WriteSafetensors((fs::path(dir) / kWeightsFile).string(), ToWrite());
-    EXPECT_TRUE(s.ok()) << s;
-    return dir;
-  }
-};
-
-FakeAdapter MakeLora(const std::vector<std::string>& paths, int64_t r, double alpha, uint32_t seed) {
-  json targets = json::array();
-  for (const std::string& p : paths) targets.push_back(p.substr(p.find('.') + 1));
-  FakeAdapter a;
-  a.config = json{{"peft_type", "LORA"},     {"task_type", "CAUSAL_LM"}, {"r", r},
-                  {"lora_alpha", alpha},     {"target_modules", targets}, {"use_dora", false},
-                  {"use_rslora", false},     {"bias", "none"},           {"modules_to_save", nullptr},
-                  {"rank_pattern", json::object()}, {"alpha_pattern", json::object()}};
-  for (int64_t l = 0; l < kLayers; ++l) {
-    for (const std::string& p : paths) {
-      const auto [out, in] = Dims(p);
-      a.Add(Key(l, p, "lora_A.weight"), {r, in}, seed++, 0.1f);
-      a.Add(Key(l, p, "lora_B.weight"), {out, r}, seed++);
-    }
-  }
-  return a;
-}
-
-FakeAdapter QvLora(uint32_t seed = 1) { return MakeLora({"self_attn.q_proj", "self_attn.v_proj"}, 4, 8, seed); }
-
-::testing::AssertionResult IsError(const absl::Status& s, absl::StatusCode code,
-                                   std::initializer_list<std::string> substrings) {
-  if (s.code() != code) {
-    return ::testing::AssertionFailure() << "code " << absl::StatusCodeToString(s.code()) << ", want "
-                                         << absl::StatusCodeToString(code) << " (" << s << ")";
-  }
-  const std::string message(s.message());
-  for (const std::string& sub : substrings) {
-    if (message.find(sub) == std::string::npos) {
-      return ::testing::AssertionFailure() << "message '" << message << "' lacks '" << sub << "'";
-    }
-  }
-  return ::testing::AssertionSuccess() << s;
-}
 
 // What the registry lists, reduced to comparable values.
 std::vector<std::string> Snapshot(const std::vector<AdapterInfo>& list) {
@@ -190,9 +86,7 @@ struct NotifyOnExit {
 class AdapterRegistryTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::string> dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("demo-cache"));
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = model::LlamaModel::Load(*dir, {});
+    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
     ASSERT_TRUE(m.ok()) << m.status();
     base_ = m->release();
     qv_dir_ = new std::string(QvLora().Write("qv-shared"));
@@ -237,24 +131,8 @@ class AdapterRegistryTest : public ::testing::Test {
     return Load(reg(), id, std::move(source), replace);
   }
 
-  static at::Tensor Logits(const model::AdapterWeights* adapter) {
-    static const std::vector<int64_t> prompt = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
-    absl::StatusOr<std::unique_ptr<model::KvCache>> kv =
-        model::KvCache::Create(base().config(), 16, int64_t{32} << 20, at::kFloat, at::kCPU);
-    EXPECT_TRUE(kv.ok()) << kv.status();
-    if (!kv.ok()) return at::Tensor();
-    const int64_t n = static_cast<int64_t>(prompt.size());
-    std::vector<int32_t> blocks;
-    EXPECT_TRUE((*kv)->Reserve(blocks, n));
-    model::ForwardBatch batch;
-    batch.token_ids = prompt;
-    batch.seqs.push_back(model::SequenceChunk{n, 0, &blocks, true});
-    if (adapter != nullptr) batch.adapters = {adapter};
-    absl::StatusOr<at::Tensor> logits = base().Forward(batch, **kv);
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    return logits.ok() ? *logits : at::Tensor();
-  }
-  static double MaxDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+  // Last-token logits [1, vocab] of a fixed prompt through the base with `adapter` (null = base).
+  static at::Tensor Logits(const model::AdapterWeights* adapter) { return testing::PromptLogits(base(), adapter); }
 
   static model::LlamaModel* base_;
   static std::string* qv_dir_;
@@ -361,8 +239,8 @@ TEST_F(AdapterRegistryTest, DoraAdapterIsListedAsDora) {
   FakeAdapter d = QvLora(3);
   d.config["use_dora"] = true;
   for (int64_t l = 0; l < kLayers; ++l) {
-    d.Add(Key(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 70 + l, 1.0f);
-    d.Add(Key(l, "self_attn.v_proj", "lora_magnitude_vector"), {128}, 80 + l, 1.0f);
+    d.Add(LoraKey(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 70 + l, 1.0f);
+    d.Add(LoraKey(l, "self_attn.v_proj", "lora_magnitude_vector"), {128}, 80 + l, 1.0f);
   }
   absl::StatusOr<AdapterInfo> info = Load("dora", UploadSource{d.Files()});
   ASSERT_TRUE(info.ok()) << info.status();
@@ -378,8 +256,9 @@ TEST_F(AdapterRegistryTest, DuplicateIdIsAlreadyExistsAndChangesNothing) {
   const std::vector<std::string> listed = Snapshot(reg().List());
 
   bool called = false;
-  absl::Status s = reg().StartLoad("qv", UploadSource{MakeLora({"self_attn.o_proj"}, 2, 4, 9).Files()},
-                                   /*replace=*/false, [&called](absl::StatusOr<AdapterInfo>) { called = true; });
+  const FakeAdapter o = DemoLora({.r = 2, .alpha = 4, .targets = {"o_proj"}, .seed = 9});
+  absl::Status s = reg().StartLoad("qv", UploadSource{o.Files()}, /*replace=*/false,
+                                   [&called](absl::StatusOr<AdapterInfo>) { called = true; });
   EXPECT_TRUE(IsError(s, absl::StatusCode::kAlreadyExists, {"qv", "replace"}));
 
   // Another load goes through the same loader thread: once it is done, a
@@ -401,7 +280,7 @@ TEST_F(AdapterRegistryTest, ReplaceSwapsAndKeepsOldReferenceUsable) {
   ASSERT_TRUE(old.ok());
   const at::Tensor old_logits = Logits(&(*old)->weights());
 
-  const FakeAdapter next = MakeLora({"self_attn.o_proj", "mlp.down_proj"}, 8, 16, 500);
+  const FakeAdapter next = DemoLora({.r = 8, .alpha = 16, .targets = {"o_proj", "down_proj"}, .seed = 500});
   absl::StatusOr<AdapterInfo> info = Load("swap", UploadSource{next.Files()}, /*replace=*/true);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_THAT(info->ranks, ElementsAre(8));
@@ -440,7 +319,8 @@ TEST_F(AdapterRegistryTest, LoadDoneRunsAfterTheReplacedVersionIsReleased) {
   auto seen = std::make_shared<std::atomic<int64_t>>(-1);
   auto done = std::make_shared<absl::Notification>();
   AdapterRegistry* r = &reg();
-  ASSERT_TRUE(reg().StartLoad("r", UploadSource{MakeLora({"self_attn.o_proj"}, 2, 4, 9).Files()}, true,
+  const FakeAdapter o = DemoLora({.r = 2, .alpha = 4, .targets = {"o_proj"}, .seed = 9});
+  ASSERT_TRUE(reg().StartLoad("r", UploadSource{o.Files()}, true,
                               [r, seen, done](absl::StatusOr<AdapterInfo> res) {
                                 EXPECT_TRUE(res.ok()) << res.status();
                                 seen->store(r->live_bytes());
@@ -458,7 +338,7 @@ TEST_F(AdapterRegistryTest, FailedReplaceKeepsTheOldVersion) {
   absl::StatusOr<std::shared_ptr<const Adapter>> before = reg().Lookup("keep");
   ASSERT_TRUE(before.ok());
   FakeAdapter bad = QvLora();
-  bad.Remove(Key(1, "self_attn.q_proj", "lora_B.weight"));
+  bad.Remove(LoraKey(1, "self_attn.q_proj", "lora_B.weight"));
   absl::StatusOr<AdapterInfo> r = Load("keep", UploadSource{bad.Files()}, /*replace=*/true);
   EXPECT_TRUE(IsError(r.status(), absl::StatusCode::kInvalidArgument, {"missing tensor"}));
   absl::StatusOr<std::shared_ptr<const Adapter>> after = reg().Lookup("keep");
@@ -511,25 +391,24 @@ std::vector<BadCase> BadCases() {
   using C = absl::StatusCode;
   std::vector<BadCase> cases;
   cases.push_back({"lora_A wrong shape", C::kFailedPrecondition, "expected [4, 256]", [](FakeAdapter& a) {
-                     a.Remove(Key(1, "self_attn.q_proj", "lora_A.weight"));
-                     a.Add(Key(1, "self_attn.q_proj", "lora_A.weight"), {4, 128}, 9);
+                     a.Replace(LoraKey(1, "self_attn.q_proj", "lora_A.weight"), {4, 128}, 9);
                    }, nullptr, nullptr});
-  cases.push_back({"missing lora_B", C::kInvalidArgument, Key(2, "self_attn.v_proj", "lora_B.weight"),
-                   [](FakeAdapter& a) { a.Remove(Key(2, "self_attn.v_proj", "lora_B.weight")); }, nullptr,
+  cases.push_back({"missing lora_B", C::kInvalidArgument, LoraKey(2, "self_attn.v_proj", "lora_B.weight"),
+                   [](FakeAdapter& a) { a.Remove(LoraKey(2, "self_attn.v_proj", "lora_B.weight")); }, nullptr,
                    nullptr});
   cases.push_back({"targeted module without tensors", C::kInvalidArgument,
-                   Key(3, "self_attn.q_proj", "lora_A.weight"),
+                   LoraKey(3, "self_attn.q_proj", "lora_A.weight"),
                    [](FakeAdapter& a) {
-                     a.Remove(Key(3, "self_attn.q_proj", "lora_A.weight"));
-                     a.Remove(Key(3, "self_attn.q_proj", "lora_B.weight"));
+                     a.Remove(LoraKey(3, "self_attn.q_proj", "lora_A.weight"));
+                     a.Remove(LoraKey(3, "self_attn.q_proj", "lora_B.weight"));
                    },
                    nullptr, nullptr});
   cases.push_back({"unknown module", C::kFailedPrecondition, "unknown target", [](FakeAdapter& a) {
-                     a.Add(Key(0, "self_attn.rotary", "lora_A.weight"), {4, 32}, 9);
+                     a.Add(LoraKey(0, "self_attn.rotary", "lora_A.weight"), {4, 32}, 9);
                    }, nullptr, nullptr});
   cases.push_back({"layer 9", C::kFailedPrecondition, "layer 9 does not exist", [](FakeAdapter& a) {
-                     a.Add(Key(9, "self_attn.q_proj", "lora_A.weight"), {4, 256}, 9);
-                     a.Add(Key(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 10);
+                     a.Add(LoraKey(9, "self_attn.q_proj", "lora_A.weight"), {4, 256}, 9);
+                     a.Add(LoraKey(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 10);
                    }, nullptr, nullptr});
   cases.push_back({"lora_embedding_A", C::kInvalidArgument, "lora_embedding_A", [](FakeAdapter& a) {
                      a.Add("base_model.model.model.embed_tokens.lora_embedding_A", {4, 2048}, 9);
@@ -538,16 +417,18 @@ std::vector<BadCase> BadCases() {
                      a.Add("base_model.model.lm_head.lora_A.weight", {4, 256}, 9);
                      a.Add("base_model.model.lm_head.lora_B.weight", {2048, 4}, 10);
                    }, nullptr, nullptr});
-  cases.push_back({"lora_B.bias", C::kInvalidArgument, Key(0, "self_attn.q_proj", "lora_B.bias"),
-                   [](FakeAdapter& a) { a.Add(Key(0, "self_attn.q_proj", "lora_B.bias"), {256}, 9); }, nullptr,
+  cases.push_back({"lora_B.bias", C::kInvalidArgument, LoraKey(0, "self_attn.q_proj", "lora_B.bias"),
+                   [](FakeAdapter& a) { a.Add(LoraKey(0, "self_attn.q_proj", "lora_B.bias"), {256}, 9); }, nullptr,
                    nullptr});
   cases.push_back({"dora without magnitudes", C::kInvalidArgument, "lora_magnitude_vector",
                    [](FakeAdapter& a) { a.config["use_dora"] = true; }, nullptr, nullptr});
   cases.push_back({"magnitude without use_dora", C::kInvalidArgument, "use_dora is false", [](FakeAdapter& a) {
-                     a.Add(Key(0, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 9, 1.0f);
+                     a.Add(LoraKey(0, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 9, 1.0f);
                    }, nullptr, nullptr});
   cases.push_back({"I32 dtype", C::kInvalidArgument, "dtype I32",
-                   [](FakeAdapter& a) { a.Find(Key(0, "self_attn.v_proj", "lora_A.weight"))->dtype = StDType::kI32; },
+                   [](FakeAdapter& a) {
+                     a.Find(LoraKey(0, "self_attn.v_proj", "lora_A.weight"))->dtype = StDType::kI32;
+                   },
                    nullptr, nullptr});
   cases.push_back({"bias all", C::kInvalidArgument, "'bias'", [](FakeAdapter& a) { a.config["bias"] = "all"; },
                    nullptr, nullptr});

@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/status_assertions.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -24,6 +24,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Pair;
+using testing::IsError;
 
 constexpr char kLabel[] = "some/dir/adapter_config.json";
 
@@ -94,23 +95,6 @@ absl::StatusOr<LoraConfig> ParseWith(std::initializer_list<std::pair<const char*
 }
 
 json Erase() { return json(json::value_t::discarded); }
-
-// The status is `code` and its message holds the label and every substring.
-::testing::AssertionResult IsError(const absl::Status& s, absl::StatusCode code,
-                                   std::initializer_list<std::string> substrings) {
-  if (s.code() != code) {
-    return ::testing::AssertionFailure()
-           << "code " << absl::StatusCodeToString(s.code()) << ", want "
-           << absl::StatusCodeToString(code) << " (" << s << ")";
-  }
-  const std::string message(s.message());
-  for (const std::string& sub : substrings) {
-    if (message.find(sub) == std::string::npos) {
-      return ::testing::AssertionFailure() << "message '" << message << "' lacks '" << sub << "'";
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
 
 // The set of (layer, projection path) the config targets on a 4-layer model.
 std::vector<std::string> TargetedModules(const LoraConfig& c, int64_t layers = 4) {

@@ -6,13 +6,10 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -21,15 +18,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/model/adapter_weights.h"
-#include "server/model/demo_checkpoint.h"
-#include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/fakes/fake_adapter.h"
+#include "tests/support/demo_model.h"
+#include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd::adapters {
@@ -41,35 +38,21 @@ using model::Proj;
 using model::StDType;
 using ::testing::ElementsAre;
 
+using testing::FakeAdapter;
+using testing::FakeTensor;
+using testing::IsError;
+using testing::LoraKey;
+using testing::MaxDiff;
+using testing::PeftLoraConfig;
+using testing::QvLora;
+
 constexpr int64_t kLayers = 4;
-constexpr char kPrefix[] = "base_model.model.model.layers.";
 
 // ------------------------------------------------------------- helpers -----
 
 // [out, in] of each projection of the demo model.
 std::pair<int64_t, int64_t> Dims(const std::string& path) {
-  static const std::map<std::string, std::pair<int64_t, int64_t>> kDims = {
-      {"self_attn.q_proj", {256, 256}}, {"self_attn.k_proj", {128, 256}},
-      {"self_attn.v_proj", {128, 256}}, {"self_attn.o_proj", {256, 256}},
-      {"mlp.gate_proj", {688, 256}},    {"mlp.up_proj", {688, 256}},
-      {"mlp.down_proj", {256, 688}}};
-  return kDims.at(path);
-}
-
-std::string Key(int64_t layer, const std::string& path, const std::string& kind) {
-  return absl::StrCat(kPrefix, layer, ".", path, ".", kind);
-}
-
-// Deterministic pseudo-random float32 bytes in [-amplitude, amplitude].
-std::string RandomF32(int64_t n, float amplitude, uint32_t seed) {
-  std::string out(static_cast<size_t>(n) * 4, '\0');
-  uint32_t s = seed * 2654435761u + 12345u;
-  for (int64_t i = 0; i < n; ++i) {
-    s = s * 1664525u + 1013904223u;
-    const float v = (static_cast<float>(s >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f) * amplitude;
-    std::memcpy(&out[static_cast<size_t>(i) * 4], &v, 4);
-  }
-  return out;
+  return testing::ProjDims(testing::DemoModelConfig(), path);
 }
 
 std::string TensorBytes(const at::Tensor& t) {
@@ -81,120 +64,10 @@ at::Tensor FromF32(const std::string& bytes, const std::vector<int64_t>& shape) 
   return at::from_blob(const_cast<char*>(bytes.data()), shape, at::kFloat).clone();
 }
 
-struct FakeTensor {
-  std::string name;
-  StDType dtype = StDType::kF32;
-  std::vector<int64_t> shape;
-  std::string bytes;
-};
-
-// An adapter as PEFT saves it: adapter_config.json text and the tensors of
-// adapter_model.safetensors.
-struct FakeAdapter {
-  json config;
-  std::vector<FakeTensor> tensors;
-
-  FakeTensor* Find(const std::string& name) {
-    for (FakeTensor& t : tensors) {
-      if (t.name == name) return &t;
-    }
-    return nullptr;
-  }
-  const FakeTensor* Find(const std::string& name) const {
-    return const_cast<FakeAdapter*>(this)->Find(name);
-  }
-  void Remove(const std::string& name) {
-    auto it = std::remove_if(tensors.begin(), tensors.end(),
-                             [&](const FakeTensor& t) { return t.name == name; });
-    ASSERT_NE(it, tensors.end()) << "no tensor " << name;
-    tensors.erase(it, tensors.end());
-  }
-  void Add(std::string name, std::vector<int64_t> shape, uint32_t seed, float amplitude = 0.05f) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    tensors.push_back(FakeTensor{std::move(name), StDType::kF32, shape, RandomF32(n, amplitude, seed)});
-  }
-
-  std::string Weights() const {
-    std::vector<model::StTensorToWrite> w;
-    for (const FakeTensor& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes});
-    return model::SerializeSafetensors(w, {{"format", "pt"}});
-  }
-  std::map<std::string, std::string> Files() const {
-    return {{kConfigFile, config.dump(2)}, {kWeightsFile, Weights()}};
-  }
-  // Writes the two files into a fresh directory and returns it.
-  std::string Write(const std::string& name) const {
-    const std::string dir = testing::MakeTempDir(name);
-    std::ofstream(fs::path(dir) / kConfigFile) << config.dump(2);
-    std::vector<model::StTensorToWrite> w;
-    for (const FakeTensor& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes});
-    absl::Status s = model::WriteSafetensors((fs::path(dir) / kWeightsFile).string(), w, {{"format", "pt"}});
-    EXPECT_TRUE(s.ok()) << s;
-    return dir;
-  }
-};
-
-json PeftConfig(int64_t r, double alpha, json targets) {
-  return json{{"peft_type", "LORA"},
-              {"task_type", "CAUSAL_LM"},
-              {"base_model_name_or_path", "demo"},
-              {"r", r},
-              {"lora_alpha", alpha},
-              {"lora_dropout", 0.0},
-              {"target_modules", std::move(targets)},
-              {"use_rslora", false},
-              {"use_dora", false},
-              {"bias", "none"},
-              {"modules_to_save", nullptr},
-              {"layers_to_transform", nullptr},
-              {"rank_pattern", json::object()},
-              {"alpha_pattern", json::object()},
-              {"fan_in_fan_out", false},
-              {"inference_mode", true}};
-}
-
-// A LoRA adapter of rank r on `paths` (e.g. "self_attn.q_proj") of every layer.
-FakeAdapter MakeLora(const std::vector<std::string>& paths, int64_t r, double alpha, uint32_t seed,
-                     float b_amplitude = 0.05f) {
-  json targets = json::array();
-  for (const std::string& p : paths) targets.push_back(p.substr(p.find('.') + 1));
-  FakeAdapter a;
-  a.config = PeftConfig(r, alpha, targets);
-  for (int64_t l = 0; l < kLayers; ++l) {
-    for (const std::string& p : paths) {
-      const auto [out, in] = Dims(p);
-      a.Add(Key(l, p, "lora_A.weight"), {r, in}, seed++, 0.1f);
-      a.Add(Key(l, p, "lora_B.weight"), {out, r}, seed++, b_amplitude);
-    }
-  }
-  return a;
-}
-
-FakeAdapter QvLora(uint32_t seed = 1) { return MakeLora({"self_attn.q_proj", "self_attn.v_proj"}, 4, 8, seed); }
-
-// The status is `code` and its message holds every substring.
-::testing::AssertionResult IsError(const absl::Status& s, absl::StatusCode code,
-                                   std::initializer_list<std::string> substrings) {
-  if (s.code() != code) {
-    return ::testing::AssertionFailure() << "code " << absl::StatusCodeToString(s.code()) << ", want "
-                                         << absl::StatusCodeToString(code) << " (" << s << ")";
-  }
-  const std::string message(s.message());
-  for (const std::string& sub : substrings) {
-    if (message.find(sub) == std::string::npos) {
-      return ::testing::AssertionFailure() << "message '" << message << "' lacks '" << sub << "'";
-    }
-  }
-  return ::testing::AssertionSuccess() << s;
-}
-
 class LoraLoaderTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::string> dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("demo-cache"));
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = model::LlamaModel::Load(*dir, {});
+    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
     ASSERT_TRUE(m.ok()) << m.status();
     base_ = m->release();
   }
@@ -219,32 +92,8 @@ class LoraLoaderTest : public ::testing::Test {
     return LoadLora(*files, base());
   }
 
-  static const std::vector<int64_t>& Prompt() {
-    static const std::vector<int64_t> p = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
-    return p;
-  }
-
-  // Last-token logits [1, vocab] of Prompt() through the base with `adapter` (null = base).
-  static at::Tensor Logits(const model::AdapterWeights* adapter) {
-    absl::StatusOr<std::unique_ptr<model::KvCache>> kv =
-        model::KvCache::Create(base().config(), 16, int64_t{32} << 20, at::kFloat, at::kCPU);
-    EXPECT_TRUE(kv.ok()) << kv.status();
-    if (!kv.ok()) return at::Tensor();
-    const int64_t n = static_cast<int64_t>(Prompt().size());
-    std::vector<int32_t> blocks;
-    EXPECT_TRUE((*kv)->Reserve(blocks, n));
-    model::ForwardBatch batch;
-    batch.token_ids = Prompt();
-    batch.seqs.push_back(model::SequenceChunk{n, 0, &blocks, true});
-    if (adapter != nullptr) batch.adapters = {adapter};
-    absl::StatusOr<at::Tensor> logits = base().Forward(batch, **kv);
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    return logits.ok() ? *logits : at::Tensor();
-  }
-
-  static double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
-    return (a - b).abs().max().item<double>();
-  }
+  // Last-token logits [1, vocab] of a fixed prompt through the base with `adapter` (null = base).
+  static at::Tensor Logits(const model::AdapterWeights* adapter) { return testing::PromptLogits(base(), adapter); }
 
   static model::LlamaModel* base_;
 };
@@ -289,8 +138,8 @@ TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
     }
   }
   // The values are the file's, in their places.
-  const std::string a1 = Key(1, "self_attn.v_proj", "lora_A.weight");
-  const std::string b3 = Key(3, "self_attn.q_proj", "lora_B.weight");
+  const std::string a1 = LoraKey(1, "self_attn.v_proj", "lora_A.weight");
+  const std::string b3 = LoraKey(3, "self_attn.q_proj", "lora_B.weight");
   ASSERT_NE(a.Find(a1), nullptr);
   ASSERT_NE(a.Find(b3), nullptr);
   EXPECT_TRUE(at::equal(w.Find(1, Proj::kV)->a, FromF32(a.Find(a1)->bytes, {4, 256})));
@@ -348,7 +197,7 @@ TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
 
 TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
   FakeAdapter a;
-  a.config = PeftConfig(4, 16, "all-linear");
+  a.config = PeftLoraConfig(4, 16, "all-linear");
   a.config["use_rslora"] = true;
   a.config["rank_pattern"] = {{"layers.1.self_attn.q_proj", 8}};
   a.config["alpha_pattern"] = {{"down_proj", 4}};
@@ -358,8 +207,8 @@ TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
       const std::string path(model::ProjPath(static_cast<Proj>(p)));
       const int64_t r = (l == 1 && path == "self_attn.q_proj") ? 8 : 4;
       const auto [out, in] = Dims(path);
-      a.Add(Key(l, path, "lora_A.weight"), {r, in}, seed++);
-      a.Add(Key(l, path, "lora_B.weight"), {out, r}, seed++);
+      a.Add(LoraKey(l, path, "lora_A.weight"), {r, in}, seed++);
+      a.Add(LoraKey(l, path, "lora_B.weight"), {out, r}, seed++);
     }
   }
   absl::StatusOr<LoadedLora> lora = LoadUpload(a);
@@ -378,10 +227,10 @@ TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
 
 TEST_F(LoraLoaderTest, LayersToTransformLoadsOnlyThoseLayers) {
   FakeAdapter a;
-  a.config = PeftConfig(2, 4, json::array({"o_proj"}));
+  a.config = PeftLoraConfig(2, 4, json::array({"o_proj"}));
   a.config["layers_to_transform"] = {2};
-  a.Add(Key(2, "self_attn.o_proj", "lora_A.weight"), {2, 256}, 5);
-  a.Add(Key(2, "self_attn.o_proj", "lora_B.weight"), {256, 2}, 6);
+  a.Add(LoraKey(2, "self_attn.o_proj", "lora_A.weight"), {2, 256}, 5);
+  a.Add(LoraKey(2, "self_attn.o_proj", "lora_B.weight"), {256, 2}, 6);
   absl::StatusOr<LoadedLora> lora = LoadDir(a, "layer2");
   ASSERT_TRUE(lora.ok()) << lora.status();
   EXPECT_NE(lora->weights->Find(2, Proj::kO), nullptr);
@@ -415,11 +264,11 @@ TEST_F(LoraLoaderTest, DoraMagnitudesRescaleOutputs) {
     for (Proj p : {Proj::kQ, Proj::kV}) {
       const std::string path(model::ProjPath(p));
       const int64_t out = Dims(path).first;
-      at::Tensor A = FromF32(dora.Find(Key(l, path, "lora_A.weight"))->bytes, {4, 256});
-      at::Tensor B = FromF32(dora.Find(Key(l, path, "lora_B.weight"))->bytes, {out, 4});
+      at::Tensor A = FromF32(dora.Find(LoraKey(l, path, "lora_A.weight"))->bytes, {4, 256});
+      at::Tensor B = FromF32(dora.Find(LoraKey(l, path, "lora_B.weight"))->bytes, {out, 4});
       at::Tensor norm = (base().ProjWeight(l, p).to(at::kFloat) + scale * at::mm(B, A)).norm(2, {1});
-      dora.tensors.push_back({Key(l, path, "lora_magnitude_vector"), StDType::kF32, {out}, TensorBytes(norm)});
-      dora2.tensors.push_back({Key(l, path, "lora_magnitude_vector"), StDType::kF32, {out},
+      dora.tensors.push_back({LoraKey(l, path, "lora_magnitude_vector"), StDType::kF32, {out}, TensorBytes(norm)});
+      dora2.tensors.push_back({LoraKey(l, path, "lora_magnitude_vector"), StDType::kF32, {out},
                                TensorBytes(norm * 1.5)});
     }
   }
@@ -447,25 +296,23 @@ TEST_F(LoraLoaderTest, DoraMagnitudesRescaleOutputs) {
 
 TEST_F(LoraLoaderTest, RejectsWrongShapeOfLoraA) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(1, "self_attn.q_proj", "lora_A.weight");
-  a.Remove(name);
-  a.Add(name, {4, 128}, 99);
+  const std::string name = LoraKey(1, "self_attn.q_proj", "lora_A.weight");
+  a.Replace(name, {4, 128}, 99);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
                       {kWeightsFile, name, "[4, 128]", "expected [4, 256]"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsWrongRankOfLoraB) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(0, "self_attn.v_proj", "lora_B.weight");
-  a.Remove(name);
-  a.Add(name, {128, 8}, 99);
+  const std::string name = LoraKey(0, "self_attn.v_proj", "lora_B.weight");
+  a.Replace(name, {128, 8}, 99);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
                       {name, "[128, 8]", "expected [128, 4]"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsMissingLoraB) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(2, "self_attn.v_proj", "lora_B.weight");
+  const std::string name = LoraKey(2, "self_attn.v_proj", "lora_B.weight");
   a.Remove(name);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
                       {kWeightsFile, "missing tensor", name}));
@@ -473,23 +320,23 @@ TEST_F(LoraLoaderTest, RejectsMissingLoraB) {
 
 TEST_F(LoraLoaderTest, RejectsTargetedModuleWithoutTensors) {
   FakeAdapter a = QvLora();
-  a.Remove(Key(3, "self_attn.q_proj", "lora_A.weight"));
-  a.Remove(Key(3, "self_attn.q_proj", "lora_B.weight"));
+  a.Remove(LoraKey(3, "self_attn.q_proj", "lora_A.weight"));
+  a.Remove(LoraKey(3, "self_attn.q_proj", "lora_B.weight"));
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
-                      {"missing tensor", Key(3, "self_attn.q_proj", "lora_A.weight"), kConfigFile}));
+                      {"missing tensor", LoraKey(3, "self_attn.q_proj", "lora_A.weight"), kConfigFile}));
 }
 
 TEST_F(LoraLoaderTest, RejectsTensorsOfAnUntargetedModule) {
   FakeAdapter a = QvLora();
-  a.Add(Key(0, "self_attn.k_proj", "lora_A.weight"), {4, 256}, 50);
-  a.Add(Key(0, "self_attn.k_proj", "lora_B.weight"), {128, 4}, 51);
+  a.Add(LoraKey(0, "self_attn.k_proj", "lora_A.weight"), {4, 256}, 50);
+  a.Add(LoraKey(0, "self_attn.k_proj", "lora_B.weight"), {128, 4}, 51);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
                       {"model.layers.0.self_attn.k_proj", "not targeted"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsUnknownModule) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(0, "self_attn.rotary", "lora_A.weight");
+  const std::string name = LoraKey(0, "self_attn.rotary", "lora_A.weight");
   a.Add(name, {4, 32}, 50);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
                       {name, "unknown target"}));
@@ -497,9 +344,9 @@ TEST_F(LoraLoaderTest, RejectsUnknownModule) {
 
 TEST_F(LoraLoaderTest, RejectsLayerThatDoesNotExist) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(9, "self_attn.q_proj", "lora_A.weight");
+  const std::string name = LoraKey(9, "self_attn.q_proj", "lora_A.weight");
   a.Add(name, {4, 256}, 50);
-  a.Add(Key(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 51);
+  a.Add(LoraKey(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 51);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
                       {"layers.9.self_attn.q_proj", "layer 9 does not exist", "4 layers"}));
 }
@@ -521,7 +368,7 @@ TEST_F(LoraLoaderTest, RejectsLmHeadLora) {
 
 TEST_F(LoraLoaderTest, RejectsLoraBias) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(0, "self_attn.q_proj", "lora_B.bias");
+  const std::string name = LoraKey(0, "self_attn.q_proj", "lora_B.bias");
   a.Add(name, {256}, 50);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {name, "lora_bias"}));
 }
@@ -542,7 +389,7 @@ TEST_F(LoraLoaderTest, RejectsDoraConfigWithoutMagnitudes) {
 
 TEST_F(LoraLoaderTest, RejectsMagnitudeWithoutUseDora) {
   FakeAdapter a = QvLora();
-  const std::string name = Key(1, "self_attn.v_proj", "lora_magnitude_vector");
+  const std::string name = LoraKey(1, "self_attn.v_proj", "lora_magnitude_vector");
   a.Add(name, {128}, 50, 1.0f);
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
                       {"unexpected tensor", name, "use_dora is false"}));
@@ -552,16 +399,16 @@ TEST_F(LoraLoaderTest, RejectsMagnitudeOfWrongShape) {
   FakeAdapter a = QvLora();
   a.config["use_dora"] = true;
   for (int64_t l = 0; l < kLayers; ++l) {
-    a.Add(Key(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 60, 1.0f);
-    a.Add(Key(l, "self_attn.v_proj", "lora_magnitude_vector"), {l == 2 ? 256 : 128}, 61, 1.0f);
+    a.Add(LoraKey(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 60, 1.0f);
+    a.Add(LoraKey(l, "self_attn.v_proj", "lora_magnitude_vector"), {l == 2 ? 256 : 128}, 61, 1.0f);
   }
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
-                      {Key(2, "self_attn.v_proj", "lora_magnitude_vector"), "[256]", "expected [128]"}));
+                      {LoraKey(2, "self_attn.v_proj", "lora_magnitude_vector"), "[256]", "expected [128]"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsIntegerDtype) {
   FakeAdapter a = QvLora();
-  FakeTensor* t = a.Find(Key(0, "self_attn.q_proj", "lora_A.weight"));
+  FakeTensor* t = a.Find(LoraKey(0, "self_attn.q_proj", "lora_A.weight"));
   ASSERT_NE(t, nullptr);
   t->dtype = StDType::kI32;  // same byte size as F32
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
@@ -625,7 +472,7 @@ TEST_F(LoraLoaderTest, RejectsInvalidConfigThroughLoad) {
 
 TEST_F(LoraLoaderTest, RejectsAdapterWithoutLoraTensors) {
   FakeAdapter a;
-  a.config = PeftConfig(4, 8, "q_proj");  // a regex that matches no module
+  a.config = PeftLoraConfig(4, 8, "q_proj");  // a regex that matches no module
   EXPECT_TRUE(IsError(LoadUpload(a).status(), absl::StatusCode::kInvalidArgument,
                       {kWeightsFile, "no LoRA tensors"}));
 }

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -18,7 +19,7 @@
 #include "server/model/demo_checkpoint.h"
 #include "server/model/model_config.h"
 #include "server/model/safetensors.h"
-#include "tests/support/lora_fixture.h"
+#include "tests/fakes/fake_adapter.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -53,7 +54,8 @@ class AdapterServerTest : public ::testing::Test {
   // Writes an adapter under the suite's directory and returns its path.
   static std::string Adapter(const std::string& name, testing::LoraSpec spec = {}) {
     const std::string d = *dir_ + "/" + name;
-    EXPECT_TRUE(testing::WriteLoraAdapter(d, *config_, spec).ok());
+    const absl::Status s = testing::MakeLora(*config_, spec).WriteTo(d);
+    EXPECT_TRUE(s.ok()) << s;
     return d;
   }
   grpc::Status Load(const std::string& id, const std::string& path, bool replace = false,
@@ -173,7 +175,8 @@ TEST_F(AdapterServerTest, BadAdaptersAreRejectedAndLeaveNoTrace) {
          other.hidden_size = 128;
          other.intermediate_size = 344;
          const std::string d = *dir_ + "/wrong-shape";
-         EXPECT_TRUE(testing::WriteLoraAdapter(d, other, {}).ok());
+         const absl::Status s = testing::MakeLora(other, {}).WriteTo(d);
+         EXPECT_TRUE(s.ok()) << s;
          return d;
        },
        grpc::StatusCode::FAILED_PRECONDITION, "expected [4, 256]"},

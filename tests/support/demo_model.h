@@ -1,0 +1,30 @@
+// The demo base model (server/model/demo_checkpoint.cc) for tests that run
+// adapters through it.
+#ifndef ADAPTERD_TESTS_SUPPORT_DEMO_MODEL_H_
+#define ADAPTERD_TESTS_SUPPORT_DEMO_MODEL_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "server/model/adapter_weights.h"
+#include "server/model/llama_model.h"
+
+namespace adapterd::testing {
+
+// Writes the demo checkpoint into a fresh temporary directory and loads it
+// with the default options.
+absl::StatusOr<std::unique_ptr<model::LlamaModel>> LoadDemoModel();
+
+// Last-token logits [1, vocab] of a fixed 11-token prompt through `base`
+// with `adapter` (null: the base alone). A failure fails the test and gives
+// an undefined tensor.
+at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter);
+
+// max |a - b|.
+double MaxDiff(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace adapterd::testing
+
+#endif  // ADAPTERD_TESTS_SUPPORT_DEMO_MODEL_H_
