@@ -29,6 +29,8 @@
 #include "server/model/demo_checkpoint.h"
 #include "server/model/llama_model.h"
 #include "adapters/adapter_registry.h"
+#include "adapters/demo_adapters.h"
+#include "absl/synchronization/notification.h"
 #include "server/rpc/admin_service.h"
 #include "server/rpc/grpc_server.h"
 #include "server/rpc/inference_service.h"
@@ -39,6 +41,8 @@ ABSL_FLAG(std::string, model, "",
 ABSL_FLAG(std::string, cache_dir, "",
           "Cache directory for the demo model. Empty: $ADAPTERD_CACHE_DIR, else "
           "$XDG_CACHE_HOME/adapterd, else ~/.cache/adapterd.");
+ABSL_FLAG(bool, demo_adapters, true,
+          "With the demo model (no --model), also load its demo LoRA adapters");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
 ABSL_FLAG(std::string, admin_listen, "",
           "Admin API listen address; empty serves Admin on --listen");
@@ -136,12 +140,13 @@ int main(int argc, char** argv) {
   }
 
   std::string model_dir = absl::GetFlag(FLAGS_model);
-  if (model_dir.empty()) {
-    std::string cache = absl::GetFlag(FLAGS_cache_dir);
-    if (cache.empty()) cache = DefaultCacheDir();
-    absl::StatusOr<std::string> demo = adapterd::model::EnsureDemoCheckpoint(cache);
-    if (!demo.ok()) return Fail(demo.status());
-    model_dir = *demo;
+  const bool demo = model_dir.empty();
+  std::string cache = absl::GetFlag(FLAGS_cache_dir);
+  if (cache.empty()) cache = DefaultCacheDir();
+  if (demo) {
+    absl::StatusOr<std::string> demo_dir = adapterd::model::EnsureDemoCheckpoint(cache);
+    if (!demo_dir.ok()) return Fail(demo_dir.status());
+    model_dir = *demo_dir;
     LOG(INFO) << "no --model given: serving the demo model at " << model_dir;
   }
   const absl::Time load_start = absl::Now();
@@ -180,6 +185,25 @@ int main(int argc, char** argv) {
   // while the engine runs it; both only read them.
   const adapterd::model::LlamaModel* base = (*engine)->model();
   adapterd::adapters::AdapterRegistry adapter_registry(base);
+  if (demo && absl::GetFlag(FLAGS_demo_adapters)) {
+    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> demo_adapters =
+        adapterd::adapters::EnsureDemoAdapters(cache, base->config());
+    if (!demo_adapters.ok()) return Fail(demo_adapters.status());
+    for (const auto& [id, dir] : *demo_adapters) {
+      absl::Notification loaded;
+      absl::Status result;
+      absl::Status st = adapter_registry.StartLoad(
+          id, adapterd::adapters::PathSource{dir}, false,
+          [&](absl::StatusOr<adapterd::adapters::AdapterInfo> r) {
+            result = r.status();
+            loaded.Notify();
+          });
+      if (st.ok()) loaded.WaitForNotification();
+      if (!st.ok() || !result.ok()) return Fail(st.ok() ? result : st);
+    }
+    metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
+    metrics.adapter_bytes().Set(static_cast<double>(adapter_registry.live_bytes()));
+  }
   adapterd::rpc::InferenceService inference((*engine).get(), &adapter_registry, &metrics);
   adapterd::rpc::AdminOptions admin_options;
   admin_options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
@@ -225,7 +249,8 @@ int main(int argc, char** argv) {
   std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  admin:   "
             << admin_address << "\n  metrics: http://" << metrics_address
             << "/metrics\n  try:     ./x ctl generate --addr=" << (*server)->address()
-            << " --prompt=1,2,3 --max_new_tokens=16\n"
+            << " --prompt=1,2,3 --max_new_tokens=16"
+            << (demo && absl::GetFlag(FLAGS_demo_adapters) ? " --adapter=demo-qv-r4" : "") << "\n"
             << std::flush;
 
   int sig = 0;

@@ -268,6 +268,16 @@ TEST_F(ServerTest, HealthAndCli) {
   ASSERT_TRUE(gen.ok()) << gen.status();
   EXPECT_THAT(*gen, HasSubstr("finish=length"));
   EXPECT_THAT(*gen, HasSubstr("completion_tokens=5"));
+
+  // The embedded default comes with its demo adapters loaded.
+  auto list = testing::RunCommand(ctl + " list");
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_THAT(*list, HasSubstr("demo-qv-r4  ready  lora  ranks=4  targets=q_proj,v_proj"));
+  EXPECT_THAT(*list, HasSubstr("demo-all-r8  ready  lora  ranks=8"));
+  auto with_adapter = testing::RunCommand(
+      ctl + " generate --unary --adapter=demo-qv-r4 --prompt=1,2,3 --max_new_tokens=5 --ignore_eos");
+  ASSERT_TRUE(with_adapter.ok()) << with_adapter.status();
+  EXPECT_THAT(*with_adapter, HasSubstr("completion_tokens=5"));
 }
 
 TEST_F(ServerTest, MetricsAreScraped) {
