@@ -132,7 +132,11 @@ TEST(LoadTest, QueueFullIsResourceExhaustedAtOnce) {
       ASSERT_TRUE(readers.back()->Read(&msg));  // running
     }
   }
-  absl::SleepFor(absl::Milliseconds(300));  // the two others are queued
+  for (int i = 0; i < 500; ++i) {  // until the two others are queued
+    auto m = testing::HttpGet((*server)->metrics_address(), "/metrics");
+    if (m.ok() && absl::StrContains(*m, "adapterd_requests_waiting 2")) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   v1::GenerateResponse resp;
   grpc::ClientContext ctx;
   // Had the server queued it, the deadline would pass: DEADLINE_EXCEEDED.
