@@ -114,8 +114,10 @@ int main(int argc, char** argv) {
     r.mutable_sampling()->set_max_new_tokens(std::uniform_int_distribution<int>(
         absl::GetFlag(FLAGS_output_min), absl::GetFlag(FLAGS_output_max))(rng));
     r.mutable_sampling()->set_ignore_eos(true);
+    // Drawn even without adapters, so every configuration sees the same
+    // prompts, lengths and arrival times for the same seed.
+    const double u = std::uniform_real_distribution<double>(0, 1)(rng);
     if (!adapters.empty()) {
-      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
       size_t idx = absl::GetFlag(FLAGS_round_robin)
                        ? static_cast<size_t>(i) % adapters.size()
                        : static_cast<size_t>(adapters.size() * std::pow(u, 1.0 / absl::GetFlag(FLAGS_alpha)));

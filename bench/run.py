@@ -3,6 +3,7 @@
 
   ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
   ./x bench lora   [--runs 5] [--adapters 8] [--rank 16] [--new-tokens 128]
+  ./x bench serving [--adapters 1,8,64,256] [--requests 64] [--runs 3]
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -238,6 +239,99 @@ def cmd_lora(a):
     print("\n" + json.dumps({"medians": med, "runs": results}))
 
 
+def write_fast_lora(path, base_cfg, rank, seed):
+    """A PEFT-layout rank-`rank` LoRA on all 7 projections, written directly
+    with safetensors (PEFT itself is too slow for hundreds of adapters)."""
+    from safetensors.torch import save_file
+    if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+        return path
+    os.makedirs(path, exist_ok=True)
+    h, inter = base_cfg["hidden_size"], base_cfg["intermediate_size"]
+    hd = base_cfg.get("head_dim") or h // base_cfg["num_attention_heads"]
+    kv = base_cfg["num_key_value_heads"] * hd
+    dims = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+            "self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+            "mlp.down_proj": (h, inter)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(base_cfg["num_hidden_layers"]):
+        for mod, (out, inp) in dims.items():
+            key = f"base_model.model.model.layers.{layer}.{mod}"
+            tensors[key + ".lora_A.weight"] = torch.randn(rank, inp, generator=g) / inp ** 0.5
+            tensors[key + ".lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.01
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                      "up_proj", "down_proj"], "bias": "none"}, f)
+    return path
+
+
+def cmd_serving(a):
+    """S-LoRA/Punica-style workload over gRPC: n adapters, uniform or skewed
+    popularity, closed loop (saturating) and Poisson arrivals."""
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    base = ensure_model(work, a.model, a.build)
+    with open(os.path.join(base, "config.json")) as f:
+        cfg = json.load(f)
+    counts = [int(x) for x in a.adapters.split(",")]
+    dirs = [write_fast_lora(os.path.join(work, f"fast-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
+            for i in range(max(counts))]
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
+                              f"--max_batch_size={a.concurrency}"])
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    for i, d in enumerate(dirs):
+        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
+                       check=True, capture_output=True)
+    common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
+                  prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max)
+    rows = []
+    try:
+        loadgen(a.build, server.addr, **dict(common, requests=a.concurrency, concurrency=a.concurrency))
+        for run in range(a.runs):
+            configs = [("base", None, 1.0)]
+            for n in counts:
+                for pop, alpha in (("uniform", 1.0), ("skewed", a.skew)):
+                    configs.append((f"{n} {pop}", ",".join(f"t{i}" for i in range(n)), alpha))
+            for name, adapters, alpha in configs:
+                extra = {"adapters": adapters, "alpha": alpha} if adapters else {}
+                closed = loadgen(a.build, server.addr, concurrency=a.concurrency, seed=run + 1,
+                                 **extra, **common)
+                rows.append(dict(config=name, mode="closed", run=run, **closed))
+                log(f"run {run} {name} closed: {closed['throughput_tok_s']:.1f} tok/s")
+                if a.rate > 0:
+                    open_ = loadgen(a.build, server.addr, rate=a.rate, seed=run + 1, **extra, **common)
+                    rows.append(dict(config=name, mode=f"poisson {a.rate}/s", run=run, **open_))
+    finally:
+        server.stop()
+    print(f"Serving workload on {a.model}, fp32, {a.threads} threads, rank-{a.rank} LoRA on all 7 "
+          f"projections, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, "
+          f"{a.requests} requests per point, closed loop at concurrency {a.concurrency}"
+          + (f" and Poisson at {a.rate}/s" if a.rate > 0 else "") + f"; medians of {a.runs} runs:\n")
+    print("| adapters | mode | tok/s | vs base | TTFT p50 s | TTFT p99 s | TPOT p50 s | TPOT p99 s | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    keys = []
+    for r in rows:
+        if (r["config"], r["mode"]) not in keys:
+            keys.append((r["config"], r["mode"]))
+    base_tput = {}
+    for config, mode in keys:
+        sel = [r for r in rows if r["config"] == config and r["mode"] == mode]
+        med = {k: statistics.median(r[k] for r in sel) for k in
+               ("throughput_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s")}
+        if config == "base":
+            base_tput[mode] = med["throughput_tok_s"]
+        # Under Poisson arrivals throughput follows the arrival rate; only the
+        # closed loop's ratio to the base says anything.
+        ratio = (f"{med['throughput_tok_s'] / base_tput[mode]:.2f}"
+                 if mode == "closed" and base_tput.get(mode) else "-")
+        print(f"| {config} | {mode} | {med['throughput_tok_s']:.1f} | {ratio} | "
+              f"{med['ttft_p50_s']:.3f} | {med['ttft_p99_s']:.3f} | {med['tpot_p50_s']:.4f} | "
+              f"{med['tpot_p99_s']:.4f} | {sum(r['errors'] for r in sel)} |")
+    print("\n" + json.dumps(rows))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--build", required=True, help="CMake build directory")
@@ -252,8 +346,22 @@ def main():
     lo.add_argument("--rank", type=int, default=16)
     lo.add_argument("--new-tokens", type=int, default=128)
     lo.add_argument("--threads", type=int, default=os.cpu_count())
+    sv = sub.add_parser("serving", help="S-LoRA-style workload: n adapters, popularity, arrivals")
+    sv.add_argument("--model", default="llama-100m", choices=["demo", "llama-100m"])
+    sv.add_argument("--adapters", default="1,8,64,256")
+    sv.add_argument("--rank", type=int, default=16)
+    sv.add_argument("--requests", type=int, default=64)
+    sv.add_argument("--concurrency", type=int, default=32)
+    sv.add_argument("--rate", type=float, default=0, help="Poisson arrivals/s (0 = closed loop only)")
+    sv.add_argument("--skew", type=float, default=0.3, help="power-law alpha for skewed popularity")
+    sv.add_argument("--prompt-min", type=int, default=8)
+    sv.add_argument("--prompt-max", type=int, default=64)
+    sv.add_argument("--output-min", type=int, default=8)
+    sv.add_argument("--output-max", type=int, default=64)
+    sv.add_argument("--runs", type=int, default=3)
+    sv.add_argument("--threads", type=int, default=os.cpu_count())
     a = p.parse_args()
-    {"decode": cmd_decode, "lora": cmd_lora}[a.cmd](a)
+    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving}[a.cmd](a)
 
 
 if __name__ == "__main__":
