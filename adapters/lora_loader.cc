@@ -214,15 +214,15 @@ absl::StatusOr<LoadedLora> LoadLora(const AdapterFiles& files, const model::Llam
                         absl::StrCat("shape ", Shape(mt.magnitude->shape), ", expected ", Shape(want_m)));
       }
       model::LoraModule lm;
-      lm.scale = config->ScaleFor(name);
+      const double scale = config->ScaleFor(name);
       absl::Status st = TorchCall(absl::StrCat(f.label(), ": ", name), [&] {
         c10::InferenceMode guard;
-        lm.a = ToTensor(f, *mt.a, base.options());
-        lm.b = ToTensor(f, *mt.b, base.options());
+        lm = model::LoraModule::FromPeft(ToTensor(f, *mt.a, base.options()),
+                                         ToTensor(f, *mt.b, base.options()), scale);
         if (mt.magnitude != nullptr) {
           // PEFT: magnitude / ||W + scale * B A|| per output row, in float32.
           at::Tensor m = ToTensor(f, *mt.magnitude, base.options()).to(at::kFloat);
-          at::Tensor merged = w.to(at::kFloat) + lm.scale * at::mm(lm.b.to(at::kFloat), lm.a.to(at::kFloat));
+          at::Tensor merged = w.to(at::kFloat) + scale * at::mm(lm.b.to(at::kFloat), lm.a.to(at::kFloat));
           lm.dora_scale = (m / merged.norm(2, {1})).to(base.options().dtype);
         }
       });

@@ -172,6 +172,10 @@ void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status sta
   if (seq.finished) return;
   seq.finished = true;
   kv_->Free(seq.blocks);
+  // Let go of the adapter before the client hears back, so an unload right
+  // after the response finds no reference left in the engine.
+  seq.request.adapter = nullptr;
+  seq.request.adapter_ref.reset();
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
     LOG(WARNING) << "request " << seq.request.id << " ended: " << status;
   }

@@ -14,11 +14,21 @@ std::string_view ProjName(Proj p) {
   return path.substr(path.find('.') + 1);
 }
 
+LoraModule LoraModule::FromPeft(const at::Tensor& lora_a, const at::Tensor& lora_b, double scale) {
+  LoraModule m;
+  m.a_t = lora_a.t().contiguous();
+  m.b_t = lora_b.t().contiguous();
+  m.a = m.a_t.t();
+  m.b = m.b_t.t();
+  m.scale = scale;
+  return m;
+}
+
 int64_t AdapterWeights::bytes() const {
   int64_t total = 0;
   for (const auto& layer : modules_) {
     for (const LoraModule& m : layer) {
-      for (const at::Tensor* t : {&m.a, &m.b, &m.dora_scale}) {
+      for (const at::Tensor* t : {&m.a_t, &m.b_t, &m.dora_scale}) {
         if (t->defined()) total += static_cast<int64_t>(t->nbytes());
       }
     }

@@ -1,8 +1,10 @@
 #include "server/model/llama_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <optional>
@@ -181,20 +183,94 @@ const at::Tensor& LlamaModel::ProjWeight(int64_t layer, Proj p) const {
   return l.q;
 }
 
+namespace {
+
+// Rows at or below this count per segment take the direct loop below rather
+// than two ATen matmuls: in decode steps each segment is one or a few rows,
+// where per-call overhead, not arithmetic, dominates.
+constexpr int64_t kSmallSegmentRows = 8;
+
+// y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
+// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous. Both sweeps are axpys
+// over contiguous memory, which the compiler vectorises. With DoRA,
+// y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
+// `delta` out floats.
+void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
+             const float* bias, float* tmp, float* delta) {
+  const int64_t r = m.rank();
+  const float* at = m.a_t.data_ptr<float>();
+  const float* bt = m.b_t.data_ptr<float>();
+  std::fill(tmp, tmp + r, 0.0f);
+  for (int64_t i = 0; i < in; ++i) {
+    const float xi = x[i];
+    const float* row = at + i * r;
+    for (int64_t k = 0; k < r; ++k) tmp[k] += xi * row[k];
+  }
+  const float scale = static_cast<float>(m.scale);
+  for (int64_t k = 0; k < r; ++k) tmp[k] *= scale;
+  if (!m.dora_scale.defined()) {
+    for (int64_t k = 0; k < r; ++k) {
+      const float tk = tmp[k];
+      const float* row = bt + k * out;
+      for (int64_t o = 0; o < out; ++o) y[o] += tk * row[o];
+    }
+    return;
+  }
+  std::fill(delta, delta + out, 0.0f);
+  for (int64_t k = 0; k < r; ++k) {
+    const float tk = tmp[k];
+    const float* row = bt + k * out;
+    for (int64_t o = 0; o < out; ++o) delta[o] += tk * row[o];
+  }
+  const float* mag = m.dora_scale.data_ptr<float>();
+  for (int64_t o = 0; o < out; ++o) {
+    const float base = bias != nullptr ? y[o] - bias[o] : y[o];
+    y[o] += (mag[o] - 1.0f) * base + mag[o] * delta[o];
+  }
+}
+
+}  // namespace
+
 at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                                int64_t layer, Proj p, const std::vector<Segment>& segments) const {
   at::Tensor y = at::linear(x, w, Opt(bias));
+  if (segments.empty()) return y;
+  const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                      y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
+  std::vector<const Segment*> small;
   for (const Segment& s : segments) {
     const LoraModule* m = s.adapter->Find(layer, p);
     if (m == nullptr) continue;
+    if (direct && s.rows <= kSmallSegmentRows) {
+      small.push_back(&s);
+      continue;
+    }
     at::Tensor ys = y.narrow(0, s.start, s.rows);
-    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), m->a.t()), m->b.t());
+    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), m->a_t), m->b_t);
     if (m->dora_scale.defined()) {
       at::Tensor base = bias.defined() ? ys - bias : ys;
       ys.add_((m->dora_scale - 1) * base + m->dora_scale * (delta * m->scale));
     } else {
       ys.add_(delta, m->scale);
     }
+  }
+  if (!small.empty()) {
+    const int64_t in = x.size(1), out = y.size(1);
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    // Segments own disjoint rows, so they run in parallel without locks.
+    at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> tmp, delta(static_cast<size_t>(out));
+      for (int64_t i = begin; i < end; ++i) {
+        const Segment& s = *small[i];
+        const LoraModule& m = *s.adapter->Find(layer, p);
+        tmp.resize(static_cast<size_t>(m.rank()));
+        for (int64_t row = s.start; row < s.start + s.rows; ++row) {
+          LoraRow(xp + row * in, yp + row * out, in, out, m, bp, tmp.data(), delta.data());
+        }
+      }
+    });
   }
   return y;
 }
