@@ -276,7 +276,7 @@ def cmd_serving(a):
     with open(os.path.join(base, "config.json")) as f:
         cfg = json.load(f)
     counts = [int(x) for x in a.adapters.split(",")]
-    dirs = [write_fast_lora(os.path.join(work, f"fast-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
+    dirs = [write_fast_lora(os.path.join(work, f"fast-{a.model}-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
             for i in range(max(counts))]
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
                               f"--max_batch_size={a.concurrency}"])
