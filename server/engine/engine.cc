@@ -256,21 +256,20 @@ void Engine::Preempt(Sequence* victim) {
   waiting_.insert(pos, std::move(owned));
 }
 
-bool Engine::EnsureBlocks(Sequence* seq, int64_t tokens) {
+void Engine::EnsureBlocks(Sequence* seq, int64_t tokens) {
   while (!kv_->Reserve(seq->blocks, tokens)) {
     Sequence* newest = nullptr;
     for (const auto& s : running_) {
       if (newest == nullptr || s->order > newest->order) newest = s.get();
     }
     Preempt(newest);
-    if (newest == seq) return false;
+    if (newest == seq) return;
   }
-  return true;
 }
 
 void Engine::Step() {
   Admit();
-  PublishStats();
+  PublishStats();  // admitted requests show as running during a long forward
   if (running_.empty()) return;
 
   // Decode tokens first, then prompt chunks, within the step's token budget.
@@ -294,14 +293,11 @@ void Engine::Step() {
   }
   // Blocks for this step's tokens; when the pool runs dry the newest
   // sequences are preempted (and dropped from this step if picked).
-  for (Pick& p : picks) {
-    if (p.seq == nullptr) continue;
-    if (!EnsureBlocks(p.seq, p.seq->num_computed + p.n)) p.seq = nullptr;
-    for (Pick& q : picks) {
-      if (q.seq != nullptr && q.seq->blocks.empty()) q.seq = nullptr;  // preempted just now
-    }
+  // A running sequence always holds blocks, so empty blocks mean "preempted".
+  for (const Pick& p : picks) {
+    if (!p.seq->blocks.empty()) EnsureBlocks(p.seq, p.seq->num_computed + p.n);
   }
-  std::erase_if(picks, [](const Pick& p) { return p.seq == nullptr; });
+  std::erase_if(picks, [](const Pick& p) { return p.seq->blocks.empty(); });
   // Rows of one adapter sit together, so each adapter's delta is one product.
   if (any_adapter) {
     std::stable_sort(picks.begin(), picks.end(), [](const Pick& a, const Pick& b) {

@@ -104,8 +104,8 @@ class Engine {
   void Admit();
   void Preempt(Sequence* victim);
   // Reserves blocks so `seq` covers `tokens` positions, preempting the newest
-  // sequences as needed. False if `seq` itself had to be preempted.
-  bool EnsureBlocks(Sequence* seq, int64_t tokens);
+  // sequences as needed (possibly `seq` itself, which then holds no blocks).
+  void EnsureBlocks(Sequence* seq, int64_t tokens);
   void FinishSequence(Sequence& seq, FinishReason reason, absl::Status status);
   void PublishStats();
 

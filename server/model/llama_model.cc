@@ -237,12 +237,12 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
   if (segments.empty()) return y;
   const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
-  std::vector<const Segment*> small;
+  std::vector<std::pair<const Segment*, const LoraModule*>> small;
   for (const Segment& s : segments) {
     const LoraModule* m = s.adapter->Find(layer, p);
     if (m == nullptr) continue;
     if (direct && s.rows <= kSmallSegmentRows) {
-      small.push_back(&s);
+      small.emplace_back(&s, m);
       continue;
     }
     at::Tensor ys = y.narrow(0, s.start, s.rows);
@@ -263,8 +263,8 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
     at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
       std::vector<float> tmp, delta(static_cast<size_t>(out));
       for (int64_t i = begin; i < end; ++i) {
-        const Segment& s = *small[i];
-        const LoraModule& m = *s.adapter->Find(layer, p);
+        const Segment& s = *small[i].first;
+        const LoraModule& m = *small[i].second;
         tmp.resize(static_cast<size_t>(m.rank()));
         for (int64_t row = s.start; row < s.start + s.rows; ++row) {
           LoraRow(xp + row * in, yp + row * out, in, out, m, bp, tmp.data(), delta.data());

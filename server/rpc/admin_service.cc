@@ -1,6 +1,7 @@
 #include "server/rpc/admin_service.h"
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -8,6 +9,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "adapters/lora_loader.h"
 #include "server/rpc/grpc_status.h"
 
 namespace adapterd::rpc {
@@ -35,13 +37,32 @@ AdminService::AdminService(adapters::AdapterRegistry* registry, metrics::ServerM
                            AdminOptions options)
     : registry_(registry), metrics_(metrics), options_(options) {}
 
+void AdminService::RecordLoadFailure(const absl::Status& status) {
+  if (metrics_ == nullptr) return;
+  metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(status.code())));
+}
+
+void AdminService::StartLoad(std::string id, adapters::AdapterSource source, bool replace,
+                             AdapterInfo* resp, std::function<void(const absl::Status&)> complete) {
+  absl::Status st = registry_->StartLoad(
+      std::move(id), std::move(source), replace,
+      [this, resp, complete](absl::StatusOr<adapters::AdapterInfo> result) {
+        OnLoaded(result);
+        if (result.ok()) ToProto(*result, resp);
+        complete(result.status());
+      });
+  if (!st.ok()) {
+    RecordLoadFailure(st);
+    complete(st);
+  }
+}
+
 void AdminService::OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result) {
   if (metrics_ == nullptr) return;
   if (result.ok()) {
     metrics_->adapter_load_seconds().Observe(absl::ToDoubleSeconds(result->load_duration));
   } else {
-    metrics_->RecordAdapterLoadFailure(
-        GrpcCodeName(static_cast<grpc::StatusCode>(result.status().code())));
+    RecordLoadFailure(result.status());
   }
   metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
   metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
@@ -51,24 +72,11 @@ void AdminService::OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result)
 // handler and OnDone are over (the load may finish before Start returns).
 class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
  public:
-  LoadReactor(AdminService* service, AdapterInfo* resp, const char* rpc)
-      : service_(service), resp_(resp), rpc_(rpc) {}
+  LoadReactor(AdminService* service, AdapterInfo* resp) : service_(service), resp_(resp) {}
 
   void Start(std::string id, adapters::AdapterSource source, bool replace) {
-    absl::Status st = service_->registry_->StartLoad(
-        std::move(id), std::move(source), replace,
-        [this](absl::StatusOr<adapters::AdapterInfo> result) {
-          service_->OnLoaded(result);
-          if (result.ok()) ToProto(*result, resp_);
-          Complete(result.status());
-        });
-    if (!st.ok()) {
-      if (service_->metrics_ != nullptr) {
-        service_->metrics_->RecordAdapterLoadFailure(
-            GrpcCodeName(static_cast<grpc::StatusCode>(st.code())));
-      }
-      Complete(st);
-    }
+    service_->StartLoad(std::move(id), std::move(source), replace, resp_,
+                        [this](const absl::Status& st) { Complete(st); });
     Unref();
   }
   void OnDone() override { Unref(); }
@@ -76,7 +84,9 @@ class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
  private:
   void Complete(const absl::Status& st) {
     grpc::Status gs = ToGrpcStatus(st);
-    if (service_->metrics_ != nullptr) service_->metrics_->RecordRpc(rpc_, GrpcCodeName(gs.error_code()));
+    if (service_->metrics_ != nullptr) {
+      service_->metrics_->RecordRpc("LoadAdapter", GrpcCodeName(gs.error_code()));
+    }
     Finish(gs);
   }
   void Unref() {
@@ -85,7 +95,6 @@ class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
   std::atomic<int> refs_{2};
   AdminService* const service_;
   AdapterInfo* const resp_;
-  const char* const rpc_;
 };
 
 // Collects an upload's chunks, bounded by max_upload_bytes, then loads it.
@@ -108,10 +117,10 @@ class AdminService::UploadReactor final
     } else if (msg_.has_chunk()) {
       if (!seen_header_) return Fail(absl::InvalidArgumentError("the first message must be a header"));
       const std::string& name = msg_.chunk().file_name();
-      if (name != "adapter_config.json" && name != "adapter_model.safetensors") {
-        return Fail(absl::InvalidArgumentError(absl::StrCat(
-            "chunk.file_name '", name.substr(0, 100),
-            "' must be adapter_config.json or adapter_model.safetensors")));
+      if (name != adapters::kConfigFile && name != adapters::kWeightsFile) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("chunk.file_name '", name.substr(0, 100),
+                                                            "' must be ", adapters::kConfigFile,
+                                                            " or ", adapters::kWeightsFile)));
       }
       total_ += static_cast<int64_t>(msg_.chunk().data().size());
       if (total_ > service_->options_.max_upload_bytes) {
@@ -132,20 +141,13 @@ class AdminService::UploadReactor final
     // A cancelled or broken stream also ends reads: never load a partial upload.
     if (ctx_->IsCancelled()) return Complete(absl::CancelledError("upload cancelled"));
     if (!seen_header_) return Fail(absl::InvalidArgumentError("upload carried no header"));
-    absl::Status st = service_->registry_->StartLoad(
-        std::move(id_), adapters::UploadSource{std::move(files_)}, replace_,
-        [this](absl::StatusOr<adapters::AdapterInfo> result) {
-          service_->OnLoaded(result);
-          if (result.ok()) ToProto(*result, resp_);
-          Complete(result.status());  // may delete this: last statement
-        });
-    if (!st.ok()) Fail(st);
+    // Complete may delete this: it is the callback's last statement.
+    service_->StartLoad(std::move(id_), adapters::UploadSource{std::move(files_)}, replace_, resp_,
+                        [this](const absl::Status& st) { Complete(st); });
   }
 
   void Fail(const absl::Status& st) {
-    if (service_->metrics_ != nullptr) {
-      service_->metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(st.code())));
-    }
+    service_->RecordLoadFailure(st);
     Complete(st);
   }
   void Complete(const absl::Status& st) {
@@ -181,7 +183,7 @@ grpc::ServerUnaryReactor* AdminService::LoadAdapter(grpc::CallbackServerContext*
   if (req->path().empty()) {
     return Done(ctx, "LoadAdapter", absl::InvalidArgumentError("path must name a directory"));
   }
-  auto* reactor = new LoadReactor(this, resp, "LoadAdapter");
+  auto* reactor = new LoadReactor(this, resp);
   reactor->Start(req->adapter_id(), adapters::PathSource{req->path()}, req->replace());
   return reactor;
 }

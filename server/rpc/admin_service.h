@@ -3,6 +3,8 @@
 #define ADAPTERD_SERVER_RPC_ADMIN_SERVICE_H_
 
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "adapterd/v1/admin.grpc.pb.h"
 #include "adapters/adapter_registry.h"
@@ -42,6 +44,12 @@ class AdminService final : public adapterd::v1::Admin::CallbackService {
   class UploadReactor;
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* rpc,
                                  const absl::Status& status);
+  // Queues a load. Its outcome, or its immediate rejection, is recorded in
+  // the metrics, written to `resp` on success, and passed to `complete`
+  // (on the loader thread, or at once when the registry refuses the load).
+  void StartLoad(std::string id, adapters::AdapterSource source, bool replace,
+                 adapterd::v1::AdapterInfo* resp, std::function<void(const absl::Status&)> complete);
+  void RecordLoadFailure(const absl::Status& status);
   // Called on the loader thread when a load ends.
   void OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result);
 
