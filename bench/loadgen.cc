@@ -6,6 +6,12 @@
 // each on its own thread, bounded by --requests. Prompt and output lengths
 // are uniform in the given ranges; adapters are drawn uniformly or with
 // power-law skew from --adapters (empty = base model only).
+//
+// --inject_prompt_len=N sends one extra request with an N-token prompt
+// --inject_at_s seconds into the run; it is reported separately ("injected")
+// and kept out of the main figures, which then show what that prompt's
+// prefill does to everyone else. --dump_workload prints the drawn requests as
+// JSON lines and sends nothing, so other systems can replay the same work.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -42,6 +48,9 @@ ABSL_FLAG(std::string, adapters, "", "Comma-separated adapter ids to draw from (
 ABSL_FLAG(bool, round_robin, false, "Request i uses adapter i mod n (instead of a random draw)");
 ABSL_FLAG(double, alpha, 1.0, "Adapter popularity: id = floor(n * U^(1/alpha)); 1 = uniform");
 ABSL_FLAG(uint64_t, seed, 1, "Workload seed");
+ABSL_FLAG(int, inject_prompt_len, 0, "Also send one request with a prompt this long (0 = none)");
+ABSL_FLAG(double, inject_at_s, 2.0, "Seconds into the run at which the injected request starts");
+ABSL_FLAG(bool, dump_workload, false, "Print the requests as JSON lines and exit");
 
 namespace {
 
@@ -129,7 +138,34 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (absl::GetFlag(FLAGS_dump_workload)) {
+    for (int i = absl::GetFlag(FLAGS_warmup); i < total; ++i) {
+      const auto& r = reqs[i];
+      std::cout << absl::StrFormat(R"({"prompt": [%s], "max_new_tokens": %d, "adapter": "%s", "arrival_s": %.6f})",
+                                   absl::StrJoin(r.prompt_token_ids(), ","),
+                                   r.sampling().max_new_tokens(), r.adapter_id(), arrivals[i])
+                << "\n";
+    }
+    return 0;
+  }
+
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RunOne(*stub, reqs[i]);
+
+  // The injected long prompt runs on its own thread next to the workload.
+  Result injected;
+  std::thread inject_thread;
+  if (const int len = absl::GetFlag(FLAGS_inject_prompt_len); len > 0) {
+    adapterd::v1::GenerateRequest req;
+    for (int j = 0; j < len; ++j) {
+      req.add_prompt_token_ids(std::uniform_int_distribution<int>(3, absl::GetFlag(FLAGS_vocab) - 1)(rng));
+    }
+    req.mutable_sampling()->set_max_new_tokens(8);
+    req.mutable_sampling()->set_ignore_eos(true);
+    inject_thread = std::thread([&stub, &injected, req] {
+      absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_inject_at_s)));
+      injected = RunOne(*stub, req);
+    });
+  }
 
   std::vector<Result> results(absl::GetFlag(FLAGS_requests));
   const int first = absl::GetFlag(FLAGS_warmup);
@@ -153,6 +189,7 @@ int main(int argc, char** argv) {
     for (auto& th : threads) th.join();
   }
   const double wall = absl::ToDoubleSeconds(absl::Now() - start);
+  if (inject_thread.joinable()) inject_thread.join();
 
   std::vector<double> ttft, tpot, per_stream;
   int64_t tokens = 0, errors = 0;
@@ -170,10 +207,12 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat(
                    R"({"requests": %d, "errors": %d, "first_error": "%s", "wall_s": %.4f, )"
                    R"("tokens": %d, "throughput_tok_s": %.3f, "decode_tok_s_per_stream_p50": %.3f, )"
-                   R"("ttft_p50_s": %.5f, "ttft_p99_s": %.5f, "tpot_p50_s": %.6f, "tpot_p99_s": %.6f})",
+                   R"("ttft_p50_s": %.5f, "ttft_p99_s": %.5f, "tpot_p50_s": %.6f, "tpot_p99_s": %.6f, )"
+                   R"("injected": {"ok": %s, "ttft_s": %.5f, "tokens": %d}})",
                    static_cast<int>(results.size()), errors, first_error, wall, tokens,
                    tokens / wall, Percentile(per_stream, 50), Percentile(ttft, 50),
-                   Percentile(ttft, 99), Percentile(tpot, 50), Percentile(tpot, 99))
+                   Percentile(ttft, 99), Percentile(tpot, 50), Percentile(tpot, 99),
+                   injected.ok ? "true" : "false", injected.ttft, injected.tokens)
             << std::endl;
   return errors == 0 ? 0 : 1;
 }

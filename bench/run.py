@@ -267,59 +267,133 @@ def write_fast_lora(path, base_cfg, rank, seed):
     return path
 
 
+def peft_workload(model, reqs, batch):
+    """Replays `reqs` (loadgen --dump_workload) through PEFT as static batches
+    of `batch` in arrival order: each batch is left-padded and generates until
+    its longest request is done. Returns requested tokens per second of wall
+    time, so the tokens a batch computes past a row's own length count as the
+    waste they are."""
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(reqs), batch):
+        chunk = reqs[i:i + batch]
+        width = max(len(r["prompt"]) for r in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for j, r in enumerate(chunk):
+            ids[j, width - len(r["prompt"]):] = torch.tensor(r["prompt"])
+            mask[j, width - len(r["prompt"]):] = 1
+        new = max(r["max_new_tokens"] for r in chunk)
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new,
+                           min_new_tokens=new, eos_token_id=None, pad_token_id=0,
+                           adapter_names=[r["adapter"] for r in chunk])
+        tokens += sum(r["max_new_tokens"] for r in chunk)
+    return tokens / (time.perf_counter() - start)
+
+
+def dump_workload(build, **flags):
+    cmd = [os.path.join(build, "bench", "adapterd_loadgen"), "--dump_workload"]
+    cmd += [f"--{k}={v}" for k, v in flags.items()]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def cmd_serving(a):
     """S-LoRA/Punica-style workload over gRPC: n adapters, uniform or skewed
-    popularity, closed loop (saturating) and Poisson arrivals."""
+    popularity, a saturating closed loop and Poisson arrivals at a fraction of
+    the base model's saturation rate, a long prompt injected into the Poisson
+    load, and PEFT replaying the same requests at its best batch size."""
+    from peft import PeftModel
+    torch.set_num_threads(a.threads)
     work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
     os.makedirs(work, exist_ok=True)
     base = ensure_model(work, a.model, a.build)
     with open(os.path.join(base, "config.json")) as f:
         cfg = json.load(f)
     counts = [int(x) for x in a.adapters.split(",")]
+    peft_counts = [int(x) for x in a.peft_adapters.split(",") if x]
     dirs = [write_fast_lora(os.path.join(work, f"fast-{a.model}-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
-            for i in range(max(counts))]
+            for i in range(max(counts + peft_counts))]
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
                               f"--max_batch_size={a.concurrency}"])
     ctl = os.path.join(a.build, "server", "adapterctl")
-    for i, d in enumerate(dirs):
+    for i, d in enumerate(dirs[:max(counts)]):
         subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
                        check=True, capture_output=True)
     common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
                   prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max)
-    rows = []
+    configs = [("base", None, 1.0)]
+    for n in counts:
+        for pop, alpha in (("uniform", 1.0), ("skewed", a.skew)):
+            configs.append((f"{n} {pop}", ",".join(f"t{i}" for i in range(n)), alpha))
+    rows, peft_rows, rate = [], [], a.rate
+    peft_model, peft_batch = None, {}
     try:
         loadgen(a.build, server.addr, **dict(common, requests=a.concurrency, concurrency=a.concurrency))
         for run in range(a.runs):
-            configs = [("base", None, 1.0)]
-            for n in counts:
-                for pop, alpha in (("uniform", 1.0), ("skewed", a.skew)):
-                    configs.append((f"{n} {pop}", ",".join(f"t{i}" for i in range(n)), alpha))
             for name, adapters, alpha in configs:
                 extra = {"adapters": adapters, "alpha": alpha} if adapters else {}
                 closed = loadgen(a.build, server.addr, concurrency=a.concurrency, seed=run + 1,
                                  **extra, **common)
                 rows.append(dict(config=name, mode="closed", run=run, **closed))
                 log(f"run {run} {name} closed: {closed['throughput_tok_s']:.1f} tok/s")
-                if a.rate > 0:
-                    open_ = loadgen(a.build, server.addr, rate=a.rate, seed=run + 1, **extra, **common)
-                    rows.append(dict(config=name, mode=f"poisson {a.rate}/s", run=run, **open_))
+                if rate <= 0:
+                    # 70% (by default) of the base model's saturated request rate,
+                    # fixed from the first run so every row sees the same arrivals.
+                    rate = round(a.load * closed["requests"] / closed["wall_s"], 2)
+                    log(f"Poisson rate {rate}/s")
+                open_ = loadgen(a.build, server.addr, rate=rate, seed=run + 1, **extra, **common)
+                rows.append(dict(config=name, mode="poisson", run=run, **open_))
+                if name == a.long_prompt_config and a.long_prompt > 0:
+                    # Same arrivals again, with one long prompt arriving mid-run.
+                    inj = loadgen(a.build, server.addr, rate=rate, seed=run + 1,
+                                  inject_prompt_len=a.long_prompt, inject_at_s=a.inject_at, **extra,
+                                  **common)
+                    rows.append(dict(config=name, mode=f"poisson + {a.long_prompt}-token prompt",
+                                     run=run, **inj))
+                    log(f"run {run} {name} long prompt: TTFT p99 {inj['ttft_p99_s']:.3f} s "
+                        f"(without {open_['ttft_p99_s']:.3f} s), its own TTFT "
+                        f"{inj['injected']['ttft_s']:.3f} s")
+            for n in peft_counts:
+                names = [f"t{i}" for i in range(n)]
+                reqs = dump_workload(a.build, adapters=",".join(names), seed=run + 1, **common)
+                if peft_model is None:
+                    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+                    model.generation_config.eos_token_id = None
+                    peft_model = PeftModel.from_pretrained(model, dirs[0], adapter_name="t0")
+                    loaded = 1
+                while loaded < n:
+                    peft_model.load_adapter(dirs[loaded], adapter_name=f"t{loaded}")
+                    loaded += 1
+                if n not in peft_batch:
+                    # PEFT's best static batch size for this workload, probed once.
+                    probe = reqs[:max(a.peft_batches)]
+                    rates = {b: peft_workload(peft_model, probe, b) for b in a.peft_batches}
+                    peft_batch[n] = max(rates, key=rates.get)
+                    log(f"PEFT batch probe n={n}: " + ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()))
+                tput = peft_workload(peft_model, reqs, peft_batch[n])
+                peft_rows.append(dict(config=f"{n} uniform", run=run, batch=peft_batch[n], tput=tput))
+                log(f"run {run} PEFT {n} uniform batch {peft_batch[n]}: {tput:.1f} tok/s")
     finally:
         server.stop()
     print(f"Serving workload on {a.model}, fp32, {a.threads} threads, rank-{a.rank} LoRA on all 7 "
           f"projections, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, "
-          f"{a.requests} requests per point, closed loop at concurrency {a.concurrency}"
-          + (f" and Poisson at {a.rate}/s" if a.rate > 0 else "") + f"; medians of {a.runs} runs:\n")
+          f"{a.requests} requests per point; closed loop at concurrency {a.concurrency}, Poisson at "
+          f"{rate}/s ({a.load:.0%} of the base model's closed-loop request rate); medians of {a.runs} "
+          f"runs:\n")
     print("| adapters | mode | tok/s | vs base | TTFT p50 s | TTFT p99 s | TPOT p50 s | TPOT p99 s | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     keys = []
     for r in rows:
         if (r["config"], r["mode"]) not in keys:
             keys.append((r["config"], r["mode"]))
-    base_tput = {}
-    for config, mode in keys:
+    base_tput, med_by = {}, {}
+    for config, mode in sorted(keys, key=lambda k: (k[1] != "closed", keys.index(k))):
         sel = [r for r in rows if r["config"] == config and r["mode"] == mode]
         med = {k: statistics.median(r[k] for r in sel) for k in
                ("throughput_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s")}
+        med_by[(config, mode)] = med
         if config == "base":
             base_tput[mode] = med["throughput_tok_s"]
         # Under Poisson arrivals throughput follows the arrival rate; only the
@@ -329,7 +403,19 @@ def cmd_serving(a):
         print(f"| {config} | {mode} | {med['throughput_tok_s']:.1f} | {ratio} | "
               f"{med['ttft_p50_s']:.3f} | {med['ttft_p99_s']:.3f} | {med['tpot_p50_s']:.4f} | "
               f"{med['tpot_p99_s']:.4f} | {sum(r['errors'] for r in sel)} |")
-    print("\n" + json.dumps(rows))
+    injected = [r["injected"]["ttft_s"] for r in rows if r["mode"].startswith("poisson +")]
+    if injected:
+        print(f"\nThe injected {a.long_prompt}-token prompt itself: TTFT median "
+              f"{statistics.median(injected):.3f} s over {len(injected)} runs.")
+    if peft_rows:
+        print("\n| adapters | PEFT batch | PEFT tok/s | adapterd closed tok/s | adapterd / PEFT |")
+        print("|---|---|---|---|---|")
+        for config in dict.fromkeys(r["config"] for r in peft_rows):
+            sel = [r for r in peft_rows if r["config"] == config]
+            p = statistics.median(r["tput"] for r in sel)
+            ours = med_by[(config, "closed")]["throughput_tok_s"]
+            print(f"| {config} | {sel[0]['batch']} | {p:.1f} | {ours:.1f} | {ours / p:.2f}x |")
+    print("\n" + json.dumps({"rate": rate, "rows": rows, "peft": peft_rows}))
 
 
 def main():
@@ -352,7 +438,16 @@ def main():
     sv.add_argument("--rank", type=int, default=16)
     sv.add_argument("--requests", type=int, default=64)
     sv.add_argument("--concurrency", type=int, default=32)
-    sv.add_argument("--rate", type=float, default=0, help="Poisson arrivals/s (0 = closed loop only)")
+    sv.add_argument("--rate", type=float, default=0,
+                    help="Poisson arrivals/s (0 = --load times the base closed-loop request rate)")
+    sv.add_argument("--load", type=float, default=0.7, help="Poisson rate as a fraction of saturation")
+    sv.add_argument("--long-prompt", type=int, default=2000, help="injected prompt length (0 = none)")
+    sv.add_argument("--long-prompt-config", default="64 uniform",
+                    help="the row whose Poisson run is repeated with the long prompt")
+    sv.add_argument("--inject-at", type=float, default=5.0, help="seconds into the Poisson run")
+    sv.add_argument("--peft-adapters", default="8,64", help="adapter counts PEFT replays (uniform)")
+    sv.add_argument("--peft-batches", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32],
+                    help="PEFT batch sizes probed for its best throughput")
     sv.add_argument("--skew", type=float, default=0.3, help="power-law alpha for skewed popularity")
     sv.add_argument("--prompt-min", type=int, default=8)
     sv.add_argument("--prompt-max", type=int, default=64)

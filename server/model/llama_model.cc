@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "server/common/torch_call.h"
 #include "server/model/checkpoint.h"
+#include "server/model/lora_row_kernel.h"
 
 namespace adapterd::model {
 
@@ -191,37 +192,20 @@ namespace {
 constexpr int64_t kSmallSegmentRows = 8;
 
 // y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
-// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous. Both sweeps are axpys
-// over contiguous memory, which the compiler vectorises. With DoRA,
+// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous (see lora_row_kernel.h).
+// With DoRA,
 // y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
 // `delta` out floats.
 void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
              const float* bias, float* tmp, float* delta) {
   const int64_t r = m.rank();
-  const float* at = m.a_t.data_ptr<float>();
-  const float* bt = m.b_t.data_ptr<float>();
-  std::fill(tmp, tmp + r, 0.0f);
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = x[i];
-    const float* row = at + i * r;
-    for (int64_t k = 0; k < r; ++k) tmp[k] += xi * row[k];
-  }
-  const float scale = static_cast<float>(m.scale);
-  for (int64_t k = 0; k < r; ++k) tmp[k] *= scale;
+  LoraShrinkRow(x, m.a_t.data_ptr<float>(), in, r, static_cast<float>(m.scale), tmp);
   if (!m.dora_scale.defined()) {
-    for (int64_t k = 0; k < r; ++k) {
-      const float tk = tmp[k];
-      const float* row = bt + k * out;
-      for (int64_t o = 0; o < out; ++o) y[o] += tk * row[o];
-    }
+    LoraExpandRow(tmp, m.b_t.data_ptr<float>(), r, out, y);
     return;
   }
   std::fill(delta, delta + out, 0.0f);
-  for (int64_t k = 0; k < r; ++k) {
-    const float tk = tmp[k];
-    const float* row = bt + k * out;
-    for (int64_t o = 0; o < out; ++o) delta[o] += tk * row[o];
-  }
+  LoraExpandRow(tmp, m.b_t.data_ptr<float>(), r, out, delta);
   const float* mag = m.dora_scale.data_ptr<float>();
   for (int64_t o = 0; o < out; ++o) {
     const float base = bias != nullptr ? y[o] - bias[o] : y[o];
