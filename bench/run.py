@@ -68,8 +68,10 @@ class Server:
 def loadgen(build, addr, **flags):
     cmd = [os.path.join(build, "bench", "adapterd_loadgen"), f"--addr={addr}"]
     cmd += [f"--{k}={v}" for k, v in flags.items()]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stdout.strip()} {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
 
 
 class Timer(BaseStreamer):

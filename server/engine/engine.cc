@@ -15,6 +15,13 @@
 #include "server/engine/sampler.h"
 
 namespace adapterd::engine {
+namespace {
+
+int64_t VirtualTokens(const GenerationRequest& r) {
+  return r.adapter != nullptr ? r.adapter->num_virtual_tokens() : 0;
+}
+
+}  // namespace
 
 struct Engine::Sequence {
   GenerationRequest request;
@@ -31,10 +38,15 @@ struct Engine::Sequence {
   bool admitted_once = false;   // counted against the waiting bound until first admitted
   bool finished = false;
 
+  // A prompt-tuning adapter's virtual tokens come first, as placeholder ids
+  // whose embeddings the model replaces.
   Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s)
       : request(std::move(r)), sink(std::move(s)), sampler(request.sampling),
-        tokens(request.prompt) {}
-  int64_t prompt_len() const { return static_cast<int64_t>(request.prompt.size()); }
+        tokens(static_cast<size_t>(VirtualTokens(request)), 0) {
+    tokens.insert(tokens.end(), request.prompt.begin(), request.prompt.end());
+  }
+  // Prompt as the model sees it: virtual tokens plus the caller's tokens.
+  int64_t prompt_len() const { return VirtualTokens(request) + static_cast<int64_t>(request.prompt.size()); }
   int64_t max_len() const { return prompt_len() + request.sampling.max_new_tokens; }
 };
 
@@ -77,11 +89,14 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
   if (s.max_new_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_new_tokens must be at least 1");
   }
-  const int64_t total = static_cast<int64_t>(r.prompt.size()) + s.max_new_tokens;
+  const int64_t total = VirtualTokens(r) + static_cast<int64_t>(r.prompt.size()) + s.max_new_tokens;
   if (total > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prompt_token_ids (", r.prompt.size(), ") plus sampling.max_new_tokens (",
-        s.max_new_tokens, ") exceed the context length ", c.max_position_embeddings));
+        s.max_new_tokens, ")",
+        VirtualTokens(r) > 0 ? absl::StrCat(" plus the adapter's ", VirtualTokens(r), " virtual tokens")
+                             : std::string(),
+        " exceed the context length ", c.max_position_embeddings));
   }
   if (!std::isfinite(s.temperature) || s.temperature < 0) {
     return absl::InvalidArgumentError("sampling.temperature must be finite and >= 0");
@@ -102,7 +117,7 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
 absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest request,
                                                               std::shared_ptr<ResultSink> sink) {
   if (absl::Status s = Validate(request); !s.ok()) return s;
-  const int64_t blocks = kv_->BlocksFor(static_cast<int64_t>(request.prompt.size()) +
+  const int64_t blocks = kv_->BlocksFor(VirtualTokens(request) + static_cast<int64_t>(request.prompt.size()) +
                                         request.sampling.max_new_tokens);
   if (blocks > kv_->num_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -182,7 +197,8 @@ void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status sta
   if (metrics_ != nullptr && reason != FinishReason::kError && seq.generated > 0) {
     metrics_->request_duration().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
   }
-  seq.sink->OnFinish(Finish{reason, std::move(status), seq.prompt_len(), seq.generated});
+  seq.sink->OnFinish(Finish{reason, std::move(status), static_cast<int64_t>(seq.request.prompt.size()),
+                            seq.generated, VirtualTokens(seq.request)});
 }
 
 void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
@@ -228,7 +244,7 @@ void Engine::Admit() {
       ++admitted;
       if (metrics_ != nullptr) {
         metrics_->queue_time().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
-        metrics_->prompt_tokens().Increment(static_cast<double>(seq.prompt_len()));
+        metrics_->prompt_tokens().Increment(static_cast<double>(seq.request.prompt.size()));
       }
     }
     running_.push_back(std::move(waiting_.front()));

@@ -48,8 +48,9 @@ struct Finish {
   // OK for kLength/kStop; CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE or
   // INTERNAL otherwise.
   absl::Status status;
-  int64_t prompt_tokens = 0;
+  int64_t prompt_tokens = 0;      // the caller's prompt
   int64_t completion_tokens = 0;
+  int64_t virtual_tokens = 0;     // a prompt-tuning adapter's, not in prompt_tokens
 };
 
 // Receives one request's output. The engine calls OnTokens zero or more

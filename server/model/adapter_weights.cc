@@ -26,13 +26,28 @@ LoraModule LoraModule::FromPeft(const at::Tensor& lora_a, const at::Tensor& lora
 
 int64_t AdapterWeights::bytes() const {
   int64_t total = 0;
+  auto add = [&total](const at::Tensor& t) {
+    if (t.defined()) total += static_cast<int64_t>(t.nbytes());
+  };
   for (const auto& layer : modules_) {
     for (const LoraModule& m : layer) {
-      for (const at::Tensor* t : {&m.a_t, &m.b_t, &m.dora_scale}) {
-        if (t->defined()) total += static_cast<int64_t>(t->nbytes());
+      add(m.a_t);
+      add(m.b_t);
+      add(m.dora_scale);
+    }
+  }
+  for (const auto& layer : ia3_) {
+    for (const Ia3Module& m : layer) add(m.scale);
+  }
+  for (const auto& layer : bottlenecks_) {
+    for (const BottleneckModule& m : layer) {
+      for (const at::Tensor* t : {&m.down_t, &m.down_b, &m.up_t, &m.up_b, &m.ln_before_w, &m.ln_before_b,
+                                  &m.ln_after_w, &m.ln_after_b, &m.scaling_t}) {
+        add(*t);
       }
     }
   }
+  add(prompt_);
   return total;
 }
 

@@ -1,4 +1,5 @@
-// The model's view of one adapter: per-layer, per-projection deltas.
+// The model's view of one adapter: LoRA deltas, IA3 vectors, bottleneck
+// modules or prompt-tuning embeddings.
 #ifndef ADAPTERD_SERVER_MODEL_ADAPTER_WEIGHTS_H_
 #define ADAPTERD_SERVER_MODEL_ADAPTER_WEIGHTS_H_
 
@@ -37,24 +38,96 @@ struct LoraModule {
   static LoraModule FromPeft(const at::Tensor& lora_a, const at::Tensor& lora_b, double scale);
 };
 
+// IA3 (PEFT): a learned vector that rescales one projection. Feed-forward
+// modules scale the projection's input (y = W (x * l)); the others scale its
+// output, bias included (y = (W x + b) * l).
+struct Ia3Module {
+  at::Tensor scale;  // [in] when scales_input, else [out]
+  bool scales_input = false;
+};
+
+// Where a bottleneck adapter sits in a decoder layer (AdapterHub names):
+// after the attention block ("mh_adapter") or after the MLP ("output_adapter").
+enum class BottleneckLocation : int { kAttention = 0, kOutput = 1 };
+inline constexpr int kNumBottleneckLocations = 2;
+
+enum class Activation { kRelu, kGelu, kGeluTanh, kSilu, kTanh, kSigmoid, kLeakyRelu, kIdentity };
+
+// A bottleneck adapter at one location (AdapterHub `adapters`, Houlsby and
+// Pfeiffer). With h the sublayer's output and x its residual input:
+//   sequential: z = original_ln_before ? h + x : h, res = residual_before_ln ? h : z,
+//               o = up(act(down(LN_before(z)))) * scaling,
+//               o = adapter_residual_before_ln ? LN_after(o + res) : LN_after(o) + res,
+//               out = original_ln_after ? o + x : o
+//   parallel:   o = LN_after(up(act(down(LN_before(x)))) * scaling),
+//               out = o + h + (original_ln_after ? x : 0)
+// The LayerNorms are optional (undefined tensors when absent).
+struct BottleneckModule {
+  at::Tensor down_t;  // [hidden, m], contiguous
+  at::Tensor down_b;  // [m]
+  at::Tensor up_t;    // [m, hidden], contiguous
+  at::Tensor up_b;    // [hidden]
+  at::Tensor ln_before_w, ln_before_b, ln_after_w, ln_after_b;  // [hidden]
+  at::Tensor scaling_t;  // [1] ("learned") or [hidden] ("channel"); else `scaling`
+  double scaling = 1.0;
+  Activation act = Activation::kRelu;
+  bool parallel = false;
+  bool original_ln_before = true;
+  bool original_ln_after = true;
+  bool residual_before_ln = true;
+  bool adapter_residual_before_ln = false;
+  int64_t bottleneck() const { return down_t.size(1); }
+};
+
+// Which family of weights an adapter carries; one adapter has one kind.
+enum class AdapterKind { kLora, kIa3, kBottleneck, kPromptTuning };
+
 // Immutable weights of one adapter, shared read-only by every sequence that
 // uses it (the model never merges them into the base). Built once by a
 // loader; thread-safe after that.
 class AdapterWeights {
  public:
-  explicit AdapterWeights(int64_t num_layers) : modules_(num_layers) {}
+  AdapterWeights(int64_t num_layers, AdapterKind kind = AdapterKind::kLora)
+      : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers) {}
+
+  AdapterKind kind() const { return kind_; }
+  int64_t num_layers() const { return static_cast<int64_t>(modules_.size()); }
 
   const LoraModule* Find(int64_t layer, Proj p) const {
     const LoraModule& m = modules_[layer][static_cast<int>(p)];
     return m.a_t.defined() ? &m : nullptr;
   }
   void Set(int64_t layer, Proj p, LoraModule m) { modules_[layer][static_cast<int>(p)] = std::move(m); }
-  int64_t num_layers() const { return static_cast<int64_t>(modules_.size()); }
+
+  const Ia3Module* FindIa3(int64_t layer, Proj p) const {
+    const Ia3Module& m = ia3_[layer][static_cast<int>(p)];
+    return m.scale.defined() ? &m : nullptr;
+  }
+  void SetIa3(int64_t layer, Proj p, Ia3Module m) { ia3_[layer][static_cast<int>(p)] = std::move(m); }
+
+  const BottleneckModule* FindBottleneck(int64_t layer, BottleneckLocation loc) const {
+    const BottleneckModule& m = bottlenecks_[layer][static_cast<int>(loc)];
+    return m.down_t.defined() ? &m : nullptr;
+  }
+  void SetBottleneck(int64_t layer, BottleneckLocation loc, BottleneckModule m) {
+    bottlenecks_[layer][static_cast<int>(loc)] = std::move(m);
+  }
+
+  // Prompt tuning: [num_virtual_tokens, hidden] embeddings that take the
+  // place of the first positions of every sequence using the adapter.
+  const at::Tensor& prompt() const { return prompt_; }
+  void SetPrompt(at::Tensor p) { prompt_ = std::move(p); }
+  int64_t num_virtual_tokens() const { return prompt_.defined() ? prompt_.size(0) : 0; }
+
   // Bytes held by the adapter's tensors.
   int64_t bytes() const;
 
  private:
+  AdapterKind kind_;
   std::vector<std::array<LoraModule, kNumProj>> modules_;
+  std::vector<std::array<Ia3Module, kNumProj>> ia3_;
+  std::vector<std::array<BottleneckModule, kNumBottleneckLocations>> bottlenecks_;
+  at::Tensor prompt_;
 };
 
 }  // namespace adapterd::model

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/common/torch_call.h"
+#include "server/model/adapter_ops.h"
 #include "server/model/checkpoint.h"
 #include "server/model/lora_row_kernel.h"
 
@@ -217,8 +218,21 @@ void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule
 
 at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                                int64_t layer, Proj p, const std::vector<Segment>& segments) const {
-  at::Tensor y = at::linear(x, w, Opt(bias));
-  if (segments.empty()) return y;
+  if (segments.empty()) return at::linear(x, w, Opt(bias));
+  // IA3 on a feed-forward module scales its segment's input rows, on any
+  // other module its output rows; the base product still runs once.
+  at::Tensor in = x;
+  for (const Segment& s : segments) {
+    const Ia3Module* m = s.adapter->FindIa3(layer, p);
+    if (m == nullptr || !m->scales_input) continue;
+    if (in.is_same(x)) in = x.clone();
+    in.narrow(0, s.start, s.rows).mul_(m->scale);
+  }
+  at::Tensor y = at::linear(in, w, Opt(bias));
+  for (const Segment& s : segments) {
+    const Ia3Module* m = s.adapter->FindIa3(layer, p);
+    if (m != nullptr && !m->scales_input) y.narrow(0, s.start, s.rows).mul_(m->scale);
+  }
   const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
   std::vector<std::pair<const Segment*, const LoraModule*>> small;
@@ -257,6 +271,18 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
     });
   }
   return y;
+}
+
+at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer,
+                               BottleneckLocation loc, const std::vector<Segment>& segments) const {
+  at::Tensor out = x + h;
+  for (const Segment& s : segments) {
+    const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
+    if (m == nullptr) continue;
+    out.narrow(0, s.start, s.rows)
+        .copy_(BottleneckForward(*m, h.narrow(0, s.start, s.rows), x.narrow(0, s.start, s.rows)));
+  }
+  return out;
 }
 
 absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCache& kv) const {
@@ -326,6 +352,20 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
   }
 
   at::Tensor x = embed_tokens_.index_select(0, ids);  // [T, H]
+  // Prompt tuning: a sequence's first positions take its adapter's virtual
+  // token embeddings instead of the placeholder ids the engine put there.
+  if (!batch.adapters.empty()) {
+    int64_t start = 0;
+    for (size_t i = 0; i < batch.seqs.size(); ++i) {
+      const SequenceChunk& sc = batch.seqs[i];
+      const AdapterWeights* a = batch.adapters[i];
+      if (a != nullptr && sc.context_len < a->num_virtual_tokens()) {
+        const int64_t n = std::min(sc.num_tokens, a->num_virtual_tokens() - sc.context_len);
+        x.narrow(0, start, n).copy_(a->prompt().narrow(0, sc.context_len, n));
+      }
+      start += sc.num_tokens;
+    }
+  }
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
@@ -353,11 +393,13 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
       attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
       off += sc.num_tokens;
     }
-    x = x + Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments);
+    x = Residual(x, Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments),
+                 L, BottleneckLocation::kAttention, segments);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
     at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments)) *
                      Project(h, l.up, l.up_b, L, Proj::kUp, segments);
-    x = x + Project(act, l.down, l.down_b, L, Proj::kDown, segments);
+    x = Residual(x, Project(act, l.down, l.down_b, L, Proj::kDown, segments), L,
+                 BottleneckLocation::kOutput, segments);
   }
   if (logit_rows.empty()) return at::empty({0, c.vocab_size}, at::kFloat);
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));

@@ -73,9 +73,14 @@ class LlamaModel {
     const AdapterWeights* adapter = nullptr;
   };
   LlamaModel() = default;
-  // base(x) plus every segment's adapter delta for projection `p` of `layer`.
+  // base(x) plus every segment's adapter delta (LoRA) or rescaling (IA3)
+  // for projection `p` of `layer`.
   at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                      int64_t layer, Proj p, const std::vector<Segment>& segments) const;
+  // x + h after a sublayer, or for segments with a bottleneck adapter at
+  // `loc`, that adapter's output.
+  at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
+                      const std::vector<Segment>& segments) const;
   at::Tensor ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
 
   ModelConfig config_;

@@ -160,6 +160,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       r_->core_.Finished(f);
       r_->response_->set_finish_reason(ToProto(f.reason));
       r_->response_->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
+      r_->response_->mutable_usage()->set_virtual_tokens(static_cast<uint32_t>(f.virtual_tokens));
       r_->response_->mutable_usage()->set_completion_tokens(
           static_cast<uint32_t>(f.completion_tokens));
       r_->Complete(f.status);  // may delete the reactor: last statement
@@ -242,6 +243,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
         if (f.status.ok()) {
           r_->pending_.set_finish_reason(ToProto(f.reason));
           r_->pending_.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
+          r_->pending_.mutable_usage()->set_virtual_tokens(static_cast<uint32_t>(f.virtual_tokens));
           r_->pending_.mutable_usage()->set_completion_tokens(
               static_cast<uint32_t>(f.completion_tokens));
           r_->has_final_ = true;

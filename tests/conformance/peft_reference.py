@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hugging Face PEFT reference for adapterd's LoRA conformance tests and benchmarks.
+"""Hugging Face PEFT reference for adapterd's LoRA / IA3 / prompt-tuning conformance tests.
 
 This script is NOT part of the server. It only produces test fixtures and ground
 truth that the C++ tests compare against, computed live with `peft`:
@@ -9,12 +9,19 @@ truth that the C++ tests compare against, computed live with `peft`:
               fill every adapter tensor from a seeded generator so the delta is
               clearly non-zero, and save it (adapter_config.json +
               adapter_model.safetensors).
+  make-ia3    the same for an (IA)^3 adapter: every ia3_l vector is 1 + 0.5 N(0, 1).
+  make-prompt-tuning
+              the same for prompt tuning: V virtual-token embeddings, random
+              with the spread of the model's embedding rows.
   reference   load the base in float32 plus several adapters and, for each
               adapter (and `__base__`) and each prompt (batch 1, no padding),
-              record {NAME}.r{i}.last_logits, .greedy and .step_logits; with
-              --mixed, also one left-padded mixed-adapter batch through PEFT's
-              `adapter_names` API (mixed.r{i}.last_logits, mixed.r{i}.greedy);
-              PEFT refuses DoRA adapters there.
+              record {NAME}.r{i}.last_logits, .greedy and .step_logits (for
+              prompt tuning: at real tokens only, the virtual ones excluded).
+              Adapters of different PEFT types (and each prompt-tuning adapter)
+              get their own PeftModel over a fresh copy of the base. With
+              --mixed (LoRA adapters only), also one left-padded mixed-adapter
+              batch through PEFT's `adapter_names` API (mixed.r{i}.last_logits,
+              mixed.r{i}.greedy); PEFT refuses DoRA adapters there.
   self-check  exercise both of the above in a temporary directory.
 
 Nothing is written to stdout except by self-check; callers read the files.
@@ -25,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,7 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft import (IA3Config, LoraConfig, PeftModel, PromptTuningConfig,  # noqa: E402
+                  PromptTuningInit, get_peft_model)
+from peft.tuners.ia3 import IA3Layer  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -43,6 +53,9 @@ import hf_reference  # noqa: E402
 
 BASE = "__base__"
 GAIN = 0.5  # |scaling * B A x| ~ GAIN * |W x|: greedy tokens usually change
+# PEFT drops the position ids that generate() derives from the (real-token) mask for
+# prompt tuning; the model then numbers virtual + real tokens 0.. (checked by self-check).
+warnings.filterwarnings("ignore", message="Position ids are not supported")
 
 
 def fail(msg):
@@ -98,23 +111,56 @@ def cmd_make_lora(a):
                 mag = m.lora_magnitude_vector["default"].weight
                 norm = torch.linalg.norm(m.get_base_layer().weight.float() + s * (B @ A), dim=1)
                 mag.copy_(norm * (1 + 0.1 * torch.randn(mag.shape, generator=gen)))
-    os.makedirs(a.out, exist_ok=True)
-    model.save_pretrained(a.out, safe_serialization=True)
+    save_adapter(model, a.out, 2 * len(layers))
     if a.fan_in_fan_out:  # PEFT resets it for nn.Linear (with a warning); keep the request on disk
         path = os.path.join(a.out, "adapter_config.json")
         with open(path) as f:
             doc = dict(json.load(f), fan_in_fan_out=True)
         with open(path, "w") as f:
             json.dump(doc, f, indent=2, sort_keys=True)
-    files = set(os.listdir(a.out))  # PEFT also writes a README.md model card
+
+
+def save_adapter(model, out, min_tensors):
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    files = set(os.listdir(out))  # PEFT also writes a README.md model card
     if not {"adapter_config.json", "adapter_model.safetensors"} <= files:
-        fail(f"unexpected files in {a.out}: {sorted(files)}")
-    with safe_open(os.path.join(a.out, "adapter_model.safetensors"), "pt") as f:
-        if len(list(f.keys())) < 2 * len(layers):
+        fail(f"unexpected files in {out}: {sorted(files)}")
+    with safe_open(os.path.join(out, "adapter_model.safetensors"), "pt") as f:
+        if len(list(f.keys())) < min_tensors:
             fail("saved adapter lacks tensors")
 
 
-def run_rows(model, prompts, n):
+def cmd_make_ia3(a):
+    cfg = IA3Config(target_modules=[t for t in a.targets.split(",") if t],
+                    feedforward_modules=[t for t in a.feedforward.split(",") if t],
+                    init_ia3_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(load_base(a.model), cfg)
+    gen = torch.Generator().manual_seed(a.seed)
+    layers = sorted((n, m) for n, m in model.named_modules()
+                    if isinstance(m, IA3Layer) and "default" in m.ia3_l)
+    if not layers:
+        fail("no module matched the target selection")
+    with torch.no_grad():
+        for _, m in layers:  # (1, in) for feed-forward modules, (out, 1) otherwise
+            v = m.ia3_l["default"]
+            v.copy_(1 + 0.5 * torch.randn(v.shape, generator=gen))
+    save_adapter(model, a.out, len(layers))
+
+
+def cmd_make_prompt_tuning(a):
+    base = load_base(a.model)
+    std = float(base.get_input_embeddings().weight.float().std())
+    cfg = PromptTuningConfig(num_virtual_tokens=a.virtual_tokens, task_type="CAUSAL_LM",
+                             prompt_tuning_init=PromptTuningInit.RANDOM)
+    model = get_peft_model(base, cfg)
+    emb = model.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        emb.copy_(std * torch.randn(emb.shape, generator=torch.Generator().manual_seed(a.seed)))
+    save_adapter(model, a.out, 1)
+
+
+def run_rows(model, prompts, n, **gen_kwargs):
     """Per prompt (batch 1): last logits, greedy tokens and per-step logits."""
     out = []
     for i, p in enumerate(prompts):
@@ -123,10 +169,11 @@ def run_rows(model, prompts, n):
         last = model(input_ids=ids, attention_mask=mask).logits[0, -1].float().clone()
         g = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                            max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0,
-                           output_logits=True, return_dict_in_generate=True)
+                           output_logits=True, return_dict_in_generate=True, **gen_kwargs)
         greedy = g.sequences[0, len(p):].to(torch.int64).contiguous()
         steps = torch.stack([s[0].float() for s in g.logits]).contiguous()
-        if greedy.numel() != n or not torch.equal(steps.argmax(-1), greedy):
+        if (g.sequences.shape[1] != len(p) + n or len(g.logits) != n
+                or not torch.equal(steps.argmax(-1), greedy)):
             fail(f"prompt {i}: greedy tokens are not the {n} argmaxes of the step logits")
         out.append({"last_logits": last, "greedy": greedy, "step_logits": steps})
     return out
@@ -144,35 +191,51 @@ def run_mixed(model, prompts, names, n):
     return last, g[:, width:].to(torch.int64)
 
 
+def adapter_groups(adapters):
+    """{key: [(name, dir)]}, one PeftModel each: LoRA adapters share one, IA3 adapters
+    another; every prompt-learning adapter gets its own."""
+    groups = {}
+    for name, d in adapters:
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            kind = json.load(f).get("peft_type")
+        groups.setdefault(kind if kind in ("LORA", "IA3") else f"{kind}/{name}", []).append((name, d))
+    return groups
+
+
 def cmd_reference(a):
     prompts = hf_reference.load_prompts(a.prompts)
     adapters = [x.split("=", 1) for x in a.adapters.split(",") if x]
     if not adapters or any(len(x) != 2 or not x[0] or x[0] in (BASE, "mixed") for x in adapters):
         fail("--adapters must be NAME=DIR[,NAME=DIR...] (names other than __base__, mixed)")
+    if len({n for n, _ in adapters}) != len(adapters):
+        fail("--adapters names must be unique")
     missing = [d for _, d in adapters if not os.path.isfile(f"{d}/adapter_config.json")]
     if missing:
         fail(f"no adapter_config.json in {missing[0]}")
+    groups = adapter_groups(adapters)
+    names = a.mixed.split(",") if a.mixed else []
+    lora = {BASE} | {n for n, _ in groups.get("LORA", [])}
+    if a.mixed and (len(names) != len(prompts) or not set(names) <= lora):
+        fail("--mixed needs one LoRA adapter name (or __base__) per prompt")
     base = load_base(a.model)
     vocab = base.config.vocab_size
     if not all(p and all(isinstance(t, int) and 0 <= t < vocab for t in p) for p in prompts):
         fail(f"prompts must be non-empty lists of token ids in [0, {vocab})")
-    model = PeftModel.from_pretrained(base, adapters[0][1], adapter_name=adapters[0][0])
-    for name, d in adapters[1:]:
-        model.load_adapter(d, adapter_name=name)
-    model.eval()
-    res = {}
+    res, tensors = {}, {}
     with torch.no_grad():
-        with model.disable_adapter():
-            res[BASE] = run_rows(model, prompts, a.new_tokens)
-        for name, _ in adapters:
-            model.set_adapter(name)
-            res[name] = run_rows(model, prompts, a.new_tokens)
-        tensors = {f"{k}.r{i}.{f}": v for k, rows in res.items()
-                   for i, r in enumerate(rows) for f, v in r.items()}
-        if a.mixed:
-            names = a.mixed.split(",")
-            if len(names) != len(prompts) or any(x not in res for x in names):
-                fail("--mixed needs one known adapter name (or __base__) per prompt")
+        res[BASE] = run_rows(base, prompts, a.new_tokens)
+        for key, group in groups.items():  # each PeftModel wraps (and alters) a fresh base
+            base = base if base is not None else load_base(a.model)
+            model = PeftModel.from_pretrained(base, group[0][1], adapter_name=group[0][0])
+            base = None
+            for name, d in group[1:]:
+                model.load_adapter(d, adapter_name=name)
+            model.eval()
+            for name, _ in group:
+                model.set_adapter(name)
+                res[name] = run_rows(model, prompts, a.new_tokens)
+            if key != "LORA" or not a.mixed:
+                continue
             last, greedy = run_mixed(model, prompts, names, a.new_tokens)  # PEFT refuses DoRA
             for i, x in enumerate(names):
                 tensors[f"mixed.r{i}.last_logits"] = last[i].clone()
@@ -182,6 +245,8 @@ def cmd_reference(a):
                     warn(f"mixed row {i} ({x}) differs from single-row logits by {d:.3g}")
                 if not torch.equal(greedy[i], res[x][i]["greedy"]):
                     warn(f"mixed row {i} ({x}) greedy differs from single-row greedy")
+    tensors.update({f"{k}.r{i}.{f}": v for k, rows in res.items()
+                    for i, r in enumerate(rows) for f, v in r.items()})
     gap = hf_reference.min_top2_gap([r for rows in res.values() for r in rows])
     if gap < 1e-3:
         warn(f"near-tie in greedy logits (gap {gap:.3g})")
@@ -189,6 +254,35 @@ def cmd_reference(a):
             "peft_version": peft.__version__, "adapters": ",".join(n for n, _ in adapters),
             "mixed": a.mixed or ""}
     save_file(tensors, a.out, metadata=meta)
+
+
+def independent_checks(base_dir, tmp, st, prompts):
+    """IA3 "d" as base weights scaled by ia3_l (rows, or columns for feed-forward modules);
+    prompt tuning "e" as inputs_embeds [virtual; real] numbered 0.. (and, to show the check
+    is sensitive, with the real tokens numbered from 0 instead)."""
+    model, ia3, ia3_d = load_base(base_dir), load_file(f"{tmp}/d/adapter_model.safetensors"), 0.0
+    with torch.no_grad():
+        for k, v in ia3.items():  # base_model.model.<module path>.ia3_l
+            model.get_submodule(k[len("base_model.model."):-len(".ia3_l")]).weight.mul_(v)
+        for i, p in enumerate(prompts):
+            got = model(input_ids=torch.tensor([p])).logits[0, -1]
+            ia3_d = max(ia3_d, float((got - st[f"d.r{i}.last_logits"]).abs().max()))
+        model = load_base(base_dir)
+        virt = load_file(f"{tmp}/e/adapter_model.safetensors")["prompt_embeddings"]
+        nv, pt_d, alt_d = virt.shape[0], 0.0, float("inf")
+        for i, p in enumerate(prompts):
+            ids = torch.tensor(p + st[f"e.r{i}.greedy"][:-1].tolist())
+            emb = torch.cat([virt, model.get_input_embeddings()(ids)])[None]
+            want = st[f"e.r{i}.step_logits"]
+            for pos in (torch.arange(emb.shape[1]), torch.cat([torch.arange(nv), torch.arange(len(ids))])):
+                got = model(inputs_embeds=emb, position_ids=pos[None]).logits[0, nv + len(p) - 1:]
+                d = max(float((got - want).abs().max()),
+                        float((got[0] - st[f"e.r{i}.last_logits"]).abs().max()))
+                if pos[nv] == nv:
+                    pt_d = max(pt_d, d)
+                else:
+                    alt_d = min(alt_d, d)
+    return ia3_d, pt_d, alt_d
 
 
 def cmd_self_check(a):
@@ -207,33 +301,42 @@ def cmd_self_check(a):
             patterns = ["--rank-pattern", '{"q_proj": 2}', "--alpha-pattern", '{"v_proj": 3}']
             run("make-lora", "--model", base, "--out", f"{tmp}/{name}", "--seed", str(seed),
                 *extra.split(), *(patterns if name == "b" else []))
+        run("make-ia3", "--model", base, "--out", f"{tmp}/d", "--seed", "14")
+        run("make-prompt-tuning", "--model", base, "--out", f"{tmp}/e", "--seed", "15",
+            "--virtual-tokens", "5")
         prompts = [[1, 2, 3, 4, 5], [7, 100, 42, 9, 250, 17, 3, 88], [9, 8, 7], [200, 31, 5, 6]]
         with open(pj, "w") as f:
             json.dump(prompts, f)
         names = ["a", BASE, "b", "a"]  # PEFT rejects DoRA adapters (c) in mixed batches
-        run("reference", "--model", base, "--adapters", f"a={tmp}/a,b={tmp}/b,c={tmp}/c",
+        run("reference", "--model", base, "--adapters", ",".join(f"{x}={tmp}/{x}" for x in "abcde"),
             "--prompts", pj, "--out", out, "--new-tokens", "12", "--mixed", ",".join(names))
         st, rows = load_file(out), range(len(prompts))
         mixed_d = maxdiff((st[f"mixed.r{i}.last_logits"], st[f"{x}.r{i}.last_logits"])
                           for i, x in enumerate(names))
         step_d = maxdiff((st[f"{x}.r{i}.step_logits"][0], st[f"{x}.r{i}.last_logits"])
-                         for x in (BASE, "a", "b", "c") for i in rows)
+                         for x in (BASE, *"abcde") for i in rows)
         if mixed_d > 1e-4 or step_d > 1e-4:
             fail(f"self-check: logits disagree (mixed {mixed_d:.3g}, step 0 {step_d:.3g})")
         if any(not torch.equal(st[f"mixed.r{i}.greedy"], st[f"{x}.r{i}.greedy"])
                for i, x in enumerate(names)):
             fail("self-check: mixed-batch greedy differs from single-row greedy")
         delta = {x: maxdiff((st[f"{x}.r{i}.last_logits"], st[f"{BASE}.r{i}.last_logits"])
-                            for i in rows) for x in "abc"}
+                            for i in rows) for x in "abcde"}
         changed = {x: sum(not torch.equal(st[f"{x}.r{i}.greedy"], st[f"{BASE}.r{i}.greedy"])
-                          for i in rows) for x in "abc"}
+                          for i in rows) for x in "abcde"}
         if min(delta.values()) < 1e-2:
             fail(f"self-check: an adapter barely changes the logits: {delta}")
+        ia3_d, pt_d, alt_d = independent_checks(base, tmp, st, prompts)
+        if ia3_d > 1e-4 or pt_d > 1e-4 or alt_d < 1e-2:
+            fail(f"self-check: IA3 / prompt tuning disagree with the manual forward "
+                 f"({ia3_d:.3g}, {pt_d:.3g}; other positions {alt_d:.3g})")
         print(f"self-check ok: peft {peft.__version__}, transformers {transformers.__version__}, "
               f"torch {torch.__version__}; max |adapter - base| last logits "
               f"{ {k: round(v, 3) for k, v in delta.items()} }, greedy changed in {changed} of "
               f"{len(prompts)} prompts; mixed {names} vs single rows max diff {mixed_d:.2e}, "
-              f"step 0 vs last logits max diff {step_d:.2e}")
+              f"step 0 vs last logits max diff {step_d:.2e}; IA3 vs scaled weights {ia3_d:.2e}; "
+              f"prompt tuning vs [virtual; real] at positions 0.. {pt_d:.2e} (real from 0: "
+              f"{alt_d:.2f})")
 
 
 def parser():
@@ -254,6 +357,19 @@ def parser():
     t.add_argument("--targets", default="q_proj,v_proj", help="comma list, or all-linear")
     t.add_argument("--targets-regex", help="full-match regex over module names")
     m.set_defaults(func=cmd_make_lora)
+    i = sub.add_parser("make-ia3", help="create a seeded random (IA)^3 adapter")
+    for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
+                     ("--seed", dict(type=int, required=True)),
+                     ("--targets", dict(default="k_proj,v_proj,down_proj", help="comma list")),
+                     ("--feedforward", dict(default="down_proj", help="comma subset of --targets"))]:
+        i.add_argument(flag, **kw)
+    i.set_defaults(func=cmd_make_ia3)
+    pt = sub.add_parser("make-prompt-tuning", help="create a seeded random prompt-tuning adapter")
+    for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
+                     ("--seed", dict(type=int, required=True)),
+                     ("--virtual-tokens", dict(type=int, default=5))]:
+        pt.add_argument(flag, **kw)
+    pt.set_defaults(func=cmd_make_prompt_tuning)
     r = sub.add_parser("reference", help="compute reference logits and greedy tokens")
     for flag in ("--model", "--adapters", "--prompts", "--out"):
         r.add_argument(flag, required=True)  # NAME=DIR[,...]; JSON [[ids]]; .safetensors
@@ -271,6 +387,8 @@ def main():
         fail("--new-tokens must be at least 1")
     if a.cmd == "make-lora" and (a.r < 1 or a.alpha <= 0):
         fail("--r must be at least 1 and --alpha positive")
+    if a.cmd == "make-prompt-tuning" and a.virtual_tokens < 1:
+        fail("--virtual-tokens must be at least 1")
     try:
         a.func(a)
     except Exception as e:  # one line, exit 1

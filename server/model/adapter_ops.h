@@ -1,0 +1,22 @@
+// Forward math of the adapter kinds that are not a low-rank delta.
+#ifndef ADAPTERD_SERVER_MODEL_ADAPTER_OPS_H_
+#define ADAPTERD_SERVER_MODEL_ADAPTER_OPS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include "server/model/adapter_weights.h"
+
+namespace adapterd::model {
+
+// The hidden state after one sublayer with a bottleneck adapter, for the rows
+// of one segment: `h` is the sublayer's output [n, hidden] and `x` its
+// residual input [n, hidden]. Without an adapter this would be x + h; see
+// BottleneckModule for the formula. Pure; safe from any thread.
+at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x);
+
+// Applies one of the bottleneck nonlinearities.
+at::Tensor Activate(const at::Tensor& x, Activation act);
+
+}  // namespace adapterd::model
+
+#endif  // ADAPTERD_SERVER_MODEL_ADAPTER_OPS_H_
