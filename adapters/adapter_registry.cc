@@ -6,7 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "adapters/lora_loader.h"
+#include "adapters/adapter_loader.h"
 
 namespace adapterd::adapters {
 
@@ -95,20 +95,17 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(
           ? ReadAdapterDirectory(std::get<PathSource>(source).dir)
           : AdapterFilesFromUpload(std::get<UploadSource>(source).files);
   if (!files.ok()) return files.status();
-  absl::StatusOr<LoadedLora> lora = LoadLora(*files, *base_);
-  if (!lora.ok()) return lora.status();
+  absl::StatusOr<LoadedAdapter> loaded = LoadAdapter(*files, *base_);
+  if (!loaded.ok()) return loaded.status();
   AdapterInfo info;
   info.id = id;
   info.state = AdapterState::kReady;
-  info.type = lora->summary.dora ? "dora" : "lora";
-  info.ranks = lora->summary.ranks;
-  info.target_modules = lora->summary.target_modules;
-  info.dora = lora->summary.dora;
+  info.summary = std::move(loaded->summary);
   info.source = files->label;
-  info.bytes = lora->weights->bytes();
+  info.bytes = loaded->weights->bytes();
   info.loaded_at = absl::Now();
   info.load_duration = info.loaded_at - start;
-  return std::make_shared<const Adapter>(std::move(info), std::move(lora->weights), live_bytes_);
+  return std::make_shared<const Adapter>(std::move(info), std::move(loaded->weights), live_bytes_);
 }
 
 void AdapterRegistry::LoaderLoop() {
@@ -153,7 +150,7 @@ void AdapterRegistry::LoaderLoop() {
     replaced.reset();
     built = absl::CancelledError("released");
     if (result.ok()) {
-      LOG(INFO) << "adapter " << task.id << " ready: " << result->type << ", " << result->bytes
+      LOG(INFO) << "adapter " << task.id << " ready: " << result->summary.type << ", " << result->bytes
                 << " bytes, loaded in " << absl::FormatDuration(result->load_duration);
     } else {
       LOG(WARNING) << "adapter " << task.id << " failed to load: " << result.status();

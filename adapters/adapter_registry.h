@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "adapters/adapter_loader.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/llama_model.h"
 
@@ -31,10 +32,7 @@ std::string_view AdapterStateName(AdapterState s);
 struct AdapterInfo {
   std::string id;
   AdapterState state = AdapterState::kLoading;
-  std::string type = "lora";
-  std::vector<int64_t> ranks;
-  std::vector<std::string> target_modules;
-  bool dora = false;
+  AdapterSummary summary;  // kind and shape parameters
   std::string source;  // the directory, or "upload"
   int64_t bytes = 0;
   absl::Time loaded_at;

@@ -7,64 +7,20 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "nlohmann/json.hpp"
+#include "adapters/peft_fields.h"
 
 namespace adapterd::adapters {
 namespace {
 
-using json = nlohmann::ordered_json;  // pattern keys keep the file's order
+using json = OrderedJson;
 
-absl::Status Bad(const std::string& label, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(label, ": ", what));
-}
-
-bool IsSet(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return false;
-  if (it->is_boolean()) return it->get<bool>();
-  if (it->is_array() || it->is_object() || it->is_string()) return !it->empty();
-  return true;
-}
-
-absl::Status StringList(const json& v, const std::string& label, const char* key,
-                        std::vector<std::string>* list, std::optional<std::string>* regex) {
-  if (v.is_string()) {
-    *regex = v.get<std::string>();
-    try {
-      std::regex re(**regex);
-    } catch (const std::regex_error& e) {
-      return Bad(label, absl::StrCat("'", key, "' is not a valid regular expression: ", e.what()));
-    }
-    return absl::OkStatus();
-  }
-  if (!v.is_array()) return Bad(label, absl::StrCat("'", key, "' must be a list or a string"));
-  for (const json& s : v) {
-    if (!s.is_string()) return Bad(label, absl::StrCat("'", key, "' must hold strings"));
-    list->push_back(s.get<std::string>());
-  }
-  return absl::OkStatus();
-}
+absl::Status Bad(const std::string& label, const std::string& what) { return ConfigError(label, what); }
 
 // PEFT: a key applies when it equals the module name or `(.*\.)?(key)$` matches it.
 bool PatternMatches(const std::string& key, const std::string& name) {
   if (key == name) return true;
   try {
     return std::regex_match(name, std::regex("(.*\\.)?(" + key + ")"));
-  } catch (const std::regex_error&) {
-    return false;
-  }
-}
-
-bool ListMatches(const std::vector<std::string>& list, const std::string& name) {
-  for (const std::string& t : list) {
-    if (name == t || absl::EndsWith(name, "." + t)) return true;
-  }
-  return false;
-}
-
-bool RegexFullMatch(const std::string& re, const std::string& name) {
-  try {
-    return std::regex_match(name, std::regex(re));
   } catch (const std::regex_error&) {
     return false;
   }
@@ -119,17 +75,17 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
   } else if (targets->is_string() &&
              absl::AsciiStrToLower(targets->get<std::string>()) == "all-linear") {
     c.all_linear = true;
-  } else if (absl::Status s = StringList(*targets, label, "target_modules", &c.target_modules,
-                                         &c.target_regex);
-             !s.ok()) {
-    return s;
+  } else {
+    ModuleSelector sel;
+    if (absl::Status s = ParseSelector(*targets, label, "target_modules", &sel); !s.ok()) return s;
+    c.target_modules = std::move(sel.names);
+    c.target_regex = std::move(sel.regex);
   }
   if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null()) {
-    if (absl::Status s = StringList(*ex, label, "exclude_modules", &c.exclude_modules,
-                                    &c.exclude_regex);
-        !s.ok()) {
-      return s;
-    }
+    ModuleSelector sel;
+    if (absl::Status s = ParseSelector(*ex, label, "exclude_modules", &sel); !s.ok()) return s;
+    c.exclude_modules = std::move(sel.names);
+    c.exclude_regex = std::move(sel.regex);
   }
   if (auto l = j.find("layers_to_transform"); l != j.end() && !l->is_null()) {
     if (l->is_number_integer()) {
@@ -168,13 +124,11 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
 }
 
 bool LoraConfig::Targets(const std::string& name, int64_t layer) const {
-  if (exclude_regex ? RegexFullMatch(*exclude_regex, name) : ListMatches(exclude_modules, name)) {
-    return false;
-  }
-  if (target_regex) return RegexFullMatch(*target_regex, name);
+  if (ModuleSelector{exclude_modules, exclude_regex}.Matches(name)) return false;
+  if (target_regex) return ModuleSelector{{}, target_regex}.Matches(name);
   // all-linear: every projection of the decoder layers (still subject to
   // layers_to_transform, as PEFT expands it to a list first).
-  if (!all_linear && !ListMatches(target_modules, name)) return false;
+  if (!all_linear && !ModuleSelector{target_modules, std::nullopt}.Matches(name)) return false;
   if (layers_to_transform.empty()) return true;
   return std::find(layers_to_transform.begin(), layers_to_transform.end(), layer) !=
          layers_to_transform.end();

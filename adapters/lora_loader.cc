@@ -3,24 +3,18 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-#include <filesystem>
-#include <fstream>
 #include <regex>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "adapters/adapter_tensors.h"
 #include "server/common/torch_call.h"
 
 namespace adapterd::adapters {
 namespace {
 
-namespace fs = std::filesystem;
-
 constexpr char kPrefix[] = "base_model.model.";
-
-std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
 struct ModuleTensors {
   const model::StTensorInfo* a = nullptr;
@@ -28,89 +22,7 @@ struct ModuleTensors {
   const model::StTensorInfo* magnitude = nullptr;
 };
 
-bool ParseProj(const std::string& path, model::Proj* out) {
-  for (int i = 0; i < model::kNumProj; ++i) {
-    if (model::ProjPath(static_cast<model::Proj>(i)) == path) {
-      *out = static_cast<model::Proj>(i);
-      return true;
-    }
-  }
-  return false;
-}
-
-std::string ModuleName(int64_t layer, model::Proj p) {
-  return absl::StrCat("model.layers.", layer, ".", std::string(model::ProjPath(p)));
-}
-
-at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
-                    const model::ModelOptions& opts) {
-  auto data = f.Data(info);
-  c10::ScalarType t = info.dtype == model::StDType::kF32    ? at::kFloat
-                      : info.dtype == model::StDType::kF16  ? at::kHalf
-                                                            : at::kBFloat16;
-  at::Tensor src = at::empty(info.shape, at::dtype(t));
-  std::memcpy(src.data_ptr(), data.data(), data.size());  // own copy: the file may go away
-  return src.to(opts.device, opts.dtype);
-}
-
 }  // namespace
-
-absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
-  AdapterFiles files;
-  files.label = dir;
-  const fs::path cfg = fs::path(dir) / kConfigFile;
-  const fs::path weights = fs::path(dir) / kWeightsFile;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
-  }
-  if (!fs::exists(weights) && fs::exists(fs::path(dir) / "adapter_model.bin")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, "/adapter_model.bin: pickled weights are not loaded (they can run code); save the "
-             "adapter with safe_serialization=True to get adapter_model.safetensors"));
-  }
-  std::ifstream in(cfg);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(cfg.string(), ": missing or unreadable"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  files.config_json = ss.str();
-  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w =
-      model::SafetensorsFile::Open(weights.string());
-  if (!w.ok()) {
-    if (w.status().code() == absl::StatusCode::kNotFound) {
-      return absl::InvalidArgumentError(absl::StrCat(weights.string(), ": missing"));
-    }
-    return w.status();
-  }
-  files.weights = *std::move(w);
-  return files;
-}
-
-absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> uploaded) {
-  AdapterFiles files;
-  files.label = "upload";
-  if (uploaded.contains("adapter_model.bin") && !uploaded.contains(kWeightsFile)) {
-    return absl::InvalidArgumentError(
-        "upload: adapter_model.bin: pickled weights are not loaded; upload "
-        "adapter_model.safetensors");
-  }
-  for (const auto& [name, bytes] : uploaded) {
-    if (name != kConfigFile && name != kWeightsFile) {
-      return absl::InvalidArgumentError(absl::StrCat("upload: unexpected file '", name, "' (expected ",
-                                                     kConfigFile, " and ", kWeightsFile, ")"));
-    }
-  }
-  auto cfg = uploaded.find(kConfigFile);
-  auto weights = uploaded.find(kWeightsFile);
-  if (cfg == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kConfigFile));
-  if (weights == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kWeightsFile));
-  files.config_json = std::move(cfg->second);
-  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromBytes(
-      std::move(weights->second), absl::StrCat("upload:", kWeightsFile));
-  if (!w.ok()) return w.status();
-  files.weights = *std::move(w);
-  return files;
-}
 
 absl::StatusOr<LoadedLora> LoadLora(const AdapterFiles& files, const model::LlamaModel& base) {
   const std::string cfg_label = files.label + "/" + kConfigFile;
@@ -155,11 +67,7 @@ absl::StatusOr<LoadedLora> LoadLora(const AdapterFiles& files, const model::Llam
       return mismatch(t.name, absl::StrCat("layer ", m[1].str(), " does not exist (the base has ",
                                            mc.num_layers, " layers)"));
     }
-    if (t.dtype != model::StDType::kF32 && t.dtype != model::StDType::kF16 &&
-        t.dtype != model::StDType::kBF16) {
-      return bad(t.name, absl::StrCat("dtype ", std::string(model::StDTypeName(t.dtype)),
-                                      " is not supported (F32, F16, BF16)"));
-    }
+    if (absl::Status st = CheckFloatDtype(f, t); !st.ok()) return st;
     ModuleTensors& mt = modules[{layer, static_cast<int>(proj)}];
     const std::string kind = m[3].str();
     (kind == "lora_A.weight" ? mt.a : kind == "lora_B.weight" ? mt.b : mt.magnitude) = &t;
@@ -204,14 +112,14 @@ absl::StatusOr<LoadedLora> LoadLora(const AdapterFiles& files, const model::Llam
       const int64_t out_f = w.size(0), in_f = w.size(1), r = config->RankFor(name);
       const std::vector<int64_t> want_a = {r, in_f}, want_b = {out_f, r}, want_m = {out_f};
       if (mt.a->shape != want_a) {
-        return mismatch(mt.a->name, absl::StrCat("shape ", Shape(mt.a->shape), ", expected ", Shape(want_a)));
+        return mismatch(mt.a->name, absl::StrCat("shape ", ShapeString(mt.a->shape), ", expected ", ShapeString(want_a)));
       }
       if (mt.b->shape != want_b) {
-        return mismatch(mt.b->name, absl::StrCat("shape ", Shape(mt.b->shape), ", expected ", Shape(want_b)));
+        return mismatch(mt.b->name, absl::StrCat("shape ", ShapeString(mt.b->shape), ", expected ", ShapeString(want_b)));
       }
       if (mt.magnitude != nullptr && mt.magnitude->shape != want_m) {
         return mismatch(mt.magnitude->name,
-                        absl::StrCat("shape ", Shape(mt.magnitude->shape), ", expected ", Shape(want_m)));
+                        absl::StrCat("shape ", ShapeString(mt.magnitude->shape), ", expected ", ShapeString(want_m)));
       }
       model::LoraModule lm;
       const double scale = config->ScaleFor(name);

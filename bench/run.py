@@ -420,6 +420,87 @@ def cmd_serving(a):
     print("\n" + json.dumps({"rate": rate, "rows": rows, "peft": peft_rows}))
 
 
+def write_fast_bottleneck(path, base_cfg, reduction_factor, seed):
+    """An AdapterHub-layout Houlsby (double_seq_bn, swish) bottleneck adapter,
+    written directly with safetensors in the layout save_adapter() produces."""
+    from safetensors.torch import save_file
+    if os.path.exists(os.path.join(path, "adapter.safetensors")):
+        return path
+    os.makedirs(path, exist_ok=True)
+    h = base_cfg["hidden_size"]
+    m = int(h // reduction_factor)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(base_cfg["num_hidden_layers"]):
+        for loc in ("attention_adapters", "output_adapters"):
+            key = f"model.layers.{layer}.{loc}.adapters.bn"
+            tensors[key + ".adapter_down.0.weight"] = torch.randn(m, h, generator=g) / h ** 0.5
+            tensors[key + ".adapter_down.0.bias"] = torch.randn(m, generator=g) * 0.01
+            tensors[key + ".adapter_up.weight"] = torch.randn(h, m, generator=g) * 0.01
+            tensors[key + ".adapter_up.bias"] = torch.randn(h, generator=g) * 0.01
+    save_file(tensors, os.path.join(path, "adapter.safetensors"))
+    config = {"mh_adapter": True, "output_adapter": True, "reduction_factor": reduction_factor,
+              "non_linearity": "swish", "original_ln_before": False, "original_ln_after": True,
+              "residual_before_ln": True, "adapter_residual_before_ln": False, "ln_before": False,
+              "ln_after": False, "is_parallel": False, "scaling": 1.0, "use_gating": False,
+              "leave_out": [], "phm_layer": False, "inv_adapter": None}
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump({"config": config, "hidden_size": h, "model_class": "LlamaForCausalLM",
+                   "model_type": "llama", "name": "bn", "version": "adapters.1.3.0"}, f)
+    return path
+
+
+def cmd_kinds(a):
+    """Throughput of bottleneck adapters against LoRA at about equal parameter
+    count: n concurrent greedy requests, each through its own adapter."""
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    base = ensure_model(work, "llama-100m", a.build)
+    with open(os.path.join(base, "config.json")) as f:
+        cfg = json.load(f)
+    h, inter, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
+    lora_params = a.rank * L * (6 * h + 2 * kv + 3 * (h + inter))
+    m = int(h // a.reduction_factor)
+    bn_params = L * 2 * (2 * h * m + m + h)
+    n = a.adapters
+    lora = [write_fast_lora(os.path.join(work, f"fast-llama-100m-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
+            for i in range(n)]
+    bns = [write_fast_bottleneck(os.path.join(work, f"fast-llama-100m-bn{a.reduction_factor}-{i}"), cfg,
+                                 a.reduction_factor, 7000 + i) for i in range(n)]
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    for prefix, dirs in (("lora", lora), ("bn", bns)):
+        for i, d in enumerate(dirs):
+            subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id={prefix}{i}", f"--path={d}"],
+                           check=True, capture_output=True)
+    ids = {"base": None, "lora": [f"lora{i}" for i in range(n)], "bottleneck": [f"bn{i}" for i in range(n)],
+           "half and half": [f"lora{i}" if i % 2 == 0 else f"bn{i}" for i in range(n)]}
+    common = dict(requests=n, warmup=0, concurrency=n, vocab=cfg["vocab_size"], prompt_min=16, prompt_max=16,
+                  output_min=a.new_tokens, output_max=a.new_tokens)
+    results = {k: [] for k in ids}
+    try:
+        loadgen(a.build, server.addr, **dict(common, output_min=8, output_max=8))
+        for run in range(a.runs):
+            for k, adapters in ids.items():
+                extra = {"adapters": ",".join(adapters), "round_robin": "true"} if adapters else {}
+                results[k].append(loadgen(a.build, server.addr, **extra, **common)["throughput_tok_s"])
+            log("run %d: %s" % (run, {k: round(v[-1], 1) for k, v in results.items()}))
+    finally:
+        server.stop()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"{n} concurrent greedy requests on llama-100m, each through its own adapter, fp32, "
+          f"{a.threads} threads, prompt 16, {a.new_tokens} new tokens; median of {a.runs} alternating runs. "
+          f"LoRA: rank {a.rank} on all 7 projections, {lora_params / 1e6:.2f}M parameters per adapter. "
+          f"Bottleneck: Houlsby (double_seq_bn, swish), reduction factor {a.reduction_factor} "
+          f"(width {m}) after attention and after the MLP, {bn_params / 1e6:.2f}M parameters per adapter.\n")
+    print("| adapters in the batch | tok/s | vs base |")
+    print("|---|---|---|")
+    for k in ids:
+        print(f"| {k} | {med[k]:.1f} | {med[k] / med['base']:.2f} |")
+    print("\n" + json.dumps({"medians": med, "runs": results}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--build", required=True, help="CMake build directory")
@@ -457,8 +538,15 @@ def main():
     sv.add_argument("--output-max", type=int, default=64)
     sv.add_argument("--runs", type=int, default=3)
     sv.add_argument("--threads", type=int, default=os.cpu_count())
+    k = sub.add_parser("kinds", help="bottleneck adapters vs LoRA at about equal parameter count")
+    k.add_argument("--runs", type=int, default=3)
+    k.add_argument("--adapters", type=int, default=8)
+    k.add_argument("--rank", type=int, default=16)
+    k.add_argument("--reduction-factor", type=int, default=11)
+    k.add_argument("--new-tokens", type=int, default=128)
+    k.add_argument("--threads", type=int, default=os.cpu_count())
     a = p.parse_args()
-    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving}[a.cmd](a)
+    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
 
 
 if __name__ == "__main__":

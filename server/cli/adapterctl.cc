@@ -140,8 +140,19 @@ int Generate(const std::shared_ptr<grpc::Channel>& channel) {
 void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
   std::cout << a.adapter_id() << "  "
             << (a.state() == adapterd::v1::ADAPTER_STATE_READY ? "ready" : "loading") << "  "
-            << a.type() << "  ranks=" << absl::StrJoin(a.ranks(), ",")
-            << "  targets=" << absl::StrJoin(a.target_modules(), ",") << "  bytes=" << a.bytes()
+            << a.type();
+  if (a.ranks_size() > 0) std::cout << "  ranks=" << absl::StrJoin(a.ranks(), ",");
+  if (a.target_modules_size() > 0) std::cout << "  targets=" << absl::StrJoin(a.target_modules(), ",");
+  if (a.feedforward_modules_size() > 0) {
+    std::cout << "  feedforward=" << absl::StrJoin(a.feedforward_modules(), ",");
+  }
+  if (a.bottleneck_widths_size() > 0) {
+    std::cout << "  widths=" << absl::StrJoin(a.bottleneck_widths(), ",")
+              << "  locations=" << absl::StrJoin(a.locations(), ",") << "  act=" << a.non_linearity()
+              << (a.parallel() ? "  parallel" : "");
+  }
+  if (a.num_virtual_tokens() > 0) std::cout << "  virtual_tokens=" << a.num_virtual_tokens();
+  std::cout << "  bytes=" << a.bytes()
             << "  load_s=" << a.load_seconds() << "  requests=" << a.requests_served()
             << "  tokens=" << a.tokens_generated() << "  source=" << a.source() << "\n";
 }
@@ -196,8 +207,13 @@ int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel)
     msg.mutable_header()->set_adapter_id(id);
     msg.mutable_header()->set_replace(absl::GetFlag(FLAGS_replace));
     bool ok = writer->Write(msg);
-    for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
-      std::ifstream in(absl::GetFlag(FLAGS_path) + "/" + name, std::ios::binary);
+    // PEFT saves adapter_model.safetensors, AdapterHub adapter.safetensors.
+    const std::string dir = absl::GetFlag(FLAGS_path);
+    const char* weights = std::ifstream(dir + "/adapter_model.safetensors") ? "adapter_model.safetensors"
+                          : std::ifstream(dir + "/adapter.safetensors")     ? "adapter.safetensors"
+                                                                            : "adapter_model.safetensors";
+    for (const char* name : {"adapter_config.json", weights}) {
+      std::ifstream in(dir + "/" + name, std::ios::binary);
       if (!in) {
         std::cerr << "error: cannot read " << absl::GetFlag(FLAGS_path) << "/" << name << "\n";
         return 2;

@@ -28,7 +28,8 @@ struct Engine::Sequence {
   std::shared_ptr<ResultSink> sink;
   std::shared_ptr<RequestHandle> handle = std::make_shared<RequestHandle>();
   Sampler sampler;
-  std::vector<int64_t> tokens;  // prompt, then generated tokens
+  int64_t virtual_tokens = 0;   // a prompt-tuning adapter's, before the prompt
+  std::vector<int64_t> tokens;  // virtual tokens, prompt, then generated tokens
   int64_t num_computed = 0;     // tokens whose keys and values are in the cache
   int64_t generated = 0;
   std::vector<int32_t> blocks;
@@ -42,11 +43,11 @@ struct Engine::Sequence {
   // whose embeddings the model replaces.
   Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s)
       : request(std::move(r)), sink(std::move(s)), sampler(request.sampling),
-        tokens(static_cast<size_t>(VirtualTokens(request)), 0) {
+        virtual_tokens(VirtualTokens(request)), tokens(static_cast<size_t>(virtual_tokens), 0) {
     tokens.insert(tokens.end(), request.prompt.begin(), request.prompt.end());
   }
   // Prompt as the model sees it: virtual tokens plus the caller's tokens.
-  int64_t prompt_len() const { return VirtualTokens(request) + static_cast<int64_t>(request.prompt.size()); }
+  int64_t prompt_len() const { return virtual_tokens + static_cast<int64_t>(request.prompt.size()); }
   int64_t max_len() const { return prompt_len() + request.sampling.max_new_tokens; }
 };
 
@@ -198,7 +199,7 @@ void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status sta
     metrics_->request_duration().Observe(absl::ToDoubleSeconds(absl::Now() - seq.arrival));
   }
   seq.sink->OnFinish(Finish{reason, std::move(status), static_cast<int64_t>(seq.request.prompt.size()),
-                            seq.generated, VirtualTokens(seq.request)});
+                            seq.generated, seq.virtual_tokens});
 }
 
 void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
@@ -296,15 +297,37 @@ void Engine::Step() {
   std::vector<Pick> picks;
   int64_t budget = options_.max_tokens_per_step;
   bool any_adapter = false;
-  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
-    for (auto& s : running_) {
-      const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->num_computed;
-      const bool decoding = pending == 1;
-      if ((pass == 0) != decoding || pending <= 0 || budget <= 0) continue;
-      const int64_t n = std::min(pending, budget);
-      budget -= n;
-      picks.push_back({s.get(), n});
+  std::vector<Pick> prefills;
+  for (auto& s : running_) {
+    const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->num_computed;
+    if (pending <= 0) continue;
+    if (pending == 1 && budget > 0) {
+      --budget;
+      picks.push_back({s.get(), 1});
       any_adapter |= s->request.adapter != nullptr;
+    } else if (pending > 1) {
+      prefills.push_back({s.get(), 0});
+    }
+  }
+  // Prompt chunks: first an equal share of the remaining budget for every
+  // prompt in progress (so a long prompt cannot hold back the short ones that
+  // arrive while it is being prefilled), then what is left, first come first
+  // served.
+  if (!prefills.empty() && budget > 0) {
+    const int64_t share = std::max<int64_t>(kv_->block_size(), budget / static_cast<int64_t>(prefills.size()));
+    for (int pass = 0; pass < 2 && budget > 0; ++pass) {
+      for (Pick& p : prefills) {
+        const int64_t pending = static_cast<int64_t>(p.seq->tokens.size()) - p.seq->num_computed - p.n;
+        const int64_t n = std::min({pending, budget, pass == 0 ? share : budget});
+        if (n <= 0) continue;
+        p.n += n;
+        budget -= n;
+      }
+    }
+    for (const Pick& p : prefills) {
+      if (p.n == 0) continue;
+      picks.push_back(p);
+      any_adapter |= p.seq->request.adapter != nullptr;
     }
   }
   // Blocks for this step's tokens; when the pool runs dry the newest

@@ -49,9 +49,11 @@ class RequestHandle {
 //
 // Scheduling policy: requests are admitted first come, first served, while
 // batch slots and KV blocks for their known tokens are free. Each step takes
-// one decode token from every running sequence first, then prompt chunks in
-// arrival order, up to the step's token budget, so a long prompt is spread
-// over several steps and never stalls decoding. KV blocks are reserved as
+// one decode token from every running sequence first, then prompt chunks up
+// to the step's token budget: each prompt in progress first gets an equal
+// share of what is left (at least one KV block's worth), then the rest goes
+// in arrival order. A long prompt is spread over several steps, never stalls
+// decoding, and cannot hold back a short prompt that arrives behind it. KV blocks are reserved as
 // sequences grow; when the pool runs dry, the most recently arrived running
 // sequence is preempted (its blocks are freed and it is recomputed later,
 // ahead of younger requests), so the oldest request always progresses.

@@ -20,9 +20,16 @@ void ToProto(const adapters::AdapterInfo& info, AdapterInfo* out) {
   out->set_adapter_id(info.id);
   out->set_state(info.state == adapters::AdapterState::kReady ? adapterd::v1::ADAPTER_STATE_READY
                                                               : adapterd::v1::ADAPTER_STATE_LOADING);
-  out->set_type(info.type);
-  for (int64_t r : info.ranks) out->add_ranks(static_cast<uint32_t>(r));
-  for (const std::string& t : info.target_modules) out->add_target_modules(t);
+  const adapters::AdapterSummary& s = info.summary;
+  out->set_type(s.type);
+  for (int64_t r : s.ranks) out->add_ranks(static_cast<uint32_t>(r));
+  for (const std::string& t : s.target_modules) out->add_target_modules(t);
+  for (const std::string& t : s.feedforward_modules) out->add_feedforward_modules(t);
+  for (int64_t w : s.bottleneck_widths) out->add_bottleneck_widths(static_cast<uint32_t>(w));
+  for (const std::string& l : s.locations) out->add_locations(l);
+  out->set_non_linearity(s.non_linearity);
+  out->set_parallel(s.parallel);
+  out->set_num_virtual_tokens(static_cast<uint32_t>(s.num_virtual_tokens));
   out->set_source(info.source);
   out->set_bytes(static_cast<uint64_t>(info.bytes));
   if (info.state == adapters::AdapterState::kReady) {
@@ -117,10 +124,11 @@ class AdminService::UploadReactor final
     } else if (msg_.has_chunk()) {
       if (!seen_header_) return Fail(absl::InvalidArgumentError("the first message must be a header"));
       const std::string& name = msg_.chunk().file_name();
-      if (name != adapters::kConfigFile && name != adapters::kWeightsFile) {
+      if (!adapters::IsAdapterFileName(name)) {
         return Fail(absl::InvalidArgumentError(absl::StrCat("chunk.file_name '", name.substr(0, 100),
-                                                            "' must be ", adapters::kConfigFile,
-                                                            " or ", adapters::kWeightsFile)));
+                                                            "' must be ", adapters::kConfigFile, ", ",
+                                                            adapters::kWeightsFile, " or ",
+                                                            adapters::kAdapterHubWeightsFile)));
       }
       total_ += static_cast<int64_t>(msg_.chunk().data().size());
       if (total_ > service_->options_.max_upload_bytes) {

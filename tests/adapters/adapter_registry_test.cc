@@ -59,7 +59,7 @@ const absl::Duration kLoadTimeout = absl::Seconds(120);
 std::vector<std::string> Snapshot(const std::vector<AdapterInfo>& list) {
   std::vector<std::string> out;
   for (const AdapterInfo& i : list) {
-    out.push_back(absl::StrCat(i.id, "|", std::string(AdapterStateName(i.state)), "|", i.type, "|", i.bytes,
+    out.push_back(absl::StrCat(i.id, "|", std::string(AdapterStateName(i.state)), "|", i.summary.type, "|", i.bytes,
                                "|", i.source));
   }
   return out;
@@ -151,10 +151,10 @@ TEST_F(AdapterRegistryTest, LoadByPathBecomesReady) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->id, "qv");
   EXPECT_EQ(info->state, AdapterState::kReady);
-  EXPECT_EQ(info->type, "lora");
-  EXPECT_FALSE(info->dora);
-  EXPECT_THAT(info->ranks, ElementsAre(4));
-  EXPECT_THAT(info->target_modules, ElementsAre("q_proj", "v_proj"));
+  EXPECT_EQ(info->summary.type, "lora");
+  EXPECT_FALSE(info->summary.type == "dora");
+  EXPECT_THAT(info->summary.ranks, ElementsAre(4));
+  EXPECT_THAT(info->summary.target_modules, ElementsAre("q_proj", "v_proj"));
   EXPECT_EQ(info->source, qv_dir());
   EXPECT_EQ(info->bytes, kQvBytes);
   EXPECT_GE(info->load_duration, absl::ZeroDuration());
@@ -175,14 +175,14 @@ TEST_F(AdapterRegistryTest, LoadByPathBecomesReady) {
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->state, AdapterState::kReady);
   EXPECT_EQ(AdapterStateName(got->state), "ready");
-  EXPECT_THAT(got->ranks, ElementsAre(4));
+  EXPECT_THAT(got->summary.ranks, ElementsAre(4));
   EXPECT_EQ(got->bytes, kQvBytes);
 
   const std::vector<AdapterInfo> list = reg().List();
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].id, "qv");
   EXPECT_EQ(list[0].state, AdapterState::kReady);
-  EXPECT_THAT(list[0].ranks, ElementsAre(4));
+  EXPECT_THAT(list[0].summary.ranks, ElementsAre(4));
   EXPECT_EQ(list[0].bytes, kQvBytes);
   EXPECT_EQ(reg().ready_count(), 1);
   EXPECT_EQ(reg().live_bytes(), kQvBytes);
@@ -214,9 +214,9 @@ TEST_F(AdapterRegistryTest, UploadWorksLikePath) {
   EXPECT_EQ(up->source, "upload");
   EXPECT_EQ(up->state, AdapterState::kReady);
   EXPECT_EQ(up->bytes, path->bytes);
-  EXPECT_EQ(up->ranks, path->ranks);
-  EXPECT_EQ(up->target_modules, path->target_modules);
-  EXPECT_EQ(up->type, "lora");
+  EXPECT_EQ(up->summary.ranks, path->summary.ranks);
+  EXPECT_EQ(up->summary.target_modules, path->summary.target_modules);
+  EXPECT_EQ(up->summary.type, "lora");
 
   absl::StatusOr<std::shared_ptr<const Adapter>> a = reg().Lookup("up");
   absl::StatusOr<std::shared_ptr<const Adapter>> b = reg().Lookup("path");
@@ -244,8 +244,8 @@ TEST_F(AdapterRegistryTest, DoraAdapterIsListedAsDora) {
   }
   absl::StatusOr<AdapterInfo> info = Load("dora", UploadSource{d.Files()});
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->type, "dora");
-  EXPECT_TRUE(info->dora);
+  EXPECT_EQ(info->summary.type, "dora");
+  EXPECT_TRUE(info->summary.type == "dora");
   EXPECT_EQ(info->bytes, kQvBytes + kLayers * (256 + 128) * 4);
 }
 
@@ -283,8 +283,8 @@ TEST_F(AdapterRegistryTest, ReplaceSwapsAndKeepsOldReferenceUsable) {
   const FakeAdapter next = DemoLora({.r = 8, .alpha = 16, .targets = {"o_proj", "down_proj"}, .seed = 500});
   absl::StatusOr<AdapterInfo> info = Load("swap", UploadSource{next.Files()}, /*replace=*/true);
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_THAT(info->ranks, ElementsAre(8));
-  EXPECT_THAT(info->target_modules, ElementsAre("down_proj", "o_proj"));
+  EXPECT_THAT(info->summary.ranks, ElementsAre(8));
+  EXPECT_THAT(info->summary.target_modules, ElementsAre("down_proj", "o_proj"));
   EXPECT_EQ(info->source, "upload");
   const int64_t next_bytes = kLayers * (8 * 256 + 256 * 8 + 8 * 688 + 256 * 8) * 4;
   EXPECT_EQ(info->bytes, next_bytes);

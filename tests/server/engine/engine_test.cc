@@ -109,6 +109,37 @@ TEST(EngineTest, SequencesJoiningAndLeavingMidBatchMatchRunningAlone) {
   WaitForFreeKv(*e);
 }
 
+TEST(EngineTest, ShortPromptIsNotHeldBackByALongOneBeingPrefilled) {
+  EngineOptions opts;
+  opts.max_tokens_per_step = 32;  // the long prompt takes 60 steps to prefill
+  auto e = MakeEngine(opts);
+  ASSERT_NE(e, nullptr);
+  std::vector<int64_t> long_prompt;
+  for (int i = 0; i < 1920; ++i) long_prompt.push_back(3 + (i * 7) % 1000);
+  // Both sinks are called on the engine thread, so the order is exact.
+  struct Timed : Collector {
+    void OnTokens(std::span<const int64_t> t, std::span<const float> lp) override {
+      if (tokens.empty()) first = (*clock)++;
+      Collector::OnTokens(t, lp);
+    }
+    int* clock = nullptr;
+    int first = -1;
+  };
+  int clock = 0;
+  auto long_sink = std::make_shared<Timed>();
+  auto short_sink = std::make_shared<Timed>();
+  long_sink->clock = short_sink->clock = &clock;
+  ASSERT_TRUE(e->Submit(Greedy(long_prompt, 4), long_sink).ok());
+  ASSERT_TRUE(e->Submit(Greedy({5, 6, 7, 8}, 4), short_sink).ok());
+  long_sink->done.WaitForNotification();
+  short_sink->done.WaitForNotification();
+  // Under first-come-first-served chunking the short prompt would wait for
+  // all of the long one; with equal shares it finishes its prefill at once.
+  EXPECT_EQ(short_sink->first, 0);
+  EXPECT_EQ(long_sink->first, 1);
+  EXPECT_EQ(long_sink->tokens, RunAlone(*e, Greedy(long_prompt, 4)));
+}
+
 TEST(EngineTest, CancelReturnsKvBlocks) {
   auto e = MakeEngine();
   ASSERT_NE(e, nullptr);

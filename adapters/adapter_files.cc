@@ -1,0 +1,96 @@
+#include "adapters/adapter_files.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace adapterd::adapters {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kPickles[] = {"adapter_model.bin", "pytorch_adapter.bin"};
+
+absl::Status PickleError(const std::string& where) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      where, ": pickled weights are not loaded (they can run code); save the adapter as safetensors (",
+      kWeightsFile, " with PEFT's safe_serialization=True, or ", kAdapterHubWeightsFile,
+      " with save_adapter(..., use_safetensors=True))"));
+}
+
+}  // namespace
+
+bool IsAdapterFileName(const std::string& name) {
+  return name == kConfigFile || name == kWeightsFile || name == kAdapterHubWeightsFile;
+}
+
+absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
+  AdapterFiles files;
+  files.label = dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
+  }
+  for (const char* name : {kWeightsFile, kAdapterHubWeightsFile}) {
+    if (fs::exists(fs::path(dir) / name, ec)) {
+      files.weights_file = name;
+      break;
+    }
+  }
+  if (files.weights_file.empty()) {
+    for (const char* pickle : kPickles) {
+      if (fs::exists(fs::path(dir) / pickle, ec)) return PickleError(absl::StrCat(dir, "/", pickle));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": missing ", kWeightsFile, " (PEFT) or ",
+                                                   kAdapterHubWeightsFile, " (AdapterHub)"));
+  }
+  const fs::path cfg = fs::path(dir) / kConfigFile;
+  std::ifstream in(cfg);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(cfg.string(), ": missing or unreadable"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  files.config_json = ss.str();
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w =
+      model::SafetensorsFile::Open((fs::path(dir) / files.weights_file).string());
+  if (!w.ok()) return w.status();
+  files.weights = *std::move(w);
+  return files;
+}
+
+absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> uploaded) {
+  AdapterFiles files;
+  files.label = "upload";
+  for (const auto& [name, bytes] : uploaded) {
+    if (IsAdapterFileName(name)) continue;
+    for (const char* pickle : kPickles) {
+      if (name == pickle) return PickleError(absl::StrCat("upload: ", name));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("upload: unexpected file '", name, "' (expected ",
+                                                   kConfigFile, " and ", kWeightsFile, " or ",
+                                                   kAdapterHubWeightsFile, ")"));
+  }
+  auto cfg = uploaded.find(kConfigFile);
+  if (cfg == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kConfigFile));
+  auto peft = uploaded.find(kWeightsFile);
+  auto hub = uploaded.find(kAdapterHubWeightsFile);
+  if (peft != uploaded.end() && hub != uploaded.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: both ", kWeightsFile, " and ",
+                                                   kAdapterHubWeightsFile, "; send one weights file"));
+  }
+  auto weights = peft != uploaded.end() ? peft : hub;
+  if (weights == uploaded.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kWeightsFile, " (PEFT) or ",
+                                                   kAdapterHubWeightsFile, " (AdapterHub)"));
+  }
+  files.config_json = std::move(cfg->second);
+  files.weights_file = weights->first;
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromBytes(
+      std::move(weights->second), absl::StrCat("upload:", files.weights_file));
+  if (!w.ok()) return w.status();
+  files.weights = *std::move(w);
+  return files;
+}
+
+}  // namespace adapterd::adapters

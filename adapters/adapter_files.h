@@ -1,0 +1,41 @@
+// The files of one adapter, read from a directory or an upload.
+#ifndef ADAPTERD_ADAPTERS_ADAPTER_FILES_H_
+#define ADAPTERD_ADAPTERS_ADAPTER_FILES_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/model/safetensors.h"
+
+namespace adapterd::adapters {
+
+inline constexpr char kConfigFile[] = "adapter_config.json";
+// PEFT's weights (LoRA, IA3, prompt tuning).
+inline constexpr char kWeightsFile[] = "adapter_model.safetensors";
+// AdapterHub `adapters` weights (bottleneck adapters).
+inline constexpr char kAdapterHubWeightsFile[] = "adapter.safetensors";
+
+// adapter_config.json and one safetensors weights file. Which weights file
+// it was tells PEFT and AdapterHub saves apart. A plain value.
+struct AdapterFiles {
+  std::string label;  // the directory, or "upload" for uploaded files (used in messages)
+  std::string config_json;
+  std::string weights_file;  // kWeightsFile or kAdapterHubWeightsFile
+  std::unique_ptr<model::SafetensorsFile> weights;
+};
+
+// Whether `name` is a file an upload may carry.
+bool IsAdapterFileName(const std::string& name);
+
+// Reads <dir>/adapter_config.json and <dir>/adapter_model.safetensors or
+// <dir>/adapter.safetensors. A directory with only pickled weights
+// (adapter_model.bin, pytorch_adapter.bin) is rejected: pickles can run code.
+absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir);
+// Builds AdapterFiles from uploaded file contents keyed by file name.
+absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> files);
+
+}  // namespace adapterd::adapters
+
+#endif  // ADAPTERD_ADAPTERS_ADAPTER_FILES_H_

@@ -1,0 +1,42 @@
+// Helpers the adapter loaders share for reading tensors from safetensors
+// files into the base model's dtype and device.
+#ifndef ADAPTERD_ADAPTERS_ADAPTER_TENSORS_H_
+#define ADAPTERD_ADAPTERS_ADAPTER_TENSORS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "server/model/adapter_weights.h"
+#include "server/model/llama_model.h"
+#include "server/model/safetensors.h"
+
+namespace adapterd::adapters {
+
+// "[2, 3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
+// "self_attn.q_proj" -> Proj::kQ; false for anything else.
+bool ParseProj(const std::string& path, model::Proj* out);
+
+// "model.layers.<layer>.<path>", the module name PEFT matches targets against.
+std::string ModuleName(int64_t layer, model::Proj p);
+
+// INVALID_ARGUMENT unless the tensor is F32, F16 or BF16.
+absl::Status CheckFloatDtype(const model::SafetensorsFile& f, const model::StTensorInfo& t);
+
+// FAILED_PRECONDITION "<file>: tensor '<name>': shape [..], expected [..]"
+// unless the shape is `want`.
+absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorInfo& t,
+                        const std::vector<int64_t>& want);
+
+// An owned copy of the tensor (the file may go away) in the base's dtype and
+// device. May throw (call inside TorchCall).
+at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
+                    const model::ModelOptions& opts);
+
+}  // namespace adapterd::adapters
+
+#endif  // ADAPTERD_ADAPTERS_ADAPTER_TENSORS_H_

@@ -1,0 +1,38 @@
+// Reading the JSON fields that PEFT configs share (module selections, flags).
+#ifndef ADAPTERD_ADAPTERS_PEFT_FIELDS_H_
+#define ADAPTERD_ADAPTERS_PEFT_FIELDS_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "nlohmann/json.hpp"
+
+namespace adapterd::adapters {
+
+using OrderedJson = nlohmann::ordered_json;  // keys keep the file's order
+
+// INVALID_ARGUMENT "<label>: <what>".
+absl::Status ConfigError(const std::string& label, const std::string& what);
+
+// Whether `key` is present with a value that turns a feature on (true, a
+// non-empty list/object/string, or any number).
+bool IsSet(const OrderedJson& j, const char* key);
+
+// A PEFT module selection such as target_modules: a list of names that match
+// a module when equal to it or to its last dotted components, or one
+// regular expression that must match the whole module name. A plain value.
+struct ModuleSelector {
+  std::vector<std::string> names;
+  std::optional<std::string> regex;
+  bool Matches(const std::string& module_name) const;
+};
+
+// Parses the value of `key` (a list of strings or a regex string).
+absl::Status ParseSelector(const OrderedJson& v, const std::string& label, const char* key,
+                           ModuleSelector* out);
+
+}  // namespace adapterd::adapters
+
+#endif  // ADAPTERD_ADAPTERS_PEFT_FIELDS_H_
