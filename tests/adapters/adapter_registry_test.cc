@@ -579,8 +579,9 @@ TEST_F(AdapterRegistryTest, StatesWhileALoadIsQueued) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->state, AdapterState::kLoading);
   EXPECT_EQ(info->source, "upload");
+  // The kind is known only once the files are parsed.
   EXPECT_THAT(Snapshot(reg().List()),
-              ElementsAre(absl::StrCat("blocker|ready|lora|", kQvBytes, "|", qv_dir()), "pending|loading|lora|0|upload"));
+              ElementsAre(absl::StrCat("blocker|ready|lora|", kQvBytes, "|", qv_dir()), "pending|loading||0|upload"));
   EXPECT_EQ(reg().ready_count(), 1);
   EXPECT_TRUE(IsError(reg().Unload("pending"), absl::StatusCode::kFailedPrecondition, {"pending"}));
   EXPECT_TRUE(IsError(reg().StartLoad("pending", PathSource{qv_dir()}, true, nullptr),

@@ -26,6 +26,7 @@
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/reference_outputs.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -67,50 +68,12 @@ std::vector<std::vector<int64_t>> Prompts() {
   return {{5, 17, 99, 3}, {42}, {7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 200, 201}};
 }
 
-at::Tensor Read(const model::SafetensorsFile& f, const std::string& name) {
-  const model::StTensorInfo* info = f.Find(name);
-  if (info == nullptr) {
-    ADD_FAILURE() << "reference lacks " << name;
-    return at::zeros({1});
-  }
-  auto d = f.Data(*info);
-  return at::from_blob(const_cast<std::byte*>(d.data()), info->shape,
-                       at::dtype(info->dtype == model::StDType::kI64 ? at::kLong : at::kFloat))
-      .clone();
-}
+using testing::ToVector;
 
-std::vector<int64_t> ToVector(const at::Tensor& t) {
-  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
-}
+at::Tensor Read(const model::SafetensorsFile& f, const std::string& name) { return testing::ReadReference(f, name); }
 
 std::string WeightsFile(const std::string& dir) {
   return fs::exists(dir + "/adapter.safetensors") ? "adapter.safetensors" : "adapter_model.safetensors";
-}
-
-grpc::Status Load(v1::Admin::Stub& admin, const std::string& id, const std::string& dir, v1::AdapterInfo* info) {
-  grpc::ClientContext ctx;
-  v1::LoadAdapterRequest req;
-  req.set_adapter_id(id);
-  req.set_path(dir);
-  return admin.LoadAdapter(&ctx, req, info);
-}
-
-grpc::Status Upload(v1::Admin::Stub& admin, const std::string& id, const std::string& dir, v1::AdapterInfo* info) {
-  grpc::ClientContext ctx;
-  auto w = admin.UploadAdapter(&ctx, info);
-  v1::UploadAdapterRequest msg;
-  msg.mutable_header()->set_adapter_id(id);
-  w->Write(msg);
-  for (const std::string& name : {std::string("adapter_config.json"), WeightsFile(dir)}) {
-    std::ifstream in(dir + "/" + name, std::ios::binary);
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    msg.Clear();
-    msg.mutable_chunk()->set_file_name(name);
-    msg.mutable_chunk()->set_data(data);
-    w->Write(msg);
-  }
-  w->WritesDone();
-  return w->Finish();
 }
 
 std::vector<std::string> ListIds(v1::Admin::Stub& admin) {
@@ -217,9 +180,9 @@ TEST_F(AdapterKindsConformanceTest, ServerMatchesLibraries) {
   for (const Kind& k : Kinds()) {
     SCOPED_TRACE(k.name);
     v1::AdapterInfo by_path, by_upload;
-    grpc::Status st = Load(*admin, k.name, *dir_ + "/" + k.name, &by_path);
+    grpc::Status st = testing::LoadAdapterByPath(*admin, k.name, *dir_ + "/" + k.name, &by_path);
     ASSERT_TRUE(st.ok()) << st.error_message();
-    st = Upload(*admin, k.name + "-up", *dir_ + "/" + k.name, &by_upload);
+    st = testing::UploadAdapterDir(*admin, k.name + "-up", *dir_ + "/" + k.name, &by_upload);
     ASSERT_TRUE(st.ok()) << "upload: " << st.error_message();
     EXPECT_EQ(by_path.type(), k.type);
     EXPECT_EQ(by_upload.type(), k.type);
@@ -292,7 +255,7 @@ TEST_F(AdapterKindsConformanceTest, ServerMatchesLibraries) {
   for (const Bad& b : bad) {
     SCOPED_TRACE(b.what);
     v1::AdapterInfo info;
-    grpc::Status st = Load(*admin, "bad", b.dir, &info);
+    grpc::Status st = testing::LoadAdapterByPath(*admin, "bad", b.dir, &info);
     EXPECT_EQ(st.error_code(), b.code) << st.error_message();
     for (const std::string& w : b.words) EXPECT_THAT(st.error_message(), ::testing::HasSubstr(w));
     EXPECT_EQ(ListIds(*admin), before);
@@ -378,18 +341,7 @@ TEST_F(AdapterKindsConformanceTest, MixedBatchRowsEqualSingleRows) {
   ASSERT_TRUE(engine_model.ok());
   auto eng = engine::Engine::Create(*std::move(engine_model), {}, nullptr);
   ASSERT_TRUE(eng.ok());
-  struct Sink : engine::ResultSink {
-    void OnTokens(std::span<const int64_t> t, std::span<const float>) override {
-      tokens.insert(tokens.end(), t.begin(), t.end());
-    }
-    void OnFinish(const engine::Finish& f) override {
-      finish = f;
-      done.Notify();
-    }
-    std::vector<int64_t> tokens;
-    engine::Finish finish;
-    absl::Notification done;
-  };
+  using Sink = testing::CollectingSink;
   std::vector<std::shared_ptr<Sink>> sinks;
   for (size_t k = 0; k < mix.size(); ++k) {
     engine::GenerationRequest r;

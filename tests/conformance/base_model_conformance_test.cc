@@ -17,6 +17,7 @@
 #include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/reference_outputs.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -37,29 +38,10 @@ std::vector<std::vector<int64_t>> Prompts() {
 }
 
 at::Tensor ReadTensor(const model::SafetensorsFile& f, const std::string& name) {
-  const model::StTensorInfo* info = f.Find(name);
-  if (info == nullptr) {
-    ADD_FAILURE() << "reference output lacks " << name;
-    return {};
-  }
-  auto dtype = info->dtype == model::StDType::kI64 ? at::kLong : at::kFloat;
-  auto data = f.Data(*info);
-  return at::from_blob(const_cast<std::byte*>(data.data()), info->shape, at::dtype(dtype)).clone();
+  return testing::ReadReference(f, name);
 }
 
-class CollectingSink : public engine::ResultSink {
- public:
-  void OnTokens(std::span<const int64_t> t, std::span<const float>) override {
-    tokens.insert(tokens.end(), t.begin(), t.end());
-  }
-  void OnFinish(const engine::Finish& f) override {
-    finish = f;
-    done.Notify();
-  }
-  std::vector<int64_t> tokens;
-  engine::Finish finish;
-  absl::Notification done;
-};
+using testing::CollectingSink;
 
 struct Case {
   std::string name;

@@ -22,6 +22,7 @@
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/reference_outputs.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -48,51 +49,9 @@ std::vector<std::vector<int64_t>> Prompts() {
   return {{5, 17, 99, 3}, {42}, {7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 200, 201}, {100, 3, 77, 21, 9}};
 }
 
-at::Tensor Read(const model::SafetensorsFile& f, const std::string& name) {
-  const model::StTensorInfo* info = f.Find(name);
-  if (info == nullptr) {
-    ADD_FAILURE() << "reference lacks " << name;
-    return at::zeros({1});
-  }
-  auto d = f.Data(*info);
-  return at::from_blob(const_cast<std::byte*>(d.data()), info->shape,
-                       at::dtype(info->dtype == model::StDType::kI64 ? at::kLong : at::kFloat))
-      .clone();
-}
+using testing::ToVector;
 
-std::vector<int64_t> ToVector(const at::Tensor& t) {
-  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
-}
-
-grpc::Status LoadByPath(v1::Admin::Stub& admin, const std::string& id, const std::string& dir,
-                        v1::AdapterInfo* info) {
-  grpc::ClientContext ctx;
-  v1::LoadAdapterRequest req;
-  req.set_adapter_id(id);
-  req.set_path(dir);
-  return admin.LoadAdapter(&ctx, req, info);
-}
-
-grpc::Status Upload(v1::Admin::Stub& admin, const std::string& id, const std::string& dir,
-                    v1::AdapterInfo* info) {
-  grpc::ClientContext ctx;
-  auto w = admin.UploadAdapter(&ctx, info);
-  v1::UploadAdapterRequest msg;
-  msg.mutable_header()->set_adapter_id(id);
-  w->Write(msg);
-  for (const char* name : {"adapter_config.json", "adapter_model.safetensors"}) {
-    std::ifstream in(dir + "/" + name, std::ios::binary);
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    for (size_t off = 0; off < data.size(); off += 64 << 10) {  // several chunks per file
-      msg.Clear();
-      msg.mutable_chunk()->set_file_name(name);
-      msg.mutable_chunk()->set_data(data.substr(off, 64 << 10));
-      w->Write(msg);
-    }
-  }
-  w->WritesDone();
-  return w->Finish();
-}
+at::Tensor Read(const model::SafetensorsFile& f, const std::string& name) { return testing::ReadReference(f, name); }
 
 class LoraConformanceTest : public ::testing::TestWithParam<LoraSetup> {};
 
@@ -137,9 +96,9 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   auto inference = v1::Inference::NewStub(channel);
   for (const AdapterSpec& a : setup.adapters) {
     v1::AdapterInfo by_path, by_upload;
-    grpc::Status st = LoadByPath(*admin, a.name, dir + "/" + a.name, &by_path);
+    grpc::Status st = testing::LoadAdapterByPath(*admin, a.name, dir + "/" + a.name, &by_path);
     ASSERT_TRUE(st.ok()) << a.name << ": " << st.error_message();
-    st = Upload(*admin, a.name + "-up", dir + "/" + a.name, &by_upload);
+    st = testing::UploadAdapterDir(*admin, a.name + "-up", dir + "/" + a.name, &by_upload);
     ASSERT_TRUE(st.ok()) << a.name << " upload: " << st.error_message();
     EXPECT_EQ(by_path.state(), v1::ADAPTER_STATE_READY);
     EXPECT_EQ(by_path.type(), a.dora ? "dora" : "lora");
@@ -261,14 +220,7 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   ASSERT_TRUE(engine_model.ok());
   auto eng = engine::Engine::Create(*std::move(engine_model), {}, nullptr);
   ASSERT_TRUE(eng.ok());
-  struct Sink : engine::ResultSink {
-    void OnTokens(std::span<const int64_t> t, std::span<const float>) override {
-      tokens.insert(tokens.end(), t.begin(), t.end());
-    }
-    void OnFinish(const engine::Finish&) override { done.Notify(); }
-    std::vector<int64_t> tokens;
-    absl::Notification done;
-  };
+  using Sink = testing::CollectingSink;
   std::vector<std::shared_ptr<Sink>> sinks;
   for (size_t i = 0; i < prompts.size(); ++i) {
     engine::GenerationRequest r;
