@@ -24,4 +24,9 @@ ENV ADAPTERD_CACHE_DIR=/home/adapterd/cache
 EXPOSE 50051 9464
 # With no --model the server generates and serves the demo model. Mount a
 # checkpoint and pass --model=/models/NAME to serve a real one.
-ENTRYPOINT ["adapterd", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]
+# Inference listens on all interfaces; Admin only on the container's loopback
+# unless --admin_listen says otherwise. Plaintext is chosen here explicitly
+# (for a mesh that terminates TLS); to serve TLS, mount a certificate and
+# pass --tls_cert_file/--tls_key_file instead of --plaintext.
+ENTRYPOINT ["adapterd", "--listen=0.0.0.0:50051", "--admin_listen=127.0.0.1:50052", \
+            "--metrics_listen=0.0.0.0:9464", "--plaintext"]

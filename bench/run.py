@@ -48,7 +48,9 @@ class Server:
         ready = os.path.join(self.tmp, "ready.json")
         self.log = open(os.path.join(self.tmp, "server.log"), "w")
         cmd = [os.path.join(build, "server", "adapterd"), "--listen=127.0.0.1:0",
-               "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning"] + args
+               "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning",
+               # Loopback only: plaintext, an open Admin API, path loads from the bench cache.
+               "--plaintext", "--admin_auth=none", "--adapter_roots=/"] + args
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         for _ in range(6000):
             if self.proc.poll() is not None:

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -31,7 +32,9 @@
 #include "adapters/adapter_registry.h"
 #include "adapters/demo_adapters.h"
 #include "absl/synchronization/notification.h"
+#include "adapters/path_policy.h"
 #include "server/rpc/admin_service.h"
+#include "server/rpc/call_auth.h"
 #include "server/rpc/grpc_server.h"
 #include "server/rpc/inference_service.h"
 
@@ -45,7 +48,32 @@ ABSL_FLAG(bool, demo_adapters, true,
           "With the demo model (no --model), also load its demo LoRA adapters");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
 ABSL_FLAG(std::string, admin_listen, "",
-          "Admin API listen address; empty serves Admin on --listen");
+          "Admin API listen address; empty serves Admin on --listen, which must then be a loopback "
+          "address");
+ABSL_FLAG(bool, plaintext, false,
+          "Serve gRPC without TLS. Required, as an explicit choice, when no --tls_cert_file is set");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain for TLS on both gRPC listeners");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: clients may present certificates signed by it (mutual TLS); their names can "
+          "grant roles through --admin_client_names and --inference_client_names");
+ABSL_FLAG(std::string, admin_auth, "token",
+          "Admin API authentication: 'token' (a bearer token or an admin client certificate is "
+          "required) or 'none' (anyone who reaches the Admin listener may call it)");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the Admin API bearer token; empty reads $ADAPTERD_ADMIN_TOKEN");
+ABSL_FLAG(std::string, inference_token_file, "",
+          "File holding the Inference API bearer token; empty reads $ADAPTERD_INFERENCE_TOKEN. With "
+          "neither, inference calls need no credential");
+ABSL_FLAG(std::vector<std::string>, admin_client_names, {},
+          "Client-certificate names (CN or SAN) that hold the admin role (needs --tls_client_ca_file)");
+ABSL_FLAG(std::vector<std::string>, inference_client_names, {},
+          "Client-certificate names (CN or SAN) that hold the inference role");
+ABSL_FLAG(std::vector<std::string>, adapter_roots, {},
+          "Directories that Admin path loads may read (comma-separated); empty disables path loads");
+ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
+ABSL_FLAG(int64_t, max_new_tokens, 0, "Largest sampling.max_new_tokens accepted (0 = the context length)");
+ABSL_FLAG(int64_t, max_stop_token_ids, 64, "Most sampling.stop_token_ids in one request");
 ABSL_FLAG(int64_t, max_upload_mb, 1024, "Largest adapter upload (all files together), in MiB");
 ABSL_FLAG(int, metrics_max_adapter_labels, 100,
           "Adapter ids that get their own metric label; the rest share adapter=\"other\"");
@@ -88,6 +116,55 @@ bool SetLogLevel(const std::string& level) {
   absl::SetMinLogLevel(s);
   absl::SetStderrThreshold(s);
   return true;
+}
+
+// Tokens come from files or the environment and are never logged; only
+// where they came from is.
+absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> MakeAuthenticator() {
+  adapterd::rpc::CallAuthOptions o;
+  const std::string mode = absl::GetFlag(FLAGS_admin_auth);
+  if (mode != "token" && mode != "none") {
+    return absl::InvalidArgumentError("--admin_auth must be 'token' or 'none'");
+  }
+  o.admin_open = mode == "none";
+  absl::StatusOr<std::string> admin =
+      adapterd::rpc::ReadSecret(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
+  if (!admin.ok()) return admin.status();
+  absl::StatusOr<std::string> inference =
+      adapterd::rpc::ReadSecret(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
+  if (!inference.ok()) return inference.status();
+  if (!admin->empty() && *admin == *inference) {
+    return absl::InvalidArgumentError("the admin and inference tokens must differ");
+  }
+  o.admin_token = *std::move(admin);
+  o.inference_token = *std::move(inference);
+  o.admin_client_names = absl::GetFlag(FLAGS_admin_client_names);
+  o.inference_client_names = absl::GetFlag(FLAGS_inference_client_names);
+  if ((!o.admin_client_names.empty() || !o.inference_client_names.empty()) &&
+      absl::GetFlag(FLAGS_tls_client_ca_file).empty()) {
+    return absl::InvalidArgumentError("--admin_client_names and --inference_client_names need --tls_client_ca_file");
+  }
+  if (o.admin_open && (!o.admin_token.empty() || !o.admin_client_names.empty())) {
+    return absl::InvalidArgumentError("--admin_auth=none excludes an admin token or admin client names");
+  }
+  auto source = [](const std::string& file, const char* env) {
+    return file.empty() ? absl::StrCat("$", env) : file;
+  };
+  if (o.admin_open) {
+    LOG(WARNING) << "--admin_auth=none: anyone who reaches the Admin listener may load and unload adapters";
+  } else if (!o.admin_token.empty()) {
+    LOG(INFO) << "Admin API: bearer token from "
+              << source(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
+  }
+  if (!o.admin_open && o.admin_token.empty() && o.admin_client_names.empty()) {
+    LOG(WARNING) << "no admin credential is configured: every Admin API call will be refused (set "
+                    "--admin_token_file, $ADAPTERD_ADMIN_TOKEN or --admin_client_names)";
+  }
+  if (!o.inference_token.empty()) {
+    LOG(INFO) << "Inference API: bearer token from "
+              << source(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
+  }
+  return std::make_unique<adapterd::rpc::CallAuthenticator>(std::move(o));
 }
 
 int Fail(const absl::Status& status) {
@@ -177,6 +254,9 @@ int main(int argc, char** argv) {
   engine_options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   engine_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  engine_options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  engine_options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  engine_options.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);
   absl::StatusOr<std::unique_ptr<adapterd::engine::Engine>> engine =
       adapterd::engine::Engine::Create(*std::move(model), engine_options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
@@ -204,16 +284,33 @@ int main(int argc, char** argv) {
     metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
     metrics.adapter_bytes().Set(static_cast<double>(adapter_registry.live_bytes()));
   }
-  adapterd::rpc::InferenceService inference((*engine).get(), &adapter_registry, &metrics);
+  absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> auth = MakeAuthenticator();
+  if (!auth.ok()) return Fail(auth.status());
+  absl::StatusOr<adapterd::adapters::PathPolicy> paths =
+      adapterd::adapters::PathPolicy::Create(absl::GetFlag(FLAGS_adapter_roots));
+  if (!paths.ok()) return Fail(paths.status());
+  adapterd::rpc::InferenceService inference((*engine).get(), &adapter_registry, &metrics, auth->get());
   adapterd::rpc::AdminOptions admin_options;
   admin_options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
+  admin_options.auth = auth->get();
+  admin_options.paths = *std::move(paths);
   adapterd::rpc::AdminService admin(&adapter_registry, &metrics, admin_options);
 
   adapterd::rpc::GrpcServerOptions grpc_options;
   grpc_options.listen_address = absl::GetFlag(FLAGS_listen);
   grpc_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
   grpc_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  grpc_options.plaintext = absl::GetFlag(FLAGS_plaintext);
+  grpc_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  grpc_options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  grpc_options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   const std::string admin_listen = absl::GetFlag(FLAGS_admin_listen);
+  if (admin_listen.empty() && !adapterd::rpc::IsLoopbackAddress(grpc_options.listen_address)) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "--listen=", grpc_options.listen_address,
+        " is not a loopback address and the Admin API would share it: set --admin_listen (for "
+        "example 127.0.0.1:50052)")));
+  }
   std::vector<grpc::Service*> services = {&inference};
   grpc_options.health_services = {"adapterd.v1.Inference"};
   if (admin_listen.empty()) {

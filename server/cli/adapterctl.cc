@@ -4,6 +4,8 @@
 //   adapterctl upload --id=ID --path=DIR [--replace]     (files sent from this machine)
 //   adapterctl unload --id=ID | get --id=ID | list
 //   adapterctl health [--service=NAME]
+// Credentials: --token_file (or $ADAPTERD_TOKEN), --tls_ca_file, and
+// --tls_cert_file/--tls_key_file for mutual TLS.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/generic/generic_stub.h>
 
@@ -11,7 +13,9 @@
 #include <mutex>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -20,6 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
@@ -46,6 +51,15 @@ ABSL_FLAG(std::string, admin_addr, "", "Admin address (empty = --addr)");
 ABSL_FLAG(std::string, id, "", "load/upload/unload/get: adapter id");
 ABSL_FLAG(std::string, path, "", "load: directory on the server; upload: local directory");
 ABSL_FLAG(bool, replace, false, "load/upload: swap an adapter already loaded under --id");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token sent with every call; empty reads $ADAPTERD_TOKEN");
+ABSL_FLAG(bool, tls, false, "Connect with TLS (implied by --tls_ca_file or --tls_cert_file)");
+ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA bundle that signed the server certificate "
+          "(empty: the system roots)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM client certificate for mutual TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_server_name, "", "Name to verify the server certificate against "
+          "(default: the host of --addr)");
 
 namespace {
 
@@ -56,6 +70,54 @@ bool ParseIds(const std::string& text, google::protobuf::RepeatedField<uint32_t>
     out->Add(v);
   }
   return true;
+}
+
+std::string ReadFileOrDie(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::cerr << "error: cannot read " << flag << " " << path << "\n";
+    std::exit(2);
+  }
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The bearer token, read once; never printed.
+const std::string& Token() {
+  static const std::string* token = [] {
+    std::string t;
+    if (const std::string f = absl::GetFlag(FLAGS_token_file); !f.empty()) {
+      t = ReadFileOrDie(f, "--token_file");
+    } else if (const char* e = std::getenv("ADAPTERD_TOKEN"); e != nullptr) {
+      t = e;
+    }
+    return new std::string(absl::StripAsciiWhitespace(t));
+  }();
+  return *token;
+}
+
+void Authenticate(grpc::ClientContext& ctx) {
+  if (!Token().empty()) ctx.AddMetadata("authorization", "Bearer " + Token());
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
+  const bool tls = absl::GetFlag(FLAGS_tls) || !absl::GetFlag(FLAGS_tls_ca_file).empty() ||
+                   !absl::GetFlag(FLAGS_tls_cert_file).empty();
+  if (!tls) return grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions ssl;
+  if (const std::string f = absl::GetFlag(FLAGS_tls_ca_file); !f.empty()) {
+    ssl.pem_root_certs = ReadFileOrDie(f, "--tls_ca_file");
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_tls_cert_file); !f.empty()) {
+    ssl.pem_cert_chain = ReadFileOrDie(f, "--tls_cert_file");
+    ssl.pem_private_key = ReadFileOrDie(absl::GetFlag(FLAGS_tls_key_file), "--tls_key_file");
+  }
+  grpc::ChannelArguments args;
+  if (const std::string n = absl::GetFlag(FLAGS_tls_server_name); !n.empty()) {
+    args.SetSslTargetNameOverride(n);
+  }
+  return grpc::CreateCustomChannel(addr, grpc::SslCredentials(ssl), args);
 }
 
 int Report(const grpc::Status& s, const grpc::ClientContext& ctx) {
@@ -98,6 +160,7 @@ int Generate(const std::shared_ptr<grpc::Channel>& channel) {
   }
   auto stub = adapterd::v1::Inference::NewStub(channel);
   grpc::ClientContext ctx;
+  Authenticate(ctx);
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(
                        static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
@@ -167,6 +230,7 @@ int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel)
   auto stub = adapterd::v1::Admin::NewStub(channel);
   grpc::ClientContext ctx;
   SetDeadline(ctx);
+  Authenticate(ctx);
   const std::string id = absl::GetFlag(FLAGS_id);
   if (cmd == "list") {
     adapterd::v1::ListAdaptersResponse resp;
@@ -299,13 +363,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = args[1];
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  auto channel = Connect(absl::GetFlag(FLAGS_addr));
   if (cmd == "generate") return Generate(channel);
   if (cmd == "health") return Health(channel);
   if (cmd == "load" || cmd == "upload" || cmd == "unload" || cmd == "get" || cmd == "list") {
     const std::string admin = absl::GetFlag(FLAGS_admin_addr);
     return Admin(cmd, admin.empty() ? channel
-                                    : grpc::CreateChannel(admin, grpc::InsecureChannelCredentials()));
+                                    : Connect(admin));
   }
   std::cerr << "unknown command '" << cmd << "'\n" << absl::ProgramUsageMessage() << "\n";
   return 2;

@@ -58,6 +58,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::Ll
     return absl::InvalidArgumentError(
         "max_batch_size and max_tokens_per_step must be >= 1, max_waiting >= 0");
   }
+  if (options.max_prompt_tokens < 0 || options.max_new_tokens < 0 || options.max_stop_token_ids < 0) {
+    return absl::InvalidArgumentError("max_prompt_tokens, max_new_tokens and max_stop_token_ids must be >= 0");
+  }
   absl::StatusOr<std::unique_ptr<model::KvCache>> kv = model::KvCache::Create(
       model->config(), options.kv_block_size, options.kv_cache_bytes, model->options().dtype,
       model->options().device);
@@ -77,8 +80,17 @@ Engine::Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
-  const model::ModelConfig& c = model_->config();
+  return ValidateRequest(r, model_->config(), options_);
+}
+
+absl::Status ValidateRequest(const GenerationRequest& r, const model::ModelConfig& c,
+                             const EngineOptions& options) {
   if (r.prompt.empty()) return absl::InvalidArgumentError("prompt_token_ids must not be empty");
+  if (options.max_prompt_tokens > 0 && static_cast<int64_t>(r.prompt.size()) > options.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids has ", r.prompt.size(),
+                                                   " tokens; the limit (--max_prompt_tokens) is ",
+                                                   options.max_prompt_tokens));
+  }
   for (size_t i = 0; i < r.prompt.size(); ++i) {
     if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "] = ", r.prompt[i],
@@ -89,6 +101,16 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
   const SamplingParams& s = r.sampling;
   if (s.max_new_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_new_tokens must be at least 1");
+  }
+  if (options.max_new_tokens > 0 && s.max_new_tokens > options.max_new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.max_new_tokens = ", s.max_new_tokens,
+                                                   " exceeds the limit (--max_new_tokens) of ",
+                                                   options.max_new_tokens));
+  }
+  if (static_cast<int64_t>(s.stop_token_ids.size()) > options.max_stop_token_ids) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids has ", s.stop_token_ids.size(),
+                                                   " entries; the limit (--max_stop_token_ids) is ",
+                                                   options.max_stop_token_ids));
   }
   const int64_t total = VirtualTokens(r) + static_cast<int64_t>(r.prompt.size()) + s.max_new_tokens;
   if (total > c.max_position_embeddings) {

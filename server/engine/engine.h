@@ -26,7 +26,18 @@ struct EngineOptions {
   int64_t max_waiting = 1024;         // queued requests before RESOURCE_EXHAUSTED
   int64_t kv_block_size = 16;         // tokens per KV block
   int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Request limits; a request past one gets INVALID_ARGUMENT naming it.
+  // 0 leaves prompt length and new tokens bounded by the context length only.
+  int64_t max_prompt_tokens = 0;
+  int64_t max_new_tokens = 0;
+  int64_t max_stop_token_ids = 64;
 };
+
+// Checks a request against a model and the request limits (token ids,
+// lengths, sampling values). Errors are INVALID_ARGUMENT naming the request
+// field or the limit's flag. Pure; safe from any thread.
+absl::Status ValidateRequest(const GenerationRequest& request, const model::ModelConfig& config,
+                             const EngineOptions& options);
 
 // Lets the submitter of a request cancel it. Thread-safe.
 class RequestHandle {

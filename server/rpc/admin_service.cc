@@ -44,6 +44,11 @@ AdminService::AdminService(adapters::AdapterRegistry* registry, metrics::ServerM
                            AdminOptions options)
     : registry_(registry), metrics_(metrics), options_(options) {}
 
+absl::Status AdminService::Authorize(const grpc::CallbackServerContext& ctx) const {
+  if (options_.auth == nullptr) return absl::OkStatus();
+  return options_.auth->Authorize(ctx, Role::kAdmin);
+}
+
 void AdminService::RecordLoadFailure(const absl::Status& status) {
   if (metrics_ == nullptr) return;
   metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(status.code())));
@@ -110,11 +115,19 @@ class AdminService::UploadReactor final
  public:
   UploadReactor(AdminService* service, grpc::CallbackServerContext* ctx, AdapterInfo* resp)
       : service_(service), ctx_(ctx), resp_(resp) {
+    if (absl::Status st = service_->Authorize(*ctx); !st.ok()) {
+      Complete(st);
+      return;
+    }
     StartRead(&msg_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) return EndOfUpload();
+    if (++messages_ > service_->options_.max_upload_messages) {
+      return Fail(absl::ResourceExhaustedError(absl::StrCat(
+          "upload exceeds the limit of ", service_->options_.max_upload_messages, " messages")));
+    }
     if (msg_.has_header()) {
       if (seen_header_) return Fail(absl::InvalidArgumentError("header must be sent once, first"));
       seen_header_ = true;
@@ -173,6 +186,7 @@ class AdminService::UploadReactor final
   std::string id_;
   bool replace_ = false;
   int64_t total_ = 0;
+  int64_t messages_ = 0;
   std::map<std::string, std::string> files_;
 };
 
@@ -188,11 +202,21 @@ grpc::ServerUnaryReactor* AdminService::Done(grpc::CallbackServerContext* ctx, c
 grpc::ServerUnaryReactor* AdminService::LoadAdapter(grpc::CallbackServerContext* ctx,
                                                     const adapterd::v1::LoadAdapterRequest* req,
                                                     AdapterInfo* resp) {
+  if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "LoadAdapter", st);
   if (req->path().empty()) {
     return Done(ctx, "LoadAdapter", absl::InvalidArgumentError("path must name a directory"));
   }
+  std::string path = req->path();
+  if (options_.paths.has_value()) {
+    absl::StatusOr<std::string> confined = options_.paths->Confine(path);
+    if (!confined.ok()) {
+      RecordLoadFailure(confined.status());
+      return Done(ctx, "LoadAdapter", confined.status());
+    }
+    path = *std::move(confined);
+  }
   auto* reactor = new LoadReactor(this, resp);
-  reactor->Start(req->adapter_id(), adapters::PathSource{req->path()}, req->replace());
+  reactor->Start(req->adapter_id(), adapters::PathSource{std::move(path)}, req->replace());
   return reactor;
 }
 
@@ -204,6 +228,7 @@ grpc::ServerReadReactor<adapterd::v1::UploadAdapterRequest>* AdminService::Uploa
 grpc::ServerUnaryReactor* AdminService::UnloadAdapter(grpc::CallbackServerContext* ctx,
                                                       const adapterd::v1::UnloadAdapterRequest* req,
                                                       adapterd::v1::UnloadAdapterResponse* resp) {
+  if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "UnloadAdapter", st);
   absl::Status st = registry_->Unload(req->adapter_id());
   if (metrics_ != nullptr) {
     metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
@@ -215,6 +240,7 @@ grpc::ServerUnaryReactor* AdminService::UnloadAdapter(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* AdminService::ListAdapters(grpc::CallbackServerContext* ctx,
                                                      const adapterd::v1::ListAdaptersRequest* req,
                                                      adapterd::v1::ListAdaptersResponse* resp) {
+  if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "ListAdapters", st);
   for (const adapters::AdapterInfo& info : registry_->List()) ToProto(info, resp->add_adapters());
   if (metrics_ != nullptr) metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
   return Done(ctx, "ListAdapters", absl::OkStatus());
@@ -223,6 +249,7 @@ grpc::ServerUnaryReactor* AdminService::ListAdapters(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* AdminService::GetAdapter(grpc::CallbackServerContext* ctx,
                                                    const adapterd::v1::GetAdapterRequest* req,
                                                    AdapterInfo* resp) {
+  if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "GetAdapter", st);
   absl::StatusOr<adapters::AdapterInfo> info = registry_->Get(req->adapter_id());
   if (info.ok()) ToProto(*info, resp);
   return Done(ctx, "GetAdapter", info.status());

@@ -7,18 +7,29 @@
 #include <string>
 
 #include "adapterd/v1/admin.grpc.pb.h"
+#include <optional>
+
 #include "adapters/adapter_registry.h"
+#include "adapters/path_policy.h"
 #include "server/metrics/server_metrics.h"
+#include "server/rpc/call_auth.h"
 
 namespace adapterd::rpc {
 
 struct AdminOptions {
   int64_t max_upload_bytes = int64_t{1} << 30;  // all files of one upload together
+  int64_t max_upload_messages = 1 << 20;        // messages of one upload stream
+  // Who may call; null lets every caller in (only for in-process tests).
+  const CallAuthenticator* auth = nullptr;
+  // Where path loads may read; nullopt reads any path the server can.
+  std::optional<adapters::PathPolicy> paths;
 };
 
-// Translates Admin RPCs into registry calls. Loads complete on the
-// registry's loader thread, which finishes the waiting reactor; no handler
-// blocks. Thread-safe; the registry and metrics must outlive it.
+// Translates Admin RPCs into registry calls. Every call must hold the admin
+// role (see CallAuthenticator) before its request is looked at; path loads
+// are confined by the PathPolicy. Loads complete on the registry's loader
+// thread, which finishes the waiting reactor; no handler blocks.
+// Thread-safe; the registry, metrics and authenticator must outlive it.
 class AdminService final : public adapterd::v1::Admin::CallbackService {
  public:
   AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
@@ -44,6 +55,7 @@ class AdminService final : public adapterd::v1::Admin::CallbackService {
   class UploadReactor;
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* rpc,
                                  const absl::Status& status);
+  absl::Status Authorize(const grpc::CallbackServerContext& ctx) const;
   // Queues a load. Its outcome, or its immediate rejection, is recorded in
   // the metrics, written to `resp` on success, and passed to `complete`
   // (on the loader thread, or at once when the registry refuses the load).

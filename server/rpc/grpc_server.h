@@ -2,6 +2,7 @@
 #ifndef ADAPTERD_SERVER_RPC_GRPC_SERVER_H_
 #define ADAPTERD_SERVER_RPC_GRPC_SERVER_H_
 
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 
 #include <memory>
@@ -19,9 +20,20 @@ struct GrpcServerOptions {
   int max_send_message_bytes = 4 << 20;
   // Names reported SERVING by grpc.health.v1 besides the overall "" status.
   std::vector<std::string> health_services;
+  // TLS: PEM certificate chain and private key. Both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA bundle for client certificates. When set, a client certificate
+  // is requested and, if presented, must verify against it; names of
+  // verified certificates can then grant roles (see CallAuthenticator).
+  std::string tls_client_ca_file;
+  // Serve without TLS. Must be chosen explicitly: without a certificate and
+  // without this, Start() refuses to listen.
+  bool plaintext = false;
 };
 
-// Owns one grpc::Server with the given services, the standard
+// Owns one grpc::Server with the given services, on TLS or (explicitly)
+// plaintext credentials, the standard
 // grpc.health.v1.Health service (overall and per service) and server
 // reflection. The services must outlive it. Not thread-safe: the thread
 // that started it shuts it down.
@@ -46,6 +58,14 @@ class GrpcServer {
   int port_ = 0;
   std::string address_;
 };
+
+// The listener credentials `options` ask for, with errors that name the flag
+// or file. Exposed for tests.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(
+    const GrpcServerOptions& options);
+
+// True for 127.0.0.0/8, ::1 and "localhost" (with or without a port).
+bool IsLoopbackAddress(const std::string& host_port);
 
 }  // namespace adapterd::rpc
 

@@ -40,6 +40,7 @@ struct Deps {
   engine::Engine* engine;
   const adapters::AdapterRegistry* registry;
   metrics::ServerMetrics* metrics;
+  const CallAuthenticator* auth;  // null: no credential needed
 };
 
 // Proto -> engine request. A non-empty adapter_id must name a ready adapter:
@@ -48,8 +49,9 @@ absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
                                                     const grpc::CallbackServerContext& ctx,
                                                     std::string id, const Deps& deps,
                                                     std::shared_ptr<const adapters::Adapter>* adapter) {
-  if (!req.has_sampling()) return absl::InvalidArgumentError("sampling is required");
-  engine::GenerationRequest out;
+  absl::StatusOr<engine::GenerationRequest> translated = TranslateGenerateRequest(req);
+  if (!translated.ok()) return translated.status();
+  engine::GenerationRequest out = *std::move(translated);
   if (!req.adapter_id().empty()) {
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = deps.registry->Lookup(req.adapter_id());
     if (!a.ok()) return a.status();
@@ -59,16 +61,6 @@ absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
     out.adapter_id = req.adapter_id();
   }
   out.id = std::move(id);
-  out.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
-  const auto& s = req.sampling();
-  out.sampling.max_new_tokens = s.max_new_tokens();
-  out.sampling.temperature = s.temperature();
-  out.sampling.top_k = s.top_k();
-  out.sampling.top_p = s.top_p();
-  out.sampling.seed = s.seed();
-  out.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
-  out.sampling.ignore_eos = s.ignore_eos();
-  out.sampling.return_logprobs = s.return_logprobs();
   const auto deadline = ctx.deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     out.deadline = absl::FromChrono(deadline);
@@ -93,6 +85,9 @@ class CallCore {
   // Translates and submits; on error nothing was submitted.
   absl::Status Submit(const GenerateRequest& req, const grpc::CallbackServerContext& ctx,
                       std::shared_ptr<engine::ResultSink> sink) {
+    if (deps_.auth != nullptr) {
+      if (absl::Status st = deps_.auth->Authorize(ctx, Role::kInference); !st.ok()) return st;
+    }
     absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
     if (!r.ok()) return r.status();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
@@ -318,6 +313,22 @@ bool ValidRequestId(std::string_view id) {
 
 }  // namespace
 
+absl::StatusOr<engine::GenerationRequest> TranslateGenerateRequest(const GenerateRequest& req) {
+  if (!req.has_sampling()) return absl::InvalidArgumentError("sampling is required");
+  engine::GenerationRequest out;
+  out.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
+  const auto& s = req.sampling();
+  out.sampling.max_new_tokens = s.max_new_tokens();
+  out.sampling.temperature = s.temperature();
+  out.sampling.top_k = s.top_k();
+  out.sampling.top_p = s.top_p();
+  out.sampling.seed = s.seed();
+  out.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  out.sampling.ignore_eos = s.ignore_eos();
+  out.sampling.return_logprobs = s.return_logprobs();
+  return out;
+}
+
 std::string ChooseRequestId(const grpc::CallbackServerContext& context) {
   const auto& md = context.client_metadata();
   if (auto it = md.find(kRequestIdKey); it != md.end()) {
@@ -330,13 +341,13 @@ std::string ChooseRequestId(const grpc::CallbackServerContext& context) {
 
 InferenceService::InferenceService(engine::Engine* engine,
                                    const adapters::AdapterRegistry* registry,
-                                   metrics::ServerMetrics* metrics)
-    : engine_(engine), registry_(registry), metrics_(metrics) {}
+                                   metrics::ServerMetrics* metrics, const CallAuthenticator* auth)
+    : engine_(engine), registry_(registry), metrics_(metrics), auth_(auth) {}
 
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const GenerateRequest* request,
                                                      GenerateResponse* response) {
-  auto* reactor = new GenerateReactor(context, response, Deps{engine_, registry_, metrics_},
+  auto* reactor = new GenerateReactor(context, response, Deps{engine_, registry_, metrics_, auth_},
                                       ChooseRequestId(*context));
   reactor->Start(*request, *context);
   return reactor;
@@ -344,7 +355,7 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const GenerateRequest* request) {
-  auto* reactor = new StreamReactor(context, Deps{engine_, registry_, metrics_},
+  auto* reactor = new StreamReactor(context, Deps{engine_, registry_, metrics_, auth_},
                                     ChooseRequestId(*context));
   reactor->Start(*request, *context);
   return reactor;

@@ -193,7 +193,9 @@ TEST_F(AdapterKindsConformanceTest, ServerMatchesLibraries) {
       EXPECT_GT(by_path.locations_size(), 0);
       EXPECT_FALSE(by_path.non_linearity().empty());
     }
-    if (k.type == "ia3") EXPECT_GT(by_path.target_modules_size(), 0);
+    if (k.type == "ia3") {
+      EXPECT_GT(by_path.target_modules_size(), 0);
+    }
     const model::SafetensorsFile& ref = RefFor(k.name);
     for (const std::string& id : {k.name, k.name + "-up"}) {
       for (size_t i = 0; i < prompts.size(); ++i) {

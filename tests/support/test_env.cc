@@ -92,9 +92,20 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
                                    "--metrics_listen=127.0.0.1:0", "--ready_file=" + ready,
                                    "--threads=2"};
   argv.insert(argv.end(), args.begin(), args.end());
-  bool has_cache = false;
-  for (const auto& a : args) has_cache |= a.rfind("--cache_dir", 0) == 0;
-  if (!has_cache) argv.push_back("--cache_dir=" + MakeTempDir("cache"));
+  auto given = [&](std::initializer_list<const char*> flags) {
+    for (const auto& a : args) {
+      for (const char* f : flags) {
+        if (a.rfind(f, 0) == 0) return true;
+      }
+    }
+    return false;
+  };
+  if (!given({"--cache_dir"})) argv.push_back("--cache_dir=" + MakeTempDir("cache"));
+  // Tests that are not about security run the way a developer would on
+  // loopback: plaintext, an open Admin API, and path loads from anywhere.
+  if (!given({"--plaintext", "--tls_cert_file"})) argv.push_back("--plaintext");
+  if (!given({"--admin_auth", "--admin_token_file", "--admin_client_names"})) argv.push_back("--admin_auth=none");
+  if (!given({"--adapter_roots"})) argv.push_back("--adapter_roots=/");
 
   p->pid_ = fork();
   if (p->pid_ < 0) return absl::InternalError("fork failed");
@@ -122,6 +133,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
       if (!j.is_discarded()) {
         p->grpc_ = j["grpc"].get<std::string>();
         p->metrics_ = j["metrics"].get<std::string>();
+        p->admin_ = j["admin"].get<std::string>();
         return p;
       }
     }

@@ -46,13 +46,16 @@ absl::StatusOr<std::string> RunReference(const std::string& args);
 class ServerProcess {
  public:
   // Starts build/server/adapterd with `args` plus listen, metrics and
-  // ready-file flags, and waits until it is ready.
+  // ready-file flags, and waits until it is ready. Unless `args` say
+  // otherwise, it serves plaintext with an open Admin API and path loads
+  // from any directory.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::vector<std::string>& args, absl::Duration timeout = absl::Seconds(120));
   ~ServerProcess();
 
   const std::string& grpc_address() const { return grpc_; }
   const std::string& metrics_address() const { return metrics_; }
+  const std::string& admin_address() const { return admin_; }
   pid_t pid() const { return pid_; }
   // Sends `signal` and waits for the exit; returns the exit code (or 128+signal).
   int Stop(int signal, absl::Duration timeout = absl::Seconds(60));
@@ -62,7 +65,7 @@ class ServerProcess {
  private:
   ServerProcess() = default;
   pid_t pid_ = -1;
-  std::string grpc_, metrics_, log_path_;
+  std::string grpc_, metrics_, admin_, log_path_;
 };
 
 // GET http://host:port/path over loopback; returns the body.
