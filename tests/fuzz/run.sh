@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang, ASan and UBSan into build-fuzz/ and
+# runs each for SECONDS (default 60) from its committed corpus in
+# tests/fuzz/corpus/<target>/. New inputs go to a scratch directory, so the
+# committed corpus only changes by hand (see tests/fuzz/README.md). Prints one
+# "fuzz: <target> executions=N" line per target and fails on any finding.
+#
+#   ./x fuzz [SECONDS]      # through the project environment
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS="${1:-60}"
+TARGETS=(safetensors_fuzz adapter_config_fuzz generate_request_fuzz)
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+  -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+  -DADAPTERD_FUZZ=ON -DADAPTERD_BUILD_TESTS=OFF >/dev/null
+cmake --build build-fuzz --target "${TARGETS[@]}"
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_odr_violation=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+summary=()
+for t in "${TARGETS[@]}"; do
+  scratch="$(mktemp -d)"
+  log="$scratch/log"
+  # -timeout: an input that takes 10 s is a hang and counts as a finding.
+  if ! "build-fuzz/tests/fuzz/$t" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
+       -print_final_stats=1 -artifact_prefix="$scratch/" "$scratch" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
+    tail -60 "$log"
+    echo "fuzz: $t FAILED; reproducer in $scratch (run build-fuzz/tests/fuzz/$t <file>)"
+    exit 1
+  fi
+  execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+  summary+=("fuzz: $t executions=${execs:-?} seconds=$SECS")
+  rm -rf "$scratch"
+done
+printf '%s\n' "${summary[@]}"
