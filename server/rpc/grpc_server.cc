@@ -35,7 +35,6 @@ bool IsLoopbackAddress(const std::string& host_port) {
   } else if (std::count(host.begin(), host.end(), ':') == 1) {
     host = host.substr(0, host.find(':'));
   }
-  if (host.rfind("ipv4:", 0) == 0) host = host.substr(5);
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 

@@ -60,7 +60,7 @@ class GrpcServer {
 };
 
 // The listener credentials `options` ask for, with errors that name the flag
-// or file. Exposed for tests.
+// or file.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentialsFor(
     const GrpcServerOptions& options);
 
