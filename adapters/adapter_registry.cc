@@ -41,7 +41,8 @@ AdapterInfo Adapter::info() const {
   return i;
 }
 
-AdapterRegistry::AdapterRegistry(const model::LlamaModel* base) : base_(base) {
+AdapterRegistry::AdapterRegistry(const model::LlamaModel* base, AdapterStore* store)
+    : base_(base), store_(store) {
   loader_ = std::thread([this] { LoaderLoop(); });
 }
 
@@ -64,7 +65,7 @@ absl::Status AdapterRegistry::ValidateId(const std::string& id) {
 }
 
 absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bool replace,
-                                        LoadDone done) {
+                                        LoadDone done, bool persist) {
   if (absl::Status s = ValidateId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -83,7 +84,7 @@ absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bo
     e.source = std::holds_alternative<PathSource>(source) ? std::get<PathSource>(source).dir : "upload";
     entries_.emplace(id, std::move(e));
   }
-  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done)});
+  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done), persist});
   return absl::OkStatus();
 }
 
@@ -120,6 +121,10 @@ void AdapterRegistry::LoaderLoop() {
       tasks_.pop_front();
     }
     absl::StatusOr<std::shared_ptr<const Adapter>> built = Build(task.id, task.source);
+    // Durable before acknowledged: a load the store cannot record fails.
+    if (built.ok() && task.persist && store_ != nullptr) {
+      if (absl::Status st = store_->Put(task.id, task.source); !st.ok()) built = st;
+    }
     absl::StatusOr<AdapterInfo> result;
     std::shared_ptr<const Adapter> replaced;  // released outside the lock
     {
@@ -175,6 +180,11 @@ absl::Status AdapterRegistry::Unload(const std::string& id) {
   }
   LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1
             << " other references remain)";
+  if (store_ != nullptr) {
+    if (absl::Status st = store_->Remove(id); !st.ok()) {
+      return absl::InternalError(absl::StrCat("adapter '", id, "' is unloaded, but its store entry could not be deleted and it will be loaded again at the next start: ", st.message()));
+    }
+  }
   return absl::OkStatus();
 }
 

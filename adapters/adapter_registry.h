@@ -19,6 +19,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/adapter_loader.h"
+#include "adapters/adapter_source.h"
+#include "adapters/adapter_store.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/llama_model.h"
 
@@ -66,24 +68,17 @@ class Adapter {
   mutable std::atomic<int64_t> requests_{0}, tokens_{0};
 };
 
-// Where an adapter's files come from.
-struct PathSource {
-  std::string dir;
-};
-struct UploadSource {
-  std::map<std::string, std::string> files;  // file name -> contents
-};
-using AdapterSource = std::variant<PathSource, UploadSource>;
-
 // Maps adapter ids to adapters. Loads run one at a time on the registry's
 // own loader thread, so the engine keeps stepping while an adapter is parsed,
 // validated and built; Lookup() (one per request) takes a reader lock and
 // never waits for a load. A replacing load keeps the old adapter serving
 // until the new one is ready, then swaps them atomically. Thread-safe. The
-// base model must outlive the registry.
+// base model must outlive the registry. With a store, every load that
+// succeeds is recorded in it before it is acknowledged, and Unload deletes
+// the record; the store must outlive the registry.
 class AdapterRegistry {
  public:
-  explicit AdapterRegistry(const model::LlamaModel* base);
+  explicit AdapterRegistry(const model::LlamaModel* base, AdapterStore* store = nullptr);
   ~AdapterRegistry();  // finishes queued loads, then joins the loader thread
 
   // Adapter ids are 1-128 characters of [A-Za-z0-9._-], starting with a letter
@@ -94,9 +89,10 @@ class AdapterRegistry {
   // Checks the id (INVALID_ARGUMENT, ALREADY_EXISTS unless `replace`,
   // FAILED_PRECONDITION while the id is loading) and queues the load; `done`
   // runs on the loader thread with the ready adapter's info or the error.
-  // A failed load leaves the registry as it was.
-  absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // A failed load leaves the registry as it was. `persist` = false keeps the
+  // load out of the store (for start-up's restore and the demo adapters).
+  absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done,
+                         bool persist = true) ABSL_LOCKS_EXCLUDED(mu_);
   // Stops new requests from finding the adapter at once (NOT_FOUND); running
   // requests keep their reference. NOT_FOUND if absent, FAILED_PRECONDITION
   // while it is still loading.
@@ -123,12 +119,14 @@ class AdapterRegistry {
     std::string id;
     AdapterSource source;
     LoadDone done;
+    bool persist = true;
   };
   void LoaderLoop() ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::shared_ptr<const Adapter>> Build(const std::string& id,
                                                        const AdapterSource& source) const;
 
   const model::LlamaModel* const base_;
+  AdapterStore* const store_;
   const std::shared_ptr<std::atomic<int64_t>> live_bytes_ =
       std::make_shared<std::atomic<int64_t>>(0);
   mutable absl::Mutex mu_;

@@ -30,6 +30,7 @@
 #include "server/model/demo_checkpoint.h"
 #include "server/model/llama_model.h"
 #include "adapters/adapter_registry.h"
+#include "adapters/adapter_store.h"
 #include "adapters/demo_adapters.h"
 #include "absl/synchronization/notification.h"
 #include "adapters/path_policy.h"
@@ -71,6 +72,9 @@ ABSL_FLAG(std::vector<std::string>, inference_client_names, {},
           "Client-certificate names (CN or SAN) that hold the inference role");
 ABSL_FLAG(std::vector<std::string>, adapter_roots, {},
           "Directories that Admin path loads may read (comma-separated); empty disables path loads");
+ABSL_FLAG(std::string, adapter_store, "",
+          "Directory where loaded adapters are recorded (uploads copied, path loads by path) and "
+          "from which they are loaded again at start-up; empty keeps adapters in memory only");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
 ABSL_FLAG(int64_t, max_new_tokens, 0, "Largest sampling.max_new_tokens accepted (0 = the context length)");
 ABSL_FLAG(int64_t, max_stop_token_ids, 64, "Most sampling.stop_token_ids in one request");
@@ -264,26 +268,55 @@ int main(int argc, char** argv) {
   // The registry reads the base model's weights (for validation and DoRA)
   // while the engine runs it; both only read them.
   const adapterd::model::LlamaModel* base = (*engine)->model();
-  adapterd::adapters::AdapterRegistry adapter_registry(base);
+  std::unique_ptr<adapterd::adapters::AdapterStore> store;
+  if (const std::string dir = absl::GetFlag(FLAGS_adapter_store); !dir.empty()) {
+    absl::StatusOr<std::unique_ptr<adapterd::adapters::AdapterStore>> s =
+        adapterd::adapters::AdapterStore::Open(dir);
+    if (!s.ok()) return Fail(s.status());
+    store = *std::move(s);
+  }
+  adapterd::adapters::AdapterRegistry adapter_registry(base, store.get());
+  // Loads one adapter and waits for it, without recording it in the store.
+  auto load_now = [&](const std::string& id, adapterd::adapters::AdapterSource source) {
+    absl::Notification loaded;
+    absl::Status result;
+    absl::Status st = adapter_registry.StartLoad(
+        id, std::move(source), false,
+        [&](absl::StatusOr<adapterd::adapters::AdapterInfo> r) {
+          result = r.status();
+          loaded.Notify();
+        },
+        /*persist=*/false);
+    if (st.ok()) loaded.WaitForNotification();
+    return st.ok() ? result : st;
+  };
+  if (store != nullptr) {
+    const absl::Time start = absl::Now();
+    adapterd::adapters::StoreScan scan = store->Scan();
+    for (const absl::Status& skipped : scan.skipped) LOG(WARNING) << "skipped: " << skipped.message();
+    int restored = 0;
+    for (auto& entry : scan.adapters) {
+      if (absl::Status st = load_now(entry.id, std::move(entry.source)); st.ok()) {
+        ++restored;
+      } else {
+        LOG(WARNING) << "adapter store: " << entry.id << " was not restored: " << st;
+      }
+    }
+    LOG(INFO) << "adapter store " << store->dir() << ": restored " << restored << " of "
+              << scan.adapters.size() + scan.skipped.size() << " entries in "
+              << absl::FormatDuration(absl::Now() - start);
+  }
   if (demo && absl::GetFlag(FLAGS_demo_adapters)) {
     absl::StatusOr<std::vector<std::pair<std::string, std::string>>> demo_adapters =
         adapterd::adapters::EnsureDemoAdapters(cache, base->config());
     if (!demo_adapters.ok()) return Fail(demo_adapters.status());
     for (const auto& [id, dir] : *demo_adapters) {
-      absl::Notification loaded;
-      absl::Status result;
-      absl::Status st = adapter_registry.StartLoad(
-          id, adapterd::adapters::PathSource{dir}, false,
-          [&](absl::StatusOr<adapterd::adapters::AdapterInfo> r) {
-            result = r.status();
-            loaded.Notify();
-          });
-      if (st.ok()) loaded.WaitForNotification();
-      if (!st.ok() || !result.ok()) return Fail(st.ok() ? result : st);
+      if (adapter_registry.Get(id).ok()) continue;  // restored from the store
+      if (absl::Status st = load_now(id, adapterd::adapters::PathSource{dir}); !st.ok()) return Fail(st);
     }
-    metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
-    metrics.adapter_bytes().Set(static_cast<double>(adapter_registry.live_bytes()));
   }
+  metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
+  metrics.adapter_bytes().Set(static_cast<double>(adapter_registry.live_bytes()));
   absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> auth = MakeAuthenticator();
   if (!auth.ok()) return Fail(auth.status());
   absl::StatusOr<adapterd::adapters::PathPolicy> paths =
@@ -355,6 +388,9 @@ int main(int argc, char** argv) {
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   LOG(INFO) << "received signal " << sig << ": shutting down (grace "
             << absl::FormatDuration(grace) << ")";
+  // New calls are refused with UNAVAILABLE by the engine first, so none
+  // lands in the transport's own shutdown race; accepted ones keep running.
+  (*engine)->BeginShutdown(grace);
   if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
   (*server)->Shutdown(grace);
   (*engine)->Shutdown(absl::ZeroDuration());

@@ -153,7 +153,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   if (stopping_) return absl::UnavailableError("server is shutting down");
   if (queued_ >= options_.max_waiting) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("waiting queue is full (", options_.max_waiting, " requests)"));
+        absl::StrCat("waiting queue is full (max_waiting=", options_.max_waiting, " requests); retry later"));
   }
   ++queued_;
   seq->order = next_order_++;
@@ -161,16 +161,18 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   return handle;
 }
 
-void Engine::Shutdown(absl::Duration grace) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!stopping_) {
-      stopping_ = true;
-      stop_deadline_ = absl::Now() + grace;
-    } else {
-      stop_deadline_ = std::min(stop_deadline_, absl::Now() + grace);
-    }
+void Engine::BeginShutdown(absl::Duration grace) {
+  absl::MutexLock lock(&mu_);
+  if (!stopping_) {
+    stopping_ = true;
+    stop_deadline_ = absl::Now() + grace;
+  } else {
+    stop_deadline_ = std::min(stop_deadline_, absl::Now() + grace);
   }
+}
+
+void Engine::Shutdown(absl::Duration grace) {
+  BeginShutdown(grace);
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 

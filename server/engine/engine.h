@@ -92,6 +92,9 @@ class Engine {
   // passed, then ends the rest with UNAVAILABLE and joins the engine thread.
   // Idempotent.
   void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  // Shutdown without the join: from now on Submit() gives UNAVAILABLE, and
+  // accepted requests have until `grace` has passed. Returns at once.
+  void BeginShutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
 
   const model::ModelConfig& model_config() const { return model_->config(); }
   // The base model, for read-only use (adapter validation) on other threads.

@@ -10,11 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS="${1:-60}"
 TARGETS=(safetensors_fuzz adapter_config_fuzz generate_request_fuzz)
+# Unit tests of the parsers, the store, the registry and authentication,
+# built in the same instrumented tree and run under ASan+UBSan after the
+# fuzzers (the CI subset of ./x sanitize asan; see tests/sanitizers).
+UNIT_TESTS=(safetensors_test lora_config_test adapter_store_test adapter_registry_test path_policy_test call_auth_test)
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
-  -DADAPTERD_FUZZ=ON -DADAPTERD_BUILD_TESTS=OFF >/dev/null
-cmake --build build-fuzz --target "${TARGETS[@]}"
+  -DADAPTERD_FUZZ=ON -DADAPTERD_BUILD_TESTS=ON >/dev/null
+cmake --build build-fuzz --target "${TARGETS[@]}" "${UNIT_TESTS[@]}"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 summary=()
@@ -31,5 +35,16 @@ for t in "${TARGETS[@]}"; do
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
   summary+=("fuzz: $t executions=${execs:-?} seconds=$SECS")
   rm -rf "$scratch"
+done
+export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0"
+for t in "${UNIT_TESTS[@]}"; do
+  log="$(mktemp)"
+  if ! "build-fuzz/tests/$t" --gtest_brief=1 >"$log" 2>&1; then
+    tail -80 "$log"
+    echo "asan+ubsan: $t FAILED"
+    exit 1
+  fi
+  summary+=("asan+ubsan: $t $(grep -Eo '[0-9]+ tests? from [0-9]+ test suites? ran' "$log" | tail -1) passed")
+  rm -f "$log"
 done
 printf '%s\n' "${summary[@]}"

@@ -19,6 +19,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -199,6 +201,49 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
     return absl::InternalError(absl::StrCat("HTTP error: ", resp.substr(0, resp.find('\r'))));
   }
   return resp.substr(body + 4);
+}
+
+absl::StatusOr<double> MetricSum(const std::string& exposition, const std::string& name) {
+  double sum = 0;
+  bool found = false;
+  std::istringstream in(exposition);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#' || line.compare(0, name.size(), name) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != ' ' && next != '{') continue;
+    const size_t space = line.rfind(' ');
+    double v = 0;
+    if (space == std::string::npos || !absl::SimpleAtod(line.substr(space + 1), &v)) continue;
+    sum += v;
+    found = true;
+  }
+  if (!found) return absl::NotFoundError(absl::StrCat("metric ", name, " not in the exposition"));
+  return sum;
+}
+
+absl::StatusOr<int64_t> ResidentBytes(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    int64_t kb = 0;
+    if (line.rfind("VmRSS:", 0) == 0 &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(6), "kB")), &kb)) {
+      return kb * 1024;
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no VmRSS for process ", pid));
+}
+
+absl::StatusOr<int64_t> OpenFds(pid_t pid) {
+  std::error_code ec;
+  int64_t n = 0;
+  for (auto it = fs::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    ++n;
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list /proc/", pid, "/fd: ", ec.message()));
+  return n;
 }
 
 }  // namespace adapterd::testing

@@ -57,7 +57,8 @@ class ServerProcess {
   const std::string& metrics_address() const { return metrics_; }
   const std::string& admin_address() const { return admin_; }
   pid_t pid() const { return pid_; }
-  // Sends `signal` and waits for the exit; returns the exit code (or 128+signal).
+  // Sends `signal` (0: none, only waits) and waits for the exit; returns the
+  // exit code (or 128+signal).
   int Stop(int signal, absl::Duration timeout = absl::Seconds(60));
   // The server's stderr so far.
   std::string Log() const;
@@ -70,6 +71,15 @@ class ServerProcess {
 
 // GET http://host:port/path over loopback; returns the body.
 absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path);
+
+// The sum of every sample of metric `name` (all label sets) in a Prometheus
+// text exposition; NOT_FOUND when there is none.
+absl::StatusOr<double> MetricSum(const std::string& exposition, const std::string& name);
+
+// The resident set size of process `pid`, in bytes, from /proc.
+absl::StatusOr<int64_t> ResidentBytes(pid_t pid);
+// How many file descriptors process `pid` has open.
+absl::StatusOr<int64_t> OpenFds(pid_t pid);
 
 }  // namespace adapterd::testing
 

@@ -1,0 +1,128 @@
+// Makes Debian's (uninstrumented) Abseil mutexes visible to ThreadSanitizer.
+//
+// TSan learns happens-before edges only from instrumented code and the libc
+// calls it intercepts; absl::Mutex is built from atomics and futexes inside
+// libabsl_synchronization.so, so without help every access guarded by one
+// would be reported as a race. Preloaded (LD_PRELOAD) into the TSan suite by
+// tests/sanitizers/run.sh, this library interposes the Mutex and CondVar
+// entry points that take and release the lock (callers inside Abseil and
+// gRPC reach them through the PLT too), runs the real ones, and tells TSan
+// that a release happened before the next acquisition of the same mutex.
+// It is built without instrumentation and calls TSan only when the process
+// has it, so the shells and Python processes that tests start are unaffected.
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+
+extern "C" {
+void __tsan_acquire(void* addr) __attribute__((weak));
+void __tsan_release(void* addr) __attribute__((weak));
+}
+
+namespace {
+
+#define ADAPTERD_STR2(x) #x
+#define ADAPTERD_STR(x) ADAPTERD_STR2(x)
+
+// The real definition of the Abseil symbol whose mangled name, after
+// "_ZN4absl<inline namespace>", is `suffix`.
+void* Real(const char* suffix) {
+  const std::string ns = ADAPTERD_STR(ABSL_OPTION_INLINE_NAMESPACE_NAME);
+  const std::string name = "_ZN4absl" + std::to_string(ns.size()) + ns + suffix;
+  void* f = dlsym(RTLD_NEXT, name.c_str());
+  if (f == nullptr) {
+    std::fprintf(stderr, "tsan_absl_sync: %s not found\n", name.c_str());
+    std::abort();
+  }
+  return f;
+}
+
+template <typename F>
+F RealFn(const char* suffix) {
+  return reinterpret_cast<F>(Real(suffix));
+}
+
+inline void Acquire(const void* mu) {
+  if (__tsan_acquire != nullptr) __tsan_acquire(const_cast<void*>(mu));
+}
+inline void Release(const void* mu) {
+  if (__tsan_release != nullptr) __tsan_release(const_cast<void*>(mu));
+}
+
+}  // namespace
+
+namespace absl {
+ABSL_NAMESPACE_BEGIN
+
+using synchronization_internal::KernelTimeout;
+
+void Mutex::Lock() {
+  static auto real = RealFn<void (*)(Mutex*)>("5Mutex4LockEv");
+  real(this);
+  Acquire(this);
+}
+
+void Mutex::ReaderLock() {
+  static auto real = RealFn<void (*)(Mutex*)>("5Mutex10ReaderLockEv");
+  real(this);
+  Acquire(this);
+}
+
+bool Mutex::TryLock() {
+  static auto real = RealFn<bool (*)(Mutex*)>("5Mutex7TryLockEv");
+  const bool got = real(this);
+  if (got) Acquire(this);
+  return got;
+}
+
+bool Mutex::ReaderTryLock() {
+  static auto real = RealFn<bool (*)(Mutex*)>("5Mutex13ReaderTryLockEv");
+  const bool got = real(this);
+  if (got) Acquire(this);
+  return got;
+}
+
+void Mutex::Unlock() {
+  static auto real = RealFn<void (*)(Mutex*)>("5Mutex6UnlockEv");
+  Release(this);
+  real(this);
+}
+
+void Mutex::ReaderUnlock() {
+  static auto real = RealFn<void (*)(Mutex*)>("5Mutex12ReaderUnlockEv");
+  Release(this);
+  real(this);
+}
+
+bool Mutex::AwaitCommon(const Condition& cond, KernelTimeout t) {
+  static auto real = RealFn<bool (*)(Mutex*, const Condition&, KernelTimeout)>(
+      "5Mutex11AwaitCommonERKNS0_9ConditionENS0_24synchronization_internal13KernelTimeoutE");
+  Release(this);
+  const bool r = real(this, cond, t);
+  Acquire(this);
+  return r;
+}
+
+bool Mutex::LockWhenCommon(const Condition& cond, KernelTimeout t, bool write) {
+  static auto real = RealFn<bool (*)(Mutex*, const Condition&, KernelTimeout, bool)>(
+      "5Mutex14LockWhenCommonERKNS0_9ConditionENS0_24synchronization_internal13KernelTimeoutEb");
+  const bool r = real(this, cond, t, write);
+  Acquire(this);
+  return r;
+}
+
+bool CondVar::WaitCommon(Mutex* mutex, KernelTimeout t) {
+  static auto real = RealFn<bool (*)(CondVar*, Mutex*, KernelTimeout)>(
+      "7CondVar10WaitCommonEPNS0_5MutexENS0_24synchronization_internal13KernelTimeoutE");
+  Release(mutex);
+  const bool r = real(this, mutex, t);
+  Acquire(mutex);
+  return r;
+}
+
+ABSL_NAMESPACE_END
+}  // namespace absl
