@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,7 +45,7 @@ class Tally {
   void Add(const std::string& what, const grpc::Status& st) {
     absl::MutexLock lock(&mu_);
     ++counts_[what][CodeName(st.error_code())];
-    if (!st.ok() && examples_.size() < 20) examples_.push_back(absl::StrCat(what, ": ", st.error_message()));
+    if (!st.ok() && seen_[what].insert(st.error_message()).second && examples_.size() < 20) examples_.push_back(absl::StrCat(what, ": ", st.error_message()));
   }
   nlohmann::json Json() const {
     absl::MutexLock lock(&mu_);
@@ -67,6 +68,7 @@ class Tally {
   mutable absl::Mutex mu_;
   std::map<std::string, std::map<std::string, int64_t>> counts_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> examples_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::set<std::string>> seen_ ABSL_GUARDED_BY(mu_);
 };
 
 int64_t Median(std::vector<int64_t> v) {
@@ -186,10 +188,10 @@ TEST(SoakTest, LoadUnloadStormWithGenerationStaysFlat) {
       {"wrong_tokens", wrong_tokens.load()},
       {"error_examples", tally.examples()},
   };
+  std::cout << "soak report: " << report.dump() << "\n";
   nlohmann::json series = nlohmann::json::array();
   for (const Sample& s : samples) series.push_back({{"t", s.t}, {"rss_bytes", s.rss}, {"fds", s.fds}});
   report["samples"] = series;
-  std::cout << report.dump(2).substr(0, 4000) << "\n";
   if (const char* path = std::getenv("ADAPTERD_SOAK_REPORT"); path && *path) {
     std::ofstream(path) << report.dump(2) << "\n";
   }
