@@ -19,7 +19,9 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
   -DADAPTERD_FUZZ=ON -DADAPTERD_BUILD_TESTS=ON >/dev/null
 cmake --build build-fuzz --target "${TARGETS[@]}" "${UNIT_TESTS[@]}"
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_odr_violation=0"
+# allow_user_poisoning=0: Abseil's headers poison hash-table slots that
+# Debian's uninstrumented Abseil libraries then touch legitimately.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_odr_violation=0:allow_user_poisoning=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 summary=()
 for t in "${TARGETS[@]}"; do
