@@ -1,7 +1,5 @@
 #include "tests/support/clients.h"
 
-#include <algorithm>
-
 #include "absl/time/clock.h"
 
 namespace adapterd::testing {
@@ -22,13 +20,14 @@ grpc::Status UploadFiles(v1::Admin::Stub& admin, const std::string& id,
   msg.mutable_header()->set_adapter_id(id);
   bool ok = w->Write(msg);
   for (const auto& [name, data] : files) {
-    for (size_t off = 0; ok && (off < data.size() || off == 0); off += chunk_bytes) {
+    size_t off = 0;
+    do {  // an empty file still sends one chunk
       msg.Clear();
       msg.mutable_chunk()->set_file_name(name);
-      msg.mutable_chunk()->set_data(data.substr(off, std::min(chunk_bytes, data.size() - off)));
-      ok = w->Write(msg);
-      if (data.empty()) break;
-    }
+      msg.mutable_chunk()->set_data(data.substr(off, chunk_bytes));
+      ok = ok && w->Write(msg);
+      off += chunk_bytes;
+    } while (ok && off < data.size());
   }
   if (ok) w->WritesDone();
   return w->Finish();
