@@ -59,35 +59,52 @@ absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
   return files;
 }
 
-absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> uploaded) {
+absl::StatusOr<std::map<std::string, std::string>> ReadAdapterFilesIntoMemory(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
+  std::map<std::string, std::string> out;
+  for (const char* name : {kConfigFile, kWeightsFile, kAdapterHubWeightsFile}) {
+    const fs::path p = fs::path(dir) / name;
+    if (!fs::exists(p, ec)) continue;
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (!in.good() && !in.eof()) return absl::DataLossError(absl::StrCat(p.string(), ": read failed"));
+    out[name] = ss.str();
+  }
+  return out;
+}
+
+absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> uploaded,
+                                                    const std::string& label) {
   AdapterFiles files;
-  files.label = "upload";
+  files.label = label;
   for (const auto& [name, bytes] : uploaded) {
     if (IsAdapterFileName(name)) continue;
     for (const char* pickle : kPickles) {
-      if (name == pickle) return PickleError(absl::StrCat("upload: ", name));
+      if (name == pickle) return PickleError(absl::StrCat(label, ": ", name));
     }
-    return absl::InvalidArgumentError(absl::StrCat("upload: unexpected file '", name, "' (expected ",
+    return absl::InvalidArgumentError(absl::StrCat(label, ": unexpected file '", name, "' (expected ",
                                                    kConfigFile, " and ", kWeightsFile, " or ",
                                                    kAdapterHubWeightsFile, ")"));
   }
   auto cfg = uploaded.find(kConfigFile);
-  if (cfg == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kConfigFile));
+  if (cfg == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat(label, ": missing ", kConfigFile));
   auto peft = uploaded.find(kWeightsFile);
   auto hub = uploaded.find(kAdapterHubWeightsFile);
   if (peft != uploaded.end() && hub != uploaded.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("upload: both ", kWeightsFile, " and ",
+    return absl::InvalidArgumentError(absl::StrCat(label, ": both ", kWeightsFile, " and ",
                                                    kAdapterHubWeightsFile, "; send one weights file"));
   }
   auto weights = peft != uploaded.end() ? peft : hub;
   if (weights == uploaded.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("upload: missing ", kWeightsFile, " (PEFT) or ",
+    return absl::InvalidArgumentError(absl::StrCat(label, ": missing ", kWeightsFile, " (PEFT) or ",
                                                    kAdapterHubWeightsFile, " (AdapterHub)"));
   }
   files.config_json = std::move(cfg->second);
   files.weights_file = weights->first;
   absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromBytes(
-      std::move(weights->second), absl::StrCat("upload:", files.weights_file));
+      std::move(weights->second), absl::StrCat(label, label == "upload" ? ":" : "/", files.weights_file));
   if (!w.ok()) return w.status();
   files.weights = *std::move(w);
   return files;

@@ -33,8 +33,14 @@ bool IsAdapterFileName(const std::string& name);
 // <dir>/adapter.safetensors. A directory with only pickled weights
 // (adapter_model.bin, pytorch_adapter.bin) is rejected: pickles can run code.
 absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir);
-// Builds AdapterFiles from uploaded file contents keyed by file name.
-absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> files);
+// Builds AdapterFiles from uploaded file contents keyed by file name;
+// messages name `label`.
+absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> files,
+                                                    const std::string& label = "upload");
+// The adapter files of `dir` (the config and the weights file that exist),
+// read into memory for AdapterFilesFromUpload. NOT_FOUND for a missing
+// directory, DATA_LOSS for a file that cannot be read.
+absl::StatusOr<std::map<std::string, std::string>> ReadAdapterFilesIntoMemory(const std::string& dir);
 
 }  // namespace adapterd::adapters
 

@@ -1,11 +1,13 @@
 #include "adapters/adapter_registry.h"
 
+#include <optional>
 #include <utility>
 
 #include "absl/log/log.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "adapters/adapter_files.h"
 #include "adapters/adapter_loader.h"
 
 namespace adapterd::adapters {
@@ -21,13 +23,8 @@ std::string_view AdapterStateName(AdapterState s) {
   return "unknown";
 }
 
-Adapter::Adapter(AdapterInfo info, std::shared_ptr<const model::AdapterWeights> weights,
-                 std::shared_ptr<std::atomic<int64_t>> live_bytes)
-    : info_(std::move(info)), weights_(std::move(weights)), live_bytes_(std::move(live_bytes)) {
-  live_bytes_->fetch_add(info_.bytes);
-}
-
-Adapter::~Adapter() { live_bytes_->fetch_sub(info_.bytes); }
+Adapter::Adapter(AdapterInfo info, std::shared_ptr<CacheSlot> slot, AdapterCache* cache)
+    : info_(std::move(info)), slot_(std::move(slot)), cache_(cache) {}
 
 void Adapter::RecordRequest(int64_t tokens) const {
   requests_.fetch_add(1, std::memory_order_relaxed);
@@ -38,11 +35,14 @@ AdapterInfo Adapter::info() const {
   AdapterInfo i = info_;
   i.requests_served = requests_.load(std::memory_order_relaxed);
   i.tokens_generated = tokens_.load(std::memory_order_relaxed);
+  i.tier = cache_->TierOf(*slot_);
+  i.pinned = cache_->Pinned(*slot_);
   return i;
 }
 
-AdapterRegistry::AdapterRegistry(const model::LlamaModel* base, AdapterStore* store)
-    : base_(base), store_(store) {
+AdapterRegistry::AdapterRegistry(const model::LlamaModel* base, AdapterStore* store,
+                                 AdapterCacheOptions cache, metrics::ServerMetrics* metrics)
+    : base_(base), store_(store), cache_(base, cache, metrics) {
   loader_ = std::thread([this] { LoaderLoop(); });
 }
 
@@ -65,7 +65,7 @@ absl::Status AdapterRegistry::ValidateId(const std::string& id) {
 }
 
 absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bool replace,
-                                        LoadDone done, bool persist) {
+                                        LoadDone done, bool persist, bool pin) {
   if (absl::Status s = ValidateId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -84,29 +84,45 @@ absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bo
     e.source = std::holds_alternative<PathSource>(source) ? std::get<PathSource>(source).dir : "upload";
     entries_.emplace(id, std::move(e));
   }
-  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done), persist});
+  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done), persist, pin});
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(
-    const std::string& id, const AdapterSource& source) const {
+absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(const Task& task) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<AdapterFiles> files =
-      std::holds_alternative<PathSource>(source)
-          ? ReadAdapterDirectory(std::get<PathSource>(source).dir)
-          : AdapterFilesFromUpload(std::get<UploadSource>(source).files);
+  const auto* path = std::get_if<PathSource>(&task.source);
+  absl::StatusOr<AdapterFiles> files = path != nullptr
+                                           ? ReadAdapterDirectory(path->dir)
+                                           : AdapterFilesFromUpload(std::get<UploadSource>(task.source).files);
   if (!files.ok()) return files.status();
   absl::StatusOr<LoadedAdapter> loaded = LoadAdapter(*files, *base_);
   if (!loaded.ok()) return loaded.status();
   AdapterInfo info;
-  info.id = id;
+  info.id = task.id;
   info.state = AdapterState::kReady;
   info.summary = std::move(loaded->summary);
   info.source = files->label;
   info.bytes = loaded->weights->bytes();
   info.loaded_at = absl::Now();
   info.load_duration = info.loaded_at - start;
-  return std::make_shared<const Adapter>(std::move(info), std::move(loaded->weights), live_bytes_);
+  // Where the cache can read it back: the directory of a path load, or an
+  // upload's store entry. An upload without a store has only its host copy.
+  std::optional<std::string> disk_dir;
+  std::shared_ptr<const UploadSource> host;
+  if (path != nullptr) {
+    disk_dir = path->dir;
+  } else {
+    host = std::make_shared<const UploadSource>(std::get<UploadSource>(task.source));
+    if (store_ != nullptr) disk_dir = store_->EntryDir(task.id);
+  }
+  absl::StatusOr<std::shared_ptr<CacheSlot>> slot =
+      cache_.Insert(task.id, std::move(loaded->weights), std::move(host), std::move(disk_dir), task.pin);
+  if (!slot.ok()) return slot.status();
+  // Durable before acknowledged: a load the store cannot record fails.
+  if (task.persist && store_ != nullptr) {
+    if (absl::Status st = store_->Put(task.id, task.source, task.pin); !st.ok()) return st;
+  }
+  return std::make_shared<const Adapter>(std::move(info), *std::move(slot), &cache_);
 }
 
 void AdapterRegistry::LoaderLoop() {
@@ -120,11 +136,7 @@ void AdapterRegistry::LoaderLoop() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
     }
-    absl::StatusOr<std::shared_ptr<const Adapter>> built = Build(task.id, task.source);
-    // Durable before acknowledged: a load the store cannot record fails.
-    if (built.ok() && task.persist && store_ != nullptr) {
-      if (absl::Status st = store_->Put(task.id, task.source); !st.ok()) built = st;
-    }
+    absl::StatusOr<std::shared_ptr<const Adapter>> built = Build(task);
     absl::StatusOr<AdapterInfo> result;
     std::shared_ptr<const Adapter> replaced;  // released outside the lock
     {
@@ -164,7 +176,7 @@ void AdapterRegistry::LoaderLoop() {
   }
 }
 
-absl::Status AdapterRegistry::Unload(const std::string& id) {
+absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
   std::shared_ptr<const Adapter> released;
   {
     absl::MutexLock lock(&mu_);
@@ -172,6 +184,11 @@ absl::Status AdapterRegistry::Unload(const std::string& id) {
     if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
     if (it->second.state == AdapterState::kLoading || it->second.replacing) {
       return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is still loading"));
+    }
+    if (keep_on_disk) {
+      if (absl::Status st = cache_.Offload(it->second.adapter->slot()); !st.ok()) return st;
+      LOG(INFO) << "adapter " << id << " offloaded to disk";
+      return absl::OkStatus();
     }
     // unloading: out of the map, so new requests get NOT_FOUND; gone when the
     // last running request drops its reference.

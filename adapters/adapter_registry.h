@@ -18,10 +18,13 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "adapters/adapter_cache.h"
 #include "adapters/adapter_loader.h"
 #include "adapters/adapter_source.h"
 #include "adapters/adapter_store.h"
 #include "server/model/adapter_weights.h"
+#include "server/engine/request.h"
+#include "server/metrics/server_metrics.h"
 #include "server/model/llama_model.h"
 
 namespace adapterd::adapters {
@@ -41,30 +44,33 @@ struct AdapterInfo {
   absl::Duration load_duration;
   int64_t requests_served = 0;
   int64_t tokens_generated = 0;
+  Tier tier = Tier::kDisk;  // where it is now (ready adapters)
+  bool pinned = false;
 };
 
-// A ready adapter. Requests hold a shared_ptr to it for as long as they run,
-// so unloading never pulls weights from under a running sequence; the
-// tensors are freed when the last holder lets go. Immutable apart from its
-// counters; thread-safe.
+// A ready (registered) adapter version. Its weights live in the
+// AdapterCache's tiers; requests take a Lease(), which brings them to the
+// device tier on demand and keeps them there while the request runs, so
+// unloading or evicting never pulls weights from under a running sequence.
+// Immutable apart from its counters; thread-safe.
 class Adapter {
  public:
-  Adapter(AdapterInfo info, std::shared_ptr<const model::AdapterWeights> weights,
-          std::shared_ptr<std::atomic<int64_t>> live_bytes);
-  ~Adapter();
+  Adapter(AdapterInfo info, std::shared_ptr<CacheSlot> slot, AdapterCache* cache);
   Adapter(const Adapter&) = delete;
   Adapter& operator=(const Adapter&) = delete;
 
   const std::string& id() const { return info_.id; }
-  const model::AdapterWeights& weights() const { return *weights_; }
+  // For one request; see AdapterCache::Lease.
+  std::shared_ptr<engine::AdapterLease> Lease() const { return cache_->Lease(slot_); }
   // Counts one finished request and the tokens it generated.
   void RecordRequest(int64_t tokens) const;
   AdapterInfo info() const;
+  CacheSlot& slot() const { return *slot_; }
 
  private:
   const AdapterInfo info_;
-  const std::shared_ptr<const model::AdapterWeights> weights_;
-  const std::shared_ptr<std::atomic<int64_t>> live_bytes_;
+  const std::shared_ptr<CacheSlot> slot_;
+  AdapterCache* const cache_;
   mutable std::atomic<int64_t> requests_{0}, tokens_{0};
 };
 
@@ -75,10 +81,12 @@ class Adapter {
 // until the new one is ready, then swaps them atomically. Thread-safe. The
 // base model must outlive the registry. With a store, every load that
 // succeeds is recorded in it before it is acknowledged, and Unload deletes
-// the record; the store must outlive the registry.
+// the record; the store must outlive the registry. The registry owns the
+// AdapterCache that places ready adapters in tiers within `cache`'s budgets.
 class AdapterRegistry {
  public:
-  explicit AdapterRegistry(const model::LlamaModel* base, AdapterStore* store = nullptr);
+  explicit AdapterRegistry(const model::LlamaModel* base, AdapterStore* store = nullptr,
+                           AdapterCacheOptions cache = {}, metrics::ServerMetrics* metrics = nullptr);
   ~AdapterRegistry();  // finishes queued loads, then joins the loader thread
 
   // Adapter ids are 1-128 characters of [A-Za-z0-9._-], starting with a letter
@@ -91,12 +99,17 @@ class AdapterRegistry {
   // runs on the loader thread with the ready adapter's info or the error.
   // A failed load leaves the registry as it was. `persist` = false keeps the
   // load out of the store (for start-up's restore and the demo adapters).
+  // `pin` keeps the adapter on the device tier (RESOURCE_EXHAUSTED when the
+  // tier cannot make room).
   absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done,
-                         bool persist = true) ABSL_LOCKS_EXCLUDED(mu_);
+                         bool persist = true, bool pin = false) ABSL_LOCKS_EXCLUDED(mu_);
   // Stops new requests from finding the adapter at once (NOT_FOUND); running
   // requests keep their reference. NOT_FOUND if absent, FAILED_PRECONDITION
-  // while it is still loading.
-  absl::Status Unload(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // while it is still loading. With `keep_on_disk` the adapter instead stays
+  // registered and leaves the device and host tiers (once no request uses
+  // it); the next request loads it again from disk. FAILED_PRECONDITION
+  // then when it has no copy on disk or is pinned.
+  absl::Status Unload(const std::string& id, bool keep_on_disk = false) ABSL_LOCKS_EXCLUDED(mu_);
   // The ready adapter `id`: NOT_FOUND if unknown, UNAVAILABLE while its first
   // load is in progress.
   absl::StatusOr<std::shared_ptr<const Adapter>> Lookup(const std::string& id) const
@@ -104,9 +117,10 @@ class AdapterRegistry {
   absl::StatusOr<AdapterInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<AdapterInfo> List() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t ready_count() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Bytes of adapter tensors still alive, including unloaded adapters that
-  // running requests still hold.
-  int64_t live_bytes() const { return live_bytes_->load(); }
+  // Bytes of adapter tensors on the device tier, including unloaded
+  // adapters that running requests still hold.
+  int64_t live_bytes() const { return cache_.GetStats().device_bytes; }
+  const AdapterCache& cache() const { return cache_; }
 
  private:
   struct Entry {
@@ -120,15 +134,14 @@ class AdapterRegistry {
     AdapterSource source;
     LoadDone done;
     bool persist = true;
+    bool pin = false;
   };
   void LoaderLoop() ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<std::shared_ptr<const Adapter>> Build(const std::string& id,
-                                                       const AdapterSource& source) const;
+  absl::StatusOr<std::shared_ptr<const Adapter>> Build(const Task& task);
 
   const model::LlamaModel* const base_;
   AdapterStore* const store_;
-  const std::shared_ptr<std::atomic<int64_t>> live_bytes_ =
-      std::make_shared<std::atomic<int64_t>>(0);
+  AdapterCache cache_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);

@@ -98,7 +98,9 @@ absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::stri
   return std::unique_ptr<AdapterStore>(new AdapterStore(dir));
 }
 
-absl::Status AdapterStore::Put(const std::string& id, const AdapterSource& source) {
+std::string AdapterStore::EntryDir(const std::string& id) const { return absl::StrCat(dir_, "/", id); }
+
+absl::Status AdapterStore::Put(const std::string& id, const AdapterSource& source, bool pinned) {
   absl::MutexLock lock(&mu_);
   const std::string tmp = absl::StrCat(dir_, "/", kTempPrefix, id, "-", getpid(), "-", ++counter_);
   std::error_code ec;
@@ -110,7 +112,7 @@ absl::Status AdapterStore::Put(const std::string& id, const AdapterSource& sourc
     fs::remove_all(tmp, ec);
     return st;
   };
-  nlohmann::json manifest = {{"format", kFormat}, {"id", id}};
+  nlohmann::json manifest = {{"format", kFormat}, {"id", id}, {"pinned", pinned}};
   if (const auto* path = std::get_if<PathSource>(&source)) {
     manifest["source"] = "path";
     manifest["path"] = fs::absolute(path->dir).string();
@@ -169,6 +171,7 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
   if (!m.is_object() || m.value("format", "") != kFormat) return bad(absl::StrCat(kManifest, " is not an ", kFormat, " manifest"));
   if (!m["id"].is_string() || m["id"].get<std::string>() != id) return bad("the manifest's id does not match the directory");
   StoredAdapter out{id, PathSource{}};
+  out.pinned = m.contains("pinned") && m["pinned"].is_boolean() && m["pinned"].get<bool>();
   const std::string kind = m.value("source", "");
   if (kind == "path") {
     if (!m["path"].is_string()) return bad("the manifest's path is not a string");

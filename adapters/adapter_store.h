@@ -17,6 +17,7 @@ namespace adapterd::adapters {
 struct StoredAdapter {
   std::string id;
   AdapterSource source;  // an upload's files, or the directory of a path load
+  bool pinned = false;   // kept on the device tier
 };
 
 // What Scan() found: the intact entries, and one error per entry skipped.
@@ -39,7 +40,8 @@ class AdapterStore {
   static absl::StatusOr<std::unique_ptr<AdapterStore>> Open(const std::string& dir);
 
   // Records `id` (replacing any entry for it) durably before returning.
-  absl::Status Put(const std::string& id, const AdapterSource& source) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Put(const std::string& id, const AdapterSource& source, bool pinned = false)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes the entry; OK when there is none.
   absl::Status Remove(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Reads every entry. An entry whose manifest is missing or unreadable, or
@@ -48,6 +50,9 @@ class AdapterStore {
   StoreScan Scan() const ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string& dir() const { return dir_; }
+  // Where an upload's files live once Put() has returned (the entry's
+  // directory; its files keep their upload names).
+  std::string EntryDir(const std::string& id) const;
 
  private:
   explicit AdapterStore(std::string dir) : dir_(std::move(dir)) {}

@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 import hf_reference  # noqa: E402
+import tiers  # noqa: E402
 
 MODEL_100M = dict(hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
                   max_pos=2048)
@@ -547,7 +548,11 @@ def main():
     k.add_argument("--reduction-factor", type=int, default=11)
     k.add_argument("--new-tokens", type=int, default=128)
     k.add_argument("--threads", type=int, default=os.cpu_count())
+    tiers.add_parser(sub, os.cpu_count())
     a = p.parse_args()
+    if a.cmd == "tiers":
+        tiers.cmd_tiers(a, Server, loadgen, ensure_model, log)
+        return
     {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
 
 

@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -75,6 +76,14 @@ ABSL_FLAG(std::vector<std::string>, adapter_roots, {},
 ABSL_FLAG(std::string, adapter_store, "",
           "Directory where loaded adapters are recorded (uploads copied, path loads by path) and "
           "from which they are loaded again at start-up; empty keeps adapters in memory only");
+ABSL_FLAG(int64_t, adapter_device_bytes, 0,
+          "Byte budget for adapter weights on the device tier (built, ready to run); least recently "
+          "used idle adapters are evicted past it. 0 = no limit");
+ABSL_FLAG(int64_t, adapter_host_bytes, 0,
+          "Byte budget for adapter files kept in host memory (the tier between device and disk); "
+          "0 = no limit");
+ABSL_FLAG(int64_t, max_adapters_per_batch, 0,
+          "Most distinct adapters in one running batch (0 = no limit)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
 ABSL_FLAG(int64_t, max_new_tokens, 0, "Largest sampling.max_new_tokens accepted (0 = the context length)");
 ABSL_FLAG(int64_t, max_stop_token_ids, 64, "Most sampling.stop_token_ids in one request");
@@ -256,6 +265,7 @@ int main(int argc, char** argv) {
   engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   engine_options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
   engine_options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  engine_options.max_adapters_per_batch = absl::GetFlag(FLAGS_max_adapters_per_batch);
   engine_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   engine_options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
@@ -275,9 +285,15 @@ int main(int argc, char** argv) {
     if (!s.ok()) return Fail(s.status());
     store = *std::move(s);
   }
-  adapterd::adapters::AdapterRegistry adapter_registry(base, store.get());
+  adapterd::adapters::AdapterCacheOptions cache_options;
+  cache_options.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
+  cache_options.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
+  if (cache_options.device_bytes < 0 || cache_options.host_bytes < 0) {
+    return Fail(absl::InvalidArgumentError("--adapter_device_bytes and --adapter_host_bytes must be >= 0"));
+  }
+  adapterd::adapters::AdapterRegistry adapter_registry(base, store.get(), cache_options, &metrics);
   // Loads one adapter and waits for it, without recording it in the store.
-  auto load_now = [&](const std::string& id, adapterd::adapters::AdapterSource source) {
+  auto load_now = [&](const std::string& id, adapterd::adapters::AdapterSource source, bool pin) {
     absl::Notification loaded;
     absl::Status result;
     absl::Status st = adapter_registry.StartLoad(
@@ -286,7 +302,7 @@ int main(int argc, char** argv) {
           result = r.status();
           loaded.Notify();
         },
-        /*persist=*/false);
+        /*persist=*/false, pin);
     if (st.ok()) loaded.WaitForNotification();
     return st.ok() ? result : st;
   };
@@ -296,7 +312,7 @@ int main(int argc, char** argv) {
     for (const absl::Status& skipped : scan.skipped) LOG(WARNING) << "skipped: " << skipped.message();
     int restored = 0;
     for (auto& entry : scan.adapters) {
-      if (absl::Status st = load_now(entry.id, std::move(entry.source)); st.ok()) {
+      if (absl::Status st = load_now(entry.id, std::move(entry.source), entry.pinned); st.ok()) {
         ++restored;
       } else {
         LOG(WARNING) << "adapter store: " << entry.id << " was not restored: " << st;
@@ -312,7 +328,7 @@ int main(int argc, char** argv) {
     if (!demo_adapters.ok()) return Fail(demo_adapters.status());
     for (const auto& [id, dir] : *demo_adapters) {
       if (adapter_registry.Get(id).ok()) continue;  // restored from the store
-      if (absl::Status st = load_now(id, adapterd::adapters::PathSource{dir}); !st.ok()) return Fail(st);
+      if (absl::Status st = load_now(id, adapterd::adapters::PathSource{dir}, false); !st.ok()) return Fail(st);
     }
   }
   metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
@@ -388,11 +404,16 @@ int main(int argc, char** argv) {
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   LOG(INFO) << "received signal " << sig << ": shutting down (grace "
             << absl::FormatDuration(grace) << ")";
-  // New calls are refused with UNAVAILABLE by the engine first, so none
-  // lands in the transport's own shutdown race; accepted ones keep running.
+  // Drain first: the engine refuses new calls with UNAVAILABLE (retryable)
+  // and health says NOT_SERVING while accepted requests finish. Only then
+  // does the transport shut down, so that clients meet its own shutdown
+  // race (CANCELLED) only in the last moment, not for the whole grace.
+  const absl::Time deadline = absl::Now() + grace;
   (*engine)->BeginShutdown(grace);
+  (*server)->MarkNotServing();
   if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
-  (*server)->Shutdown(grace);
+  (*engine)->AwaitStopped(deadline + absl::Seconds(1));
+  (*server)->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
   (*engine)->Shutdown(absl::ZeroDuration());
   LOG(INFO) << "shut down cleanly";
   return 0;

@@ -51,6 +51,8 @@ ABSL_FLAG(std::string, admin_addr, "", "Admin address (empty = --addr)");
 ABSL_FLAG(std::string, id, "", "load/upload/unload/get: adapter id");
 ABSL_FLAG(std::string, path, "", "load: directory on the server; upload: local directory");
 ABSL_FLAG(bool, replace, false, "load/upload: swap an adapter already loaded under --id");
+ABSL_FLAG(bool, pin, false, "load/upload: keep the adapter on the device tier");
+ABSL_FLAG(bool, keep_on_disk, false, "unload: keep it registered on disk, out of memory");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token sent with every call; empty reads $ADAPTERD_TOKEN");
 ABSL_FLAG(bool, tls, false, "Connect with TLS (implied by --tls_ca_file or --tls_cert_file)");
@@ -217,7 +219,9 @@ void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
   if (a.num_virtual_tokens() > 0) std::cout << "  virtual_tokens=" << a.num_virtual_tokens();
   std::cout << "  bytes=" << a.bytes()
             << "  load_s=" << a.load_seconds() << "  requests=" << a.requests_served()
-            << "  tokens=" << a.tokens_generated() << "  source=" << a.source() << "\n";
+            << "  tokens=" << a.tokens_generated() << "  source=" << a.source();
+  if (!a.tier().empty()) std::cout << "  tier=" << a.tier() << (a.pinned() ? "  pinned" : "");
+  std::cout << "\n";
 }
 
 void SetDeadline(grpc::ClientContext& ctx) {
@@ -251,10 +255,11 @@ int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel)
   if (cmd == "unload") {
     adapterd::v1::UnloadAdapterRequest req;
     req.set_adapter_id(id);
+    req.set_keep_on_disk(absl::GetFlag(FLAGS_keep_on_disk));
     adapterd::v1::UnloadAdapterResponse resp;
     grpc::Status st = stub->UnloadAdapter(&ctx, req, &resp);
     if (int rc = Report(st, ctx); rc != 0) return rc;
-    std::cout << "unloaded " << id << "\n";
+    std::cout << (absl::GetFlag(FLAGS_keep_on_disk) ? "offloaded " : "unloaded ") << id << "\n";
     return 0;
   }
   adapterd::v1::AdapterInfo info;
@@ -264,12 +269,14 @@ int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel)
     req.set_adapter_id(id);
     req.set_path(absl::GetFlag(FLAGS_path));
     req.set_replace(absl::GetFlag(FLAGS_replace));
+    req.set_pin(absl::GetFlag(FLAGS_pin));
     st = stub->LoadAdapter(&ctx, req, &info);
   } else {  // upload
     auto writer = stub->UploadAdapter(&ctx, &info);
     adapterd::v1::UploadAdapterRequest msg;
     msg.mutable_header()->set_adapter_id(id);
     msg.mutable_header()->set_replace(absl::GetFlag(FLAGS_replace));
+    msg.mutable_header()->set_pin(absl::GetFlag(FLAGS_pin));
     bool ok = writer->Write(msg);
     // PEFT saves adapter_model.safetensors, AdapterHub adapter.safetensors.
     const std::string dir = absl::GetFlag(FLAGS_path);

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <set>
 #include <functional>
 #include <map>
 #include <string>
@@ -18,7 +19,8 @@ namespace adapterd::engine {
 namespace {
 
 int64_t VirtualTokens(const GenerationRequest& r) {
-  return r.adapter != nullptr ? r.adapter->num_virtual_tokens() : 0;
+  if (r.adapter != nullptr) return r.adapter->num_virtual_tokens();
+  return r.lease != nullptr ? r.lease->num_virtual_tokens() : 0;
 }
 
 }  // namespace
@@ -171,6 +173,11 @@ void Engine::BeginShutdown(absl::Duration grace) {
   }
 }
 
+bool Engine::AwaitStopped(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(absl::Condition(&stopped_), deadline);
+}
+
 void Engine::Shutdown(absl::Duration grace) {
   BeginShutdown(grace);
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
@@ -204,8 +211,19 @@ void Engine::Loop() {
     DropFinishedOrCancelled(expired);
     if (stopping && running_.empty() && waiting_.empty()) break;
     Step();
+    if (running_.empty() && !waiting_.empty()) {
+      // Everything waiting needs an adapter that is still loading: poll
+      // again shortly, or at once when new work or shutdown arrives.
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !incoming_.empty() || stopping_;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::Milliseconds(1));
+    }
   }
   PublishStats();
+  absl::MutexLock lock(&mu_);
+  stopped_ = true;
 }
 
 void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status status) {
@@ -216,6 +234,7 @@ void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status sta
   // after the response finds no reference left in the engine.
   seq.request.adapter = nullptr;
   seq.request.adapter_ref.reset();
+  seq.request.lease.reset();
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
     LOG(WARNING) << "request " << seq.request.id << " ended: " << status;
   }
@@ -257,13 +276,43 @@ void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
 }
 
 void Engine::Admit() {
-  size_t admitted = 0;
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch_size) {
-    Sequence& seq = *waiting_.front();
+  size_t admitted = 0, failed = 0;
+  std::set<const model::AdapterWeights*> adapters;  // distinct adapters in the batch
+  if (options_.max_adapters_per_batch > 0) {
+    for (const auto& s : running_) {
+      if (s->request.adapter != nullptr) adapters.insert(s->request.adapter);
+    }
+  }
+  for (auto it = waiting_.begin();
+       it != waiting_.end() && static_cast<int64_t>(running_.size()) < options_.max_batch_size;) {
+    Sequence& seq = **it;
+    if (seq.request.adapter == nullptr && seq.request.lease != nullptr) {
+      absl::StatusOr<const model::AdapterWeights*> w = seq.request.lease->weights();
+      if (!w.ok()) {
+        failed += seq.admitted_once ? 0 : 1;
+        FinishSequence(seq, FinishReason::kError, w.status());
+        it = waiting_.erase(it);
+        continue;
+      }
+      if (*w == nullptr) {  // still loading: the requests behind it go ahead
+        ++it;
+        continue;
+      }
+      seq.request.adapter = *w;
+    }
+    if (options_.max_adapters_per_batch > 0 && seq.request.adapter != nullptr &&
+        !adapters.contains(seq.request.adapter) &&
+        static_cast<int64_t>(adapters.size()) >= options_.max_adapters_per_batch) {
+      ++it;
+      continue;
+    }
     // Blocks for what is known now (prompt, or prompt plus tokens generated
     // before a preemption) and the next token; later tokens are reserved step
-    // by step. FCFS: the head of the queue waits for blocks.
+    // by step. FCFS: the first request that can run waits for blocks.
     if (!kv_->Reserve(seq.blocks, static_cast<int64_t>(seq.tokens.size()) + 1)) break;
+    if (seq.request.adapter != nullptr && options_.max_adapters_per_batch > 0) {
+      adapters.insert(seq.request.adapter);
+    }
     if (!seq.admitted_once) {
       seq.admitted_once = true;
       ++admitted;
@@ -272,12 +321,12 @@ void Engine::Admit() {
         metrics_->prompt_tokens().Increment(static_cast<double>(seq.request.prompt.size()));
       }
     }
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    running_.push_back(std::move(*it));
+    it = waiting_.erase(it);
   }
-  if (admitted > 0) {
+  if (admitted + failed > 0) {
     absl::MutexLock lock(&mu_);
-    queued_ -= static_cast<int64_t>(admitted);
+    queued_ -= static_cast<int64_t>(admitted + failed);
   }
 }
 

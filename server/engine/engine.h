@@ -24,6 +24,7 @@ struct EngineOptions {
   int64_t max_batch_size = 64;        // sequences in one forward step
   int64_t max_tokens_per_step = 512;  // prompt chunks and decode tokens per step
   int64_t max_waiting = 1024;         // queued requests before RESOURCE_EXHAUSTED
+  int64_t max_adapters_per_batch = 0; // distinct adapters running at once; 0 = no limit
   int64_t kv_block_size = 16;         // tokens per KV block
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Request limits; a request past one gets INVALID_ARGUMENT naming it.
@@ -69,6 +70,10 @@ class RequestHandle {
 // sequence is preempted (its blocks are freed and it is recomputed later,
 // ahead of younger requests), so the oldest request always progresses.
 // Adapters play no part in the order: rows of any mix of adapters share a step.
+// Two exceptions skip a waiting request without holding back the ones
+// behind it: its adapter is still being brought in (a lease without weights
+// yet), or admitting it would put more than max_adapters_per_batch distinct
+// adapters in the batch.
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<model::LlamaModel> model,
@@ -95,6 +100,10 @@ class Engine {
   // Shutdown without the join: from now on Submit() gives UNAVAILABLE, and
   // accepted requests have until `grace` has passed. Returns at once.
   void BeginShutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  // After BeginShutdown(): waits until every accepted request has ended
+  // (finished, or cut off when the grace ran out) and the engine thread has
+  // left its loop, or until `deadline`. Returns whether it has.
+  bool AwaitStopped(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
   const model::ModelConfig& model_config() const { return model_->config(); }
   // The base model, for read-only use (adapter validation) on other threads.
@@ -134,6 +143,7 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;  // the engine thread has left Loop()
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // incoming + waiting, for the queue bound
 
   // Engine thread only.

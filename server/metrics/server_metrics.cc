@@ -117,7 +117,77 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r, int max_adapter_labels)
                                .Name("vllm:lora_requests_info")
                                .Help("vLLM-compatible: adapters of running and waiting requests as "
                                      "comma-separated labels; value = last update (unix seconds)")
-                               .Register(r)) {}
+                               .Register(r)),
+      tier_adapters_(&prometheus::BuildGauge()
+                          .Name("adapterd_adapter_tier_adapters")
+                          .Help("Adapters resident in each tier (device, host, disk)")
+                          .Register(r)),
+      tier_bytes_(&prometheus::BuildGauge()
+                       .Name("adapterd_adapter_tier_bytes")
+                       .Help("Bytes used in each tier: device = adapter tensors, host and disk = "
+                             "adapter files")
+                       .Register(r)),
+      tier_budget_(&prometheus::BuildGauge()
+                        .Name("adapterd_adapter_tier_budget_bytes")
+                        .Help("Byte budget of each tier (0 = no limit)")
+                        .Register(r)),
+      cache_hits_(&prometheus::BuildCounter()
+                       .Name("adapterd_adapter_cache_hits_total")
+                       .Help("Requests whose adapter was on the device tier when they arrived")
+                       .Register(r)
+                       .Add({})),
+      cache_misses_(&prometheus::BuildCounter()
+                         .Name("adapterd_adapter_cache_misses_total")
+                         .Help("Requests that waited for their adapter, by the tier it came from")
+                         .Register(r)),
+      evictions_(&prometheus::BuildCounter()
+                      .Name("adapterd_adapter_evictions_total")
+                      .Help("Idle adapters evicted to make room, by the tier they left")
+                      .Register(r)),
+      tier_load_seconds_(&prometheus::BuildHistogram()
+                              .Name("adapterd_adapter_tier_load_seconds")
+                              .Help("On-demand loads onto the device tier, by source tier")
+                              .Register(r)),
+      waiting_on_load_(&prometheus::BuildGauge()
+                            .Name("adapterd_adapter_load_waiting_requests")
+                            .Help("Requests waiting for their adapter to be loaded")
+                            .Register(r)
+                            .Add({})),
+      resident_(&prometheus::BuildGauge()
+                     .Name("adapterd_adapter_resident")
+                     .Help("1 for each adapter at its highest tier (device, host, disk); bounded "
+                           "labels, adapter=\"other\" counts the rest")
+                     .Register(r)) {}
+
+void ServerMetrics::SetTierUsage(std::string_view tier, int64_t adapters, int64_t bytes,
+                                 int64_t budget_bytes) {
+  const std::string t(tier);
+  tier_adapters_->Add({{"tier", t}}).Set(static_cast<double>(adapters));
+  tier_bytes_->Add({{"tier", t}}).Set(static_cast<double>(bytes));
+  tier_budget_->Add({{"tier", t}}).Set(static_cast<double>(budget_bytes));
+}
+
+void ServerMetrics::RecordAdapterCacheHit() { cache_hits_->Increment(); }
+
+void ServerMetrics::RecordAdapterCacheMiss(std::string_view source_tier) {
+  cache_misses_->Add({{"source_tier", std::string(source_tier)}}).Increment();
+}
+
+void ServerMetrics::RecordAdapterEviction(std::string_view from_tier) {
+  evictions_->Add({{"from_tier", std::string(from_tier)}}).Increment();
+}
+
+void ServerMetrics::RecordAdapterTierLoad(std::string_view source_tier, double seconds) {
+  tier_load_seconds_->Add({{"source_tier", std::string(source_tier)}}, LatencyBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::MoveAdapterResidency(const std::string& adapter_id, std::string_view from_tier,
+                                         std::string_view to_tier) {
+  if (from_tier == to_tier) return;
+  const std::string label = AdapterLabel(adapter_id);
+  if (!from_tier.empty()) resident_->Add({{"adapter", label}, {"tier", std::string(from_tier)}}).Decrement();
+  if (!to_tier.empty()) resident_->Add({{"adapter", label}, {"tier", std::string(to_tier)}}).Increment();
+}
 
 std::string ServerMetrics::AdapterLabel(const std::string& adapter_id) {
   if (adapter_id.empty()) return "base";

@@ -48,6 +48,24 @@ class ServerMetrics {
   // A load that failed; `reason` is a gRPC status code name.
   void RecordAdapterLoadFailure(std::string_view reason);
 
+  // Residency tiers ("device", "host", "disk"): adapters and bytes in one,
+  // and its budget (0 = none): adapterd_adapter_tier_{adapters,bytes,budget_bytes}{tier}.
+  void SetTierUsage(std::string_view tier, int64_t adapters, int64_t bytes, int64_t budget_bytes);
+  // A request found its adapter on the device tier (hit), or had to wait for
+  // it to come from `source_tier` (miss).
+  void RecordAdapterCacheHit();
+  void RecordAdapterCacheMiss(std::string_view source_tier);
+  // An idle adapter left `from_tier` to make room.
+  void RecordAdapterEviction(std::string_view from_tier);
+  // An on-demand load onto the device tier from `source_tier`.
+  void RecordAdapterTierLoad(std::string_view source_tier, double seconds);
+  // Moves one adapter's adapterd_adapter_resident{adapter, tier} series from
+  // `from_tier` to `to_tier` ("" = none). Adapters past the label bound
+  // share adapter="other", whose value is then a count.
+  void MoveAdapterResidency(const std::string& adapter_id, std::string_view from_tier,
+                            std::string_view to_tier) ABSL_LOCKS_EXCLUDED(mu_);
+  prometheus::Gauge& requests_waiting_on_load() { return *waiting_on_load_; }
+
   prometheus::Histogram& adapter_load_seconds() { return *adapter_load_seconds_; }
   prometheus::Gauge& adapters_loaded() { return *adapters_loaded_; }
   prometheus::Gauge& adapter_bytes() { return *adapter_bytes_; }
@@ -92,6 +110,15 @@ class ServerMetrics {
   prometheus::Family<prometheus::Gauge>* adapter_running_;
   prometheus::Family<prometheus::Gauge>* adapter_waiting_;
   prometheus::Family<prometheus::Gauge>* lora_requests_info_;
+  prometheus::Family<prometheus::Gauge>* tier_adapters_;
+  prometheus::Family<prometheus::Gauge>* tier_bytes_;
+  prometheus::Family<prometheus::Gauge>* tier_budget_;
+  prometheus::Counter* cache_hits_;
+  prometheus::Family<prometheus::Counter>* cache_misses_;
+  prometheus::Family<prometheus::Counter>* evictions_;
+  prometheus::Family<prometheus::Histogram>* tier_load_seconds_;
+  prometheus::Gauge* waiting_on_load_;
+  prometheus::Family<prometheus::Gauge>* resident_;
   prometheus::Gauge* lora_info_current_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::map<std::string, std::pair<int64_t, int64_t>> last_activity_ ABSL_GUARDED_BY(mu_);
 };

@@ -38,6 +38,8 @@ void ToProto(const adapters::AdapterInfo& info, AdapterInfo* out) {
   }
   out->set_requests_served(static_cast<uint64_t>(info.requests_served));
   out->set_tokens_generated(static_cast<uint64_t>(info.tokens_generated));
+  if (info.state == adapters::AdapterState::kReady) out->set_tier(std::string(adapters::TierName(info.tier)));
+  out->set_pinned(info.pinned);
 }
 
 AdminService::AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
@@ -54,7 +56,7 @@ void AdminService::RecordLoadFailure(const absl::Status& status) {
   metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(status.code())));
 }
 
-void AdminService::StartLoad(std::string id, adapters::AdapterSource source, bool replace,
+void AdminService::StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin,
                              AdapterInfo* resp, std::function<void(const absl::Status&)> complete) {
   absl::Status st = registry_->StartLoad(
       std::move(id), std::move(source), replace,
@@ -62,7 +64,8 @@ void AdminService::StartLoad(std::string id, adapters::AdapterSource source, boo
         OnLoaded(result);
         if (result.ok()) ToProto(*result, resp);
         complete(result.status());
-      });
+      },
+      /*persist=*/true, pin);
   if (!st.ok()) {
     RecordLoadFailure(st);
     complete(st);
@@ -86,8 +89,8 @@ class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
  public:
   LoadReactor(AdminService* service, AdapterInfo* resp) : service_(service), resp_(resp) {}
 
-  void Start(std::string id, adapters::AdapterSource source, bool replace) {
-    service_->StartLoad(std::move(id), std::move(source), replace, resp_,
+  void Start(std::string id, adapters::AdapterSource source, bool replace, bool pin) {
+    service_->StartLoad(std::move(id), std::move(source), replace, pin, resp_,
                         [this](const absl::Status& st) { Complete(st); });
     Unref();
   }
@@ -133,6 +136,7 @@ class AdminService::UploadReactor final
       seen_header_ = true;
       id_ = msg_.header().adapter_id();
       replace_ = msg_.header().replace();
+      pin_ = msg_.header().pin();
       if (absl::Status s = adapters::AdapterRegistry::ValidateId(id_); !s.ok()) return Fail(s);
     } else if (msg_.has_chunk()) {
       if (!seen_header_) return Fail(absl::InvalidArgumentError("the first message must be a header"));
@@ -163,7 +167,7 @@ class AdminService::UploadReactor final
     if (ctx_->IsCancelled()) return Complete(absl::CancelledError("upload cancelled"));
     if (!seen_header_) return Fail(absl::InvalidArgumentError("upload carried no header"));
     // Complete may delete this: it is the callback's last statement.
-    service_->StartLoad(std::move(id_), adapters::UploadSource{std::move(files_)}, replace_, resp_,
+    service_->StartLoad(std::move(id_), adapters::UploadSource{std::move(files_)}, replace_, pin_, resp_,
                         [this](const absl::Status& st) { Complete(st); });
   }
 
@@ -185,6 +189,7 @@ class AdminService::UploadReactor final
   bool seen_header_ = false;
   std::string id_;
   bool replace_ = false;
+  bool pin_ = false;
   int64_t total_ = 0;
   int64_t messages_ = 0;
   std::map<std::string, std::string> files_;
@@ -216,7 +221,7 @@ grpc::ServerUnaryReactor* AdminService::LoadAdapter(grpc::CallbackServerContext*
     path = *std::move(confined);
   }
   auto* reactor = new LoadReactor(this, resp);
-  reactor->Start(req->adapter_id(), adapters::PathSource{std::move(path)}, req->replace());
+  reactor->Start(req->adapter_id(), adapters::PathSource{std::move(path)}, req->replace(), req->pin());
   return reactor;
 }
 
@@ -229,7 +234,7 @@ grpc::ServerUnaryReactor* AdminService::UnloadAdapter(grpc::CallbackServerContex
                                                       const adapterd::v1::UnloadAdapterRequest* req,
                                                       adapterd::v1::UnloadAdapterResponse* resp) {
   if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "UnloadAdapter", st);
-  absl::Status st = registry_->Unload(req->adapter_id());
+  absl::Status st = registry_->Unload(req->adapter_id(), req->keep_on_disk());
   if (metrics_ != nullptr) {
     metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
     metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));

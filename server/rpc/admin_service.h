@@ -59,7 +59,7 @@ class AdminService final : public adapterd::v1::Admin::CallbackService {
   // Queues a load. Its outcome, or its immediate rejection, is recorded in
   // the metrics, written to `resp` on success, and passed to `complete`
   // (on the loader thread, or at once when the registry refuses the load).
-  void StartLoad(std::string id, adapters::AdapterSource source, bool replace,
+  void StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin,
                  adapterd::v1::AdapterInfo* resp, std::function<void(const absl::Status&)> complete);
   void RecordLoadFailure(const absl::Status& status);
   // Called on the loader thread when a load ends.

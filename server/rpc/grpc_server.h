@@ -46,6 +46,10 @@ class GrpcServer {
   int port() const { return port_; }
   const std::string& address() const { return address_; }
 
+  // Marks the server NOT_SERVING in grpc.health.v1 while it keeps serving,
+  // so that load balancers move traffic away during a drain.
+  void MarkNotServing();
+
   // Marks the server NOT_SERVING, stops accepting calls (new calls get
   // UNAVAILABLE), waits up to `grace` for in-flight calls and then cancels
   // the rest. Idempotent.

@@ -56,8 +56,7 @@ absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = deps.registry->Lookup(req.adapter_id());
     if (!a.ok()) return a.status();
     *adapter = *a;
-    out.adapter = &(*a)->weights();
-    out.adapter_ref = *a;
+    out.lease = (*a)->Lease();  // brings it to the device tier if it is not there
     out.adapter_id = req.adapter_id();
   }
   out.id = std::move(id);

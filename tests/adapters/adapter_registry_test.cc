@@ -33,6 +33,7 @@
 #include "server/model/safetensors.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/support/demo_model.h"
+#include "tests/support/resident_weights.h"
 #include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
 
@@ -165,11 +166,11 @@ TEST_F(AdapterRegistryTest, LoadByPathBecomesReady) {
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_NE(*a, nullptr);
   EXPECT_EQ((*a)->id(), "qv");
-  const model::LoraModule* q = (*a)->weights().Find(2, Proj::kQ);
+  const model::LoraModule* q = testing::ResidentWeights(**a).Find(2, Proj::kQ);
   ASSERT_NE(q, nullptr);
   EXPECT_EQ(q->rank(), 4);
   EXPECT_DOUBLE_EQ(q->scale, 2.0);
-  EXPECT_EQ((*a)->weights().bytes(), kQvBytes);
+  EXPECT_EQ(testing::ResidentWeights(**a).bytes(), kQvBytes);
 
   absl::StatusOr<AdapterInfo> got = reg().Get("qv");
   ASSERT_TRUE(got.ok()) << got.status();
@@ -196,7 +197,7 @@ TEST_F(AdapterRegistryTest, LoadByPathBecomesReady) {
   EXPECT_EQ(got->tokens_generated, 12);
 
   // The looked-up weights run through the model and change its output.
-  EXPECT_GT(MaxDiff(Logits(&(*a)->weights()), Logits(nullptr)), 1e-3);
+  EXPECT_GT(MaxDiff(Logits(&testing::ResidentWeights(**a)), Logits(nullptr)), 1e-3);
 }
 
 TEST_F(AdapterRegistryTest, LookupAndGetOfUnknownIdsAreNotFound) {
@@ -224,9 +225,9 @@ TEST_F(AdapterRegistryTest, UploadWorksLikePath) {
   ASSERT_TRUE(b.ok()) << b.status();
   for (int64_t l = 0; l < kLayers; ++l) {
     for (Proj p : {Proj::kQ, Proj::kV}) {
-      ASSERT_NE((*a)->weights().Find(l, p), nullptr);
-      EXPECT_TRUE(at::equal((*a)->weights().Find(l, p)->a, (*b)->weights().Find(l, p)->a));
-      EXPECT_TRUE(at::equal((*a)->weights().Find(l, p)->b, (*b)->weights().Find(l, p)->b));
+      ASSERT_NE(testing::ResidentWeights(**a).Find(l, p), nullptr);
+      EXPECT_TRUE(at::equal(testing::ResidentWeights(**a).Find(l, p)->a, testing::ResidentWeights(**b).Find(l, p)->a));
+      EXPECT_TRUE(at::equal(testing::ResidentWeights(**a).Find(l, p)->b, testing::ResidentWeights(**b).Find(l, p)->b));
     }
   }
   EXPECT_THAT(Snapshot(reg().List()),
@@ -278,7 +279,7 @@ TEST_F(AdapterRegistryTest, ReplaceSwapsAndKeepsOldReferenceUsable) {
   ASSERT_TRUE(Load("swap", PathSource{qv_dir()}).ok());
   absl::StatusOr<std::shared_ptr<const Adapter>> old = reg().Lookup("swap");
   ASSERT_TRUE(old.ok());
-  const at::Tensor old_logits = Logits(&(*old)->weights());
+  const at::Tensor old_logits = Logits(&testing::ResidentWeights(**old));
 
   const FakeAdapter next = DemoLora({.r = 8, .alpha = 16, .targets = {"o_proj", "down_proj"}, .seed = 500});
   absl::StatusOr<AdapterInfo> info = Load("swap", UploadSource{next.Files()}, /*replace=*/true);
@@ -292,18 +293,18 @@ TEST_F(AdapterRegistryTest, ReplaceSwapsAndKeepsOldReferenceUsable) {
   absl::StatusOr<std::shared_ptr<const Adapter>> now = reg().Lookup("swap");
   ASSERT_TRUE(now.ok());
   EXPECT_NE(now->get(), old->get());
-  EXPECT_EQ((*now)->weights().Find(0, Proj::kQ), nullptr);
-  ASSERT_NE((*now)->weights().Find(0, Proj::kO), nullptr);
-  EXPECT_EQ((*now)->weights().Find(0, Proj::kO)->rank(), 8);
+  EXPECT_EQ(testing::ResidentWeights(**now).Find(0, Proj::kQ), nullptr);
+  ASSERT_NE(testing::ResidentWeights(**now).Find(0, Proj::kO), nullptr);
+  EXPECT_EQ(testing::ResidentWeights(**now).Find(0, Proj::kO)->rank(), 8);
   ASSERT_EQ(reg().List().size(), 1u);
   EXPECT_EQ(reg().List()[0].source, "upload");
   EXPECT_EQ(reg().List()[0].bytes, next_bytes);
 
   // The old version still works for whoever holds it, with its own weights.
-  ASSERT_NE((*old)->weights().Find(1, Proj::kQ), nullptr);
-  EXPECT_EQ((*old)->weights().Find(1, Proj::kQ)->rank(), 4);
-  EXPECT_LT(MaxDiff(Logits(&(*old)->weights()), old_logits), 1e-6);
-  EXPECT_GT(MaxDiff(Logits(&(*now)->weights()), old_logits), 1e-3);
+  ASSERT_NE(testing::ResidentWeights(**old).Find(1, Proj::kQ), nullptr);
+  EXPECT_EQ(testing::ResidentWeights(**old).Find(1, Proj::kQ)->rank(), 4);
+  EXPECT_LT(MaxDiff(Logits(&testing::ResidentWeights(**old)), old_logits), 1e-6);
+  EXPECT_GT(MaxDiff(Logits(&testing::ResidentWeights(**now)), old_logits), 1e-3);
   EXPECT_EQ(reg().live_bytes(), kQvBytes + next_bytes);
   old->reset();
   EXPECT_EQ(SettledLiveBytes(reg(), next_bytes), next_bytes);
@@ -508,8 +509,8 @@ TEST_F(AdapterRegistryTest, UnloadHidesAtOnceButHoldersKeepTheWeights) {
   ASSERT_TRUE(Load("u", PathSource{qv_dir()}).ok());
   absl::StatusOr<std::shared_ptr<const Adapter>> held = reg().Lookup("u");
   ASSERT_TRUE(held.ok());
-  const at::Tensor before = Logits(&(*held)->weights());
-  const model::LoraModule* q = (*held)->weights().Find(0, Proj::kQ);
+  const at::Tensor before = Logits(&testing::ResidentWeights(**held));
+  const model::LoraModule* q = testing::ResidentWeights(**held).Find(0, Proj::kQ);
   ASSERT_NE(q, nullptr);
   c10::weak_intrusive_ptr<c10::StorageImpl> storage = q->a.storage().getWeakStorageImpl();
   EXPECT_EQ(reg().live_bytes(), kQvBytes);
@@ -524,7 +525,7 @@ TEST_F(AdapterRegistryTest, UnloadHidesAtOnceButHoldersKeepTheWeights) {
   // The running request still has its adapter, unchanged.
   EXPECT_EQ(reg().live_bytes(), kQvBytes);
   EXPECT_FALSE(storage.expired());
-  EXPECT_LT(MaxDiff(Logits(&(*held)->weights()), before), 1e-6);
+  EXPECT_LT(MaxDiff(Logits(&testing::ResidentWeights(**held)), before), 1e-6);
   (*held)->RecordRequest(3);
   EXPECT_EQ((*held)->info().tokens_generated, 3);
 
@@ -654,7 +655,7 @@ TEST_F(AdapterRegistryTest, ConcurrentLoadLookupUnload) {
           continue;
         }
         absl::StatusOr<std::shared_ptr<const Adapter>> a = reg().Lookup(id);
-        if (!a.ok() || (*a)->weights().Find(3, Proj::kV) == nullptr) {
+        if (!a.ok() || testing::ResidentWeights(**a).Find(3, Proj::kV) == nullptr) {
           ADD_FAILURE() << id << " lookup after load: " << a.status();
           writer_failures.fetch_add(1);
         }
@@ -679,7 +680,7 @@ TEST_F(AdapterRegistryTest, ConcurrentLoadLookupUnload) {
           lookups_total.fetch_add(1);
           switch (a.status().code()) {
             case absl::StatusCode::kOk: {
-              const model::LoraModule* q = (*a)->weights().Find(0, Proj::kQ);
+              const model::LoraModule* q = testing::ResidentWeights(**a).Find(0, Proj::kQ);
               if (q == nullptr || q->rank() != 4 || (*a)->info().bytes != kQvBytes) bad_codes.fetch_add(1);
               lookups_ok.fetch_add(1);
               break;

@@ -27,6 +27,7 @@
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
 #include "tests/support/reference_outputs.h"
+#include "tests/support/resident_weights.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -285,7 +286,7 @@ TEST_F(AdapterKindsConformanceTest, MixedBatchRowsEqualSingleRows) {
     loaded[k.name] = *registry.Lookup(k.name);
   }
   auto weights_of = [&](const std::string& name) -> const model::AdapterWeights* {
-    return name == "__base__" ? nullptr : &loaded.at(name)->weights();
+    return name == "__base__" ? nullptr : &testing::ResidentWeights(*loaded.at(name));
   };
   auto kv = model::KvCache::Create((*base)->config(), 16, 32 << 20, at::kFloat, at::kCPU);
   ASSERT_TRUE(kv.ok());

@@ -23,6 +23,7 @@
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
 #include "tests/support/reference_outputs.h"
+#include "tests/support/resident_weights.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -153,7 +154,7 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   auto kv = model::KvCache::Create((*base)->config(), 16, 32 << 20, at::kFloat, at::kCPU);
   ASSERT_TRUE(kv.ok());
   auto weights_of = [&](const std::string& name) -> const model::AdapterWeights* {
-    return name == "__base__" ? nullptr : &loaded.at(name)->weights();
+    return name == "__base__" ? nullptr : &testing::ResidentWeights(*loaded.at(name));
   };
   std::vector<std::string> names = {"__base__"};
   for (const AdapterSpec& a : setup.adapters) names.push_back(a.name);

@@ -11,13 +11,14 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
 }
 
 grpc::Status UploadFiles(v1::Admin::Stub& admin, const std::string& id,
-                         const std::map<std::string, std::string>& files, size_t chunk_bytes) {
+                         const std::map<std::string, std::string>& files, size_t chunk_bytes, bool pin) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
   v1::AdapterInfo info;
   auto w = admin.UploadAdapter(&ctx, &info);
   v1::UploadAdapterRequest msg;
   msg.mutable_header()->set_adapter_id(id);
+  msg.mutable_header()->set_pin(pin);
   bool ok = w->Write(msg);
   for (const auto& [name, data] : files) {
     size_t off = 0;
@@ -33,11 +34,12 @@ grpc::Status UploadFiles(v1::Admin::Stub& admin, const std::string& id,
   return w->Finish();
 }
 
-grpc::Status Unload(v1::Admin::Stub& admin, const std::string& id) {
+grpc::Status Unload(v1::Admin::Stub& admin, const std::string& id, bool keep_on_disk) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
   v1::UnloadAdapterRequest req;
   req.set_adapter_id(id);
+  req.set_keep_on_disk(keep_on_disk);
   v1::UnloadAdapterResponse resp;
   return admin.UnloadAdapter(&ctx, req, &resp);
 }

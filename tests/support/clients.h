@@ -18,10 +18,12 @@ namespace adapterd::testing {
 // A plaintext channel to `address` (loopback servers only).
 std::shared_ptr<grpc::Channel> Connect(const std::string& address);
 
-// Uploads `files` as adapter `id` in chunks of `chunk_bytes`.
+// Uploads `files` as adapter `id` in chunks of `chunk_bytes`, pinned on the
+// device tier with `pin`.
 grpc::Status UploadFiles(v1::Admin::Stub& admin, const std::string& id,
-                         const std::map<std::string, std::string>& files, size_t chunk_bytes = 64 << 10);
-grpc::Status Unload(v1::Admin::Stub& admin, const std::string& id);
+                         const std::map<std::string, std::string>& files, size_t chunk_bytes = 64 << 10,
+                         bool pin = false);
+grpc::Status Unload(v1::Admin::Stub& admin, const std::string& id, bool keep_on_disk = false);
 
 // A greedy request: `prompt` then `max_new_tokens`, EOS ignored.
 v1::GenerateRequest GreedyRequest(const std::string& adapter, std::vector<uint32_t> prompt, int max_new_tokens);

@@ -1,0 +1,194 @@
+"""`./x bench tiers`: thousands of registered adapters under byte budgets.
+
+The S-LoRA-style curve: one server with 2,000 LoRAs registered (ranks 8, 16,
+32 and 64 in turn, on q/k/v/o_proj of the demo model), device and host
+budgets far smaller than all of them, and closed-loop throughput with the
+workload drawn from the first n in {8, 128, 2000} under skewed (power-law)
+popularity, the same load at every n. Runs alternate between the n values;
+medians are reported with the ratio to n = 8 measured in the same run.
+
+Then cold-load latency of a rank-16 adapter: on a second server whose
+device budget holds one such adapter, TTFT of a one-token request whose
+adapter is on the device (hot), in the host tier, or on disk only, and the
+server's own load time by source tier (adapterd_adapter_tier_load_seconds).
+"""
+import json
+import os
+import statistics
+import subprocess
+import urllib.request
+
+RANKS = (8, 16, 32, 64)
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def write_attn_lora(path, cfg, rank, seed):
+    """A PEFT-layout LoRA on the attention projections, written directly."""
+    import torch
+    from safetensors.torch import save_file
+    if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+        return path
+    os.makedirs(path, exist_ok=True)
+    h = cfg["hidden_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * hd
+    dims = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for mod, (out, inp) in dims.items():
+            key = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
+            tensors[key + ".lora_A.weight"] = torch.randn(rank, inp, generator=g) / inp ** 0.5
+            tensors[key + ".lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.01
+    tmp = path + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+                   "target_modules": list(TARGETS), "bias": "none"}, f)
+    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+    os.rename(os.path.join(tmp, "adapter_config.json"), os.path.join(path, "adapter_config.json"))
+    os.rename(os.path.join(tmp, "adapter_model.safetensors"), os.path.join(path, "adapter_model.safetensors"))
+    os.rmdir(tmp)
+    return path
+
+
+def scrape(server):
+    with open(os.path.join(server.tmp, "ready.json")) as f:
+        metrics = json.load(f)["metrics"]
+    return urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+
+
+def metric_sum(text, name, labels=""):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + labels if labels else "")) or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cmd_tiers(a, Server, loadgen, ensure_model, log):
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    base = ensure_model(work, "demo", a.build)
+    with open(os.path.join(base, "config.json")) as f:
+        cfg = json.load(f)
+    counts = [int(x) for x in a.adapters.split(",")]
+    n_max = max(counts)
+    log(f"writing {n_max} adapters (ranks {RANKS})")
+    dirs = [write_attn_lora(os.path.join(work, f"tier-r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i)
+            for i in range(n_max)]
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
+                              f"--max_batch_size={a.concurrency}", f"--adapter_device_bytes={device_bytes}",
+                              f"--adapter_host_bytes={host_bytes}"])
+    common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
+                  prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max,
+                  concurrency=a.concurrency, alpha=a.skew)
+    rows = []
+    try:
+        log(f"registering {n_max} adapters")
+        for i, d in enumerate(dirs):
+            subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
+                           check=True, capture_output=True)
+        text = scrape(server)
+        dev = metric_sum(text, "adapterd_adapter_tier_adapters", 'tier="device"')
+        host = metric_sum(text, "adapterd_adapter_tier_adapters", 'tier="host"')
+        log(f"registered: {dev:.0f} on the device tier, {host:.0f} in host memory")
+        loadgen(a.build, server.addr, **dict(common, requests=a.concurrency,
+                                             adapters=",".join(f"t{i}" for i in range(8))))
+        for run in range(a.runs):
+            for n in counts:
+                before = scrape(server)
+                r = loadgen(a.build, server.addr, seed=run + 1,
+                            adapters=",".join(f"t{i}" for i in range(n)), **common)
+                after = scrape(server)
+
+                def delta(name, labels=""):
+                    return metric_sum(after, name, labels) - metric_sum(before, name, labels)
+                r.update(n=n, run=run, hits=delta("adapterd_adapter_cache_hits_total"),
+                         misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
+                         misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
+                         evictions=delta("adapterd_adapter_evictions_total"),
+                         device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
+                         host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
+                rows.append(r)
+                log(f"run {run} n={n}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, misses "
+                    f"host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
+    finally:
+        server.stop()
+
+    # Cold loads of one rank-16 adapter: a device budget that holds one.
+    r16 = [d for i, d in enumerate(dirs) if RANKS[i % 4] == 16][:2]
+    h = cfg["hidden_size"]
+    kv = cfg["num_key_value_heads"] * (cfg.get("head_dim") or h // cfg["num_attention_heads"])
+    one = 16 * (2 * (h + h) + 2 * (h + kv)) * 4 * cfg["num_hidden_layers"]  # float32 bytes
+    cold = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
+                            f"--adapter_device_bytes={int(one * 1.5)}", "--adapter_host_bytes=0"])
+    ttft = {"device": [], "host": [], "disk": []}
+    single = dict(requests=1, warmup=0, concurrency=1, vocab=cfg["vocab_size"], prompt_min=16, prompt_max=16,
+                  output_min=1, output_max=1)
+    try:
+        for i, d in enumerate(r16):
+            subprocess.run([ctl, f"--addr={cold.addr}", "load", f"--id=c{i}", f"--path={d}"],
+                           check=True, capture_output=True)
+        for run in range(a.cold_runs):
+            # disk: offloaded, so the request reads its files back.
+            subprocess.run([ctl, f"--addr={cold.addr}", "unload", "--id=c0", "--keep_on_disk"],
+                           check=True, capture_output=True)
+            ttft["disk"].append(loadgen(a.build, cold.addr, adapters="c0", seed=run + 1, **single)["ttft_p50_s"])
+            ttft["device"].append(loadgen(a.build, cold.addr, adapters="c0", seed=run + 1, **single)["ttft_p50_s"])
+            # c1 evicts c0 to the host tier (its files were kept by the disk read).
+            loadgen(a.build, cold.addr, adapters="c1", seed=run + 1, **single)
+            ttft["host"].append(loadgen(a.build, cold.addr, adapters="c0", seed=run + 1, **single)["ttft_p50_s"])
+        text = scrape(cold)
+        load_s = {}
+        for src in ("host", "disk"):
+            s = metric_sum(text, "adapterd_adapter_tier_load_seconds_sum", f'source_tier="{src}"')
+            c = metric_sum(text, "adapterd_adapter_tier_load_seconds_count", f'source_tier="{src}"')
+            load_s[src] = (s / c if c else float("nan"), int(c))
+    finally:
+        cold.stop()
+
+    print(f"Tiered residency on the demo model, fp32, {a.threads} threads: {n_max} LoRAs registered "
+          f"(ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}), device budget {a.device_mb} MiB, "
+          f"host budget {a.host_mb} MiB; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
+          f"point, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law "
+          f"popularity alpha {a.skew}; medians of {a.runs} runs:\n")
+    print("| adapters in the workload | tok/s | vs n = " + str(counts[0]) +
+          " | device hits | misses from host | misses from disk | evictions | TTFT p50 s | TPOT p50 s | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ref = None
+    for n in counts:
+        sel = [r for r in rows if r["n"] == n]
+        med = {k: statistics.median(r[k] for r in sel) for k in
+               ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s", "hits", "misses_host", "misses_disk", "evictions")}
+        ref = ref or med["throughput_tok_s"]
+        print(f"| {n} | {med['throughput_tok_s']:.1f} | {med['throughput_tok_s'] / ref:.3f} | {med['hits']:.0f} | "
+              f"{med['misses_host']:.0f} | {med['misses_disk']:.0f} | {med['evictions']:.0f} | "
+              f"{med['ttft_p50_s']:.3f} | {med['tpot_p50_s']:.4f} | {sum(r['errors'] for r in sel)} |")
+    print(f"\nCold load of a rank-16 adapter ({a.cold_runs} runs, one-token requests with 16-token prompts):\n")
+    print("| adapter was on | TTFT median s | server load time, mean s (loads) |")
+    print("|---|---|---|")
+    for tier in ("device", "host", "disk"):
+        lt = load_s.get(tier)
+        print(f"| {tier} | {statistics.median(ttft[tier]):.4f} | "
+              + (f"{lt[0]:.4f} ({lt[1]})" if lt else "-") + " |")
+    print("\n" + json.dumps({"rows": rows, "ttft": ttft, "load_s": load_s}))
+
+
+def add_parser(sub, cpu_count):
+    t = sub.add_parser("tiers", help="2,000 adapters under byte budgets: throughput vs n, cold-load latency")
+    t.add_argument("--adapters", default="8,128,2000")
+    t.add_argument("--device-mb", type=int, default=64)
+    t.add_argument("--host-mb", type=int, default=256)
+    t.add_argument("--requests", type=int, default=256)
+    t.add_argument("--concurrency", type=int, default=16)
+    t.add_argument("--skew", type=float, default=0.3, help="power-law alpha (loadgen --alpha)")
+    t.add_argument("--prompt-min", type=int, default=8)
+    t.add_argument("--prompt-max", type=int, default=32)
+    t.add_argument("--output-min", type=int, default=16)
+    t.add_argument("--output-max", type=int, default=64)
+    t.add_argument("--runs", type=int, default=3)
+    t.add_argument("--cold-runs", type=int, default=7)
+    t.add_argument("--threads", type=int, default=cpu_count)
