@@ -13,6 +13,7 @@ adapter is on the device (hot), in the host tier, or on disk only, and the
 server's own load time by source tier (adapterd_adapter_tier_load_seconds).
 """
 import json
+import threading
 import os
 import statistics
 import subprocess
@@ -85,7 +86,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
                   prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max,
                   concurrency=a.concurrency, alpha=a.skew)
-    rows = []
+    rows, pause_rows = [], []
     try:
         log(f"registering {n_max} adapters")
         for i, d in enumerate(dirs):
@@ -115,6 +116,29 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
                 rows.append(r)
                 log(f"run {run} n={n}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, misses "
                     f"host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
+        # Do cold loads pause the streams already running? Hot streams on 8
+        # resident adapters, beside a second client whose requests go to
+        # resident adapters (control) or each to a different cold one.
+        hot = dict(common, requests=a.pause_requests, concurrency=8, alpha=1.0, round_robin="true",
+                   output_min=64, output_max=64, adapters=",".join(f"t{i}" for i in range(8)))
+        side = dict(common, requests=a.pause_requests // 2, concurrency=2, alpha=1.0, round_robin="true",
+                    output_min=16, output_max=16)
+        cold_ids = [f"t{i}" for i in range(n_max // 2, n_max)]
+        loadgen(a.build, server.addr, **dict(hot, requests=16))
+        for run in range(a.runs):
+            for mode in ("resident", "cold"):
+                ids = "t8,t9" if mode == "resident" else ",".join(cold_ids[run * len(cold_ids) // a.runs:])
+                out = {}
+
+                def drive(key, flags):
+                    out[key] = loadgen(a.build, server.addr, seed=run + 1, **flags)
+                t = threading.Thread(target=drive, args=("side", dict(side, adapters=ids)))
+                t.start()
+                drive("hot", hot)
+                t.join()
+                pause_rows.append(dict(mode=mode, run=run, hot=out["hot"], side=out["side"]))
+                log(f"run {run} beside {mode}: hot TPOT p50 {out['hot']['tpot_p50_s']:.4f} p99 "
+                    f"{out['hot']['tpot_p99_s']:.4f} s")
     finally:
         server.stop()
 
@@ -167,6 +191,18 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         print(f"| {n} | {med['throughput_tok_s']:.1f} | {med['throughput_tok_s'] / ref:.3f} | {med['hits']:.0f} | "
               f"{med['misses_host']:.0f} | {med['misses_disk']:.0f} | {med['evictions']:.0f} | "
               f"{med['ttft_p50_s']:.3f} | {med['tpot_p50_s']:.4f} | {sum(r['errors'] for r in sel)} |")
+    print(f"\nHot streams (8 clients, 8 resident adapters, 64-token outputs) beside a second client (2 at a "
+          f"time, 16-token outputs) whose every request goes to a resident adapter, or to a different cold one "
+          f"(registered, on disk); medians of {a.runs} runs:\n")
+    print("| second client's adapters | hot TPOT p50 s | hot TPOT p99 s | hot tok/s | second client's TTFT p50 s |")
+    print("|---|---|---|---|---|")
+    for mode in ("resident", "cold"):
+        sel = [r for r in pause_rows if r["mode"] == mode]
+        if not sel:
+            continue
+        med = lambda f: statistics.median(f(r) for r in sel)  # noqa: E731
+        print(f"| {mode} | {med(lambda r: r['hot']['tpot_p50_s']):.4f} | {med(lambda r: r['hot']['tpot_p99_s']):.4f} | "
+              f"{med(lambda r: r['hot']['throughput_tok_s']):.1f} | {med(lambda r: r['side']['ttft_p50_s']):.4f} |")
     print(f"\nCold load of a rank-16 adapter ({a.cold_runs} runs, one-token requests with 16-token prompts):\n")
     print("| adapter was on | TTFT median s | server load time, mean s (loads) |")
     print("|---|---|---|")
@@ -174,7 +210,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         lt = load_s.get(tier)
         print(f"| {tier} | {statistics.median(ttft[tier]):.4f} | "
               + (f"{lt[0]:.4f} ({lt[1]})" if lt else "-") + " |")
-    print("\n" + json.dumps({"rows": rows, "ttft": ttft, "load_s": load_s}))
+    print("\n" + json.dumps({"rows": rows, "pause": pause_rows, "ttft": ttft, "load_s": load_s}))
 
 
 def add_parser(sub, cpu_count):
@@ -191,4 +227,5 @@ def add_parser(sub, cpu_count):
     t.add_argument("--output-max", type=int, default=64)
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--cold-runs", type=int, default=7)
+    t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
     t.add_argument("--threads", type=int, default=cpu_count)
