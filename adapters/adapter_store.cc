@@ -179,7 +179,6 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     return out;
   }
   if (kind != "upload" || !m["files"].is_array()) return bad("the manifest's source is neither path nor upload");
-  UploadSource upload;
   for (const auto& f : m["files"]) {
     if (!f.is_object() || !f["name"].is_string() || !f["bytes"].is_number_unsigned() ||
         !f["crc32c"].is_number_unsigned()) {
@@ -192,9 +191,10 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     if (data->size() != f["bytes"].get<uint64_t>() || Crc(*data) != f["crc32c"].get<uint32_t>()) {
       return bad(absl::StrCat(name, " does not match its size or CRC32C in the manifest"));
     }
-    upload.files[name] = *std::move(data);
   }
-  out.source = std::move(upload);
+  // Checked, then let go: a store of thousands of adapters is never in memory at once.
+  out.source = PathSource{entry};
+  out.upload = true;
   return out;
 }
 

@@ -16,8 +16,11 @@ namespace adapterd::adapters {
 
 struct StoredAdapter {
   std::string id;
-  AdapterSource source;  // an upload's files, or the directory of a path load
-  bool pinned = false;   // kept on the device tier
+  // The directory to load it from: the entry's own for an upload (`upload`),
+  // the recorded one for a path load.
+  PathSource source;
+  bool upload = false;
+  bool pinned = false;  // kept on the device tier
 };
 
 // What Scan() found: the intact entries, and one error per entry skipped.
@@ -44,9 +47,9 @@ class AdapterStore {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes the entry; OK when there is none.
   absl::Status Remove(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
-  // Reads every entry. An entry whose manifest is missing or unreadable, or
-  // whose files do not match it, is reported in `skipped` and left on disk
-  // for the operator; it never fails the scan.
+  // Checks every entry, reading one file at a time. An entry whose manifest
+  // is missing or unreadable, or whose files do not match it, is reported in
+  // `skipped` and left on disk for the operator; it never fails the scan.
   StoreScan Scan() const ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string& dir() const { return dir_; }

@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -32,6 +34,18 @@ UploadSource Upload(std::string weights) {
                        {"adapter_model.safetensors", std::move(weights)}}};
 }
 
+// The files of a scanned upload entry, read back from its directory.
+std::map<std::string, std::string> FilesOf(const StoredAdapter& a) {
+  EXPECT_TRUE(a.upload) << a.id;
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(a.source.dir)) {
+    if (e.path().filename() == "manifest.json") continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    out[e.path().filename().string()] = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  return out;
+}
+
 void WriteRaw(const std::string& path, const std::string& data) {
   std::ofstream(path, std::ios::binary) << data;
 }
@@ -46,9 +60,11 @@ TEST(AdapterStoreTest, PutThenScanReturnsTheSameSources) {
   EXPECT_THAT(scan.skipped, IsEmpty());
   ASSERT_THAT(scan.adapters, SizeIs(2));
   EXPECT_EQ(scan.adapters[0].id, "a-path");
-  EXPECT_EQ(std::get<PathSource>(scan.adapters[0].source).dir, "/some/dir");
+  EXPECT_EQ(scan.adapters[0].source.dir, "/some/dir");
+  EXPECT_FALSE(scan.adapters[0].upload);
   EXPECT_EQ(scan.adapters[1].id, "b-upload");
-  EXPECT_EQ(std::get<UploadSource>(scan.adapters[1].source).files, Upload("weights-b").files);
+  EXPECT_EQ(scan.adapters[1].source.dir, (*store)->EntryDir("b-upload"));
+  EXPECT_EQ(FilesOf(scan.adapters[1]), Upload("weights-b").files);
   // No temporaries are left behind by a completed write.
   for (const auto& e : fs::directory_iterator(dir)) EXPECT_NE(e.path().filename().string()[0], '.');
 }
@@ -61,7 +77,7 @@ TEST(AdapterStoreTest, PutReplacesAndRemoveDeletes) {
   ASSERT_TRUE((*store)->Put("x", Upload("version-2")).ok());
   StoreScan scan = (*store)->Scan();
   ASSERT_THAT(scan.adapters, SizeIs(1));
-  EXPECT_EQ(std::get<UploadSource>(scan.adapters[0].source).files.at("adapter_model.safetensors"), "version-2");
+  EXPECT_EQ(FilesOf(scan.adapters[0]).at("adapter_model.safetensors"), "version-2");
   ASSERT_TRUE((*store)->Remove("x").ok());
   EXPECT_TRUE((*store)->Remove("x").ok());  // absent is fine
   EXPECT_THAT((*store)->Scan().adapters, IsEmpty());
@@ -162,7 +178,7 @@ TEST(AdapterStoreTest, RegistryRecordsAcknowledgedLoadsOnly) {
   // What was recorded loads again into a fresh registry.
   AdapterRegistry again(base->get(), store->get());
   for (auto& e : scan.adapters) {
-    auto info = LoadAndWait(again, e.id, std::move(e.source), /*persist=*/false);
+    auto info = LoadAndWait(again, e.id, e.source, /*persist=*/false);
     EXPECT_TRUE(info.ok()) << e.id << ": " << info.status();
   }
 }
