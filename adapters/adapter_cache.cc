@@ -120,21 +120,18 @@ void AdapterCache::PublishLocked(CacheSlot& slot) {
 
 void AdapterCache::PublishTiersLocked() {
   if (metrics_ == nullptr) return;
-  const Stats s = [&] {
-    Stats out;
-    for (const CacheSlot* c : slots_) {
-      if (c->device_ != nullptr) ++out.device_adapters;
-      if (c->host_ != nullptr) ++out.host_adapters;
-      if (c->disk_dir_.has_value()) {
-        ++out.disk_adapters;
-        out.disk_bytes += c->host_bytes_;
-      }
+  int64_t device_adapters = 0, host_adapters = 0, disk_adapters = 0, disk_bytes = 0;
+  for (const CacheSlot* c : slots_) {
+    if (c->device_ != nullptr) ++device_adapters;
+    if (c->host_ != nullptr) ++host_adapters;
+    if (c->disk_dir_.has_value()) {
+      ++disk_adapters;
+      disk_bytes += c->host_bytes_;
     }
-    return out;
-  }();
-  metrics_->SetTierUsage("device", s.device_adapters, device_used_ + device_reserved_, options_.device_bytes);
-  metrics_->SetTierUsage("host", s.host_adapters, host_used_, options_.host_bytes);
-  metrics_->SetTierUsage("disk", s.disk_adapters, s.disk_bytes, 0);
+  }
+  metrics_->SetTierUsage("device", device_adapters, device_used_ + device_reserved_, options_.device_bytes);
+  metrics_->SetTierUsage("host", host_adapters, host_used_, options_.host_bytes);
+  metrics_->SetTierUsage("disk", disk_adapters, disk_bytes, 0);
   metrics_->requests_waiting_on_load().Set(static_cast<double>(counters_.waiting_leases));
 }
 
@@ -383,6 +380,20 @@ void AdapterCache::LoaderLoop() {
           it = load_queue_.erase(it);
           skipped.push_back(std::move(s));
           continue;
+        }
+        if (options_.device_bytes > 0) {
+          int64_t pinned = 0;
+          for (const CacheSlot* c : slots_) pinned += c->pinned_ && c->device_ != nullptr ? c->device_bytes_ : 0;
+          if (pinned + s->device_bytes_ > options_.device_bytes) {  // would wait forever
+            s->loading_ = false;
+            s->load_error_ = absl::ResourceExhaustedError(absl::StrCat(
+                "adapter '", s->id_, "' (", s->device_bytes_, " bytes) cannot fit on the device tier beside the pinned "
+                "adapters (", pinned, " bytes of --adapter_device_bytes=", options_.device_bytes, ")"));
+            ++counters_.load_failures;
+            it = load_queue_.erase(it);
+            skipped.push_back(std::move(s));
+            continue;
+          }
         }
         if (MakeDeviceRoomLocked(s->device_bytes_, s.get(), released)) {
           slot = std::move(s);

@@ -93,7 +93,12 @@ class CacheSlot : public std::enable_shared_from_this<CacheSlot> {
 //
 // An adapter with no directory to read it back from (an upload without an
 // adapter store) keeps its host copy for as long as it is registered.
-// Thread-safe. The base model, and metrics if given, must outlive it.
+// A lease whose adapter can never fit (the rest of the device budget is
+// pinned) fails with RESOURCE_EXHAUSTED instead of waiting. While leases
+// keep every device byte busy, a cold adapter waits for one to end: with a
+// budget that holds few adapters, steady traffic to those can hold it back.
+// Thread-safe. The base model, and metrics if given, must outlive it, and it
+// must outlive every slot and lease it handed out.
 class AdapterCache {
  public:
   AdapterCache(const model::LlamaModel* base, AdapterCacheOptions options,

@@ -80,42 +80,51 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
             for i in range(n_max)]
     ctl = os.path.join(a.build, "server", "adapterctl")
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
-    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
-                              f"--max_batch_size={a.concurrency}", f"--adapter_device_bytes={device_bytes}",
-                              f"--adapter_host_bytes={host_bytes}"])
+    server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
+    server = Server(a.build, server_args + [f"--adapter_device_bytes={device_bytes}",
+                                            f"--adapter_host_bytes={host_bytes}"])
+    # The control: the same adapters, every one resident (no budgets), so the
+    # cost of more distinct adapters per batch shows apart from the tiers'.
+    control = Server(a.build, server_args) if a.control else None
     common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
                   prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max,
                   concurrency=a.concurrency, alpha=a.skew)
     rows, pause_rows = [], []
+    servers = [("budgets", server)] + ([("all resident", control)] if control else [])
     try:
-        log(f"registering {n_max} adapters")
-        for i, d in enumerate(dirs):
-            subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
-                           check=True, capture_output=True)
+        for label, s in servers:
+            log(f"registering {n_max} adapters ({label})")
+            for i, d in enumerate(dirs):
+                subprocess.run([ctl, f"--addr={s.addr}", "load", f"--id=t{i}", f"--path={d}"],
+                               check=True, capture_output=True)
+            loadgen(a.build, s.addr, **dict(common, requests=a.concurrency,
+                                            adapters=",".join(f"t{i}" for i in range(8))))
         text = scrape(server)
         dev = metric_sum(text, "adapterd_adapter_tier_adapters", 'tier="device"')
         host = metric_sum(text, "adapterd_adapter_tier_adapters", 'tier="host"')
         log(f"registered: {dev:.0f} on the device tier, {host:.0f} in host memory")
-        loadgen(a.build, server.addr, **dict(common, requests=a.concurrency,
-                                             adapters=",".join(f"t{i}" for i in range(8))))
         for run in range(a.runs):
             for n in counts:
-                before = scrape(server)
-                r = loadgen(a.build, server.addr, seed=run + 1,
-                            adapters=",".join(f"t{i}" for i in range(n)), **common)
-                after = scrape(server)
+                for label, s in servers:
+                    before = scrape(s)
+                    r = loadgen(a.build, s.addr, seed=run + 1,
+                                adapters=",".join(f"t{i}" for i in range(n)), **common)
+                    after = scrape(s)
 
-                def delta(name, labels=""):
-                    return metric_sum(after, name, labels) - metric_sum(before, name, labels)
-                r.update(n=n, run=run, hits=delta("adapterd_adapter_cache_hits_total"),
-                         misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
-                         misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
-                         evictions=delta("adapterd_adapter_evictions_total"),
-                         device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
-                         host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
-                rows.append(r)
-                log(f"run {run} n={n}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, misses "
-                    f"host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
+                    def delta(name, labels=""):
+                        return metric_sum(after, name, labels) - metric_sum(before, name, labels)
+                    r.update(n=n, run=run, server=label, hits=delta("adapterd_adapter_cache_hits_total"),
+                             misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
+                             misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
+                             evictions=delta("adapterd_adapter_evictions_total"),
+                             device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
+                             host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
+                    rows.append(r)
+                    log(f"run {run} n={n} {label}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, "
+                        f"misses host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
+        if control:
+            control.stop()
+            control = None
         # Do cold loads pause the streams already running? Hot streams on 8
         # resident adapters, beside a second client whose requests go to
         # resident adapters (control) or each to a different cold one.
@@ -141,6 +150,8 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
                     f"{out['hot']['tpot_p99_s']:.4f} s")
     finally:
         server.stop()
+        if control:
+            control.stop()
 
     # Cold loads of one rank-16 adapter: a device budget that holds one.
     r16 = [d for i, d in enumerate(dirs) if RANKS[i % 4] == 16][:2]
@@ -179,18 +190,20 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
           f"host budget {a.host_mb} MiB; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
           f"point, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law "
           f"popularity alpha {a.skew}; medians of {a.runs} runs:\n")
-    print("| adapters in the workload | tok/s | vs n = " + str(counts[0]) +
+    print("| adapters in the workload | server | tok/s | vs n = " + str(counts[0]) +
           " | device hits | misses from host | misses from disk | evictions | TTFT p50 s | TPOT p50 s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    ref = None
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ref = {}
     for n in counts:
-        sel = [r for r in rows if r["n"] == n]
-        med = {k: statistics.median(r[k] for r in sel) for k in
-               ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s", "hits", "misses_host", "misses_disk", "evictions")}
-        ref = ref or med["throughput_tok_s"]
-        print(f"| {n} | {med['throughput_tok_s']:.1f} | {med['throughput_tok_s'] / ref:.3f} | {med['hits']:.0f} | "
-              f"{med['misses_host']:.0f} | {med['misses_disk']:.0f} | {med['evictions']:.0f} | "
-              f"{med['ttft_p50_s']:.3f} | {med['tpot_p50_s']:.4f} | {sum(r['errors'] for r in sel)} |")
+        for label in dict.fromkeys(r["server"] for r in rows):
+            sel = [r for r in rows if r["n"] == n and r["server"] == label]
+            med = {k: statistics.median(r[k] for r in sel) for k in
+                   ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s", "hits", "misses_host", "misses_disk",
+                    "evictions")}
+            ref.setdefault(label, med["throughput_tok_s"])
+            print(f"| {n} | {label} | {med['throughput_tok_s']:.1f} | {med['throughput_tok_s'] / ref[label]:.3f} | "
+                  f"{med['hits']:.0f} | {med['misses_host']:.0f} | {med['misses_disk']:.0f} | {med['evictions']:.0f} | "
+                  f"{med['ttft_p50_s']:.3f} | {med['tpot_p50_s']:.4f} | {sum(r['errors'] for r in sel)} |")
     print(f"\nHot streams (8 clients, 8 resident adapters, 64-token outputs) beside a second client (2 at a "
           f"time, 16-token outputs) whose every request goes to a resident adapter, or to a different cold one "
           f"(registered, on disk); medians of {a.runs} runs:\n")
@@ -227,5 +240,6 @@ def add_parser(sub, cpu_count):
     t.add_argument("--output-max", type=int, default=64)
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--cold-runs", type=int, default=7)
+    t.add_argument("--control", type=int, default=1, help="also run a server with every adapter resident")
     t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
     t.add_argument("--threads", type=int, default=cpu_count)

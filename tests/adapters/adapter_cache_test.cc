@@ -209,6 +209,23 @@ TEST_F(AdapterCacheTest, PinnedAdaptersStayAndBlockOnlyWhatCannotFit) {
                       {"pinned"}));
 }
 
+TEST_F(AdapterCacheTest, AnAdapterThatCanNeverFitBesideThePinnedOnesFailsInsteadOfWaiting) {
+  Start(/*device_bytes=*/2 * kQvBytes, /*host_bytes=*/0);
+  ASSERT_TRUE(Upload("p1", 1, /*pin=*/true).ok());
+  ASSERT_TRUE(Upload("p2", 2, /*pin=*/true).ok());
+  ASSERT_TRUE(Upload("x", 3).ok());  // registered, but off the device: no room
+  EXPECT_EQ(TierOf("x"), Tier::kHost);
+  auto lease = LeaseOf("x");
+  absl::StatusOr<const model::AdapterWeights*> w = nullptr;
+  const absl::Time deadline = absl::Now() + kTimeout;
+  while (w.ok() && *w == nullptr && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+    w = lease->weights();
+  }
+  EXPECT_TRUE(IsError(w.status(), absl::StatusCode::kResourceExhausted, {"'x'", "pinned", "--adapter_device_bytes"}));
+  EXPECT_EQ(Stats().waiting_leases, 0);
+}
+
 TEST_F(AdapterCacheTest, ABurstForOneColdAdapterLoadsItOnce) {
   Start(0, 0);
   // Large (every projection, rank 64), so that its load from disk outlasts

@@ -208,5 +208,57 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
   EXPECT_GT(distinct_answers, static_cast<int>(direct.size()) / 2);
 }
 
+TEST(AdapterResidencyTest, MaxAdaptersPerBatchBoundsTheDistinctAdaptersRunning) {
+  const std::string base_dir = *model::EnsureDemoCheckpoint(testing::MakeTempDir("per-batch-demo"));
+  EngineOptions opts;
+  opts.max_batch_size = 16;
+  opts.max_adapters_per_batch = 2;
+  auto engine = MakeEngine(base_dir, opts);
+  EngineOptions unbounded = opts;
+  unbounded.max_adapters_per_batch = 0;
+  auto reference = MakeEngine(base_dir, unbounded);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_NE(reference, nullptr);
+  std::vector<std::shared_ptr<model::AdapterWeights>> weights;
+  for (int i = 0; i < 6; ++i) {
+    testing::FakeAdapter a = testing::DemoLora({.r = 4, .seed = static_cast<uint32_t>(50 + 9 * i),
+                                                .a_amplitude = 0.3f, .b_amplitude = 0.3f});
+    auto files = adapters::AdapterFilesFromUpload(a.Files());
+    ASSERT_TRUE(files.ok()) << files.status();
+    auto loaded = adapters::LoadAdapter(*files, *engine->model());
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    weights.push_back(loaded->weights);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> max_running{0};
+  std::thread monitor([&] {
+    while (!stop.load()) {
+      max_running = std::max(max_running.load(), engine->GetStats().running);
+      absl::SleepFor(absl::Microseconds(200));
+    }
+  });
+  std::vector<std::shared_ptr<Collector>> got, want;
+  for (int i = 0; i < 6; ++i) {
+    for (Engine* e : {engine.get(), reference.get()}) {
+      GenerationRequest r = Greedy(i, 24);
+      r.adapter = weights[i].get();
+      auto c = std::make_shared<Collector>();
+      (e == engine.get() ? got : want).push_back(c);
+      ASSERT_TRUE(e->Submit(std::move(r), c).ok());
+    }
+  }
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(got[i]->done.WaitForNotificationWithTimeout(absl::Seconds(120)));
+    ASSERT_TRUE(want[i]->done.WaitForNotificationWithTimeout(absl::Seconds(120)));
+    EXPECT_EQ(got[i]->tokens, want[i]->tokens) << "request " << i;
+  }
+  stop = true;
+  monitor.join();
+  // One adapter per request: never more than two requests at once, and two
+  // did run together (the bound is not one).
+  EXPECT_LE(max_running.load(), 2);
+  EXPECT_EQ(max_running.load(), 2);
+}
+
 }  // namespace
 }  // namespace adapterd::engine
