@@ -1,10 +1,9 @@
 #include "adapters/adapter_files.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/file_util.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -47,11 +46,9 @@ absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
                                                    kAdapterHubWeightsFile, " (AdapterHub)"));
   }
   const fs::path cfg = fs::path(dir) / kConfigFile;
-  std::ifstream in(cfg);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(cfg.string(), ": missing or unreadable"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  files.config_json = ss.str();
+  absl::StatusOr<std::string> config = ReadFileToString(cfg.string());
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg.string(), ": missing or unreadable"));
+  files.config_json = *std::move(config);
   absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w =
       model::SafetensorsFile::Open((fs::path(dir) / files.weights_file).string());
   if (!w.ok()) return w.status();
@@ -66,11 +63,9 @@ absl::StatusOr<std::map<std::string, std::string>> ReadAdapterFilesIntoMemory(co
   for (const char* name : {kConfigFile, kWeightsFile, kAdapterHubWeightsFile}) {
     const fs::path p = fs::path(dir) / name;
     if (!fs::exists(p, ec)) continue;
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (!in.good() && !in.eof()) return absl::DataLossError(absl::StrCat(p.string(), ": read failed"));
-    out[name] = ss.str();
+    absl::StatusOr<std::string> data = ReadFileToString(p.string());
+    if (!data.ok()) return absl::DataLossError(data.status().message());
+    out[name] = *std::move(data);
   }
   return out;
 }

@@ -7,14 +7,13 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/crc/crc32c.h"
 #include "absl/log/log.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/common/file_util.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -60,14 +59,7 @@ absl::Status WriteFileSynced(const std::string& path, const std::string& data) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return s.str();
-}
+absl::StatusOr<std::string> ReadFile(const std::string& path) { return ReadFileToString(path); }
 
 // Plain names only: no directories, no hidden files, not the manifest.
 bool SafeFileName(const std::string& name) {

@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "server/common/file_util.h"
 #include "server/common/torch_call.h"
 
 namespace adapterd::model {
@@ -48,10 +47,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   if (fs::exists(single)) {  // transformers also prefers the single file
     names.push_back("model.safetensors");
   } else if (fs::exists(index)) {
-    std::ifstream in(index);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    json j = json::parse(ss.str(), nullptr, false);
+    absl::StatusOr<std::string> text = ReadFileToString(index.string());
+    if (!text.ok()) return text.status();
+    json j = json::parse(*text, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
         !j["weight_map"].is_object()) {
       return absl::InvalidArgumentError(

@@ -5,12 +5,11 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/file_util.h"
 
 namespace adapterd::rpc {
 
@@ -110,11 +109,9 @@ absl::StatusOr<std::string> ReadSecret(const std::string& path, const char* env)
     const char* v = std::getenv(env);
     return v == nullptr ? std::string() : std::string(absl::StripAsciiWhitespace(v));
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read the token file ", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  std::string token(absl::StripAsciiWhitespace(s.str()));
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("cannot read the token file ", path));
+  std::string token(absl::StripAsciiWhitespace(*text));
   if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("the token file ", path, " is empty"));
   if (token.size() > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("the token file ", path, " holds more than 4096 bytes"));

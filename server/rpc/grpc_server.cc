@@ -6,24 +6,21 @@
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/common/file_util.h"
 
 namespace adapterd::rpc {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", flag, " ", path));
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (s.str().find("-----BEGIN ") == std::string::npos) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("cannot read ", flag, " ", path));
+  if (text->find("-----BEGIN ") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, " is not a PEM file"));
   }
-  return s.str();
+  return *std::move(text);
 }
 
 }  // namespace

@@ -18,7 +18,6 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/model/demo_checkpoint.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/support/clients.h"
 #include "tests/support/test_env.h"
@@ -31,19 +30,8 @@ using testing::StreamResult;
 
 const std::vector<uint32_t> kPrompt = {5, 17, 29, 3};
 
-std::string DemoCache() {
-  static const std::string* dir = [] {
-    auto* d = new std::string(testing::MakeTempDir("fault-cache"));
-    EXPECT_TRUE(model::EnsureDemoCheckpoint(*d).ok());
-    return d;
-  }();
-  return *dir;
-}
-
 absl::StatusOr<std::unique_ptr<testing::ServerProcess>> StartServer(std::vector<std::string> args) {
-  args.push_back("--cache_dir=" + DemoCache());
-  args.push_back("--demo_adapters=false");
-  return testing::ServerProcess::Start(args);
+  return testing::StartDemoServer(std::move(args));
 }
 
 std::vector<std::string> ListIds(v1::Admin::Stub& admin) {

@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/model/demo_checkpoint.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/support/clients.h"
 #include "tests/support/test_env.h"
@@ -24,19 +23,8 @@ using testing::StreamResult;
 const std::vector<uint32_t> kPrompt = {7, 3, 19, 11, 5};
 constexpr int64_t kQvBytes = 57344;  // q,v r=4 over the demo model's 4 layers, float32
 
-std::string DemoCache() {
-  static const std::string* dir = [] {
-    auto* d = new std::string(testing::MakeTempDir("residency-cache"));
-    EXPECT_TRUE(model::EnsureDemoCheckpoint(*d).ok());
-    return d;
-  }();
-  return *dir;
-}
-
 absl::StatusOr<std::unique_ptr<testing::ServerProcess>> StartServer(std::vector<std::string> args) {
-  args.push_back("--cache_dir=" + DemoCache());
-  args.push_back("--demo_adapters=false");
-  return testing::ServerProcess::Start(args);
+  return testing::StartDemoServer(std::move(args));
 }
 
 std::map<std::string, v1::AdapterInfo> List(v1::Admin::Stub& admin) {

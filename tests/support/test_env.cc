@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/model/demo_checkpoint.h"
 
 namespace adapterd::testing {
 
@@ -142,6 +143,17 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     absl::SleepFor(absl::Milliseconds(50));
   }
   return absl::DeadlineExceededError(absl::StrCat("adapterd not ready in time:\n", p->Log()));
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> StartDemoServer(std::vector<std::string> args) {
+  static const std::string* cache = [] {
+    auto* d = new std::string(MakeTempDir("demo-server-cache"));
+    EXPECT_TRUE(model::EnsureDemoCheckpoint(*d).ok());
+    return d;
+  }();
+  args.push_back("--cache_dir=" + *cache);
+  args.push_back("--demo_adapters=false");
+  return ServerProcess::Start(args);
 }
 
 ServerProcess::~ServerProcess() {

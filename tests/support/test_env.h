@@ -69,6 +69,10 @@ class ServerProcess {
   std::string grpc_, metrics_, admin_, log_path_;
 };
 
+// ServerProcess::Start on the demo model, generated once per test process
+// into a shared temporary cache, without the demo adapters.
+absl::StatusOr<std::unique_ptr<ServerProcess>> StartDemoServer(std::vector<std::string> args);
+
 // GET http://host:port/path over loopback; returns the body.
 absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path);
 

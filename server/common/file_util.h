@@ -1,0 +1,17 @@
+// Reading whole files, the one way every layer does it.
+#ifndef ADAPTERD_SERVER_COMMON_FILE_UTIL_H_
+#define ADAPTERD_SERVER_COMMON_FILE_UTIL_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace adapterd {
+
+// The bytes of the file at `path`. NOT_FOUND when it cannot be opened,
+// DATA_LOSS when reading fails part way; messages start with the path.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+}  // namespace adapterd
+
+#endif  // ADAPTERD_SERVER_COMMON_FILE_UTIL_H_
