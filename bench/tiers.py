@@ -4,8 +4,15 @@ The S-LoRA-style curve: one server with 2,000 LoRAs registered (ranks 8, 16,
 32 and 64 in turn, on q/k/v/o_proj of the demo model), device and host
 budgets far smaller than all of them, and closed-loop throughput with the
 workload drawn from the first n in {8, 128, 2000} under skewed (power-law)
-popularity, the same load at every n. Runs alternate between the n values;
-medians are reported with the ratio to n = 8 measured in the same run.
+popularity, the same load at every n. A second server with the same
+adapters and no budgets (every adapter resident) runs the same workloads, so
+the cost of more distinct adapters per batch shows apart from the tiers'.
+Runs alternate between the n values and the two servers; medians are
+reported with the ratio to n = 8 measured in the same run.
+
+Then whether cold loads pause running streams: hot streams on 8 resident
+adapters beside a second client whose every request goes to a resident
+adapter (control) or to a different cold one.
 
 Then cold-load latency of a rank-16 adapter: on a second server whose
 device budget holds one such adapter, TTFT of a one-token request whose
