@@ -110,6 +110,9 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
     if (!it->is_object()) return Bad(label, absl::StrCat("'", key, "' must be an object"));
     for (const auto& [k, v] : it->items()) {
       if (!v.is_number()) return Bad(label, absl::StrCat("'", key, "[", k, "]' must be a number"));
+      if (absl::Status st = CheckPattern(k, label, absl::StrCat(key, "[", k.substr(0, 64), "]")); !st.ok()) {
+        return st;
+      }
       if (is_rank) {
         if (!v.is_number_integer() || v.get<int64_t>() < 1) {
           return Bad(label, absl::StrCat("'rank_pattern[", k, "]' must be a positive integer"));

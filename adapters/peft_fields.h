@@ -29,6 +29,17 @@ struct ModuleSelector {
   bool Matches(const std::string& module_name) const;
 };
 
+// Checks a regular expression from a config before it is ever run:
+// ECMAScript syntax, at most kMaxPatternLength characters, and no
+// quantifier applied to a quantifier or to alternatives ("a**", "(a+)*",
+// "(a|aa)+"), the shapes whose backtracking grows exponentially with the
+// input, and at most kMaxPatternRepeats repetitions. std::regex
+// backtracks and recurses, so without this one hostile config could hang a
+// loader thread. `what` names the key in the message.
+inline constexpr size_t kMaxPatternLength = 256;
+inline constexpr int kMaxPatternRepeats = 4;
+absl::Status CheckPattern(const std::string& pattern, const std::string& label, const std::string& what);
+
 // Parses the value of `key` (a list of strings or a regex string).
 absl::Status ParseSelector(const OrderedJson& v, const std::string& label, const char* key,
                            ModuleSelector* out);

@@ -460,5 +460,31 @@ TEST(LoraConfigTest, RejectsBadJson) {
   }
 }
 
+// Patterns whose backtracking explodes are refused before they ever run
+// (the fuzzer found "q_pro*****|||" hanging the loader in std::regex).
+TEST(LoraConfigTest, PatternsThatBacktrackExponentiallyAreRefused) {
+  for (const std::string bad : {"q_pro*****|||||||j", "(a+)*", "(a|aa)+", "(.*)*x", "a{2}*", "x*?*",
+                                ".*.*.*.*.*q_proj"}) {
+    EXPECT_TRUE(IsError(ParseWith({{"target_modules", bad}}).status(), absl::StatusCode::kInvalidArgument,
+                        {"target_modules"}))
+        << bad;
+    EXPECT_TRUE(IsError(ParseWith({{"rank_pattern", {{bad, 8}}}}).status(), absl::StatusCode::kInvalidArgument,
+                        {"rank_pattern"}))
+        << bad;
+  }
+  EXPECT_TRUE(IsError(ParseWith({{"target_modules", std::string(300, 'a')}}).status(),
+                      absl::StatusCode::kInvalidArgument, {"target_modules", "256"}));
+  // What PEFT configs do write is accepted, and matches.
+  for (const std::string good : {R"(.*\.(q|v)_proj)", R"(model\.layers\.\d+\.self_attn\.(q_proj|v_proj))",
+                                 R"((.*\.)?q_proj)", R"(.*?layers\.[0-3]\..*q_proj)", "[a-z_]+\\.q_proj"}) {
+    absl::StatusOr<LoraConfig> c = ParseWith({{"target_modules", good}});
+    ASSERT_TRUE(c.ok()) << good << ": " << c.status();
+  }
+  absl::StatusOr<LoraConfig> c = ParseWith({{"target_modules", R"(.*\.(q|v)_proj)"}});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->Targets(Module(1, "self_attn.q_proj"), 1));
+  EXPECT_FALSE(c->Targets(Module(1, "self_attn.k_proj"), 1));
+}
+
 }  // namespace
 }  // namespace adapterd::adapters
