@@ -143,7 +143,10 @@ int64_t BottleneckConfig::Width(int64_t layer, int64_t hidden) const {
   auto it = reduction_per_layer.find(layer);
   const double rf = it != reduction_per_layer.end() ? it->second : reduction_factor;
   if (rf <= 0) return 0;
-  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(hidden) / rf)));
+  // Clamped before the cast (a tiny factor would overflow int64); a width
+  // that large then fails the shape checks against the tensors.
+  const double width = std::min(std::floor(static_cast<double>(hidden) / rf), 1e12);
+  return std::max<int64_t>(1, static_cast<int64_t>(width));
 }
 
 }  // namespace adapterd::adapters

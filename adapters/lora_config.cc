@@ -14,6 +14,8 @@ namespace {
 
 using json = OrderedJson;
 
+constexpr int64_t kMaxRank = 65536;
+
 absl::Status Bad(const std::string& label, const std::string& what) { return ConfigError(label, what); }
 
 // PEFT: a key applies when it equals the module name or `(.*\.)?(key)$` matches it.
@@ -58,7 +60,10 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
   };
   double r = static_cast<double>(c.r);
   if (absl::Status s = num("r", &r); !s.ok()) return s;
-  if (r < 1 || r != std::floor(r)) return Bad(label, "'r' must be a positive integer");
+  // Bounded before the cast: a double past int64 would be undefined.
+  if (r < 1 || r > kMaxRank || r != std::floor(r)) {
+    return Bad(label, absl::StrCat("'r' must be a positive integer no larger than ", kMaxRank));
+  }
   c.r = static_cast<int64_t>(r);
   c.lora_alpha = 8;  // PEFT's default
   if (absl::Status s = num("lora_alpha", &c.lora_alpha); !s.ok()) return s;
@@ -114,8 +119,9 @@ absl::StatusOr<LoraConfig> LoraConfig::FromJson(const std::string& text, const s
         return st;
       }
       if (is_rank) {
-        if (!v.is_number_integer() || v.get<int64_t>() < 1) {
-          return Bad(label, absl::StrCat("'rank_pattern[", k, "]' must be a positive integer"));
+        if (!v.is_number_integer() || v.get<double>() < 1 || v.get<double>() > kMaxRank) {
+          return Bad(label, absl::StrCat("'rank_pattern[", k, "]' must be a positive integer no larger than ",
+                                         kMaxRank));
         }
         c.rank_pattern.emplace_back(k, v.get<int64_t>());
       } else {

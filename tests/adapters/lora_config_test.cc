@@ -486,5 +486,16 @@ TEST(LoraConfigTest, PatternsThatBacktrackExponentiallyAreRefused) {
   EXPECT_FALSE(c->Targets(Module(1, "self_attn.k_proj"), 1));
 }
 
+// The fuzzer's find: an 'r' far past int64 was cast unchecked.
+TEST(LoraConfigTest, RanksBeyondTheLimitAreRefusedNotCast) {
+  const std::string huge(120, '8');
+  const std::string text = R"({"peft_type": "LORA", "r": )" + huge + R"(, "target_modules": ["q_proj"]})";
+  EXPECT_TRUE(IsError(LoraConfig::FromJson(text, kLabel).status(), absl::StatusCode::kInvalidArgument, {"'r'", "65536"}));
+  EXPECT_TRUE(IsError(ParseWith({{"r", 65537}}).status(), absl::StatusCode::kInvalidArgument, {"'r'"}));
+  EXPECT_TRUE(ParseWith({{"r", 65536}}).ok());
+  EXPECT_TRUE(IsError(ParseWith({{"rank_pattern", {{"q_proj", 1e30}}}}).status(), absl::StatusCode::kInvalidArgument,
+                      {"rank_pattern"}));
+}
+
 }  // namespace
 }  // namespace adapterd::adapters
