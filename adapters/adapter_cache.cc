@@ -443,6 +443,8 @@ void AdapterCache::LoaderLoop() {
       slot->loading_ = false;
       ++changes_;
       if (built.ok()) {
+        // Observed before the weights are published, so whoever sees them sees the load counted.
+        if (metrics_ != nullptr) metrics_->RecordAdapterTierLoad(TierName(source), seconds);
         slot->device_ = *std::move(built);
         device_used_ += slot->device_bytes_;
         ++(source == Tier::kHost ? counters_.loads_from_host : counters_.loads_from_disk);
@@ -457,9 +459,7 @@ void AdapterCache::LoaderLoop() {
       }
       PublishLocked(*slot);
     }
-    if (built.ok()) {
-      if (metrics_ != nullptr) metrics_->RecordAdapterTierLoad(TierName(source), seconds);
-    } else {
+    if (!built.ok()) {
       LOG(WARNING) << "adapter " << slot->id_ << " could not be brought in from " << TierName(source)
                    << ": " << built.status();
     }
