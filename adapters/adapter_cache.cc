@@ -118,21 +118,28 @@ void AdapterCache::PublishLocked(CacheSlot& slot) {
   PublishTiersLocked();
 }
 
-void AdapterCache::PublishTiersLocked() {
-  if (metrics_ == nullptr) return;
-  int64_t device_adapters = 0, host_adapters = 0, disk_adapters = 0, disk_bytes = 0;
+AdapterCache::Stats AdapterCache::StatsLocked() const {
+  Stats s = counters_;
   for (const CacheSlot* c : slots_) {
-    if (c->device_ != nullptr) ++device_adapters;
-    if (c->host_ != nullptr) ++host_adapters;
+    if (c->device_ != nullptr) ++s.device_adapters;
+    if (c->host_ != nullptr) ++s.host_adapters;
     if (c->disk_dir_.has_value()) {
-      ++disk_adapters;
-      disk_bytes += c->host_bytes_;
+      ++s.disk_adapters;
+      s.disk_bytes += c->host_bytes_;
     }
   }
-  metrics_->SetTierUsage("device", device_adapters, device_used_ + device_reserved_, options_.device_bytes);
-  metrics_->SetTierUsage("host", host_adapters, host_used_, options_.host_bytes);
-  metrics_->SetTierUsage("disk", disk_adapters, disk_bytes, 0);
-  metrics_->requests_waiting_on_load().Set(static_cast<double>(counters_.waiting_leases));
+  s.device_bytes = device_used_ + device_reserved_;
+  s.host_bytes = host_used_;
+  return s;
+}
+
+void AdapterCache::PublishTiersLocked() {
+  if (metrics_ == nullptr) return;
+  const Stats s = StatsLocked();
+  metrics_->SetTierUsage("device", s.device_adapters, s.device_bytes, options_.device_bytes);
+  metrics_->SetTierUsage("host", s.host_adapters, s.host_bytes, options_.host_bytes);
+  metrics_->SetTierUsage("disk", s.disk_adapters, s.disk_bytes, 0);
+  metrics_->requests_waiting_on_load().Set(static_cast<double>(s.waiting_leases));
 }
 
 void AdapterCache::DropDeviceLocked(CacheSlot& slot, std::vector<std::shared_ptr<const void>>& released) {
@@ -468,18 +475,7 @@ void AdapterCache::LoaderLoop() {
 
 AdapterCache::Stats AdapterCache::GetStats() const {
   absl::MutexLock lock(&mu_);
-  Stats s = counters_;
-  for (const CacheSlot* c : slots_) {
-    if (c->device_ != nullptr) ++s.device_adapters;
-    if (c->host_ != nullptr) ++s.host_adapters;
-    if (c->disk_dir_.has_value()) {
-      ++s.disk_adapters;
-      s.disk_bytes += c->host_bytes_;
-    }
-  }
-  s.device_bytes = device_used_ + device_reserved_;
-  s.host_bytes = host_used_;
-  return s;
+  return StatsLocked();
 }
 
 }  // namespace adapterd::adapters

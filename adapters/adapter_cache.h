@@ -164,6 +164,7 @@ class AdapterCache {
   void DropHostLocked(CacheSlot& slot, std::vector<std::shared_ptr<const void>>& released)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Tier TierLocked(const CacheSlot& slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Stats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Brings the resident{} series and the tier gauges up to date.
   void PublishLocked(CacheSlot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishTiersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

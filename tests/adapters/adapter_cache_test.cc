@@ -59,6 +59,19 @@ const model::AdapterWeights* Await(engine::AdapterLease& lease) {
   return nullptr;
 }
 
+// The error that ends the lease's wait (polling like the engine does), or
+// DEADLINE_EXCEEDED when the adapter became resident or kTimeout passed.
+absl::Status AwaitFailure(engine::AdapterLease& lease) {
+  const absl::Time deadline = absl::Now() + kTimeout;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<const model::AdapterWeights*> w = lease.weights();
+    if (!w.ok()) return w.status();
+    if (*w != nullptr) return absl::DeadlineExceededError("the adapter became resident");
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return absl::DeadlineExceededError("the lease kept waiting");
+}
+
 class AdapterCacheTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -216,13 +229,8 @@ TEST_F(AdapterCacheTest, AnAdapterThatCanNeverFitBesideThePinnedOnesFailsInstead
   ASSERT_TRUE(Upload("x", 3).ok());  // registered, but off the device: no room
   EXPECT_EQ(TierOf("x"), Tier::kHost);
   auto lease = LeaseOf("x");
-  absl::StatusOr<const model::AdapterWeights*> w = nullptr;
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (w.ok() && *w == nullptr && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-    w = lease->weights();
-  }
-  EXPECT_TRUE(IsError(w.status(), absl::StatusCode::kResourceExhausted, {"'x'", "pinned", "--adapter_device_bytes"}));
+  const absl::Status w = AwaitFailure(*lease);
+  EXPECT_TRUE(IsError(w, absl::StatusCode::kResourceExhausted, {"'x'", "pinned", "--adapter_device_bytes"}));
   EXPECT_EQ(Stats().waiting_leases, 0);
 }
 
@@ -353,13 +361,8 @@ TEST_F(AdapterCacheTest, ALoadThatFailsFromDiskReachesTheWaitingRequests) {
   ASSERT_TRUE(registry_->Unload("gone", /*keep_on_disk=*/true).ok());
   fs::remove_all(dir);
   auto lease = LeaseOf("gone");
-  absl::StatusOr<const model::AdapterWeights*> w = nullptr;
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (w.ok() && *w == nullptr && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-    w = lease->weights();
-  }
-  EXPECT_TRUE(IsError(w.status(), absl::StatusCode::kNotFound, {dir}));
+  const absl::Status w = AwaitFailure(*lease);
+  EXPECT_TRUE(IsError(w, absl::StatusCode::kNotFound, {dir}));
   EXPECT_EQ(Stats().load_failures, 1);
   EXPECT_EQ(Stats().waiting_leases, 0);
 }
