@@ -7,7 +7,7 @@
 #
 # The server binary that integration tests start is the sanitized one too.
 # Reports from code that is not ours (LibTorch, gRPC, Abseil, Python) are
-# suppressed by the files next to this script; see tests/sanitizers/README.md.
+# suppressed by the files next to this script; see SECURITY.md (Sanitizers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE="${1:?usage: run.sh asan|tsan [ctest args]}"
