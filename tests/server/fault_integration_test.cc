@@ -82,8 +82,10 @@ TEST(FaultTest, KillNineDuringUploadsLeavesNoPartialAdapter) {
     auto admin = v1::Admin::NewStub(ch);
     auto inf = v1::Inference::NewStub(ch);
     ASSERT_TRUE(testing::UploadFiles(*admin, "kept", kept_files).ok());
+    // Timed as each victim's upload runs below: a new channel, then the upload.
     const absl::Time t0 = absl::Now();
-    ASSERT_TRUE(testing::UploadFiles(*admin, "big-reference", big_files).ok());
+    auto fresh = v1::Admin::NewStub(testing::Connect((*server)->grpc_address()));
+    ASSERT_TRUE(testing::UploadFiles(*fresh, "big-reference", big_files).ok());
     full_upload = absl::Now() - t0;
     StreamResult r = testing::StreamTokens(*inf, testing::GreedyRequest("kept", kPrompt, 12));
     ASSERT_TRUE(r.status.ok());
@@ -95,7 +97,8 @@ TEST(FaultTest, KillNineDuringUploadsLeavesNoPartialAdapter) {
   }
   std::cout << "full upload of the rank-64 adapter: " << absl::FormatDuration(full_upload) << "\n";
   int acknowledged_then_killed = 0, absent_after_kill = 0;
-  const std::vector<double> fractions = {0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2};
+  // The last two land well after a whole upload, even on a loaded machine.
+  const std::vector<double> fractions = {0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0};
   for (size_t i = 0; i < fractions.size(); ++i) {
     const std::string victim = absl::StrCat("victim-", i);
     std::atomic<bool> acked{false};
@@ -249,7 +252,8 @@ TEST(FaultTest, SigtermFinishesInFlightRequestsAndRefusesNewOnes) {
   ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
   // New calls are refused with UNAVAILABLE once shutdown has begun.
   grpc::Status probe;
-  for (int i = 0; i < 200; ++i) {
+  int probes = 0;
+  for (int i = 0; i < 200; ++i, ++probes) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     v1::GenerateResponse resp;
@@ -257,8 +261,10 @@ TEST(FaultTest, SigtermFinishesInFlightRequestsAndRefusesNewOnes) {
     if (!probe.ok()) break;
     absl::SleepFor(absl::Milliseconds(25));
   }
-  EXPECT_EQ(probe.error_code(), grpc::StatusCode::UNAVAILABLE) << probe.error_message();
+  const int probe_code = probe.error_code();
   for (auto& t : clients) t.join();
+  EXPECT_EQ(probe_code, grpc::StatusCode::UNAVAILABLE)
+      << probe.error_message() << " after " << probes << " OK probes; server log:\n" << (*server)->Log();
   for (int c = 0; c < kStreams; ++c) {
     EXPECT_TRUE(results[c].status.ok()) << c << ": " << results[c].status.error_message();
     EXPECT_EQ(results[c].tokens.size(), static_cast<size_t>(kTokens)) << c;
