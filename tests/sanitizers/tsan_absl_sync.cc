@@ -4,8 +4,8 @@
 // calls it intercepts; absl::Mutex is built from atomics and futexes inside
 // libabsl_synchronization.so, so without help every access guarded by one
 // would be reported as a race. Preloaded (LD_PRELOAD) into the TSan suite by
-// tests/sanitizers/run.sh, this library interposes the Mutex and CondVar
-// entry points that take and release the lock (callers inside Abseil and
+// tests/sanitizers/run.sh, this library interposes the Mutex, CondVar and
+// Notification entry points that take and release the lock (callers inside Abseil and
 // gRPC reach them through the PLT too), runs the real ones, and tells TSan
 // that a release happened before the next acquisition of the same mutex.
 // It is built without instrumentation and calls TSan only when the process
@@ -17,6 +17,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 
 extern "C" {
 void __tsan_acquire(void* addr) __attribute__((weak));
@@ -29,10 +30,11 @@ namespace {
 #define ADAPTERD_STR(x) ADAPTERD_STR2(x)
 
 // The real definition of the Abseil symbol whose mangled name, after
-// "_ZN4absl<inline namespace>", is `suffix`.
-void* Real(const char* suffix) {
+// "_ZN4absl<inline namespace>" ("_ZNK4absl..." for a const member), is `suffix`.
+void* Real(const char* suffix, bool const_member = false) {
   const std::string ns = ADAPTERD_STR(ABSL_OPTION_INLINE_NAMESPACE_NAME);
-  const std::string name = "_ZN4absl" + std::to_string(ns.size()) + ns + suffix;
+  const std::string name =
+      std::string(const_member ? "_ZNK4absl" : "_ZN4absl") + std::to_string(ns.size()) + ns + suffix;
   void* f = dlsym(RTLD_NEXT, name.c_str());
   if (f == nullptr) {
     std::fprintf(stderr, "tsan_absl_sync: %s not found\n", name.c_str());
@@ -42,8 +44,8 @@ void* Real(const char* suffix) {
 }
 
 template <typename F>
-F RealFn(const char* suffix) {
-  return reinterpret_cast<F>(Real(suffix));
+F RealFn(const char* suffix, bool const_member = false) {
+  return reinterpret_cast<F>(Real(suffix, const_member));
 }
 
 inline void Acquire(const void* mu) {
@@ -121,6 +123,38 @@ bool CondVar::WaitCommon(Mutex* mutex, KernelTimeout t) {
   Release(mutex);
   const bool r = real(this, mutex, t);
   Acquire(mutex);
+  return r;
+}
+
+// A Notification orders Notify() before every wait that returns true; a
+// wait that finds it already notified takes no lock, so the edge is told
+// to TSan here.
+void Notification::Notify() {
+  static auto real = RealFn<void (*)(Notification*)>("12Notification6NotifyEv");
+  Release(this);
+  real(this);
+}
+
+void Notification::WaitForNotification() const {
+  static auto real =
+      RealFn<void (*)(const Notification*)>("12Notification19WaitForNotificationEv", true);
+  real(this);
+  Acquire(this);
+}
+
+bool Notification::WaitForNotificationWithTimeout(absl::Duration timeout) const {
+  static auto real = RealFn<bool (*)(const Notification*, absl::Duration)>(
+      "12Notification30WaitForNotificationWithTimeoutENS0_8DurationE", true);
+  const bool r = real(this, timeout);
+  if (r) Acquire(this);
+  return r;
+}
+
+bool Notification::WaitForNotificationWithDeadline(absl::Time deadline) const {
+  static auto real = RealFn<bool (*)(const Notification*, absl::Time)>(
+      "12Notification31WaitForNotificationWithDeadlineENS0_4TimeE", true);
+  const bool r = real(this, deadline);
+  if (r) Acquire(this);
   return r;
 }
 

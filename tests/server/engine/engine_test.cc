@@ -20,7 +20,7 @@ class Collector : public ResultSink {
  public:
   void OnTokens(std::span<const int64_t> t, std::span<const float> lp) override {
     tokens.insert(tokens.end(), t.begin(), t.end());
-    if (first_token_seen != nullptr && !first_token_seen->HasBeenNotified()) first_token_seen->Notify();
+    if (!first_token.HasBeenNotified()) first_token.Notify();
   }
   void OnFinish(const Finish& f) override {
     finish = f;
@@ -29,7 +29,7 @@ class Collector : public ResultSink {
   std::vector<int64_t> tokens;
   Finish finish;
   absl::Notification done;
-  absl::Notification* first_token_seen = nullptr;
+  absl::Notification first_token;  // owned: the engine may call OnTokens again at any time
 };
 
 std::string DemoDir() {
@@ -94,11 +94,8 @@ TEST(EngineTest, SequencesJoiningAndLeavingMidBatchMatchRunningAlone) {
   std::vector<std::shared_ptr<Collector>> cs;
   for (const auto& r : reqs) {
     cs.push_back(std::make_shared<Collector>());
-    absl::Notification first;
-    cs.back()->first_token_seen = &first;
     ASSERT_TRUE(e->Submit(r, cs.back()).ok());
-    first.WaitForNotification();
-    cs.back()->first_token_seen = nullptr;
+    cs.back()->first_token.WaitForNotification();
   }
   for (size_t i = 0; i < reqs.size(); ++i) {
     cs[i]->done.WaitForNotification();
@@ -144,11 +141,9 @@ TEST(EngineTest, CancelReturnsKvBlocks) {
   auto e = MakeEngine();
   ASSERT_NE(e, nullptr);
   auto c = std::make_shared<Collector>();
-  absl::Notification first;
-  c->first_token_seen = &first;
   auto h = e->Submit(Greedy({1, 2, 3}, 1500), c);
   ASSERT_TRUE(h.ok());
-  first.WaitForNotification();
+  c->first_token.WaitForNotification();
   EXPECT_LT(e->GetStats().kv_free_blocks, e->GetStats().kv_total_blocks);
   (*h)->Cancel();
   c->done.WaitForNotification();
@@ -257,10 +252,8 @@ TEST(EngineTest, ShutdownEndsRunningWorkAndRejectsNewWork) {
   auto e = MakeEngine();
   ASSERT_NE(e, nullptr);
   auto c = std::make_shared<Collector>();
-  absl::Notification first;
-  c->first_token_seen = &first;
   ASSERT_TRUE(e->Submit(Greedy({1, 2, 3}, 1800), c).ok());
-  first.WaitForNotification();
+  c->first_token.WaitForNotification();
   e->Shutdown(absl::ZeroDuration());
   ASSERT_TRUE(c->done.HasBeenNotified());
   EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kUnavailable);
