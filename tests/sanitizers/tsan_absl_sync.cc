@@ -4,10 +4,11 @@
 // calls it intercepts; absl::Mutex is built from atomics and futexes inside
 // libabsl_synchronization.so, so without help every access guarded by one
 // would be reported as a race. Preloaded (LD_PRELOAD) into the TSan suite by
-// tests/sanitizers/run.sh, this library interposes the Mutex, CondVar and
-// Notification entry points that take and release the lock (callers inside Abseil and
-// gRPC reach them through the PLT too), runs the real ones, and tells TSan
-// that a release happened before the next acquisition of the same mutex.
+// tests/sanitizers/run.sh, this library interposes the Mutex and CondVar
+// entry points that take and release the lock, and Notification's Notify and
+// waits (callers inside Abseil and gRPC reach them through the PLT too), runs
+// the real ones, and tells TSan that a release happened before the next
+// acquisition of the same mutex, and a Notify before a wait that saw it.
 // It is built without instrumentation and calls TSan only when the process
 // has it, so the shells and Python processes that tests start are unaffected.
 #include <dlfcn.h>

@@ -252,8 +252,8 @@ TEST(FaultTest, SigtermFinishesInFlightRequestsAndRefusesNewOnes) {
   ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
   // New calls are refused with UNAVAILABLE once shutdown has begun.
   grpc::Status probe;
-  int probes = 0;
-  for (int i = 0; i < 200; ++i, ++probes) {
+  int probes = 0;  // that came back OK
+  for (; probes < 200; ++probes) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     v1::GenerateResponse resp;
