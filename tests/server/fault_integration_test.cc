@@ -224,13 +224,18 @@ TEST(FaultTest, CallsBeyondTheQueueGetResourceExhaustedQuickly) {
 }
 
 TEST(FaultTest, SigtermFinishesInFlightRequestsAndRefusesNewOnes) {
-  auto server = StartServer({"--max_batch_size=8", "--shutdown_grace_seconds=120"});
+  // Room in the batch beside the streams: a probe the engine accepted just
+  // before the signal finishes in one step instead of waiting for a slot
+  // until the streams end, when the transport's own shutdown answers the
+  // next probe with CANCELLED.
+  auto server = StartServer({"--max_batch_size=16", "--shutdown_grace_seconds=120"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto ch = testing::Connect((*server)->grpc_address());
   auto inf = v1::Inference::NewStub(ch);
   constexpr int kStreams = 8, kTokens = 150;
   absl::BlockingCounter started(kStreams);
   std::vector<StreamResult> results(kStreams);
+  std::atomic<int> streams_done{0};
   std::vector<std::thread> clients;
   for (int c = 0; c < kStreams; ++c) {
     clients.emplace_back([&, c] {
@@ -246,25 +251,36 @@ TEST(FaultTest, SigtermFinishesInFlightRequestsAndRefusesNewOnes) {
       }
       if (first) started.DecrementCount();
       results[c].status = reader->Finish();
+      streams_done.fetch_add(1);
     });
   }
   started.Wait();
+  const absl::Time killed = absl::Now();
   ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
   // New calls are refused with UNAVAILABLE once shutdown has begun.
   grpc::Status probe;
+  std::string probe_debug;
+  absl::Duration probe_at;
   int probes = 0;  // that came back OK
   for (; probes < 200; ++probes) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     v1::GenerateResponse resp;
     probe = inf->Generate(&ctx, testing::GreedyRequest("", kPrompt, 1), &resp);
-    if (!probe.ok()) break;
+    probe_at = absl::Now() - killed;
+    if (!probe.ok()) {
+      probe_debug = ctx.debug_error_string();
+      break;
+    }
     absl::SleepFor(absl::Milliseconds(25));
   }
   const int probe_code = probe.error_code();
+  const int streams_done_at_refusal = streams_done.load();
   for (auto& t : clients) t.join();
+  EXPECT_LT(streams_done_at_refusal, kStreams) << "the refusal came only after the streams had ended";
   EXPECT_EQ(probe_code, grpc::StatusCode::UNAVAILABLE)
-      << probe.error_message() << " after " << probes << " OK probes; server log:\n" << (*server)->Log();
+      << probe.error_message() << " (" << probe_debug << ") " << absl::FormatDuration(probe_at)
+      << " after SIGTERM, after " << probes << " OK probes; server log:\n" << (*server)->Log();
   for (int c = 0; c < kStreams; ++c) {
     EXPECT_TRUE(results[c].status.ok()) << c << ": " << results[c].status.error_message();
     EXPECT_EQ(results[c].tokens.size(), static_cast<size_t>(kTokens)) << c;
