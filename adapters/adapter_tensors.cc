@@ -41,14 +41,31 @@ absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorIn
                                                     ShapeString(t.shape), ", expected ", ShapeString(want)));
 }
 
-at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
-                    const model::ModelOptions& opts) {
+namespace {
+
+// An owned CPU copy in the file's dtype.
+at::Tensor Copy(const model::SafetensorsFile& f, const model::StTensorInfo& info) {
   auto data = f.Data(info);
   c10::ScalarType t = info.dtype == model::StDType::kF32    ? at::kFloat
                       : info.dtype == model::StDType::kF16  ? at::kHalf
                                                             : at::kBFloat16;
   at::Tensor src = at::empty(info.shape, at::dtype(t));
   std::memcpy(src.data_ptr(), data.data(), data.size());
+  return src;
+}
+
+}  // namespace
+
+at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
+                    const model::ModelOptions& opts) {
+  return Copy(f, info).to(opts.device, opts.dtype);
+}
+
+at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
+                        const model::ModelOptions& opts) {
+  at::Tensor src = Copy(f, info);
+  const bool half = src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16;
+  if (half && opts.dtype == at::kFloat && opts.device.is_cpu()) return src;
   return src.to(opts.device, opts.dtype);
 }
 

@@ -37,6 +37,13 @@ absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorIn
 at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                     const model::ModelOptions& opts);
 
+// For LoRA's A and B: like ToTensor, except that an F16 or BF16 tensor keeps
+// its dtype when the base is fp32 on the CPU. The forward pass widens such
+// weights exactly as it reads them, so the result is the same while the
+// adapter holds, and each step reads, half the bytes. May throw.
+at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
+                        const model::ModelOptions& opts);
+
 }  // namespace adapterd::adapters
 
 #endif  // ADAPTERD_ADAPTERS_ADAPTER_TENSORS_H_

@@ -125,8 +125,8 @@ absl::StatusOr<LoadedLora> LoadLora(const AdapterFiles& files, const model::Llam
       const double scale = config->ScaleFor(name);
       absl::Status st = TorchCall(absl::StrCat(f.label(), ": ", name), [&] {
         c10::InferenceMode guard;
-        lm = model::LoraModule::FromPeft(ToTensor(f, *mt.a, base.options()),
-                                         ToTensor(f, *mt.b, base.options()), scale);
+        lm = model::LoraModule::FromPeft(ToLoraTensor(f, *mt.a, base.options()),
+                                         ToLoraTensor(f, *mt.b, base.options()), scale);
         if (mt.magnitude != nullptr) {
           // PEFT: magnitude / ||W + scale * B A|| per output row, in float32.
           at::Tensor m = ToTensor(f, *mt.magnitude, base.options()).to(at::kFloat);

@@ -197,16 +197,31 @@ constexpr int64_t kSmallSegmentRows = 8;
 // With DoRA,
 // y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
 // `delta` out floats.
+LoraWeightType RowWeightType(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return LoraWeightType::kF16;
+    case at::kBFloat16: return LoraWeightType::kBF16;
+    default: return LoraWeightType::kF32;
+  }
+}
+
+bool RowKernelTakes(const LoraModule& m) {
+  const at::ScalarType t = m.a_t.scalar_type();
+  return m.a_t.device().is_cpu() && m.b_t.scalar_type() == t &&
+         (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
+}
+
 void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
              const float* bias, float* tmp, float* delta) {
   const int64_t r = m.rank();
-  LoraShrinkRow(x, m.a_t.data_ptr<float>(), in, r, static_cast<float>(m.scale), tmp);
+  const LoraWeightType type = RowWeightType(m.a_t);
+  LoraShrinkRow(x, m.a_t.data_ptr(), type, in, r, static_cast<float>(m.scale), tmp);
   if (!m.dora_scale.defined()) {
-    LoraExpandRow(tmp, m.b_t.data_ptr<float>(), r, out, y);
+    LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, y);
     return;
   }
   std::fill(delta, delta + out, 0.0f);
-  LoraExpandRow(tmp, m.b_t.data_ptr<float>(), r, out, delta);
+  LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, delta);
   const float* mag = m.dora_scale.data_ptr<float>();
   for (int64_t o = 0; o < out; ++o) {
     const float base = bias != nullptr ? y[o] - bias[o] : y[o];
@@ -239,12 +254,16 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
   for (const Segment& s : segments) {
     const LoraModule* m = s.adapter->Find(layer, p);
     if (m == nullptr) continue;
-    if (direct && s.rows <= kSmallSegmentRows) {
+    if (direct && s.rows <= kSmallSegmentRows && RowKernelTakes(*m)) {
       small.emplace_back(&s, m);
       continue;
     }
     at::Tensor ys = y.narrow(0, s.start, s.rows);
-    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), m->a_t), m->b_t);
+    // Weights kept in half precision on a fp32 base are widened (exactly).
+    const auto widened = [&](const at::Tensor& w) {
+      return w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type());
+    };
+    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), widened(m->a_t)), widened(m->b_t));
     if (m->dora_scale.defined()) {
       at::Tensor base = bias.defined() ? ys - bias : ys;
       ys.add_((m->dora_scale - 1) * base + m->dora_scale * (delta * m->scale));

@@ -1,6 +1,7 @@
 #include "server/model/lora_row_kernel.h"
 
 #include <algorithm>
+#include <bit>
 
 namespace adapterd::model {
 namespace {
@@ -10,64 +11,104 @@ namespace {
 #else
 #define ADAPTERD_CLONES
 #endif
+#define ADAPTERD_INLINE inline __attribute__((always_inline))
+
+// Stored element -> fp32, exactly.
+struct F32 {
+  using T = float;
+  static ADAPTERD_INLINE float Load(const T* p) { return *p; }
+};
+struct BF16 {
+  using T = uint16_t;
+  static ADAPTERD_INLINE float Load(const T* p) {
+    return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16);
+  }
+};
+struct F16 {
+  using T = _Float16;
+  static ADAPTERD_INLINE float Load(const T* p) { return static_cast<float>(*p); }
+};
 
 // With the rank known at compile time the accumulators stay in registers.
-template <int R>
-inline __attribute__((always_inline)) void ShrinkFixed(const float* __restrict x,
-                                                        const float* __restrict a_t, int64_t in,
-                                                        float scale, float* __restrict tmp) {
+template <class W, int R>
+ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const typename W::T* __restrict a_t,
+                                 int64_t in, float scale, float* __restrict tmp) {
   float acc[R] = {};
   for (int64_t i = 0; i < in; ++i) {
     const float xi = x[i];
-    const float* row = a_t + i * R;
-    for (int k = 0; k < R; ++k) acc[k] += xi * row[k];
+    const typename W::T* row = a_t + i * R;
+    for (int k = 0; k < R; ++k) acc[k] += xi * W::Load(row + k);
   }
   for (int k = 0; k < R; ++k) tmp[k] = acc[k] * scale;
 }
 
-inline __attribute__((always_inline)) void ShrinkAny(const float* __restrict x,
-                                                      const float* __restrict a_t, int64_t in,
-                                                      int64_t r, float scale,
-                                                      float* __restrict tmp) {
+template <class W>
+ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* __restrict a_t,
+                               int64_t in, int64_t r, float scale, float* __restrict tmp) {
   std::fill(tmp, tmp + r, 0.0f);
   for (int64_t i = 0; i < in; ++i) {
     const float xi = x[i];
-    const float* row = a_t + i * r;
-    for (int64_t k = 0; k < r; ++k) tmp[k] += xi * row[k];
+    const typename W::T* row = a_t + i * r;
+    for (int64_t k = 0; k < r; ++k) tmp[k] += xi * W::Load(row + k);
   }
   for (int64_t k = 0; k < r; ++k) tmp[k] *= scale;
+}
+
+template <class W>
+ADAPTERD_INLINE void Shrink(const float* __restrict x, const void* a, int64_t in, int64_t r,
+                            float scale, float* __restrict tmp) {
+  const auto* a_t = static_cast<const typename W::T*>(a);
+  switch (r) {
+    case 8: return ShrinkFixed<W, 8>(x, a_t, in, scale, tmp);
+    case 16: return ShrinkFixed<W, 16>(x, a_t, in, scale, tmp);
+    case 32: return ShrinkFixed<W, 32>(x, a_t, in, scale, tmp);
+    default: return ShrinkAny<W>(x, a_t, in, r, scale, tmp);
+  }
+}
+
+template <class W>
+ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
+                            float* __restrict y) {
+  const auto* b_t = static_cast<const typename W::T*>(b);
+  // Four rank rows per sweep over y: a quarter of the loads and stores of y.
+  int64_t k = 0;
+  for (; k + 4 <= r; k += 4) {
+    const float t0 = tmp[k], t1 = tmp[k + 1], t2 = tmp[k + 2], t3 = tmp[k + 3];
+    const typename W::T* b0 = b_t + k * out;
+    const typename W::T* b1 = b0 + out;
+    const typename W::T* b2 = b1 + out;
+    const typename W::T* b3 = b2 + out;
+    for (int64_t o = 0; o < out; ++o) {
+      y[o] += t0 * W::Load(b0 + o) + t1 * W::Load(b1 + o) + t2 * W::Load(b2 + o) +
+              t3 * W::Load(b3 + o);
+    }
+  }
+  for (; k < r; ++k) {
+    const float t = tmp[k];
+    const typename W::T* bk = b_t + k * out;
+    for (int64_t o = 0; o < out; ++o) y[o] += t * W::Load(bk + o);
+  }
 }
 
 }  // namespace
 
 ADAPTERD_CLONES
-void LoraShrinkRow(const float* __restrict x, const float* __restrict a_t, int64_t in, int64_t r,
-                   float scale, float* __restrict tmp) {
-  switch (r) {
-    case 8: return ShrinkFixed<8>(x, a_t, in, scale, tmp);
-    case 16: return ShrinkFixed<16>(x, a_t, in, scale, tmp);
-    case 32: return ShrinkFixed<32>(x, a_t, in, scale, tmp);
-    default: return ShrinkAny(x, a_t, in, r, scale, tmp);
+void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType type, int64_t in,
+                   int64_t r, float scale, float* __restrict tmp) {
+  switch (type) {
+    case LoraWeightType::kF32: return Shrink<F32>(x, a_t, in, r, scale, tmp);
+    case LoraWeightType::kF16: return Shrink<F16>(x, a_t, in, r, scale, tmp);
+    case LoraWeightType::kBF16: return Shrink<BF16>(x, a_t, in, r, scale, tmp);
   }
 }
 
 ADAPTERD_CLONES
-void LoraExpandRow(const float* __restrict tmp, const float* __restrict b_t, int64_t r,
+void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType type, int64_t r,
                    int64_t out, float* __restrict y) {
-  // Four rank rows per sweep over y: a quarter of the loads and stores of y.
-  int64_t k = 0;
-  for (; k + 4 <= r; k += 4) {
-    const float t0 = tmp[k], t1 = tmp[k + 1], t2 = tmp[k + 2], t3 = tmp[k + 3];
-    const float* b0 = b_t + k * out;
-    const float* b1 = b0 + out;
-    const float* b2 = b1 + out;
-    const float* b3 = b2 + out;
-    for (int64_t o = 0; o < out; ++o) y[o] += t0 * b0[o] + t1 * b1[o] + t2 * b2[o] + t3 * b3[o];
-  }
-  for (; k < r; ++k) {
-    const float t = tmp[k];
-    const float* b = b_t + k * out;
-    for (int64_t o = 0; o < out; ++o) y[o] += t * b[o];
+  switch (type) {
+    case LoraWeightType::kF32: return Expand<F32>(tmp, b_t, r, out, y);
+    case LoraWeightType::kF16: return Expand<F16>(tmp, b_t, r, out, y);
+    case LoraWeightType::kBF16: return Expand<BF16>(tmp, b_t, r, out, y);
   }
 }
 

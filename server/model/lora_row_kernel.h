@@ -5,21 +5,32 @@
 
 namespace adapterd::model {
 
-// Direct fp32 kernels for applying a low-rank delta to one row, used where a
+// Direct kernels for applying a low-rank delta to one row, used where a
 // segment holds a handful of rows (decode) and the two ATen matmuls would cost
 // more in call overhead than in arithmetic. Both are pure functions over
 // caller-owned buffers and are safe to call from many threads at once.
 //
+// Activations and accumulators are fp32. The delta's A and B may be stored
+// in fp32, fp16 or bf16 (an adapter saved in half precision keeps its dtype
+// on a fp32 base: half the memory and half the bytes each step reads); they
+// are widened exactly on load, so the arithmetic is the fp32 product of the
+// stored values.
+//
 // The file is compiled at -O3 and each function is cloned for x86-64-v3
-// (AVX2 + FMA) with a baseline fallback chosen at load time, so the binary
-// still runs on any x86-64.
+// (AVX2 + FMA + F16C) with a baseline fallback chosen at load time, so the
+// binary still runs on any x86-64.
 
-// tmp[k] = scale * sum_i x[i] * a_t[i * r + k] for k < r. `a_t` is [in, r].
-void LoraShrinkRow(const float* x, const float* a_t, int64_t in, int64_t r, float scale,
-                   float* tmp);
+enum class LoraWeightType { kF32, kF16, kBF16 };
 
-// y[o] += sum_k tmp[k] * b_t[k * out + o] for o < out. `b_t` is [r, out].
-void LoraExpandRow(const float* tmp, const float* b_t, int64_t r, int64_t out, float* y);
+// tmp[k] = scale * sum_i x[i] * a_t[i * r + k] for k < r. `a_t` is [in, r]
+// elements of `type`.
+void LoraShrinkRow(const float* x, const void* a_t, LoraWeightType type, int64_t in, int64_t r,
+                   float scale, float* tmp);
+
+// y[o] += sum_k tmp[k] * b_t[k * out + o] for o < out. `b_t` is [r, out]
+// elements of `type`.
+void LoraExpandRow(const float* tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
+                   float* y);
 
 }  // namespace adapterd::model
 

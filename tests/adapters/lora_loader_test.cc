@@ -240,16 +240,31 @@ TEST_F(LoraLoaderTest, LayersToTransformLoadsOnlyThoseLayers) {
   EXPECT_EQ(lora->weights->bytes(), (2 * 256 + 256 * 2) * 4);
 }
 
-TEST_F(LoraLoaderTest, HalfPrecisionTensorsAreConvertedToTheBaseDtype) {
-  FakeAdapter a = QvLora();
-  for (FakeTensor& t : a.tensors) {
-    t.bytes = TensorBytes(FromF32(t.bytes, t.shape).to(at::kHalf));
-    t.dtype = StDType::kF16;
+// On a fp32 CPU base, F16 and BF16 deltas keep their dtype (half the bytes)
+// and give the logits of the same values widened to F32.
+TEST_F(LoraLoaderTest, HalfPrecisionTensorsKeepTheirDtypeAndGiveTheWidenedResult) {
+  for (const auto& [st, at_type] : {std::pair{StDType::kF16, at::kHalf}, std::pair{StDType::kBF16, at::kBFloat16}}) {
+    SCOPED_TRACE(model::StDTypeName(st));
+    FakeAdapter half = QvLora(), widened = QvLora();
+    for (size_t i = 0; i < half.tensors.size(); ++i) {
+      FakeTensor& t = half.tensors[i];
+      const at::Tensor h = FromF32(t.bytes, t.shape).to(at_type);
+      t.bytes = TensorBytes(h);
+      t.dtype = st;
+      widened.tensors[i].bytes = TensorBytes(h.to(at::kFloat));
+    }
+    absl::StatusOr<LoadedLora> lora = LoadDir(half, "half");
+    ASSERT_TRUE(lora.ok()) << lora.status();
+    absl::StatusOr<LoadedLora> wide = LoadDir(widened, "widened");
+    ASSERT_TRUE(wide.ok()) << wide.status();
+    EXPECT_EQ(lora->weights->Find(0, Proj::kQ)->a.scalar_type(), at_type);
+    EXPECT_EQ(lora->weights->Find(3, Proj::kV)->b.scalar_type(), at_type);
+    EXPECT_EQ(wide->weights->bytes(), 57344);
+    EXPECT_EQ(lora->weights->bytes(), 57344 / 2);
+    const at::Tensor logits = Logits(lora->weights.get());
+    EXPECT_GT(MaxDiff(logits, Logits(nullptr)), 1e-3);
+    EXPECT_LT(MaxDiff(logits, Logits(wide->weights.get())), 1e-5);
   }
-  absl::StatusOr<LoadedLora> lora = LoadDir(a, "f16");
-  ASSERT_TRUE(lora.ok()) << lora.status();
-  EXPECT_EQ(lora->weights->Find(0, Proj::kQ)->a.scalar_type(), at::kFloat);
-  EXPECT_EQ(lora->weights->bytes(), 57344);
 }
 
 // A DoRA adapter whose magnitudes equal ||W + scale B A|| row norms scales

@@ -249,8 +249,11 @@ INSTANTIATE_TEST_SUITE_P(
                {"patterns", "--r 8 --alpha 16 --targets q_proj,k_proj,v_proj,o_proj --rank-pattern '{\"q_proj\": 2}' --alpha-pattern '{\"v_proj\": 3}'"},
                {"layer1_mlp", "--r 6 --alpha 12 --targets gate_proj,up_proj,down_proj --layers 1"},
                {"dora_r4", "--r 4 --alpha 8 --targets q_proj,v_proj,down_proj --dora", true},
-               {"regex_r2", "--r 2 --alpha 4 --targets-regex '.*\\.0\\.self_attn\\.(q|k)_proj'"}},
-              {"qv_r4", "__base__", "all_r16_rslora", "patterns"}},
+               {"regex_r2", "--r 2 --alpha 4 --targets-regex '.*\\.0\\.self_attn\\.(q|k)_proj'"},
+               // Saved in half precision: kept so on the fp32 base, widened as read.
+               {"bf16_qkvo_r8", "--r 8 --alpha 16 --targets q_proj,k_proj,v_proj,o_proj --dtype bfloat16"},
+               {"f16_dora_r4", "--r 4 --alpha 8 --targets q_proj,down_proj --dora --dtype float16", true}},
+              {"qv_r4", "__base__", "all_r16_rslora", "bf16_qkvo_r8"}},
         LoraSetup{"qwen2",
               {{"qwen_all_r8", "--r 8 --alpha 16 --targets all-linear"},
                {"qwen_dora", "--r 4 --alpha 8 --targets q_proj,k_proj,v_proj --dora", true}},

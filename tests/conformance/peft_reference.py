@@ -5,7 +5,8 @@ This script is NOT part of the server. It only produces test fixtures and ground
 truth that the C++ tests compare against, computed live with `peft`:
 
   make-lora   wrap a checkpoint made by hf_reference.py make-model in a LoRA
-              (optionally rsLoRA / DoRA / rank and alpha patterns / layer subset),
+              (optionally rsLoRA / DoRA / rank and alpha patterns / layer subset /
+              fp16 or bf16 tensors),
               fill every adapter tensor from a seeded generator so the delta is
               clearly non-zero, and save it (adapter_config.json +
               adapter_model.safetensors).
@@ -111,6 +112,11 @@ def cmd_make_lora(a):
                 mag = m.lora_magnitude_vector["default"].weight
                 norm = torch.linalg.norm(m.get_base_layer().weight.float() + s * (B @ A), dim=1)
                 mag.copy_(norm * (1 + 0.1 * torch.randn(mag.shape, generator=gen)))
+    if a.dtype != "float32":  # saved in half precision, as adapters trained in it are
+        for _, m in layers:
+            for part in (m.lora_A, m.lora_B, getattr(m, "lora_magnitude_vector", {})):
+                if "default" in part:
+                    part["default"].to(getattr(torch, a.dtype))
     save_adapter(model, a.out, 2 * len(layers))
     if a.fan_in_fan_out:  # PEFT resets it for nn.Linear (with a warning); keep the request on disk
         path = os.path.join(a.out, "adapter_config.json")
@@ -231,6 +237,9 @@ def cmd_reference(a):
             for name, d in group[1:]:
                 model.load_adapter(d, adapter_name=name)
             model.eval()
+            kept = {p.dtype for n, p in model.named_parameters() if "lora_" in n} - {torch.float32}
+            if kept:  # half-precision adapters must be widened, so that the reference is fp32
+                fail(f"PEFT kept adapter weights in {sorted(map(str, kept))}")
             for name, _ in group:
                 model.set_adapter(name)
                 res[name] = run_rows(model, prompts, a.new_tokens)
@@ -349,7 +358,9 @@ def parser():
                      ("--rank-pattern", dict(default="{}", help='JSON, e.g. {"q_proj": 2}')),
                      ("--alpha-pattern", dict(default="{}", help='JSON, e.g. {"v_proj": 3}')),
                      ("--layers", dict(help="comma list of layer indices (layers_to_transform)")),
-                     ("--exclude", dict(help="JSON list of names or regex (exclude_modules)"))]:
+                     ("--exclude", dict(help="JSON list of names or regex (exclude_modules)")),
+                     ("--dtype", dict(default="float32", choices=["float32", "float16", "bfloat16"],
+                                      help="dtype of the saved tensors"))]:
         m.add_argument(flag, **kw)
     for flag in ("--rslora", "--dora", "--fan-in-fan-out"):
         m.add_argument(flag, action="store_true")

@@ -1,0 +1,67 @@
+// The direct LoRA row kernels against ATen's products, for every stored
+// dtype, the ranks with a fixed-size path (8, 16, 32) and others, and widths
+// that are not multiples of a vector.
+#include "server/model/lora_row_kernel.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace adapterd::model {
+namespace {
+
+struct Case {
+  at::ScalarType dtype;
+  LoraWeightType type;
+};
+void PrintTo(const Case& c, std::ostream* os) { *os << c.dtype; }
+
+class LoraRowKernelTest : public ::testing::TestWithParam<std::tuple<Case, int64_t, int64_t>> {};
+
+TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
+  const auto& [c, r, in] = GetParam();
+  const int64_t out = in + 3;
+  at::manual_seed(r * 1000 + in);
+  const at::Tensor x = at::randn({in});
+  // Stored in `dtype`; the reference multiplies the same values in fp32.
+  const at::Tensor a_t = (at::randn({in, r}) / 4).to(c.dtype).contiguous();
+  const at::Tensor b_t = at::randn({r, out}).to(c.dtype).contiguous();
+  const float scale = 1.5f;
+  const at::Tensor want_tmp = at::mv(a_t.to(at::kFloat).t(), x) * scale;
+  const at::Tensor y0 = at::randn({out});
+  const at::Tensor want_y = y0 + at::mv(b_t.to(at::kFloat).t(), want_tmp);
+
+  std::vector<float> tmp(static_cast<size_t>(r), -1.0f);
+  LoraShrinkRow(x.data_ptr<float>(), a_t.data_ptr(), c.type, in, r, scale, tmp.data());
+  const at::Tensor got_tmp = at::from_blob(tmp.data(), {r}, at::kFloat);
+  EXPECT_TRUE(at::allclose(got_tmp, want_tmp, 1e-5, 1e-4)) << (got_tmp - want_tmp).abs().max();
+
+  at::Tensor y = y0.clone();
+  LoraExpandRow(want_tmp.data_ptr<float>(), b_t.data_ptr(), c.type, r, out, y.data_ptr<float>());
+  EXPECT_TRUE(at::allclose(y, want_y, 1e-5, 1e-4)) << (y - want_y).abs().max();
+}
+
+std::string CaseName(const ::testing::TestParamInfo<std::tuple<Case, int64_t, int64_t>>& info) {
+  static const char* const kNames[] = {"f32", "f16", "bf16"};
+  const auto& [c, r, in] = info.param;
+  return std::string(kNames[static_cast<int>(c.type)]) + "_r" + std::to_string(r) + "_in" + std::to_string(in);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, LoraRowKernelTest,
+    ::testing::Combine(::testing::Values(Case{at::kFloat, LoraWeightType::kF32},
+                                         Case{at::kHalf, LoraWeightType::kF16},
+                                         Case{at::kBFloat16, LoraWeightType::kBF16}),
+                       ::testing::Values(int64_t{1}, int64_t{5}, int64_t{8}, int64_t{16}, int64_t{32},
+                                         int64_t{64}),
+                       ::testing::Values(int64_t{7}, int64_t{256})),
+    CaseName);
+
+}  // namespace
+}  // namespace adapterd::model
