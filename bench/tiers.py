@@ -30,7 +30,7 @@ RANKS = (8, 16, 32, 64)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def write_attn_lora(path, cfg, rank, seed):
+def write_attn_lora(path, cfg, rank, seed, dtype="float32"):
     """A PEFT-layout LoRA on the attention projections, written directly."""
     import torch
     from safetensors.torch import save_file
@@ -42,12 +42,13 @@ def write_attn_lora(path, cfg, rank, seed):
     kv = cfg["num_key_value_heads"] * hd
     dims = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h)}
     g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
     tensors = {}
     for layer in range(cfg["num_hidden_layers"]):
         for mod, (out, inp) in dims.items():
             key = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
-            tensors[key + ".lora_A.weight"] = torch.randn(rank, inp, generator=g) / inp ** 0.5
-            tensors[key + ".lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.01
+            tensors[key + ".lora_A.weight"] = (torch.randn(rank, inp, generator=g) / inp ** 0.5).to(dt)
+            tensors[key + ".lora_B.weight"] = (torch.randn(out, rank, generator=g) * 0.01).to(dt)
     tmp = path + ".tmp"
     os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
@@ -82,8 +83,10 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         cfg = json.load(f)
     counts = [int(x) for x in a.adapters.split(",")]
     n_max = max(counts)
-    log(f"writing {n_max} adapters (ranks {RANKS})")
-    dirs = [write_attn_lora(os.path.join(work, f"tier-r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i)
+    log(f"writing {n_max} adapters (ranks {RANKS}, {a.adapter_dtype})")
+    tag = "" if a.adapter_dtype == "float32" else a.adapter_dtype + "-"
+    dirs = [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i,
+                            a.adapter_dtype)
             for i in range(n_max)]
     ctl = os.path.join(a.build, "server", "adapterctl")
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
@@ -164,7 +167,8 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     r16 = [d for i, d in enumerate(dirs) if RANKS[i % 4] == 16][:2]
     h = cfg["hidden_size"]
     kv = cfg["num_key_value_heads"] * (cfg.get("head_dim") or h // cfg["num_attention_heads"])
-    one = 16 * (2 * (h + h) + 2 * (h + kv)) * 4 * cfg["num_hidden_layers"]  # float32 bytes
+    elem = 4 if a.adapter_dtype == "float32" else 2
+    one = 16 * (2 * (h + h) + 2 * (h + kv)) * elem * cfg["num_hidden_layers"]
     cold = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
                             f"--adapter_device_bytes={int(one * 1.5)}", "--adapter_host_bytes=0"])
     ttft = {"device": [], "host": [], "disk": []}
@@ -193,7 +197,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         cold.stop()
 
     print(f"Tiered residency on the demo model, fp32, {a.threads} threads: {n_max} LoRAs registered "
-          f"(ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}), device budget {a.device_mb} MiB, "
+          f"(ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}, saved in {a.adapter_dtype}), device budget {a.device_mb} MiB, "
           f"host budget {a.host_mb} MiB; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
           f"point, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law "
           f"popularity alpha {a.skew}; medians of {a.runs} runs:\n")
@@ -250,3 +254,5 @@ def add_parser(sub, cpu_count):
     t.add_argument("--control", type=int, default=1, help="also run a server with every adapter resident")
     t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
     t.add_argument("--threads", type=int, default=cpu_count)
+    t.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the adapters are saved in (half precision stays so on the fp32 base)")

@@ -9,6 +9,8 @@
 // waits (callers inside Abseil and gRPC reach them through the PLT too), runs
 // the real ones, and tells TSan that a release happened before the next
 // acquisition of the same mutex, and a Notify before a wait that saw it.
+// It also orders the reference count of a Status shared between threads, so
+// that the owner that frees it is seen to come after the others' reads.
 // It is built without instrumentation and calls TSan only when the process
 // has it, so the shells and Python processes that tests start are unaffected.
 #include <dlfcn.h>
@@ -17,6 +19,9 @@
 #include <cstdlib>
 #include <string>
 
+#include <atomic>
+
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 
@@ -158,6 +163,21 @@ bool Notification::WaitForNotificationWithDeadline(absl::Time deadline) const {
   if (r) Acquire(this);
   return r;
 }
+
+namespace status_internal {
+
+// Abseil's own steps (libabsl_status does exactly this), with the edges told
+// to TSan: every owner releases before it drops its reference, and the one
+// that drops the last acquires before it frees the representation.
+void StatusRep::Unref() const {
+  Release(this);
+  if (ref_.load(std::memory_order_acquire) == 1 || ref_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    Acquire(this);
+    delete this;
+  }
+}
+
+}  // namespace status_internal
 
 ABSL_NAMESPACE_END
 }  // namespace absl
