@@ -1,7 +1,8 @@
 """`./x bench tiers`: thousands of registered adapters under byte budgets.
 
 The S-LoRA-style curve: one server with 2,000 LoRAs registered (ranks 8, 16,
-32 and 64 in turn, on q/k/v/o_proj of the demo model), device and host
+32 and 64 in turn, on q/k/v/o_proj of the demo model, saved in
+--adapter-dtype), device and host
 budgets far smaller than all of them, and closed-loop throughput with the
 workload drawn from the first n in {8, 128, 2000} under skewed (power-law)
 popularity, the same load at every n. A second server with the same
