@@ -192,11 +192,6 @@ namespace {
 // where per-call overhead, not arithmetic, dominates.
 constexpr int64_t kSmallSegmentRows = 8;
 
-// y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
-// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous (see lora_row_kernel.h).
-// With DoRA,
-// y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
-// `delta` out floats.
 LoraWeightType RowWeightType(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf: return LoraWeightType::kF16;
@@ -205,12 +200,19 @@ LoraWeightType RowWeightType(const at::Tensor& t) {
   }
 }
 
+// Whether LoraRow can read the module's weights directly (fp32, or half
+// precision kept on a fp32 base).
 bool RowKernelTakes(const LoraModule& m) {
   const at::ScalarType t = m.a_t.scalar_type();
   return m.a_t.device().is_cpu() && m.b_t.scalar_type() == t &&
          (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
 }
 
+// y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
+// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous (see lora_row_kernel.h).
+// With DoRA,
+// y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
+// `delta` out floats.
 void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
              const float* bias, float* tmp, float* delta) {
   const int64_t r = m.rank();
