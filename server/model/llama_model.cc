@@ -192,20 +192,16 @@ namespace {
 // where per-call overhead, not arithmetic, dominates.
 constexpr int64_t kSmallSegmentRows = 8;
 
-LoraWeightType RowWeightType(const at::Tensor& t) {
-  switch (t.scalar_type()) {
+// How LoraRow reads the module's weights (fp32, or half precision kept on a
+// fp32 base); nullopt when it cannot.
+std::optional<LoraWeightType> RowWeightType(const LoraModule& m) {
+  if (!m.a_t.device().is_cpu() || m.b_t.scalar_type() != m.a_t.scalar_type()) return std::nullopt;
+  switch (m.a_t.scalar_type()) {
+    case at::kFloat: return LoraWeightType::kF32;
     case at::kHalf: return LoraWeightType::kF16;
     case at::kBFloat16: return LoraWeightType::kBF16;
-    default: return LoraWeightType::kF32;
+    default: return std::nullopt;
   }
-}
-
-// Whether LoraRow can read the module's weights directly (fp32, or half
-// precision kept on a fp32 base).
-bool RowKernelTakes(const LoraModule& m) {
-  const at::ScalarType t = m.a_t.scalar_type();
-  return m.a_t.device().is_cpu() && m.b_t.scalar_type() == t &&
-         (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
 }
 
 // y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
@@ -214,9 +210,8 @@ bool RowKernelTakes(const LoraModule& m) {
 // y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
 // `delta` out floats.
 void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
-             const float* bias, float* tmp, float* delta) {
+             LoraWeightType type, const float* bias, float* tmp, float* delta) {
   const int64_t r = m.rank();
-  const LoraWeightType type = RowWeightType(m.a_t);
   LoraShrinkRow(x, m.a_t.data_ptr(), type, in, r, static_cast<float>(m.scale), tmp);
   if (!m.dora_scale.defined()) {
     LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, y);
@@ -252,12 +247,18 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
   }
   const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
-  std::vector<std::pair<const Segment*, const LoraModule*>> small;
+  struct SmallSegment {
+    const Segment* segment;
+    const LoraModule* module;
+    LoraWeightType type;
+  };
+  std::vector<SmallSegment> small;
   for (const Segment& s : segments) {
     const LoraModule* m = s.adapter->Find(layer, p);
     if (m == nullptr) continue;
-    if (direct && s.rows <= kSmallSegmentRows && RowKernelTakes(*m)) {
-      small.emplace_back(&s, m);
+    if (const std::optional<LoraWeightType> type = RowWeightType(*m);
+        direct && s.rows <= kSmallSegmentRows && type.has_value()) {
+      small.push_back({&s, m, *type});
       continue;
     }
     at::Tensor ys = y.narrow(0, s.start, s.rows);
@@ -282,11 +283,11 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
     at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
       std::vector<float> tmp, delta(static_cast<size_t>(out));
       for (int64_t i = begin; i < end; ++i) {
-        const Segment& s = *small[i].first;
-        const LoraModule& m = *small[i].second;
+        const Segment& s = *small[i].segment;
+        const LoraModule& m = *small[i].module;
         tmp.resize(static_cast<size_t>(m.rank()));
         for (int64_t row = s.start; row < s.start + s.rows; ++row) {
-          LoraRow(xp + row * in, yp + row * out, in, out, m, bp, tmp.data(), delta.data());
+          LoraRow(xp + row * in, yp + row * out, in, out, m, small[i].type, bp, tmp.data(), delta.data());
         }
       }
     });
