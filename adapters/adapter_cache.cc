@@ -359,7 +359,7 @@ void AdapterCache::Forget(CacheSlot* slot) {
 void AdapterCache::LoaderLoop() {
   // Below the engine: on a busy machine the batch that is decoding gets the
   // CPU first, and loads use what is left. (Linux nice values are per thread.)
-  if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10) != 0) {
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), options_.loader_nice) != 0) {
     LOG(WARNING) << "could not lower the adapter loader thread's priority";
   }
   uint64_t seen = 0;

@@ -93,7 +93,8 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
     server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
     server = Server(a.build, server_args + [f"--adapter_device_bytes={device_bytes}",
-                                            f"--adapter_host_bytes={host_bytes}"])
+                                            f"--adapter_host_bytes={host_bytes}",
+                                            f"--adapter_loader_nice={a.loader_nice}"])
     # The control: the same adapters, every one resident (no budgets), so the
     # cost of more distinct adapters per batch shows apart from the tiers'.
     control = Server(a.build, server_args) if a.control else None
@@ -199,7 +200,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
 
     print(f"Tiered residency on the demo model, fp32, {a.threads} threads: {n_max} LoRAs registered "
           f"(ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}, saved in {a.adapter_dtype}), device budget {a.device_mb} MiB, "
-          f"host budget {a.host_mb} MiB; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
+          f"host budget {a.host_mb} MiB, loader nice {a.loader_nice}; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
           f"point, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law "
           f"popularity alpha {a.skew}; medians of {a.runs} runs:\n")
     print("| adapters in the workload | server | tok/s | vs n = " + str(counts[0]) +
@@ -255,5 +256,6 @@ def add_parser(sub, cpu_count):
     t.add_argument("--control", type=int, default=1, help="also run a server with every adapter resident")
     t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
     t.add_argument("--threads", type=int, default=cpu_count)
+    t.add_argument("--loader-nice", type=int, default=10, help="the budgeted server's --adapter_loader_nice")
     t.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the adapters are saved in (half precision stays so on the fp32 base)")

@@ -79,6 +79,9 @@ ABSL_FLAG(std::string, adapter_store, "",
 ABSL_FLAG(int64_t, adapter_device_bytes, 0,
           "Byte budget for adapter weights on the device tier (built, ready to run); least recently "
           "used idle adapters are evicted past it. 0 = no limit");
+ABSL_FLAG(int, adapter_loader_nice, 10,
+          "Nice value (0-19) of the thread that brings adapters in from host memory or disk: "
+          "higher leaves more CPU to the running batch, lower brings cold adapters in sooner");
 ABSL_FLAG(int64_t, adapter_host_bytes, 0,
           "Byte budget for adapter files kept in host memory (the tier between device and disk); "
           "0 = no limit");
@@ -288,8 +291,13 @@ int main(int argc, char** argv) {
   adapterd::adapters::AdapterCacheOptions cache_options;
   cache_options.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
   cache_options.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
+  cache_options.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
   if (cache_options.device_bytes < 0 || cache_options.host_bytes < 0) {
     return Fail(absl::InvalidArgumentError("--adapter_device_bytes and --adapter_host_bytes must be >= 0"));
+  }
+  if (cache_options.loader_nice < 0 || cache_options.loader_nice > 19) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--adapter_loader_nice must be in [0, 19], not ", cache_options.loader_nice)));
   }
   adapterd::adapters::AdapterRegistry adapter_registry(base, store.get(), cache_options, &metrics);
   // Loads one adapter and waits for it, without recording it in the store.

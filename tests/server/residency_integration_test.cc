@@ -4,11 +4,15 @@
 // keep_on_disk, and a restart that registers everything again.
 #include <signal.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/fake_adapter.h"
@@ -40,6 +44,41 @@ int Count(const std::map<std::string, v1::AdapterInfo>& list, const std::string&
   int n = 0;
   for (const auto& [id, a] : list) n += a.tier() == tier;
   return n;
+}
+
+// The nice values of the process's threads (field 19 of /proc/PID/task/TID/stat).
+std::vector<int> ThreadNiceValues(pid_t pid) {
+  std::vector<int> out;
+  for (const auto& task : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"))) {
+    std::ifstream f(task.path() / "stat");
+    std::string line;
+    std::getline(f, line);
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::istringstream fields(line.substr(paren + 2));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+      if (i == 19) out.push_back(std::stoi(field));
+    }
+  }
+  return out;
+}
+
+TEST(ResidencyTest, LoaderNiceIsCheckedAndApplied) {
+  for (const char* bad : {"--adapter_loader_nice=20", "--adapter_loader_nice=-1"}) {
+    auto s = StartServer({bad});
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_THAT(s.status().message(), ::testing::HasSubstr("--adapter_loader_nice")) << bad;
+  }
+  auto server = StartServer({"--adapter_loader_nice=7"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Only the loader thread lowers its priority; it does so as it starts.
+  bool found = false;
+  for (int i = 0; i < 100 && !found; ++i) {
+    for (int nice : ThreadNiceValues((*server)->pid())) found |= nice == 7;
+    if (!found) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(found) << "no thread of the server runs at nice 7";
 }
 
 TEST(ResidencyTest, BudgetsTiersOffloadPinsAndRestart) {
