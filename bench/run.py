@@ -549,9 +549,13 @@ def main():
     k.add_argument("--new-tokens", type=int, default=128)
     k.add_argument("--threads", type=int, default=os.cpu_count())
     tiers.add_parser(sub, os.cpu_count())
+    tiers.add_loader_nice_parser(sub, os.cpu_count())
     a = p.parse_args()
     if a.cmd == "tiers":
         tiers.cmd_tiers(a, Server, loadgen, ensure_model, log)
+        return
+    if a.cmd == "loader-nice":
+        tiers.cmd_loader_nice(a, Server, loadgen, ensure_model, log)
         return
     {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
 

@@ -259,3 +259,72 @@ def add_parser(sub, cpu_count):
     t.add_argument("--loader-nice", type=int, default=10, help="the budgeted server's --adapter_loader_nice")
     t.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the adapters are saved in (half precision stays so on the fp32 base)")
+
+
+def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
+    """Side by side: a server with every adapter resident and budgeted servers
+    that differ only in --adapter_loader_nice, each under the workload over
+    the first 8 and over all registered adapters."""
+    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
+    os.makedirs(work, exist_ok=True)
+    base = ensure_model(work, "demo", a.build)
+    with open(os.path.join(base, "config.json")) as f:
+        cfg = json.load(f)
+    tag = "" if a.adapter_dtype == "float32" else a.adapter_dtype + "-"
+    dirs = [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i,
+                            a.adapter_dtype)
+            for i in range(a.adapters)]
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    budgets = [f"--adapter_device_bytes={a.device_mb << 20}", f"--adapter_host_bytes={a.host_mb << 20}"]
+    configs = [("all resident", [])] + [(f"nice {n}", budgets + [f"--adapter_loader_nice={n}"])
+                                        for n in (int(x) for x in a.nice.split(","))]
+    common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=8, prompt_max=32,
+                  output_min=16, output_max=64, concurrency=16, alpha=a.skew)
+    workloads = {"8": ",".join(f"t{i}" for i in range(8)),
+                 str(a.adapters): ",".join(f"t{i}" for i in range(a.adapters))}
+    servers, res = [], {}
+    try:
+        for label, extra in configs:
+            s = Server(a.build, [f"--model={base}", f"--threads={a.threads}", "--max_batch_size=16"] + extra)
+            servers.append((label, s))
+            log(f"registering {a.adapters} adapters ({label})")
+            for i, d in enumerate(dirs):
+                subprocess.run([ctl, f"--addr={s.addr}", "load", f"--id=t{i}", f"--path={d}"],
+                               check=True, capture_output=True)
+            loadgen(a.build, s.addr, **dict(common, requests=32, adapters=workloads["8"]))
+        for run in range(a.runs):
+            for label, s in servers:
+                for n, ids in workloads.items():
+                    r = loadgen(a.build, s.addr, seed=run + 1, adapters=ids, **common)
+                    res.setdefault((label, n), []).append(r)
+                    log(f"run {run} {label} n={n}: {r['throughput_tok_s']:.1f} tok/s, TTFT p50 {r['ttft_p50_s']:.4f}")
+    finally:
+        for _, s in servers:
+            s.stop()
+    n8, nn = workloads
+    print(f"Loader priority on the demo model, {a.threads} threads: {a.adapters} LoRAs registered (ranks "
+          f"{'/'.join(map(str, RANKS))}, saved in {a.adapter_dtype}); budgets {a.device_mb} MiB device and "
+          f"{a.host_mb} MiB host; closed loop at concurrency 16, {a.requests} requests per point, power-law alpha "
+          f"{a.skew}; medians of {a.runs} runs, the servers side by side in each:\n")
+    print(f"| server | tok/s, n = {n8} | tok/s, n = {nn} | paired ratio | TTFT p50 s, n = {nn} | errors |")
+    print("|---|---|---|---|---|---|")
+    for label, _ in servers:
+        a8, an = res[(label, n8)], res[(label, nn)]
+        med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+        ratio = statistics.median(y["throughput_tok_s"] / x["throughput_tok_s"] for x, y in zip(a8, an))
+        print(f"| {label} | {med(a8, 'throughput_tok_s'):.1f} | {med(an, 'throughput_tok_s'):.1f} | {ratio:.3f} | "
+              f"{med(an, 'ttft_p50_s'):.4f} | {sum(r['errors'] for r in a8 + an)} |")
+    print("\n" + json.dumps({f"{k[0]} n={k[1]}": v for k, v in res.items()}))
+
+
+def add_loader_nice_parser(sub, cpu_count):
+    t = sub.add_parser("loader-nice", help="budgeted servers that differ only in --adapter_loader_nice, side by side")
+    t.add_argument("--nice", default="0,5,10")
+    t.add_argument("--adapters", type=int, default=250)
+    t.add_argument("--device-mb", type=int, default=8)
+    t.add_argument("--host-mb", type=int, default=32)
+    t.add_argument("--requests", type=int, default=256)
+    t.add_argument("--skew", type=float, default=0.3)
+    t.add_argument("--runs", type=int, default=4)
+    t.add_argument("--threads", type=int, default=cpu_count)
+    t.add_argument("--adapter-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
