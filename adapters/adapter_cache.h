@@ -33,7 +33,7 @@ std::string_view TierName(Tier t);
 struct AdapterCacheOptions {
   int64_t device_bytes = 0;  // budget for built weights; 0 = no limit
   int64_t host_bytes = 0;    // budget for adapter files held in memory; 0 = no limit
-  int loader_nice = 10;      // the loader thread's nice value (0 to 19)
+  int loader_nice = 5;       // the loader thread's nice value (0 to 19)
 };
 
 class AdapterCache;

@@ -256,7 +256,7 @@ def add_parser(sub, cpu_count):
     t.add_argument("--control", type=int, default=1, help="also run a server with every adapter resident")
     t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
     t.add_argument("--threads", type=int, default=cpu_count)
-    t.add_argument("--loader-nice", type=int, default=10, help="the budgeted server's --adapter_loader_nice")
+    t.add_argument("--loader-nice", type=int, default=5, help="the budgeted server's --adapter_loader_nice")
     t.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the adapters are saved in (half precision stays so on the fp32 base)")
 
