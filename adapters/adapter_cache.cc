@@ -357,10 +357,10 @@ void AdapterCache::Forget(CacheSlot* slot) {
 }
 
 void AdapterCache::LoaderLoop() {
-  // Below the engine: on a busy machine the batch that is decoding gets the
-  // CPU first, and loads use what is left. (Linux nice values are per thread.)
+  // At options_.loader_nice (by default below the engine, so on a busy machine
+  // the batch that is decoding gets the CPU first). Linux nice values are per thread.
   if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), options_.loader_nice) != 0) {
-    LOG(WARNING) << "could not lower the adapter loader thread's priority";
+    LOG(WARNING) << "could not set the adapter loader thread's nice value to " << options_.loader_nice;
   }
   uint64_t seen = 0;
   while (true) {

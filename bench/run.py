@@ -551,11 +551,8 @@ def main():
     tiers.add_parser(sub, os.cpu_count())
     tiers.add_loader_nice_parser(sub, os.cpu_count())
     a = p.parse_args()
-    if a.cmd == "tiers":
-        tiers.cmd_tiers(a, Server, loadgen, ensure_model, log)
-        return
-    if a.cmd == "loader-nice":
-        tiers.cmd_loader_nice(a, Server, loadgen, ensure_model, log)
+    if a.cmd in ("tiers", "loader-nice"):
+        {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice}[a.cmd](a, Server, loadgen, ensure_model, log)
         return
     {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
 

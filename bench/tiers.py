@@ -62,6 +62,21 @@ def write_attn_lora(path, cfg, rank, seed, dtype="float32"):
     return path
 
 
+def write_tier_adapters(work, cfg, n, dtype):
+    """The first n of the benchmark's adapters (ranks RANKS in turn), written once and reused."""
+    tag = "" if dtype == "float32" else dtype + "-"
+    return [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i, dtype)
+            for i in range(n)]
+
+
+def register(build, server, dirs):
+    """Loads dirs[i] as adapter t{i} by path."""
+    ctl = os.path.join(build, "server", "adapterctl")
+    for i, d in enumerate(dirs):
+        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
+                       check=True, capture_output=True)
+
+
 def scrape(server):
     with open(os.path.join(server.tmp, "ready.json")) as f:
         metrics = json.load(f)["metrics"]
@@ -85,10 +100,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     counts = [int(x) for x in a.adapters.split(",")]
     n_max = max(counts)
     log(f"writing {n_max} adapters (ranks {RANKS}, {a.adapter_dtype})")
-    tag = "" if a.adapter_dtype == "float32" else a.adapter_dtype + "-"
-    dirs = [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i,
-                            a.adapter_dtype)
-            for i in range(n_max)]
+    dirs = write_tier_adapters(work, cfg, n_max, a.adapter_dtype)
     ctl = os.path.join(a.build, "server", "adapterctl")
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
     server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
@@ -106,9 +118,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     try:
         for label, s in servers:
             log(f"registering {n_max} adapters ({label})")
-            for i, d in enumerate(dirs):
-                subprocess.run([ctl, f"--addr={s.addr}", "load", f"--id=t{i}", f"--path={d}"],
-                               check=True, capture_output=True)
+            register(a.build, s, dirs)
             loadgen(a.build, s.addr, **dict(common, requests=a.concurrency,
                                             adapters=",".join(f"t{i}" for i in range(8))))
         text = scrape(server)
@@ -270,11 +280,7 @@ def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
     base = ensure_model(work, "demo", a.build)
     with open(os.path.join(base, "config.json")) as f:
         cfg = json.load(f)
-    tag = "" if a.adapter_dtype == "float32" else a.adapter_dtype + "-"
-    dirs = [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i,
-                            a.adapter_dtype)
-            for i in range(a.adapters)]
-    ctl = os.path.join(a.build, "server", "adapterctl")
+    dirs = write_tier_adapters(work, cfg, a.adapters, a.adapter_dtype)
     budgets = [f"--adapter_device_bytes={a.device_mb << 20}", f"--adapter_host_bytes={a.host_mb << 20}"]
     configs = [("all resident", [])] + [(f"nice {n}", budgets + [f"--adapter_loader_nice={n}"])
                                         for n in (int(x) for x in a.nice.split(","))]
@@ -288,9 +294,7 @@ def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
             s = Server(a.build, [f"--model={base}", f"--threads={a.threads}", "--max_batch_size=16"] + extra)
             servers.append((label, s))
             log(f"registering {a.adapters} adapters ({label})")
-            for i, d in enumerate(dirs):
-                subprocess.run([ctl, f"--addr={s.addr}", "load", f"--id=t{i}", f"--path={d}"],
-                               check=True, capture_output=True)
+            register(a.build, s, dirs)
             loadgen(a.build, s.addr, **dict(common, requests=32, adapters=workloads["8"]))
         for run in range(a.runs):
             for label, s in servers:

@@ -79,12 +79,12 @@ ABSL_FLAG(std::string, adapter_store, "",
 ABSL_FLAG(int64_t, adapter_device_bytes, 0,
           "Byte budget for adapter weights on the device tier (built, ready to run); least recently "
           "used idle adapters are evicted past it. 0 = no limit");
-ABSL_FLAG(int, adapter_loader_nice, 5,
-          "Nice value (0-19) of the thread that brings adapters in from host memory or disk: "
-          "higher leaves more CPU to the running batch, lower brings cold adapters in sooner");
 ABSL_FLAG(int64_t, adapter_host_bytes, 0,
           "Byte budget for adapter files kept in host memory (the tier between device and disk); "
           "0 = no limit");
+ABSL_FLAG(int, adapter_loader_nice, 5,
+          "Nice value (0-19) of the thread that brings adapters in from host memory or disk: "
+          "higher leaves more CPU to the running batch, lower brings cold adapters in sooner");
 ABSL_FLAG(int64_t, max_adapters_per_batch, 0,
           "Most distinct adapters in one running batch (0 = no limit)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
