@@ -275,6 +275,8 @@ def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
     """Side by side: a server with every adapter resident and budgeted servers
     that differ only in --adapter_loader_nice, each under the workload over
     the first 8 and over all registered adapters."""
+    if a.adapters <= 8:
+        raise SystemExit("loader-nice: --adapters must be more than 8 (it is compared with the workload over 8)")
     work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
     os.makedirs(work, exist_ok=True)
     base = ensure_model(work, "demo", a.build)
