@@ -62,11 +62,26 @@ def write_attn_lora(path, cfg, rank, seed, dtype="float32"):
     return path
 
 
-def write_tier_adapters(work, cfg, n, dtype):
+def write_tier_adapters(work, cfg, n, dtype, model="demo"):
     """The first n of the benchmark's adapters (ranks RANKS in turn), written once and reused."""
-    tag = "" if dtype == "float32" else dtype + "-"
+    tag = ("" if model == "demo" else model + "-") + ("" if dtype == "float32" else dtype + "-")
     return [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i, dtype)
             for i in range(n)]
+
+
+def adapter_bytes_per_rank(cfg, dtype):
+    """Bytes of a rank-1 LoRA on TARGETS of the model `cfg` describes, saved in `dtype`."""
+    h = cfg["hidden_size"]
+    kv = cfg["num_key_value_heads"] * (cfg.get("head_dim") or h // cfg["num_attention_heads"])
+    elem = 4 if dtype == "float32" else 2
+    return (2 * (h + h) + 2 * (h + kv)) * elem * cfg["num_hidden_layers"]
+
+
+# The demo model's default budgets (MiB, whatever the adapters' dtype): with
+# bf16 adapters about 7.5% and 30% of the 2,000 adapters' bytes. Another
+# model's defaults hold the same shares of its registry.
+DEMO_BUDGET_MB = (64, 256)
+DEMO_CFG = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=4)
 
 
 def register(build, server, dirs):
@@ -94,15 +109,26 @@ def metric_sum(text, name, labels=""):
 def cmd_tiers(a, Server, loadgen, ensure_model, log):
     work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
     os.makedirs(work, exist_ok=True)
-    base = ensure_model(work, "demo", a.build)
+    base = ensure_model(work, a.model, a.build)
     with open(os.path.join(base, "config.json")) as f:
         cfg = json.load(f)
     counts = [int(x) for x in a.adapters.split(",")]
     n_max = max(counts)
-    log(f"writing {n_max} adapters (ranks {RANKS}, {a.adapter_dtype})")
-    dirs = write_tier_adapters(work, cfg, n_max, a.adapter_dtype)
+    log(f"writing {n_max} adapters for {a.model} (ranks {RANKS}, {a.adapter_dtype})")
+    dirs = write_tier_adapters(work, cfg, n_max, a.adapter_dtype, a.model)
     ctl = os.path.join(a.build, "server", "adapterctl")
+    # Unless given, the budgets hold the same share of the registry as the
+    # demo model's 64 and 256 MiB hold of its bf16 adapters.
+    share = 1.0 if a.model == "demo" else (adapter_bytes_per_rank(cfg, a.adapter_dtype) /
+                                           adapter_bytes_per_rank(DEMO_CFG, "bfloat16"))
+    if a.device_mb is None:
+        a.device_mb = round(DEMO_BUDGET_MB[0] * share)
+    if a.host_mb is None:
+        a.host_mb = round(DEMO_BUDGET_MB[1] * share)
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
+    log(f"budgets: {a.device_mb} MiB device, {a.host_mb} MiB host; "
+        f"{sum(adapter_bytes_per_rank(cfg, a.adapter_dtype) * RANKS[i % 4] for i in range(n_max)) / 2**20:.0f} MiB "
+        f"of adapters registered")
     server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
     server = Server(a.build, server_args + [f"--adapter_device_bytes={device_bytes}",
                                             f"--adapter_host_bytes={host_bytes}",
@@ -139,6 +165,8 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
                              misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
                              misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
                              evictions=delta("adapterd_adapter_evictions_total"),
+                             loads=delta("adapterd_adapter_tier_load_seconds_count"),
+                             load_s=delta("adapterd_adapter_tier_load_seconds_sum"),
                              device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
                              host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
                     rows.append(r)
@@ -164,10 +192,15 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
                 def drive(key, flags):
                     out[key] = loadgen(a.build, server.addr, seed=run + 1, **flags)
                 t = threading.Thread(target=drive, args=("side", dict(side, adapters=ids)))
+                before = scrape(server)
                 t.start()
                 drive("hot", hot)
                 t.join()
-                pause_rows.append(dict(mode=mode, run=run, hot=out["hot"], side=out["side"]))
+                after = scrape(server)
+                loads = [metric_sum(after, m) - metric_sum(before, m) for m in
+                         ("adapterd_adapter_tier_load_seconds_count", "adapterd_adapter_tier_load_seconds_sum")]
+                pause_rows.append(dict(mode=mode, run=run, hot=out["hot"], side=out["side"], loads=loads[0],
+                                       load_s=loads[1]))
                 log(f"run {run} beside {mode}: hot TPOT p50 {out['hot']['tpot_p50_s']:.4f} p99 "
                     f"{out['hot']['tpot_p99_s']:.4f} s")
     finally:
@@ -177,10 +210,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
 
     # Cold loads of one rank-16 adapter: a device budget that holds one.
     r16 = [d for i, d in enumerate(dirs) if RANKS[i % 4] == 16][:2]
-    h = cfg["hidden_size"]
-    kv = cfg["num_key_value_heads"] * (cfg.get("head_dim") or h // cfg["num_attention_heads"])
-    elem = 4 if a.adapter_dtype == "float32" else 2
-    one = 16 * (2 * (h + h) + 2 * (h + kv)) * elem * cfg["num_hidden_layers"]
+    one = 16 * adapter_bytes_per_rank(cfg, a.adapter_dtype)
     cold = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
                             f"--adapter_device_bytes={int(one * 1.5)}", "--adapter_host_bytes=0"])
     ttft = {"device": [], "host": [], "disk": []}
@@ -208,14 +238,15 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     finally:
         cold.stop()
 
-    print(f"Tiered residency on the demo model, fp32, {a.threads} threads: {n_max} LoRAs registered "
+    print(f"Tiered residency on the {a.model} model, fp32, {a.threads} threads: {n_max} LoRAs registered "
           f"(ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}, saved in {a.adapter_dtype}), device budget {a.device_mb} MiB, "
           f"host budget {a.host_mb} MiB, loader nice {a.loader_nice}; closed loop at concurrency {a.concurrency}, {a.requests} requests per "
           f"point, prompts {a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law "
           f"popularity alpha {a.skew}; medians of {a.runs} runs:\n")
     print("| adapters in the workload | server | tok/s | vs n = " + str(counts[0]) +
-          " | device hits | misses from host | misses from disk | evictions | TTFT p50 s | TPOT p50 s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " | paired ratio | device hits | misses from host | misses from disk | evictions | mean load ms |"
+          " TTFT p50 s | TPOT p50 s | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ref = {}
     for n in counts:
         for label in dict.fromkeys(r["server"] for r in rows):
@@ -223,22 +254,33 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
             med = {k: statistics.median(r[k] for r in sel) for k in
                    ("throughput_tok_s", "ttft_p50_s", "tpot_p50_s", "hits", "misses_host", "misses_disk",
                     "evictions")}
+            loads = sum(r["loads"] for r in sel)
+            med["load_ms"] = 1000 * sum(r["load_s"] for r in sel) / loads if loads else None
             ref.setdefault(label, med["throughput_tok_s"])
+            # Per run, this n over the first n of the same server in the same run.
+            first = {r["run"]: r["throughput_tok_s"] for r in rows if r["n"] == counts[0] and r["server"] == label}
+            paired = statistics.median(r["throughput_tok_s"] / first[r["run"]] for r in sel)
+            load_ms = "-" if med["load_ms"] is None else f"{med['load_ms']:.1f}"
             print(f"| {n} | {label} | {med['throughput_tok_s']:.1f} | {med['throughput_tok_s'] / ref[label]:.3f} | "
-                  f"{med['hits']:.0f} | {med['misses_host']:.0f} | {med['misses_disk']:.0f} | {med['evictions']:.0f} | "
+                  f"{paired:.3f} | {med['hits']:.0f} | {med['misses_host']:.0f} | {med['misses_disk']:.0f} | "
+                  f"{med['evictions']:.0f} | {load_ms} | "
                   f"{med['ttft_p50_s']:.3f} | {med['tpot_p50_s']:.4f} | {sum(r['errors'] for r in sel)} |")
     print(f"\nHot streams (8 clients, 8 resident adapters, 64-token outputs) beside a second client (2 at a "
           f"time, 16-token outputs) whose every request goes to a resident adapter, or to a different cold one "
           f"(registered, on disk); medians of {a.runs} runs:\n")
-    print("| second client's adapters | hot TPOT p50 s | hot TPOT p99 s | hot tok/s | second client's TTFT p50 s |")
-    print("|---|---|---|---|---|")
+    print("| second client's adapters | hot TPOT p50 s | hot TPOT p99 s | hot tok/s | second client's TTFT p50 s |"
+          " loads | mean load ms |")
+    print("|---|---|---|---|---|---|---|")
     for mode in ("resident", "cold"):
         sel = [r for r in pause_rows if r["mode"] == mode]
         if not sel:
             continue
         med = lambda f: statistics.median(f(r) for r in sel)  # noqa: E731
         print(f"| {mode} | {med(lambda r: r['hot']['tpot_p50_s']):.4f} | {med(lambda r: r['hot']['tpot_p99_s']):.4f} | "
-              f"{med(lambda r: r['hot']['throughput_tok_s']):.1f} | {med(lambda r: r['side']['ttft_p50_s']):.4f} |")
+              f"{med(lambda r: r['hot']['throughput_tok_s']):.1f} | {med(lambda r: r['side']['ttft_p50_s']):.4f} | "
+              f"{sum(r['loads'] for r in sel):.0f} | "
+              + (f"{1000 * sum(r['load_s'] for r in sel) / sum(r['loads'] for r in sel):.1f}"
+                 if sum(r['loads'] for r in sel) else "-") + " |")
     print(f"\nCold load of a rank-16 adapter ({a.cold_runs} runs, one-token requests with 16-token prompts):\n")
     print("| adapter was on | TTFT median s | server load time, mean s (loads) |")
     print("|---|---|---|")
@@ -252,8 +294,11 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
 def add_parser(sub, cpu_count):
     t = sub.add_parser("tiers", help="2,000 adapters under byte budgets: throughput vs n, cold-load latency")
     t.add_argument("--adapters", default="8,128,2000")
-    t.add_argument("--device-mb", type=int, default=64)
-    t.add_argument("--host-mb", type=int, default=256)
+    t.add_argument("--model", default="demo", choices=["demo", "llama-100m"])
+    t.add_argument("--device-mb", type=int, default=None,
+                   help="device budget (default: 64 for the demo model's bf16 adapters, the same share otherwise)")
+    t.add_argument("--host-mb", type=int, default=None,
+                   help="host budget (default: 256 for the demo model's bf16 adapters, the same share otherwise)")
     t.add_argument("--requests", type=int, default=256)
     t.add_argument("--concurrency", type=int, default=16)
     t.add_argument("--skew", type=float, default=0.3, help="power-law alpha (loadgen --alpha)")
