@@ -420,19 +420,17 @@ void AdapterCache::LoaderLoop() {
     std::shared_ptr<const UploadSource> read;  // the files, when they came from disk
     absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> built = [&]()
         -> absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> {
-      std::map<std::string, std::string> files;
       const std::string label = slot->disk_dir_.value_or(std::string("upload"));
-      if (host != nullptr) {
-        files = host->files;
-      } else {
+      if (host == nullptr) {
         absl::StatusOr<std::map<std::string, std::string>> f = ReadAdapterFilesIntoMemory(*slot->disk_dir_);
         if (!f.ok()) return f.status();
-        auto copy = std::make_shared<UploadSource>();
-        copy->files = *f;
-        read = std::move(copy);
-        files = *std::move(f);
+        auto files = std::make_shared<UploadSource>();
+        files->files = *std::move(f);
+        read = std::move(files);
       }
-      absl::StatusOr<AdapterFiles> af = AdapterFilesFromUpload(std::move(files), label);
+      // Parsed where they lie: the host copy, or what was just read (which
+      // then becomes the host copy when the budget allows).
+      absl::StatusOr<AdapterFiles> af = AdapterFilesFromShared(host != nullptr ? host : read, label);
       if (!af.ok()) return af.status();
       absl::StatusOr<LoadedAdapter> loaded = LoadAdapter(*af, *base_);
       if (!loaded.ok()) return loaded.status();

@@ -72,6 +72,14 @@ absl::StatusOr<std::map<std::string, std::string>> ReadAdapterFilesIntoMemory(co
 
 absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> uploaded,
                                                     const std::string& label) {
+  auto shared = std::make_shared<UploadSource>();
+  shared->files = std::move(uploaded);
+  return AdapterFilesFromShared(std::move(shared), label);
+}
+
+absl::StatusOr<AdapterFiles> AdapterFilesFromShared(std::shared_ptr<const UploadSource> source,
+                                                    const std::string& label) {
+  const std::map<std::string, std::string>& uploaded = source->files;
   AdapterFiles files;
   files.label = label;
   for (const auto& [name, bytes] : uploaded) {
@@ -96,10 +104,11 @@ absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::s
     return absl::InvalidArgumentError(absl::StrCat(label, ": missing ", kWeightsFile, " (PEFT) or ",
                                                    kAdapterHubWeightsFile, " (AdapterHub)"));
   }
-  files.config_json = std::move(cfg->second);
+  files.config_json = cfg->second;  // small; the weights are shared, not copied
   files.weights_file = weights->first;
-  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromBytes(
-      std::move(weights->second), absl::StrCat(label, label == "upload" ? ":" : "/", files.weights_file));
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromSharedBytes(
+      std::shared_ptr<const std::string>(source, &weights->second),
+      absl::StrCat(label, label == "upload" ? ":" : "/", files.weights_file));
   if (!w.ok()) return w.status();
   files.weights = *std::move(w);
   return files;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "adapters/adapter_source.h"
 #include "server/model/safetensors.h"
 
 namespace adapterd::adapters {
@@ -36,6 +37,11 @@ absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir);
 // Builds AdapterFiles from uploaded file contents keyed by file name;
 // messages name `label`.
 absl::StatusOr<AdapterFiles> AdapterFilesFromUpload(std::map<std::string, std::string> files,
+                                                    const std::string& label = "upload");
+// The same, over files that stay shared with their other owners (the adapter
+// cache's host copy): the weights file is parsed in place, not copied, and
+// the result keeps `files` alive while it lives.
+absl::StatusOr<AdapterFiles> AdapterFilesFromShared(std::shared_ptr<const UploadSource> files,
                                                     const std::string& label = "upload");
 // The adapter files of `dir` (the config and the weights file that exist),
 // read into memory for AdapterFilesFromUpload. NOT_FOUND for a missing

@@ -2,7 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -54,6 +61,96 @@ at::Tensor Copy(const model::SafetensorsFile& f, const model::StTensorInfo& info
   return src;
 }
 
+// dst[c * rows + r] = src[r * cols + c] for rows [r0, rows) and columns
+// [c0, cols) plus rows [0, r0) of columns [c0, cols): the edges the block
+// loops below leave. `src` may be unaligned.
+template <typename T>
+void TransposeEdges(const std::byte* src, int64_t rows, int64_t cols, int64_t r0, int64_t c0, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = r < r0 ? c0 : 0; c < cols; ++c) {
+      std::memcpy(dst + c * rows + r, src + (r * cols + c) * sizeof(T), sizeof(T));
+    }
+  }
+}
+
+#if defined(__SSE2__)
+// 16-bit elements in 8x8 blocks (three rounds of unpacks), 32-bit in 4x4.
+void TransposeInto(const std::byte* src, int64_t rows, int64_t cols, uint16_t* dst) {
+  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (int64_t r = 0; r < r8; r += 8) {
+    for (int64_t c = 0; c < c8; c += 8) {
+      // The file's bytes are usually cold: fetch the next strip of rows
+      // while this one is transposed (one prefetch per cache line).
+      if (r + 8 < rows && c % 32 == 0) {
+        for (int64_t i = r + 8; i < std::min(rows, r + 16); ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(src + (i * cols + c) * 2), _MM_HINT_T0);
+        }
+      }
+      __m128i a[8];
+      for (int i = 0; i < 8; ++i) {
+        a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + ((r + i) * cols + c) * 2));
+      }
+      __m128i b[8], d[8];
+      for (int i = 0; i < 4; ++i) {
+        b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+        b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+      }
+      for (int i = 0; i < 2; ++i) {  // rows 4i..4i+3, columns 0-1, 2-3, 4-5, 6-7
+        d[4 * i] = _mm_unpacklo_epi32(b[4 * i], b[4 * i + 2]);
+        d[4 * i + 1] = _mm_unpackhi_epi32(b[4 * i], b[4 * i + 2]);
+        d[4 * i + 2] = _mm_unpacklo_epi32(b[4 * i + 1], b[4 * i + 3]);
+        d[4 * i + 3] = _mm_unpackhi_epi32(b[4 * i + 1], b[4 * i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {  // column 2i and 2i + 1, all 8 rows
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c + 2 * i) * rows + r), _mm_unpacklo_epi64(d[i], d[4 + i]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c + 2 * i + 1) * rows + r),
+                         _mm_unpackhi_epi64(d[i], d[4 + i]));
+      }
+    }
+  }
+  TransposeEdges(src, rows, cols, r8, c8, dst);
+}
+
+void TransposeInto(const std::byte* src, int64_t rows, int64_t cols, uint32_t* dst) {
+  const int64_t r4 = rows / 4 * 4, c4 = cols / 4 * 4;
+  for (int64_t r = 0; r < r4; r += 4) {
+    for (int64_t c = 0; c < c4; c += 4) {
+      if (r + 4 < rows && c % 16 == 0) {  // as above
+        for (int64_t i = r + 4; i < std::min(rows, r + 8); ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(src + (i * cols + c) * 4), _MM_HINT_T0);
+        }
+      }
+      __m128 a[4];
+      for (int i = 0; i < 4; ++i) a[i] = _mm_loadu_ps(reinterpret_cast<const float*>(src + ((r + i) * cols + c) * 4));
+      _MM_TRANSPOSE4_PS(a[0], a[1], a[2], a[3]);
+      for (int i = 0; i < 4; ++i) _mm_storeu_ps(reinterpret_cast<float*>(dst + (c + i) * rows + r), a[i]);
+    }
+  }
+  TransposeEdges(src, rows, cols, r4, c4, dst);
+}
+#else
+template <typename T>
+void TransposeInto(const std::byte* src, int64_t rows, int64_t cols, T* dst) {
+  TransposeEdges(src, rows, cols, 0, 0, dst);
+}
+#endif
+
+// An owned CPU copy of a 2-D tensor in the file's dtype, laid out
+// column-major: its t() is contiguous.
+at::Tensor CopyColumnMajor(const model::SafetensorsFile& f, const model::StTensorInfo& info) {
+  auto data = f.Data(info);
+  const int64_t rows = info.shape[0], cols = info.shape[1];
+  const bool f32 = info.dtype == model::StDType::kF32;
+  c10::ScalarType t = f32 ? at::kFloat : info.dtype == model::StDType::kF16 ? at::kHalf : at::kBFloat16;
+  at::Tensor transposed = at::empty({cols, rows}, at::dtype(t));
+  if (f32) {
+    TransposeInto(data.data(), rows, cols, static_cast<uint32_t*>(transposed.data_ptr()));
+  } else {
+    TransposeInto(data.data(), rows, cols, static_cast<uint16_t*>(transposed.data_ptr()));
+  }
+  return transposed.t();
+}
+
 }  // namespace
 
 at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
@@ -63,7 +160,7 @@ at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& 
 
 at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                         const model::ModelOptions& opts) {
-  at::Tensor src = Copy(f, info);
+  at::Tensor src = info.shape.size() == 2 ? CopyColumnMajor(f, info) : Copy(f, info);
   const bool half = src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16;
   if (half && opts.dtype == at::kFloat && opts.device.is_cpu()) return src;
   return src.to(opts.device, opts.dtype);

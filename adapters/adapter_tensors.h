@@ -40,7 +40,9 @@ at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& 
 // For LoRA's A and B: like ToTensor, except that an F16 or BF16 tensor keeps
 // its dtype when the base is fp32 on the CPU. The forward pass widens such
 // weights exactly as it reads them, so the result is the same while the
-// adapter holds, and each step reads, half the bytes. May throw.
+// adapter holds, and each step reads, half the bytes. A 2-D tensor comes
+// back column-major (its t() is contiguous), the layout LoraModule keeps, so
+// building the module copies nothing more. May throw.
 at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                         const model::ModelOptions& opts);
 

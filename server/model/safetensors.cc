@@ -602,12 +602,16 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(
     std::string bytes, std::string label, const SafetensorsLimits& limits) {
+  return FromSharedBytes(std::make_shared<const std::string>(std::move(bytes)), std::move(label), limits);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromSharedBytes(
+    std::shared_ptr<const std::string> bytes, std::string label, const SafetensorsLimits& limits) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->label_ = std::move(label);
-  auto owned = std::make_shared<const std::string>(std::move(bytes));
-  file->base_ = reinterpret_cast<const std::byte*>(owned->data());
-  file->size_ = owned->size();
-  file->owner_ = std::shared_ptr<const void>(owned, owned->data());
+  file->base_ = reinterpret_cast<const std::byte*>(bytes->data());
+  file->size_ = bytes->size();
+  file->owner_ = std::shared_ptr<const void>(bytes, bytes->data());
   if (absl::Status s = file->Parse(limits); !s.ok()) return s;
   return file;
 }

@@ -55,6 +55,10 @@ class SafetensorsFile {
   // Parses an in-memory copy; `label` names it in error messages.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(
       std::string bytes, std::string label, const SafetensorsLimits& limits = {});
+  // Parses bytes shared with their other owners, without copying them; the
+  // file keeps them alive (and they must not change while it does).
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromSharedBytes(
+      std::shared_ptr<const std::string> bytes, std::string label, const SafetensorsLimits& limits = {});
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
