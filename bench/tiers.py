@@ -152,26 +152,28 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         host = metric_sum(text, "adapterd_adapter_tier_adapters", 'tier="host"')
         log(f"registered: {dev:.0f} on the device tier, {host:.0f} in host memory")
         for run in range(a.runs):
-            for n in counts:
-                for label, s in servers:
-                    before = scrape(s)
-                    r = loadgen(a.build, s.addr, seed=run + 1,
-                                adapters=",".join(f"t{i}" for i in range(n)), **common)
-                    after = scrape(s)
+            # Odd runs go in reverse order, so a drift in the machine's speed
+            # over a run weighs on every n and both servers alike.
+            order = [(n, label, s) for n in counts for label, s in servers]
+            for n, label, s in (order if run % 2 == 0 else order[::-1]):
+                before = scrape(s)
+                r = loadgen(a.build, s.addr, seed=run + 1,
+                            adapters=",".join(f"t{i}" for i in range(n)), **common)
+                after = scrape(s)
 
-                    def delta(name, labels=""):
-                        return metric_sum(after, name, labels) - metric_sum(before, name, labels)
-                    r.update(n=n, run=run, server=label, hits=delta("adapterd_adapter_cache_hits_total"),
-                             misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
-                             misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
-                             evictions=delta("adapterd_adapter_evictions_total"),
-                             loads=delta("adapterd_adapter_tier_load_seconds_count"),
-                             load_s=delta("adapterd_adapter_tier_load_seconds_sum"),
-                             device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
-                             host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
-                    rows.append(r)
-                    log(f"run {run} n={n} {label}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, "
-                        f"misses host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
+                def delta(name, labels=""):
+                    return metric_sum(after, name, labels) - metric_sum(before, name, labels)
+                r.update(n=n, run=run, server=label, hits=delta("adapterd_adapter_cache_hits_total"),
+                         misses_host=delta("adapterd_adapter_cache_misses_total", 'source_tier="host"'),
+                         misses_disk=delta("adapterd_adapter_cache_misses_total", 'source_tier="disk"'),
+                         evictions=delta("adapterd_adapter_evictions_total"),
+                         loads=delta("adapterd_adapter_tier_load_seconds_count"),
+                         load_s=delta("adapterd_adapter_tier_load_seconds_sum"),
+                         device_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="device"'),
+                         host_bytes=metric_sum(after, "adapterd_adapter_tier_bytes", 'tier="host"'))
+                rows.append(r)
+                log(f"run {run} n={n} {label}: {r['throughput_tok_s']:.1f} tok/s, hits {r['hits']:.0f}, "
+                    f"misses host {r['misses_host']:.0f} disk {r['misses_disk']:.0f}, errors {r['errors']}")
         if control:
             control.stop()
             control = None
