@@ -44,11 +44,13 @@ def log(msg):
 class Server:
     """A real adapterd process on 127.0.0.1 with OS-chosen ports."""
 
-    def __init__(self, build, args):
+    def __init__(self, build, args, cpus=None):
+        """`cpus`: a taskset CPU list the server is confined to (default: all)."""
         self.tmp = tempfile.mkdtemp(prefix="adapterd-bench-")
         ready = os.path.join(self.tmp, "ready.json")
         self.log = open(os.path.join(self.tmp, "server.log"), "w")
-        cmd = [os.path.join(build, "server", "adapterd"), "--listen=127.0.0.1:0",
+        cmd = ([] if cpus is None else ["taskset", "-c", str(cpus)]) + [
+               os.path.join(build, "server", "adapterd"), "--listen=127.0.0.1:0",
                "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning",
                # Loopback only: plaintext, an open Admin API, path loads from the bench cache.
                "--plaintext", "--admin_auth=none", "--adapter_roots=/"] + args
@@ -550,9 +552,11 @@ def main():
     k.add_argument("--threads", type=int, default=os.cpu_count())
     tiers.add_parser(sub, os.cpu_count())
     tiers.add_loader_nice_parser(sub, os.cpu_count())
+    tiers.add_pair_parser(sub)
     a = p.parse_args()
-    if a.cmd in ("tiers", "loader-nice"):
-        {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice}[a.cmd](a, Server, loadgen, ensure_model, log)
+    if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
+        {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,
+         "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a, Server, loadgen, ensure_model, log)
         return
     {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
 

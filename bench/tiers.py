@@ -106,17 +106,16 @@ def metric_sum(text, name, labels=""):
     return total
 
 
-def cmd_tiers(a, Server, loadgen, ensure_model, log):
+def prepare(a, ensure_model, log):
+    """The model, its config, the adapters' directories and the budgets (filled into `a`)."""
     work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
     os.makedirs(work, exist_ok=True)
     base = ensure_model(work, a.model, a.build)
     with open(os.path.join(base, "config.json")) as f:
         cfg = json.load(f)
-    counts = [int(x) for x in a.adapters.split(",")]
-    n_max = max(counts)
+    n_max = max(int(x) for x in a.adapters.split(","))
     log(f"writing {n_max} adapters for {a.model} (ranks {RANKS}, {a.adapter_dtype})")
     dirs = write_tier_adapters(work, cfg, n_max, a.adapter_dtype, a.model)
-    ctl = os.path.join(a.build, "server", "adapterctl")
     # Unless given, the budgets hold the same share of the registry as the
     # demo model's 64 and 256 MiB hold of its bf16 adapters.
     share = 1.0 if a.model == "demo" else (adapter_bytes_per_rank(cfg, a.adapter_dtype) /
@@ -125,10 +124,18 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
         a.device_mb = round(DEMO_BUDGET_MB[0] * share)
     if a.host_mb is None:
         a.host_mb = round(DEMO_BUDGET_MB[1] * share)
-    device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
     log(f"budgets: {a.device_mb} MiB device, {a.host_mb} MiB host; "
         f"{sum(adapter_bytes_per_rank(cfg, a.adapter_dtype) * RANKS[i % 4] for i in range(n_max)) / 2**20:.0f} MiB "
         f"of adapters registered")
+    return base, cfg, dirs
+
+
+def cmd_tiers(a, Server, loadgen, ensure_model, log):
+    base, cfg, dirs = prepare(a, ensure_model, log)
+    counts = [int(x) for x in a.adapters.split(",")]
+    n_max = max(counts)
+    ctl = os.path.join(a.build, "server", "adapterctl")
+    device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
     server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
     server = Server(a.build, server_args + [f"--adapter_device_bytes={device_bytes}",
                                             f"--adapter_host_bytes={host_bytes}",
@@ -380,4 +387,113 @@ def add_loader_nice_parser(sub, cpu_count):
     t.add_argument("--skew", type=float, default=0.3)
     t.add_argument("--runs", type=int, default=4)
     t.add_argument("--threads", type=int, default=cpu_count)
+    t.add_argument("--adapter-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+
+
+def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
+    """The tiers curve measured side by side, so that the machine's speed
+    changes weigh on both sides of each ratio at once.
+
+    Two identical servers, each confined to one CPU (taskset, --threads=1),
+    serve at the same moment: one the workload over the first 8 adapters,
+    the other the workload over the first n; then they swap. The ratio for a
+    run is the geometric mean of the two simultaneous ratios, which also
+    cancels any difference between the two CPUs. Budgeted servers first,
+    then (with --control) two servers with every adapter resident.
+    """
+    base, cfg, dirs = prepare(a, ensure_model, log)
+    counts = [int(x) for x in a.adapters.split(",")]
+    if counts[0] != 8 or len(counts) < 2:
+        raise SystemExit("tiers-pair: --adapters must start with 8 and name at least one more n")
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2:
+        raise SystemExit("tiers-pair: needs two CPUs")
+    common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
+                  prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max,
+                  concurrency=a.concurrency, alpha=a.skew)
+    ids = lambda n: ",".join(f"t{i}" for i in range(n))  # noqa: E731
+    budgets = [f"--adapter_device_bytes={a.device_mb << 20}", f"--adapter_host_bytes={a.host_mb << 20}",
+               f"--adapter_loader_nice={a.loader_nice}"]
+    kinds = [("budgets", budgets)] + ([("all resident", [])] if a.control else [])
+    results = []  # dict(kind, run, n, slot, this=..., other=...)
+    for kind, extra in kinds:
+        pair = []
+        try:
+            for cpu in (0, 1):
+                pair.append(Server(a.build, [f"--model={base}", "--threads=1", f"--max_batch_size={a.concurrency}"]
+                                   + extra, cpus=cpu))
+            for i, s in enumerate(pair):
+                log(f"registering {len(dirs)} adapters ({kind}, CPU {i})")
+                register(a.build, s, dirs)
+                loadgen(a.build, s.addr, **dict(common, requests=a.concurrency, adapters=ids(8)))
+            for run in range(a.runs):
+                for n in counts[1:]:
+                    # slot 0: CPU 0 serves n = 8 while CPU 1 serves n; slot 1 swaps them.
+                    for slot in (0, 1):
+                        out = {}
+
+                        def drive(cpu, workload):
+                            out[cpu] = loadgen(a.build, pair[cpu].addr, seed=run + 1, adapters=ids(workload),
+                                               **common)
+                        wl = {slot: 8, 1 - slot: n}
+                        t = threading.Thread(target=drive, args=(1, wl[1]))
+                        t.start()
+                        drive(0, wl[0])
+                        t.join()
+                        r8, rn = out[slot], out[1 - slot]
+                        results.append(dict(kind=kind, run=run, n=n, slot=slot, n8=r8, nn=rn))
+                        log(f"run {run} {kind} slot {slot}: n=8 {r8['throughput_tok_s']:.1f} tok/s (CPU {slot}), "
+                            f"n={n} {rn['throughput_tok_s']:.1f} tok/s (CPU {1 - slot}), errors "
+                            f"{r8['errors'] + rn['errors']}")
+        finally:
+            for s in pair:
+                s.stop()
+
+    print(f"Tiers side by side on the {a.model} model, fp32: two servers, each on one CPU with --threads=1, "
+          f"{len(dirs)} LoRAs registered in each (ranks {'/'.join(map(str, RANKS))} in turn on {', '.join(TARGETS)}, "
+          f"saved in {a.adapter_dtype}); budgets {a.device_mb} MiB device and {a.host_mb} MiB host, loader nice "
+          f"{a.loader_nice}; closed loop at concurrency {a.concurrency}, {a.requests} requests per point, prompts "
+          f"{a.prompt_min}-{a.prompt_max}, outputs {a.output_min}-{a.output_max}, power-law alpha {a.skew}. In each "
+          f"run, one server serves n = 8 while the other serves n, then they swap; the run's ratio is the geometric "
+          f"mean of the two simultaneous ratios. {a.runs} runs:\n")
+    print("| server | n | ratio to n = 8, median | per run | tok/s at n = 8 (median) | tok/s at n (median) | "
+          "TTFT p50 s at n = 8 / n | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for kind, _ in kinds:
+        for n in counts[1:]:
+            sel = [r for r in results if r["kind"] == kind and r["n"] == n]
+            per_run = []
+            for run in range(a.runs):
+                rs = [r for r in sel if r["run"] == run]
+                prod = 1.0
+                for r in rs:
+                    prod *= r["nn"]["throughput_tok_s"] / r["n8"]["throughput_tok_s"]
+                per_run.append(prod ** (1 / len(rs)))
+            med = statistics.median(per_run)
+            summary[f"{kind} n={n}"] = dict(median=med, per_run=per_run)
+            m = lambda side, k: statistics.median(r[side][k] for r in sel)  # noqa: E731
+            print(f"| {kind} | {n} | {med:.3f} | {', '.join(f'{x:.3f}' for x in per_run)} | "
+                  f"{m('n8', 'throughput_tok_s'):.1f} | {m('nn', 'throughput_tok_s'):.1f} | "
+                  f"{m('n8', 'ttft_p50_s'):.3f} / {m('nn', 'ttft_p50_s'):.3f} | "
+                  f"{sum(r['n8']['errors'] + r['nn']['errors'] for r in sel)} |")
+    print("\n" + json.dumps({"summary": summary, "results": results}))
+
+
+def add_pair_parser(sub):
+    t = sub.add_parser("tiers-pair", help="the tiers curve from two one-CPU servers serving side by side")
+    t.add_argument("--model", default="llama-100m", choices=["demo", "llama-100m"])
+    t.add_argument("--adapters", default="8,128,2000")
+    t.add_argument("--device-mb", type=int, default=None, help="as for tiers")
+    t.add_argument("--host-mb", type=int, default=None, help="as for tiers")
+    t.add_argument("--requests", type=int, default=256)
+    t.add_argument("--concurrency", type=int, default=16)
+    t.add_argument("--skew", type=float, default=0.3, help="power-law alpha (loadgen --alpha)")
+    t.add_argument("--prompt-min", type=int, default=8)
+    t.add_argument("--prompt-max", type=int, default=32)
+    t.add_argument("--output-min", type=int, default=16)
+    t.add_argument("--output-max", type=int, default=64)
+    t.add_argument("--runs", type=int, default=4)
+    t.add_argument("--control", type=int, default=1, help="also the pair with every adapter resident")
+    t.add_argument("--loader-nice", type=int, default=5)
     t.add_argument("--adapter-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
