@@ -61,9 +61,9 @@ at::Tensor Copy(const model::SafetensorsFile& f, const model::StTensorInfo& info
   return src;
 }
 
-// dst[c * rows + r] = src[r * cols + c] for rows [r0, rows) and columns
-// [c0, cols) plus rows [0, r0) of columns [c0, cols): the edges the block
-// loops below leave. `src` may be unaligned.
+// dst[c * rows + r] = src[r * cols + c] for every element outside the
+// rows [0, r0) x columns [0, c0) that the block loops below cover. `src` may
+// be unaligned.
 template <typename T>
 void TransposeEdges(const std::byte* src, int64_t rows, int64_t cols, int64_t r0, int64_t c0, T* dst) {
   for (int64_t r = 0; r < rows; ++r) {
