@@ -300,10 +300,10 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     print("\n" + json.dumps({"rows": rows, "pause": pause_rows, "ttft": ttft, "load_s": load_s}))
 
 
-def add_parser(sub, cpu_count):
-    t = sub.add_parser("tiers", help="2,000 adapters under byte budgets: throughput vs n, cold-load latency")
+def add_workload_args(t, model, runs):
+    """The model, adapters, budgets and closed-loop workload flags both tiers commands take."""
     t.add_argument("--adapters", default="8,128,2000")
-    t.add_argument("--model", default="demo", choices=["demo", "llama-100m"])
+    t.add_argument("--model", default=model, choices=["demo", "llama-100m"])
     t.add_argument("--device-mb", type=int, default=None,
                    help="device budget (default: 64 for the demo model's bf16 adapters, the same share otherwise)")
     t.add_argument("--host-mb", type=int, default=None,
@@ -315,7 +315,12 @@ def add_parser(sub, cpu_count):
     t.add_argument("--prompt-max", type=int, default=32)
     t.add_argument("--output-min", type=int, default=16)
     t.add_argument("--output-max", type=int, default=64)
-    t.add_argument("--runs", type=int, default=3)
+    t.add_argument("--runs", type=int, default=runs)
+
+
+def add_parser(sub, cpu_count):
+    t = sub.add_parser("tiers", help="2,000 adapters under byte budgets: throughput vs n, cold-load latency")
+    add_workload_args(t, model="demo", runs=3)
     t.add_argument("--cold-runs", type=int, default=7)
     t.add_argument("--control", type=int, default=1, help="also run a server with every adapter resident")
     t.add_argument("--pause-requests", type=int, default=64, help="hot-stream requests per pause run")
@@ -433,8 +438,13 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
                         out = {}
 
                         def drive(cpu, workload):
-                            out[cpu] = loadgen(a.build, pair[cpu].addr, seed=run + 1, adapters=ids(workload),
-                                               **common)
+                            before = scrape(pair[cpu])
+                            r = loadgen(a.build, pair[cpu].addr, seed=run + 1, adapters=ids(workload), **common)
+                            after = scrape(pair[cpu])
+                            for key, name in (("loads", "adapterd_adapter_tier_load_seconds_count"),
+                                              ("load_s", "adapterd_adapter_tier_load_seconds_sum")):
+                                r[key] = metric_sum(after, name) - metric_sum(before, name)
+                            out[cpu] = r
                         wl = {slot: 8, 1 - slot: n}
                         t = threading.Thread(target=drive, args=(1, wl[1]))
                         t.start()
@@ -457,8 +467,8 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
           f"run, one server serves n = 8 while the other serves n, then they swap; the run's ratio is the geometric "
           f"mean of the two simultaneous ratios. {a.runs} runs:\n")
     print("| server | n | ratio to n = 8, median | per run | tok/s at n = 8 (median) | tok/s at n (median) | "
-          "TTFT p50 s at n = 8 / n | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "TTFT p50 s at n = 8 / n | loads at n (median) | mean load ms at n | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for kind, _ in kinds:
         for n in counts[1:]:
@@ -473,27 +483,18 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
             med = statistics.median(per_run)
             summary[f"{kind} n={n}"] = dict(median=med, per_run=per_run)
             m = lambda side, k: statistics.median(r[side][k] for r in sel)  # noqa: E731
+            loads = sum(r["nn"]["loads"] for r in sel)
+            mean_load_ms = f"{1000 * sum(r['nn']['load_s'] for r in sel) / loads:.1f}" if loads else "-"
             print(f"| {kind} | {n} | {med:.3f} | {', '.join(f'{x:.3f}' for x in per_run)} | "
                   f"{m('n8', 'throughput_tok_s'):.1f} | {m('nn', 'throughput_tok_s'):.1f} | "
-                  f"{m('n8', 'ttft_p50_s'):.3f} / {m('nn', 'ttft_p50_s'):.3f} | "
-                  f"{sum(r['n8']['errors'] + r['nn']['errors'] for r in sel)} |")
+                  f"{m('n8', 'ttft_p50_s'):.3f} / {m('nn', 'ttft_p50_s'):.3f} | {m('nn', 'loads'):.0f} | "
+                  f"{mean_load_ms} | {sum(r['n8']['errors'] + r['nn']['errors'] for r in sel)} |")
     print("\n" + json.dumps({"summary": summary, "results": results}))
 
 
 def add_pair_parser(sub):
     t = sub.add_parser("tiers-pair", help="the tiers curve from two one-CPU servers serving side by side")
-    t.add_argument("--model", default="llama-100m", choices=["demo", "llama-100m"])
-    t.add_argument("--adapters", default="8,128,2000")
-    t.add_argument("--device-mb", type=int, default=None, help="as for tiers")
-    t.add_argument("--host-mb", type=int, default=None, help="as for tiers")
-    t.add_argument("--requests", type=int, default=256)
-    t.add_argument("--concurrency", type=int, default=16)
-    t.add_argument("--skew", type=float, default=0.3, help="power-law alpha (loadgen --alpha)")
-    t.add_argument("--prompt-min", type=int, default=8)
-    t.add_argument("--prompt-max", type=int, default=32)
-    t.add_argument("--output-min", type=int, default=16)
-    t.add_argument("--output-max", type=int, default=64)
-    t.add_argument("--runs", type=int, default=4)
+    add_workload_args(t, model="llama-100m", runs=4)
     t.add_argument("--control", type=int, default=1, help="also the pair with every adapter resident")
     t.add_argument("--loader-nice", type=int, default=5)
     t.add_argument("--adapter-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
