@@ -85,6 +85,10 @@ ABSL_FLAG(int64_t, adapter_host_bytes, 0,
 ABSL_FLAG(int, adapter_loader_nice, 5,
           "Nice value (0-19) of the thread that brings adapters in from host memory or disk: "
           "higher leaves more CPU to the running batch, lower brings cold adapters in sooner");
+ABSL_FLAG(double, load_join_wait, 0.25,
+          "How long a step may wait for the adapter of a newly arrived request that is being brought in, as a "
+          "fraction (0-1) of the previous step's time, so that the request joins this step instead of the next; "
+          "at most once per request, 0 never waits");
 ABSL_FLAG(int64_t, max_adapters_per_batch, 0,
           "Most distinct adapters in one running batch (0 = no limit)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
@@ -269,6 +273,7 @@ int main(int argc, char** argv) {
   engine_options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
   engine_options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   engine_options.max_adapters_per_batch = absl::GetFlag(FLAGS_max_adapters_per_batch);
+  engine_options.load_join_wait = absl::GetFlag(FLAGS_load_join_wait);
   engine_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   engine_options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);

@@ -39,6 +39,7 @@ struct Engine::Sequence {
   absl::Time last_token;
   uint64_t order = 0;           // arrival order: FCFS admission, newest is preempted first
   bool admitted_once = false;   // counted against the waiting bound until first admitted
+  bool join_checked = false;    // WaitForJoiningLoads() has looked at it
   bool finished = false;
 
   // A prompt-tuning adapter's virtual tokens come first, as placeholder ids
@@ -59,6 +60,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::Ll
   if (options.max_batch_size < 1 || options.max_tokens_per_step < 1 || options.max_waiting < 0) {
     return absl::InvalidArgumentError(
         "max_batch_size and max_tokens_per_step must be >= 1, max_waiting >= 0");
+  }
+  if (!(options.load_join_wait >= 0 && options.load_join_wait <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("load_join_wait must be within [0, 1], not ", options.load_join_wait));
   }
   if (options.max_prompt_tokens < 0 || options.max_new_tokens < 0 || options.max_stop_token_ids < 0) {
     return absl::InvalidArgumentError("max_prompt_tokens, max_new_tokens and max_stop_token_ids must be >= 0");
@@ -185,7 +189,7 @@ void Engine::Shutdown(absl::Duration grace) {
 
 Engine::Stats Engine::GetStats() const {
   return Stats{stat_running_.load(), stat_waiting_.load(), stat_kv_free_.load(),
-               kv_->num_blocks(), preemptions_.load()};
+               kv_->num_blocks(), preemptions_.load(), load_join_waits_.load(), load_joins_.load()};
 }
 
 void Engine::Loop() {
@@ -210,7 +214,10 @@ void Engine::Loop() {
     const bool expired = stopping && absl::Now() >= deadline;
     DropFinishedOrCancelled(expired);
     if (stopping && running_.empty() && waiting_.empty()) break;
+    WaitForJoiningLoads();
+    const absl::Time step_start = absl::Now();
     Step();
+    last_step_ = absl::Now() - step_start;
     if (running_.empty() && !waiting_.empty()) {
       // Everything waiting needs an adapter that is still loading: poll
       // again shortly, or at once when new work or shutdown arrives.
@@ -327,6 +334,34 @@ void Engine::Admit() {
   if (admitted + failed > 0) {
     absl::MutexLock lock(&mu_);
     queued_ -= static_cast<int64_t>(admitted + failed);
+  }
+}
+
+void Engine::WaitForJoiningLoads() {
+  if (options_.load_join_wait <= 0 || running_.empty() ||
+      static_cast<int64_t>(running_.size()) >= options_.max_batch_size) {
+    return;
+  }
+  std::vector<AdapterLease*> loading;
+  for (auto& seq : waiting_) {
+    if (seq->join_checked) continue;
+    seq->join_checked = true;
+    if (seq->request.adapter != nullptr || seq->request.lease == nullptr) continue;
+    absl::StatusOr<const model::AdapterWeights*> w = seq->request.lease->weights();
+    if (w.ok() && *w == nullptr) loading.push_back(seq->request.lease.get());
+  }
+  if (loading.empty()) return;
+  ++load_join_waits_;
+  const absl::Time deadline = absl::Now() + last_step_ * options_.load_join_wait;
+  while (!loading.empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Microseconds(200));
+    std::erase_if(loading, [this](AdapterLease* lease) {
+      absl::StatusOr<const model::AdapterWeights*> w = lease->weights();
+      if (!w.ok()) return true;
+      if (*w == nullptr) return false;
+      ++load_joins_;
+      return true;
+    });
   }
 }
 

@@ -25,6 +25,13 @@ struct EngineOptions {
   int64_t max_tokens_per_step = 512;  // prompt chunks and decode tokens per step
   int64_t max_waiting = 1024;         // queued requests before RESOURCE_EXHAUSTED
   int64_t max_adapters_per_batch = 0; // distinct adapters running at once; 0 = no limit
+  // Before a step, how long the engine may wait for adapters that newly
+  // arrived requests are waiting on, as a fraction of the previous step's
+  // time, so that a load which finishes early in the step joins it instead
+  // of the next one. At most once per request, and only while sequences are
+  // running; 0 never waits. Where loads and steps share the CPUs, the wait
+  // gives the loader the CPU time it would take from the step anyway.
+  double load_join_wait = 0.25;
   int64_t kv_block_size = 16;         // tokens per KV block
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Request limits; a request past one gets INVALID_ARGUMENT naming it.
@@ -73,7 +80,8 @@ class RequestHandle {
 // Two exceptions skip a waiting request without holding back the ones
 // behind it: its adapter is still being brought in (a lease without weights
 // yet), or admitting it would put more than max_adapters_per_batch distinct
-// adapters in the batch.
+// adapters in the batch. A step may start up to load_join_wait of a step late
+// while a new request's adapter is being brought in (once per request).
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<model::LlamaModel> model,
@@ -116,6 +124,10 @@ class Engine {
     int64_t kv_free_blocks = 0;
     int64_t kv_total_blocks = 0;
     int64_t preemptions = 0;
+    // Steps that waited for a new request's adapter, and the requests whose
+    // adapter arrived within such a wait (see EngineOptions::load_join_wait).
+    int64_t load_join_waits = 0;
+    int64_t load_joins = 0;
   };
   Stats GetStats() const;
 
@@ -127,6 +139,9 @@ class Engine {
   void Step();
   void DropFinishedOrCancelled(bool shutdown_expired);
   void Admit();
+  // Waits (bounded by options_.load_join_wait) for the adapters of waiting
+  // requests not checked before that are still being brought in.
+  void WaitForJoiningLoads();
   void Preempt(Sequence* victim);
   // Reserves blocks so `seq` covers `tokens` positions, preempting the newest
   // sequences as needed (possibly `seq` itself, which then holds no blocks).
@@ -149,9 +164,11 @@ class Engine {
   // Engine thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
+  absl::Duration last_step_ = absl::ZeroDuration();
 
   uint64_t next_order_ ABSL_GUARDED_BY(mu_) = 0;
-  std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0}, preemptions_{0};
+  std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0}, preemptions_{0}, load_join_waits_{0},
+      load_joins_{0};
   std::thread thread_;
 };
 

@@ -1,0 +1,181 @@
+// EngineOptions::load_join_wait: a step may wait, once per request and for a
+// bounded time, for the adapter of a request that has just arrived, so that
+// the request joins that step instead of the next one. The leases here are
+// fakes whose weights arrive on a given call of weights(), or when the test
+// says so.
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <span>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "adapters/adapter_files.h"
+#include "adapters/adapter_loader.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/engine/engine.h"
+#include "server/model/demo_checkpoint.h"
+#include "tests/fakes/fake_adapter.h"
+#include "tests/support/test_env.h"
+
+namespace adapterd::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Counts tokens where other threads can read the count.
+class Counter : public ResultSink {
+ public:
+  void OnTokens(std::span<const int64_t> t, std::span<const float>) override {
+    tokens.fetch_add(static_cast<int64_t>(t.size()));
+    if (!first_token.HasBeenNotified()) first_token.Notify();
+  }
+  void OnFinish(const Finish& f) override {
+    finish = f;
+    done.Notify();
+  }
+  std::atomic<int64_t> tokens{0};
+  Finish finish;
+  absl::Notification done;
+  absl::Notification first_token;
+};
+
+// Its weights arrive on the `ready_on`-th call of weights(), or once
+// Arrive() is called (ready_on = 0). Called on the engine thread only.
+class FakeLease : public AdapterLease {
+ public:
+  FakeLease(const model::AdapterWeights* w, int ready_on) : w_(w), ready_on_(ready_on) {}
+  int64_t num_virtual_tokens() const override { return 0; }
+  absl::StatusOr<const model::AdapterWeights*> weights() override {
+    const int call = ++calls_;
+    if (arrived_.load() || (ready_on_ > 0 && call >= ready_on_)) return w_;
+    return nullptr;
+  }
+  void Arrive() { arrived_.store(true); }
+
+ private:
+  const model::AdapterWeights* const w_;
+  const int ready_on_;
+  int calls_ = 0;
+  std::atomic<bool> arrived_{false};
+};
+
+class LoadJoinTest : public ::testing::Test {
+ protected:
+  void Start(double load_join_wait) {
+    auto dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("load-join-demo"));
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    auto m = model::LlamaModel::Load(*dir, {});
+    ASSERT_TRUE(m.ok()) << m.status();
+    EngineOptions opts;
+    opts.max_batch_size = 4;
+    opts.load_join_wait = load_join_wait;
+    auto e = Engine::Create(*std::move(m), opts, nullptr);
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = *std::move(e);
+    auto files = adapters::AdapterFilesFromUpload(testing::QvLora(3).Files());
+    ASSERT_TRUE(files.ok()) << files.status();
+    auto loaded = adapters::LoadAdapter(*files, *engine_->model());
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    weights_ = loaded->weights;
+  }
+
+  static GenerationRequest Greedy(int64_t n, std::shared_ptr<AdapterLease> lease = nullptr) {
+    GenerationRequest r;
+    r.id = lease ? "b" : "a";
+    r.prompt = {5, 17, 42, 7};
+    r.sampling.max_new_tokens = n;
+    r.sampling.ignore_eos = true;
+    r.lease = std::move(lease);
+    r.adapter_id = r.lease ? "b" : "";
+    return r;
+  }
+
+  std::shared_ptr<model::AdapterWeights> weights_;  // outlives the engine
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(LoadJoinTest, ANewRequestWhoseAdapterArrivesDuringTheWaitJoinsTheNextStep) {
+  Start(1.0);
+  auto a = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(Greedy(2000), a).ok());
+  // A few steps, so the engine knows how long one takes.
+  while (a->tokens.load() < 4) absl::SleepFor(absl::Milliseconds(1));
+
+  auto lease = std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/2);
+  auto b = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(Greedy(3, lease), b).ok());
+  const int64_t a_at_submit = a->tokens.load();
+  b->first_token.WaitForNotification();
+  const int64_t a_at_first = a->tokens.load();
+  b->done.WaitForNotification();
+  EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
+
+  const Engine::Stats s = engine_->GetStats();
+  EXPECT_EQ(s.load_join_waits, 1);
+  EXPECT_EQ(s.load_joins, 1);
+  // Admitted in the first step after it arrived: the running request got at
+  // most the step under way when b was submitted, and the one b joined.
+  // Without the wait, b would join the step after that.
+  EXPECT_LE(a_at_first - a_at_submit, 2);
+  engine_->Shutdown(absl::ZeroDuration());
+}
+
+TEST_F(LoadJoinTest, AnAdapterThatDoesNotArriveDelaysOneStepOnlyAndTheOthersFinish) {
+  Start(1.0);
+  auto lease = std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/0);
+  auto a = std::make_shared<Counter>();
+  auto b = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(Greedy(200), a).ok());
+  while (a->tokens.load() < 2) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(engine_->Submit(Greedy(3, lease), b).ok());
+  a->done.WaitForNotification();
+  EXPECT_TRUE(a->finish.status.ok()) << a->finish.status;
+  EXPECT_EQ(a->tokens.load(), 200);
+  EXPECT_FALSE(b->first_token.HasBeenNotified());
+  Engine::Stats s = engine_->GetStats();
+  EXPECT_EQ(s.load_join_waits, 1);  // once for b, not at every step
+  EXPECT_EQ(s.load_joins, 0);
+
+  lease->Arrive();
+  b->done.WaitForNotification();
+  EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
+  EXPECT_EQ(b->tokens.load(), 3);
+  engine_->Shutdown(absl::ZeroDuration());
+}
+
+TEST_F(LoadJoinTest, ZeroNeverWaits) {
+  Start(0);
+  auto a = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(Greedy(100), a).ok());
+  while (a->tokens.load() < 2) absl::SleepFor(absl::Milliseconds(1));
+  auto b = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(Greedy(3, std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/3)), b).ok());
+  b->done.WaitForNotification();
+  EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
+  a->done.WaitForNotification();
+  const Engine::Stats s = engine_->GetStats();
+  EXPECT_EQ(s.load_join_waits, 0);
+  EXPECT_EQ(s.load_joins, 0);
+  engine_->Shutdown(absl::ZeroDuration());
+}
+
+TEST(LoadJoinOptionsTest, OutOfRangeIsInvalidArgumentNamingTheOption) {
+  auto dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("load-join-options"));
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  for (double bad : {-0.1, 1.5, std::nan("")}) {
+    auto m = model::LlamaModel::Load(*dir, {});
+    ASSERT_TRUE(m.ok()) << m.status();
+    EngineOptions opts;
+    opts.load_join_wait = bad;
+    auto e = Engine::Create(*std::move(m), opts, nullptr);
+    ASSERT_FALSE(e.ok()) << bad;
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(e.status().message(), HasSubstr("load_join_wait"));
+  }
+}
+
+}  // namespace
+}  // namespace adapterd::engine
