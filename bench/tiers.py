@@ -420,7 +420,7 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
     budgets = [f"--adapter_device_bytes={a.device_mb << 20}", f"--adapter_host_bytes={a.host_mb << 20}",
                f"--adapter_loader_nice={a.loader_nice}"]
     kinds = [("budgets", budgets)] + ([("all resident", [])] if a.control else [])
-    results = []  # dict(kind, run, n, slot, this=..., other=...)
+    results = []  # dict(kind, run, n, slot, n8=loadgen result at n = 8, nn=loadgen result at n)
     for kind, extra in kinds:
         pair = []
         try:

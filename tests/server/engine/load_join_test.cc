@@ -18,12 +18,14 @@
 #include "server/engine/engine.h"
 #include "server/model/demo_checkpoint.h"
 #include "tests/fakes/fake_adapter.h"
+#include "tests/fakes/fake_lease.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd::engine {
 namespace {
 
 using ::testing::HasSubstr;
+using adapterd::testing::FakeLease;
 
 // Counts tokens where other threads can read the count.
 class Counter : public ResultSink {
@@ -40,26 +42,6 @@ class Counter : public ResultSink {
   Finish finish;
   absl::Notification done;
   absl::Notification first_token;
-};
-
-// Its weights arrive on the `ready_on`-th call of weights(), or once
-// Arrive() is called (ready_on = 0). Called on the engine thread only.
-class FakeLease : public AdapterLease {
- public:
-  FakeLease(const model::AdapterWeights* w, int ready_on) : w_(w), ready_on_(ready_on) {}
-  int64_t num_virtual_tokens() const override { return 0; }
-  absl::StatusOr<const model::AdapterWeights*> weights() override {
-    const int call = ++calls_;
-    if (arrived_.load() || (ready_on_ > 0 && call >= ready_on_)) return w_;
-    return nullptr;
-  }
-  void Arrive() { arrived_.store(true); }
-
- private:
-  const model::AdapterWeights* const w_;
-  const int ready_on_;
-  int calls_ = 0;
-  std::atomic<bool> arrived_{false};
 };
 
 class LoadJoinTest : public ::testing::Test {
