@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <atomic>
 #include <map>
 #include <utility>
 #include <vector>
@@ -51,30 +52,43 @@ bool Fits(int64_t used, int64_t bytes, int64_t budget) { return budget <= 0 || u
 
 }  // namespace
 
-// A request's claim on one slot. weights() is called from the engine thread.
-class AdapterCache::LeaseImpl final : public engine::AdapterLease {
+// A request's claim on one slot. Its result is written once by the cache,
+// under the cache's mutex, before `settled_` is released; readers acquire
+// `settled_` first, so weights() takes no lock.
+class AdapterCache::LeaseImpl final : public model::AdapterLease {
  public:
-  LeaseImpl(std::shared_ptr<CacheSlot> slot, bool waiting) : slot_(std::move(slot)), waiting_(waiting) {}
-  ~LeaseImpl() override { slot_->cache_->ReleaseLease(*slot_, waiting_); }
+  explicit LeaseImpl(std::shared_ptr<CacheSlot> slot) : slot_(std::move(slot)) {}
+  ~LeaseImpl() override { slot_->cache_->ReleaseLease(*this); }
 
+  const std::string& adapter_id() const override { return slot_->id(); }
   int64_t num_virtual_tokens() const override { return slot_->num_virtual_tokens_; }
-  absl::StatusOr<const model::AdapterWeights*> weights() override {
-    if (weights_ != nullptr) return weights_;
-    absl::StatusOr<const model::AdapterWeights*> w = slot_->cache_->Resolve(*slot_, waiting_);
-    if (w.ok()) weights_ = *w;
-    return w;
+  absl::StatusOr<const model::AdapterWeights*> weights() const override {
+    if (!settled_.load(std::memory_order_acquire)) return nullptr;
+    if (!error_.ok()) return error_;
+    return weights_;
+  }
+  void NotifyWhenSettled(absl::AnyInvocable<void()> settled) override {
+    slot_->cache_->NotifyWhenSettled(*this, std::move(settled));
   }
 
  private:
+  friend class AdapterCache;
+  void Settle(const model::AdapterWeights* weights, absl::Status error) {
+    weights_ = weights;
+    error_ = std::move(error);
+    settled_.store(true, std::memory_order_release);
+  }
+
   const std::shared_ptr<CacheSlot> slot_;
-  bool waiting_;  // counted in waiting_leases (engine thread, or the destructor)
   const model::AdapterWeights* weights_ = nullptr;
+  absl::Status error_;
+  std::atomic<bool> settled_{false};
 };
 
 CacheSlot::~CacheSlot() { cache_->Forget(this); }
 
 AdapterCache::AdapterCache(const model::LlamaModel* base, AdapterCacheOptions options,
-                           metrics::ServerMetrics* metrics)
+                           metrics::AdapterMetrics* metrics)
     : base_(base), options_(options), metrics_(metrics) {
   {
     absl::MutexLock lock(&mu_);
@@ -91,46 +105,53 @@ AdapterCache::~AdapterCache() {
   loader_.join();
 }
 
-Tier AdapterCache::TierLocked(const CacheSlot& slot) const {
-  if (slot.device_ != nullptr) return Tier::kDevice;
-  if (slot.host_ != nullptr) return Tier::kHost;
+AdapterCache::SlotState& AdapterCache::StateLocked(const CacheSlot& slot) { return slots_.at(&slot); }
+const AdapterCache::SlotState& AdapterCache::StateLocked(const CacheSlot& slot) const { return slots_.at(&slot); }
+
+Tier AdapterCache::TierLocked(const SlotState& st) const {
+  if (st.device != nullptr) return Tier::kDevice;
+  if (st.host != nullptr) return Tier::kHost;
   return Tier::kDisk;
 }
 
 Tier AdapterCache::TierOf(const CacheSlot& slot) const {
   absl::MutexLock lock(&mu_);
-  return TierLocked(slot);
+  return TierLocked(StateLocked(slot));
 }
 
 bool AdapterCache::Pinned(const CacheSlot& slot) const {
   absl::MutexLock lock(&mu_);
-  return slot.pinned_;
+  return StateLocked(slot).pinned;
 }
 
-void AdapterCache::PublishLocked(CacheSlot& slot) {
-  const Tier t = TierLocked(slot);
-  if (metrics_ != nullptr && (!slot.reported_ || t != slot.reported_tier_)) {
-    metrics_->MoveAdapterResidency(slot.id_, slot.reported_ ? TierName(slot.reported_tier_) : "",
-                                   TierName(t));
+void AdapterCache::PublishLocked(SlotState& st) {
+  const Tier t = TierLocked(st);
+  if (metrics_ != nullptr && (!st.reported || t != st.reported_tier)) {
+    metrics_->MoveAdapterResidency(st.slot->id(), st.reported ? TierName(st.reported_tier) : "", TierName(t));
   }
-  slot.reported_ = true;
-  slot.reported_tier_ = t;
+  st.reported = true;
+  st.reported_tier = t;
   PublishTiersLocked();
 }
 
 AdapterCache::Stats AdapterCache::StatsLocked() const {
   Stats s = counters_;
-  for (const CacheSlot* c : slots_) {
-    if (c->device_ != nullptr) ++s.device_adapters;
-    if (c->host_ != nullptr) ++s.host_adapters;
-    if (c->disk_dir_.has_value()) {
+  for (const auto& [slot, st] : slots_) {
+    if (st.device != nullptr) ++s.device_adapters;
+    if (st.host != nullptr) ++s.host_adapters;
+    if (st.disk.has_value()) {
       ++s.disk_adapters;
-      s.disk_bytes += c->host_bytes_;
+      s.disk_bytes += slot->host_bytes();
     }
   }
   s.device_bytes = device_used_ + device_reserved_;
   s.host_bytes = host_used_;
   return s;
+}
+
+void AdapterCache::NotePeaksLocked() {
+  counters_.peak_device_bytes = std::max(counters_.peak_device_bytes, device_used_ + device_reserved_);
+  counters_.peak_host_bytes = std::max(counters_.peak_host_bytes, host_used_);
 }
 
 void AdapterCache::PublishTiersLocked() {
@@ -142,89 +163,88 @@ void AdapterCache::PublishTiersLocked() {
   metrics_->requests_waiting_on_load().Set(static_cast<double>(s.waiting_leases));
 }
 
-void AdapterCache::DropDeviceLocked(CacheSlot& slot, std::vector<std::shared_ptr<const void>>& released) {
-  if (slot.device_ == nullptr) return;
-  released.push_back(std::move(slot.device_));
-  slot.device_.reset();
-  device_used_ -= slot.device_bytes_;
+void AdapterCache::DropDeviceLocked(SlotState& st, std::vector<std::shared_ptr<const void>>& released) {
+  if (st.device == nullptr) return;
+  released.push_back(std::move(st.device));
+  st.device.reset();
+  device_used_ -= st.slot->device_bytes();
   ++changes_;
 }
 
-void AdapterCache::DropHostLocked(CacheSlot& slot, std::vector<std::shared_ptr<const void>>& released) {
-  if (slot.host_ == nullptr) return;
-  released.push_back(std::move(slot.host_));
-  slot.host_.reset();
-  host_used_ -= slot.host_bytes_;
+void AdapterCache::DropHostLocked(SlotState& st, std::vector<std::shared_ptr<const void>>& released) {
+  if (st.host == nullptr) return;
+  released.push_back(std::move(st.host));
+  st.host.reset();
+  host_used_ -= st.slot->host_bytes();
 }
 
-bool AdapterCache::MakeDeviceRoomLocked(int64_t bytes, const CacheSlot* except,
+bool AdapterCache::MakeDeviceRoomLocked(int64_t bytes, const SlotState* except,
                                         std::vector<std::shared_ptr<const void>>& released) {
   const int64_t budget = options_.device_bytes;
   if (Fits(device_used_ + device_reserved_, bytes, budget)) return true;
-  std::vector<CacheSlot*> idle;
+  std::vector<SlotState*> idle;
   int64_t freeable = 0;
-  for (CacheSlot* c : slots_) {
-    if (c != except && c->device_ != nullptr && c->leases_ == 0 && !c->pinned_) {
-      idle.push_back(c);
-      freeable += c->device_bytes_;
+  for (auto& [slot, st] : slots_) {
+    if (&st != except && st.device != nullptr && st.leases == 0 && !st.pinned) {
+      idle.push_back(&st);
+      freeable += slot->device_bytes();
     }
   }
   if (!Fits(device_used_ + device_reserved_ - freeable, bytes, budget)) return false;
-  std::sort(idle.begin(), idle.end(), [](const CacheSlot* a, const CacheSlot* b) { return a->last_use_ < b->last_use_; });
-  for (CacheSlot* c : idle) {
+  std::sort(idle.begin(), idle.end(), [](const SlotState* a, const SlotState* b) { return a->last_use < b->last_use; });
+  for (SlotState* st : idle) {
     if (Fits(device_used_ + device_reserved_, bytes, budget)) break;
-    DropDeviceLocked(*c, released);
+    DropDeviceLocked(*st, released);
     ++counters_.evictions_device;
     if (metrics_ != nullptr) metrics_->RecordAdapterEviction("device");
-    PublishLocked(*c);
+    PublishLocked(*st);
   }
   return true;
 }
 
-bool AdapterCache::MakeHostRoomLocked(int64_t bytes, const CacheSlot* except,
+bool AdapterCache::MakeHostRoomLocked(int64_t bytes, const SlotState* except,
                                       std::vector<std::shared_ptr<const void>>& released) {
   const int64_t budget = options_.host_bytes;
   if (Fits(host_used_, bytes, budget)) return true;
   // Only copies that can be read back from disk may go.
-  std::vector<CacheSlot*> idle;
+  std::vector<SlotState*> idle;
   int64_t freeable = 0;
-  for (CacheSlot* c : slots_) {
-    if (c != except && c->host_ != nullptr && c->disk_dir_.has_value() && !c->loading_) {
-      idle.push_back(c);
-      freeable += c->host_bytes_;
+  for (auto& [slot, st] : slots_) {
+    if (&st != except && st.host != nullptr && st.disk.has_value() && !st.loading) {
+      idle.push_back(&st);
+      freeable += slot->host_bytes();
     }
   }
   if (!Fits(host_used_ - freeable, bytes, budget)) return false;
-  std::sort(idle.begin(), idle.end(), [](const CacheSlot* a, const CacheSlot* b) { return a->last_use_ < b->last_use_; });
-  for (CacheSlot* c : idle) {
+  std::sort(idle.begin(), idle.end(), [](const SlotState* a, const SlotState* b) { return a->last_use < b->last_use; });
+  for (SlotState* st : idle) {
     if (Fits(host_used_, bytes, budget)) break;
-    DropHostLocked(*c, released);
+    DropHostLocked(*st, released);
     ++counters_.evictions_host;
     if (metrics_ != nullptr) metrics_->RecordAdapterEviction("host");
-    PublishLocked(*c);
+    PublishLocked(*st);
   }
   return true;
 }
 
 absl::StatusOr<std::shared_ptr<CacheSlot>> AdapterCache::Insert(
     std::string id, std::shared_ptr<const model::AdapterWeights> weights,
-    std::shared_ptr<const UploadSource> files, std::optional<std::string> disk_dir, bool pinned) {
+    std::shared_ptr<const UploadSource> files, std::optional<DiskCopy> disk, bool pinned) {
   const int64_t device_bytes = weights->bytes();
-  const int64_t host_bytes = files != nullptr ? FileBytes(*files) : disk_dir.has_value() ? DirFileBytes(*disk_dir) : 0;
+  const int64_t host_bytes = files != nullptr ? FileBytes(*files) : disk.has_value() ? DirFileBytes(disk->dir) : 0;
   if (options_.device_bytes > 0 && device_bytes > options_.device_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "adapter '", id, "' needs ", device_bytes, " bytes on the device tier, more than its whole budget (--adapter_device_bytes=",
         options_.device_bytes, ")"));
   }
-  if (!disk_dir.has_value() && files == nullptr) {
+  if (!disk.has_value() && files == nullptr) {
     return absl::InternalError(absl::StrCat("adapter '", id, "' has neither files nor a directory"));
   }
   const int64_t virtual_tokens = weights->num_virtual_tokens();
-  auto slot = std::shared_ptr<CacheSlot>(
-      new CacheSlot(this, id, device_bytes, host_bytes, std::move(disk_dir), virtual_tokens));
+  auto slot = std::shared_ptr<CacheSlot>(new CacheSlot(this, id, device_bytes, host_bytes, virtual_tokens));
   std::vector<std::shared_ptr<const void>> released;  // freed after the lock
   absl::MutexLock lock(&mu_);
-  if (!slot->disk_dir_.has_value() && !MakeHostRoomLocked(host_bytes, nullptr, released)) {
+  if (!disk.has_value() && !MakeHostRoomLocked(host_bytes, nullptr, released)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "adapter '", id, "': the host tier (--adapter_host_bytes=", options_.host_bytes,
         ") is full of adapters that have no copy on disk; set --adapter_store so that adapters can be "
@@ -236,89 +256,101 @@ absl::StatusOr<std::shared_ptr<CacheSlot>> AdapterCache::Insert(
         "adapter '", id, "' cannot be pinned: the device tier (--adapter_device_bytes=", options_.device_bytes,
         ") is held by pinned or running adapters"));
   }
-  if (files != nullptr && (!slot->disk_dir_.has_value() || MakeHostRoomLocked(host_bytes, nullptr, released))) {
-    slot->host_ = std::move(files);
+  SlotState& st = slots_[slot.get()];
+  st.slot = slot.get();
+  if (files != nullptr && (!disk.has_value() || MakeHostRoomLocked(host_bytes, nullptr, released))) {
+    st.host = std::move(files);
     host_used_ += host_bytes;
   }
+  st.disk = std::move(disk);
   if (device_room) {
-    slot->device_ = std::move(weights);
+    st.device = std::move(weights);
     device_used_ += device_bytes;
   }
-  slot->pinned_ = pinned;
-  slot->last_use_ = ++clock_;
-  slots_.insert(slot.get());
-  PublishLocked(*slot);
+  st.pinned = pinned;
+  st.last_use = ++clock_;
+  NotePeaksLocked();
+  PublishLocked(st);
   return slot;
 }
 
-std::shared_ptr<engine::AdapterLease> AdapterCache::Lease(std::shared_ptr<CacheSlot> slot) {
-  bool waiting = false;
-  {
-    absl::MutexLock lock(&mu_);
-    ++slot->leases_;
-    slot->last_use_ = ++clock_;
-    if (slot->device_ != nullptr) {
-      ++counters_.hits;
-      if (metrics_ != nullptr) metrics_->RecordAdapterCacheHit();
-    } else {
-      ++counters_.misses;
-      if (metrics_ != nullptr) metrics_->RecordAdapterCacheMiss(TierName(TierLocked(*slot)));
-      waiting = true;
-      ++counters_.waiting_leases;
-      if (!slot->loading_) slot->load_error_ = absl::OkStatus();  // a new attempt
-      QueueLoadLocked(*slot);
-      PublishTiersLocked();
-    }
-  }
-  return std::make_shared<LeaseImpl>(std::move(slot), waiting);
+void AdapterCache::AttachDisk(CacheSlot& slot, DiskCopy disk) {
+  absl::MutexLock lock(&mu_);
+  SlotState& st = StateLocked(slot);
+  st.disk = std::move(disk);
+  PublishTiersLocked();
 }
 
-void AdapterCache::QueueLoadLocked(CacheSlot& slot) {
-  if (slot.loading_ || slot.device_ != nullptr || !slot.load_error_.ok()) return;
-  slot.loading_ = true;
-  load_queue_.push_back(slot.weak_from_this());
+std::shared_ptr<model::AdapterLease> AdapterCache::Lease(std::shared_ptr<CacheSlot> slot) {
+  auto lease = std::make_shared<LeaseImpl>(slot);
+  absl::MutexLock lock(&mu_);
+  SlotState& st = StateLocked(*slot);
+  ++st.leases;
+  st.last_use = ++clock_;
+  if (st.device != nullptr) {
+    ++counters_.hits;
+    if (metrics_ != nullptr) metrics_->RecordAdapterCacheHit();
+    lease->Settle(st.device.get(), absl::OkStatus());
+    return lease;
+  }
+  ++counters_.misses;
+  if (metrics_ != nullptr) metrics_->RecordAdapterCacheMiss(TierName(TierLocked(st)));
+  ++counters_.waiting_leases;
+  st.waiting.emplace_back(lease.get(), nullptr);
+  if (!st.loading) st.load_error = absl::OkStatus();  // a new attempt
+  QueueLoadLocked(st);
+  PublishTiersLocked();
+  return lease;
+}
+
+void AdapterCache::NotifyWhenSettled(LeaseImpl& lease, absl::AnyInvocable<void()> settled) {
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [waiter, callback] : StateLocked(*lease.slot_).waiting) {
+      if (waiter != &lease) continue;
+      if (callback == nullptr) callback = std::move(settled);
+      return;
+    }
+  }
+  settled();  // already settled
+}
+
+void AdapterCache::QueueLoadLocked(SlotState& st) {
+  if (st.loading || st.device != nullptr || !st.load_error.ok()) return;
+  st.loading = true;
+  load_queue_.push_back(st.slot->weak_from_this());
   ++changes_;
 }
 
-absl::StatusOr<const model::AdapterWeights*> AdapterCache::Resolve(CacheSlot& slot, bool& waiting) {
-  absl::MutexLock lock(&mu_);
-  if (slot.device_ != nullptr) {
-    slot.last_use_ = ++clock_;
-    if (waiting) {
-      waiting = false;
-      --counters_.waiting_leases;
-      PublishTiersLocked();
-    }
-    return slot.device_.get();
+void AdapterCache::SettleWaitingLocked(SlotState& st, const absl::Status& error, Settled& settled) {
+  for (auto& [lease, callback] : st.waiting) {
+    lease->Settle(error.ok() ? st.device.get() : nullptr, error);
+    if (callback != nullptr) settled.push_back(std::move(callback));
+    --counters_.waiting_leases;
   }
-  if (!slot.load_error_.ok() && !slot.loading_) {
-    if (waiting) {
-      waiting = false;
-      --counters_.waiting_leases;
-      PublishTiersLocked();
-    }
-    return slot.load_error_;
-  }
-  if (!waiting) {  // not resident yet was never the case for this lease before
-    waiting = true;
-    ++counters_.waiting_leases;
-  }
-  QueueLoadLocked(slot);
-  return nullptr;
+  st.waiting.clear();
+  PublishTiersLocked();
 }
 
-void AdapterCache::ReleaseLease(CacheSlot& slot, bool waiting) {
+void AdapterCache::ReleaseLease(LeaseImpl& lease) {
   std::vector<std::shared_ptr<const void>> released;
+  absl::AnyInvocable<void()> unused_callback;  // destroyed after the lock
   absl::MutexLock lock(&mu_);
-  --slot.leases_;
-  if (waiting) --counters_.waiting_leases;
-  if (slot.leases_ == 0) {
+  SlotState& st = StateLocked(*lease.slot_);
+  --st.leases;
+  auto it = std::find_if(st.waiting.begin(), st.waiting.end(), [&](const auto& w) { return w.first == &lease; });
+  if (it != st.waiting.end()) {
+    unused_callback = std::move(it->second);
+    st.waiting.erase(it);
+    --counters_.waiting_leases;
+  }
+  if (st.leases == 0) {
     ++changes_;  // its bytes are evictable now
-    if (slot.offload_when_idle_) {
-      slot.offload_when_idle_ = false;
-      DropDeviceLocked(slot, released);
-      DropHostLocked(slot, released);
-      PublishLocked(slot);
+    if (st.offload_when_idle) {
+      st.offload_when_idle = false;
+      DropDeviceLocked(st, released);
+      DropHostLocked(st, released);
+      PublishLocked(st);
     }
   }
   PublishTiersLocked();
@@ -327,34 +359,141 @@ void AdapterCache::ReleaseLease(CacheSlot& slot, bool waiting) {
 absl::Status AdapterCache::Offload(CacheSlot& slot) {
   std::vector<std::shared_ptr<const void>> released;
   absl::MutexLock lock(&mu_);
-  if (!slot.disk_dir_.has_value()) {
+  SlotState& st = StateLocked(slot);
+  if (!st.disk.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "adapter '", slot.id_, "' has no copy on disk to keep (it was uploaded without --adapter_store)"));
+        "adapter '", slot.id(), "' has no copy on disk to keep (it was uploaded without --adapter_store)"));
   }
-  if (slot.pinned_) {
-    return absl::FailedPreconditionError(absl::StrCat("adapter '", slot.id_, "' is pinned"));
-  }
-  if (slot.leases_ > 0) {
-    slot.offload_when_idle_ = true;
+  if (st.pinned) return absl::FailedPreconditionError(absl::StrCat("adapter '", slot.id(), "' is pinned"));
+  if (st.leases > 0) {
+    st.offload_when_idle = true;
     return absl::OkStatus();
   }
-  DropDeviceLocked(slot, released);
-  DropHostLocked(slot, released);
-  PublishLocked(slot);
+  DropDeviceLocked(st, released);
+  DropHostLocked(st, released);
+  PublishLocked(st);
   return absl::OkStatus();
 }
 
 void AdapterCache::Forget(CacheSlot* slot) {
   std::vector<std::shared_ptr<const void>> released;
+  std::optional<DiskCopy> disk;  // its hold is let go of after the lock
   absl::MutexLock lock(&mu_);
-  DropDeviceLocked(*slot, released);
-  DropHostLocked(*slot, released);
-  slots_.erase(slot);
-  if (metrics_ != nullptr && slot->reported_) {
-    metrics_->MoveAdapterResidency(slot->id_, TierName(slot->reported_tier_), "");
-  }
+  auto it = slots_.find(slot);
+  if (it == slots_.end()) return;  // Insert refused it
+  SlotState& st = it->second;
+  DropDeviceLocked(st, released);
+  DropHostLocked(st, released);
+  disk = std::move(st.disk);
+  if (metrics_ != nullptr && st.reported) metrics_->MoveAdapterResidency(slot->id(), TierName(st.reported_tier), "");
+  slots_.erase(it);
   PublishTiersLocked();
 }
+
+std::shared_ptr<CacheSlot> AdapterCache::NextLoadLocked(std::vector<std::shared_ptr<const void>>& released,
+                                                        Settled& settled) {
+  for (auto it = load_queue_.begin(); it != load_queue_.end();) {
+    std::shared_ptr<CacheSlot> s = it->lock();
+    SlotState* st = s != nullptr ? &StateLocked(*s) : nullptr;
+    if (st == nullptr || st->device != nullptr || st->leases == 0) {
+      if (st != nullptr) st->loading = false;
+      it = load_queue_.erase(it);
+      released.push_back(std::move(s));
+      continue;
+    }
+    if (options_.device_bytes > 0) {
+      int64_t pinned = 0;
+      for (const auto& [slot, other] : slots_) pinned += other.pinned && other.device != nullptr ? slot->device_bytes() : 0;
+      if (pinned + s->device_bytes() > options_.device_bytes) {  // would wait forever
+        st->loading = false;
+        st->load_error = absl::ResourceExhaustedError(absl::StrCat(
+            "adapter '", s->id(), "' (", s->device_bytes(), " bytes) cannot fit on the device tier beside the pinned "
+            "adapters (", pinned, " bytes of --adapter_device_bytes=", options_.device_bytes, ")"));
+        ++counters_.load_failures;
+        SettleWaitingLocked(*st, st->load_error, settled);
+        it = load_queue_.erase(it);
+        released.push_back(std::move(s));
+        continue;
+      }
+    }
+    if (MakeDeviceRoomLocked(s->device_bytes(), st, released)) {
+      load_queue_.erase(it);
+      device_reserved_ += s->device_bytes();
+      NotePeaksLocked();
+      PublishTiersLocked();
+      return s;
+    }
+    ++counters_.deferred_loads;
+    released.push_back(std::move(s));
+    ++it;
+  }
+  return nullptr;
+}
+
+void AdapterCache::FinishLoadLocked(SlotState& st, absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> built,
+                                    std::shared_ptr<const UploadSource> read, Tier source, double seconds,
+                                    std::vector<std::shared_ptr<const void>>& released, Settled& settled) {
+  const CacheSlot& slot = *st.slot;
+  device_reserved_ -= slot.device_bytes();
+  st.loading = false;
+  ++changes_;
+  if (built.ok()) {
+    // Observed before the weights are published, so whoever sees them sees the load counted.
+    if (metrics_ != nullptr) metrics_->RecordAdapterTierLoad(TierName(source), seconds);
+    st.device = *std::move(built);
+    device_used_ += slot.device_bytes();
+    ++(source == Tier::kHost ? counters_.loads_from_host : counters_.loads_from_disk);
+    if (read != nullptr && st.host == nullptr && FileBytes(*read) == slot.host_bytes() &&
+        MakeHostRoomLocked(slot.host_bytes(), &st, released)) {
+      st.host = std::move(read);
+      host_used_ += slot.host_bytes();
+    }
+    NotePeaksLocked();
+    SettleWaitingLocked(st, absl::OkStatus(), settled);
+  } else {
+    st.load_error = built.status();
+    ++counters_.load_failures;
+    SettleWaitingLocked(st, st.load_error, settled);
+  }
+  PublishLocked(st);
+}
+
+namespace {
+
+// Reads (when there is no host copy) and builds one adapter, checking that
+// it is the version that was registered.
+absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> BuildFromTier(
+    const CacheSlot& slot, const std::shared_ptr<const UploadSource>& host, const std::optional<std::string>& dir,
+    const model::LlamaModel& base, std::shared_ptr<const UploadSource>& read) {
+  const std::string label = dir.value_or(std::string("upload"));
+  if (host == nullptr) {
+    if (!dir.has_value()) return absl::InternalError(absl::StrCat(label, ": no copy to load from"));
+    absl::StatusOr<std::map<std::string, std::string>> f = ReadAdapterFilesIntoMemory(*dir);
+    if (!f.ok()) return f.status();
+    auto files = std::make_shared<UploadSource>();
+    files->files = *std::move(f);
+    read = std::move(files);
+  }
+  // Parsed where they lie: the host copy, or what was just read (which then
+  // becomes the host copy when the budget allows).
+  absl::StatusOr<AdapterFiles> af = AdapterFilesFromShared(host != nullptr ? host : read, label);
+  if (!af.ok()) return af.status();
+  absl::StatusOr<LoadedAdapter> loaded = LoadAdapter(*af, base);
+  if (!loaded.ok()) return loaded.status();
+  if (loaded->weights->bytes() != slot.device_bytes()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        label, ": the adapter changed since it was registered (", loaded->weights->bytes(),
+        " bytes of weights, not ", slot.device_bytes(), "); load it again"));
+  }
+  return std::shared_ptr<const model::AdapterWeights>(std::move(loaded->weights));
+}
+
+void RunAll(std::vector<absl::AnyInvocable<void()>>& callbacks) {
+  for (auto& cb : callbacks) cb();
+  callbacks.clear();
+}
+
+}  // namespace
 
 void AdapterCache::LoaderLoop() {
   // At options_.loader_nice (by default below the engine, so on a busy machine
@@ -365,11 +504,12 @@ void AdapterCache::LoaderLoop() {
   uint64_t seen = 0;
   while (true) {
     // Declared before the lock: slots and bytes let go of here are freed
-    // after it (a slot's destructor takes the lock).
-    std::vector<std::shared_ptr<CacheSlot>> skipped;
+    // after it (a slot's destructor takes the lock), and callbacks run after it.
     std::vector<std::shared_ptr<const void>> released;
+    Settled settled;
     std::shared_ptr<CacheSlot> slot;
     std::shared_ptr<const UploadSource> host;
+    std::optional<std::string> dir;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -378,96 +518,29 @@ void AdapterCache::LoaderLoop() {
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
       seen = changes_;
-      // The first queued adapter that room can be made for; the others wait
-      // for leases to end.
-      for (auto it = load_queue_.begin(); it != load_queue_.end();) {
-        std::shared_ptr<CacheSlot> s = it->lock();
-        if (s == nullptr || s->device_ != nullptr || s->leases_ == 0) {
-          if (s != nullptr) s->loading_ = false;
-          it = load_queue_.erase(it);
-          skipped.push_back(std::move(s));
-          continue;
-        }
-        if (options_.device_bytes > 0) {
-          int64_t pinned = 0;
-          for (const CacheSlot* c : slots_) pinned += c->pinned_ && c->device_ != nullptr ? c->device_bytes_ : 0;
-          if (pinned + s->device_bytes_ > options_.device_bytes) {  // would wait forever
-            s->loading_ = false;
-            s->load_error_ = absl::ResourceExhaustedError(absl::StrCat(
-                "adapter '", s->id_, "' (", s->device_bytes_, " bytes) cannot fit on the device tier beside the pinned "
-                "adapters (", pinned, " bytes of --adapter_device_bytes=", options_.device_bytes, ")"));
-            ++counters_.load_failures;
-            it = load_queue_.erase(it);
-            skipped.push_back(std::move(s));
-            continue;
-          }
-        }
-        if (MakeDeviceRoomLocked(s->device_bytes_, s.get(), released)) {
-          slot = std::move(s);
-          load_queue_.erase(it);
-          break;
-        }
-        skipped.push_back(std::move(s));
-        ++it;
+      slot = NextLoadLocked(released, settled);
+      if (slot != nullptr) {
+        const SlotState& st = StateLocked(*slot);
+        host = st.host;
+        if (st.disk.has_value()) dir = st.disk->dir;
       }
-      if (slot == nullptr) continue;
-      device_reserved_ += slot->device_bytes_;
-      host = slot->host_;
-      PublishTiersLocked();
     }
+    RunAll(settled);
+    if (slot == nullptr) continue;
     const Tier source = host != nullptr ? Tier::kHost : Tier::kDisk;
     const absl::Time start = absl::Now();
     std::shared_ptr<const UploadSource> read;  // the files, when they came from disk
-    absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> built = [&]()
-        -> absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> {
-      const std::string label = slot->disk_dir_.value_or(std::string("upload"));
-      if (host == nullptr) {
-        absl::StatusOr<std::map<std::string, std::string>> f = ReadAdapterFilesIntoMemory(*slot->disk_dir_);
-        if (!f.ok()) return f.status();
-        auto files = std::make_shared<UploadSource>();
-        files->files = *std::move(f);
-        read = std::move(files);
-      }
-      // Parsed where they lie: the host copy, or what was just read (which
-      // then becomes the host copy when the budget allows).
-      absl::StatusOr<AdapterFiles> af = AdapterFilesFromShared(host != nullptr ? host : read, label);
-      if (!af.ok()) return af.status();
-      absl::StatusOr<LoadedAdapter> loaded = LoadAdapter(*af, *base_);
-      if (!loaded.ok()) return loaded.status();
-      if (loaded->weights->bytes() != slot->device_bytes_) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            label, ": the adapter changed since it was registered (", loaded->weights->bytes(),
-            " bytes of weights, not ", slot->device_bytes_, "); load it again"));
-      }
-      return std::shared_ptr<const model::AdapterWeights>(std::move(loaded->weights));
-    }();
+    absl::StatusOr<std::shared_ptr<const model::AdapterWeights>> built = BuildFromTier(*slot, host, dir, *base_, read);
     const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    if (!built.ok()) {
+      LOG(WARNING) << "adapter " << slot->id() << " could not be brought in from " << TierName(source) << ": "
+                   << built.status();
+    }
     {
       absl::MutexLock lock(&mu_);
-      device_reserved_ -= slot->device_bytes_;
-      slot->loading_ = false;
-      ++changes_;
-      if (built.ok()) {
-        // Observed before the weights are published, so whoever sees them sees the load counted.
-        if (metrics_ != nullptr) metrics_->RecordAdapterTierLoad(TierName(source), seconds);
-        slot->device_ = *std::move(built);
-        device_used_ += slot->device_bytes_;
-        ++(source == Tier::kHost ? counters_.loads_from_host : counters_.loads_from_disk);
-        if (read != nullptr && slot->host_ == nullptr && FileBytes(*read) == slot->host_bytes_ &&
-            MakeHostRoomLocked(slot->host_bytes_, slot.get(), released)) {
-          slot->host_ = std::move(read);
-          host_used_ += slot->host_bytes_;
-        }
-      } else {
-        slot->load_error_ = built.status();
-        ++counters_.load_failures;
-      }
-      PublishLocked(*slot);
+      FinishLoadLocked(StateLocked(*slot), std::move(built), std::move(read), source, seconds, released, settled);
     }
-    if (!built.ok()) {
-      LOG(WARNING) << "adapter " << slot->id_ << " could not be brought in from " << TierName(source)
-                   << ": " << built.status();
-    }
+    RunAll(settled);
   }
 }
 

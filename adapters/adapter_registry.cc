@@ -41,7 +41,7 @@ AdapterInfo Adapter::info() const {
 }
 
 AdapterRegistry::AdapterRegistry(const model::LlamaModel* base, AdapterStore* store,
-                                 AdapterCacheOptions cache, metrics::ServerMetrics* metrics)
+                                 AdapterCacheOptions cache, metrics::AdapterMetrics* metrics)
     : base_(base), store_(store), cache_(base, cache, metrics) {
   loader_ = std::thread([this] { LoaderLoop(); });
 }
@@ -74,6 +74,9 @@ absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bo
     if (it->second.state == AdapterState::kLoading || it->second.replacing) {
       return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is already loading"));
     }
+    if (it->second.state == AdapterState::kUnloading) {
+      return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is being unloaded; retry"));
+    }
     if (!replace) {
       return absl::AlreadyExistsError(absl::StrCat(
           "adapter '", id, "' is already loaded; set replace to swap it for the new version"));
@@ -105,22 +108,24 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(const Task
   info.bytes = loaded->weights->bytes();
   info.loaded_at = absl::Now();
   info.load_duration = info.loaded_at - start;
-  // Where the cache can read it back: the directory of a path load, or an
-  // upload's store entry. An upload without a store has only its host copy.
-  std::optional<std::string> disk_dir;
+  // Where the cache can read it back: the directory of a path load (held,
+  // in case it is a store version directory that a replace supersedes). An
+  // upload has only its host copy until the store has written its version.
+  std::optional<DiskCopy> disk;
   std::shared_ptr<const UploadSource> host;
   if (path != nullptr) {
-    disk_dir = path->dir;
+    disk = DiskCopy{path->dir, store_ != nullptr ? store_->Hold(path->dir) : nullptr};
   } else {
     host = std::make_shared<const UploadSource>(std::get<UploadSource>(task.source));
-    if (store_ != nullptr) disk_dir = store_->EntryDir(task.id);
   }
   absl::StatusOr<std::shared_ptr<CacheSlot>> slot =
-      cache_.Insert(task.id, std::move(loaded->weights), std::move(host), std::move(disk_dir), task.pin);
+      cache_.Insert(task.id, std::move(loaded->weights), std::move(host), std::move(disk), task.pin);
   if (!slot.ok()) return slot.status();
   // Durable before acknowledged: a load the store cannot record fails.
   if (task.persist && store_ != nullptr) {
-    if (absl::Status st = store_->Put(task.id, task.source, task.pin); !st.ok()) return st;
+    absl::StatusOr<DiskCopy> stored = store_->Put(task.id, task.source, task.pin);
+    if (!stored.ok()) return stored.status();
+    if (path == nullptr) cache_.AttachDisk(**slot, *std::move(stored));
   }
   return std::make_shared<const Adapter>(std::move(info), *std::move(slot), &cache_);
 }
@@ -181,7 +186,9 @@ absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(id);
-    if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+    if (it == entries_.end() || it->second.state == AdapterState::kUnloading) {
+      return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+    }
     if (it->second.state == AdapterState::kLoading || it->second.replacing) {
       return absl::FailedPreconditionError(absl::StrCat("adapter '", id, "' is still loading"));
     }
@@ -190,17 +197,22 @@ absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
       LOG(INFO) << "adapter " << id << " offloaded to disk";
       return absl::OkStatus();
     }
-    // unloading: out of the map, so new requests get NOT_FOUND; gone when the
-    // last running request drops its reference.
+    // unloading: new requests get NOT_FOUND at once, and the id stays taken
+    // until the store entry is gone, so no load of the same id can record
+    // itself in the store before this unload deletes the entry. The adapter
+    // is gone when the last running request drops its reference.
+    it->second.state = AdapterState::kUnloading;
     released = std::move(it->second.adapter);
-    entries_.erase(it);
   }
-  LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1
-            << " other references remain)";
-  if (store_ != nullptr) {
-    if (absl::Status st = store_->Remove(id); !st.ok()) {
-      return absl::InternalError(absl::StrCat("adapter '", id, "' is unloaded, but its store entry could not be deleted and it will be loaded again at the next start: ", st.message()));
-    }
+  LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1 << " other references remain)";
+  released.reset();
+  absl::Status removed = store_ != nullptr ? store_->Remove(id) : absl::OkStatus();
+  {
+    absl::MutexLock lock(&mu_);
+    entries_.erase(id);
+  }
+  if (!removed.ok()) {
+    return absl::InternalError(absl::StrCat("adapter '", id, "' is unloaded, but its store entry could not be deleted and it will be loaded again at the next start: ", removed.message()));
   }
   return absl::OkStatus();
 }
@@ -208,7 +220,9 @@ absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
 absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Lookup(const std::string& id) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter_id '", id, "' is not loaded"));
+  if (it == entries_.end() || it->second.state == AdapterState::kUnloading) {
+    return absl::NotFoundError(absl::StrCat("adapter_id '", id, "' is not loaded"));
+  }
   if (it->second.adapter == nullptr) {
     return absl::UnavailableError(absl::StrCat("adapter_id '", id, "' is still loading; retry"));
   }
@@ -218,7 +232,9 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Lookup(const std
 absl::StatusOr<AdapterInfo> AdapterRegistry::Get(const std::string& id) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+  if (it == entries_.end() || it->second.state == AdapterState::kUnloading) {
+    return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+  }
   if (it->second.adapter != nullptr) return it->second.adapter->info();
   AdapterInfo info;
   info.id = id;
@@ -231,6 +247,7 @@ std::vector<AdapterInfo> AdapterRegistry::List() const {
   std::vector<AdapterInfo> out;
   absl::ReaderMutexLock lock(&mu_);
   for (const auto& [id, e] : entries_) {
+    if (e.state == AdapterState::kUnloading) continue;
     if (e.adapter != nullptr) {
       out.push_back(e.adapter->info());
     } else {

@@ -23,14 +23,16 @@
 #include "adapters/adapter_source.h"
 #include "adapters/adapter_store.h"
 #include "server/model/adapter_weights.h"
-#include "server/engine/request.h"
-#include "server/metrics/server_metrics.h"
+#include "server/metrics/adapter_metrics.h"
+#include "server/model/adapter_lease.h"
 #include "server/model/llama_model.h"
 
 namespace adapterd::adapters {
 
 // loading -> ready -> unloading -> gone, or loading -> failed. Only ready
-// adapters serve requests; failed and gone ones leave no entry behind.
+// adapters serve requests; failed and gone ones leave no entry behind. An
+// unloading adapter is invisible to requests and listings, but its id stays
+// taken until its store entry is deleted.
 enum class AdapterState { kLoading, kReady, kUnloading, kGone, kFailed };
 std::string_view AdapterStateName(AdapterState s);
 
@@ -61,7 +63,7 @@ class Adapter {
 
   const std::string& id() const { return info_.id; }
   // For one request; see AdapterCache::Lease.
-  std::shared_ptr<engine::AdapterLease> Lease() const { return cache_->Lease(slot_); }
+  std::shared_ptr<model::AdapterLease> Lease() const { return cache_->Lease(slot_); }
   // Counts one finished request and the tokens it generated.
   void RecordRequest(int64_t tokens) const;
   AdapterInfo info() const;
@@ -81,12 +83,17 @@ class Adapter {
 // until the new one is ready, then swaps them atomically. Thread-safe. The
 // base model must outlive the registry. With a store, every load that
 // succeeds is recorded in it before it is acknowledged, and Unload deletes
-// the record; the store must outlive the registry. The registry owns the
+// the record before the id can be loaded again, so a store never loses an
+// acknowledged load; the store must outlive the registry. An upload's slot
+// reads back from its own version directory in the store, never from a
+// directory that a later version replaces. The registry owns the
 // AdapterCache that places ready adapters in tiers within `cache`'s budgets.
+// Lock order: this registry's mutex, then the cache's; the store is called
+// with neither held.
 class AdapterRegistry {
  public:
   explicit AdapterRegistry(const model::LlamaModel* base, AdapterStore* store = nullptr,
-                           AdapterCacheOptions cache = {}, metrics::ServerMetrics* metrics = nullptr);
+                           AdapterCacheOptions cache = {}, metrics::AdapterMetrics* metrics = nullptr);
   ~AdapterRegistry();  // finishes queued loads, then joins the loader thread
 
   // Adapter ids are 1-128 characters of [A-Za-z0-9._-], starting with a letter
@@ -95,7 +102,7 @@ class AdapterRegistry {
 
   using LoadDone = std::function<void(absl::StatusOr<AdapterInfo>)>;
   // Checks the id (INVALID_ARGUMENT, ALREADY_EXISTS unless `replace`,
-  // FAILED_PRECONDITION while the id is loading) and queues the load; `done`
+  // FAILED_PRECONDITION while the id is loading or unloading) and queues the load; `done`
   // runs on the loader thread with the ready adapter's info or the error.
   // A failed load leaves the registry as it was. `persist` = false keeps the
   // load out of the store (for start-up's restore and the demo adapters).
@@ -104,8 +111,9 @@ class AdapterRegistry {
   absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done,
                          bool persist = true, bool pin = false) ABSL_LOCKS_EXCLUDED(mu_);
   // Stops new requests from finding the adapter at once (NOT_FOUND); running
-  // requests keep their reference. NOT_FOUND if absent, FAILED_PRECONDITION
-  // while it is still loading. With `keep_on_disk` the adapter instead stays
+  // requests keep their reference. Returns once the store entry is deleted;
+  // until then a load of the same id is refused. NOT_FOUND if absent,
+  // FAILED_PRECONDITION while it is still loading. With `keep_on_disk` the adapter instead stays
   // registered and leaves the device and host tiers (once no request uses
   // it); the next request loads it again from disk. FAILED_PRECONDITION
   // then when it has no copy on disk or is pinned.
@@ -125,7 +133,7 @@ class AdapterRegistry {
  private:
   struct Entry {
     AdapterState state = AdapterState::kLoading;
-    std::shared_ptr<const Adapter> adapter;  // set once ready
+    std::shared_ptr<const Adapter> adapter;  // set while ready
     bool replacing = false;                  // a new version is loading
     std::string source;
   };
@@ -142,11 +150,11 @@ class AdapterRegistry {
   const model::LlamaModel* const base_;
   AdapterStore* const store_;
   AdapterCache cache_;
-  mutable absl::Mutex mu_;
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_BEFORE(cache_.mu_);
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread loader_;
+  std::thread loader_;  // runs LoaderLoop(); started and joined by the constructor and destructor
 };
 
 }  // namespace adapterd::adapters

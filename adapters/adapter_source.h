@@ -3,6 +3,7 @@
 #define ADAPTERD_ADAPTERS_ADAPTER_SOURCE_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <variant>
 
@@ -17,6 +18,15 @@ struct UploadSource {
   std::map<std::string, std::string> files;  // file name -> contents
 };
 using AdapterSource = std::variant<PathSource, UploadSource>;
+
+// Where a registered adapter's files can be read back from: a directory,
+// and what keeps that directory from being deleted while it may be read
+// (the adapter store's hold on an upload's version directory; null for a
+// directory the store does not manage).
+struct DiskCopy {
+  std::string dir;
+  std::shared_ptr<const void> hold;
+};
 
 }  // namespace adapterd::adapters
 

@@ -6,11 +6,15 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/crc/crc32c.h"
 #include "absl/log/log.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "server/common/file_util.h"
@@ -20,7 +24,8 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr char kManifest[] = "manifest.json";
-constexpr char kFormat[] = "adapterd-store/1";
+constexpr char kFormat[] = "adapterd-store/2";
+constexpr char kFormatV1[] = "adapterd-store/1";  // files in the entry itself; read, never written
 constexpr char kTempPrefix[] = ".tmp-";
 
 absl::Status Errno(const std::string& what, const std::string& path) {
@@ -69,7 +74,77 @@ bool SafeFileName(const std::string& name) {
 
 uint32_t Crc(const std::string& data) { return static_cast<uint32_t>(absl::ComputeCrc32c(data)); }
 
+std::string VersionName(int64_t version) { return absl::StrCat("v", version); }
+
+// The version a manifest records (0 when there is none or it is unreadable).
+int64_t ManifestVersion(const std::string& entry) {
+  absl::StatusOr<std::string> text = ReadFile(entry + "/" + kManifest);
+  if (!text.ok()) return 0;
+  const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!m.is_object() || !m.contains("version") || !m["version"].is_number_unsigned()) return 0;
+  return static_cast<int64_t>(m["version"].get<uint64_t>());
+}
+
+// The highest v<N> directory in an entry (0 when there is none).
+int64_t HighestVersionDir(const std::string& entry) {
+  int64_t highest = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(entry, ec)) {
+    const std::string name = e.path().filename().string();
+    int64_t n = 0;
+    if (name.size() > 1 && name[0] == 'v' && absl::SimpleAtoi(name.substr(1), &n)) highest = std::max(highest, n);
+  }
+  return highest;
+}
+
+absl::Status RenameSynced(const std::string& from, const std::string& to, const std::string& parent) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return Errno("cannot rename into", to);
+  return FsyncPath(parent, true);
+}
+
 }  // namespace
+
+// Directories that Hold() keeps, and those superseded while held, which are
+// deleted when their last hold goes. Shared with the holds, which may
+// outlive the store. A leaf lock.
+struct AdapterStore::Holds {
+  absl::Mutex mu;
+  absl::flat_hash_map<std::string, int> count ABSL_GUARDED_BY(mu);
+  absl::flat_hash_set<std::string> superseded ABSL_GUARDED_BY(mu);
+
+  bool HeldOrSupersede(const std::string& dir) ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    if (!count.contains(dir)) return false;
+    superseded.insert(dir);
+    return true;
+  }
+  void Release(const std::string& dir) ABSL_LOCKS_EXCLUDED(mu) {
+    bool drop = false;
+    {
+      absl::MutexLock lock(&mu);
+      if (--count[dir] > 0) return;
+      count.erase(dir);
+      drop = superseded.erase(dir) > 0;
+    }
+    std::error_code ec;
+    if (drop) fs::remove_all(dir, ec);
+  }
+};
+
+AdapterStore::AdapterStore(std::string dir) : dir_(std::move(dir)), holds_(std::make_shared<Holds>()) {}
+
+std::shared_ptr<const void> AdapterStore::Hold(const std::string& dir) {
+  {
+    absl::MutexLock lock(&holds_->mu);
+    ++holds_->count[dir];
+  }
+  std::shared_ptr<Holds> holds = holds_;
+  return std::shared_ptr<const void>(new std::string(dir), [holds](const void* p) {
+    const auto* d = static_cast<const std::string*>(p);
+    holds->Release(*d);
+    delete d;
+  });
+}
 
 absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::string& dir) {
   std::error_code ec;
@@ -84,59 +159,111 @@ absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::stri
     if (absl::StartsWith(name, kTempPrefix)) {
       LOG(WARNING) << "adapter store: removing " << e.path() << ", left by an interrupted write";
       fs::remove_all(e.path(), ec);
+      continue;
+    }
+    // Inside an entry: interrupted writes, and versions a crash kept from
+    // being deleted (nothing holds them at start-up).
+    const int64_t current = ManifestVersion(e.path().string());
+    std::error_code inner;
+    for (const auto& c : fs::directory_iterator(e.path(), inner)) {
+      const std::string child = c.path().filename().string();
+      const bool old_version = current > 0 && child.size() > 1 && child[0] == 'v' && child != VersionName(current) &&
+                               c.is_directory(inner);
+      if (absl::StartsWith(child, kTempPrefix) || old_version) fs::remove_all(c.path(), inner);
     }
   }
   if (ec) return absl::InternalError(absl::StrCat("adapter store: cannot list ", dir, ": ", ec.message()));
   return std::unique_ptr<AdapterStore>(new AdapterStore(dir));
 }
 
-std::string AdapterStore::EntryDir(const std::string& id) const { return absl::StrCat(dir_, "/", id); }
-
-absl::Status AdapterStore::Put(const std::string& id, const AdapterSource& source, bool pinned) {
-  absl::MutexLock lock(&mu_);
-  const std::string tmp = absl::StrCat(dir_, "/", kTempPrefix, id, "-", getpid(), "-", ++counter_);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) {
-    return absl::InternalError(absl::StrCat("adapter store: cannot create ", tmp, ": ", ec.message()));
-  }
-  auto fail = [&](absl::Status st) {
-    fs::remove_all(tmp, ec);
-    return st;
-  };
-  nlohmann::json manifest = {{"format", kFormat}, {"id", id}, {"pinned", pinned}};
+absl::StatusOr<std::string> AdapterStore::WriteVersion(const std::string& target, const std::string& id,
+                                                      const AdapterSource& source, bool pinned, int64_t version,
+                                                      bool fresh) {
+  nlohmann::json manifest = {{"format", kFormat}, {"id", id}, {"pinned", pinned}, {"version", version}};
+  std::string version_dir;
   if (const auto* path = std::get_if<PathSource>(&source)) {
     manifest["source"] = "path";
     manifest["path"] = fs::absolute(path->dir).string();
   } else {
     manifest["source"] = "upload";
+    version_dir = VersionName(version);
+    const std::string final_dir = target + "/" + version_dir;
+    const std::string tmp = fresh ? final_dir : absl::StrCat(target, "/", kTempPrefix, version_dir, "-", ++counter_);
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    if (!fs::create_directory(tmp, ec)) {
+      return absl::InternalError(absl::StrCat("adapter store: cannot create ", tmp, ": ", ec.message()));
+    }
     nlohmann::json files = nlohmann::json::array();
     for (const auto& [name, data] : std::get<UploadSource>(source).files) {
       if (!SafeFileName(name)) {
-        return fail(absl::InvalidArgumentError(absl::StrCat("adapter store: file name '", name, "' is not a plain file name")));
+        fs::remove_all(tmp, ec);
+        return absl::InvalidArgumentError(absl::StrCat("adapter store: file name '", name, "' is not a plain file name"));
       }
-      if (absl::Status st = WriteFileSynced(tmp + "/" + name, data); !st.ok()) return fail(st);
+      if (absl::Status st = WriteFileSynced(tmp + "/" + name, data); !st.ok()) return st;
       files.push_back({{"name", name}, {"bytes", data.size()}, {"crc32c", Crc(data)}});
     }
     manifest["files"] = std::move(files);
-  }
-  // The manifest is written last: an entry without one is never complete.
-  if (absl::Status st = WriteFileSynced(tmp + "/" + kManifest, manifest.dump(2) + "\n"); !st.ok()) {
-    return fail(st);
-  }
-  if (absl::Status st = FsyncPath(tmp, true); !st.ok()) return fail(st);
-  const std::string final_dir = absl::StrCat(dir_, "/", id);
-  if (fs::exists(final_dir, ec)) {
-    // Atomic swap of the old entry and the new one; the old one, now under
-    // the temporary name, is deleted afterwards.
-    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) != 0) {
-      return fail(Errno("cannot swap in", final_dir));
+    if (absl::Status st = FsyncPath(tmp, true); !st.ok()) return st;
+    if (!fresh) {
+      if (absl::Status st = RenameSynced(tmp, final_dir, target); !st.ok()) return st;
     }
-  } else if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-    return fail(Errno("cannot rename into", final_dir));
   }
-  fs::remove_all(tmp, ec);
-  return FsyncPath(dir_, true);
+  // The manifest is written last: it is what makes a version current.
+  const std::string text = manifest.dump(2) + "\n";
+  if (fresh) {
+    if (absl::Status st = WriteFileSynced(target + "/" + kManifest, text); !st.ok()) return st;
+    if (absl::Status st = FsyncPath(target, true); !st.ok()) return st;
+  } else {
+    const std::string tmp = absl::StrCat(target, "/", kTempPrefix, kManifest, "-", ++counter_);
+    if (absl::Status st = WriteFileSynced(tmp, text); !st.ok()) return st;
+    if (absl::Status st = RenameSynced(tmp, target + "/" + kManifest, target); !st.ok()) return st;
+  }
+  return version_dir;
+}
+
+void AdapterStore::DropOldVersions(const std::string& entry, const std::string& keep) {
+  std::error_code ec;
+  const bool entry_held = holds_->HeldOrSupersede(entry);  // a version 1 entry read from its own root
+  for (const auto& c : fs::directory_iterator(entry, ec)) {
+    const std::string name = c.path().filename().string();
+    if (name == kManifest || name == keep) continue;
+    if (c.is_directory(ec) && name.size() > 1 && name[0] == 'v') {
+      if (!holds_->HeldOrSupersede(c.path().string())) fs::remove_all(c.path(), ec);
+    } else if (absl::StartsWith(name, kTempPrefix) || !entry_held) {
+      fs::remove_all(c.path(), ec);
+    }
+  }
+}
+
+absl::StatusOr<DiskCopy> AdapterStore::Put(const std::string& id, const AdapterSource& source, bool pinned) {
+  absl::MutexLock lock(&mu_);
+  const std::string entry = absl::StrCat(dir_, "/", id);
+  std::error_code ec;
+  absl::StatusOr<std::string> version_dir;
+  if (!fs::exists(entry, ec)) {
+    const std::string tmp = absl::StrCat(dir_, "/", kTempPrefix, id, "-", getpid(), "-", ++counter_);
+    fs::remove_all(tmp, ec);
+    if (!fs::create_directory(tmp, ec)) {
+      return absl::InternalError(absl::StrCat("adapter store: cannot create ", tmp, ": ", ec.message()));
+    }
+    version_dir = WriteVersion(tmp, id, source, pinned, 1, /*fresh=*/true);
+    if (version_dir.ok()) {
+      if (absl::Status st = RenameSynced(tmp, entry, dir_); !st.ok()) version_dir = st;
+    }
+    if (!version_dir.ok()) {
+      fs::remove_all(tmp, ec);
+      return version_dir.status();
+    }
+  } else {
+    const int64_t version = std::max(ManifestVersion(entry), HighestVersionDir(entry)) + 1;
+    version_dir = WriteVersion(entry, id, source, pinned, version, /*fresh=*/false);
+    if (!version_dir.ok()) return version_dir.status();
+    DropOldVersions(entry, *version_dir);
+  }
+  if (const auto* path = std::get_if<PathSource>(&source)) return DiskCopy{path->dir, nullptr};
+  const std::string dir = absl::StrCat(entry, "/", *version_dir);
+  return DiskCopy{dir, Hold(dir)};
 }
 
 absl::Status AdapterStore::Remove(const std::string& id) {
@@ -160,10 +287,21 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": ", why));
   };
-  if (!m.is_object() || m.value("format", "") != kFormat) return bad(absl::StrCat(kManifest, " is not an ", kFormat, " manifest"));
+  const std::string format = m.is_object() ? m.value("format", "") : "";
+  if (format != kFormat && format != kFormatV1) {
+    return bad(absl::StrCat(kManifest, " is not an ", kFormat, " manifest"));
+  }
   if (!m["id"].is_string() || m["id"].get<std::string>() != id) return bad("the manifest's id does not match the directory");
   StoredAdapter out{id, PathSource{}};
   out.pinned = m.contains("pinned") && m["pinned"].is_boolean() && m["pinned"].get<bool>();
+  std::string files_dir = entry;
+  if (format == kFormat) {
+    if (!m.contains("version") || !m["version"].is_number_unsigned() || m["version"].get<uint64_t>() == 0) {
+      return bad("the manifest's version is not a positive integer");
+    }
+    out.version = static_cast<int64_t>(m["version"].get<uint64_t>());
+    files_dir = absl::StrCat(entry, "/", VersionName(out.version));
+  }
   const std::string kind = m.value("source", "");
   if (kind == "path") {
     if (!m["path"].is_string()) return bad("the manifest's path is not a string");
@@ -178,14 +316,14 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     }
     const std::string name = f["name"].get<std::string>();
     if (!SafeFileName(name)) return bad(absl::StrCat("file name '", name, "' is not a plain file name"));
-    absl::StatusOr<std::string> data = ReadFile(entry + "/" + name);
+    absl::StatusOr<std::string> data = ReadFile(files_dir + "/" + name);
     if (!data.ok()) return bad(absl::StrCat(name, " is missing"));
     if (data->size() != f["bytes"].get<uint64_t>() || Crc(*data) != f["crc32c"].get<uint32_t>()) {
       return bad(absl::StrCat(name, " does not match its size or CRC32C in the manifest"));
     }
   }
   // Checked, then let go: a store of thousands of adapters is never in memory at once.
-  out.source = PathSource{entry};
+  out.source = PathSource{files_dir};
   out.upload = true;
   return out;
 }

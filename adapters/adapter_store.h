@@ -2,6 +2,7 @@
 #ifndef ADAPTERD_ADAPTERS_ADAPTER_STORE_H_
 #define ADAPTERD_ADAPTERS_ADAPTER_STORE_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,11 +17,12 @@ namespace adapterd::adapters {
 
 struct StoredAdapter {
   std::string id;
-  // The directory to load it from: the entry's own for an upload (`upload`),
-  // the recorded one for a path load.
+  // The directory to load it from: an upload's version directory inside
+  // its entry (`upload`), or the recorded directory of a path load.
   PathSource source;
   bool upload = false;
   bool pinned = false;  // kept on the device tier
+  int64_t version = 0;
 };
 
 // What Scan() found: the intact entries, and one error per entry skipped.
@@ -30,38 +32,64 @@ struct StoreScan {
 };
 
 // One directory per adapter id under the store directory. An entry holds a
-// manifest.json (the source kind, and for an upload each file's size and
-// CRC32C) and an upload's files; a path load is recorded by its directory,
-// not copied. Put() writes a new entry into a temporary directory, fsyncs
-// its files and the directory, and then swaps it into place with one
-// rename, so a crash at any point leaves either the old entry or the new
-// one, never a mix; Open() deletes the temporaries a crash left behind.
-// Thread-safe: Put and Remove are serialized.
+// manifest.json (format adapterd-store/2: the source kind, a version number,
+// and for an upload each file's size and CRC32C) and, for an upload, one
+// version directory v<N> with its files; a path load is recorded by its
+// directory, not copied.
+//
+// Put() never changes a version directory once written. A new id's entry
+// is written whole into a temporary directory and renamed into place; a new
+// version of an existing entry is written into its own v<N> directory, and
+// then the manifest is replaced with one rename. Every file and directory
+// is fsynced before the rename that publishes it, so a crash at any point
+// leaves the old version or the new one, never a mix; Open() deletes what
+// a crash left behind. An earlier version's directory is deleted once no
+// Hold() keeps it, so that an adapter version still being served can be
+// read back from disk while a newer one replaces it.
+//
+// Thread-safe: Put and Remove are serialized. Subclasses (test fakes) may
+// intercept Put and Remove.
 class AdapterStore {
  public:
   // Creates `dir` if needed and removes leftovers of interrupted writes.
   static absl::StatusOr<std::unique_ptr<AdapterStore>> Open(const std::string& dir);
+  virtual ~AdapterStore() = default;
 
   // Records `id` (replacing any entry for it) durably before returning.
-  absl::Status Put(const std::string& id, const AdapterSource& source, bool pinned = false)
+  // Returns where the version just written can be read back, held.
+  virtual absl::StatusOr<DiskCopy> Put(const std::string& id, const AdapterSource& source, bool pinned = false)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Deletes the entry; OK when there is none.
-  absl::Status Remove(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Deletes the entry, every version included; OK when there is none.
+  virtual absl::Status Remove(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Checks every entry, reading one file at a time. An entry whose manifest
   // is missing or unreadable, or whose files do not match it, is reported in
   // `skipped` and left on disk for the operator; it never fails the scan.
   StoreScan Scan() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Keeps `dir` (a version directory) from being deleted by a later Put
+  // until the result is let go of. Any other directory is never deleted by
+  // Put, so holding it is harmless. The hold may outlive the store.
+  std::shared_ptr<const void> Hold(const std::string& dir);
+
   const std::string& dir() const { return dir_; }
-  // Where an upload's files live once Put() has returned (the entry's
-  // directory; its files keep their upload names).
-  std::string EntryDir(const std::string& id) const;
+
+ protected:
+  explicit AdapterStore(std::string dir);
 
  private:
-  explicit AdapterStore(std::string dir) : dir_(std::move(dir)) {}
+  struct Holds;
   absl::StatusOr<StoredAdapter> ReadEntry(const std::string& id) const;
+  // Writes `id`'s entry as version `version` into `target` (a temporary
+  // directory for a new entry, or the existing entry).
+  absl::StatusOr<std::string> WriteVersion(const std::string& entry, const std::string& id,
+                                           const AdapterSource& source, bool pinned, int64_t version, bool fresh)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Deletes the entry's version directories other than `keep`, except held
+  // ones, which are deleted when their last hold goes.
+  void DropOldVersions(const std::string& entry, const std::string& keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string dir_;
+  const std::shared_ptr<Holds> holds_;
   mutable absl::Mutex mu_;
   int64_t counter_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -1,4 +1,4 @@
-// adapterd: wires the model, engine, metrics and gRPC services together.
+// adapterd: flags -> options -> ServerCore -> transports -> wait for a signal -> drain.
 #include <signal.h>
 #include <unistd.h>
 
@@ -25,16 +25,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "prometheus/registry.h"
-#include "server/engine/engine.h"
+#include "server/core/server_core.h"
 #include "server/metrics/metrics_http_server.h"
-#include "server/metrics/server_metrics.h"
-#include "server/model/demo_checkpoint.h"
-#include "server/model/llama_model.h"
-#include "adapters/adapter_registry.h"
-#include "adapters/adapter_store.h"
-#include "adapters/demo_adapters.h"
-#include "absl/synchronization/notification.h"
-#include "adapters/path_policy.h"
+#include "server/metrics/rpc_metrics.h"
 #include "server/rpc/admin_service.h"
 #include "server/rpc/call_auth.h"
 #include "server/rpc/grpc_server.h"
@@ -187,6 +180,43 @@ absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> MakeAuthentica
   return std::make_unique<adapterd::rpc::CallAuthenticator>(std::move(o));
 }
 
+// The core's options from the flags; errors name the flag.
+absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
+  adapterd::core::ServerCoreOptions o;
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype == "float32") {
+    o.model.dtype = c10::ScalarType::Float;
+  } else if (dtype == "bfloat16") {
+    o.model.dtype = c10::ScalarType::BFloat16;
+  } else if (dtype == "float16") {
+    o.model.dtype = c10::ScalarType::Half;
+  } else {
+    return absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16");
+  }
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  o.cache_dir = absl::GetFlag(FLAGS_cache_dir);
+  if (o.cache_dir.empty()) o.cache_dir = DefaultCacheDir();
+  o.demo_adapters = absl::GetFlag(FLAGS_demo_adapters);
+  adapterd::engine::EngineOptions& e = o.engine;
+  e.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  e.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
+  e.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  e.max_adapters_per_batch = absl::GetFlag(FLAGS_max_adapters_per_batch);
+  e.load_join_wait = absl::GetFlag(FLAGS_load_join_wait);
+  e.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
+  e.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  e.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  e.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  e.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);
+  o.cache.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
+  o.cache.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
+  o.cache.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
+  o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
+  o.adapter_roots = absl::GetFlag(FLAGS_adapter_roots);
+  o.metrics_max_adapter_labels = absl::GetFlag(FLAGS_metrics_max_adapter_labels);
+  return o;
+}
+
 int Fail(const absl::Status& status) {
   LOG(ERROR) << status;
   std::cerr << "adapterd: " << status.message() << "\n";
@@ -224,40 +254,9 @@ int main(int argc, char** argv) {
                           : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
 
-  adapterd::model::ModelOptions model_options;
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype == "float32") {
-    model_options.dtype = c10::ScalarType::Float;
-  } else if (dtype == "bfloat16") {
-    model_options.dtype = c10::ScalarType::BFloat16;
-  } else if (dtype == "float16") {
-    model_options.dtype = c10::ScalarType::Half;
-  } else {
-    return Fail(absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16"));
-  }
-
-  std::string model_dir = absl::GetFlag(FLAGS_model);
-  const bool demo = model_dir.empty();
-  std::string cache = absl::GetFlag(FLAGS_cache_dir);
-  if (cache.empty()) cache = DefaultCacheDir();
-  if (demo) {
-    absl::StatusOr<std::string> demo_dir = adapterd::model::EnsureDemoCheckpoint(cache);
-    if (!demo_dir.ok()) return Fail(demo_dir.status());
-    model_dir = *demo_dir;
-    LOG(INFO) << "no --model given: serving the demo model at " << model_dir;
-  }
-  const absl::Time load_start = absl::Now();
-  absl::StatusOr<std::unique_ptr<adapterd::model::LlamaModel>> model =
-      adapterd::model::LlamaModel::Load(model_dir, model_options);
-  if (!model.ok()) return Fail(model.status());
-  const adapterd::model::ModelConfig config = (*model)->config();
-  LOG(INFO) << "model " << config.architecture_name << ": " << config.num_layers << " layers, hidden "
-            << config.hidden_size << ", vocab " << config.vocab_size << ", "
-            << (*model)->weight_bytes() << " weight bytes, loaded in "
-            << absl::FormatDuration(absl::Now() - load_start) << ", " << threads << " threads";
-
+  absl::StatusOr<adapterd::core::ServerCoreOptions> options = CoreOptions();
+  if (!options.ok()) return Fail(options.status());
   auto registry = std::make_shared<prometheus::Registry>();
-  adapterd::metrics::ServerMetrics metrics(*registry, absl::GetFlag(FLAGS_metrics_max_adapter_labels));
   std::unique_ptr<adapterd::metrics::MetricsHttpServer> metrics_server;
   std::string metrics_address = "disabled";
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
@@ -267,96 +266,19 @@ int main(int argc, char** argv) {
     metrics_server = *std::move(m);
     metrics_address = metrics_server->address();
   }
+  absl::StatusOr<std::unique_ptr<adapterd::core::ServerCore>> core =
+      adapterd::core::ServerCore::Create(*std::move(options), *registry);
+  if (!core.ok()) return Fail(core.status());
+  LOG(INFO) << threads << " compute threads";
+  adapterd::metrics::RpcMetrics rpc_metrics(*registry);
 
-  adapterd::engine::EngineOptions engine_options;
-  engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
-  engine_options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
-  engine_options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
-  engine_options.max_adapters_per_batch = absl::GetFlag(FLAGS_max_adapters_per_batch);
-  engine_options.load_join_wait = absl::GetFlag(FLAGS_load_join_wait);
-  engine_options.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
-  engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
-  engine_options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
-  engine_options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  engine_options.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);
-  absl::StatusOr<std::unique_ptr<adapterd::engine::Engine>> engine =
-      adapterd::engine::Engine::Create(*std::move(model), engine_options, &metrics);
-  if (!engine.ok()) return Fail(engine.status());
-
-  // The registry reads the base model's weights (for validation and DoRA)
-  // while the engine runs it; both only read them.
-  const adapterd::model::LlamaModel* base = (*engine)->model();
-  std::unique_ptr<adapterd::adapters::AdapterStore> store;
-  if (const std::string dir = absl::GetFlag(FLAGS_adapter_store); !dir.empty()) {
-    absl::StatusOr<std::unique_ptr<adapterd::adapters::AdapterStore>> s =
-        adapterd::adapters::AdapterStore::Open(dir);
-    if (!s.ok()) return Fail(s.status());
-    store = *std::move(s);
-  }
-  adapterd::adapters::AdapterCacheOptions cache_options;
-  cache_options.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
-  cache_options.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
-  cache_options.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
-  if (cache_options.device_bytes < 0 || cache_options.host_bytes < 0) {
-    return Fail(absl::InvalidArgumentError("--adapter_device_bytes and --adapter_host_bytes must be >= 0"));
-  }
-  if (cache_options.loader_nice < 0 || cache_options.loader_nice > 19) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--adapter_loader_nice must be in [0, 19], not ", cache_options.loader_nice)));
-  }
-  adapterd::adapters::AdapterRegistry adapter_registry(base, store.get(), cache_options, &metrics);
-  // Loads one adapter and waits for it, without recording it in the store.
-  auto load_now = [&](const std::string& id, adapterd::adapters::AdapterSource source, bool pin) {
-    absl::Notification loaded;
-    absl::Status result;
-    absl::Status st = adapter_registry.StartLoad(
-        id, std::move(source), false,
-        [&](absl::StatusOr<adapterd::adapters::AdapterInfo> r) {
-          result = r.status();
-          loaded.Notify();
-        },
-        /*persist=*/false, pin);
-    if (st.ok()) loaded.WaitForNotification();
-    return st.ok() ? result : st;
-  };
-  if (store != nullptr) {
-    const absl::Time start = absl::Now();
-    adapterd::adapters::StoreScan scan = store->Scan();
-    for (const absl::Status& skipped : scan.skipped) LOG(WARNING) << "skipped: " << skipped.message();
-    int restored = 0;
-    for (auto& entry : scan.adapters) {
-      if (absl::Status st = load_now(entry.id, std::move(entry.source), entry.pinned); st.ok()) {
-        ++restored;
-      } else {
-        LOG(WARNING) << "adapter store: " << entry.id << " was not restored: " << st;
-      }
-    }
-    LOG(INFO) << "adapter store " << store->dir() << ": restored " << restored << " of "
-              << scan.adapters.size() + scan.skipped.size() << " entries in "
-              << absl::FormatDuration(absl::Now() - start);
-  }
-  if (demo && absl::GetFlag(FLAGS_demo_adapters)) {
-    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> demo_adapters =
-        adapterd::adapters::EnsureDemoAdapters(cache, base->config());
-    if (!demo_adapters.ok()) return Fail(demo_adapters.status());
-    for (const auto& [id, dir] : *demo_adapters) {
-      if (adapter_registry.Get(id).ok()) continue;  // restored from the store
-      if (absl::Status st = load_now(id, adapterd::adapters::PathSource{dir}, false); !st.ok()) return Fail(st);
-    }
-  }
-  metrics.adapters_loaded().Set(static_cast<double>(adapter_registry.ready_count()));
-  metrics.adapter_bytes().Set(static_cast<double>(adapter_registry.live_bytes()));
   absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> auth = MakeAuthenticator();
   if (!auth.ok()) return Fail(auth.status());
-  absl::StatusOr<adapterd::adapters::PathPolicy> paths =
-      adapterd::adapters::PathPolicy::Create(absl::GetFlag(FLAGS_adapter_roots));
-  if (!paths.ok()) return Fail(paths.status());
-  adapterd::rpc::InferenceService inference((*engine).get(), &adapter_registry, &metrics, auth->get());
+  adapterd::rpc::InferenceService inference(core->get(), &rpc_metrics, auth->get());
   adapterd::rpc::AdminOptions admin_options;
   admin_options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_mb) << 20;
   admin_options.auth = auth->get();
-  admin_options.paths = *std::move(paths);
-  adapterd::rpc::AdminService admin(&adapter_registry, &metrics, admin_options);
+  adapterd::rpc::AdminService admin(core->get(), &rpc_metrics, admin_options);
 
   adapterd::rpc::GrpcServerOptions grpc_options;
   grpc_options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -409,7 +331,7 @@ int main(int argc, char** argv) {
             << admin_address << "\n  metrics: http://" << metrics_address
             << "/metrics\n  try:     ./x ctl generate --addr=" << (*server)->address()
             << " --prompt=1,2,3 --max_new_tokens=16"
-            << (demo && absl::GetFlag(FLAGS_demo_adapters) ? " --adapter=demo-qv-r4" : "") << "\n"
+            << ((*core)->demo() && absl::GetFlag(FLAGS_demo_adapters) ? " --adapter=demo-qv-r4" : "") << "\n"
             << std::flush;
 
   int sig = 0;
@@ -422,12 +344,12 @@ int main(int argc, char** argv) {
   // does the transport shut down, so that clients meet its own shutdown
   // race (CANCELLED) only in the last moment, not for the whole grace.
   const absl::Time deadline = absl::Now() + grace;
-  (*engine)->BeginShutdown(grace);
+  (*core)->BeginShutdown(grace);
   (*server)->MarkNotServing();
   if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
-  (*engine)->AwaitStopped(deadline + absl::Seconds(1));
+  (*core)->AwaitStopped(deadline + absl::Seconds(1));
   (*server)->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
-  (*engine)->Shutdown(absl::ZeroDuration());
+  core->reset();
   LOG(INFO) << "shut down cleanly";
   return 0;
 }

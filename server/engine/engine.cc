@@ -19,8 +19,7 @@ namespace adapterd::engine {
 namespace {
 
 int64_t VirtualTokens(const GenerationRequest& r) {
-  if (r.adapter != nullptr) return r.adapter->num_virtual_tokens();
-  return r.lease != nullptr ? r.lease->num_virtual_tokens() : 0;
+  return r.adapter != nullptr ? r.adapter->num_virtual_tokens() : 0;
 }
 
 }  // namespace
@@ -28,8 +27,11 @@ int64_t VirtualTokens(const GenerationRequest& r) {
 struct Engine::Sequence {
   GenerationRequest request;
   std::shared_ptr<ResultSink> sink;
-  std::shared_ptr<RequestHandle> handle = std::make_shared<RequestHandle>();
+  std::shared_ptr<RequestHandle> handle;
   Sampler sampler;
+  // The adapter's weights once its lease has settled ready; null for the
+  // base and until then.
+  const model::AdapterWeights* weights = nullptr;
   int64_t virtual_tokens = 0;   // a prompt-tuning adapter's, before the prompt
   std::vector<int64_t> tokens;  // virtual tokens, prompt, then generated tokens
   int64_t num_computed = 0;     // tokens whose keys and values are in the cache
@@ -44,10 +46,16 @@ struct Engine::Sequence {
 
   // A prompt-tuning adapter's virtual tokens come first, as placeholder ids
   // whose embeddings the model replaces.
-  Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s)
-      : request(std::move(r)), sink(std::move(s)), sampler(request.sampling),
+  Sequence(GenerationRequest r, std::shared_ptr<ResultSink> s, std::shared_ptr<RequestHandle> h)
+      : request(std::move(r)), sink(std::move(s)), handle(std::move(h)), sampler(request.sampling),
         virtual_tokens(VirtualTokens(request)), tokens(static_cast<size_t>(virtual_tokens), 0) {
     tokens.insert(tokens.end(), request.prompt.begin(), request.prompt.end());
+  }
+  // Whether the request waits for its adapter's lease to settle.
+  bool adapter_pending() const {
+    if (request.adapter == nullptr || weights != nullptr) return false;
+    absl::StatusOr<const model::AdapterWeights*> w = request.adapter->weights();
+    return w.ok() && *w == nullptr;
   }
   // Prompt as the model sees it: virtual tokens plus the caller's tokens.
   int64_t prompt_len() const { return virtual_tokens + static_cast<int64_t>(request.prompt.size()); }
@@ -56,7 +64,7 @@ struct Engine::Sequence {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::LlamaModel> model,
                                                        const EngineOptions& options,
-                                                       metrics::ServerMetrics* metrics) {
+                                                       metrics::EngineMetrics* metrics) {
   if (options.max_batch_size < 1 || options.max_tokens_per_step < 1 || options.max_waiting < 0) {
     return absl::InvalidArgumentError(
         "max_batch_size and max_tokens_per_step must be >= 1, max_waiting >= 0");
@@ -77,13 +85,26 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::Ll
 }
 
 Engine::Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::KvCache> kv,
-               const EngineOptions& options, metrics::ServerMetrics* metrics)
-    : model_(std::move(model)), kv_(std::move(kv)), options_(options), metrics_(metrics) {
+               const EngineOptions& options, metrics::EngineMetrics* metrics)
+    : model_(std::move(model)), kv_(std::move(kv)), options_(options), metrics_(metrics),
+      inbox_(std::make_shared<Inbox>()) {
   stat_kv_free_ = kv_->free_blocks();
   thread_ = std::thread([this] { Loop(); });
 }
 
-Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
+Engine::~Engine() {
+  Shutdown(absl::ZeroDuration());
+  // Requests submitted after the thread left are dropped with the engine;
+  // the inbox itself may outlive it in a lease's callback.
+  std::deque<std::unique_ptr<Sequence>> late;
+  absl::MutexLock lock(&inbox_->mu);
+  late.swap(inbox_->incoming);
+}
+
+void Engine::Inbox::Wake() {
+  absl::MutexLock lock(&mu);
+  ++events;
+}
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
   return ValidateRequest(r, model_->config(), options_);
@@ -153,33 +174,43 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
         "request needs ", blocks, " KV cache blocks but the pool holds ", kv_->num_blocks(),
         "; lower sampling.max_new_tokens or raise --kv_cache_bytes"));
   }
-  auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink));
-  std::shared_ptr<RequestHandle> handle = seq->handle;
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("server is shutting down");
-  if (queued_ >= options_.max_waiting) {
+  auto wake = [inbox = std::weak_ptr<Inbox>(inbox_)] {
+    if (std::shared_ptr<Inbox> in = inbox.lock()) in->Wake();
+  };
+  auto handle = std::make_shared<RequestHandle>(wake);
+  auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink), handle);
+  // A lease that settles wakes the engine thread; it never polls.
+  if (seq->request.adapter != nullptr) seq->request.adapter->NotifyWhenSettled(wake);
+  absl::MutexLock lock(&inbox_->mu);
+  if (inbox_->stopping) return absl::UnavailableError("server is shutting down");
+  if (inbox_->queued >= options_.max_waiting) {
     return absl::ResourceExhaustedError(
         absl::StrCat("waiting queue is full (max_waiting=", options_.max_waiting, " requests); retry later"));
   }
-  ++queued_;
-  seq->order = next_order_++;
-  incoming_.push_back(std::move(seq));
+  ++inbox_->queued;
+  seq->order = inbox_->next_order++;
+  inbox_->incoming.push_back(std::move(seq));
   return handle;
 }
 
 void Engine::BeginShutdown(absl::Duration grace) {
-  absl::MutexLock lock(&mu_);
-  if (!stopping_) {
-    stopping_ = true;
-    stop_deadline_ = absl::Now() + grace;
+  absl::MutexLock lock(&inbox_->mu);
+  if (!inbox_->stopping) {
+    inbox_->stopping = true;
+    inbox_->stop_deadline = absl::Now() + grace;
   } else {
-    stop_deadline_ = std::min(stop_deadline_, absl::Now() + grace);
+    inbox_->stop_deadline = std::min(inbox_->stop_deadline, absl::Now() + grace);
   }
 }
 
 bool Engine::AwaitStopped(absl::Time deadline) {
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithDeadline(absl::Condition(&stopped_), deadline);
+  absl::MutexLock lock(&inbox_->mu);
+  return inbox_->mu.AwaitWithDeadline(absl::Condition(&inbox_->stopped), deadline);
+}
+
+bool Engine::accepting() const {
+  absl::MutexLock lock(&inbox_->mu);
+  return !inbox_->stopping;
 }
 
 void Engine::Shutdown(absl::Duration grace) {
@@ -189,48 +220,52 @@ void Engine::Shutdown(absl::Duration grace) {
 
 Engine::Stats Engine::GetStats() const {
   return Stats{stat_running_.load(), stat_waiting_.load(), stat_kv_free_.load(),
-               kv_->num_blocks(), preemptions_.load(), load_join_waits_.load(), load_joins_.load()};
+               kv_->num_blocks(), preemptions_.load(), load_join_waits_.load(), load_joins_.load(),
+               peak_running_.load()};
 }
 
 void Engine::Loop() {
+  Seen seen;
   while (true) {
-    bool stopping;
-    absl::Time deadline;
-    {
-      absl::MutexLock lock(&mu_);
-      if (running_.empty() && waiting_.empty()) {
-        auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return !incoming_.empty() || stopping_;
-        };
-        mu_.Await(absl::Condition(&has_work));
-      }
-      while (!incoming_.empty()) {
-        waiting_.push_back(std::move(incoming_.front()));
-        incoming_.pop_front();
-      }
-      stopping = stopping_;
-      deadline = stop_deadline_;
-    }
-    const bool expired = stopping && absl::Now() >= deadline;
+    TakeIncoming(seen);
+    const bool expired = seen.stopping && absl::Now() >= seen.stop_deadline;
     DropFinishedOrCancelled(expired);
-    if (stopping && running_.empty() && waiting_.empty()) break;
+    if (seen.stopping && running_.empty() && waiting_.empty()) break;
     WaitForJoiningLoads();
     const absl::Time step_start = absl::Now();
     Step();
     last_step_ = absl::Now() - step_start;
-    if (running_.empty() && !waiting_.empty()) {
-      // Everything waiting needs an adapter that is still loading: poll
-      // again shortly, or at once when new work or shutdown arrives.
-      absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return !incoming_.empty() || stopping_;
-      };
-      mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::Milliseconds(1));
-    }
+    // Nothing runs, and nothing waiting can run until the inbox changes:
+    // the queue is empty, or everything in it waits for an adapter.
+    const bool all_pending = std::all_of(waiting_.begin(), waiting_.end(),
+                                         [](const std::unique_ptr<Sequence>& s) { return s->adapter_pending(); });
+    if (running_.empty() && all_pending && !(seen.stopping && waiting_.empty())) WaitForWork(seen);
   }
   PublishStats();
-  absl::MutexLock lock(&mu_);
-  stopped_ = true;
+  absl::MutexLock lock(&inbox_->mu);
+  inbox_->stopped = true;
+}
+
+void Engine::TakeIncoming(Seen& seen) {
+  absl::MutexLock lock(&inbox_->mu);
+  while (!inbox_->incoming.empty()) {
+    waiting_.push_back(std::move(inbox_->incoming.front()));
+    inbox_->incoming.pop_front();
+  }
+  seen.events = inbox_->events;
+  seen.stopping = inbox_->stopping;
+  seen.stop_deadline = inbox_->stop_deadline;
+}
+
+void Engine::WaitForWork(const Seen& seen) {
+  absl::Time wake_at = seen.stopping ? seen.stop_deadline : absl::InfiniteFuture();
+  for (const auto& s : waiting_) wake_at = std::min(wake_at, s->request.deadline);
+  absl::MutexLock lock(&inbox_->mu);
+  auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inbox_->mu) {
+    return !inbox_->incoming.empty() || inbox_->events != seen.events || inbox_->stopping != seen.stopping ||
+           inbox_->stop_deadline != seen.stop_deadline;
+  };
+  inbox_->mu.AwaitWithDeadline(absl::Condition(&changed), wake_at);
 }
 
 void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status status) {
@@ -239,9 +274,8 @@ void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status sta
   kv_->Free(seq.blocks);
   // Let go of the adapter before the client hears back, so an unload right
   // after the response finds no reference left in the engine.
-  seq.request.adapter = nullptr;
-  seq.request.adapter_ref.reset();
-  seq.request.lease.reset();
+  seq.weights = nullptr;
+  seq.request.adapter.reset();
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
     LOG(WARNING) << "request " << seq.request.id << " ended: " << status;
   }
@@ -276,10 +310,13 @@ void Engine::DropFinishedOrCancelled(bool shutdown_expired) {
     }
   }
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) { return should_drop(*s); });
-  if (dropped_waiting > 0) {
-    absl::MutexLock lock(&mu_);
-    queued_ -= static_cast<int64_t>(dropped_waiting);
-  }
+  ReleaseQueued(static_cast<int64_t>(dropped_waiting));
+}
+
+void Engine::ReleaseQueued(int64_t n) {
+  if (n == 0) return;
+  absl::MutexLock lock(&inbox_->mu);
+  inbox_->queued -= n;
 }
 
 void Engine::Admit() {
@@ -287,14 +324,14 @@ void Engine::Admit() {
   std::set<const model::AdapterWeights*> adapters;  // distinct adapters in the batch
   if (options_.max_adapters_per_batch > 0) {
     for (const auto& s : running_) {
-      if (s->request.adapter != nullptr) adapters.insert(s->request.adapter);
+      if (s->weights != nullptr) adapters.insert(s->weights);
     }
   }
   for (auto it = waiting_.begin();
        it != waiting_.end() && static_cast<int64_t>(running_.size()) < options_.max_batch_size;) {
     Sequence& seq = **it;
-    if (seq.request.adapter == nullptr && seq.request.lease != nullptr) {
-      absl::StatusOr<const model::AdapterWeights*> w = seq.request.lease->weights();
+    if (seq.weights == nullptr && seq.request.adapter != nullptr) {
+      absl::StatusOr<const model::AdapterWeights*> w = seq.request.adapter->weights();
       if (!w.ok()) {
         failed += seq.admitted_once ? 0 : 1;
         FinishSequence(seq, FinishReason::kError, w.status());
@@ -305,10 +342,10 @@ void Engine::Admit() {
         ++it;
         continue;
       }
-      seq.request.adapter = *w;
+      seq.weights = *w;
     }
-    if (options_.max_adapters_per_batch > 0 && seq.request.adapter != nullptr &&
-        !adapters.contains(seq.request.adapter) &&
+    if (options_.max_adapters_per_batch > 0 && seq.weights != nullptr &&
+        !adapters.contains(seq.weights) &&
         static_cast<int64_t>(adapters.size()) >= options_.max_adapters_per_batch) {
       ++it;
       continue;
@@ -317,9 +354,7 @@ void Engine::Admit() {
     // before a preemption) and the next token; later tokens are reserved step
     // by step. FCFS: the first request that can run waits for blocks.
     if (!kv_->Reserve(seq.blocks, static_cast<int64_t>(seq.tokens.size()) + 1)) break;
-    if (seq.request.adapter != nullptr && options_.max_adapters_per_batch > 0) {
-      adapters.insert(seq.request.adapter);
-    }
+    if (seq.weights != nullptr && options_.max_adapters_per_batch > 0) adapters.insert(seq.weights);
     if (!seq.admitted_once) {
       seq.admitted_once = true;
       ++admitted;
@@ -331,10 +366,8 @@ void Engine::Admit() {
     running_.push_back(std::move(*it));
     it = waiting_.erase(it);
   }
-  if (admitted + failed > 0) {
-    absl::MutexLock lock(&mu_);
-    queued_ -= static_cast<int64_t>(admitted + failed);
-  }
+  ReleaseQueued(static_cast<int64_t>(admitted + failed));
+  peak_running_ = std::max(peak_running_.load(), static_cast<int64_t>(running_.size()));
 }
 
 void Engine::WaitForJoiningLoads() {
@@ -342,24 +375,33 @@ void Engine::WaitForJoiningLoads() {
       static_cast<int64_t>(running_.size()) >= options_.max_batch_size) {
     return;
   }
-  std::vector<AdapterLease*> loading;
+  uint64_t events;
+  {
+    absl::MutexLock lock(&inbox_->mu);
+    events = inbox_->events;  // read first, so no settling is missed below
+  }
+  std::vector<Sequence*> loading;
   for (auto& seq : waiting_) {
     if (seq->join_checked) continue;
     seq->join_checked = true;
-    if (seq->request.adapter != nullptr || seq->request.lease == nullptr) continue;
-    absl::StatusOr<const model::AdapterWeights*> w = seq->request.lease->weights();
-    if (w.ok() && *w == nullptr) loading.push_back(seq->request.lease.get());
+    if (seq->adapter_pending()) loading.push_back(seq.get());
   }
   if (loading.empty()) return;
   ++load_join_waits_;
   const absl::Time deadline = absl::Now() + last_step_ * options_.load_join_wait;
-  while (!loading.empty() && absl::Now() < deadline) {
-    absl::SleepFor(absl::Microseconds(200));
-    std::erase_if(loading, [this](AdapterLease* lease) {
-      absl::StatusOr<const model::AdapterWeights*> w = lease->weights();
-      if (!w.ok()) return true;
-      if (*w == nullptr) return false;
-      ++load_joins_;
+  while (!loading.empty()) {
+    {
+      absl::MutexLock lock(&inbox_->mu);
+      auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inbox_->mu) {
+        return inbox_->events != events || inbox_->stopping;
+      };
+      if (!inbox_->mu.AwaitWithDeadline(absl::Condition(&changed), deadline)) return;
+      if (inbox_->stopping) return;
+      events = inbox_->events;
+    }
+    std::erase_if(loading, [this](Sequence* seq) {
+      if (seq->adapter_pending()) return false;
+      if (seq->request.adapter->weights().ok()) ++load_joins_;
       return true;
     });
   }
@@ -412,7 +454,7 @@ void Engine::Step() {
     if (pending == 1 && budget > 0) {
       --budget;
       picks.push_back({s.get(), 1});
-      any_adapter |= s->request.adapter != nullptr;
+      any_adapter |= s->weights != nullptr;
     } else if (pending > 1) {
       prefills.push_back({s.get(), 0});
     }
@@ -435,7 +477,7 @@ void Engine::Step() {
     for (const Pick& p : prefills) {
       if (p.n == 0) continue;
       picks.push_back(p);
-      any_adapter |= p.seq->request.adapter != nullptr;
+      any_adapter |= p.seq->weights != nullptr;
     }
   }
   // Blocks for this step's tokens; when the pool runs dry the newest
@@ -448,7 +490,7 @@ void Engine::Step() {
   // Rows of one adapter sit together, so each adapter's delta is one product.
   if (any_adapter) {
     std::stable_sort(picks.begin(), picks.end(), [](const Pick& a, const Pick& b) {
-      return std::less<>()(a.seq->request.adapter, b.seq->request.adapter);
+      return std::less<>()(a.seq->weights, b.seq->weights);
     });
   }
   model::ForwardBatch batch;
@@ -460,7 +502,7 @@ void Engine::Step() {
         s->num_computed + p.n == static_cast<int64_t>(s->tokens.size())});
     batch.token_ids.insert(batch.token_ids.end(), s->tokens.begin() + s->num_computed,
                            s->tokens.begin() + s->num_computed + p.n);
-    if (any_adapter) batch.adapters.push_back(s->request.adapter);
+    if (any_adapter) batch.adapters.push_back(s->weights);
     in_batch.push_back(s);
   }
   if (metrics_ != nullptr) {
@@ -519,8 +561,9 @@ void Engine::PublishStats() {
     metrics_->waiting_requests().Set(static_cast<double>(waiting_.size()));
     metrics_->kv_cache_utilization().Set(kv_->utilization());
     std::map<std::string, std::pair<int64_t, int64_t>> activity;
-    for (const auto& s : running_) ++activity[s->request.adapter_id].first;
-    for (const auto& s : waiting_) ++activity[s->request.adapter_id].second;
+    auto id = [](const Sequence& s) { return s.request.adapter ? s.request.adapter->adapter_id() : std::string(); };
+    for (const auto& s : running_) ++activity[id(*s)].first;
+    for (const auto& s : waiting_) ++activity[id(*s)].second;
     metrics_->SetAdapterActivity(activity, options_.max_batch_size);
   }
 }

@@ -14,7 +14,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/engine/request.h"
-#include "server/metrics/server_metrics.h"
+#include "absl/functional/any_invocable.h"
+#include "server/metrics/engine_metrics.h"
 #include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
 
@@ -47,14 +48,21 @@ struct EngineOptions {
 absl::Status ValidateRequest(const GenerationRequest& request, const model::ModelConfig& config,
                              const EngineOptions& options);
 
-// Lets the submitter of a request cancel it. Thread-safe.
+// Lets the submitter of a request cancel it: the engine drops the request at
+// its next step, or at once when it is idle. Thread-safe.
 class RequestHandle {
  public:
-  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  // `wake` tells the engine to look (see Engine::Submit).
+  explicit RequestHandle(absl::AnyInvocable<void()> wake = nullptr) : wake_(std::move(wake)) {}
+  void Cancel() {
+    if (cancelled_.exchange(true, std::memory_order_relaxed)) return;
+    if (wake_) wake_();
+  }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<bool> cancelled_{false};
+  absl::AnyInvocable<void()> wake_;
 };
 
 // Runs generation requests with iteration-level batching: at every step,
@@ -78,15 +86,17 @@ class RequestHandle {
 // ahead of younger requests), so the oldest request always progresses.
 // Adapters play no part in the order: rows of any mix of adapters share a step.
 // Two exceptions skip a waiting request without holding back the ones
-// behind it: its adapter is still being brought in (a lease without weights
-// yet), or admitting it would put more than max_adapters_per_batch distinct
+// behind it: its adapter is still being brought in (its lease has not
+// settled), or admitting it would put more than max_adapters_per_batch distinct
 // adapters in the batch. A step may start up to load_join_wait of a step late
 // while a new request's adapter is being brought in (once per request).
+// The engine never polls: leases that settle, cancels, new requests and
+// shutdown each wake its thread.
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<model::LlamaModel> model,
                                                         const EngineOptions& options,
-                                                        metrics::ServerMetrics* metrics);
+                                                        metrics::EngineMetrics* metrics);
   // Shuts down with no grace period.
   ~Engine();
 
@@ -99,19 +109,21 @@ class Engine {
   // never fit in the KV cache, UNAVAILABLE once shutdown has begun.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                         std::shared_ptr<ResultSink> sink)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(inbox_->mu);
 
   // Stops accepting requests, lets accepted ones finish until `grace` has
   // passed, then ends the rest with UNAVAILABLE and joins the engine thread.
   // Idempotent.
-  void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   // Shutdown without the join: from now on Submit() gives UNAVAILABLE, and
   // accepted requests have until `grace` has passed. Returns at once.
-  void BeginShutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  void BeginShutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   // After BeginShutdown(): waits until every accepted request has ended
   // (finished, or cut off when the grace ran out) and the engine thread has
   // left its loop, or until `deadline`. Returns whether it has.
-  bool AwaitStopped(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  bool AwaitStopped(absl::Time deadline) ABSL_LOCKS_EXCLUDED(inbox_->mu);
+  // False once shutdown has begun.
+  bool accepting() const ABSL_LOCKS_EXCLUDED(inbox_->mu);
 
   const model::ModelConfig& model_config() const { return model_->config(); }
   // The base model, for read-only use (adapter validation) on other threads.
@@ -128,47 +140,69 @@ class Engine {
     // adapter arrived within such a wait (see EngineOptions::load_join_wait).
     int64_t load_join_waits = 0;
     int64_t load_joins = 0;
+    int64_t peak_running = 0;  // the most sequences ever running at once
   };
   Stats GetStats() const;
 
  private:
   struct Sequence;
+  // What other threads hand the engine thread, and what wakes it. Shared
+  // with the callbacks of settling leases and cancelled handles, which may
+  // run after the engine is gone.
+  struct Inbox {
+    absl::Mutex mu;
+    std::deque<std::unique_ptr<Sequence>> incoming ABSL_GUARDED_BY(mu);
+    bool stopping ABSL_GUARDED_BY(mu) = false;
+    absl::Time stop_deadline ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+    bool stopped ABSL_GUARDED_BY(mu) = false;  // the engine thread has left Loop()
+    int64_t queued ABSL_GUARDED_BY(mu) = 0;     // incoming + waiting, for the queue bound
+    uint64_t next_order ABSL_GUARDED_BY(mu) = 0;
+    // Bumped when a lease settles or a request is cancelled.
+    uint64_t events ABSL_GUARDED_BY(mu) = 0;
+    void Wake() ABSL_LOCKS_EXCLUDED(mu);
+  };
+  // What the engine thread saw of the inbox when it last took from it.
+  struct Seen {
+    uint64_t events = 0;
+    bool stopping = false;
+    absl::Time stop_deadline = absl::InfiniteFuture();
+  };
+
   Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::KvCache> kv,
-         const EngineOptions& options, metrics::ServerMetrics* metrics);
-  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+         const EngineOptions& options, metrics::EngineMetrics* metrics);
+  void Loop();
+  // Moves new requests to the waiting queue and records what the inbox says.
+  void TakeIncoming(Seen& seen) ABSL_LOCKS_EXCLUDED(inbox_->mu);
+  // With nothing running: sleeps until something in the inbox changes, the
+  // grace ends or a waiting request's deadline passes.
+  void WaitForWork(const Seen& seen) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void Step();
   void DropFinishedOrCancelled(bool shutdown_expired);
   void Admit();
   // Waits (bounded by options_.load_join_wait) for the adapters of waiting
-  // requests not checked before that are still being brought in.
-  void WaitForJoiningLoads();
+  // requests not checked before whose leases have not settled.
+  void WaitForJoiningLoads() ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void Preempt(Sequence* victim);
   // Reserves blocks so `seq` covers `tokens` positions, preempting the newest
   // sequences as needed (possibly `seq` itself, which then holds no blocks).
   void EnsureBlocks(Sequence* seq, int64_t tokens);
   void FinishSequence(Sequence& seq, FinishReason reason, absl::Status status);
+  void ReleaseQueued(int64_t n) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void PublishStats();
 
   const std::unique_ptr<model::LlamaModel> model_;
   const std::unique_ptr<model::KvCache> kv_;
   const EngineOptions options_;
-  metrics::ServerMetrics* const metrics_;  // may be null
-
-  mutable absl::Mutex mu_;
-  std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
-  bool stopped_ ABSL_GUARDED_BY(mu_) = false;  // the engine thread has left Loop()
-  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // incoming + waiting, for the queue bound
+  metrics::EngineMetrics* const metrics_;  // may be null
+  const std::shared_ptr<Inbox> inbox_;
 
   // Engine thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   absl::Duration last_step_ = absl::ZeroDuration();
 
-  uint64_t next_order_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0}, preemptions_{0}, load_join_waits_{0},
-      load_joins_{0};
+      load_joins_{0}, peak_running_{0};
   std::thread thread_;
 };
 

@@ -12,10 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-
-namespace adapterd::model {
-class AdapterWeights;
-}  // namespace adapterd::model
+#include "server/model/adapter_lease.h"
 
 namespace adapterd::engine {
 
@@ -30,36 +27,15 @@ struct SamplingParams {
   bool return_logprobs = false;
 };
 
-// One request's claim on an adapter that may not be resident yet. Creating
-// the lease asks for the adapter to be brought in; while it lives, the
-// adapter's weights, once resident, stay resident. The engine polls
-// weights() from its thread and leaves the request waiting, without holding
-// back other requests, until they are there. Implementations are
-// thread-safe.
-class AdapterLease {
- public:
-  virtual ~AdapterLease() = default;
-  // Known without the weights: a prompt-tuning adapter's virtual tokens.
-  virtual int64_t num_virtual_tokens() const = 0;
-  // The weights (the same pointer from the first non-null answer on, valid
-  // for the lease's life), null while they are being brought in, or the
-  // error that ended the attempt.
-  virtual absl::StatusOr<const model::AdapterWeights*> weights() = 0;
-};
-
 struct GenerationRequest {
   std::string id;  // for logs and metadata
   std::vector<int64_t> prompt;
   SamplingParams sampling;
   absl::Time deadline = absl::InfiniteFuture();
-  // The adapter to run through; null for the base model. `adapter_ref` keeps
-  // it alive until the request is finished and dropped by the engine.
-  const model::AdapterWeights* adapter = nullptr;
-  std::shared_ptr<const void> adapter_ref;
-  // Instead of `adapter`: weights brought in on demand. The engine sets
-  // `adapter` from it when the request joins the batch.
-  std::shared_ptr<AdapterLease> lease;
-  std::string adapter_id;  // for metrics; empty for the base model
+  // The request's one handle on its adapter; null for the base model. The
+  // engine holds it until the request has finished and drops it before the
+  // sink hears of the finish.
+  std::shared_ptr<model::AdapterLease> adapter;
 };
 
 enum class FinishReason { kLength, kStop, kCancelled, kError };

@@ -9,7 +9,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "adapters/lora_loader.h"
+#include "adapters/adapter_files.h"
 #include "server/rpc/grpc_status.h"
 
 namespace adapterd::rpc {
@@ -42,46 +42,25 @@ void ToProto(const adapters::AdapterInfo& info, AdapterInfo* out) {
   out->set_pinned(info.pinned);
 }
 
-AdminService::AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
-                           AdminOptions options)
-    : registry_(registry), metrics_(metrics), options_(options) {}
+AdminService::AdminService(core::ServerCore* core, metrics::RpcMetrics* metrics, AdminOptions options)
+    : core_(core), metrics_(metrics), options_(options) {}
 
 absl::Status AdminService::Authorize(const grpc::CallbackServerContext& ctx) const {
   if (options_.auth == nullptr) return absl::OkStatus();
   return options_.auth->Authorize(ctx, Role::kAdmin);
 }
 
-void AdminService::RecordLoadFailure(const absl::Status& status) {
-  if (metrics_ == nullptr) return;
-  metrics_->RecordAdapterLoadFailure(GrpcCodeName(static_cast<grpc::StatusCode>(status.code())));
+namespace {
+
+// The core's load result as the response, then `complete` with its status.
+core::LoadDone Respond(AdapterInfo* resp, std::function<void(const absl::Status&)> complete) {
+  return [resp, complete = std::move(complete)](absl::StatusOr<adapters::AdapterInfo> result) {
+    if (result.ok()) ToProto(*result, resp);
+    complete(result.status());
+  };
 }
 
-void AdminService::StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin,
-                             AdapterInfo* resp, std::function<void(const absl::Status&)> complete) {
-  absl::Status st = registry_->StartLoad(
-      std::move(id), std::move(source), replace,
-      [this, resp, complete](absl::StatusOr<adapters::AdapterInfo> result) {
-        OnLoaded(result);
-        if (result.ok()) ToProto(*result, resp);
-        complete(result.status());
-      },
-      /*persist=*/true, pin);
-  if (!st.ok()) {
-    RecordLoadFailure(st);
-    complete(st);
-  }
-}
-
-void AdminService::OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result) {
-  if (metrics_ == nullptr) return;
-  if (result.ok()) {
-    metrics_->adapter_load_seconds().Observe(absl::ToDoubleSeconds(result->load_duration));
-  } else {
-    RecordLoadFailure(result.status());
-  }
-  metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
-  metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
-}
+}  // namespace
 
 // Finishes when the registry's loader thread reports; deleted once both the
 // handler and OnDone are over (the load may finish before Start returns).
@@ -89,9 +68,9 @@ class AdminService::LoadReactor final : public grpc::ServerUnaryReactor {
  public:
   LoadReactor(AdminService* service, AdapterInfo* resp) : service_(service), resp_(resp) {}
 
-  void Start(std::string id, adapters::AdapterSource source, bool replace, bool pin) {
-    service_->StartLoad(std::move(id), std::move(source), replace, pin, resp_,
-                        [this](const absl::Status& st) { Complete(st); });
+  void Start(std::string id, std::string path, bool replace, bool pin) {
+    service_->core_->LoadAdapter(std::move(id), std::move(path), replace, pin,
+                                 Respond(resp_, [this](const absl::Status& st) { Complete(st); }));
     Unref();
   }
   void OnDone() override { Unref(); }
@@ -167,14 +146,11 @@ class AdminService::UploadReactor final
     if (ctx_->IsCancelled()) return Complete(absl::CancelledError("upload cancelled"));
     if (!seen_header_) return Fail(absl::InvalidArgumentError("upload carried no header"));
     // Complete may delete this: it is the callback's last statement.
-    service_->StartLoad(std::move(id_), adapters::UploadSource{std::move(files_)}, replace_, pin_, resp_,
-                        [this](const absl::Status& st) { Complete(st); });
+    service_->core_->UploadAdapter(std::move(id_), adapters::UploadSource{std::move(files_)}, replace_, pin_,
+                                   Respond(resp_, [this](const absl::Status& st) { Complete(st); }));
   }
 
-  void Fail(const absl::Status& st) {
-    service_->RecordLoadFailure(st);
-    Complete(st);
-  }
+  void Fail(const absl::Status& st) { Complete(st); }
   void Complete(const absl::Status& st) {
     grpc::Status gs = ToGrpcStatus(st);
     if (service_->metrics_ != nullptr) {
@@ -208,20 +184,8 @@ grpc::ServerUnaryReactor* AdminService::LoadAdapter(grpc::CallbackServerContext*
                                                     const adapterd::v1::LoadAdapterRequest* req,
                                                     AdapterInfo* resp) {
   if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "LoadAdapter", st);
-  if (req->path().empty()) {
-    return Done(ctx, "LoadAdapter", absl::InvalidArgumentError("path must name a directory"));
-  }
-  std::string path = req->path();
-  if (options_.paths.has_value()) {
-    absl::StatusOr<std::string> confined = options_.paths->Confine(path);
-    if (!confined.ok()) {
-      RecordLoadFailure(confined.status());
-      return Done(ctx, "LoadAdapter", confined.status());
-    }
-    path = *std::move(confined);
-  }
   auto* reactor = new LoadReactor(this, resp);
-  reactor->Start(req->adapter_id(), adapters::PathSource{std::move(path)}, req->replace(), req->pin());
+  reactor->Start(req->adapter_id(), req->path(), req->replace(), req->pin());
   return reactor;
 }
 
@@ -234,20 +198,14 @@ grpc::ServerUnaryReactor* AdminService::UnloadAdapter(grpc::CallbackServerContex
                                                       const adapterd::v1::UnloadAdapterRequest* req,
                                                       adapterd::v1::UnloadAdapterResponse* resp) {
   if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "UnloadAdapter", st);
-  absl::Status st = registry_->Unload(req->adapter_id(), req->keep_on_disk());
-  if (metrics_ != nullptr) {
-    metrics_->adapters_loaded().Set(static_cast<double>(registry_->ready_count()));
-    metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
-  }
-  return Done(ctx, "UnloadAdapter", st);
+  return Done(ctx, "UnloadAdapter", core_->UnloadAdapter(req->adapter_id(), req->keep_on_disk()));
 }
 
 grpc::ServerUnaryReactor* AdminService::ListAdapters(grpc::CallbackServerContext* ctx,
                                                      const adapterd::v1::ListAdaptersRequest* req,
                                                      adapterd::v1::ListAdaptersResponse* resp) {
   if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "ListAdapters", st);
-  for (const adapters::AdapterInfo& info : registry_->List()) ToProto(info, resp->add_adapters());
-  if (metrics_ != nullptr) metrics_->adapter_bytes().Set(static_cast<double>(registry_->live_bytes()));
+  for (const adapters::AdapterInfo& info : core_->ListAdapters()) ToProto(info, resp->add_adapters());
   return Done(ctx, "ListAdapters", absl::OkStatus());
 }
 
@@ -255,7 +213,7 @@ grpc::ServerUnaryReactor* AdminService::GetAdapter(grpc::CallbackServerContext* 
                                                    const adapterd::v1::GetAdapterRequest* req,
                                                    AdapterInfo* resp) {
   if (absl::Status st = Authorize(*ctx); !st.ok()) return Done(ctx, "GetAdapter", st);
-  absl::StatusOr<adapters::AdapterInfo> info = registry_->Get(req->adapter_id());
+  absl::StatusOr<adapters::AdapterInfo> info = core_->GetAdapter(req->adapter_id());
   if (info.ok()) ToProto(*info, resp);
   return Done(ctx, "GetAdapter", info.status());
 }

@@ -7,11 +7,8 @@
 #include <string>
 
 #include "adapterd/v1/admin.grpc.pb.h"
-#include <optional>
-
-#include "adapters/adapter_registry.h"
-#include "adapters/path_policy.h"
-#include "server/metrics/server_metrics.h"
+#include "server/core/server_core.h"
+#include "server/metrics/rpc_metrics.h"
 #include "server/rpc/call_auth.h"
 
 namespace adapterd::rpc {
@@ -21,19 +18,17 @@ struct AdminOptions {
   int64_t max_upload_messages = 1 << 20;        // messages of one upload stream
   // Who may call; null lets every caller in (only for in-process tests).
   const CallAuthenticator* auth = nullptr;
-  // Where path loads may read; nullopt reads any path the server can.
-  std::optional<adapters::PathPolicy> paths;
 };
 
-// Translates Admin RPCs into registry calls. Every call must hold the admin
-// role (see CallAuthenticator) before its request is looked at; path loads
-// are confined by the PathPolicy. Loads complete on the registry's loader
-// thread, which finishes the waiting reactor; no handler blocks.
-// Thread-safe; the registry, metrics and authenticator must outlive it.
+// Translates Admin RPCs into ServerCore calls. Every call must hold the
+// admin role (see CallAuthenticator) before its request is looked at. Loads
+// complete on the registry's loader thread, which finishes the waiting
+// reactor; no handler blocks. Upload framing (message and byte limits,
+// file names) is checked here; everything else is the core's. Thread-safe;
+// the core, metrics and authenticator must outlive it.
 class AdminService final : public adapterd::v1::Admin::CallbackService {
  public:
-  AdminService(adapters::AdapterRegistry* registry, metrics::ServerMetrics* metrics,
-               AdminOptions options = {});
+  AdminService(core::ServerCore* core, metrics::RpcMetrics* metrics, AdminOptions options = {});
 
   grpc::ServerUnaryReactor* LoadAdapter(grpc::CallbackServerContext* ctx,
                                         const adapterd::v1::LoadAdapterRequest* req,
@@ -56,17 +51,9 @@ class AdminService final : public adapterd::v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* rpc,
                                  const absl::Status& status);
   absl::Status Authorize(const grpc::CallbackServerContext& ctx) const;
-  // Queues a load. Its outcome, or its immediate rejection, is recorded in
-  // the metrics, written to `resp` on success, and passed to `complete`
-  // (on the loader thread, or at once when the registry refuses the load).
-  void StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin,
-                 adapterd::v1::AdapterInfo* resp, std::function<void(const absl::Status&)> complete);
-  void RecordLoadFailure(const absl::Status& status);
-  // Called on the loader thread when a load ends.
-  void OnLoaded(const absl::StatusOr<adapters::AdapterInfo>& result);
 
-  adapters::AdapterRegistry* const registry_;
-  metrics::ServerMetrics* const metrics_;
+  core::ServerCore* const core_;
+  metrics::RpcMetrics* const metrics_;
   const AdminOptions options_;
 };
 

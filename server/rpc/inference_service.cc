@@ -37,43 +37,10 @@ FinishReason ToProto(engine::FinishReason r) {
 
 // What every call needs from the service.
 struct Deps {
-  engine::Engine* engine;
-  const adapters::AdapterRegistry* registry;
-  metrics::ServerMetrics* metrics;
-  const CallAuthenticator* auth;  // null: no credential needed
+  core::ServerCore* core;
+  metrics::RpcMetrics* metrics;     // may be null
+  const CallAuthenticator* auth;    // null: no credential needed
 };
-
-// Proto -> engine request. A non-empty adapter_id must name a ready adapter:
-// there is no fallback to the base model.
-absl::StatusOr<engine::GenerationRequest> FromProto(const GenerateRequest& req,
-                                                    const grpc::CallbackServerContext& ctx,
-                                                    std::string id, const Deps& deps,
-                                                    std::shared_ptr<const adapters::Adapter>* adapter) {
-  absl::StatusOr<engine::GenerationRequest> translated = TranslateGenerateRequest(req);
-  if (!translated.ok()) return translated.status();
-  engine::GenerationRequest out = *std::move(translated);
-  if (!req.adapter_id().empty()) {
-    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = deps.registry->Lookup(req.adapter_id());
-    if (!a.ok()) return a.status();
-    *adapter = *a;
-    out.lease = (*a)->Lease();  // brings it to the device tier if it is not there
-    out.adapter_id = req.adapter_id();
-  }
-  out.id = std::move(id);
-  const auto deadline = ctx.deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    out.deadline = absl::FromChrono(deadline);
-  }
-  return out;
-}
-
-void RecordFinished(const Deps& deps, const std::shared_ptr<const adapters::Adapter>& adapter,
-                    const engine::Finish& f) {
-  if (adapter != nullptr) adapter->RecordRequest(f.completion_tokens);
-  if (deps.metrics != nullptr) {
-    deps.metrics->RecordAdapterRequest(adapter ? adapter->id() : "", f.completion_tokens);
-  }
-}
 
 // What both reactors share: translating and submitting the request, and
 // forwarding a cancel that may arrive before or after the engine handle.
@@ -87,10 +54,14 @@ class CallCore {
     if (deps_.auth != nullptr) {
       if (absl::Status st = deps_.auth->Authorize(ctx, Role::kInference); !st.ok()) return st;
     }
-    absl::StatusOr<engine::GenerationRequest> r = FromProto(req, ctx, id_, deps_, &adapter_);
+    absl::StatusOr<engine::GenerationRequest> r = TranslateGenerateRequest(req);
     if (!r.ok()) return r.status();
+    r->id = id_;
+    if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {
+      r->deadline = absl::FromChrono(deadline);
+    }
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-        deps_.engine->Submit(*std::move(r), std::move(sink));
+        deps_.core->Generate(req.adapter_id(), *std::move(r), std::move(sink));
     if (!h.ok()) return h.status();
     absl::MutexLock lock(&mu_);
     handle_ = *h;
@@ -102,19 +73,12 @@ class CallCore {
     cancelled_ = true;
     if (handle_) handle_->Cancel();
   }
-  // Engine thread, once: per-adapter accounting, then the adapter is released.
-  void Finished(const engine::Finish& f) {
-    RecordFinished(deps_, adapter_, f);
-    adapter_.reset();
-  }
   const std::string& id() const { return id_; }
-  metrics::ServerMetrics* metrics() const { return deps_.metrics; }
+  metrics::RpcMetrics* metrics() const { return deps_.metrics; }
 
  private:
   const Deps deps_;
   const std::string id_;
-  // Written before Submit hands the request to the engine; read by the engine after.
-  std::shared_ptr<const adapters::Adapter> adapter_;
   absl::Mutex mu_;
   std::shared_ptr<engine::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -151,7 +115,6 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       for (float lp : logprobs) r_->response_->add_logprobs(lp);
     }
     void OnFinish(const engine::Finish& f) override {
-      r_->core_.Finished(f);
       r_->response_->set_finish_reason(ToProto(f.reason));
       r_->response_->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
       r_->response_->mutable_usage()->set_virtual_tokens(static_cast<uint32_t>(f.virtual_tokens));
@@ -227,7 +190,6 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
       r_->MaybeWriteLocked(&unused);
     }
     void OnFinish(const engine::Finish& f) override {
-      r_->core_.Finished(f);
       bool finish = false;
       absl::Status status;
       {
@@ -338,15 +300,14 @@ std::string ChooseRequestId(const grpc::CallbackServerContext& context) {
   return absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen));
 }
 
-InferenceService::InferenceService(engine::Engine* engine,
-                                   const adapters::AdapterRegistry* registry,
-                                   metrics::ServerMetrics* metrics, const CallAuthenticator* auth)
-    : engine_(engine), registry_(registry), metrics_(metrics), auth_(auth) {}
+InferenceService::InferenceService(core::ServerCore* core, metrics::RpcMetrics* metrics,
+                                   const CallAuthenticator* auth)
+    : core_(core), metrics_(metrics), auth_(auth) {}
 
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const GenerateRequest* request,
                                                      GenerateResponse* response) {
-  auto* reactor = new GenerateReactor(context, response, Deps{engine_, registry_, metrics_, auth_},
+  auto* reactor = new GenerateReactor(context, response, Deps{core_, metrics_, auth_},
                                       ChooseRequestId(*context));
   reactor->Start(*request, *context);
   return reactor;
@@ -354,7 +315,7 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const GenerateRequest* request) {
-  auto* reactor = new StreamReactor(context, Deps{engine_, registry_, metrics_, auth_},
+  auto* reactor = new StreamReactor(context, Deps{core_, metrics_, auth_},
                                     ChooseRequestId(*context));
   reactor->Start(*request, *context);
   return reactor;

@@ -5,26 +5,23 @@
 #include <string>
 
 #include "adapterd/v1/inference.grpc.pb.h"
-#include "adapters/adapter_registry.h"
-#include "server/engine/engine.h"
-#include "server/metrics/server_metrics.h"
+#include "server/core/server_core.h"
+#include "server/engine/request.h"
+#include "server/metrics/rpc_metrics.h"
 #include "server/rpc/call_auth.h"
 
 namespace adapterd::rpc {
 
-// Translates Inference RPCs into engine requests and engine results back
-// into responses; it holds no model state. Handlers never block: each call
-// is a callback reactor that submits to the engine and is completed by the
-// engine's ResultSink calls. A client cancel, disconnect or deadline cancels
-// the engine request. An adapter id is resolved once per request; the request
-// holds the adapter until it finishes. With an authenticator, every call
-// must hold the inference role before anything else is looked at.
-// Thread-safe; the engine, registry, metrics and authenticator must outlive
-// it.
+// Translates Inference RPCs into ServerCore::Generate calls and their
+// results back into responses; it holds no model or adapter state. Handlers
+// never block: each call is a callback reactor that the core's result sink
+// completes. A client cancel, disconnect or deadline cancels the request.
+// With an authenticator, every call must hold the inference role before
+// anything else is looked at. Thread-safe; the core, metrics and
+// authenticator must outlive it.
 class InferenceService final : public adapterd::v1::Inference::CallbackService {
  public:
-  InferenceService(engine::Engine* engine, const adapters::AdapterRegistry* registry,
-                   metrics::ServerMetrics* metrics, const CallAuthenticator* auth = nullptr);
+  InferenceService(core::ServerCore* core, metrics::RpcMetrics* metrics, const CallAuthenticator* auth = nullptr);
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const adapterd::v1::GenerateRequest* request,
@@ -34,14 +31,13 @@ class InferenceService final : public adapterd::v1::Inference::CallbackService {
       const adapterd::v1::GenerateRequest* request) override;
 
  private:
-  engine::Engine* const engine_;
-  const adapters::AdapterRegistry* const registry_;
-  metrics::ServerMetrics* const metrics_;
+  core::ServerCore* const core_;
+  metrics::RpcMetrics* const metrics_;
   const CallAuthenticator* const auth_;
 };
 
-// The engine request that `request` asks for, without its adapter (resolved
-// by the caller), id and deadline. INVALID_ARGUMENT when sampling is
+// The engine request that `request` asks for, without its id and deadline;
+// its adapter is `request.adapter_id()`, which the core resolves. INVALID_ARGUMENT when sampling is
 // missing; everything else is checked by engine::ValidateRequest. Pure;
 // exposed for tests and fuzzing.
 absl::StatusOr<engine::GenerationRequest> TranslateGenerateRequest(const adapterd::v1::GenerateRequest& request);

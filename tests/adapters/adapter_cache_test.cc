@@ -24,7 +24,8 @@
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
-#include "server/metrics/server_metrics.h"
+#include "server/metrics/adapter_metrics.h"
+#include "tests/support/wait.h"
 #include "server/model/llama_model.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/support/demo_model.h"
@@ -42,34 +43,29 @@ using testing::MaxDiff;
 constexpr int64_t kQvBytes = 57344;  // q,v r=4 over the demo model's 4 layers, float32
 const absl::Duration kTimeout = absl::Seconds(60);
 
-// The weights once resident, polling like the engine does; null (and a test
-// failure) on an error or after kTimeout.
-const model::AdapterWeights* Await(engine::AdapterLease& lease) {
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (absl::Now() < deadline) {
-    absl::StatusOr<const model::AdapterWeights*> w = lease.weights();
-    if (!w.ok()) {
-      ADD_FAILURE() << w.status();
-      return nullptr;
-    }
-    if (*w != nullptr) return *w;
-    absl::SleepFor(absl::Milliseconds(1));
+// Waits for the lease to settle, as the engine does (through its callback).
+absl::StatusOr<const model::AdapterWeights*> Settle(model::AdapterLease& lease) {
+  auto settled = std::make_shared<absl::Notification>();
+  lease.NotifyWhenSettled([settled] { settled->Notify(); });
+  if (!testing::Await(*settled, "the lease of '" + lease.adapter_id() + "' to settle", kTimeout)) {
+    return absl::DeadlineExceededError("the lease kept waiting");
   }
-  ADD_FAILURE() << "the adapter did not become resident";
-  return nullptr;
+  return lease.weights();
 }
 
-// The error that ends the lease's wait (polling like the engine does), or
-// DEADLINE_EXCEEDED when the adapter became resident or kTimeout passed.
-absl::Status AwaitFailure(engine::AdapterLease& lease) {
-  const absl::Time deadline = absl::Now() + kTimeout;
-  while (absl::Now() < deadline) {
-    absl::StatusOr<const model::AdapterWeights*> w = lease.weights();
-    if (!w.ok()) return w.status();
-    if (*w != nullptr) return absl::DeadlineExceededError("the adapter became resident");
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return absl::DeadlineExceededError("the lease kept waiting");
+// The weights once resident; null (and a test failure) on an error or timeout.
+const model::AdapterWeights* Await(model::AdapterLease& lease) {
+  absl::StatusOr<const model::AdapterWeights*> w = Settle(lease);
+  if (!w.ok()) ADD_FAILURE() << w.status();
+  return w.ok() ? *w : nullptr;
+}
+
+// The error that ends the lease's wait, or DEADLINE_EXCEEDED when the
+// adapter became resident or the wait timed out.
+absl::Status AwaitFailure(model::AdapterLease& lease) {
+  absl::StatusOr<const model::AdapterWeights*> w = Settle(lease);
+  if (!w.ok()) return w.status();
+  return absl::DeadlineExceededError("the adapter became resident");
 }
 
 class AdapterCacheTest : public ::testing::Test {
@@ -96,7 +92,8 @@ class AdapterCacheTest : public ::testing::Test {
       store_.reset();
     }
     prom_ = std::make_unique<prometheus::Registry>();
-    metrics_ = std::make_unique<metrics::ServerMetrics>(*prom_);
+    labels_ = std::make_unique<metrics::AdapterLabels>();
+    metrics_ = std::make_unique<metrics::AdapterMetrics>(*prom_, labels_.get());
     registry_ = std::make_unique<AdapterRegistry>(base_, store_.get(),
                                                   AdapterCacheOptions{device_bytes, host_bytes}, metrics_.get());
   }
@@ -129,7 +126,7 @@ class AdapterCacheTest : public ::testing::Test {
     EXPECT_TRUE(info.ok()) << info.status();
     return info.ok() ? info->tier : Tier::kDisk;
   }
-  std::shared_ptr<engine::AdapterLease> LeaseOf(const std::string& id) {
+  std::shared_ptr<model::AdapterLease> LeaseOf(const std::string& id) {
     absl::StatusOr<std::shared_ptr<const Adapter>> a = registry_->Lookup(id);
     EXPECT_TRUE(a.ok()) << a.status();
     return a.ok() ? (*a)->Lease() : nullptr;
@@ -140,7 +137,8 @@ class AdapterCacheTest : public ::testing::Test {
   static model::LlamaModel* base_;
   std::unique_ptr<AdapterStore> store_;
   std::unique_ptr<prometheus::Registry> prom_;
-  std::unique_ptr<metrics::ServerMetrics> metrics_;
+  std::unique_ptr<metrics::AdapterLabels> labels_;
+  std::unique_ptr<metrics::AdapterMetrics> metrics_;
   std::unique_ptr<AdapterRegistry> registry_;
 };
 
@@ -189,9 +187,11 @@ TEST_F(AdapterCacheTest, AnAdapterInUseIsNeverEvicted) {
   const model::AdapterWeights* w = Await(*busy);
   ASSERT_NE(w, nullptr);
   const at::Tensor before = testing::PromptLogits(*base_, w);
-  // While busy's lease lives, cold must wait: there is no idle adapter to evict.
+  // While busy's lease lives, cold must wait: there is no idle adapter to
+  // evict. Once the loader has looked at cold and put it off, nothing else
+  // can change that until busy's lease ends.
   auto cold = LeaseOf("cold");
-  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_TRUE(testing::PollUntil([&] { return Stats().deferred_loads >= 1; }, "the loader to put cold's load off"));
   absl::StatusOr<const model::AdapterWeights*> cw = cold->weights();
   ASSERT_TRUE(cw.ok()) << cw.status();
   EXPECT_EQ(*cw, nullptr);
@@ -246,7 +246,7 @@ TEST_F(AdapterCacheTest, ABurstForOneColdAdapterLoadsItOnce) {
   EXPECT_EQ(TierOf("cold"), Tier::kDisk);
   EXPECT_EQ(Stats().device_bytes, 0);
   EXPECT_EQ(Stats().host_bytes, 0);
-  std::vector<std::shared_ptr<engine::AdapterLease>> leases;
+  std::vector<std::shared_ptr<model::AdapterLease>> leases;
   for (int i = 0; i < 16; ++i) leases.push_back(LeaseOf("cold"));
   std::vector<std::thread> threads;
   absl::Mutex mu;

@@ -36,6 +36,7 @@
 #include "tests/support/resident_weights.h"
 #include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -70,8 +71,8 @@ std::vector<std::string> Snapshot(const std::vector<AdapterInfo>& list) {
 // still be finishing the iteration that ran a LoadDone callback (see
 // LoadDoneRunsAfterTheReplacedVersionIsReleased for the strict check).
 int64_t SettledLiveBytes(const AdapterRegistry& r, int64_t want) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (r.live_bytes() != want && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  testing::PollUntil([&] { return r.live_bytes() == want; }, absl::StrCat("live_bytes() to reach ", want),
+                     absl::Seconds(10));
   return r.live_bytes();
 }
 
@@ -561,7 +562,7 @@ TEST_F(AdapterRegistryTest, StatesWhileALoadIsQueued) {
                               [entered, release](absl::StatusOr<AdapterInfo> r) {
                                 EXPECT_TRUE(r.ok()) << r.status();
                                 entered->Notify();
-                                release->WaitForNotification();
+                                EXPECT_TRUE(testing::Await(*release, "the test to release the loader"));
                               })
                   .ok());
   ASSERT_TRUE(entered->WaitForNotificationWithTimeout(kLoadTimeout));

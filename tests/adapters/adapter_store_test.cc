@@ -11,7 +11,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/crc/crc32c.h"
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "absl/synchronization/notification.h"
 #include "adapters/adapter_registry.h"
 #include "gmock/gmock.h"
@@ -20,6 +22,7 @@
 #include "tests/support/demo_model.h"
 #include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -39,7 +42,7 @@ std::map<std::string, std::string> FilesOf(const StoredAdapter& a) {
   EXPECT_TRUE(a.upload) << a.id;
   std::map<std::string, std::string> out;
   for (const auto& e : fs::directory_iterator(a.source.dir)) {
-    if (e.path().filename() == "manifest.json") continue;
+    if (e.path().filename() == "manifest.json" || e.is_directory()) continue;
     std::ifstream in(e.path(), std::ios::binary);
     out[e.path().filename().string()] = std::string(std::istreambuf_iterator<char>(in), {});
   }
@@ -54,8 +57,13 @@ TEST(AdapterStoreTest, PutThenScanReturnsTheSameSources) {
   const std::string dir = testing::MakeTempDir("store") + "/s";
   auto store = AdapterStore::Open(dir);
   ASSERT_TRUE(store.ok()) << store.status();
-  ASSERT_TRUE((*store)->Put("b-upload", Upload("weights-b")).ok());
-  ASSERT_TRUE((*store)->Put("a-path", PathSource{"/some/dir"}).ok());
+  absl::StatusOr<DiskCopy> b = (*store)->Put("b-upload", Upload("weights-b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->dir, dir + "/b-upload/v1");
+  EXPECT_NE(b->hold, nullptr);
+  absl::StatusOr<DiskCopy> a = (*store)->Put("a-path", PathSource{"/some/dir"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->dir, "/some/dir");
   StoreScan scan = (*store)->Scan();
   EXPECT_THAT(scan.skipped, IsEmpty());
   ASSERT_THAT(scan.adapters, SizeIs(2));
@@ -63,7 +71,8 @@ TEST(AdapterStoreTest, PutThenScanReturnsTheSameSources) {
   EXPECT_EQ(scan.adapters[0].source.dir, "/some/dir");
   EXPECT_FALSE(scan.adapters[0].upload);
   EXPECT_EQ(scan.adapters[1].id, "b-upload");
-  EXPECT_EQ(scan.adapters[1].source.dir, (*store)->EntryDir("b-upload"));
+  EXPECT_EQ(scan.adapters[1].source.dir, b->dir);
+  EXPECT_EQ(scan.adapters[1].version, 1);
   EXPECT_EQ(FilesOf(scan.adapters[1]), Upload("weights-b").files);
   // No temporaries are left behind by a completed write.
   for (const auto& e : fs::directory_iterator(dir)) EXPECT_NE(e.path().filename().string()[0], '.');
@@ -78,19 +87,74 @@ TEST(AdapterStoreTest, PutReplacesAndRemoveDeletes) {
   StoreScan scan = (*store)->Scan();
   ASSERT_THAT(scan.adapters, SizeIs(1));
   EXPECT_EQ(FilesOf(scan.adapters[0]).at("adapter_model.safetensors"), "version-2");
+  EXPECT_EQ(scan.adapters[0].version, 2);
+  // Nothing held the first version, so only the second is left.
+  EXPECT_FALSE(fs::exists(dir + "/x/v1"));
   ASSERT_TRUE((*store)->Remove("x").ok());
   EXPECT_TRUE((*store)->Remove("x").ok());  // absent is fine
   EXPECT_THAT((*store)->Scan().adapters, IsEmpty());
   EXPECT_TRUE(fs::is_empty(dir));
 }
 
+TEST(AdapterStoreTest, AHeldVersionSurvivesItsReplacementUntilLetGo) {
+  const std::string dir = testing::MakeTempDir("store");
+  auto store = AdapterStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  absl::StatusOr<DiskCopy> v1 = (*store)->Put("x", Upload("one"));
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  absl::StatusOr<DiskCopy> v2 = (*store)->Put("x", Upload("two"));
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_NE(v1->dir, v2->dir);
+  // v1 is still held, so a reader of the old version still finds its files.
+  std::ifstream in(v1->dir + "/adapter_model.safetensors", std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "one");
+  v1->hold.reset();
+  EXPECT_FALSE(fs::exists(v1->dir)) << "the superseded version is deleted when its last hold goes";
+  EXPECT_TRUE(fs::exists(v2->dir + "/adapter_model.safetensors"));
+}
+
+TEST(AdapterStoreTest, ReadsEntriesOfTheFirstFormat) {
+  const std::string dir = testing::MakeTempDir("store");
+  fs::create_directories(dir + "/old");
+  const std::string data = "weights";
+  WriteRaw(dir + "/old/adapter_model.safetensors", data);
+  nlohmann::json manifest = {{"format", "adapterd-store/1"}, {"id", "old"}, {"source", "upload"},
+                             {"files", {{{"name", "adapter_model.safetensors"}, {"bytes", data.size()},
+                                         {"crc32c", static_cast<uint32_t>(absl::ComputeCrc32c(data))}}}}};
+  WriteRaw(dir + "/old/manifest.json", manifest.dump());
+  auto store = AdapterStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  StoreScan scan = (*store)->Scan();
+  ASSERT_THAT(scan.adapters, SizeIs(1)) << (scan.skipped.empty() ? "" : scan.skipped[0].ToString());
+  EXPECT_EQ(scan.adapters[0].source.dir, dir + "/old");
+  // A new version replaces it in the current format.
+  ASSERT_TRUE((*store)->Put("old", Upload("new")).ok());
+  scan = (*store)->Scan();
+  ASSERT_THAT(scan.adapters, SizeIs(1));
+  EXPECT_EQ(FilesOf(scan.adapters[0]).at("adapter_model.safetensors"), "new");
+  EXPECT_FALSE(fs::exists(dir + "/old/adapter_model.safetensors"));
+}
+
 TEST(AdapterStoreTest, OpenRemovesInterruptedWrites) {
   const std::string dir = testing::MakeTempDir("store");
   fs::create_directory(dir + "/.tmp-x-1-1");
   WriteRaw(dir + "/.tmp-x-1-1/adapter_model.safetensors", "half");
+  // Inside an entry: a version written but never made current, and a
+  // half-written one.
+  auto writer = AdapterStore::Open(dir);
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE((*writer)->Put("y", Upload("current")).ok());
+  fs::create_directory(dir + "/y/v7");
+  fs::create_directory(dir + "/y/.tmp-v8-3");
+  writer->reset();
+  fs::remove_all(dir + "/.tmp-x-1-1");
+  fs::create_directory(dir + "/.tmp-x-1-1");
   auto store = AdapterStore::Open(dir);
   ASSERT_TRUE(store.ok());
-  EXPECT_TRUE(fs::is_empty(dir));
+  EXPECT_FALSE(fs::exists(dir + "/.tmp-x-1-1"));
+  EXPECT_FALSE(fs::exists(dir + "/y/v7"));
+  EXPECT_FALSE(fs::exists(dir + "/y/.tmp-v8-3"));
+  ASSERT_THAT((*store)->Scan().adapters, SizeIs(1));
 }
 
 TEST(AdapterStoreTest, CorruptEntriesAreSkippedAndNamed) {
@@ -100,9 +164,9 @@ TEST(AdapterStoreTest, CorruptEntriesAreSkippedAndNamed) {
   for (const char* id : {"good", "flipped", "short", "missing", "badjson", "wrongid"}) {
     ASSERT_TRUE((*store)->Put(id, Upload("0123456789")).ok());
   }
-  WriteRaw(dir + "/flipped/adapter_model.safetensors", "0123456780");  // same size, other CRC
-  WriteRaw(dir + "/short/adapter_model.safetensors", "01234");
-  fs::remove(dir + "/missing/adapter_model.safetensors");
+  WriteRaw(dir + "/flipped/v1/adapter_model.safetensors", "0123456780");  // same size, other CRC
+  WriteRaw(dir + "/short/v1/adapter_model.safetensors", "01234");
+  fs::remove(dir + "/missing/v1/adapter_model.safetensors");
   WriteRaw(dir + "/badjson/manifest.json", "{not json");
   fs::rename(dir + "/wrongid", dir + "/renamed");
   fs::create_directory(dir + "/nomanifest");
@@ -127,7 +191,7 @@ TEST(AdapterStoreTest, RejectsUnsafeFileNamesAndUnwritableDirectories) {
   auto store = AdapterStore::Open(dir);
   ASSERT_TRUE(store.ok());
   for (const char* name : {"../escape", "manifest.json", ".hidden", "a/b"}) {
-    absl::Status st = (*store)->Put("x", UploadSource{{{name, "data"}}});
+    absl::Status st = (*store)->Put("x", UploadSource{{{name, "data"}}}).status();
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_THAT(st.message(), HasSubstr(name));
   }
@@ -148,7 +212,7 @@ absl::StatusOr<AdapterInfo> LoadAndWait(AdapterRegistry& r, const std::string& i
       },
       persist);
   if (!st.ok()) return st;
-  done->WaitForNotification();
+  if (!testing::Await(*done, "the load of " + id)) return absl::DeadlineExceededError("load timed out");
   return *result;
 }
 

@@ -29,6 +29,7 @@
 #include "tests/support/reference_outputs.h"
 #include "tests/support/resident_weights.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd {
 namespace {
@@ -282,7 +283,7 @@ TEST_F(AdapterKindsConformanceTest, MixedBatchRowsEqualSingleRows) {
                                      EXPECT_TRUE(r.ok()) << k.name << ": " << r.status();
                                      done.Notify();
                                    }).ok());
-    done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(done, "done"));
     loaded[k.name] = *registry.Lookup(k.name);
   }
   auto weights_of = [&](const std::string& name) -> const model::AdapterWeights* {
@@ -351,13 +352,12 @@ TEST_F(AdapterKindsConformanceTest, MixedBatchRowsEqualSingleRows) {
     r.prompt = prompts[k % prompts.size()];
     r.sampling.max_new_tokens = kNewTokens;
     r.sampling.ignore_eos = true;
-    r.adapter = weights_of(mix[k]);  // validated against an identical copy of the base
-    if (r.adapter) r.adapter_ref = loaded.at(mix[k]);
+    if (mix[k] != "__base__") r.adapter = loaded.at(mix[k])->Lease();
     sinks.push_back(std::make_shared<Sink>());
     ASSERT_TRUE((*eng)->Submit(r, sinks.back()).ok());
   }
   for (size_t k = 0; k < mix.size(); ++k) {
-    sinks[k]->done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(sinks[k]->done, "sinks[k]->done"));
     EXPECT_EQ(sinks[k]->tokens,
               ToVector(Read(RefFor(mix[k]), absl::StrCat(mix[k], ".r", k % prompts.size(), ".greedy"))))
         << "row " << k << " (" << mix[k] << ")";

@@ -19,6 +19,7 @@
 #include "server/model/safetensors.h"
 #include "tests/support/reference_outputs.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd {
 namespace {
@@ -147,7 +148,7 @@ TEST_P(BaseModelConformanceTest, MatchesTransformers) {
     ASSERT_TRUE((*eng)->Submit(req, sinks.back()).ok());
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    sinks[i]->done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(sinks[i]->done, "sinks[i]->done"));
     at::Tensor greedy = ReadTensor(**ref, absl::StrCat("r", i, ".greedy"));
     std::vector<int64_t> want(greedy.data_ptr<int64_t>(), greedy.data_ptr<int64_t>() + greedy.numel());
     EXPECT_EQ(sinks[i]->tokens, want) << c.name << " prompt " << i;

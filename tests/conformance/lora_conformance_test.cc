@@ -25,6 +25,7 @@
 #include "tests/support/reference_outputs.h"
 #include "tests/support/resident_weights.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd {
 namespace {
@@ -148,7 +149,7 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
                                      EXPECT_TRUE(r.ok()) << r.status();
                                      done.Notify();
                                    }).ok());
-    done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(done, "done"));
     loaded[a.name] = *registry.Lookup(a.name);
   }
   auto kv = model::KvCache::Create((*base)->config(), 16, 32 << 20, at::kFloat, at::kCPU);
@@ -229,13 +230,12 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
     r.sampling.max_new_tokens = kNewTokens;
     r.sampling.ignore_eos = true;
     // Adapters were validated against an identical copy of the base.
-    r.adapter = weights_of(setup.mixed[i]);
-    if (r.adapter) r.adapter_ref = loaded.at(setup.mixed[i]);
+    if (setup.mixed[i] != "__base__") r.adapter = loaded.at(setup.mixed[i])->Lease();
     sinks.push_back(std::make_shared<Sink>());
     ASSERT_TRUE((*eng)->Submit(r, sinks.back()).ok());
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    sinks[i]->done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(sinks[i]->done, "sinks[i]->done"));
     EXPECT_EQ(sinks[i]->tokens, ToVector(Read(**ref, absl::StrCat("mixed.r", i, ".greedy")))) << "row " << i;
   }
 }

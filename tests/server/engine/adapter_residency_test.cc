@@ -31,6 +31,7 @@
 #include "server/model/llama_model.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd::engine {
 namespace {
@@ -117,22 +118,10 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
                                  done.Notify();
                                })
                     .ok());
-    done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(done, "done"));
     ASSERT_TRUE(result.ok()) << result;
   }
   ASSERT_EQ(registry.ready_count(), kAdapters);
-
-  // Budgets are checked from another thread throughout the run.
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> max_device{0}, max_host{0};
-  std::thread monitor([&] {
-    while (!stop.load()) {
-      const AdapterCache::Stats s = registry.cache().GetStats();
-      max_device = std::max(max_device.load(), s.device_bytes);
-      max_host = std::max(max_host.load(), s.host_bytes);
-      absl::SleepFor(absl::Microseconds(500));
-    }
-  });
 
   // Zipf(1.1) popularity over a fixed random order of the adapters.
   std::mt19937 rng(42);
@@ -153,8 +142,7 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
       GenerationRequest r = Greedy(i, kTokens);
       absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = registry.Lookup(absl::StrCat("a", picks[i]));
       ASSERT_TRUE(a.ok()) << a.status();
-      r.lease = (*a)->Lease();
-      r.adapter_id = (*a)->id();
+      r.adapter = (*a)->Lease();
       got[i] = std::make_shared<Collector>();
       ASSERT_TRUE(engine->Submit(std::move(r), got[i]).ok());
     }
@@ -162,9 +150,8 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
       ASSERT_TRUE(got[i]->done.WaitForNotificationWithTimeout(absl::Seconds(300))) << "request " << i;
     }
   }
-  stop = true;
-  monitor.join();
   const AdapterCache::Stats s = registry.cache().GetStats();
+  const int64_t max_device = s.peak_device_bytes, max_host = s.peak_host_bytes;
 
   // The reference: the same requests with weights built straight from the files.
   for (int i = 0; i < kRequests; ++i) {
@@ -176,7 +163,7 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
       direct[picks[i]] = loaded->weights;
     }
     GenerationRequest r = Greedy(i, kTokens);
-    r.adapter = direct[picks[i]].get();
+    r.adapter = model::LeaseResident(absl::StrCat("a", picks[i]), direct[picks[i]]);
     want[i] = std::make_shared<Collector>();
     ASSERT_TRUE(reference->Submit(std::move(r), want[i]).ok());
   }
@@ -193,8 +180,8 @@ TEST(AdapterResidencyTest, ZipfOverTwoThousandAdaptersKeepsBudgetsAndEveryAnswer
             << ", host evictions " << s.evictions_host << ", hits " << s.hits << ", misses " << s.misses
             << ", peak device bytes " << max_device << " / " << budgets.device_bytes << ", peak host bytes "
             << max_host << " / " << budgets.host_bytes << "\n";
-  EXPECT_LE(max_device.load(), budgets.device_bytes);
-  EXPECT_LE(max_host.load(), budgets.host_bytes);
+  EXPECT_LE(max_device, budgets.device_bytes);
+  EXPECT_LE(max_host, budgets.host_bytes);
   EXPECT_LE(s.device_bytes, budgets.device_bytes);
   // The workload did exercise every path: misses served from host and from
   // disk, evictions from both tiers.
@@ -229,19 +216,11 @@ TEST(AdapterResidencyTest, MaxAdaptersPerBatchBoundsTheDistinctAdaptersRunning) 
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     weights.push_back(loaded->weights);
   }
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> max_running{0};
-  std::thread monitor([&] {
-    while (!stop.load()) {
-      max_running = std::max(max_running.load(), engine->GetStats().running);
-      absl::SleepFor(absl::Microseconds(200));
-    }
-  });
   std::vector<std::shared_ptr<Collector>> got, want;
   for (int i = 0; i < 6; ++i) {
     for (Engine* e : {engine.get(), reference.get()}) {
       GenerationRequest r = Greedy(i, 24);
-      r.adapter = weights[i].get();
+      r.adapter = model::LeaseResident(absl::StrCat("w", i), weights[i]);
       auto c = std::make_shared<Collector>();
       (e == engine.get() ? got : want).push_back(c);
       ASSERT_TRUE(e->Submit(std::move(r), c).ok());
@@ -252,12 +231,9 @@ TEST(AdapterResidencyTest, MaxAdaptersPerBatchBoundsTheDistinctAdaptersRunning) 
     ASSERT_TRUE(want[i]->done.WaitForNotificationWithTimeout(absl::Seconds(120)));
     EXPECT_EQ(got[i]->tokens, want[i]->tokens) << "request " << i;
   }
-  stop = true;
-  monitor.join();
   // One adapter per request: never more than two requests at once, and two
   // did run together (the bound is not one).
-  EXPECT_LE(max_running.load(), 2);
-  EXPECT_EQ(max_running.load(), 2);
+  EXPECT_EQ(engine->GetStats().peak_running, 2);
 }
 
 }  // namespace

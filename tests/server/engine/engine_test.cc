@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "server/model/demo_checkpoint.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd::engine {
 namespace {
@@ -61,18 +62,18 @@ GenerationRequest Greedy(std::vector<int64_t> prompt, int64_t n) {
 std::vector<int64_t> RunAlone(Engine& e, const GenerationRequest& r) {
   auto c = std::make_shared<Collector>();
   EXPECT_TRUE(e.Submit(r, c).ok());
-  c->done.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->done, "c->done"));
   EXPECT_TRUE(c->finish.status.ok()) << c->finish.status;
   return c->tokens;
 }
 
 void WaitForFreeKv(Engine& e) {
-  for (int i = 0; i < 500; ++i) {
-    Engine::Stats s = e.GetStats();
-    if (s.running == 0 && s.waiting == 0 && s.kv_free_blocks == s.kv_total_blocks) return;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  ADD_FAILURE() << "KV blocks were not returned";
+  testing::PollUntil(
+      [&] {
+        Engine::Stats s = e.GetStats();
+        return s.running == 0 && s.waiting == 0 && s.kv_free_blocks == s.kv_total_blocks;
+      },
+      "every KV block to be returned");
 }
 
 TEST(EngineTest, SequencesJoiningAndLeavingMidBatchMatchRunningAlone) {
@@ -95,10 +96,10 @@ TEST(EngineTest, SequencesJoiningAndLeavingMidBatchMatchRunningAlone) {
   for (const auto& r : reqs) {
     cs.push_back(std::make_shared<Collector>());
     ASSERT_TRUE(e->Submit(r, cs.back()).ok());
-    cs.back()->first_token.WaitForNotification();
+    EXPECT_TRUE(testing::Await(cs.back()->first_token, "cs.back()->first_token"));
   }
   for (size_t i = 0; i < reqs.size(); ++i) {
-    cs[i]->done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(cs[i]->done, "cs[i]->done"));
     EXPECT_EQ(cs[i]->tokens, alone[i]) << "request " << i;
     EXPECT_EQ(cs[i]->finish.reason, FinishReason::kLength);
     EXPECT_EQ(cs[i]->finish.completion_tokens, reqs[i].sampling.max_new_tokens);
@@ -128,8 +129,8 @@ TEST(EngineTest, ShortPromptIsNotHeldBackByALongOneBeingPrefilled) {
   long_sink->clock = short_sink->clock = &clock;
   ASSERT_TRUE(e->Submit(Greedy(long_prompt, 4), long_sink).ok());
   ASSERT_TRUE(e->Submit(Greedy({5, 6, 7, 8}, 4), short_sink).ok());
-  long_sink->done.WaitForNotification();
-  short_sink->done.WaitForNotification();
+  EXPECT_TRUE(testing::Await(long_sink->done, "long_sink->done"));
+  EXPECT_TRUE(testing::Await(short_sink->done, "short_sink->done"));
   // Under first-come-first-served chunking the short prompt would wait for
   // all of the long one; with equal shares it finishes its prefill at once.
   EXPECT_EQ(short_sink->first, 0);
@@ -143,10 +144,10 @@ TEST(EngineTest, CancelReturnsKvBlocks) {
   auto c = std::make_shared<Collector>();
   auto h = e->Submit(Greedy({1, 2, 3}, 1500), c);
   ASSERT_TRUE(h.ok());
-  c->first_token.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->first_token, "c->first_token"));
   EXPECT_LT(e->GetStats().kv_free_blocks, e->GetStats().kv_total_blocks);
   (*h)->Cancel();
-  c->done.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->done, "c->done"));
   EXPECT_EQ(c->finish.reason, FinishReason::kCancelled);
   EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kCancelled);
   EXPECT_LT(c->tokens.size(), 1500u);
@@ -160,7 +161,7 @@ TEST(EngineTest, DeadlineEndsTheRequest) {
   r.deadline = absl::Now() + absl::Milliseconds(200);
   auto c = std::make_shared<Collector>();
   ASSERT_TRUE(e->Submit(r, c).ok());
-  c->done.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->done, "c->done"));
   EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kDeadlineExceeded);
   WaitForFreeKv(*e);
 }
@@ -180,7 +181,7 @@ TEST(EngineTest, FullQueueIsResourceExhausted) {
   auto first = submit();
   ASSERT_TRUE(first.ok());
   handles.push_back(*first);
-  while (e->GetStats().running == 0) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(testing::PollUntil([&] { return e->GetStats().running > 0; }, "a request to start running"));
   for (int i = 0; i < 2; ++i) {
     auto h = submit();
     ASSERT_TRUE(h.ok()) << h.status();
@@ -191,7 +192,7 @@ TEST(EngineTest, FullQueueIsResourceExhausted) {
   EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(rejected.status().message()), HasSubstr("queue is full"));
   for (auto& h : handles) h->Cancel();
-  for (size_t i = 0; i < 3; ++i) cs[i]->done.WaitForNotification();
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(testing::Await(cs[i]->done, "cs[i]->done"));
   WaitForFreeKv(*e);
 }
 
@@ -225,7 +226,7 @@ TEST(EngineTest, TinyKvPoolPreemptsAndStillMatchesRunningAlone) {
     ASSERT_TRUE(e->Submit(r, cs.back()).ok());
   }
   for (size_t i = 0; i < reqs.size(); ++i) {
-    cs[i]->done.WaitForNotification();
+    EXPECT_TRUE(testing::Await(cs[i]->done, "cs[i]->done"));
     EXPECT_TRUE(cs[i]->finish.status.ok()) << cs[i]->finish.status;
     EXPECT_EQ(cs[i]->tokens, alone[i]) << "request " << i;
     EXPECT_EQ(cs[i]->finish.prompt_tokens, static_cast<int64_t>(reqs[i].prompt.size()));
@@ -253,7 +254,7 @@ TEST(EngineTest, ShutdownEndsRunningWorkAndRejectsNewWork) {
   ASSERT_NE(e, nullptr);
   auto c = std::make_shared<Collector>();
   ASSERT_TRUE(e->Submit(Greedy({1, 2, 3}, 1800), c).ok());
-  c->first_token.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->first_token, "c->first_token"));
   e->Shutdown(absl::ZeroDuration());
   ASSERT_TRUE(c->done.HasBeenNotified());
   EXPECT_EQ(c->finish.status.code(), absl::StatusCode::kUnavailable);
@@ -283,7 +284,7 @@ TEST(EngineTest, StopsAtEosUnlessIgnored) {
   r.sampling.stop_token_ids = {full[3]};
   auto c = std::make_shared<Collector>();
   ASSERT_TRUE(e->Submit(r, c).ok());
-  c->done.WaitForNotification();
+  EXPECT_TRUE(testing::Await(c->done, "c->done"));
   EXPECT_EQ(c->finish.reason, FinishReason::kStop);
   EXPECT_EQ(c->tokens.back(), full[3]);
   EXPECT_LE(c->tokens.size(), 4u);

@@ -1,8 +1,9 @@
 // EngineOptions::load_join_wait: a step may wait, once per request and for a
 // bounded time, for the adapter of a request that has just arrived, so that
 // the request joins that step instead of the next one. The leases here are
-// fakes whose weights arrive on a given call of weights(), or when the test
-// says so.
+// fakes whose weights arrive just after the engine first checks them, or
+// when the test says so; either way the engine hears of it through the
+// lease's callback, never by polling.
 #include <atomic>
 #include <cmath>
 #include <memory>
@@ -20,18 +21,22 @@
 #include "tests/fakes/fake_adapter.h"
 #include "tests/fakes/fake_lease.h"
 #include "tests/support/test_env.h"
+#include "tests/support/wait.h"
 
 namespace adapterd::engine {
 namespace {
 
 using ::testing::HasSubstr;
 using adapterd::testing::FakeLease;
+using adapterd::testing::Await;
+using Arrival = adapterd::testing::FakeLease::Arrival;
 
 // Counts tokens where other threads can read the count.
 class Counter : public ResultSink {
  public:
   void OnTokens(std::span<const int64_t> t, std::span<const float>) override {
     tokens.fetch_add(static_cast<int64_t>(t.size()));
+    progress.Add(static_cast<int64_t>(t.size()));
     if (!first_token.HasBeenNotified()) first_token.Notify();
   }
   void OnFinish(const Finish& f) override {
@@ -39,6 +44,7 @@ class Counter : public ResultSink {
     done.Notify();
   }
   std::atomic<int64_t> tokens{0};
+  testing::Progress progress;
   Finish finish;
   absl::Notification done;
   absl::Notification first_token;
@@ -64,14 +70,13 @@ class LoadJoinTest : public ::testing::Test {
     weights_ = loaded->weights;
   }
 
-  static GenerationRequest Greedy(int64_t n, std::shared_ptr<AdapterLease> lease = nullptr) {
+  static GenerationRequest Greedy(int64_t n, std::shared_ptr<model::AdapterLease> lease = nullptr) {
     GenerationRequest r;
     r.id = lease ? "b" : "a";
     r.prompt = {5, 17, 42, 7};
     r.sampling.max_new_tokens = n;
     r.sampling.ignore_eos = true;
-    r.lease = std::move(lease);
-    r.adapter_id = r.lease ? "b" : "";
+    r.adapter = std::move(lease);
     return r;
   }
 
@@ -84,15 +89,15 @@ TEST_F(LoadJoinTest, ANewRequestWhoseAdapterArrivesDuringTheWaitJoinsTheNextStep
   auto a = std::make_shared<Counter>();
   ASSERT_TRUE(engine_->Submit(Greedy(2000), a).ok());
   // A few steps, so the engine knows how long one takes.
-  while (a->tokens.load() < 4) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(a->progress.AwaitAtLeast(4, "request a's first 4 tokens"));
 
-  auto lease = std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/2);
+  auto lease = std::make_shared<FakeLease>(weights_.get(), Arrival::kOnFirstCheck);
   auto b = std::make_shared<Counter>();
   ASSERT_TRUE(engine_->Submit(Greedy(3, lease), b).ok());
   const int64_t a_at_submit = a->tokens.load();
-  b->first_token.WaitForNotification();
+  ASSERT_TRUE(Await(b->first_token, "request b's first token"));
   const int64_t a_at_first = a->tokens.load();
-  b->done.WaitForNotification();
+  ASSERT_TRUE(Await(b->done, "request b to finish"));
   EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
 
   const Engine::Stats s = engine_->GetStats();
@@ -107,13 +112,13 @@ TEST_F(LoadJoinTest, ANewRequestWhoseAdapterArrivesDuringTheWaitJoinsTheNextStep
 
 TEST_F(LoadJoinTest, AnAdapterThatDoesNotArriveDelaysOneStepOnlyAndTheOthersFinish) {
   Start(1.0);
-  auto lease = std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/0);
+  auto lease = std::make_shared<FakeLease>(weights_.get(), Arrival::kWhenTold);
   auto a = std::make_shared<Counter>();
   auto b = std::make_shared<Counter>();
   ASSERT_TRUE(engine_->Submit(Greedy(200), a).ok());
-  while (a->tokens.load() < 2) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(a->progress.AwaitAtLeast(2, "request a's first 2 tokens"));
   ASSERT_TRUE(engine_->Submit(Greedy(3, lease), b).ok());
-  a->done.WaitForNotification();
+  ASSERT_TRUE(Await(a->done, "request a to finish"));
   EXPECT_TRUE(a->finish.status.ok()) << a->finish.status;
   EXPECT_EQ(a->tokens.load(), 200);
   EXPECT_FALSE(b->first_token.HasBeenNotified());
@@ -122,7 +127,7 @@ TEST_F(LoadJoinTest, AnAdapterThatDoesNotArriveDelaysOneStepOnlyAndTheOthersFini
   EXPECT_EQ(s.load_joins, 0);
 
   lease->Arrive();
-  b->done.WaitForNotification();
+  ASSERT_TRUE(Await(b->done, "request b to finish once its adapter arrived"));
   EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
   EXPECT_EQ(b->tokens.load(), 3);
   engine_->Shutdown(absl::ZeroDuration());
@@ -132,12 +137,12 @@ TEST_F(LoadJoinTest, ZeroNeverWaits) {
   Start(0);
   auto a = std::make_shared<Counter>();
   ASSERT_TRUE(engine_->Submit(Greedy(100), a).ok());
-  while (a->tokens.load() < 2) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(a->progress.AwaitAtLeast(2, "request a's first 2 tokens"));
   auto b = std::make_shared<Counter>();
-  ASSERT_TRUE(engine_->Submit(Greedy(3, std::make_shared<FakeLease>(weights_.get(), /*ready_on=*/3)), b).ok());
-  b->done.WaitForNotification();
+  ASSERT_TRUE(engine_->Submit(Greedy(3, std::make_shared<FakeLease>(weights_.get(), Arrival::kOnFirstCheck)), b).ok());
+  ASSERT_TRUE(Await(b->done, "request b to finish"));
   EXPECT_TRUE(b->finish.status.ok()) << b->finish.status;
-  a->done.WaitForNotification();
+  ASSERT_TRUE(Await(a->done, "request a to finish"));
   const Engine::Stats s = engine_->GetStats();
   EXPECT_EQ(s.load_join_waits, 0);
   EXPECT_EQ(s.load_joins, 0);

@@ -1,0 +1,124 @@
+// The server's core: the one place transports call into.
+#ifndef ADAPTERD_SERVER_CORE_SERVER_CORE_H_
+#define ADAPTERD_SERVER_CORE_SERVER_CORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "adapters/adapter_registry.h"
+#include "adapters/adapter_source.h"
+#include "adapters/adapter_store.h"
+#include "adapters/path_policy.h"
+#include "prometheus/registry.h"
+#include "server/engine/engine.h"
+#include "server/metrics/adapter_labels.h"
+#include "server/metrics/adapter_metrics.h"
+#include "server/metrics/engine_metrics.h"
+#include "server/model/llama_model.h"
+
+namespace adapterd::core {
+
+struct ServerCoreOptions {
+  // The Hugging Face checkpoint to serve; empty serves the demo model,
+  // generated under `cache_dir` on first use, with its demo adapters when
+  // `demo_adapters`.
+  std::string model_dir;
+  std::string cache_dir;
+  bool demo_adapters = true;
+  model::ModelOptions model;
+  engine::EngineOptions engine;
+  adapters::AdapterCacheOptions cache;
+  // Where loaded adapters are recorded and restored from at start-up;
+  // empty keeps adapters in memory only.
+  std::string adapter_store;
+  // Directories that path loads may read; empty refuses path loads.
+  std::vector<std::string> adapter_roots;
+  // Adapter ids that get their own metric label.
+  int metrics_max_adapter_labels = 100;
+};
+
+// The result of an admin load: the adapter's info, or why it failed.
+using LoadDone = std::function<void(absl::StatusOr<adapters::AdapterInfo>)>;
+
+// ServerCore owns what serving needs: the base model and its engine, the
+// adapter registry (with its residency cache and store) and the metrics of
+// those layers. Transports translate their requests into calls on it and
+// its results back, and do nothing else: it looks adapters up, takes their
+// leases, submits to the engine and does the per-adapter accounting, and
+// every admin operation goes through it.
+//
+// A ServerCore starts serving once Create() returns: the model is loaded,
+// the store restored and the demo adapters (if any) loaded. Shutdown is a
+// drain: BeginShutdown() refuses new requests with UNAVAILABLE while
+// accepted ones finish within the grace period. Thread-safe. The metrics
+// registry must outlive it.
+class ServerCore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServerCore>> Create(ServerCoreOptions options,
+                                                            prometheus::Registry& metrics);
+  ~ServerCore();  // shuts the engine down with no grace
+
+  // Runs `request` through `adapter_id` (empty: the base model). The sink
+  // hears the output on the engine thread (see engine::ResultSink). Errors,
+  // with nothing submitted: NOT_FOUND for an unknown adapter (there is no
+  // fallback to the base), UNAVAILABLE while it first loads or the server
+  // drains, and the engine's INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
+  absl::StatusOr<std::shared_ptr<engine::RequestHandle>> Generate(const std::string& adapter_id,
+                                                                 engine::GenerationRequest request,
+                                                                 std::shared_ptr<engine::ResultSink> sink);
+
+  // Loads the adapter directory `path` (confined to the adapter roots) as
+  // `id`. Errors before anything is queued are returned and also given to
+  // `done`; otherwise `done` runs on the loader thread with the result.
+  void LoadAdapter(std::string id, std::string path, bool replace, bool pin, LoadDone done);
+  // Loads uploaded files as `id`, as LoadAdapter does.
+  void UploadAdapter(std::string id, adapters::UploadSource files, bool replace, bool pin, LoadDone done);
+  // See AdapterRegistry::Unload.
+  absl::Status UnloadAdapter(const std::string& id, bool keep_on_disk);
+  std::vector<adapters::AdapterInfo> ListAdapters() const;
+  absl::StatusOr<adapters::AdapterInfo> GetAdapter(const std::string& id) const;
+
+  // Starts the drain (see the class comment); idempotent.
+  void BeginShutdown(absl::Duration grace);
+  // Waits until every accepted request has ended, or until `deadline`.
+  bool AwaitStopped(absl::Time deadline);
+  // False once the drain has begun.
+  bool serving() const;
+
+  const model::ModelConfig& model_config() const { return engine_->model_config(); }
+  // The checkpoint directory served (the demo's when none was given).
+  const std::string& model_dir() const { return model_dir_; }
+  bool demo() const { return demo_; }
+  const adapters::AdapterRegistry& registry() const { return *registry_; }
+  const engine::Engine& engine() const { return *engine_; }
+
+ private:
+  ServerCore() = default;
+  absl::Status Start(ServerCoreOptions options, prometheus::Registry& metrics);
+  // Loads every adapter the store recorded, and the demo adapters.
+  absl::Status Restore(const ServerCoreOptions& options);
+  void StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin, LoadDone done);
+  void RecordLoadResult(const absl::StatusOr<adapters::AdapterInfo>& result);
+  void PublishAdapterGauges();
+
+  std::string model_dir_;
+  bool demo_ = false;
+  std::optional<adapters::PathPolicy> paths_;
+  std::unique_ptr<metrics::AdapterLabels> labels_;
+  std::unique_ptr<metrics::EngineMetrics> engine_metrics_;
+  std::unique_ptr<metrics::AdapterMetrics> adapter_metrics_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<adapters::AdapterStore> store_;
+  std::unique_ptr<adapters::AdapterRegistry> registry_;  // declared last: destroyed first
+};
+
+}  // namespace adapterd::core
+
+#endif  // ADAPTERD_SERVER_CORE_SERVER_CORE_H_

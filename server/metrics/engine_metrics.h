@@ -1,0 +1,76 @@
+// The engine's metric families: latency, batching, queue and KV cache.
+#ifndef ADAPTERD_SERVER_METRICS_ENGINE_METRICS_H_
+#define ADAPTERD_SERVER_METRICS_ENGINE_METRICS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/metrics/adapter_labels.h"
+
+namespace adapterd::metrics {
+
+// Registers the engine's families in a registry owned by the caller; the
+// engine records into them from its thread. The per-adapter series take
+// their labels from `labels`, which must outlive this object. Thread-safe:
+// prometheus-cpp metrics are atomic, and the activity series are replaced
+// under this object's own (leaf) lock.
+class EngineMetrics {
+ public:
+  EngineMetrics(prometheus::Registry& registry, AdapterLabels* labels);
+  EngineMetrics(const EngineMetrics&) = delete;
+  EngineMetrics& operator=(const EngineMetrics&) = delete;
+
+  // Running and waiting requests per adapter id ("" = base), replacing the
+  // previous values: adapterd_adapter_requests_{running,waiting}{adapter}
+  // (bounded labels) and vLLM's router-compatible vllm:lora_requests_info.
+  void SetAdapterActivity(const std::map<std::string, std::pair<int64_t, int64_t>>& by_adapter,
+                          int64_t max_batch_size) ABSL_LOCKS_EXCLUDED(mu_);
+
+  prometheus::Histogram& time_to_first_token() { return *ttft_; }
+  prometheus::Histogram& time_per_output_token() { return *tpot_; }
+  prometheus::Histogram& request_duration() { return *e2e_; }
+  prometheus::Histogram& queue_time() { return *queue_time_; }
+  prometheus::Histogram& batch_size() { return *batch_size_; }
+  prometheus::Histogram& tokens_per_step() { return *tokens_per_step_; }
+  prometheus::Counter& prompt_tokens() { return *prompt_tokens_; }
+  prometheus::Counter& generated_tokens() { return *generated_tokens_; }
+  prometheus::Gauge& running_requests() { return *running_; }
+  prometheus::Gauge& waiting_requests() { return *waiting_; }
+  prometheus::Gauge& kv_cache_utilization() { return *kv_utilization_; }
+  prometheus::Counter& preemptions() { return *preemptions_; }
+
+ private:
+  AdapterLabels* const labels_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* tpot_;
+  prometheus::Histogram* e2e_;
+  prometheus::Histogram* queue_time_;
+  prometheus::Histogram* batch_size_;
+  prometheus::Histogram* tokens_per_step_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generated_tokens_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* kv_utilization_;
+  prometheus::Counter* preemptions_;
+  prometheus::Family<prometheus::Gauge>* adapter_running_;
+  prometheus::Family<prometheus::Gauge>* adapter_waiting_;
+  prometheus::Family<prometheus::Gauge>* lora_requests_info_;
+
+  absl::Mutex mu_;
+  prometheus::Gauge* lora_info_current_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::map<std::string, std::pair<int64_t, int64_t>> last_activity_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace adapterd::metrics
+
+#endif  // ADAPTERD_SERVER_METRICS_ENGINE_METRICS_H_
