@@ -29,6 +29,15 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// Notifies `n` on scope exit, so that a failing test never leaves a store
+// hook (and the thread in it) waiting.
+struct NotifyOnExit {
+  absl::Notification& n;
+  ~NotifyOnExit() {
+    if (!n.HasBeenNotified()) n.Notify();
+  }
+};
+
 class AdapterRegistryRaceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -86,6 +95,7 @@ model::LlamaModel* AdapterRegistryRaceTest::base_ = nullptr;
 TEST_F(AdapterRegistryRaceTest, ALoadThatMeetsAnUnloadOfItsIdIsNeverAcknowledgedAndThenLost) {
   ASSERT_TRUE(Load("x", testing::QvLora(1)).ok());
   absl::Notification in_remove, release_remove;
+  NotifyOnExit guard{release_remove};
   store_->before_remove = [&](const std::string&) {
     in_remove.Notify();
     EXPECT_TRUE(testing::Await(release_remove, "the test to let the store delete x"));
@@ -122,6 +132,7 @@ TEST_F(AdapterRegistryRaceTest, AReplaceNeverLetsAVersionReadAnotherVersionsFile
   ASSERT_TRUE(old.ok()) << old.status();
 
   absl::Notification in_put, release_put, written, release_swap;
+  NotifyOnExit guard_put{release_put}, guard_swap{release_swap};
   store_->before_put = [&](const std::string&) {
     in_put.Notify();
     EXPECT_TRUE(testing::Await(release_put, "the test to let the store write v2"));
