@@ -56,9 +56,14 @@ absl::StatusOr<std::string> RunCommand(const std::string& command) {
   return out;
 }
 
+bool InCi() {
+  const char* v = std::getenv("CI");
+  return v != nullptr && (std::string(v) == "true" || std::string(v) == "1");
+}
+
 bool OfflineRequested() {
   const char* v = std::getenv("ADAPTERD_OFFLINE");
-  return v != nullptr && std::string(v) == "1";
+  return v != nullptr && std::string(v) == "1" && !InCi();
 }
 
 absl::StatusOr<std::string> ReferencePython() {

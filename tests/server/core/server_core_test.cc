@@ -1,0 +1,130 @@
+// ServerCore on the demo model: the one call that runs a request (lookup,
+// lease, submit, accounting), the admin operations, and the drain.
+#include "server/core/server_core.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "tests/fakes/fake_adapter.h"
+#include "tests/support/reference_outputs.h"
+#include "tests/support/status_assertions.h"
+#include "tests/support/test_env.h"
+#include "tests/support/wait.h"
+
+namespace adapterd::core {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::IsError;
+
+// A LoRA strong enough to change the demo model's greedy tokens.
+testing::FakeAdapter Strong() {
+  return testing::DemoLora({.r = 4, .seed = 50, .a_amplitude = 0.3f, .b_amplitude = 0.3f});
+}
+
+class ServerCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerCoreOptions o;
+    o.cache_dir = testing::MakeTempDir("core-cache");
+    o.demo_adapters = false;
+    roots_ = testing::MakeTempDir("core-roots");
+    o.adapter_roots = {roots_};
+    absl::StatusOr<std::unique_ptr<ServerCore>> c = ServerCore::Create(o, prom_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    core_ = *std::move(c);
+  }
+
+  absl::StatusOr<adapters::AdapterInfo> Wait(const std::function<void(LoadDone)>& start) {
+    auto done = std::make_shared<absl::Notification>();
+    auto result = std::make_shared<absl::StatusOr<adapters::AdapterInfo>>(absl::UnknownError("not called"));
+    start([done, result](absl::StatusOr<adapters::AdapterInfo> r) {
+      *result = std::move(r);
+      done->Notify();
+    });
+    if (!testing::Await(*done, "a load to finish")) return absl::DeadlineExceededError("timed out");
+    return *result;
+  }
+  // Greedy generation through `adapter`; the finish.
+  std::shared_ptr<testing::CollectingSink> Run(const std::string& adapter, int64_t tokens = 4) {
+    engine::GenerationRequest r;
+    r.prompt = {5, 6, 7};
+    r.sampling.max_new_tokens = tokens;
+    r.sampling.ignore_eos = true;
+    auto sink = std::make_shared<testing::CollectingSink>();
+    absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate(adapter, r, sink);
+    EXPECT_TRUE(h.ok()) << h.status();
+    if (h.ok()) EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
+    return sink;
+  }
+  double Metric(const std::string& name) {
+    absl::StatusOr<double> v = testing::MetricSum(prometheus::TextSerializer().Serialize(prom_.Collect()), name);
+    return v.ok() ? *v : -1;
+  }
+
+  prometheus::Registry prom_;
+  std::string roots_;
+  std::unique_ptr<ServerCore> core_;
+};
+
+TEST_F(ServerCoreTest, GenerateLooksUpLeasesSubmitsAndAccounts) {
+  ASSERT_TRUE(Wait([&](LoadDone d) { core_->UploadAdapter("qv", {Strong().Files()}, false, false, d); })
+                  .ok());
+  auto base = Run("");
+  auto lora = Run("qv");
+  EXPECT_TRUE(lora->finish.status.ok()) << lora->finish.status;
+  EXPECT_EQ(lora->tokens.size(), 4u);
+  EXPECT_NE(base->tokens, lora->tokens) << "the adapter changed nothing, so this proves nothing";
+  absl::StatusOr<adapters::AdapterInfo> info = core_->GetAdapter("qv");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->requests_served, 1);
+  EXPECT_EQ(info->tokens_generated, 4);
+  EXPECT_EQ(Metric("adapterd_adapter_requests_total"), 2);  // base and qv
+  EXPECT_EQ(Metric("adapterd_adapters_loaded"), 1);
+}
+
+TEST_F(ServerCoreTest, AnUnknownAdapterIsNotFoundAndNothingIsSubmitted) {
+  auto sink = std::make_shared<testing::CollectingSink>();
+  engine::GenerationRequest r;
+  r.prompt = {1, 2};
+  absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate("nope", r, sink);
+  EXPECT_TRUE(IsError(h.status(), absl::StatusCode::kNotFound, {"nope"}));
+  EXPECT_FALSE(sink->done.HasBeenNotified());
+  EXPECT_EQ(core_->engine().GetStats().waiting, 0);
+}
+
+TEST_F(ServerCoreTest, PathLoadsAreConfinedAndFailuresCounted) {
+  const std::string outside = testing::QvLora(2).Write("outside");
+  absl::StatusOr<adapters::AdapterInfo> r =
+      Wait([&](LoadDone d) { core_->LoadAdapter("x", outside, false, false, d); });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
+  EXPECT_EQ(Metric("adapterd_adapter_load_failures_total"), 1);
+  ASSERT_TRUE(testing::QvLora(2).WriteTo(roots_ + "/inside").ok());
+  r = Wait([&](LoadDone d) { core_->LoadAdapter("x", roots_ + "/inside", false, false, d); });
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(core_->ListAdapters(), ::testing::SizeIs(1));
+  EXPECT_TRUE(core_->UnloadAdapter("x", false).ok());
+  EXPECT_TRUE(IsError(core_->GetAdapter("x").status(), absl::StatusCode::kNotFound, {"x"}));
+  EXPECT_EQ(Metric("adapterd_adapters_loaded"), 0);
+}
+
+TEST_F(ServerCoreTest, TheDrainRefusesNewRequestsWithUnavailable) {
+  EXPECT_TRUE(core_->serving());
+  core_->BeginShutdown(absl::Seconds(5));
+  EXPECT_FALSE(core_->serving());
+  engine::GenerationRequest r;
+  r.prompt = {1, 2};
+  absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
+      core_->Generate("", r, std::make_shared<testing::CollectingSink>());
+  EXPECT_EQ(h.status().code(), absl::StatusCode::kUnavailable) << h.status();
+  EXPECT_TRUE(core_->AwaitStopped(absl::Now() + absl::Seconds(30)));
+}
+
+}  // namespace
+}  // namespace adapterd::core
