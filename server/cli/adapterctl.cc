@@ -1,5 +1,7 @@
 // adapterctl: command-line client for adapterd.
-//   adapterctl generate --prompt=1,2,3 [--max_new_tokens=16] [--adapter=ID] [--unary]
+//   adapterctl generate --prompt=1,2,3 | --text="..." [--max_new_tokens=16] [--adapter=ID] [--unary]
+//   adapterctl chat [--adapter=ID] [--system="..."]      (interactive; /exit or end of input ends it)
+//   adapterctl tokenize --text="..." | detokenize --prompt=1,2,3
 //   adapterctl load --id=ID --path=DIR [--replace]       (a directory on the server)
 //   adapterctl upload --id=ID --path=DIR [--replace]     (files sent from this machine)
 //   adapterctl unload --id=ID | get --id=ID | list
@@ -32,20 +34,9 @@
 #include "absl/time/clock.h"
 #include "adapterd/v1/admin.grpc.pb.h"
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "server/cli/cli_common.h"
+#include "server/cli/text_commands.h"
 
-ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address");
-ABSL_FLAG(std::string, prompt, "", "Prompt token ids, comma-separated");
-ABSL_FLAG(std::string, adapter, "", "Adapter id (empty = base model)");
-ABSL_FLAG(uint32_t, max_new_tokens, 16, "Tokens to generate");
-ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy)");
-ABSL_FLAG(uint32_t, top_k, 0, "Top-k filter (0 = off)");
-ABSL_FLAG(double, top_p, 1, "Top-p filter (1 = off)");
-ABSL_FLAG(uint64_t, seed, 0, "Sampling seed (0 = random)");
-ABSL_FLAG(std::string, stop, "", "Stop token ids, comma-separated");
-ABSL_FLAG(bool, ignore_eos, false, "Do not stop at the model's end-of-sequence token");
-ABSL_FLAG(bool, logprobs, false, "Print the log-probability of each token");
-ABSL_FLAG(bool, unary, false, "Use Generate instead of GenerateStream");
-ABSL_FLAG(double, timeout_seconds, 60, "Deadline of the call");
 ABSL_FLAG(std::string, service, "", "health: service name (empty = overall)");
 ABSL_FLAG(std::string, admin_addr, "", "Admin address (empty = --addr)");
 ABSL_FLAG(std::string, id, "", "load/upload/unload/get: adapter id");
@@ -53,154 +44,14 @@ ABSL_FLAG(std::string, path, "", "load: directory on the server; upload: local d
 ABSL_FLAG(bool, replace, false, "load/upload: swap an adapter already loaded under --id");
 ABSL_FLAG(bool, pin, false, "load/upload: keep the adapter on the device tier");
 ABSL_FLAG(bool, keep_on_disk, false, "unload: keep it registered on disk, out of memory");
-ABSL_FLAG(std::string, token_file, "",
-          "File holding the bearer token sent with every call; empty reads $ADAPTERD_TOKEN");
-ABSL_FLAG(bool, tls, false, "Connect with TLS (implied by --tls_ca_file or --tls_cert_file)");
-ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA bundle that signed the server certificate "
-          "(empty: the system roots)");
-ABSL_FLAG(std::string, tls_cert_file, "", "PEM client certificate for mutual TLS");
-ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
-ABSL_FLAG(std::string, tls_server_name, "", "Name to verify the server certificate against "
-          "(default: the host of --addr)");
 
 namespace {
 
-bool ParseIds(const std::string& text, google::protobuf::RepeatedField<uint32_t>* out) {
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    uint32_t v;
-    if (!absl::SimpleAtoi(part, &v)) return false;
-    out->Add(v);
-  }
-  return true;
-}
-
-std::string ReadFileOrDie(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    std::cerr << "error: cannot read " << flag << " " << path << "\n";
-    std::exit(2);
-  }
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// The bearer token, read once; never printed.
-const std::string& Token() {
-  static const std::string* token = [] {
-    std::string t;
-    if (const std::string f = absl::GetFlag(FLAGS_token_file); !f.empty()) {
-      t = ReadFileOrDie(f, "--token_file");
-    } else if (const char* e = std::getenv("ADAPTERD_TOKEN"); e != nullptr) {
-      t = e;
-    }
-    return new std::string(absl::StripAsciiWhitespace(t));
-  }();
-  return *token;
-}
-
-void Authenticate(grpc::ClientContext& ctx) {
-  if (!Token().empty()) ctx.AddMetadata("authorization", "Bearer " + Token());
-}
-
-std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
-  const bool tls = absl::GetFlag(FLAGS_tls) || !absl::GetFlag(FLAGS_tls_ca_file).empty() ||
-                   !absl::GetFlag(FLAGS_tls_cert_file).empty();
-  if (!tls) return grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
-  grpc::SslCredentialsOptions ssl;
-  if (const std::string f = absl::GetFlag(FLAGS_tls_ca_file); !f.empty()) {
-    ssl.pem_root_certs = ReadFileOrDie(f, "--tls_ca_file");
-  }
-  if (const std::string f = absl::GetFlag(FLAGS_tls_cert_file); !f.empty()) {
-    ssl.pem_cert_chain = ReadFileOrDie(f, "--tls_cert_file");
-    ssl.pem_private_key = ReadFileOrDie(absl::GetFlag(FLAGS_tls_key_file), "--tls_key_file");
-  }
-  grpc::ChannelArguments args;
-  if (const std::string n = absl::GetFlag(FLAGS_tls_server_name); !n.empty()) {
-    args.SetSslTargetNameOverride(n);
-  }
-  return grpc::CreateCustomChannel(addr, grpc::SslCredentials(ssl), args);
-}
-
-int Report(const grpc::Status& s, const grpc::ClientContext& ctx) {
-  std::string id;
-  const auto& md = ctx.GetServerInitialMetadata();
-  if (auto it = md.find("x-request-id"); it != md.end()) id.assign(it->second.data(), it->second.size());
-  if (s.ok()) return 0;
-  std::cerr << "error: " << s.error_code() << " " << s.error_message()
-            << (id.empty() ? "" : " (request " + id + ")") << "\n";
-  return 1;
-}
-
-const char* ReasonName(adapterd::v1::FinishReason r) {
-  switch (r) {
-    case adapterd::v1::FINISH_REASON_LENGTH: return "length";
-    case adapterd::v1::FINISH_REASON_STOP: return "stop";
-    case adapterd::v1::FINISH_REASON_CANCELLED: return "cancelled";
-    default: return "unspecified";
-  }
-}
-
-int Generate(const std::shared_ptr<grpc::Channel>& channel) {
-  adapterd::v1::GenerateRequest req;
-  req.set_adapter_id(absl::GetFlag(FLAGS_adapter));
-  if (!ParseIds(absl::GetFlag(FLAGS_prompt), req.mutable_prompt_token_ids())) {
-    std::cerr << "error: --prompt must be comma-separated token ids\n";
-    return 2;
-  }
-  auto* s = req.mutable_sampling();
-  s->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
-  s->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
-  s->set_top_k(absl::GetFlag(FLAGS_top_k));
-  s->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
-  s->set_seed(absl::GetFlag(FLAGS_seed));
-  s->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
-  s->set_return_logprobs(absl::GetFlag(FLAGS_logprobs));
-  if (!ParseIds(absl::GetFlag(FLAGS_stop), s->mutable_stop_token_ids())) {
-    std::cerr << "error: --stop must be comma-separated token ids\n";
-    return 2;
-  }
-  auto stub = adapterd::v1::Inference::NewStub(channel);
-  grpc::ClientContext ctx;
-  Authenticate(ctx);
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(
-                       static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
-  const absl::Time start = absl::Now();
-  if (absl::GetFlag(FLAGS_unary)) {
-    adapterd::v1::GenerateResponse resp;
-    grpc::Status st = stub->Generate(&ctx, req, &resp);
-    if (int rc = Report(st, ctx); rc != 0) return rc;
-    std::cout << absl::StrJoin(resp.token_ids(), " ") << "\n";
-    if (resp.logprobs_size() > 0) std::cout << "logprobs: " << absl::StrJoin(resp.logprobs(), " ") << "\n";
-    std::cerr << "finish=" << ReasonName(resp.finish_reason())
-              << " prompt_tokens=" << resp.usage().prompt_tokens()
-              << " completion_tokens=" << resp.usage().completion_tokens()
-              << " request_id=" << resp.request_id() << " time=" << absl::FormatDuration(absl::Now() - start)
-              << "\n";
-    return 0;
-  }
-  auto reader = stub->GenerateStream(&ctx, req);
-  adapterd::v1::GenerateStreamResponse msg;
-  std::string request_id;
-  while (reader->Read(&msg)) {
-    for (int i = 0; i < msg.token_ids_size(); ++i) {
-      std::cout << msg.token_ids(i);
-      if (i < msg.logprobs_size()) std::cout << "(" << msg.logprobs(i) << ")";
-      std::cout << " " << std::flush;
-    }
-    request_id = msg.request_id();
-    if (msg.finish_reason() != adapterd::v1::FINISH_REASON_UNSPECIFIED) {
-      std::cout << "\n";
-      std::cerr << "finish=" << ReasonName(msg.finish_reason())
-                << " prompt_tokens=" << msg.usage().prompt_tokens()
-                << " completion_tokens=" << msg.usage().completion_tokens()
-                << " request_id=" << request_id << " time=" << absl::FormatDuration(absl::Now() - start)
-                << "\n";
-    }
-  }
-  return Report(reader->Finish(), ctx);
-}
+using adapterd::cli::Authenticate;
+using adapterd::cli::Connect;
+using adapterd::cli::ReadFileOrDie;
+using adapterd::cli::Report;
+using adapterd::cli::SetDeadline;
 
 void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
   std::cout << a.adapter_id() << "  "
@@ -222,12 +73,6 @@ void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
             << "  tokens=" << a.tokens_generated() << "  source=" << a.source();
   if (!a.tier().empty()) std::cout << "  tier=" << a.tier() << (a.pinned() ? "  pinned" : "");
   std::cout << "\n";
-}
-
-void SetDeadline(grpc::ClientContext& ctx) {
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(
-                       static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_seconds) * 1000)));
 }
 
 int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel) {
@@ -352,7 +197,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "adapterctl COMMAND [flags]\n"
       "Commands:\n"
-      "  generate  --prompt=IDS [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
+      "  generate  --prompt=IDS | --text=TEXT [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
+      "  chat      [--adapter=ID] [--system=TEXT]   (one message per line; /exit ends)\n"
+      "  tokenize  --text=TEXT\n"
+      "  detokenize --prompt=IDS\n"
       "  load      --id=ID --path=DIR_ON_SERVER [--replace]\n"
       "  upload    --id=ID --path=LOCAL_DIR [--replace]\n"
       "  unload    --id=ID\n"
@@ -361,7 +209,7 @@ int main(int argc, char** argv) {
       "  health    [--service=NAME]");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "adapterctl.cc");
+    return absl::StrContains(file, "server/cli/");
   };
   absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
@@ -371,7 +219,10 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = args[1];
   auto channel = Connect(absl::GetFlag(FLAGS_addr));
-  if (cmd == "generate") return Generate(channel);
+  if (cmd == "generate") return adapterd::cli::GenerateCommand(channel);
+  if (cmd == "chat") return adapterd::cli::ChatCommand(channel, std::cin, std::cout);
+  if (cmd == "tokenize") return adapterd::cli::TokenizeCommand(channel);
+  if (cmd == "detokenize") return adapterd::cli::DetokenizeCommand(channel);
   if (cmd == "health") return Health(channel);
   if (cmd == "load" || cmd == "upload" || cmd == "unload" || cmd == "get" || cmd == "list") {
     const std::string admin = absl::GetFlag(FLAGS_admin_addr);

@@ -7,34 +7,11 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "adapters/demo_adapters.h"
+#include "server/core/request_output.h"
 #include "server/model/demo_checkpoint.h"
 
 namespace adapterd::core {
 namespace {
-
-// Forwards a request's output and, when it finishes, does the per-adapter
-// accounting and lets go of the adapter before the transport hears of it.
-class AccountingSink final : public engine::ResultSink {
- public:
-  AccountingSink(std::shared_ptr<engine::ResultSink> inner, std::shared_ptr<const adapters::Adapter> adapter,
-                 metrics::AdapterMetrics* metrics)
-      : inner_(std::move(inner)), adapter_(std::move(adapter)), metrics_(metrics) {}
-
-  void OnTokens(std::span<const int64_t> tokens, std::span<const float> logprobs) override {
-    inner_->OnTokens(tokens, logprobs);
-  }
-  void OnFinish(const engine::Finish& f) override {
-    if (adapter_ != nullptr) adapter_->RecordRequest(f.completion_tokens);
-    if (metrics_ != nullptr) metrics_->RecordAdapterRequest(adapter_ ? adapter_->id() : "", f.completion_tokens);
-    adapter_.reset();
-    inner_->OnFinish(f);
-  }
-
- private:
-  const std::shared_ptr<engine::ResultSink> inner_;
-  std::shared_ptr<const adapters::Adapter> adapter_;  // engine thread only
-  metrics::AdapterMetrics* const metrics_;
-};
 
 std::string StatusCodeName(const absl::Status& s) { return absl::StatusCodeToString(s.code()); }
 
@@ -75,6 +52,10 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   absl::StatusOr<adapters::PathPolicy> paths = adapters::PathPolicy::Create(options.adapter_roots);
   if (!paths.ok()) return paths.status();
   paths_ = *std::move(paths);
+  options_ = options;
+  absl::StatusOr<std::unique_ptr<PromptBuilder>> prompts = PromptBuilder::Load(model_dir_);
+  if (!prompts.ok()) return prompts.status();
+  prompts_ = *std::move(prompts);
 
   const absl::Time load_start = absl::Now();
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> model = model::LlamaModel::Load(model_dir_, options.model);
@@ -147,17 +128,55 @@ absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(
-    const std::string& adapter_id, engine::GenerationRequest request, std::shared_ptr<engine::ResultSink> sink) {
+absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(const std::string& adapter_id,
+                                                                           GenerateRequest request,
+                                                                           std::shared_ptr<GenerateSink> sink) {
+  const bool tokenized = request.engine.prompt.empty();
+  if (absl::Status st = prompts_->Build(request); !st.ok()) return st;
+  if (tokenized) {
+    const char* what = request.prompt_text.has_value() ? "prompt_text" : "chat";
+    const int64_t n = static_cast<int64_t>(request.engine.prompt.size());
+    const int64_t limit = options_.engine.max_prompt_tokens;
+    if (limit > 0 && n > limit) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " is ", n, " tokens after tokenization; the limit (--max_prompt_tokens) is ", limit));
+    }
+    const int64_t context = model_config().max_position_embeddings;
+    if (n + request.engine.sampling.max_new_tokens > context) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " is ", n, " tokens after tokenization; with sampling.max_new_tokens (",
+                                                     request.engine.sampling.max_new_tokens, ") that exceeds the context length ", context));
+    }
+  }
+  std::unique_ptr<text::StopStringMatcher> stops;
+  if (!request.stop.empty()) {
+    if (prompts_->tokenizer() == nullptr) {
+      return absl::FailedPreconditionError("sampling.stop needs a tokenizer, and the checkpoint has none");
+    }
+    absl::StatusOr<std::unique_ptr<text::StopStringMatcher>> m = text::StopStringMatcher::Create(
+        request.stop, {options_.max_stop_strings, options_.max_stop_string_bytes}, request.include_stop_string);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling.stop: ", m.status().message()));
+    stops = *std::move(m);
+  }
   std::shared_ptr<const adapters::Adapter> adapter;
   if (!adapter_id.empty()) {
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = registry_->Lookup(adapter_id);
     if (!a.ok()) return a.status();
     adapter = *std::move(a);
-    request.adapter = adapter->Lease();  // brings it to the device tier if it is not there
+    request.engine.adapter = adapter->Lease();  // brings it to the device tier if it is not there
   }
-  auto accounting = std::make_shared<AccountingSink>(std::move(sink), std::move(adapter), adapter_metrics_.get());
-  return engine_->Submit(std::move(request), std::move(accounting));
+  auto output = std::make_shared<RequestOutput>(std::move(sink), prompts_->tokenizer(), request.skip_special_tokens,
+                                                std::move(stops), std::move(request.stop), std::move(adapter),
+                                                adapter_metrics_.get());
+  return engine_->Submit(std::move(request.engine), std::move(output));
+}
+
+absl::StatusOr<std::vector<int32_t>> ServerCore::Tokenize(const std::optional<std::string>& text,
+                                                          const std::optional<ChatPrompt>& chat,
+                                                          bool add_special_tokens) const {
+  return prompts_->Tokenize(text, chat, add_special_tokens);
+}
+
+absl::StatusOr<std::string> ServerCore::Detokenize(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  return prompts_->Detokenize(ids, skip_special_tokens);
 }
 
 void ServerCore::LoadAdapter(std::string id, std::string path, bool replace, bool pin, LoadDone done) {

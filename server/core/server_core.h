@@ -17,6 +17,8 @@
 #include "adapters/adapter_store.h"
 #include "adapters/path_policy.h"
 #include "prometheus/registry.h"
+#include "server/core/generate_request.h"
+#include "server/core/prompt_builder.h"
 #include "server/engine/engine.h"
 #include "server/metrics/adapter_labels.h"
 #include "server/metrics/adapter_metrics.h"
@@ -42,6 +44,9 @@ struct ServerCoreOptions {
   std::vector<std::string> adapter_roots;
   // Adapter ids that get their own metric label.
   int metrics_max_adapter_labels = 100;
+  // Stop strings one request may carry, and the longest one, in bytes.
+  size_t max_stop_strings = 16;
+  size_t max_stop_string_bytes = 256;
 };
 
 // The result of an admin load: the adapter's info, or why it failed.
@@ -65,14 +70,21 @@ class ServerCore {
                                                             prometheus::Registry& metrics);
   ~ServerCore();  // shuts the engine down with no grace
 
-  // Runs `request` through `adapter_id` (empty: the base model). The sink
-  // hears the output on the engine thread (see engine::ResultSink). Errors,
-  // with nothing submitted: NOT_FOUND for an unknown adapter (there is no
-  // fallback to the base), UNAVAILABLE while it first loads or the server
-  // drains, and the engine's INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
+  // Runs `request` through `adapter_id` (empty: the base model): builds its
+  // prompt (see PromptBuilder), looks the adapter up and leases it, and
+  // submits. The sink hears the output on the engine thread. Errors, with
+  // nothing submitted: INVALID_ARGUMENT and FAILED_PRECONDITION for the
+  // prompt and the stop strings, NOT_FOUND for an unknown adapter (there is
+  // no fallback to the base), UNAVAILABLE while it first loads or the
+  // server drains, and the engine's INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
   absl::StatusOr<std::shared_ptr<engine::RequestHandle>> Generate(const std::string& adapter_id,
-                                                                 engine::GenerationRequest request,
-                                                                 std::shared_ptr<engine::ResultSink> sink);
+                                                                 GenerateRequest request,
+                                                                 std::shared_ptr<GenerateSink> sink);
+  // The token ids of `text` or `chat`, exactly as Generate would see them.
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const std::optional<std::string>& text,
+                                                const std::optional<ChatPrompt>& chat,
+                                                bool add_special_tokens) const;
+  absl::StatusOr<std::string> Detokenize(const std::vector<int32_t>& ids, bool skip_special_tokens) const;
 
   // Loads the adapter directory `path` (confined to the adapter roots) as
   // `id`. Errors before anything is queued are returned and also given to
@@ -98,6 +110,7 @@ class ServerCore {
   bool demo() const { return demo_; }
   const adapters::AdapterRegistry& registry() const { return *registry_; }
   const engine::Engine& engine() const { return *engine_; }
+  const PromptBuilder& prompts() const { return *prompts_; }
 
  private:
   ServerCore() = default;
@@ -110,7 +123,9 @@ class ServerCore {
 
   std::string model_dir_;
   bool demo_ = false;
+  ServerCoreOptions options_;
   std::optional<adapters::PathPolicy> paths_;
+  std::unique_ptr<PromptBuilder> prompts_;
   std::unique_ptr<metrics::AdapterLabels> labels_;
   std::unique_ptr<metrics::EngineMetrics> engine_metrics_;
   std::unique_ptr<metrics::AdapterMetrics> adapter_metrics_;

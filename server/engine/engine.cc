@@ -541,7 +541,8 @@ void Engine::Step() {
       auto contains = [&](const std::vector<int64_t>& ids) {
         return std::find(ids.begin(), ids.end(), choice.token) != ids.end();
       };
-      if (contains(sp.stop_token_ids) || (!sp.ignore_eos && contains(model_->config().eos_token_ids))) {
+      if (contains(sp.stop_token_ids) || (!sp.ignore_eos && contains(model_->config().eos_token_ids)) ||
+          s.sink->StopRequested()) {
         FinishSequence(s, FinishReason::kStop, absl::OkStatus());
       } else if (s.generated >= sp.max_new_tokens) {
         FinishSequence(s, FinishReason::kLength, absl::OkStatus());

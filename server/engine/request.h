@@ -59,6 +59,10 @@ class ResultSink {
   // `logprobs` is empty unless sampling.return_logprobs.
   virtual void OnTokens(std::span<const int64_t> tokens, std::span<const float> logprobs) = 0;
   virtual void OnFinish(const Finish& finish) = 0;
+  // Asked right after each OnTokens: true ends the request there, as a stop
+  // token would (FinishReason::kStop). For stop conditions the engine
+  // cannot see, such as stop strings in the text.
+  virtual bool StopRequested() const { return false; }
 };
 
 }  // namespace adapterd::engine

@@ -50,15 +50,15 @@ class CallCore {
 
   // Translates and submits; on error nothing was submitted.
   absl::Status Submit(const GenerateRequest& req, const grpc::CallbackServerContext& ctx,
-                      std::shared_ptr<engine::ResultSink> sink) {
+                      std::shared_ptr<core::GenerateSink> sink) {
     if (deps_.auth != nullptr) {
       if (absl::Status st = deps_.auth->Authorize(ctx, Role::kInference); !st.ok()) return st;
     }
-    absl::StatusOr<engine::GenerationRequest> r = TranslateGenerateRequest(req);
+    absl::StatusOr<core::GenerateRequest> r = TranslateGenerateRequest(req);
     if (!r.ok()) return r.status();
-    r->id = id_;
+    r->engine.id = id_;
     if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {
-      r->deadline = absl::FromChrono(deadline);
+      r->engine.deadline = absl::FromChrono(deadline);
     }
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
         deps_.core->Generate(req.adapter_id(), *std::move(r), std::move(sink));
@@ -107,14 +107,17 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { Unref(); }
 
  private:
-  class Sink final : public engine::ResultSink {
+  class Sink final : public core::GenerateSink {
    public:
     explicit Sink(GenerateReactor* r) : r_(r) {}
-    void OnTokens(std::span<const int64_t> tokens, std::span<const float> logprobs) override {
-      for (int64_t t : tokens) r_->response_->add_token_ids(static_cast<uint32_t>(t));
-      for (float lp : logprobs) r_->response_->add_logprobs(lp);
+    void OnChunk(const core::GenerateChunk& c) override {
+      for (int64_t t : c.tokens) r_->response_->add_token_ids(static_cast<uint32_t>(t));
+      for (float lp : c.logprobs) r_->response_->add_logprobs(lp);
+      r_->response_->mutable_text()->append(c.text);
     }
-    void OnFinish(const engine::Finish& f) override {
+    void OnFinish(const core::GenerateFinish& done) override {
+      const engine::Finish& f = done.finish;
+      if (done.stop_string.has_value()) r_->response_->set_stop_string(*done.stop_string);
       r_->response_->set_finish_reason(ToProto(f.reason));
       r_->response_->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
       r_->response_->mutable_usage()->set_virtual_tokens(static_cast<uint32_t>(f.virtual_tokens));
@@ -179,17 +182,19 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
   void OnDone() override { Unref(); }
 
  private:
-  class Sink final : public engine::ResultSink {
+  class Sink final : public core::GenerateSink {
    public:
     explicit Sink(StreamReactor* r) : r_(r) {}
-    void OnTokens(std::span<const int64_t> tokens, std::span<const float> logprobs) override {
+    void OnChunk(const core::GenerateChunk& c) override {
       absl::MutexLock lock(&r_->mu_);
-      for (int64_t t : tokens) r_->pending_.add_token_ids(static_cast<uint32_t>(t));
-      for (float lp : logprobs) r_->pending_.add_logprobs(lp);
+      for (int64_t t : c.tokens) r_->pending_.add_token_ids(static_cast<uint32_t>(t));
+      for (float lp : c.logprobs) r_->pending_.add_logprobs(lp);
+      r_->pending_.mutable_text()->append(c.text);
       absl::Status unused;
       r_->MaybeWriteLocked(&unused);
     }
-    void OnFinish(const engine::Finish& f) override {
+    void OnFinish(const core::GenerateFinish& done) override {
+      const engine::Finish& f = done.finish;
       bool finish = false;
       absl::Status status;
       {
@@ -197,6 +202,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
         r_->done_ = true;
         r_->final_status_ = f.status;
         if (f.status.ok()) {
+          if (done.stop_string.has_value()) r_->pending_.set_stop_string(*done.stop_string);
           r_->pending_.set_finish_reason(ToProto(f.reason));
           r_->pending_.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(f.prompt_tokens));
           r_->pending_.mutable_usage()->set_virtual_tokens(static_cast<uint32_t>(f.virtual_tokens));
@@ -217,7 +223,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
   // finished now with *status (set), which the caller does after unlocking.
   bool MaybeWriteLocked(absl::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (writing_ || finished_) return false;
-    const bool has_data = pending_.token_ids_size() > 0 || has_final_;
+    const bool has_data = pending_.token_ids_size() > 0 || !pending_.text().empty() || has_final_;
     if (has_data && !broken_ && (final_status_.ok())) {
       in_flight_ = std::move(pending_);
       pending_.Clear();
@@ -274,19 +280,33 @@ bool ValidRequestId(std::string_view id) {
 
 }  // namespace
 
-absl::StatusOr<engine::GenerationRequest> TranslateGenerateRequest(const GenerateRequest& req) {
+core::ChatPrompt TranslateChat(const adapterd::v1::Chat& chat) {
+  core::ChatPrompt out;
+  out.add_generation_prompt = chat.add_generation_prompt();
+  for (const adapterd::v1::ChatMessage& m : chat.messages()) out.messages.push_back({m.role(), m.content()});
+  return out;
+}
+
+absl::StatusOr<core::GenerateRequest> TranslateGenerateRequest(const GenerateRequest& req) {
   if (!req.has_sampling()) return absl::InvalidArgumentError("sampling is required");
-  engine::GenerationRequest out;
-  out.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
+  core::GenerateRequest out;
+  out.engine.prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
+  if (req.has_prompt_text()) out.prompt_text = req.prompt_text();
+  if (req.has_chat()) out.chat = TranslateChat(req.chat());
+  out.skip_special_tokens = !req.has_skip_special_tokens() || req.skip_special_tokens();
+  out.add_special_tokens = !req.has_add_special_tokens() || req.add_special_tokens();
   const auto& s = req.sampling();
-  out.sampling.max_new_tokens = s.max_new_tokens();
-  out.sampling.temperature = s.temperature();
-  out.sampling.top_k = s.top_k();
-  out.sampling.top_p = s.top_p();
-  out.sampling.seed = s.seed();
-  out.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
-  out.sampling.ignore_eos = s.ignore_eos();
-  out.sampling.return_logprobs = s.return_logprobs();
+  engine::SamplingParams& sp = out.engine.sampling;
+  sp.max_new_tokens = s.max_new_tokens();
+  sp.temperature = s.temperature();
+  sp.top_k = s.top_k();
+  sp.top_p = s.top_p();
+  sp.seed = s.seed();
+  sp.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  sp.ignore_eos = s.ignore_eos();
+  sp.return_logprobs = s.return_logprobs();
+  out.stop.assign(s.stop().begin(), s.stop().end());
+  out.include_stop_string = s.include_stop_string();
   return out;
 }
 
@@ -310,6 +330,48 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
   auto* reactor = new GenerateReactor(context, response, Deps{core_, metrics_, auth_},
                                       ChooseRequestId(*context));
   reactor->Start(*request, *context);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const adapterd::v1::TokenizeRequest* request,
+                                                     adapterd::v1::TokenizeResponse* response) {
+  absl::Status st = auth_ != nullptr ? auth_->Authorize(*context, Role::kInference) : absl::OkStatus();
+  if (st.ok()) {
+    std::optional<std::string> text;
+    if (request->has_text()) text = request->text();
+    std::optional<core::ChatPrompt> chat;
+    if (request->has_chat()) chat = TranslateChat(request->chat());
+    absl::StatusOr<std::vector<int32_t>> ids =
+        core_->Tokenize(text, chat, !request->has_add_special_tokens() || request->add_special_tokens());
+    if (ids.ok()) {
+      for (int32_t id : *ids) response->add_token_ids(static_cast<uint32_t>(id));
+    }
+    st = ids.status();
+  }
+  return Finish(context, "Tokenize", st);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerContext* context,
+                                                       const adapterd::v1::DetokenizeRequest* request,
+                                                       adapterd::v1::DetokenizeResponse* response) {
+  absl::Status st = auth_ != nullptr ? auth_->Authorize(*context, Role::kInference) : absl::OkStatus();
+  if (st.ok()) {
+    const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+    absl::StatusOr<std::string> text =
+        core_->Detokenize(ids, !request->has_skip_special_tokens() || request->skip_special_tokens());
+    if (text.ok()) response->set_text(*std::move(text));
+    st = text.status();
+  }
+  return Finish(context, "Detokenize", st);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Finish(grpc::CallbackServerContext* context, const char* rpc,
+                                                   const absl::Status& status) {
+  grpc::Status gs = ToGrpcStatus(status);
+  if (metrics_ != nullptr) metrics_->RecordRpc(rpc, GrpcCodeName(gs.error_code()));
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(gs);
   return reactor;
 }
 

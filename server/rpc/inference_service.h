@@ -5,6 +5,7 @@
 #include <string>
 
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "server/core/generate_request.h"
 #include "server/core/server_core.h"
 #include "server/engine/request.h"
 #include "server/metrics/rpc_metrics.h"
@@ -29,18 +30,28 @@ class InferenceService final : public adapterd::v1::Inference::CallbackService {
   grpc::ServerWriteReactor<adapterd::v1::GenerateStreamResponse>* GenerateStream(
       grpc::CallbackServerContext* context,
       const adapterd::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const adapterd::v1::TokenizeRequest* request,
+                                     adapterd::v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
+                                       const adapterd::v1::DetokenizeRequest* request,
+                                       adapterd::v1::DetokenizeResponse* response) override;
 
  private:
+  // Finishes a unary call at once, recording it.
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, const char* rpc, const absl::Status& status);
+
   core::ServerCore* const core_;
   metrics::RpcMetrics* const metrics_;
   const CallAuthenticator* const auth_;
 };
 
-// The engine request that `request` asks for, without its id and deadline;
-// its adapter is `request.adapter_id()`, which the core resolves. INVALID_ARGUMENT when sampling is
-// missing; everything else is checked by engine::ValidateRequest. Pure;
-// exposed for tests and fuzzing.
-absl::StatusOr<engine::GenerationRequest> TranslateGenerateRequest(const adapterd::v1::GenerateRequest& request);
+// The core request that `request` asks for, without its id and deadline;
+// its adapter is `request.adapter_id()`, which the core resolves.
+// INVALID_ARGUMENT when sampling is missing; everything else is checked by
+// the core (the prompt) and engine::ValidateRequest. Pure; exposed for
+// tests and fuzzing.
+absl::StatusOr<core::GenerateRequest> TranslateGenerateRequest(const adapterd::v1::GenerateRequest& request);
 
 // Picks the request id: the client's "x-request-id" when it is 1-64 characters
 // of [A-Za-z0-9._-], otherwise a fresh random one. Exposed for tests.
