@@ -61,6 +61,11 @@ bool OfflineRequested() {
   return v != nullptr && std::string(v) == "1";
 }
 
+bool CiRequested() {
+  const char* v = std::getenv("CI");
+  return v != nullptr && (std::string(v) == "true" || std::string(v) == "1");
+}
+
 absl::StatusOr<std::string> ReferencePython() {
   std::string py = ADAPTERD_REF_PYTHON;
   if (const char* env = std::getenv("ADAPTERD_REF_PYTHON"); env && *env) py = env;

@@ -27,14 +27,21 @@ absl::StatusOr<std::string> RunCommand(const std::string& command);
 absl::StatusOr<std::string> ReferencePython();
 // True when ADAPTERD_OFFLINE=1 asks to skip tests that need the reference stack.
 bool OfflineRequested();
+// True under CI (CI=true or CI=1), where no test may pass by skipping.
+bool CiRequested();
 // Runs tests/conformance/hf_reference.py with `args` in the reference venv.
 absl::StatusOr<std::string> RunReference(const std::string& args);
 
 // Skips the test (printing why) under ADAPTERD_OFFLINE=1; otherwise fails it
-// when the reference stack is missing.
+// when the reference stack is missing. Under CI it never skips: CI=true with
+// ADAPTERD_OFFLINE=1 fails the test.
 #define ADAPTERD_REQUIRE_REFERENCE()                                                   \
   do {                                                                                 \
     if (::adapterd::testing::OfflineRequested()) {                                     \
+      if (::adapterd::testing::CiRequested()) {                                        \
+        FAIL() << "CI=true: this test needs the reference stack, and ADAPTERD_OFFLINE=1 " \
+                  "may not skip it under CI";                                          \
+      }                                                                                \
       GTEST_SKIP() << "ADAPTERD_OFFLINE=1: reference (transformers/peft) test skipped"; \
     }                                                                                  \
     auto _py = ::adapterd::testing::ReferencePython();                                 \
