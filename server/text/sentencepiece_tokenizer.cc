@@ -25,7 +25,9 @@ int HexByte(std::string_view piece) {  // "<0xXX>"
   return v;
 }
 
-// SentencePiece's decoder as a stream. A run of byte pieces is decoded one
+// SentencePiece's decoder (as of sentencepiece 0.2.1) as a stream: the first
+// piece that is not a control piece loses a leading space symbol. A run of
+// byte pieces is decoded one
 // character at a time, each ill-formed byte as U+FFFD; only a tail that a
 // later byte could complete is held back.
 class SentencePieceDecodeStream : public TokenStream {
@@ -35,6 +37,9 @@ class SentencePieceDecodeStream : public TokenStream {
   void Push(int32_t id, std::string* out) override {
     const SentencePieceTokenizer::PieceInfo* info = t_.Info(id);
     if (info == nullptr || (skip_ && t_.IsSpecial(id))) return;
+    // Only the first piece that is not a control piece loses its space.
+    const bool first = !seen_piece_ && info->kind != SentencePieceTokenizer::PieceKind::kControl;
+    if (info->kind != SentencePieceTokenizer::PieceKind::kControl) seen_piece_ = true;
     if (info->kind == SentencePieceTokenizer::PieceKind::kByte) {
       bytes_.push_back(static_cast<char>(info->byte));
       DecodeBytes(/*final=*/false, out);
@@ -50,7 +55,7 @@ class SentencePieceDecodeStream : public TokenStream {
         break;
     }
     std::string_view piece = info->piece;
-    if (!emitted_ && t_.strip_leading_space() && piece.substr(0, kSpaceSymbol.size()) == kSpaceSymbol) {
+    if (first && t_.strip_leading_space() && piece.substr(0, kSpaceSymbol.size()) == kSpaceSymbol) {
       piece.remove_prefix(kSpaceSymbol.size());
     }
     std::string text;
@@ -68,11 +73,7 @@ class SentencePieceDecodeStream : public TokenStream {
   void Finish(std::string* out) override { DecodeBytes(/*final=*/true, out); }
 
  private:
-  void Emit(std::string_view s, std::string* out) {
-    if (s.empty()) return;
-    emitted_ = true;
-    out->append(s);
-  }
+  void Emit(std::string_view s, std::string* out) { out->append(s); }
   void DecodeBytes(bool final, std::string* out) {
     const size_t keep = final ? 0 : IncompleteUtf8Suffix(bytes_);
     const std::string_view b(bytes_.data(), bytes_.size() - keep);
@@ -95,7 +96,7 @@ class SentencePieceDecodeStream : public TokenStream {
 
   const SentencePieceTokenizer& t_;
   bool skip_;
-  bool emitted_ = false;
+  bool seen_piece_ = false;
   std::string bytes_;
 };
 
