@@ -26,7 +26,7 @@ std::unique_ptr<Tokenizer> ByteFallbackTokenizer(const std::string& config = "")
   Json vocab{{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}};
   for (int b = 0; b < 256; ++b) vocab[absl::StrFormat("<0x%02X>", b)] = 3 + b;
   int id = 259;
-  for (const std::string& w : {kMeta, kMeta + "Hello", kMeta + "world", "a", "b", ".", kMeta + "."}) vocab[w] = id++;
+  for (const std::string& w : std::vector<std::string>{kMeta, kMeta + "Hello", kMeta + "world", "a", "b", ".", kMeta + "."}) vocab[w] = id++;
   Json model = BpeModel(vocab);
   model["unk_token"] = "<unk>";
   model["byte_fallback"] = true;
@@ -119,7 +119,7 @@ TEST(IncrementalDecoderTest, ByteLevelCharacterSplitAcrossTokens) {
 
 TEST(IncrementalDecoderTest, CleanUpHoldsBackOnlyAPossiblePatternStart) {
   auto t = ByteLevelTokenizer(R"({"clean_up_tokenization_spaces": true})");
-  absl::StatusOr<Ids> ids = t->Encode("x don 't go . Yes 's", false);
+  absl::StatusOr<Ids> ids = t->Encode("x do n't go . Yes 's", false);
   ASSERT_TRUE(ids.ok());
   Streamed s = Stream(*t, *ids, false);
   EXPECT_EQ(s.text, t->Decode(*ids, false));

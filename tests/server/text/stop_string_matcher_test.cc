@@ -18,7 +18,7 @@ std::unique_ptr<StopStringMatcher> Make(std::vector<std::string> stops, bool inc
 }
 
 // Feeds `deltas`; returns everything emitted and the match, if any.
-std::pair<std::string, std::optional<size_t>> Run(StopStringMatcher& m, const std::vector<std::string>& deltas) {
+std::pair<std::string, std::optional<size_t>> Feed(StopStringMatcher& m, const std::vector<std::string>& deltas) {
   std::string out;
   for (const std::string& d : deltas) {
     StopStringMatcher::Result r = m.Feed(d);
@@ -45,25 +45,25 @@ TEST(StopStringMatcherTest, MatchSplitAcrossDeltas) {
 
 TEST(StopStringMatcherTest, IncludeStopString) {
   auto m = Make({"</a>"}, /*include=*/true);
-  auto [text, matched] = Run(*m, {"x</", "a>y"});
+  auto [text, matched] = Feed(*m, {"x</", "a>y"});
   EXPECT_EQ(text, "x</a>");
   EXPECT_EQ(matched, 0u);
 }
 
 TEST(StopStringMatcherTest, PrefixOfAnotherStopsAtTheFirstToComplete) {
   auto m = Make({"abc", "ab"});
-  auto [text, matched] = Run(*m, {"xa", "bc"});
+  auto [text, matched] = Feed(*m, {"xa", "bc"});
   EXPECT_EQ(text, "x");
   EXPECT_EQ(matched, 1u);  // "ab" completes first
   auto longer = Make({"ab", "xab"});
-  auto [t2, m2] = Run(*longer, {"zxa", "b"});
+  auto [t2, m2] = Feed(*longer, {"zxa", "b"});
   EXPECT_EQ(t2, "z");
   EXPECT_EQ(m2, 1u);  // both end at the same byte: the longer wins
 }
 
 TEST(StopStringMatcherTest, NeverMatchingReleasesEverything) {
-  auto m = Make({"never"});
-  auto [text, matched] = Run(*m, {"a nev", "er", "mind", " the nev"});
+  auto m = Make({"nevermore"});
+  auto [text, matched] = Feed(*m, {"a nev", "er", "mind", " the nev"});
   EXPECT_FALSE(matched);
   EXPECT_EQ(text, "a nevermind the nev");
 }
@@ -79,7 +79,7 @@ TEST(StopStringMatcherTest, HoldbackIsOnlyAPossibleStart) {
 
 TEST(StopStringMatcherTest, MultibyteStopStrings) {
   auto m = Make({"\xE2\x80\x94\xE2\x80\x94"});  // two em dashes
-  auto [text, matched] = Run(*m, {"a\xE2\x80\x94", "b\xE2\x80\x94", "\xE2\x80\x94" "c"});
+  auto [text, matched] = Feed(*m, {"a\xE2\x80\x94", "b\xE2\x80\x94", "\xE2\x80\x94" "c"});
   EXPECT_EQ(text, "a\xE2\x80\x94" "b");
   EXPECT_EQ(matched, 0u);
 }
