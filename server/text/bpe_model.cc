@@ -85,13 +85,10 @@ absl::Status BpeModel::ParseVocab(const Json& j, const std::string& path) {
     vocab_[it.key()] = static_cast<int32_t>(it->get<int64_t>());
     max_id = std::max<int64_t>(max_id, it->get<int64_t>());
   }
-  if (max_id >= (int64_t{1} << 24)) return JsonError(vpath, absl::StrCat("has an id too large (", max_id, ")"));
-  id_to_token_.resize(static_cast<size_t>(max_id + 1));
-  has_id_.assign(static_cast<size_t>(max_id + 1), false);
-  for (const auto& [token, id] : vocab_) {
-    id_to_token_[id] = token;
-    has_id_[id] = true;
-  }
+  if (max_id >= (int64_t{1} << 22)) return JsonError(vpath, absl::StrCat("has an id too large (", max_id, ")"));
+  // vocab_ takes no more insertions, so pointers to its keys stay valid.
+  id_to_token_.assign(static_cast<size_t>(max_id + 1), nullptr);
+  for (const auto& [token, id] : vocab_) id_to_token_[id] = &token;
   for (int b = 0; b < 256; ++b) {
     auto it = vocab_.find(absl::StrFormat("<0x%02X>", b));
     if (it != vocab_.end()) byte_ids_[b] = it->second;
@@ -176,8 +173,8 @@ std::optional<int32_t> BpeModel::TokenToId(std::string_view token) const {
 }
 
 const std::string* BpeModel::IdToToken(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= id_to_token_.size() || !has_id_[id]) return nullptr;
-  return &id_to_token_[id];
+  if (id < 0 || static_cast<size_t>(id) >= id_to_token_.size()) return nullptr;
+  return id_to_token_[id];
 }
 
 void BpeModel::ApplyMerges(std::vector<int32_t>* ids) const {

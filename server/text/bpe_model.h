@@ -42,7 +42,7 @@ class BpeModel {
   std::optional<int32_t> TokenToId(std::string_view token) const;
   // The token of `id`, or nullptr when no token has that id.
   const std::string* IdToToken(int32_t id) const;
-  // One more than the largest id.
+  // One more than the largest id (at most 2^22).
   int64_t size() const { return static_cast<int64_t>(id_to_token_.size()); }
 
  private:
@@ -60,8 +60,7 @@ class BpeModel {
   }
 
   absl::flat_hash_map<std::string, int32_t> vocab_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> has_id_;
+  std::vector<const std::string*> id_to_token_;  // keys of vocab_, null for unused ids
   absl::flat_hash_map<uint64_t, MergeTarget> merges_;
   std::optional<std::string> unk_token_;
   std::string prefix_, suffix_;

@@ -1,6 +1,9 @@
 // tokenizer.json that adapterd cannot or must not load: every error is
 // INVALID_ARGUMENT and names the file and the JSON path, and nothing crashes.
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -8,6 +11,7 @@
 #include "server/text/tokenizer.h"
 #include "tests/server/text/text_test_util.h"
 #include "tests/support/status_assertions.h"
+#include "tests/support/test_env.h"
 
 namespace adapterd::text {
 namespace {
@@ -180,6 +184,27 @@ TEST(TokenizerJsonErrorsTest, LoadNamesMissingFilesAndBadModels) {
                       {"/nonexistent-dir", "neither tokenizer.json nor tokenizer.model"}));
   EXPECT_TRUE(IsError(Tokenizer::FromSentencePiece("not a model", "", "tokenizer.model").status(),
                       absl::StatusCode::kInvalidArgument, {"tokenizer.model", "not a SentencePiece model"}));
+}
+
+}  // namespace
+}  // namespace adapterd::text
+
+namespace adapterd::text {
+namespace {
+
+TEST(TokenizerJsonErrorsTest, FuzzSeedCorpusLoads) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(adapterd::testing::SourceDir()) / "tests/fuzz/corpus/tokenizer_json_fuzz";
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::ifstream in(entry.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::FromJson(text, "", entry.path().string());
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_TRUE((*t)->Encode("Hello wörld 123, ab <s>!", true).ok()) << entry.path();
+    ++n;
+  }
+  EXPECT_GE(n, 4);
 }
 
 }  // namespace
