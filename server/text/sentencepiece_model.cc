@@ -45,7 +45,7 @@ const Shim& LoadShim() {
     if (*ADAPTERD_SENTENCEPIECE_LIB) candidates.push_back(ADAPTERD_SENTENCEPIECE_LIB);
     int flags = RTLD_NOW | RTLD_LOCAL;
 #ifndef ADAPTERD_NO_DEEPBIND
-    flags |= RTLD_DEEPBIND;  // sanitizer runtimes refuse it
+    flags |= RTLD_DEEPBIND;
 #endif
     std::string tried;
     for (const std::string& path : candidates) {
@@ -74,11 +74,23 @@ const Shim& LoadShim() {
 
 }  // namespace
 
+bool SentencePieceModel::Supported() {
+#ifdef ADAPTERD_NO_DEEPBIND
+  return false;
+#else
+  return true;
+#endif
+}
+
 SentencePieceModel::~SentencePieceModel() {
   if (model_ != nullptr) api_->destroy(model_);
 }
 
 bool SentencePieceModel::Load(std::string_view serialized, std::string* error) {
+  if (!Supported()) {
+    *error = "SentencePiece is not available in sanitizer builds (its library needs RTLD_DEEPBIND)";
+    return false;
+  }
   const Shim& shim = LoadShim();
   if (shim.api == nullptr) {
     *error = shim.error;

@@ -7,7 +7,9 @@
 // which is opened with RTLD_LOCAL (its symbols stay out of the process's
 // namespace) and RTLD_DEEPBIND (it binds to its own protobuf first). Its
 // header is not included here either: it declares absl::string_view itself,
-// which clashes with Debian's Abseil.
+// which clashes with Debian's Abseil. Sanitizer runtimes refuse
+// RTLD_DEEPBIND, and without it the library's protobuf binds to the
+// process's and aborts, so sanitizer builds have no SentencePiece support.
 #ifndef ADAPTERD_SERVER_TEXT_SENTENCEPIECE_MODEL_H_
 #define ADAPTERD_SERVER_TEXT_SENTENCEPIECE_MODEL_H_
 
@@ -29,8 +31,11 @@ class SentencePieceModel {
   SentencePieceModel(const SentencePieceModel&) = delete;
   SentencePieceModel& operator=(const SentencePieceModel&) = delete;
 
-  // Loads a serialized ModelProto; on failure (including a missing shim)
-  // returns false and sets `error`.
+  // False in sanitizer builds, where the shim cannot be opened safely.
+  static bool Supported();
+
+  // Loads a serialized ModelProto; on failure (including a missing shim or
+  // an unsupported build) returns false and sets `error`.
   bool Load(std::string_view serialized, std::string* error);
   // On failure returns false and sets `error`.
   bool Encode(std::string_view text, std::vector<int>* ids, std::string* error) const;

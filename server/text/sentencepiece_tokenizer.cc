@@ -109,6 +109,9 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
     std::string_view model, const std::string& label, bool add_bos, bool add_eos) {
   auto t = std::unique_ptr<SentencePieceTokenizer>(new SentencePieceTokenizer());
   std::string error;
+  if (!SentencePieceModel::Supported()) {
+    return absl::FailedPreconditionError(absl::StrCat(label, ": SentencePiece is not available in sanitizer builds"));
+  }
   if (!t->sp_->Load(model, &error)) {
     return absl::InvalidArgumentError(absl::StrCat(label, ": not a SentencePiece model: ", error));
   }

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -321,6 +322,40 @@ TEST(TokenizerTest, LoadReadsConfigAndChatTemplate) {
   std::ofstream(dir + "/tokenizer.json") << "{";
   EXPECT_TRUE(IsError(Tokenizer::Load(dir).status(), absl::StatusCode::kInvalidArgument,
                       {dir + "/tokenizer.json", "not valid JSON"}));
+}
+
+// Many threads share one Tokenizer (and its piece cache) and agree with one.
+TEST(TokenizerTest, ConcurrentEncodeAndDecodeAgree) {
+  Json vocab = CharVocab("abcdefgh ");
+  Json merges = Json::array({Json::array({"a", "b"}), Json::array({"c", "d"}), Json::array({"ab", "cd"})});
+  vocab["ab"] = 20;
+  vocab["cd"] = 21;
+  vocab["abcd"] = 22;
+  auto t = Load(TokenizerJson(BpeModel(vocab, merges), nullptr,
+                              Json{{"type", "WhitespaceSplit"}}));
+  ASSERT_NE(t, nullptr);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 200; ++i) {
+    std::string s;
+    for (int k = 0; k < 40; ++k) s += "abcdefgh "[(i * 7 + k * k) % 9];
+    texts.push_back(s);
+  }
+  std::vector<Ids> want;
+  for (const std::string& s : texts) want.push_back(Enc(*t, s));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      for (int round = 0; round < 20; ++round) {
+        for (size_t i = 0; i < texts.size(); ++i) {
+          absl::StatusOr<Ids> ids = t->Encode(texts[i], false);
+          if (!ids.ok() || *ids != want[i] || t->Decode(*ids, false).empty()) ++mismatches[w];
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (int m : mismatches) EXPECT_EQ(m, 0);
 }
 
 }  // namespace
