@@ -9,7 +9,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_TESTS=OFF \
- && cmake --build build --target adapterd adapterctl
+ && cmake --build build --target adapterd adapterctl adapterd_sentencepiece
 
 FROM debian:trixie-slim AS runtime
 COPY deploy/packages.txt /tmp/packages.txt
@@ -19,6 +19,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /tmp/packages.txt \
  && useradd --system --create-home --uid 10001 adapterd
 COPY --from=build /src/build/server/adapterd /src/build/server/adapterctl /usr/local/bin/
+# The text layer opens this shim for SentencePiece tokenizer.model files.
+COPY --from=build /src/build/server/libadapterd_sentencepiece.so /usr/local/lib/adapterd/
 USER adapterd
 ENV ADAPTERD_CACHE_DIR=/home/adapterd/cache
 EXPOSE 50051 9464

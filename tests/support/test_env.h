@@ -39,6 +39,10 @@ absl::StatusOr<std::string> RunReference(const std::string& args);
 #define ADAPTERD_REQUIRE_REFERENCE()                                                   \
   do {                                                                                 \
     if (::adapterd::testing::OfflineRequested()) {                                     \
+      if (::adapterd::testing::InCi()) {                                        \
+        FAIL() << "CI=true: this test needs the reference stack, and ADAPTERD_OFFLINE=1 " \
+                  "may not skip it under CI";                                          \
+      }                                                                                \
       GTEST_SKIP() << "ADAPTERD_OFFLINE=1: reference (transformers/peft) test skipped"; \
     }                                                                                  \
     auto _py = ::adapterd::testing::ReferencePython();                                 \
