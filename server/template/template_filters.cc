@@ -46,24 +46,34 @@ std::string Escape(const std::string& s) {
   return out;
 }
 
-// jinja2's title filter: each word (split at -, whitespace, brackets) gets an
-// upper-case first character and lower-case rest.
+// jinja2's title filter: the text is split into words and runs of "-",
+// whitespace and opening brackets; each piece gets its first character upper
+// cased and the rest lower cased.
 std::string JinjaTitle(const std::string& s) {
+  const auto separator = [](char32_t c) {
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || text::IsSpace(c);
+  };
   std::string out;
   size_t pos = 0;
-  bool word_start = true;
   while (pos < s.size()) {
     const size_t start = pos;
-    const char32_t c = text::DecodeAt(s, &pos);
-    const bool separator = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || text::IsSpace(c);
-    const std::string ch = s.substr(start, pos - start);
-    if (separator) {
-      out += ch;
-      word_start = true;
-    } else {
-      out += word_start ? text::Upper(ch) : text::Lower(ch);
-      word_start = false;
+    size_t next = pos;
+    const bool sep = separator(text::DecodeAt(s, &next));
+    pos = next;
+    while (pos < s.size()) {
+      size_t after = pos;
+      if (separator(text::DecodeAt(s, &after)) != sep) break;
+      pos = after;
     }
+    const std::string_view piece = std::string_view(s).substr(start, pos - start);
+    if (sep) {
+      out.append(piece);
+      continue;
+    }
+    size_t first_end = 0;
+    text::DecodeAt(piece, &first_end);
+    out += text::Upper(piece.substr(0, first_end));
+    out += text::Lower(piece.substr(first_end));
   }
   return out;
 }
@@ -153,7 +163,7 @@ absl::StatusOr<Value> TextFilter(std::string_view name, const Value& v, const Ca
     size_t pos = 0;
     while (pos < s.size()) {
       const char32_t c = text::DecodeAt(s, &pos);
-      const bool w = text::IsAlpha(c) || text::IsDigit(c) || c == '_';
+      const bool w = text::IsAlnum(c) || c == '_';
       if (w && !in_word) ++words;
       in_word = w;
     }

@@ -25,17 +25,6 @@ bool Contains(std::initializer_list<std::string_view> names, std::string_view na
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-bool IsCaseOnly(const std::string& s, bool upper) {
-  bool cased = false;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    const char32_t c = text::DecodeAt(s, &pos);
-    if (upper ? text::IsLower(c) : text::IsUpper(c)) return false;
-    cased = cased || text::IsLower(c) || text::IsUpper(c);
-  }
-  return cased;
-}
-
 absl::StatusOr<bool> UnaryTest(std::string_view name, const Value& v, RenderState& state) {
   using K = Value::Kind;
   const K k = v.kind();
@@ -57,7 +46,7 @@ absl::StatusOr<bool> UnaryTest(std::string_view name, const Value& v, RenderStat
   if (name == "sequence") return k == K::kUndefined || k == K::kString || k == K::kList || k == K::kDict;
   if (name == "callable") return k == K::kCallable || k == K::kLoop;
   if (name == "lower" || name == "upper") {
-    return k == K::kString && IsCaseOnly(v.AsString(), name == "upper");
+    return k == K::kString && (name == "upper" ? text::PyIsUpper(v.AsString()) : text::PyIsLower(v.AsString()));
   }
   if (name == "filter" || name == "test") {
     if (k != K::kString) return false;

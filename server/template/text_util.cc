@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "server/template/unicode_props.h"
+
 namespace adapterd::tmpl::text {
 namespace {
 
@@ -37,67 +39,6 @@ bool InRanges(char32_t c, const char32_t (*ranges)[2], size_t n) {
     if (c >= ranges[i][0] && c <= ranges[i][1]) return true;
   }
   return false;
-}
-
-// Simple one-to-one case pairs: {upper_first, upper_last, offset to lower}.
-struct CaseRange {
-  char32_t first, last;
-  int32_t delta;
-};
-constexpr CaseRange kUpperToLower[] = {
-    {0x41, 0x5A, 32},     {0xC0, 0xD6, 32},     {0xD8, 0xDE, 32},   {0x391, 0x3A1, 32},
-    {0x3A3, 0x3AB, 32},   {0x410, 0x42F, 32},   {0x400, 0x40F, 80}, {0xFF21, 0xFF3A, 32},
-};
-
-// Latin Extended-A alternates upper (even) and lower (odd) except where noted.
-bool LatinExtAUpper(char32_t c) {
-  if (c < 0x100 || c > 0x17F) return false;
-  if (c == 0x130 || c == 0x131 || c == 0x138 || c == 0x149 || c == 0x17F) return false;
-  if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) == 1;
-  if (c == 0x178) return true;
-  return (c & 1) == 0;
-}
-
-char32_t ToLowerChar(char32_t c) {
-  for (const CaseRange& r : kUpperToLower) {
-    if (c >= r.first && c <= r.last) return c + r.delta;
-  }
-  if (c == 0x178) return 0xFF;
-  if (c == 0x130) return 0x69;  // U+0130 lowers to "i̇" in Python; the dot is dropped here
-  if (LatinExtAUpper(c)) return c + 1;
-  if (c == 0x386) return 0x3AC;
-  if (c >= 0x388 && c <= 0x38A) return c + 37;
-  if (c == 0x38C) return 0x3CC;
-  if (c == 0x38E || c == 0x38F) return c + 63;
-  return c;
-}
-
-char32_t ToUpperChar(char32_t c) {
-  if (c == 0xB5) return 0x39C;
-  if (c == 0xFF) return 0x178;
-  if (c == 0x131) return 0x49;
-  if (c == 0x17F) return 0x53;
-  if (c == 0x3C2) return 0x3A3;  // final sigma
-  for (const CaseRange& r : kUpperToLower) {
-    const char32_t lo_first = r.first + r.delta, lo_last = r.last + r.delta;
-    if (c >= lo_first && c <= lo_last) return c - r.delta;
-  }
-  if (c >= 0x101 && c <= 0x17F && c != 0x130 && c != 0x138 && c != 0x149 && !LatinExtAUpper(c)) return c - 1;
-  if (c == 0x3AC) return 0x386;
-  if (c >= 0x3AD && c <= 0x3AF) return c - 37;
-  if (c == 0x3CC) return 0x38C;
-  if (c == 0x3CD || c == 0x3CE) return c - 63;
-  return c;
-}
-
-bool IsCased(char32_t c) { return ToLowerChar(c) != c || ToUpperChar(c) != c || c == 0xDF; }
-
-void AppendUpper(char32_t c, std::string* out) {
-  if (c == 0xDF) {  // sharp s
-    out->append("SS");
-    return;
-  }
-  AppendUtf8(ToUpperChar(c), out);
 }
 
 }  // namespace
@@ -228,70 +169,94 @@ bool IsPrintable(char32_t c) {
   return !InRanges(c, kNonPrintable, sizeof(kNonPrintable) / sizeof(kNonPrintable[0]));
 }
 
-bool IsAlpha(char32_t c) {
-  if (c < 0x80) return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
-  if (c == 0xAA || c == 0xB5 || c == 0xBA) return true;
-  if (c >= 0xC0 && c <= 0x24F) return c != 0xD7 && c != 0xF7;
-  return IsCased(c) || (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3040 && c <= 0x30FF) ||
-         (c >= 0xAC00 && c <= 0xD7A3);
+bool IsAlpha(char32_t c) { return IsLetter(c); }
+
+bool IsAlnum(char32_t c) { return IsLetter(c) || IsNumber(c); }
+
+bool IsDigit(char32_t c) {
+  return (c >= '0' && c <= '9') || c == 0xB2 || c == 0xB3 || c == 0xB9 || c == 0x2070 ||
+         (c >= 0x2074 && c <= 0x2079) || (c >= 0x2080 && c <= 0x2089) || (c >= 0x660 && c <= 0x669) ||
+         (c >= 0x6F0 && c <= 0x6F9) || (c >= 0x966 && c <= 0x96F) || (c >= 0xFF10 && c <= 0xFF19);
 }
 
-bool IsDigit(char32_t c) { return c >= '0' && c <= '9'; }
-bool IsUpper(char32_t c) { return ToLowerChar(c) != c; }
-bool IsLower(char32_t c) { return ToUpperChar(c) != c || c == 0xDF; }
+bool IsUpper(char32_t c) { return SimpleLower(c) != c && !IsTitlecase(c); }
+
+bool IsLower(char32_t c) {
+  if (IsTitlecase(c)) return false;
+  return SimpleUpper(c) != c || (IsCased(c) && SimpleLower(c) == c);
+}
+
+bool PyIsLower(std::string_view s) {
+  bool cased = false;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const char32_t c = DecodeAt(s, &pos);
+    if (IsUpper(c) || IsTitlecase(c)) return false;
+    cased = cased || IsLower(c);
+  }
+  return cased;
+}
+
+bool PyIsUpper(std::string_view s) {
+  bool cased = false;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const char32_t c = DecodeAt(s, &pos);
+    if (IsLower(c) || IsTitlecase(c)) return false;
+    cased = cased || IsUpper(c);
+  }
+  return cased;
+}
 
 std::string Upper(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   size_t pos = 0;
-  while (pos < s.size()) AppendUpper(DecodeAt(s, &pos), &out);
+  while (pos < s.size()) AppendUpperFull(DecodeAt(s, &pos), &out);
   return out;
 }
 
 std::string Lower(std::string_view s) {
+  if (IsAscii(s)) {
+    std::string out(s);
+    for (char& c : out) {
+      if (c >= 'A' && c <= 'Z') c += 32;
+    }
+    return out;
+  }
+  const std::u32string u = Decode(s);
   std::string out;
   out.reserve(s.size());
-  size_t pos = 0;
-  while (pos < s.size()) AppendUtf8(ToLowerChar(DecodeAt(s, &pos)), &out);
+  for (size_t i = 0; i < u.size(); ++i) AppendLowerFull(u, i, &out);
   return out;
 }
 
 std::string Capitalize(std::string_view s) {
+  const std::u32string u = Decode(s);
   std::string out;
   out.reserve(s.size());
-  size_t pos = 0;
-  bool first = true;
-  while (pos < s.size()) {
-    const char32_t c = DecodeAt(s, &pos);
-    if (first) {
-      if (c == 0xDF) {
-        out.append("Ss");
-      } else {
-        AppendUtf8(ToUpperChar(c), &out);
-      }
-      first = false;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 0) {
+      AppendTitleFull(u[0], &out);
     } else {
-      AppendUtf8(ToLowerChar(c), &out);
+      AppendLowerFull(u, i, &out);
     }
   }
   return out;
 }
 
 std::string PyTitle(std::string_view s) {
+  const std::u32string u = Decode(s);
   std::string out;
   out.reserve(s.size());
-  size_t pos = 0;
   bool previous_cased = false;
-  while (pos < s.size()) {
-    const char32_t c = DecodeAt(s, &pos);
+  for (size_t i = 0; i < u.size(); ++i) {
     if (previous_cased) {
-      AppendUtf8(ToLowerChar(c), &out);
-    } else if (c == 0xDF) {
-      out.append("Ss");
+      AppendLowerFull(u, i, &out);
     } else {
-      AppendUtf8(ToUpperChar(c), &out);
+      AppendTitleFull(u[i], &out);
     }
-    previous_cased = IsCased(c);
+    previous_cased = IsCased(u[i]);
   }
   return out;
 }

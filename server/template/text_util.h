@@ -4,8 +4,7 @@
 // Every function is a pure function of its arguments and thread-safe. Inputs
 // are expected to be valid UTF-8 (ChatTemplate validates its source and its
 // context); an invalid byte decodes as U+FFFD and never reads out of bounds.
-// Case mapping covers ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic;
-// other scripts are left unchanged.
+// Character properties and case mappings come from unicode_props.h.
 #ifndef ADAPTERD_SERVER_TEMPLATE_TEXT_UTIL_H_
 #define ADAPTERD_SERVER_TEMPLATE_TEXT_UTIL_H_
 
@@ -33,9 +32,15 @@ bool IsSpace(char32_t c);
 // Python str.isprintable() for one code point, approximated by ranges.
 bool IsPrintable(char32_t c);
 bool IsAlpha(char32_t c);
+// Python str.isalnum(); with '_' also what `\w` matches.
+bool IsAlnum(char32_t c);
 bool IsDigit(char32_t c);
 bool IsUpper(char32_t c);
 bool IsLower(char32_t c);
+
+// Python str.islower() and str.isupper().
+bool PyIsLower(std::string_view s);
+bool PyIsUpper(std::string_view s);
 
 // Python str.upper(), str.lower(), str.capitalize(), str.title().
 std::string Upper(std::string_view s);

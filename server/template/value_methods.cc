@@ -151,24 +151,18 @@ absl::StatusOr<Value> SearchMethod(const std::string& s, std::string_view name, 
 }
 
 absl::StatusOr<Value> Predicate(const std::string& s, std::string_view name) {
-  bool any = false, all = true, cased = false;
+  if (name == "islower") return Value::Bool(text::PyIsLower(s));
+  if (name == "isupper") return Value::Bool(text::PyIsUpper(s));
+  bool all = !s.empty();
   size_t pos = 0;
-  while (pos < s.size()) {
+  while (pos < s.size() && all) {
     const char32_t c = text::DecodeAt(s, &pos);
-    any = true;
-    if (name == "isalnum") all = all && (text::IsAlpha(c) || text::IsDigit(c));
-    if (name == "isalpha") all = all && text::IsAlpha(c);
-    if (name == "isdigit") all = all && text::IsDigit(c);
-    if (name == "isspace") all = all && text::IsSpace(c);
-    if (name == "islower" || name == "isupper") {
-      const bool upper = text::IsUpper(c), lower = text::IsLower(c);
-      cased = cased || upper || lower;
-      if (name == "islower" && upper) all = false;
-      if (name == "isupper" && lower) all = false;
-    }
+    if (name == "isalnum") all = text::IsAlnum(c);
+    if (name == "isalpha") all = text::IsAlpha(c);
+    if (name == "isdigit") all = text::IsDigit(c);
+    if (name == "isspace") all = text::IsSpace(c);
   }
-  if (name == "islower" || name == "isupper") return Value::Bool(cased && all);
-  return Value::Bool(any && all);
+  return Value::Bool(all);
 }
 
 absl::StatusOr<Value> NoArgs(std::string_view name, const CallArgs& args) {
