@@ -224,7 +224,12 @@ absl::StatusOr<Value> ExpressionEvaluator::EvalCall(const Expr& e) {
   switch (fn.kind) {
     case CallableData::Kind::kGlobal: return CallGlobal(e, fn.name, *args);
     case CallableData::Kind::kMacro: return macros_.CallMacro(fn, *args, e.line);
-    case CallableData::Kind::kMethod: r = CallMethod(*fn.receiver, fn.name, *args, state_); break;
+    case CallableData::Kind::kMethod:
+      r = CallMethod(*fn.receiver, fn.name, *args, state_);
+      if (r.ok()) {
+        if (absl::Status s = state_.CheckValue(*r); !s.ok()) return At(e, s);
+      }
+      break;
     case CallableData::Kind::kLoopCycle:
       if (args->positional.empty() || !args->keyword.empty()) {
         return At(e, "loop.cycle() needs positional items to cycle through");
@@ -257,6 +262,9 @@ absl::StatusOr<Value> ExpressionEvaluator::CallGlobal(const Expr& e, const std::
     r = StrftimeNow(args, state_);
   } else {
     return At(e, absl::StrCat("global function \"", std::string(name), "\" is not supported"));
+  }
+  if (r.ok()) {
+    if (absl::Status s = state_.CheckValue(*r); !s.ok()) return At(e, s);
   }
   return r.ok() ? r : At(e, r.status());
 }
@@ -292,6 +300,9 @@ absl::StatusOr<Value> ExpressionEvaluator::EvalFilterOrTest(const Expr& e) {
   if (!args.ok()) return args.status();
   if (e.kind == Expr::Kind::kFilter) {
     absl::StatusOr<Value> r = ApplyFilter(e.name, *value, *args, state_);
+    if (r.ok()) {
+      if (absl::Status s = state_.CheckValue(*r); !s.ok()) return At(e, s);
+    }
     return r.ok() ? r : At(e, r.status());
   }
   absl::StatusOr<bool> r = ApplyTest(e.name, *value, *args, state_);

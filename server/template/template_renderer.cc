@@ -125,7 +125,15 @@ absl::StatusOr<TemplateRenderer::Flow> TemplateRenderer::ExecFor(const Stmt& s, 
     if (absl::Status st = state_.CountIteration(); !st.ok()) return LineStatus(s.line, st.message());
     scope_.Push();
     absl::Status bound = Bind(s.targets, items[i], s.line);
-    if (bound.ok()) scope_.Set("loop", LoopObject(items, i));
+    if (bound.ok()) {
+      Value loop = LoopObject(items, i);
+      bound = state_.CheckValue(loop);
+      if (bound.ok()) {
+        scope_.Set("loop", std::move(loop));
+      } else {
+        bound = LineStatus(s.line, bound.message());
+      }
+    }
     absl::StatusOr<Flow> flow = bound.ok() ? Exec(s.body, out) : absl::StatusOr<Flow>(bound);
     scope_.Pop();
     if (!flow.ok()) return flow;
@@ -155,6 +163,7 @@ absl::Status TemplateRenderer::Bind(const std::vector<std::string>& targets, con
 }
 
 absl::Status TemplateRenderer::Assign(const Stmt& s, Value value) {
+  if (absl::Status st = state_.CheckValue(value); !st.ok()) return LineStatus(s.line, st.message());
   if (s.attr.empty()) return Bind(s.targets, value, s.line);
   const Value* target = scope_.Find(s.targets[0]);
   if (target == nullptr || target->kind() != Value::Kind::kNamespace) {

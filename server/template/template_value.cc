@@ -122,6 +122,14 @@ Value Value::Namespace(NamespaceData* ns) {
 
 Value Value::Iterator(std::vector<Value> items, std::string type_name) {
   auto data = std::make_shared<IteratorData>();
+  int depth = 0;
+  int64_t weight = 1;
+  for (const Value& item : items) {
+    depth = std::max(depth, item.Depth());
+    weight = SaturatingAdd(weight, item.Weight());
+  }
+  data->depth = depth + 1;
+  data->weight = weight;
   data->items = std::move(items);
   data->type_name = std::move(type_name);
   Value v;
@@ -131,6 +139,10 @@ Value Value::Iterator(std::vector<Value> items, std::string type_name) {
 }
 
 Value Value::Callable(CallableData fn) {
+  if (fn.receiver) {
+    fn.depth = fn.receiver->Depth() + 1;
+    fn.weight = SaturatingAdd(fn.receiver->Weight(), 1);
+  }
   Value v;
   v.kind_ = Kind::kCallable;
   v.data_ = std::make_shared<const CallableData>(std::move(fn));
@@ -163,7 +175,8 @@ int Value::Depth() const {
     case Kind::kList: return AsList().depth;
     case Kind::kDict:
     case Kind::kLoop: return AsDict().depth;
-    case Kind::kIterator: return 1;
+    case Kind::kIterator: return AsIterator().depth;
+    case Kind::kCallable: return AsCallable().depth;
     default: return 0;
   }
 }
@@ -173,6 +186,8 @@ int64_t Value::Weight() const {
     case Kind::kList: return AsList().weight;
     case Kind::kDict:
     case Kind::kLoop: return AsDict().weight;
+    case Kind::kIterator: return AsIterator().weight;
+    case Kind::kCallable: return AsCallable().weight;
     default: return 1;
   }
 }

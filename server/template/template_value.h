@@ -58,6 +58,8 @@ struct IteratorData {
   std::vector<Value> items;
   size_t position = 0;
   std::string type_name;  // Python's: "generator", "list_reverseiterator"
+  int depth = 1;
+  int64_t weight = 1;
 };
 
 // Something a template can call.
@@ -68,6 +70,8 @@ struct CallableData {
   std::shared_ptr<const Value> receiver;  // kMethod: the object; kLoopCycle: index0
   const MacroDef* macro = nullptr;        // kMacro; owned by the parsed template
   int frame = 0;                          // kMacro: the scope frame it was defined in
+  int depth = 0;                          // 1 + the receiver's depth
+  int64_t weight = 1;
 };
 
 class Value {

@@ -24,14 +24,31 @@ class ReprPrinter {
   void Print(const Value& v, std::string* out);
 
  private:
+  void PrintValue(const Value& v, std::string* out);
   void PrintNamespace(NamespaceData* ns, std::string* out);
   size_t max_;
+  int depth_ = 0;
   std::vector<const NamespaceData*> open_;  // namespaces being printed (cycle guard)
 };
+
+// Values nest at most TemplateLimits::max_value_depth deep, but chains of
+// namespaces may go deeper; printing stops there.
+constexpr int kMaxReprDepth = 256;
 
 void ReprPrinter::Print(const Value& v, std::string* out) {
   using K = Value::Kind;
   if (out->size() > max_) return;
+  if (depth_ >= kMaxReprDepth) {
+    out->append("...");
+    return;
+  }
+  ++depth_;
+  PrintValue(v, out);
+  --depth_;
+}
+
+void ReprPrinter::PrintValue(const Value& v, std::string* out) {
+  using K = Value::Kind;
   switch (v.kind()) {
     case K::kUndefined: out->append("Undefined"); return;
     case K::kNone: out->append("None"); return;

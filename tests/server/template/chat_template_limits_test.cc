@@ -3,6 +3,8 @@
 // and without building the oversized value first.
 #include <string>
 
+#include "absl/status/statusor.h"
+
 #include "gtest/gtest.h"
 #include "server/template/chat_template.h"
 #include "tests/server/template/template_test_util.h"
@@ -70,6 +72,24 @@ TEST(ChatTemplateLimitsTest, ValueSizeAndDepth) {
                         return l;
                       }()).status(),
                       kInvalid, {"elements"}));
+}
+
+TEST(ChatTemplateLimitsTest, ChainsThroughMethodsLoopsAndNamespacesAreBounded) {
+  EXPECT_TRUE(IsError(RenderText("{% set ns = namespace(l=[]) %}{% for i in range(300) %}"
+                                 "{% set ns.l = [ns.l.count] %}{% endfor %}").status(),
+                      kInvalid, {"nested more than 128 levels deep"}));
+  EXPECT_TRUE(IsError(RenderText("{% set ns = namespace(l={}) %}{% for i in range(300) %}"
+                                 "{% set ns.l = {'a': ns.l}.items() %}{% endfor %}").status(),
+                      kInvalid, {"nested more than 128 levels deep"}));
+  EXPECT_TRUE(IsError(RenderText("{% set ns = namespace(x=0) %}{% for i in range(300) %}{% for y in [ns.x, 0] %}"
+                                 "{% if loop.last %}{% set ns.x = loop %}{% endif %}{% endfor %}{% endfor %}").status(),
+                      kInvalid, {"nested more than 128 levels deep"}));
+  // Namespaces may chain without bound; printing stops at a fixed depth.
+  absl::StatusOr<std::string> out = RenderText(
+      "{% set root = namespace(cur=none) %}{% for i in range(5000) %}"
+      "{% set root.cur = namespace(x=root.cur) %}{% endfor %}{{ root }}");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_NE(out->find("<Namespace {'x': ...}>"), std::string::npos);
 }
 
 TEST(ChatTemplateLimitsTest, Work) {
