@@ -30,7 +30,7 @@ class StatementParser {
   absl::Status ParseBody(std::initializer_list<const char*> ends, Body* out, std::string* found);
 
  private:
-  absl::StatusOr<std::unique_ptr<Stmt>> ParseStatement(const Token& begin);
+  absl::StatusOr<std::unique_ptr<Stmt>> ParseStatement();
   absl::Status ParseIf(Stmt* s);
   absl::Status ParseFor(Stmt* s);
   absl::Status ParseSet(Stmt* s);
@@ -41,7 +41,6 @@ class StatementParser {
   ExpressionParser expr_;
   int nesting_ = 0;
   int loop_depth_ = 0;
-  const Token* open_tag_ = nullptr;  // for "unexpected end" messages
 };
 
 absl::Status StatementParser::ParseBody(std::initializer_list<const char*> ends, Body* out,
@@ -87,7 +86,7 @@ absl::Status StatementParser::ParseBody(std::initializer_list<const char*> ends,
             }
           }
         }
-        absl::StatusOr<std::unique_ptr<Stmt>> s = ParseStatement(tok);
+        absl::StatusOr<std::unique_ptr<Stmt>> s = ParseStatement();
         if (!s.ok()) return s.status();
         out->push_back(std::move(*s));
         break;
@@ -97,7 +96,7 @@ absl::Status StatementParser::ParseBody(std::initializer_list<const char*> ends,
   }
 }
 
-absl::StatusOr<std::unique_ptr<Stmt>> StatementParser::ParseStatement(const Token& begin) {
+absl::StatusOr<std::unique_ptr<Stmt>> StatementParser::ParseStatement() {
   const Token tag = t_.Current();
   if (tag.kind != TokenKind::kName) {
     return t_.Error(absl::StrCat("expected a statement name after \"{%\", got ", t_.Describe()));

@@ -36,7 +36,6 @@ class ReprPrinter {
 constexpr int kMaxReprDepth = 256;
 
 void ReprPrinter::Print(const Value& v, std::string* out) {
-  using K = Value::Kind;
   if (out->size() > max_) return;
   if (depth_ >= kMaxReprDepth) {
     out->append("...");
