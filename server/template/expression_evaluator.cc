@@ -54,7 +54,7 @@ absl::StatusOr<Value> Range(const CallArgs& args, RenderState& state) {
     items.push_back(Value::Int(i));
     if (items.size() >= static_cast<size_t>(count)) break;
   }
-  return Value::List(std::move(items));
+  return Value::Range(std::move(items), start, stop, step);
 }
 
 absl::StatusOr<Value> StrftimeNow(const CallArgs& args, RenderState& state) {

@@ -111,6 +111,7 @@ absl::StatusOr<Value> FirstOrLast(std::string_view name, const Value& v) {
     case Value::Kind::kIterator: {
       if (!first) return Error(absl::StrCat("'", v.TypeName(), "' object is not reversible"));
       IteratorData& it = v.AsIterator();
+      if (!it.pending_error.empty()) return Error(it.pending_error);
       if (it.position < it.items.size()) return it.items[it.position++];
       break;
     }
@@ -132,8 +133,17 @@ absl::StatusOr<Value> Reverse(const Value& v, RenderState& state) {
     if (!items.ok()) return items.status();
     std::reverse(items->begin(), items->end());
     if (v.kind() == Value::Kind::kIterator) return Value::List(std::move(*items));
-    const char* type = v.is_dict() ? "dict_reversekeyiterator"
-                                   : (v.is_list() && !v.AsList().is_tuple ? "list_reverseiterator" : "reversed");
+    const char* type = "reversed";
+    if (v.is_dict()) type = "dict_reversekeyiterator";
+    if (v.is_list()) {
+      switch (v.AsList().flavor) {
+        case ListFlavor::kPlain: type = v.AsList().is_tuple ? "reversed" : "list_reverseiterator"; break;
+        case ListFlavor::kRange: type = "range_iterator"; break;
+        case ListFlavor::kDictKeys: type = "dict_reversekeyiterator"; break;
+        case ListFlavor::kDictValues: type = "dict_reversevalueiterator"; break;
+        case ListFlavor::kDictItems: type = "dict_reverseitemiterator"; break;
+      }
+    }
     return Value::Iterator(std::move(*items), type);
   }
   return Error("argument must be iterable");
@@ -358,12 +368,38 @@ absl::StatusOr<Value> Items(const Value& v) {
 
 }  // namespace
 
+static absl::StatusOr<Value> ApplyFilterNow(std::string_view name, const Value& v, const CallArgs& args,
+                                     RenderState& state);
+
 bool IsSequenceFilter(std::string_view name) {
   return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 
+// The generator function jinja2 runs for `name`, or null when the filter
+// computes its result at once.
+static const char* GeneratorFunction(std::string_view name) {
+  if (name == "map") return "sync_do_map";
+  if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
+    return "select_or_reject";
+  }
+  if (name == "unique") return "sync_do_unique";
+  if (name == "items") return "do_items";
+  return nullptr;
+}
+
 absl::StatusOr<Value> ApplySequenceFilter(std::string_view name, const Value& v, const CallArgs& args,
                                           RenderState& state) {
+  absl::StatusOr<Value> r = ApplyFilterNow(name, v, args, state);
+  const char* generator = GeneratorFunction(name);
+  if (generator == nullptr) return r;
+  // A generator raises only when it runs: its error waits for the consumer.
+  if (!r.ok()) return Value::FailedGenerator(std::string(r.status().message()), generator);
+  if (r->kind() == Value::Kind::kIterator) r->AsIterator().function = generator;
+  return r;
+}
+
+static absl::StatusOr<Value> ApplyFilterNow(std::string_view name, const Value& v, const CallArgs& args,
+                                     RenderState& state) {
   const std::string what = absl::StrCat("filter \"", std::string(name), "\"");
   if (name == "map") return Map(v, args, state);
   if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {

@@ -15,6 +15,25 @@ bool IsDigitChar(char c) { return c >= '0' && c <= '9'; }
 bool IsNameStart(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsNameChar(char c) { return IsNameStart(c) || IsDigitChar(c); }
 
+// `n` hex digits of body at `at` as a code point; false when they are not there.
+bool ReadHex(std::string_view body, size_t at, int n, char32_t* value) {
+  *value = 0;
+  if (at + n > body.size()) return false;
+  for (int i = 0; i < n; ++i) {
+    const char c = body[at + i];
+    int d;
+    if (IsDigitChar(c)) {
+      d = c - '0';
+    } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
+      d = (c | 0x20) - 'a' + 10;
+    } else {
+      return false;
+    }
+    *value = *value * 16 + d;
+  }
+  return true;
+}
+
 // Newlines become "\n" and one trailing newline is dropped, as jinja2 does
 // with keep_trailing_newline off.
 std::string Normalize(std::string_view source) {
@@ -166,6 +185,7 @@ absl::StatusOr<std::vector<Token>> Lexer::Run() {
 }
 
 absl::Status Lexer::LexRawBody() {
+  if (pos_ >= src_.size()) return absl::OkStatus();  // jinja2 accepts a raw tag that ends the template
   for (size_t p = pos_; p + 1 < src_.size(); ++p) {
     if (!At(p, "{%")) continue;
     size_t q = p + 2;
@@ -194,6 +214,7 @@ absl::Status Lexer::LexRawBody() {
 }
 
 absl::Status Lexer::LexComment() {
+  if (pos_ >= src_.size()) return absl::OkStatus();  // jinja2 accepts a "{#" that ends the template
   for (size_t p = pos_; p < src_.size(); ++p) {
     size_t end = 0;
     if (At(p, "+#}")) {
@@ -372,23 +393,6 @@ absl::StatusOr<size_t> Lexer::MatchString(size_t pos, Token* token) const {
 
 // Python's unicode-escape decoding of a literal's body, as jinja2 applies it.
 absl::Status Lexer::Unescape(size_t pos, std::string_view body, std::string* out) const {
-  const auto hex = [&](size_t at, int n, char32_t* value) {
-    *value = 0;
-    if (at + n > body.size()) return false;
-    for (int i = 0; i < n; ++i) {
-      const char c = body[at + i];
-      int d;
-      if (IsDigitChar(c)) {
-        d = c - '0';
-      } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
-        d = (c | 0x20) - 'a' + 10;
-      } else {
-        return false;
-      }
-      *value = *value * 16 + d;
-    }
-    return true;
-  };
   size_t i = 0;
   while (i < body.size()) {
     if (body[i] != '\\') {
@@ -416,7 +420,7 @@ absl::Status Lexer::Unescape(size_t pos, std::string_view body, std::string* out
       case 'u':
       case 'U': {
         const int n = c == 'x' ? 2 : (c == 'u' ? 4 : 8);
-        if (!hex(i, n, &cp)) {
+        if (!ReadHex(body, i, n, &cp)) {
           return Error(pos, absl::StrCat("truncated \\", std::string(1, c), " escape in a string literal"));
         }
         i += n;

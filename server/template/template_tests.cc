@@ -43,10 +43,15 @@ absl::StatusOr<bool> UnaryTest(std::string_view name, const Value& v, RenderStat
     return k == K::kUndefined || k == K::kString || k == K::kList || k == K::kDict ||
            k == K::kIterator || k == K::kLoop;
   }
-  if (name == "sequence") return k == K::kUndefined || k == K::kString || k == K::kList || k == K::kDict;
+  if (name == "sequence") {
+    return k == K::kUndefined || k == K::kString || k == K::kDict ||
+           (k == K::kList && v.AsList().flavor <= ListFlavor::kRange);
+  }
   if (name == "callable") return k == K::kCallable || k == K::kLoop;
-  if (name == "lower" || name == "upper") {
-    return k == K::kString && (name == "upper" ? text::PyIsUpper(v.AsString()) : text::PyIsLower(v.AsString()));
+  if (name == "lower" || name == "upper") {  // str(value).islower()
+    absl::StatusOr<std::string> s = ToText(v, state);
+    if (!s.ok()) return s.status();
+    return name == "upper" ? text::PyIsUpper(*s) : text::PyIsLower(*s);
   }
   if (name == "filter" || name == "test") {
     if (k != K::kString) return false;

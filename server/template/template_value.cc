@@ -96,6 +96,22 @@ Value Value::List(std::vector<Value> items, bool is_tuple) {
   return v;
 }
 
+Value Value::Range(std::vector<Value> items, int64_t start, int64_t stop, int64_t step) {
+  Value v = List(std::move(items));
+  auto data = std::const_pointer_cast<ListData>(std::get<ListPtr>(v.data_));
+  data->flavor = ListFlavor::kRange;
+  data->range_start = start;
+  data->range_stop = stop;
+  data->range_step = step;
+  return v;
+}
+
+Value Value::DictView(std::vector<Value> items, ListFlavor flavor) {
+  Value v = List(std::move(items));
+  std::const_pointer_cast<ListData>(std::get<ListPtr>(v.data_))->flavor = flavor;
+  return v;
+}
+
 Value Value::Dict(std::vector<std::pair<Value, Value>> entries) {
   auto data = std::make_shared<DictData>();
   int depth = 0;
@@ -120,8 +136,15 @@ Value Value::Namespace(NamespaceData* ns) {
   return v;
 }
 
-Value Value::Iterator(std::vector<Value> items, std::string type_name) {
+Value Value::FailedGenerator(std::string error, std::string function) {
+  Value v = Iterator({}, "generator", std::move(function));
+  v.AsIterator().pending_error = std::move(error);
+  return v;
+}
+
+Value Value::Iterator(std::vector<Value> items, std::string type_name, std::string function) {
   auto data = std::make_shared<IteratorData>();
+  data->function = std::move(function);
   int depth = 0;
   int64_t weight = 1;
   for (const Value& item : items) {
@@ -214,7 +237,14 @@ std::string Value::TypeName() const {
     case Kind::kInt: return "int";
     case Kind::kFloat: return "float";
     case Kind::kString: return "str";
-    case Kind::kList: return AsList().is_tuple ? "tuple" : "list";
+    case Kind::kList:
+      switch (AsList().flavor) {
+        case ListFlavor::kRange: return "range";
+        case ListFlavor::kDictKeys: return "dict_keys";
+        case ListFlavor::kDictValues: return "dict_values";
+        case ListFlavor::kDictItems: return "dict_items";
+        default: return AsList().is_tuple ? "tuple" : "list";
+      }
     case Kind::kDict: return "dict";
     case Kind::kNamespace: return "Namespace";
     case Kind::kIterator: return AsIterator().type_name;
@@ -282,7 +312,7 @@ bool PyEquals(const Value& a, const Value& b) {
     case K::kList: {
       const ListData& x = a.AsList();
       const ListData& y = b.AsList();
-      if (x.is_tuple != y.is_tuple || x.items.size() != y.items.size()) return false;
+      if (x.is_tuple != y.is_tuple || x.flavor != y.flavor || x.items.size() != y.items.size()) return false;
       if (&x == &y) return true;
       for (size_t i = 0; i < x.items.size(); ++i) {
         if (!PyEquals(x.items[i], y.items[i])) return false;
@@ -311,7 +341,7 @@ absl::StatusOr<int> PyCompare(const Value& a, const Value& b, std::string_view o
     const int c = a.AsString().compare(b.AsString());
     return c < 0 ? -1 : (c > 0 ? 1 : 0);
   }
-  if (a.is_list() && b.is_list() && a.AsList().is_tuple == b.AsList().is_tuple) {
+  if (a.is_plain_list() && b.is_plain_list() && a.AsList().is_tuple == b.AsList().is_tuple) {
     const auto& x = a.AsList().items;
     const auto& y = b.AsList().items;
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {

@@ -27,11 +27,17 @@ namespace adapterd::tmpl {
 class Value;
 struct MacroDef;
 
+// What Python type a list-like value stands for: a list or tuple, a range(),
+// or a view of a dict (dict.keys(), values(), items()).
+enum class ListFlavor : uint8_t { kPlain, kRange, kDictKeys, kDictValues, kDictItems };
+
 // An immutable list (or tuple). `depth` is 1 + the deepest element's depth;
 // `weight` counts it and every nested element (shared ones each time).
 struct ListData {
   std::vector<Value> items;
   bool is_tuple = false;
+  ListFlavor flavor = ListFlavor::kPlain;
+  int64_t range_start = 0, range_stop = 0, range_step = 1;  // kRange, for repr()
   int depth = 1;
   int64_t weight = 1;
 };
@@ -54,10 +60,14 @@ struct NamespaceData {
 
 // A one-shot iterator over a snapshot of items: what jinja2's map, select,
 // selectattr, items and reverse filters return.
+// A generator whose computation failed keeps the error for its consumer, as
+// Python only raises once the generator runs.
 struct IteratorData {
   std::vector<Value> items;
   size_t position = 0;
   std::string type_name;  // Python's: "generator", "list_reverseiterator"
+  std::string function;   // the generator function, for repr()
+  std::string pending_error;
   int depth = 1;
   int64_t weight = 1;
 };
@@ -89,9 +99,15 @@ class Value {
   static Value Float(double f);
   static Value String(std::string s);
   static Value List(std::vector<Value> items, bool is_tuple = false);
+  // range(start, stop, step) with its items.
+  static Value Range(std::vector<Value> items, int64_t start, int64_t stop, int64_t step);
+  // dict.keys(), values() or items().
+  static Value DictView(std::vector<Value> items, ListFlavor flavor);
   static Value Dict(std::vector<std::pair<Value, Value>> entries);
   static Value Namespace(NamespaceData* ns);
-  static Value Iterator(std::vector<Value> items, std::string type_name);
+  static Value Iterator(std::vector<Value> items, std::string type_name, std::string function = "");
+  // A generator that raises `error` when it is consumed.
+  static Value FailedGenerator(std::string error, std::string function);
   static Value Callable(CallableData fn);
   // A loop object whose attributes are `attrs` (string keys).
   static Value Loop(std::vector<std::pair<Value, Value>> attrs);
@@ -105,6 +121,8 @@ class Value {
     return kind_ == Kind::kBool || kind_ == Kind::kInt || kind_ == Kind::kFloat;
   }
   bool is_list() const { return kind_ == Kind::kList; }
+  // A Python list or tuple (not a range or dict view).
+  bool is_plain_list() const { return kind_ == Kind::kList && AsList().flavor == ListFlavor::kPlain; }
   bool is_dict() const { return kind_ == Kind::kDict; }
 
   bool AsBool() const { return std::get<bool>(data_); }

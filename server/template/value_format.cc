@@ -57,6 +57,13 @@ void ReprPrinter::PrintValue(const Value& v, std::string* out) {
     case K::kString: out->append(StringRepr(v.AsString())); return;
     case K::kList: {
       const ListData& l = v.AsList();
+      if (l.flavor == ListFlavor::kRange) {
+        absl::StrAppend(out, "range(", l.range_start, ", ", l.range_stop);
+        if (l.range_step != 1) absl::StrAppend(out, ", ", l.range_step);
+        out->push_back(')');
+        return;
+      }
+      if (l.flavor != ListFlavor::kPlain) absl::StrAppend(out, v.TypeName(), "(");
       out->push_back(l.is_tuple ? '(' : '[');
       for (size_t i = 0; i < l.items.size() && out->size() <= max_; ++i) {
         if (i > 0) out->append(", ");
@@ -64,6 +71,7 @@ void ReprPrinter::PrintValue(const Value& v, std::string* out) {
       }
       if (l.is_tuple && l.items.size() == 1) out->push_back(',');
       out->push_back(l.is_tuple ? ')' : ']');
+      if (l.flavor != ListFlavor::kPlain) out->push_back(')');
       return;
     }
     case K::kDict: {
@@ -81,7 +89,13 @@ void ReprPrinter::PrintValue(const Value& v, std::string* out) {
       return;
     }
     case K::kNamespace: PrintNamespace(v.AsNamespace(), out); return;
-    case K::kIterator: absl::StrAppend(out, "<", v.AsIterator().type_name, " object>"); return;
+    case K::kIterator: {
+      // Python shows an address here; a fixed one keeps renders repeatable.
+      const IteratorData& it = v.AsIterator();
+      absl::StrAppend(out, "<", it.type_name, " object", it.function.empty() ? "" : " ", it.function,
+                      " at 0x7f0000000000>");
+      return;
+    }
     case K::kCallable: {
       const CallableData& fn = v.AsCallable();
       if (fn.kind == CallableData::Kind::kMacro) {
@@ -243,6 +257,10 @@ absl::Status JsonEncoder::Encode(const Value& v, int level, std::string* out) {
     case K::kFloat: out->append(JsonFloat(v.AsDouble())); break;
     case K::kString: AppendJsonString(v.AsString(), o_.ensure_ascii, out); break;
     case K::kList: {
+      if (!v.is_plain_list()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Object of type ", v.TypeName(), " is not JSON serializable"));
+      }
       const auto& items = v.AsList().items;
       if (items.empty()) {
         out->append("[]");

@@ -332,7 +332,9 @@ absl::StatusOr<Value> DictMethod(const Value& d, std::string_view name, const Ca
       out.push_back(Value::List({k, v}, /*is_tuple=*/true));
     }
   }
-  return Value::List(std::move(out));
+  const ListFlavor flavor = name == "keys" ? ListFlavor::kDictKeys
+                                           : (name == "values" ? ListFlavor::kDictValues : ListFlavor::kDictItems);
+  return Value::DictView(std::move(out), flavor);
 }
 
 absl::StatusOr<Value> ListMethod(const Value& l, std::string_view name, const CallArgs& args,
@@ -380,6 +382,12 @@ std::optional<Value> LookupMethod(const Value& obj, std::string_view name) {
       if (OneOf(name, kDictSupported) || name == "fromkeys") return BoundMethod(obj, name);
       return std::nullopt;
     case Value::Kind::kList:
+      if (obj.AsList().flavor != ListFlavor::kPlain) {
+        if (obj.AsList().flavor == ListFlavor::kRange && (name == "count" || name == "index")) {
+          return BoundMethod(obj, name);
+        }
+        return std::nullopt;
+      }
       if (obj.AsList().is_tuple) {
         if (name == "count" || name == "index") return BoundMethod(obj, name);
         return std::nullopt;

@@ -192,7 +192,7 @@ absl::StatusOr<Value> GetItem(const Value& obj, const Value& key) {
   if (obj.is_undefined()) return UndefinedError(obj);
   switch (obj.kind()) {
     case Value::Kind::kList:
-      if (IsIntLike(key)) {
+      if (IsIntLike(key) && obj.AsList().flavor <= ListFlavor::kRange) {
         const auto& items = obj.AsList().items;
         int64_t i = key.AsInt();
         if (i < 0) i += static_cast<int64_t>(items.size());
@@ -223,7 +223,7 @@ absl::StatusOr<Value> GetSlice(const Value& obj, const Value& start_v, const Val
                                const Value& step_v, RenderState& state) {
   if (obj.is_undefined()) return UndefinedError(obj);
   const auto index_or_none = [](const Value& v) { return v.is_none() || IsIntLike(v); };
-  const bool sliceable = obj.is_string() || obj.is_list();
+  const bool sliceable = obj.is_string() || (obj.is_list() && obj.AsList().flavor <= ListFlavor::kRange);
   if (!sliceable || !index_or_none(start_v) || !index_or_none(stop_v) || !index_or_none(step_v)) {
     return Value::Undefined(absl::StrCat(ObjectTypeRepr(obj), " has no element slice(", ShortRepr(start_v),
                                          ", ", ShortRepr(stop_v), ", ", ShortRepr(step_v), ")"));
@@ -290,6 +290,7 @@ absl::StatusOr<std::vector<Value>> Iterate(const Value& v, RenderState& state) {
     }
     case Value::Kind::kIterator: {
       IteratorData& it = v.AsIterator();
+      if (!it.pending_error.empty()) return TypeError(it.pending_error);
       out.assign(it.items.begin() + static_cast<std::ptrdiff_t>(std::min(it.position, it.items.size())),
                  it.items.end());
       it.position = it.items.size();
@@ -363,7 +364,7 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
       if (absl::Status s = state.CheckString(a.AsString().size() + b.AsString().size()); !s.ok()) return s;
       return Value::String(a.AsString() + b.AsString());
     }
-    if (a.is_list() && b.is_list() && a.AsList().is_tuple == b.AsList().is_tuple) {
+    if (a.is_plain_list() && b.is_plain_list() && a.AsList().is_tuple == b.AsList().is_tuple) {
       const auto& x = a.AsList().items;
       const auto& y = b.AsList().items;
       if (absl::Status s = state.CheckItems(x.size() + y.size()); !s.ok()) return s;
@@ -373,16 +374,17 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
       if (absl::Status s = state.CheckValue(v); !s.ok()) return s;
       return v;
     }
-    if (a.is_string() || a.is_list()) {
+    if (a.is_string() || a.is_plain_list()) {
       return TypeError(absl::StrCat("can only concatenate ", a.TypeName(), " (not \"", b.TypeName(),
                                     "\") to ", a.TypeName()));
     }
   }
   if (op == "*") {
-    if ((a.is_string() || a.is_list()) && IsIntLike(b)) return Repeat(a, b.AsInt(), state);
-    if ((b.is_string() || b.is_list()) && IsIntLike(a)) return Repeat(b, a.AsInt(), state);
-    if (a.is_string() || a.is_list() || b.is_string() || b.is_list()) {
-      const Value& other = (a.is_string() || a.is_list()) ? b : a;
+    const auto seq = [](const Value& v) { return v.is_string() || v.is_plain_list(); };
+    if (seq(a) && IsIntLike(b)) return Repeat(a, b.AsInt(), state);
+    if (seq(b) && IsIntLike(a)) return Repeat(b, a.AsInt(), state);
+    if (seq(a) || seq(b)) {
+      const Value& other = seq(a) ? b : a;
       return TypeError(absl::StrCat("can't multiply sequence by non-int of type '", other.TypeName(), "'"));
     }
   }

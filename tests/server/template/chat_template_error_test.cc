@@ -145,9 +145,23 @@ TEST(ChatTemplateRuntimeErrorTest, TypeErrorsUsePythonWording) {
   EXPECT_TRUE(IsError(RenderError("{{ '%s' % 1 }}"), kInvalid, {"printf-style string formatting"}));
   EXPECT_TRUE(IsError(RenderError("{{ [1]|join(1, 2, 3) }}"), kInvalid, {"filter \"join\" takes at most 2 argument(s)"}));
   EXPECT_TRUE(IsError(RenderError("{{ 'x'|trim(bogus=1) }}"), kInvalid, {"unexpected keyword argument 'bogus'"}));
-  EXPECT_TRUE(IsError(RenderError("{{ [1]|map }}"), kInvalid, {"map requires a filter argument"}));
+  EXPECT_TRUE(IsError(RenderError("{{ ([1]|map)|list }}"), kInvalid, {"map requires a filter argument"}));
   EXPECT_TRUE(IsError(RenderError("{{ [1]|map('wordwrap')|list }}"), kInvalid, {"filter \"wordwrap\" is not supported"}));
   EXPECT_TRUE(IsError(RenderError("{{ x|dictsort }}", R"({"x": [1]})"), kInvalid, {"'list' object has no attribute 'items'"}));
+  EXPECT_TRUE(IsError(RenderError("{{ range(3)|tojson }}"), kInvalid, {"Object of type range is not JSON serializable"}));
+  EXPECT_TRUE(IsError(RenderError("{{ d.items()|tojson }}", R"({"d": {}})"), kInvalid,
+                      {"Object of type dict_items is not JSON serializable"}));
+  EXPECT_TRUE(IsError(RenderError("{{ range(3) + [1] }}"), kInvalid,
+                      {"unsupported operand type(s) for +: 'range' and 'list'"}));
+}
+
+TEST(ChatTemplateRuntimeErrorTest, GeneratorFiltersFailWhenConsumed) {
+  // As in jinja2, map, select, unique and items only raise once iterated.
+  EXPECT_TRUE(RenderText("{% set g = 5|map('upper') %}ok").ok());
+  EXPECT_TRUE(IsError(RenderError("{{ (5|map('upper'))|list }}"), kInvalid, {"'int' object is not iterable"}));
+  EXPECT_TRUE(IsError(RenderError("{% for x in 'x'|items %}{% endfor %}"), kInvalid,
+                      {"Can only get item pairs from a mapping."}));
+  EXPECT_TRUE(IsError(RenderError("{{ ([[1]]|unique)|first }}"), kInvalid, {"unhashable type: 'list'"}));
 }
 
 TEST(ChatTemplateRuntimeErrorTest, ImmutableSandbox) {

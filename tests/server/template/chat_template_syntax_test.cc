@@ -157,6 +157,14 @@ b)tpl",
      R"tpl({ x } {x} }} %} #})tpl",
      R"tpl({})tpl",
      "{ x } {x} }} %} #}"},
+    {"a comment opened at the very end is accepted",
+     R"tpl(a{#)tpl",
+     R"tpl({})tpl",
+     "a"},
+    {"a raw tag at the very end is accepted",
+     R"tpl(a{% raw %})tpl",
+     R"tpl({})tpl",
+     "a"},
 };
 
 const RenderCase kStatementCases[] = {
