@@ -55,7 +55,10 @@ absl::StatusOr<std::string> ReferenceDir() {
   const std::string tmp = absl::StrCat(dir, ".tmp-", getpid());
   fs::remove_all(tmp);
   absl::StatusOr<std::string> out = RunCommand(absl::StrCat(*py, " ", script, " ", tmp));
-  if (!out.ok()) return out.status();
+  if (!out.ok()) {
+    fs::remove_all(tmp);
+    return out.status();
+  }
   std::ofstream(tmp + "/done") << *out;
   std::error_code ec;
   fs::rename(tmp, dir, ec);  // another process may have published it first

@@ -181,6 +181,18 @@ TEST(PreTokenizerTest, ByteLevel) {
             (V{"I", "'m", "\xC4\xA0", "\xC4\xA0" "42"}));
 }
 
+// tokenizers prepends the space to every piece between added tokens.
+TEST(PreTokenizerTest, ByteLevelPrefixSpaceAfterAddedTokens) {
+  Json vocab = Json::object();
+  const auto& alphabet = ByteLevelAlphabet();
+  for (int b = 0; b < 256; ++b) vocab[alphabet[b]] = b;
+  auto t = Load(TokenizerJson(BpeModel(vocab), nullptr, Json{{"type", "ByteLevel"}, {"add_prefix_space", true}},
+                              nullptr, Json{{"type", "ByteLevel"}}, Json::array({Added(256, "<s>", true)})));
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(Enc(*t, "a<s>b c"), (Ids{' ', 'a', 256, ' ', 'b', ' ', 'c'}));
+  EXPECT_EQ(t->Decode(Enc(*t, "a<s>b c"), false), " a<s> b c");
+}
+
 TEST(DecoderTest, Steps) {
   const std::string m = "\xE2\x96\x81";
   EXPECT_EQ(Dec({{"type", "Metaspace"}, {"prepend_scheme", "always"}}, {m + "a" + m + "b", m + "c", m + m + "d"}),
