@@ -12,7 +12,7 @@
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
 #include "tests/fakes/fake_adapter.h"
-#include "tests/support/reference_outputs.h"
+#include "tests/fakes/collecting_generate_sink.h"
 #include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
 #include "tests/support/wait.h"
@@ -52,12 +52,12 @@ class ServerCoreTest : public ::testing::Test {
     return *result;
   }
   // Greedy generation through `adapter`; the finish.
-  std::shared_ptr<testing::CollectingSink> Run(const std::string& adapter, int64_t tokens = 4) {
-    engine::GenerationRequest r;
-    r.prompt = {5, 6, 7};
-    r.sampling.max_new_tokens = tokens;
-    r.sampling.ignore_eos = true;
-    auto sink = std::make_shared<testing::CollectingSink>();
+  std::shared_ptr<testing::CollectingGenerateSink> Run(const std::string& adapter, int64_t tokens = 4) {
+    GenerateRequest r;
+    r.engine.prompt = {5, 6, 7};
+    r.engine.sampling.max_new_tokens = tokens;
+    r.engine.sampling.ignore_eos = true;
+    auto sink = std::make_shared<testing::CollectingGenerateSink>();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate(adapter, r, sink);
     EXPECT_TRUE(h.ok()) << h.status();
     if (h.ok()) EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
@@ -78,7 +78,7 @@ TEST_F(ServerCoreTest, GenerateLooksUpLeasesSubmitsAndAccounts) {
                   .ok());
   auto base = Run("");
   auto lora = Run("qv");
-  EXPECT_TRUE(lora->finish.status.ok()) << lora->finish.status;
+  EXPECT_TRUE(lora->finish.finish.status.ok()) << lora->finish.finish.status;
   EXPECT_EQ(lora->tokens.size(), 4u);
   EXPECT_NE(base->tokens, lora->tokens) << "the adapter changed nothing, so this proves nothing";
   absl::StatusOr<adapters::AdapterInfo> info = core_->GetAdapter("qv");
@@ -90,9 +90,9 @@ TEST_F(ServerCoreTest, GenerateLooksUpLeasesSubmitsAndAccounts) {
 }
 
 TEST_F(ServerCoreTest, AnUnknownAdapterIsNotFoundAndNothingIsSubmitted) {
-  auto sink = std::make_shared<testing::CollectingSink>();
-  engine::GenerationRequest r;
-  r.prompt = {1, 2};
+  auto sink = std::make_shared<testing::CollectingGenerateSink>();
+  GenerateRequest r;
+  r.engine.prompt = {1, 2};
   absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate("nope", r, sink);
   EXPECT_TRUE(IsError(h.status(), absl::StatusCode::kNotFound, {"nope"}));
   EXPECT_FALSE(sink->done.HasBeenNotified());
@@ -118,10 +118,10 @@ TEST_F(ServerCoreTest, TheDrainRefusesNewRequestsWithUnavailable) {
   EXPECT_TRUE(core_->serving());
   core_->BeginShutdown(absl::Seconds(5));
   EXPECT_FALSE(core_->serving());
-  engine::GenerationRequest r;
-  r.prompt = {1, 2};
+  GenerateRequest r;
+  r.engine.prompt = {1, 2};
   absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-      core_->Generate("", r, std::make_shared<testing::CollectingSink>());
+      core_->Generate("", r, std::make_shared<testing::CollectingGenerateSink>());
   EXPECT_EQ(h.status().code(), absl::StatusCode::kUnavailable) << h.status();
   EXPECT_TRUE(core_->AwaitStopped(absl::Now() + absl::Seconds(30)));
 }
