@@ -28,56 +28,63 @@ struct DemoSpec {
 };
 
 absl::Status Write(const fs::path& dir, const model::ModelConfig& c, const DemoSpec& spec) {
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  absl::Status st = TorchCall("generating demo adapter", [&] {
+  absl::StatusOr<model::NamedTensors> tensors = TorchCall("generating demo adapter", [&] {
+    model::NamedTensors out;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(spec.seed);
     const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
     for (int64_t l = 0; l < c.num_layers; ++l) {
       for (model::Proj p : spec.targets) {
-        int64_t out = c.hidden_size, in = c.hidden_size;
+        int64_t out_dim = c.hidden_size, in = c.hidden_size;
         switch (p) {
-          case model::Proj::kQ: out = q; break;
+          case model::Proj::kQ: out_dim = q; break;
           case model::Proj::kK:
-          case model::Proj::kV: out = kv; break;
+          case model::Proj::kV: out_dim = kv; break;
           case model::Proj::kO: in = q; break;
           case model::Proj::kGate:
-          case model::Proj::kUp: out = c.intermediate_size; break;
+          case model::Proj::kUp: out_dim = c.intermediate_size; break;
           case model::Proj::kDown: in = c.intermediate_size; break;
         }
         const std::string key =
             absl::StrCat("base_model.model.model.layers.", l, ".", std::string(model::ProjPath(p)));
-        tensors.emplace_back(key + ".lora_A.weight",
-                             at::normal(0.0, 1.0 / std::sqrt(double(in)), {spec.r, in}, gen));
-        tensors.emplace_back(key + ".lora_B.weight",
-                             at::normal(0.0, 0.5 / std::sqrt(double(spec.r)), {out, spec.r}, gen));
+        out.emplace_back(key + ".lora_A.weight", at::normal(0.0, 1.0 / std::sqrt(double(in)), {spec.r, in}, gen));
+        out.emplace_back(key + ".lora_B.weight",
+                         at::normal(0.0, 0.5 / std::sqrt(double(spec.r)), {out_dim, spec.r}, gen));
       }
     }
+    return out;
   });
-  if (!st.ok()) return st;
+  if (!tensors.ok()) return tensors.status();
+  return WritePeftLora(dir.string(), spec.r, 2.0 * spec.r, spec.targets, *tensors);
+}
+
+}  // namespace
+
+absl::Status WritePeftLora(const std::string& dir, int64_t r, double alpha, const std::vector<model::Proj>& targets,
+                           const model::NamedTensors& tensors) {
   std::vector<model::StTensorToWrite> out;
   for (const auto& [name, t] : tensors) {
+    if (!t.is_contiguous() || t.scalar_type() != at::kFloat) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": must be a contiguous float32 tensor"));
+    }
     out.push_back({name, model::StDType::kF32, t.sizes().vec(),
                    std::string_view(static_cast<const char*>(t.data_ptr()), t.nbytes())});
   }
-  if (absl::Status s = model::WriteSafetensors((dir / "adapter_model.safetensors").string(), out,
-                                               {{"format", "pt"}});
+  const fs::path d(dir);
+  if (absl::Status s = model::WriteSafetensors((d / "adapter_model.safetensors").string(), out, {{"format", "pt"}});
       !s.ok()) {
     return s;
   }
   std::vector<std::string> names;
-  for (model::Proj p : spec.targets) names.push_back(absl::StrCat("\"", std::string(model::ProjName(p)), "\""));
-  std::ofstream cfg(dir / "adapter_config.json");
-  cfg << absl::StrCat(R"({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": )", spec.r,
-                      R"(, "lora_alpha": )", 2 * spec.r, R"(, "target_modules": [)",
-                      absl::StrJoin(names, ", "),
+  for (model::Proj p : targets) names.push_back(absl::StrCat("\"", std::string(model::ProjName(p)), "\""));
+  std::ofstream cfg(d / "adapter_config.json");
+  cfg << absl::StrCat(R"({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": )", r, R"(, "lora_alpha": )", alpha,
+                      R"(, "target_modules": [)", absl::StrJoin(names, ", "),
                       R"(], "bias": "none", "lora_dropout": 0.0, "use_rslora": false, "use_dora": false})")
       << "\n";
   cfg.close();
-  if (!cfg) return absl::InternalError(absl::StrCat((dir / "adapter_config.json").string(), ": write failed"));
+  if (!cfg) return absl::InternalError(absl::StrCat((d / "adapter_config.json").string(), ": write failed"));
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> EnsureDemoAdapters(
     const std::string& cache_dir, const model::ModelConfig& base) {

@@ -6,10 +6,20 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/model/adapter_weights.h"
 #include "server/model/model_config.h"
+#include "server/model/trainable_llama.h"
 
 namespace adapterd::adapters {
+
+// Writes a PEFT LoRA adapter into the existing directory `dir`:
+// adapter_config.json (rank `r`, `alpha`, `targets`, no bias, dropout or
+// DoRA) and adapter_model.safetensors holding `tensors` (contiguous float32,
+// named as PEFT names them).
+absl::Status WritePeftLora(const std::string& dir, int64_t r, double alpha, const std::vector<model::Proj>& targets,
+                           const model::NamedTensors& tensors);
 
 // Writes (once) a few deterministic random PEFT LoRA adapters for `base`
 // under `cache_dir`, in the PEFT layout, and returns {id, directory} pairs:

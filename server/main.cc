@@ -41,6 +41,10 @@ ABSL_FLAG(std::string, cache_dir, "",
           "$XDG_CACHE_HOME/adapterd, else ~/.cache/adapterd.");
 ABSL_FLAG(bool, demo_adapters, true,
           "With the demo model (no --model), also load its demo LoRA adapters");
+ABSL_FLAG(bool, demo_trained, true,
+          "With the demo model (no --model), serve the one trained on the project's documentation (a "
+          "tokenizer, weights and adapters, trained once under --cache_dir in about a minute); false serves "
+          "random weights without a tokenizer, generated in a second");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
 ABSL_FLAG(std::string, admin_listen, "",
           "Admin API listen address; empty serves Admin on --listen, which must then be a loopback "
@@ -197,6 +201,7 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);
   if (o.cache_dir.empty()) o.cache_dir = DefaultCacheDir();
   o.demo_adapters = absl::GetFlag(FLAGS_demo_adapters);
+  o.demo_trained = absl::GetFlag(FLAGS_demo_trained);
   adapterd::engine::EngineOptions& e = o.engine;
   e.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   e.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
@@ -215,6 +220,22 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   o.adapter_roots = absl::GetFlag(FLAGS_adapter_roots);
   o.metrics_max_adapter_labels = absl::GetFlag(FLAGS_metrics_max_adapter_labels);
   return o;
+}
+
+// Client commands to try, printed once the server is ready.
+std::string TryHint(const std::string& addr, bool demo, bool trained, bool adapters) {
+  if (demo && trained) {
+    std::string hint = absl::StrCat("  try:     ./x ctl generate --addr=", addr,
+                                    " --text=\"The adapter\" --max_new_tokens=32\n");
+    if (adapters) {
+      absl::StrAppend(&hint, "           ./x ctl generate --addr=", addr,
+                      " --text=\"The adapter\" --max_new_tokens=32 --adapter=demo-qv-r4\n");
+    }
+    absl::StrAppend(&hint, "           ./x ctl chat --addr=", addr, "\n");
+    return hint;
+  }
+  return absl::StrCat("  try:     ./x ctl generate --addr=", addr, " --prompt=1,2,3 --max_new_tokens=16",
+                      demo && adapters ? " --adapter=demo-qv-r4" : "", "\n");
 }
 
 int Fail(const absl::Status& status) {
@@ -328,10 +349,9 @@ int main(int argc, char** argv) {
   LOG(INFO) << "ready: grpc " << (*server)->address() << ", admin " << admin_address
             << ", metrics http://" << metrics_address << "/metrics";
   std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  admin:   "
-            << admin_address << "\n  metrics: http://" << metrics_address
-            << "/metrics\n  try:     ./x ctl generate --addr=" << (*server)->address()
-            << " --prompt=1,2,3 --max_new_tokens=16"
-            << ((*core)->demo() && absl::GetFlag(FLAGS_demo_adapters) ? " --adapter=demo-qv-r4" : "") << "\n"
+            << admin_address << "\n  metrics: http://" << metrics_address << "/metrics\n"
+            << TryHint((*server)->address(), (*core)->demo(), absl::GetFlag(FLAGS_demo_trained),
+                       absl::GetFlag(FLAGS_demo_adapters))
             << std::flush;
 
   int sig = 0;

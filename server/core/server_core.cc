@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "adapters/demo_adapters.h"
 #include "server/core/request_output.h"
+#include "server/core/trained_demo.h"
 #include "server/model/demo_checkpoint.h"
 
 namespace adapterd::core {
@@ -36,11 +37,17 @@ ServerCore::~ServerCore() {
 absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& metrics) {
   demo_ = options.model_dir.empty();
   model_dir_ = options.model_dir;
-  if (demo_) {
+  if (demo_ && options.demo_trained) {
+    absl::StatusOr<TrainedDemo> demo = EnsureTrainedDemo(options.cache_dir);
+    if (!demo.ok()) return demo.status();
+    model_dir_ = demo->model_dir;
+    trained_demo_adapters_ = demo->adapters;
+    LOG(INFO) << "no --model given: serving the demo model trained on the documentation at " << model_dir_;
+  } else if (demo_) {
     absl::StatusOr<std::string> dir = model::EnsureDemoCheckpoint(options.cache_dir);
     if (!dir.ok()) return dir.status();
     model_dir_ = *dir;
-    LOG(INFO) << "no --model given: serving the demo model at " << model_dir_;
+    LOG(INFO) << "no --model given: serving the random demo model at " << model_dir_;
   }
   if (options.cache.device_bytes < 0 || options.cache.host_bytes < 0) {
     return absl::InvalidArgumentError("--adapter_device_bytes and --adapter_host_bytes must be >= 0");
@@ -119,7 +126,9 @@ absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
   }
   if (!demo_ || !options.demo_adapters) return absl::OkStatus();
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> demo_adapters =
-      adapters::EnsureDemoAdapters(options.cache_dir, model_config());
+      options.demo_trained
+          ? absl::StatusOr<std::vector<std::pair<std::string, std::string>>>(trained_demo_adapters_)
+          : adapters::EnsureDemoAdapters(options.cache_dir, model_config());
   if (!demo_adapters.ok()) return demo_adapters.status();
   for (const auto& [id, dir] : *demo_adapters) {
     if (registry_->Get(id).ok()) continue;  // restored from the store

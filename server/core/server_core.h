@@ -34,6 +34,12 @@ struct ServerCoreOptions {
   std::string model_dir;
   std::string cache_dir;
   bool demo_adapters = true;
+  // The demo model served: the one trained at first start on the project's
+  // documentation, with a tokenizer (EnsureTrainedDemo; about a minute the
+  // first time), or, when false, the random one without a tokenizer
+  // (model::EnsureDemoCheckpoint; a second), as tests that only need some
+  // model use.
+  bool demo_trained = true;
   model::ModelOptions model;
   engine::EngineOptions engine;
   adapters::AdapterCacheOptions cache;
@@ -123,6 +129,8 @@ class ServerCore {
 
   std::string model_dir_;
   bool demo_ = false;
+  // The trained demo's adapters ({id, directory}); empty otherwise.
+  std::vector<std::pair<std::string, std::string>> trained_demo_adapters_;
   ServerCoreOptions options_;
   std::optional<adapters::PathPolicy> paths_;
   std::unique_ptr<PromptBuilder> prompts_;

@@ -1,0 +1,45 @@
+// Training the demo checkpoint and its LoRA adapters from token streams.
+#ifndef ADAPTERD_SERVER_MODEL_DEMO_TRAINER_H_
+#define ADAPTERD_SERVER_MODEL_DEMO_TRAINER_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/model/adapter_weights.h"
+#include "server/model/lm_trainer.h"
+#include "server/model/trainable_llama.h"
+
+namespace adapterd::model {
+
+// The threads that train the demo: the base model is trained by this many
+// data-parallel workers, each adapter by one (so the two demo adapters can
+// train side by side). Every worker computes on one thread: the caller
+// pins ATen and BLAS to one thread (ScopedComputeThreads(1)) for the
+// duration, so the weights depend on the seeds and the text only, not on
+// the machine's core count.
+inline constexpr int kDemoTrainingWorkers = 2;
+
+struct DemoLoraSpec {
+  int64_t r = 4;
+  double alpha = 8;
+  std::vector<Proj> targets;
+  uint64_t seed = 1;  // initialisation and batches
+};
+
+// The demo model (DemoConfigJson) trained from a seeded random start on
+// `tokens` (next-token cross-entropy, AdamW; the schedule is fixed in the
+// source), in LlamaTensorNames order. `report` (optional) gets the losses
+// and time.
+absl::StatusOr<NamedTensors> TrainDemoModel(std::span<const int32_t> tokens, TrainReport* report);
+
+// A LoRA adapter of `base` (frozen) trained on `tokens` as `spec` says,
+// initialised as PEFT does (A uniform in +-1/sqrt(in), B zero) and named as
+// PEFT saves it ("base_model.model.model.layers.N.<module>.lora_A.weight").
+absl::StatusOr<NamedTensors> TrainDemoLora(const NamedTensors& base, std::span<const int32_t> tokens,
+                                           const DemoLoraSpec& spec, TrainReport* report);
+
+}  // namespace adapterd::model
+
+#endif  // ADAPTERD_SERVER_MODEL_DEMO_TRAINER_H_
