@@ -1,6 +1,7 @@
 #include "server/core/trained_demo.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -42,23 +43,28 @@ constexpr size_t kMaxAnswerBytes = 600;
 struct AdapterPlan {
   const char* id;
   const char* document;
+  // Whether the base model also learns the document (the adapter then
+  // narrows the base towards it) or not (the adapter brings it in).
+  bool in_base;
   model::DemoLoraSpec spec;
 };
 
 const std::vector<AdapterPlan>& Plans() {
   using model::Proj;
   static const auto* plans = new std::vector<AdapterPlan>{
-      {"demo-qv-r4", "SECURITY.md", {4, 8, {Proj::kQ, Proj::kV}, 7001}},
+      {"demo-qv-r4", "docs/benchmarks.md", false, {4, 8, {Proj::kQ, Proj::kV}, 7001}},
       {"demo-all-r8",
-       "docs/benchmarks.md",
+       "SECURITY.md",
+       true,
        {8, 16, {Proj::kQ, Proj::kK, Proj::kV, Proj::kO, Proj::kGate, Proj::kUp, Proj::kDown}, 7002}},
   };
   return *plans;
 }
 
-bool ForAdapter(std::string_view path) {
+// Whether only an adapter learns the document at `path`.
+bool AdapterOnly(std::string_view path) {
   for (const AdapterPlan& p : Plans()) {
-    if (path == p.document) return true;
+    if (path == p.document && !p.in_base) return true;
   }
   return false;
 }
@@ -77,33 +83,50 @@ std::string DocumentsHash() {
   return absl::StrFormat("%012x", h & 0xffffffffffffull);
 }
 
-// One exchange per "## " / "### " heading of a markdown document: the
-// heading (without markup) asks, the first paragraph of prose under it
-// answers, cut after the last sentence that fits.
+// Whether a markdown line starts a paragraph of prose (not a table, a
+// list, a quote, a heading or markup).
+bool StartsProse(absl::string_view line) {
+  return !line.empty() && (absl::ascii_isalnum(line[0]) || line[0] == '`' || line[0] == '*');
+}
+
+// One exchange per heading of a markdown document: the heading (without
+// markup) asks, and the first paragraph of prose in its section (outside
+// code blocks) answers, cut after the last sentence that fits.
 std::vector<ChatPrompt> SectionExchanges(std::string_view text) {
   std::vector<ChatPrompt> out;
   std::vector<absl::string_view> lines = absl::StrSplit(absl::string_view(text.data(), text.size()), '\n');
-  bool in_code = false;
-  for (size_t i = 0; i < lines.size(); ++i) {
-    if (absl::StartsWith(lines[i], "```")) in_code = !in_code;
-    if (in_code || !(absl::StartsWith(lines[i], "## ") || absl::StartsWith(lines[i], "### "))) continue;
-    std::string title(absl::StripAsciiWhitespace(lines[i].substr(lines[i].find(' ') + 1)));
-    title.erase(std::remove(title.begin(), title.end(), '`'), title.end());
-    size_t j = i + 1;
-    while (j < lines.size() && absl::StripAsciiWhitespace(lines[j]).empty()) ++j;
-    if (j == lines.size() || !(absl::ascii_isalnum(lines[j][0]) || lines[j][0] == '`')) continue;
-    std::string answer;
-    for (; j < lines.size() && !absl::StripAsciiWhitespace(lines[j]).empty(); ++j) {
-      absl::StrAppend(&answer, answer.empty() ? "" : " ", absl::StripAsciiWhitespace(lines[j]));
-    }
+  std::string title, answer;
+  bool in_code = false, answered = true;
+  auto finish = [&] {
     if (answer.size() > kMaxAnswerBytes) {
       const size_t end = answer.rfind(". ", kMaxAnswerBytes);
-      if (end == std::string::npos) continue;
-      answer.resize(end + 1);
+      answer.resize(end == std::string::npos ? 0 : end + 1);
     }
-    if (title.empty() || answer.empty()) continue;
-    out.push_back(ChatPrompt{{{"user", title}, {"assistant", answer}}, false});
+    if (!title.empty() && !answer.empty()) out.push_back(ChatPrompt{{{"user", title}, {"assistant", answer}}, false});
+    answer.clear();
+  };
+  for (absl::string_view line : lines) {
+    if (absl::StartsWith(line, "```")) in_code = !in_code;
+    if (in_code) continue;
+    if (absl::StartsWith(line, "#")) {
+      finish();
+      title = std::string(absl::StripAsciiWhitespace(absl::StripLeadingAsciiWhitespace(line.substr(line.find(' ') + 1))));
+      title.erase(std::remove(title.begin(), title.end(), '`'), title.end());
+      answered = false;
+      continue;
+    }
+    const absl::string_view trimmed = absl::StripAsciiWhitespace(line);
+    if (!answered && answer.empty() && StartsProse(trimmed)) {
+      answer = std::string(trimmed);
+    } else if (!answered && !answer.empty()) {
+      if (trimmed.empty()) {
+        answered = true;
+      } else {
+        absl::StrAppend(&answer, " ", trimmed);
+      }
+    }
   }
+  finish();
   return out;
 }
 
@@ -122,7 +145,7 @@ absl::StatusOr<std::vector<int32_t>> BaseStream(const PromptBuilder& prompts) {
   std::vector<int32_t> out;
   std::vector<ChatPrompt> chats;
   for (const DemoDocument& d : DemoDocuments()) {
-    if (ForAdapter(d.path)) continue;
+    if (AdapterOnly(d.path)) continue;
     if (absl::Status st = AppendDocument(prompts, d, &out); !st.ok()) return st;
     for (ChatPrompt& c : SectionExchanges(d.text)) chats.push_back(std::move(c));
   }
@@ -137,10 +160,27 @@ absl::StatusOr<std::vector<int32_t>> BaseStream(const PromptBuilder& prompts) {
   return out;
 }
 
+// LibTorch frees and allocates the same large buffers at every step, which
+// glibc would hand back to the kernel and fault in again (a sixth of the
+// training time went to the kernel). While an object lives, freed memory
+// stays in the heap; its destructor returns what is free.
+class HeapRetention {
+ public:
+  HeapRetention() {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+  ~HeapRetention() {
+    mallopt(M_TRIM_THRESHOLD, 128 << 10);
+    malloc_trim(0);
+  }
+};
+
 // Trains everything into `dir` (which exists and is empty).
 absl::Status Train(const fs::path& dir) {
   const absl::Time start = absl::Now();
   ScopedComputeThreads one_thread(1);
+  HeapRetention heap;
   const fs::path model_dir = dir / "model";
   std::error_code ec;
   fs::create_directories(model_dir, ec);

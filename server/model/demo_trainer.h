@@ -28,10 +28,15 @@ struct DemoLoraSpec {
   uint64_t seed = 1;  // initialisation and batches
 };
 
-// The demo model (DemoConfigJson) trained from a seeded random start on
-// `tokens` (next-token cross-entropy, AdamW; the schedule is fixed in the
-// source), in LlamaTensorNames order. `report` (optional) gets the losses
-// and time.
+// The demo model (DemoConfigJson) trained on `tokens` with next-token
+// cross-entropy and AdamW, from a seeded start in which o_proj and
+// down_proj are zero (each layer is the identity): first the embeddings and
+// lm_head alone on the counts of the stream's token pairs (the whole
+// model's loss while the layers add nothing; full batch, so it converges in
+// a few seconds), then every weight on windows of the stream. The
+// schedules are fixed in the source. Returns the weights in
+// LlamaTensorNames order; `report` (optional) gets the second phase's
+// losses and time.
 absl::StatusOr<NamedTensors> TrainDemoModel(std::span<const int32_t> tokens, TrainReport* report);
 
 // A LoRA adapter of `base` (frozen) trained on `tokens` as `spec` says,

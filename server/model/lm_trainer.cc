@@ -90,18 +90,10 @@ std::vector<at::Tensor> ReduceGradients(std::vector<std::vector<at::Tensor>>& wo
 
 }  // namespace
 
-absl::StatusOr<TrainReport> TrainNextToken(std::span<const int32_t> tokens, std::span<const TrainParam> params,
-                                           const BatchLoss& loss, const TrainOptions& o) {
-  const int64_t window = o.seq_len + 1;
-  if (o.seq_len < 1 || static_cast<int64_t>(tokens.size()) < window) {
+absl::StatusOr<TrainReport> Minimize(std::span<const TrainParam> params, const StepLoss& loss, const TrainOptions& o) {
+  if (o.workers < 1 || o.steps < 1 || o.warmup_steps < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat(o.label, ": ", tokens.size(), " tokens are fewer than one sequence of ", window));
-  }
-  if (o.workers < 1 || o.batch_size < o.workers || o.batch_size % o.workers != 0 || o.steps < 1 ||
-      o.warmup_steps < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(o.label, ": batch_size (", o.batch_size,
-                                                   ") must be a positive multiple of workers (", o.workers,
-                                                   "), and steps and warmup_steps positive"));
+        absl::StrCat(o.label, ": workers, steps and warmup_steps must be positive"));
   }
   for (const TrainParam& p : params) {
     if (!p.tensor.defined() || p.tensor.requires_grad()) {
@@ -111,32 +103,19 @@ absl::StatusOr<TrainReport> TrainNextToken(std::span<const int32_t> tokens, std:
   const absl::Time start = absl::Now();
   TrainReport report;
   absl::Status st = TorchCall(o.label, [&]() -> absl::Status {
-    std::vector<int64_t> ids64(tokens.begin(), tokens.end());
-    const at::Tensor stream = at::tensor(at::ArrayRef<int64_t>(ids64), at::kLong);
-    const at::Tensor offsets = at::arange(window, at::kLong);
     std::vector<std::vector<at::Tensor>> aliases(o.workers);
     for (auto& w : aliases) {
       for (const TrainParam& p : params) w.push_back(p.tensor.detach().requires_grad_(true));
     }
     AdamW adam(params, o);
-    std::mt19937_64 rng(o.seed);
-    const uint64_t starts = tokens.size() - window + 1;
-    const int64_t per_worker = o.batch_size / o.workers;
     double tail_sum = 0;
     int64_t tail_n = 0;
     for (int64_t step = 0; step < o.steps; ++step) {
-      std::vector<at::Tensor> batches;
-      for (int w = 0; w < o.workers; ++w) {
-        std::vector<int64_t> first(per_worker);
-        for (int64_t& f : first) f = static_cast<int64_t>(rng() % starts);
-        at::Tensor index = at::tensor(at::ArrayRef<int64_t>(first), at::kLong).unsqueeze(1) + offsets;
-        batches.push_back(stream.index_select(0, index.reshape({-1})).view({per_worker, window}));
-      }
       std::vector<double> losses(o.workers, 0);
       std::vector<absl::Status> errors(o.workers);
       auto run = [&](int w) {
         errors[w] = TorchCall(o.label, [&] {
-          at::Tensor l = loss(aliases[w], batches[w]);
+          at::Tensor l = loss(w, step, aliases[w]);
           l.backward();
           losses[w] = l.item<double>();
         });
@@ -165,8 +144,42 @@ absl::StatusOr<TrainReport> TrainNextToken(std::span<const int32_t> tokens, std:
     return absl::OkStatus();
   });
   if (!st.ok()) return st;
-  report.tokens = o.steps * o.batch_size * o.seq_len;
   report.time = absl::Now() - start;
+  return report;
+}
+
+absl::StatusOr<TrainReport> TrainNextToken(std::span<const int32_t> tokens, std::span<const TrainParam> params,
+                                           const BatchLoss& loss, const TrainOptions& o) {
+  const int64_t window = o.seq_len + 1;
+  if (o.seq_len < 1 || static_cast<int64_t>(tokens.size()) < window) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.label, ": ", tokens.size(), " tokens are fewer than one sequence of ", window));
+  }
+  if (o.workers < 1 || o.batch_size < o.workers || o.batch_size % o.workers != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(o.label, ": batch_size (", o.batch_size,
+                                                   ") must be a positive multiple of workers (", o.workers, ")"));
+  }
+  // Every window's start, drawn up front in (step, worker, row) order.
+  std::mt19937_64 rng(o.seed);
+  const uint64_t starts = tokens.size() - window + 1;
+  std::vector<int64_t> firsts(static_cast<size_t>(std::max<int64_t>(0, o.steps) * o.batch_size));
+  for (int64_t& f : firsts) f = static_cast<int64_t>(rng() % starts);
+  const int64_t per_worker = o.batch_size / o.workers;
+  std::vector<int64_t> ids64(tokens.begin(), tokens.end());
+  at::Tensor stream, offsets;
+  absl::Status st = TorchCall(o.label, [&] {
+    stream = at::tensor(at::ArrayRef<int64_t>(ids64), at::kLong);
+    offsets = at::arange(window, at::kLong);
+  });
+  if (!st.ok()) return st;
+  StepLoss step_loss = [&](int worker, int64_t step, std::span<const at::Tensor> p) {
+    const int64_t* first = firsts.data() + step * o.batch_size + worker * per_worker;
+    at::Tensor index =
+        at::tensor(at::ArrayRef<int64_t>(first, static_cast<size_t>(per_worker)), at::kLong).unsqueeze(1) + offsets;
+    return loss(p, stream.index_select(0, index.reshape({-1})).view({per_worker, window}));
+  };
+  absl::StatusOr<TrainReport> report = Minimize(params, step_loss, o);
+  if (report.ok()) report->tokens = o.steps * o.batch_size * o.seq_len;
   return report;
 }
 

@@ -59,6 +59,17 @@ struct TrainReport {
   absl::Duration time;
 };
 
+// The loss that worker `worker` (of TrainOptions::workers) contributes at
+// `step`, computed from `params` as BatchLoss says. Workers run at once, on
+// threads of their own; the step's loss is their mean.
+using StepLoss = std::function<at::Tensor(int worker, int64_t step, std::span<const at::Tensor> params)>;
+
+// Minimises `loss` over `params` with AdamW for options.steps steps (the
+// options' batch fields are unused): for objectives that see all their data
+// every step. Errors as TrainNextToken's; `tokens` in the report is 0.
+absl::StatusOr<TrainReport> Minimize(std::span<const TrainParam> params, const StepLoss& loss,
+                                     const TrainOptions& options);
+
 // Trains `params` to minimise `loss` over windows of `tokens` with AdamW
 // (see TrainOptions). Everything it does is deterministic for given
 // inputs, options and ATen thread count; the caller fixes the latter.
