@@ -8,6 +8,7 @@
 // one a prefix of another, one that never matches.
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -262,6 +263,19 @@ TEST_F(TextConformanceTest, BadTextRequestsAreRefusedNamingWhatIsWrong) {
   st = inference_->Generate(&ctx3, too_many, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), ::testing::HasSubstr("sampling.stop"));
+
+  v1::GenerateRequest bad_utf8 = Greedy(Requests()[0], "");
+  bad_utf8.set_prompt_text(std::string("abc\xff", 4));
+  grpc::ClientContext ctx4;
+  st = inference_->Generate(&ctx4, bad_utf8, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("byte offset 3"));
+  v1::GenerateRequest bad_chat = Greedy(Requests()[2], "");
+  bad_chat.mutable_chat()->mutable_messages(1)->set_content(std::string("\xc3(", 2));
+  grpc::ClientContext ctx5;
+  st = inference_->Generate(&ctx5, bad_chat, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("chat.messages[1].content"));
 
   // The server keeps serving.
   EXPECT_EQ(Generate(Greedy(Requests()[0], "")).token_ids_size(), kNewTokens);
