@@ -21,8 +21,9 @@ text byte for byte.
           transformers raised.
   random  --count N --seed S --out FILE
           Generates N random templates (expressions over a fixed context with
-          operators, filters, tests and methods; loops; whitespace control
-          and comments in random layouts) and renders each with the jinja2
+          operators, filters, tests and methods; statement programs with set,
+          namespaces, nested loops, loop controls, block sets and macros;
+          whitespace control and comments in random layouts) and renders each with the jinja2
           environment transformers compiles chat templates with
           (chat_template_utils._compile_jinja_template). Output:
           {"context", "cases": [{"source", "output"} or {"source",
@@ -153,9 +154,52 @@ def random_layout(rng, depth=0):
     return "".join(parts)
 
 
+def random_program(rng, depth=0, in_loop=False):
+    """Statements over a few names: set (scoping), namespaces, loops with loop.*, controls, macros."""
+    def small():
+        return rng.choice(["x", "y", "ns.a", "ns.b", "i", "loop.index", "loop.first", "loop.length", "loop.previtem",
+                           "1", "'s'", "x ~ y", "(x or 0) + 1", "ns.a * 2", "[x, y]", "i is defined", "m(i)",
+                           "x if y else 'n'", "xs|length", "loop.revindex0", "loop.cycle('p', 'q')"])
+    parts = []
+    for _ in range(rng.randint(1, 5)):
+        r = rng.random()
+        if r < 0.2:
+            parts.append("{{ %s }}," % small())
+        elif r < 0.32:
+            parts.append("{%% set %s = %s %%}" % (rng.choice(["x", "y"]), small()))
+        elif r < 0.42:
+            parts.append("{%% set ns.%s = %s %%}" % (rng.choice(["a", "b"]), small()))
+        elif r < 0.58 and depth < 3:
+            loop = "{%% for i in %s%s %%}" % (rng.choice(["xs", "[1, 2, 3]", "range(3)", "'ab'", "[]", "d"]),
+                                              rng.choice(["", "", " if i != 2"]))
+            body = random_program(rng, depth + 1, True)
+            if rng.random() < 0.3:
+                body += "{%% if %s %%}{%% %s %%}{%% endif %%}" % (rng.choice(["loop.index == 2", "i == 1", "x"]),
+                                                               rng.choice(["break", "continue"]))
+            tail = "{% else %}E" + random_program(rng, depth + 1) if rng.random() < 0.3 else ""
+            parts.append(loop + body + tail + "{% endfor %}")
+        elif r < 0.7 and depth < 3:
+            parts.append("{%% if %s %%}%s{%% elif %s %%}%s{%% else %%}%s{%% endif %%}" % (
+                small(), random_program(rng, depth + 1, in_loop), small(), random_program(rng, depth + 1, in_loop),
+                random_program(rng, depth + 1, in_loop)))
+        elif r < 0.78 and depth < 2:
+            parts.append("{%% set blk %%}%s{%% endset %%}[{{ blk }}]" % random_program(rng, depth + 1, in_loop))
+        elif r < 0.85 and in_loop:
+            parts.append("{%% if %s %%}{%% %s %%}{%% endif %%}" % (small(), rng.choice(["break", "continue"])))
+        else:
+            parts.append(rng.choice(["a", "\n", " ", "{# c #}"]))
+    return "".join(parts)
+
+
+PROGRAM_PRELUDE = ("{% set ns = namespace(a=0, b='') %}{% set x = 1 %}"
+                   "{% macro m(v, w=2) %}<{{ v }}:{{ w }}:{{ x }}>{% set x = 5 %}{% endmacro %}")
+
+
 def random_template(rng):
     r = rng.random()
-    if r < 0.3:
+    if r < 0.25:
+        return PROGRAM_PRELUDE + random_program(rng) + "|{{ x }}|{{ y }}|{{ ns.a }}|{{ ns.b }}"
+    if r < 0.45:
         return random_layout(rng)
     if r < 0.45:
         return ("{%% for x in %s %%}[{{ loop.index }}{{ x }}{{ loop.last }}]{%% else %%}E{%% endfor %%}"
