@@ -186,6 +186,14 @@ def random_program(rng, depth=0, in_loop=False):
             parts.append("{%% set blk %%}%s{%% endset %%}[{{ blk }}]" % random_program(rng, depth + 1, in_loop))
         elif r < 0.85 and in_loop:
             parts.append("{%% if %s %%}{%% %s %%}{%% endif %%}" % (small(), rng.choice(["break", "continue"])))
+        elif r < 0.9:
+            parts.append(rng.choice([
+                "{% for k, v in d.items() %}{{ k }}={{ v }}{{ x }}{% set x = v %}{% endfor %}",
+                "{% macro mm(a) %}{% set x = a %}{{ x }}{{ loop is defined }}{{ i is defined }}{% endmacro %}{{ mm(y) }}",
+                "{% set x, y = [y, x] %}",
+                "{% set ns.b = ns.b ~ (loop.index if loop is defined else '-') %}",
+                "{{ m(x, w=y) }}{{ m(w=1, v=2) }}",
+            ]))
         else:
             parts.append(rng.choice(["a", "\n", " ", "{# c #}"]))
     return "".join(parts)
