@@ -80,13 +80,13 @@ class LoraLoaderTest : public ::testing::Test {
   static const model::LlamaModel& base() { return *base_; }
 
   // Loads through a directory (the path the server uses for PathSource).
-  static absl::StatusOr<LoadedLora> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
+  static absl::StatusOr<LoadedAdapter> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
     const std::string dir = a.Write(name);
     absl::StatusOr<AdapterFiles> files = ReadAdapterDirectory(dir);
     if (!files.ok()) return files.status();
     return LoadLora(*files, base());
   }
-  static absl::StatusOr<LoadedLora> LoadUpload(const FakeAdapter& a) {
+  static absl::StatusOr<LoadedAdapter> LoadUpload(const FakeAdapter& a) {
     absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
     if (!files.ok()) return files.status();
     return LoadLora(*files, base());
@@ -116,7 +116,7 @@ TEST_F(LoraLoaderTest, DemoProjectionShapesAreTheOnesTheseTestsAssume) {
 
 TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
   const FakeAdapter a = QvLora();
-  absl::StatusOr<LoadedLora> lora = LoadDir(a, "qv");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(a, "qv");
   ASSERT_TRUE(lora.ok()) << lora.status();
   const model::AdapterWeights& w = *lora->weights;
   ASSERT_EQ(w.num_layers(), kLayers);
@@ -147,7 +147,7 @@ TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
 
   EXPECT_THAT(lora->summary.ranks, ElementsAre(4));
   EXPECT_THAT(lora->summary.target_modules, ElementsAre("q_proj", "v_proj"));
-  EXPECT_FALSE(lora->summary.dora);
+  EXPECT_EQ(lora->summary.type, "lora");
   // Per layer: q A [4,256] + B [256,4], v A [4,256] + B [128,4], in float32.
   const int64_t per_layer = (4 * 256 + 256 * 4 + 4 * 256 + 128 * 4) * 4;
   EXPECT_EQ(w.bytes(), kLayers * per_layer);
@@ -159,9 +159,9 @@ TEST_F(LoraLoaderTest, UploadLoadsLikeDirectory) {
   absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
   ASSERT_TRUE(files.ok()) << files.status();
   EXPECT_EQ(files->label, "upload");
-  absl::StatusOr<LoadedLora> up = LoadLora(*files, base());
+  absl::StatusOr<LoadedAdapter> up = LoadLora(*files, base());
   ASSERT_TRUE(up.ok()) << up.status();
-  absl::StatusOr<LoadedLora> dir = LoadDir(a, "qv-for-upload");
+  absl::StatusOr<LoadedAdapter> dir = LoadDir(a, "qv-for-upload");
   ASSERT_TRUE(dir.ok()) << dir.status();
   EXPECT_EQ(up->weights->bytes(), dir->weights->bytes());
   for (int64_t l = 0; l < kLayers; ++l) {
@@ -177,7 +177,7 @@ TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
   ASSERT_TRUE(base_logits.defined());
   ASSERT_THAT(base_logits.sizes().vec(), ElementsAre(1, 2048));
 
-  absl::StatusOr<LoadedLora> lora = LoadDir(QvLora(), "qv-logits");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(QvLora(), "qv-logits");
   ASSERT_TRUE(lora.ok()) << lora.status();
   const at::Tensor with = Logits(lora->weights.get());
   ASSERT_TRUE(with.defined());
@@ -190,7 +190,7 @@ TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
   for (FakeTensor& t : zero.tensors) {
     if (t.name.find("lora_B") != std::string::npos) t.bytes.assign(t.bytes.size(), '\0');
   }
-  absl::StatusOr<LoadedLora> zero_lora = LoadDir(zero, "qv-zero-b");
+  absl::StatusOr<LoadedAdapter> zero_lora = LoadDir(zero, "qv-zero-b");
   ASSERT_TRUE(zero_lora.ok()) << zero_lora.status();
   EXPECT_LT(MaxDiff(Logits(zero_lora->weights.get()), base_logits), 1e-6);
 }
@@ -211,7 +211,7 @@ TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
       a.Add(LoraKey(l, path, "lora_B.weight"), {out, r}, seed++);
     }
   }
-  absl::StatusOr<LoadedLora> lora = LoadUpload(a);
+  absl::StatusOr<LoadedAdapter> lora = LoadUpload(a);
   ASSERT_TRUE(lora.ok()) << lora.status();
   const model::AdapterWeights& w = *lora->weights;
   EXPECT_EQ(w.Find(1, Proj::kQ)->rank(), 8);
@@ -231,7 +231,7 @@ TEST_F(LoraLoaderTest, LayersToTransformLoadsOnlyThoseLayers) {
   a.config["layers_to_transform"] = {2};
   a.Add(LoraKey(2, "self_attn.o_proj", "lora_A.weight"), {2, 256}, 5);
   a.Add(LoraKey(2, "self_attn.o_proj", "lora_B.weight"), {256, 2}, 6);
-  absl::StatusOr<LoadedLora> lora = LoadDir(a, "layer2");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(a, "layer2");
   ASSERT_TRUE(lora.ok()) << lora.status();
   EXPECT_NE(lora->weights->Find(2, Proj::kO), nullptr);
   EXPECT_EQ(lora->weights->Find(0, Proj::kO), nullptr);
@@ -253,9 +253,9 @@ TEST_F(LoraLoaderTest, HalfPrecisionTensorsKeepTheirDtypeAndGiveTheWidenedResult
       t.dtype = st;
       widened.tensors[i].bytes = TensorBytes(h.to(at::kFloat));
     }
-    absl::StatusOr<LoadedLora> lora = LoadDir(half, "half");
+    absl::StatusOr<LoadedAdapter> lora = LoadDir(half, "half");
     ASSERT_TRUE(lora.ok()) << lora.status();
-    absl::StatusOr<LoadedLora> wide = LoadDir(widened, "widened");
+    absl::StatusOr<LoadedAdapter> wide = LoadDir(widened, "widened");
     ASSERT_TRUE(wide.ok()) << wide.status();
     EXPECT_EQ(lora->weights->Find(0, Proj::kQ)->a.scalar_type(), at_type);
     EXPECT_EQ(lora->weights->Find(3, Proj::kV)->b.scalar_type(), at_type);
@@ -287,13 +287,13 @@ TEST_F(LoraLoaderTest, DoraMagnitudesRescaleOutputs) {
                                TensorBytes(norm * 1.5)});
     }
   }
-  absl::StatusOr<LoadedLora> lp = LoadDir(plain, "dora-plain");
-  absl::StatusOr<LoadedLora> ld = LoadDir(dora, "dora");
-  absl::StatusOr<LoadedLora> ld2 = LoadUpload(dora2);
+  absl::StatusOr<LoadedAdapter> lp = LoadDir(plain, "dora-plain");
+  absl::StatusOr<LoadedAdapter> ld = LoadDir(dora, "dora");
+  absl::StatusOr<LoadedAdapter> ld2 = LoadUpload(dora2);
   ASSERT_TRUE(lp.ok()) << lp.status();
   ASSERT_TRUE(ld.ok()) << ld.status();
   ASSERT_TRUE(ld2.ok()) << ld2.status();
-  EXPECT_TRUE(ld->summary.dora);
+  EXPECT_EQ(ld->summary.type, "dora");
   const model::LoraModule* m = ld->weights->Find(2, Proj::kV);
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(m->dora_scale.defined());
