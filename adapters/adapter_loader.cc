@@ -5,11 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "adapters/bottleneck_loader.h"
-#include "adapters/ia3_loader.h"
-#include "adapters/lora_loader.h"
+#include "adapters/kind_loaders.h"
 #include "adapters/peft_fields.h"
-#include "adapters/prompt_tuning_loader.h"
 
 namespace adapterd::adapters {
 namespace {

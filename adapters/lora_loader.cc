@@ -1,4 +1,4 @@
-#include "adapters/lora_loader.h"
+#include "adapters/kind_loaders.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>

@@ -2,7 +2,7 @@
 // base model: PEFT-layout adapters written here in C++ load into the right
 // per-layer modules and change the logits; malformed or mismatched adapters
 // fail with the status code and a message naming the tensor, key or file.
-#include "adapters/lora_loader.h"
+#include "adapters/kind_loaders.h"
 
 #include <ATen/ATen.h>
 
@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -64,21 +65,8 @@ at::Tensor FromF32(const std::string& bytes, const std::vector<int64_t>& shape) 
   return at::from_blob(const_cast<char*>(bytes.data()), shape, at::kFloat).clone();
 }
 
-class LoraLoaderTest : public ::testing::Test {
+class LoraLoaderTest : public testing::DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
-    ASSERT_TRUE(m.ok()) << m.status();
-    base_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete base_;
-    base_ = nullptr;
-  }
-  void SetUp() override { ASSERT_NE(base_, nullptr) << "the demo base model did not load"; }
-
-  static const model::LlamaModel& base() { return *base_; }
-
   // Loads through a directory (the path the server uses for PathSource).
   static absl::StatusOr<LoadedAdapter> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
     const std::string dir = a.Write(name);
@@ -94,11 +82,7 @@ class LoraLoaderTest : public ::testing::Test {
 
   // Last-token logits [1, vocab] of a fixed prompt through the base with `adapter` (null = base).
   static at::Tensor Logits(const model::AdapterWeights* adapter) { return testing::PromptLogits(base(), adapter); }
-
-  static model::LlamaModel* base_;
 };
-
-model::LlamaModel* LoraLoaderTest::base_ = nullptr;
 
 // ------------------------------------------------------------- success -----
 
@@ -428,6 +412,45 @@ TEST_F(LoraLoaderTest, RejectsIntegerDtype) {
   t->dtype = StDType::kI32;  // same byte size as F32
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
                       {t->name, "dtype I32", "not supported"}));
+}
+
+// Every LoRA tensor (A, B, DoRA magnitude) in every float dtype: a NaN or an
+// infinity is refused, naming the file, the tensor and the first bad index.
+TEST_F(LoraLoaderTest, RejectsNonFiniteValuesInEveryTensorAndDtype) {
+  const std::pair<float, const char*> values[] = {
+      {std::nanf(""), "NaN"}, {INFINITY, "+Inf"}, {-INFINITY, "-Inf"}};
+  for (StDType dtype : {StDType::kF32, StDType::kF16, StDType::kBF16}) {
+    for (const char* kind : {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}) {
+      for (const auto& [value, word] : values) {
+        SCOPED_TRACE(absl::StrCat(std::string(model::StDTypeName(dtype)), " ", kind, " ", word));
+        FakeAdapter a = QvLora();
+        a.config["use_dora"] = true;
+        for (int64_t l = 0; l < kLayers; ++l) {
+          a.Add(LoraKey(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 70, 1.0f);
+          a.Add(LoraKey(l, "self_attn.v_proj", "lora_magnitude_vector"), {128}, 71, 1.0f);
+        }
+        for (FakeTensor& t : a.tensors) testing::ConvertTensor(t, dtype);
+        const std::string name = LoraKey(2, "self_attn.v_proj", kind);
+        FakeTensor* t = a.Find(name);
+        ASSERT_NE(t, nullptr);
+        testing::SetElement(*t, 100, -value);  // a later one is not the one reported
+        testing::SetElement(*t, 17, value);
+        EXPECT_TRUE(IsError(LoadUpload(a).status(), absl::StatusCode::kInvalidArgument,
+                            {absl::StrCat("upload:", kWeightsFile, ": tensor '", name, "' holds ", word,
+                                          " at index 17")}));
+      }
+    }
+  }
+}
+
+// What a user first tried: an adapter whose tensors are all NaN, by path.
+TEST_F(LoraLoaderTest, RejectsAllNanAdapter) {
+  FakeAdapter a = QvLora();
+  for (FakeTensor& t : a.tensors) {
+    for (int64_t i = 0; i < static_cast<int64_t>(t.bytes.size() / 4); ++i) testing::SetElement(t, i, std::nanf(""));
+  }
+  EXPECT_TRUE(IsError(LoadDir(a, "all-nan").status(), absl::StatusCode::kInvalidArgument,
+                      {kWeightsFile, a.tensors.front().name, "holds NaN at index 0"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsTruncatedWeightsFile) {
