@@ -18,16 +18,26 @@ struct Format {
   using Bits = U;
   static constexpr U exponent = kExponent;
   static constexpr U sign = kSign;
+  static constexpr U exponent_low = kExponent & static_cast<U>(~(kExponent - 1));  // its lowest bit
 };
 using F32 = Format<uint32_t, 0x7F800000u, 0x80000000u>;
 using F16 = Format<uint16_t, 0x7C00u, 0x8000u>;
 using BF16 = Format<uint16_t, 0x7F80u, 0x8000u>;
 
 template <typename F>
-bool IsNonFinite(const std::byte* p) {
+typename F::Bits Load(const std::byte* p) {
   typename F::Bits v;
   std::memcpy(&v, p, sizeof(v));
-  return (v & F::exponent) == F::exponent;
+  return v;
+}
+
+// The exponent field plus its lowest bit carries into the sign bit exactly
+// when every exponent bit is set: the sign bit of the result says whether
+// `v` is NaN or infinite, with only and, add and or (which vectorise in the
+// element's own width).
+template <typename F>
+typename F::Bits NonFiniteBit(typename F::Bits v) {
+  return static_cast<typename F::Bits>((v & F::exponent) + F::exponent_low);
 }
 
 // Blocks of a fixed size hold no early exit, so the compiler vectorises the
@@ -35,19 +45,18 @@ bool IsNonFinite(const std::byte* p) {
 template <typename F>
 std::optional<NonFinite> Scan(const std::byte* data, int64_t n) {
   using U = typename F::Bits;
-  constexpr int64_t kBlock = 512;
+  constexpr int64_t kSize = sizeof(U);
+  constexpr int64_t kBlock = 1024;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
-    const std::byte* block = data + i * static_cast<int64_t>(sizeof(U));
-    unsigned bad = 0;
-    for (int64_t j = 0; j < kBlock; ++j) bad |= IsNonFinite<F>(block + j * static_cast<int64_t>(sizeof(U)));
-    if (bad != 0) break;
+    const std::byte* block = data + i * kSize;
+    U any = 0;
+    for (int64_t j = 0; j < kBlock; ++j) any |= NonFiniteBit<F>(Load<F>(block + j * kSize));
+    if ((any & F::sign) != 0) break;
   }
   for (; i < n; ++i) {
-    const std::byte* p = data + i * static_cast<int64_t>(sizeof(U));
-    if (!IsNonFinite<F>(p)) continue;
-    U v;
-    std::memcpy(&v, p, sizeof(v));
+    const U v = Load<F>(data + i * kSize);
+    if ((NonFiniteBit<F>(v) & F::sign) == 0) continue;
     const NonFiniteKind kind = (v & static_cast<U>(~(F::exponent | F::sign))) != 0 ? NonFiniteKind::kNaN
                                : (v & F::sign) != 0                                ? NonFiniteKind::kNegativeInfinity
                                                                                    : NonFiniteKind::kPositiveInfinity;

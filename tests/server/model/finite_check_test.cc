@@ -86,13 +86,13 @@ TEST(FiniteCheckTest, EachKindIsFoundAndNamed) {
 }
 
 // Positions in the first block, on block edges (the scan works in blocks of
-// 512), deep inside and in the partial block at the end.
+// 1024 elements), deep inside and in the partial block at the end.
 TEST(FiniteCheckTest, TheFirstBadIndexIsReportedWhereverItIs) {
   constexpr int64_t kN = 5000;
   for (const DType& d : kDTypes) {
     SCOPED_TRACE(StDTypeName(d.dtype));
-    for (int64_t at : {int64_t{0}, int64_t{1}, int64_t{511}, int64_t{512}, int64_t{513}, int64_t{1023},
-                       int64_t{4095}, int64_t{4607}, int64_t{4608}, kN - 1}) {
+    for (int64_t at : {int64_t{0}, int64_t{1}, int64_t{1023}, int64_t{1024}, int64_t{1025}, int64_t{2047},
+                       int64_t{3000}, int64_t{4095}, int64_t{4096}, int64_t{4097}, kN - 1}) {
       SCOPED_TRACE(at);
       // A later NaN and -Inf in the same and later blocks do not hide the first.
       const std::optional<NonFinite> got =
