@@ -13,7 +13,7 @@ TARGETS=(safetensors_fuzz adapter_config_fuzz generate_request_fuzz)
 # Unit tests of the parsers, the store, the registry and authentication,
 # built in the same instrumented tree and run under ASan+UBSan after the
 # fuzzers (the CI subset of ./x sanitize asan; see tests/sanitizers).
-UNIT_TESTS=(safetensors_test lora_config_test adapter_store_test adapter_registry_test adapter_cache_test path_policy_test call_auth_test)
+UNIT_TESTS=(safetensors_test finite_check_test lora_config_test adapter_store_test adapter_registry_test adapter_cache_test path_policy_test call_auth_test)
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
