@@ -4,6 +4,7 @@
   ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
   ./x bench lora   [--runs 5] [--adapters 8] [--rank 16] [--new-tokens 128]
   ./x bench serving [--adapters 1,8,64,256] [--requests 64] [--runs 3]
+  ./x bench http   [--adapters 64] [--concurrency 32] [--runs 5]   (bench/http_bench.py)
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -31,6 +32,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 import hf_reference  # noqa: E402
+import http_bench  # noqa: E402
 import tiers  # noqa: E402
 
 MODEL_100M = dict(hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
@@ -54,16 +56,23 @@ class Server:
                "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning",
                # Loopback only: plaintext, an open Admin API, path loads from the bench cache.
                "--plaintext", "--admin_auth=none", "--adapter_roots=/"] + args
+        self.build = build
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         for _ in range(6000):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"adapterd exited: see {self.log.name}")
             if os.path.exists(ready):
                 with open(ready) as f:
-                    self.addr = json.load(f)["grpc"]
+                    addrs = json.load(f)
+                self.addr = addrs["grpc"]
+                self.http = addrs.get("http", "")
                 return
             time.sleep(0.05)
         raise RuntimeError("adapterd did not become ready")
+
+    def load_adapter(self, adapter_id, path):
+        subprocess.run([os.path.join(self.build, "server", "adapterctl"), f"--addr={self.addr}", "load",
+                        f"--id={adapter_id}", f"--path={path}"], check=True, capture_output=True)
 
     def stop(self):
         self.proc.terminate()
@@ -553,7 +562,11 @@ def main():
     tiers.add_parser(sub, os.cpu_count())
     tiers.add_loader_nice_parser(sub, os.cpu_count())
     tiers.add_pair_parser(sub)
+    http_bench.add_parser(sub, os.cpu_count())
     a = p.parse_args()
+    if a.cmd == "http":
+        http_bench.cmd_http(a, Server, loadgen, ensure_model, write_fast_lora, log)
+        return
     if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
         {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,
          "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a, Server, loadgen, ensure_model, log)

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/http/http_error.h"
 
 namespace adapterd::http {
@@ -18,6 +19,16 @@ int64_t CountCharacters(std::string_view s) {
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+// `text` as a JSON string, quoted and escaped (invalid UTF-8 replaced).
+std::string Quote(std::string_view text) { return Dump(json(text)); }
+
+std::string Prefix(const OpenAiFormatter::Head& h, bool chunk) {
+  const char* object = h.kind == ApiKind::kChat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                                : "text_completion";
+  return absl::StrCat("{\"id\":", Quote(h.id), ",\"object\":\"", object, "\",\"created\":", h.created,
+                      ",\"model\":", Quote(h.model), ",\"choices\":[");
+}
+
 }  // namespace
 
 std::string_view FinishReasonName(engine::FinishReason reason) {
@@ -25,22 +36,18 @@ std::string_view FinishReasonName(engine::FinishReason reason) {
 }
 
 OpenAiFormatter::OpenAiFormatter(Head head, size_t choices, const core::ServerCore* core)
-    : head_(std::move(head)), core_(core), text_offsets_(choices, 0) {}
+    : head_(std::move(head)),
+      core_(core),
+      chunk_prefix_(Prefix(head_, true)),
+      whole_prefix_(Prefix(head_, false)),
+      text_offsets_(choices, 0) {}
 
-json OpenAiFormatter::Envelope(bool chunk) const {
-  const char* object = head_.kind == ApiKind::kChat ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                                    : "text_completion";
-  return json{{"id", head_.id}, {"object", object}, {"created", head_.created}, {"model", head_.model}};
-}
-
-json OpenAiFormatter::UsageJson(const Usage& u) {
-  return json{{"prompt_tokens", u.prompt_tokens},
-              {"completion_tokens", u.completion_tokens},
-              {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+std::string OpenAiFormatter::UsageJson(const Usage& u) {
+  return absl::StrCat("{\"prompt_tokens\":", u.prompt_tokens, ",\"completion_tokens\":", u.completion_tokens,
+                      ",\"total_tokens\":", u.prompt_tokens + u.completion_tokens, "}");
 }
 
 json OpenAiFormatter::Logprobs(const ChoiceDelta& d) {
-  if (!head_.logprobs) return nullptr;
   const size_t n = std::min(d.tokens.size(), d.logprobs.size());
   std::vector<std::string> texts(n);
   for (size_t i = 0; i < n; ++i) {
@@ -72,47 +79,39 @@ json OpenAiFormatter::Logprobs(const ChoiceDelta& d) {
               {"text_offset", std::move(offsets)}};
 }
 
-json OpenAiFormatter::Choice(const ChoiceDelta& d, bool stream) {
-  json c = {{"index", d.index}};
+void OpenAiFormatter::AppendChoice(const ChoiceDelta& d, bool stream, std::string* out) {
+  absl::StrAppend(out, "{\"index\":", d.index, ",");
   if (head_.kind == ApiKind::kChat) {
     if (!stream) {
-      c["message"] = {{"role", "assistant"}, {"content", d.text}};
+      absl::StrAppend(out, "\"message\":{\"role\":\"assistant\",\"content\":", Quote(d.text), "},");
     } else if (!d.text.empty() || !d.tokens.empty()) {
-      c["delta"] = {{"content", d.text}};
+      absl::StrAppend(out, "\"delta\":{\"content\":", Quote(d.text), "},");
     } else {
-      c["delta"] = json::object();
+      out->append("\"delta\":{},");
     }
   } else {
-    c["text"] = d.text;
+    absl::StrAppend(out, "\"text\":", Quote(d.text), ",");
   }
-  c["logprobs"] = Logprobs(d);
-  c["finish_reason"] = d.finish_reason.has_value() ? json(*d.finish_reason) : json(nullptr);
-  if (head_.token_ids) c["token_ids"] = std::vector<int64_t>(d.tokens.begin(), d.tokens.end());
-  return c;
+  absl::StrAppend(out, "\"logprobs\":", head_.logprobs ? Dump(Logprobs(d)) : "null", ",\"finish_reason\":",
+                  d.finish_reason.has_value() ? absl::StrCat("\"", std::string(*d.finish_reason), "\"") : "null");
+  if (head_.token_ids) absl::StrAppend(out, ",\"token_ids\":[", absl::StrJoin(d.tokens, ","), "]");
+  out->append("}");
 }
 
-void OpenAiFormatter::AppendEvent(const json& j, std::string* out) { absl::StrAppend(out, "data: ", Dump(j), "\n\n"); }
-
 void OpenAiFormatter::AppendRoleEvent(size_t index, std::string* out) {
-  json e = Envelope(true);
-  e["choices"] = json::array(
-      {{{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
-  if (head_.include_usage) e["usage"] = nullptr;
-  AppendEvent(e, out);
+  absl::StrAppend(out, "data: ", chunk_prefix_, "{\"index\":", index,
+                  ",\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]",
+                  head_.include_usage ? ",\"usage\":null" : "", "}\n\n");
 }
 
 void OpenAiFormatter::AppendChunkEvent(const ChoiceDelta& delta, std::string* out) {
-  json e = Envelope(true);
-  e["choices"] = json::array({Choice(delta, /*stream=*/true)});
-  if (head_.include_usage) e["usage"] = nullptr;
-  AppendEvent(e, out);
+  absl::StrAppend(out, "data: ", chunk_prefix_);
+  AppendChoice(delta, /*stream=*/true, out);
+  absl::StrAppend(out, "]", head_.include_usage ? ",\"usage\":null" : "", "}\n\n");
 }
 
 void OpenAiFormatter::AppendUsageEvent(const Usage& usage, std::string* out) {
-  json e = Envelope(true);
-  e["choices"] = json::array();
-  e["usage"] = UsageJson(usage);
-  AppendEvent(e, out);
+  absl::StrAppend(out, "data: ", chunk_prefix_, "],\"usage\":", UsageJson(usage), "}\n\n");
 }
 
 void OpenAiFormatter::AppendDone(std::string* out) { out->append("data: [DONE]\n\n"); }
@@ -125,12 +124,13 @@ void OpenAiFormatter::AppendErrorEvent(const absl::Status& status, std::string* 
 }
 
 std::string OpenAiFormatter::Whole(const std::vector<ChoiceDelta>& choices, const Usage& usage) {
-  json e = Envelope(false);
-  json list = json::array();
-  for (const ChoiceDelta& d : choices) list.push_back(Choice(d, /*stream=*/false));
-  e["choices"] = std::move(list);
-  e["usage"] = UsageJson(usage);
-  return Dump(e);
+  std::string out = whole_prefix_;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i > 0) out.append(",");
+    AppendChoice(choices[i], /*stream=*/false, &out);
+  }
+  absl::StrAppend(&out, "],\"usage\":", UsageJson(usage), "}");
+  return out;
 }
 
 }  // namespace adapterd::http

@@ -39,10 +39,12 @@ std::string_view FinishReasonName(engine::FinishReason reason);
 // Formats one request's output as OpenAI's objects: text_completion and
 // chat.completion, their streamed chunks as SSE events ("data: {json}\n\n",
 // then "data: [DONE]\n\n"), the usage chunk of stream_options.include_usage
-// and error events. Logprobs name each token by its own decoded text, and
-// completions' text_offset counts characters from the start of the
-// completion. Keeps each choice's running text offset, so one formatter
-// serves one request, on one thread at a time. The core must outlive it.
+// and error events. Fields come in OpenAI's order; the part of every chunk
+// that never changes (id, object, created, model) is rendered once. Logprobs
+// name each token by its own decoded text, and completions' text_offset
+// counts characters from the start of the completion. Keeps each choice's
+// running text offset, so one formatter serves one request, on one thread at
+// a time. The core must outlive it.
 class OpenAiFormatter {
  public:
   struct Head {
@@ -69,14 +71,16 @@ class OpenAiFormatter {
   std::string Whole(const std::vector<ChoiceDelta>& choices, const Usage& usage);
 
  private:
-  nlohmann::json Choice(const ChoiceDelta& d, bool stream);
+  void AppendChoice(const ChoiceDelta& d, bool stream, std::string* out);
   nlohmann::json Logprobs(const ChoiceDelta& d);
-  nlohmann::json Envelope(bool chunk) const;
-  static nlohmann::json UsageJson(const Usage& usage);
-  static void AppendEvent(const nlohmann::json& j, std::string* out);
+  static std::string UsageJson(const Usage& usage);
 
   const Head head_;
   const core::ServerCore* const core_;
+  // `{"id":...,"object":...,"created":...,"model":...,"choices":[` of a
+  // chunk, and of the whole response.
+  const std::string chunk_prefix_;
+  const std::string whole_prefix_;
   std::vector<int64_t> text_offsets_;  // per choice, in characters
 };
 

@@ -234,9 +234,15 @@ TEST_F(OpenAiClientTest, FiveHundredConcurrentStreamsCompleteWithBoundedThreads)
     std::string text;
     for (const std::string& e : testing::SseData(r->body)) {
       if (e == "[DONE]") continue;
-      for (const json& c : json::parse(e)["choices"]) text += c["text"].get<std::string>();
+      const json event = json::parse(e);
+      for (const json& c : event["choices"]) text += c["text"].get<std::string>();
     }
-    if (text == want[{i % prompts.size(), i % models.size()}]) ++correct;
+    const std::string& expected = want[{i % prompts.size(), i % models.size()}];
+    if (text == expected) {
+      ++correct;
+    } else if (correct + 1 == i + 1 - correct) {  // report the first mismatch only
+      ADD_FAILURE() << "stream " << i << " got '" << text << "', want '" << expected << "'\n" << r->body.substr(0, 3000);
+    }
   }
   EXPECT_EQ(correct, kStreams);
   std::cout << "server threads: " << threads_before << " before, at most " << threads_peak << " during "
