@@ -163,7 +163,8 @@ class ConnectionImpl final : public Connection,
       if constexpr (kTls) {
         self->ArmRead(self->ctx_->idle_timeout);
         self->stream_.async_handshake(net::ssl::stream_base::server, [self](const ErrorCode& ec) {
-          if (ec) return self->CloseNow(nullptr);
+          if (ec || self->state_ == State::kClosed) return self->CloseNow(nullptr);
+          self->DisarmRead();
           self->client_names_ = VerifiedClientNames(self->stream_.native_handle());
           self->ReadRequest();
         });
@@ -194,7 +195,7 @@ class ConnectionImpl final : public Connection,
     ArmWrite();
     bhttp::async_write(stream_, *res, [self = this->shared_from_this(), res](const ErrorCode& ec, size_t) {
       self->writing_ = false;
-      if (ec) return self->WriteFailed();
+      if (ec || self->state_ == State::kClosed) return self->WriteFailed();
       self->AnswerComplete(res->keep_alive());
     });
   }
@@ -214,7 +215,8 @@ class ConnectionImpl final : public Connection,
     ArmWrite();
     bhttp::async_write_header(stream_, *sr, [self = this->shared_from_this(), res, sr](const ErrorCode& ec, size_t) {
       self->writing_ = false;
-      if (ec) return self->WriteFailed();
+      // A close may have been handled between the write's end and this.
+      if (ec || self->state_ == State::kClosed) return self->WriteFailed();
       self->PullAndWrite();
     });
   }
@@ -296,7 +298,7 @@ class ConnectionImpl final : public Connection,
                                                                   "100-continue")) {
       net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
                        [self = this->shared_from_this()](const ErrorCode& ec, size_t) {
-                         if (ec) return self->CloseNow(nullptr);
+                         if (ec || self->state_ == State::kClosed) return self->CloseNow(nullptr);
                          self->ReadBody();
                        });
       return;
@@ -406,6 +408,7 @@ class ConnectionImpl final : public Connection,
   }
 
   void PullAndWrite() {
+    if (body_ == nullptr || state_ != State::kHandling) return;
     out_.clear();
     const PullResult r = body_->Pull(&out_);
     if (r == PullResult::kAbort) return CloseNow(nullptr);
@@ -421,7 +424,7 @@ class ConnectionImpl final : public Connection,
     ArmWrite();
     net::async_write(stream_, buffers, [self = this->shared_from_this()](const ErrorCode& ec, size_t) {
       self->writing_ = false;
-      if (ec) return self->WriteFailed();
+      if (ec || self->state_ == State::kClosed) return self->WriteFailed();
       if (self->stream_done_) return self->AnswerComplete(self->stream_keep_alive_);
       self->PullAndWrite();
     });

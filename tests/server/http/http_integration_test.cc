@@ -52,12 +52,20 @@ double Metric(const ServerProcess& s, const std::string& name) {
 // Waits until nothing runs or waits and no KV block is in use, as the
 // router-facing gauges report it.
 bool AwaitIdle(const ServerProcess& s) {
-  return testing::PollUntil(
+  const bool idle = testing::PollUntil(
       [&] {
         return Metric(s, "vllm:num_requests_running") == 0 && Metric(s, "vllm:num_requests_waiting") == 0 &&
                Metric(s, "vllm:kv_cache_usage_perc") == 0;
       },
       "the server to report no running request and an empty KV cache");
+  if (!idle) {
+    ADD_FAILURE() << "running " << Metric(s, "vllm:num_requests_running") << ", waiting "
+                  << Metric(s, "vllm:num_requests_waiting") << ", KV " << Metric(s, "vllm:kv_cache_usage_perc")
+                  << ", aborted " << Metric(s, "adapterd_http_aborted_total") << ", open HTTP connections "
+                  << Metric(s, "adapterd_http_connections") << "\nserver log (tail):\n"
+                  << s.Log().substr(s.Log().size() > 6000 ? s.Log().size() - 6000 : 0);
+  }
+  return idle;
 }
 
 std::vector<uint32_t> GrpcTokens(const ServerProcess& s, const std::string& adapter, const std::vector<int>& prompt,
@@ -168,6 +176,43 @@ TEST_F(HttpApiTest, CurlStreamsServerSentEventsEndingWithDone) {
   EXPECT_TRUE(u["choices"].empty());
   EXPECT_EQ(u["usage"]["completion_tokens"], 5);
   EXPECT_TRUE(json::parse(events[0])["usage"].is_null());
+}
+
+TEST_F(HttpApiTest, SeveralPromptsAndSamplesAreChoices) {
+  json body = {{"prompt", {{1, 2}, {3, 4, 5}}}, {"n", 2},           {"max_tokens", 4},
+               {"temperature", 0},            {"ignore_eos", true}, {"return_token_ids", true}};
+  absl::StatusOr<testing::HttpReply> r = Post("/v1/completions", body.dump());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  json j = json::parse(r->body);
+  ASSERT_EQ(j["choices"].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["token_ids"].get<std::vector<uint32_t>>(),
+              GrpcTokens(*server_, "", i < 2 ? std::vector<int>{1, 2} : std::vector<int>{3, 4, 5}, 4))
+        << "choice " << i;
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 5);  // each prompt once
+  EXPECT_EQ(j["usage"]["completion_tokens"], 16);
+  // Streamed: every choice ends with its own finish_reason, then [DONE].
+  body["stream"] = true;
+  std::vector<std::string> events = testing::SseData(CurlPost("/v1/completions", body));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::map<int, std::vector<uint32_t>> tokens;
+  std::map<int, std::string> finish;
+  for (const std::string& e : events) {
+    if (e == "[DONE]") continue;
+    const json event = json::parse(e);
+    for (const json& c : event["choices"]) {
+      for (const json& t : c["token_ids"]) tokens[c["index"].get<int>()].push_back(t.get<uint32_t>());
+      if (!c["finish_reason"].is_null()) finish[c["index"].get<int>()] = c["finish_reason"].get<std::string>();
+    }
+  }
+  ASSERT_EQ(tokens.size(), 4u);
+  EXPECT_EQ(tokens[0], tokens[1]);
+  EXPECT_EQ(tokens[2], GrpcTokens(*server_, "", {3, 4, 5}, 4));
+  EXPECT_EQ(finish.size(), 4u);
 }
 
 TEST_F(HttpApiTest, ModelsListTheBaseAndEveryAdapter) {
@@ -315,6 +360,44 @@ TEST_F(HttpApiTest, ClientThatDisconnectsMidStreamIsCancelled) {
   EXPECT_LT(Metric(*server_, "adapterd_generated_tokens_total") - generated_before, kMaxTokens);
 }
 
+// Clients that go away at every stage (mid-header, mid-body, right after
+// the request, after the first event), send garbage or pipeline requests,
+// while a well-behaved stream runs: it completes, and the server stays
+// healthy and returns to idle.
+TEST_F(HttpApiTest, ClientsThatMisbehaveDoNotDisturbOthers) {
+  const std::string body = StreamBody(kBase, {7, 7, 7}, 64).dump();
+  const std::string request = testing::PostRequest("/v1/completions", body);
+  absl::StatusOr<RawConnection> good = RawConnection::Open(server_->http_address());
+  ASSERT_TRUE(good.ok());
+  ASSERT_TRUE(good->Send(request).ok());
+  for (int round = 0; round < 40; ++round) {
+    std::vector<RawConnection> open;
+    for (int kind = 0; kind < 6; ++kind) {
+      absl::StatusOr<RawConnection> c = RawConnection::Open(server_->http_address());
+      ASSERT_TRUE(c.ok()) << c.status();
+      switch (kind) {
+        case 0: (void)c->Send(request.substr(0, 20)); break;                      // mid-header
+        case 1: (void)c->Send(request.substr(0, request.size() - 5)); break;      // mid-body
+        case 2: (void)c->Send(request); break;                                    // right after
+        case 3:                                                                    // after an event
+          (void)c->Send(request);
+          (void)c->ReadUntil("data: {", absl::Seconds(60));
+          break;
+        case 4: (void)c->Send("\x16\x03\x01 not http at all\r\n\r\n"); break;  // garbage
+        case 5: (void)c->Send(request + request); break;                          // pipelined
+      }
+      open.push_back(*std::move(c));
+    }
+  }
+  absl::StatusOr<std::string> done = good->ReadUntil("data: [DONE]", absl::Seconds(120));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_THAT(*done, HasSubstr("\"finish_reason\":\"length\""));
+  ASSERT_TRUE(AwaitIdle(*server_));
+  absl::StatusOr<testing::HttpReply> health = HttpCall(server_->http_address(), "GET", "/health");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->status, 200);
+}
+
 // A client that sends a streamed request and never reads: the server must
 // neither buffer its output without bound nor hold up other streams. The
 // kernel holds at most --http_send_buffer_bytes (doubled) of it; the rest
@@ -350,6 +433,28 @@ TEST(HttpSlowClientTest, ClientThatNeverReadsIsCutOffWithoutStallingOthers) {
       "the server to cut off the client that does not read"));
   ASSERT_TRUE(AwaitIdle(server));
   EXPECT_TRUE(stalled->WaitClosed(absl::Seconds(60)));
+}
+
+// A full waiting queue is 429, which the openai client retries.
+TEST(HttpQueueTest, FullQueueIsTooManyRequests) {
+  auto s = testing::StartDemoServer({"--max_waiting=1", "--max_batch_size=1"});
+  ASSERT_TRUE(s.ok()) << s.status();
+  ServerProcess& server = **s;
+  absl::StatusOr<RawConnection> running = RawConnection::Open(server.http_address());
+  absl::StatusOr<RawConnection> waiting = RawConnection::Open(server.http_address());
+  ASSERT_TRUE(running.ok() && waiting.ok());
+  const std::string body = StreamBody(kBase, {1, 2}, 1500).dump();
+  ASSERT_TRUE(running->Send(testing::PostRequest("/v1/completions", body)).ok());
+  ASSERT_TRUE(testing::PollUntil([&] { return Metric(server, "vllm:num_requests_running") == 1; }, "one running"));
+  ASSERT_TRUE(waiting->Send(testing::PostRequest("/v1/completions", body)).ok());
+  ASSERT_TRUE(testing::PollUntil([&] { return Metric(server, "vllm:num_requests_waiting") == 1; }, "one waiting"));
+  absl::StatusOr<testing::HttpReply> refused = HttpCall(server.http_address(), "POST", "/v1/completions", body);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_EQ(refused->status, 429) << refused->body;
+  EXPECT_EQ(json::parse(refused->body)["error"]["type"], "rate_limit_error");
+  running->Close();
+  waiting->Close();
+  EXPECT_TRUE(AwaitIdle(server));
 }
 
 TEST(HttpAuthTest, BearerTokensGateInferenceAndAdmin) {
