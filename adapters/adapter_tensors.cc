@@ -12,40 +12,42 @@
 #endif
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "server/model/finite_check.h"
 
 namespace adapterd::adapters {
-
-std::string ShapeString(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
-
-bool ParseProj(const std::string& path, model::Proj* out) {
-  for (int i = 0; i < model::kNumProj; ++i) {
-    if (model::ProjPath(static_cast<model::Proj>(i)) == path) {
-      *out = static_cast<model::Proj>(i);
-      return true;
-    }
-  }
-  return false;
-}
 
 std::string ModuleName(int64_t layer, model::Proj p) {
   return absl::StrCat("model.layers.", layer, ".", std::string(model::ProjPath(p)));
 }
 
-absl::Status CheckFloatDtype(const model::SafetensorsFile& f, const model::StTensorInfo& t) {
-  if (t.dtype == model::StDType::kF32 || t.dtype == model::StDType::kF16 || t.dtype == model::StDType::kBF16) {
-    return absl::OkStatus();
+absl::StatusOr<int64_t> ParseLayerIndex(const model::SafetensorsFile& f, const model::StTensorInfo& t,
+                                        std::string_view digits, int64_t num_layers) {
+  int64_t layer = 0;
+  bool ok = !digits.empty() && digits.size() <= 18 && (digits[0] != '0' || digits.size() == 1);
+  for (size_t i = 0; ok && i < digits.size(); ++i) {
+    ok = digits[i] >= '0' && digits[i] <= '9';
+    layer = layer * 10 + (digits[i] - '0');
   }
-  return absl::InvalidArgumentError(absl::StrCat(f.label(), ": tensor '", t.name, "': dtype ",
-                                                 std::string(model::StDTypeName(t.dtype)),
-                                                 " is not supported (F32, F16, BF16)"));
+  if (ok && layer < num_layers) return layer;
+  return absl::FailedPreconditionError(absl::StrCat(f.label(), ": tensor '", t.name, "': layer ",
+                                                    absl::string_view(digits.data(), digits.size()),
+                                                    " does not exist (the base has ", num_layers, " layers)"));
+}
+
+absl::Status CheckFloatTensor(const model::SafetensorsFile& f, const model::StTensorInfo& t) {
+  if (t.dtype != model::StDType::kF32 && t.dtype != model::StDType::kF16 && t.dtype != model::StDType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(f.label(), ": tensor '", t.name, "': dtype ",
+                                                   std::string(model::StDTypeName(t.dtype)),
+                                                   " is not supported (F32, F16, BF16)"));
+  }
+  return model::CheckFinite(f, t);
 }
 
 absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorInfo& t,
                         const std::vector<int64_t>& want) {
   if (t.shape == want) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(f.label(), ": tensor '", t.name, "': shape ",
-                                                    ShapeString(t.shape), ", expected ", ShapeString(want)));
+                                                    model::ShapeString(t.shape), ", expected ", model::ShapeString(want)));
 }
 
 namespace {

@@ -6,26 +6,32 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
 
 namespace adapterd::adapters {
 
-// "[2, 3]".
-std::string ShapeString(const std::vector<int64_t>& shape);
-
-// "self_attn.q_proj" -> Proj::kQ; false for anything else.
-bool ParseProj(const std::string& path, model::Proj* out);
-
 // "model.layers.<layer>.<path>", the module name PEFT matches targets against.
 std::string ModuleName(int64_t layer, model::Proj p);
 
-// INVALID_ARGUMENT unless the tensor is F32, F16 or BF16.
-absl::Status CheckFloatDtype(const model::SafetensorsFile& f, const model::StTensorInfo& t);
+// The index of a base layer that `digits` (the decimal number in tensor
+// `t`'s name) spells. FAILED_PRECONDITION "<file>: tensor '<name>': layer
+// <digits> does not exist (the base has <n> layers)" unless `digits` is a
+// plain decimal number (no sign, no leading zero) below `num_layers`.
+absl::StatusOr<int64_t> ParseLayerIndex(const model::SafetensorsFile& f, const model::StTensorInfo& t,
+                                        std::string_view digits, int64_t num_layers);
+
+// INVALID_ARGUMENT unless the tensor is F32, F16 or BF16 and every value is
+// finite; a NaN or an infinity is named with its first flat index (see
+// model::CheckFinite). Reads every byte of the tensor once: loaders call it
+// once per tensor, on the loader thread, before building anything.
+absl::Status CheckFloatTensor(const model::SafetensorsFile& f, const model::StTensorInfo& t);
 
 // FAILED_PRECONDITION "<file>: tensor '<name>': shape [..], expected [..]"
 // unless the shape is `want`.

@@ -1,21 +1,20 @@
-#include "adapters/ia3_loader.h"
+#include "adapters/kind_loaders.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-#include <map>
-#include <regex>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "adapters/adapter_tensors.h"
 #include "adapters/peft_fields.h"
+#include "adapters/peft_modules.h"
 #include "server/common/torch_call.h"
 
 namespace adapterd::adapters {
 namespace {
-
-constexpr char kPrefix[] = "base_model.model.";
 
 struct Ia3Config {
   ModuleSelector targets{{"k_proj", "v_proj", "down_proj"}, std::nullopt};  // PEFT's Llama default
@@ -42,72 +41,49 @@ absl::StatusOr<Ia3Config> ParseConfig(const std::string& text, const std::string
 
 }  // namespace
 
-absl::StatusOr<LoadedIa3> LoadIa3(const AdapterFiles& files, const model::LlamaModel& base) {
+absl::StatusOr<LoadedAdapter> LoadIa3(const AdapterFiles& files, const model::LlamaModel& base) {
   const std::string cfg_label = files.label + "/" + kConfigFile;
   absl::StatusOr<Ia3Config> config = ParseConfig(files.config_json, cfg_label);
   if (!config.ok()) return config.status();
   const model::SafetensorsFile& f = *files.weights;
-  const model::ModelConfig& mc = base.config();
-  static const std::regex kKey(R"(model\.layers\.(\d+)\.((?:self_attn|mlp)\.[a-z_]+)\.ia3_l)");
-  std::map<std::pair<int64_t, int>, const model::StTensorInfo*> found;
-  for (const model::StTensorInfo& t : f.tensors()) {
-    const bool prefixed = t.name.rfind(kPrefix, 0) == 0;
-    const std::string key = prefixed ? t.name.substr(sizeof(kPrefix) - 1) : t.name;
-    std::smatch m;
-    model::Proj proj;
-    if (!prefixed || !std::regex_match(key, m, kKey) || !ParseProj(m[2].str(), &proj)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          f.label(), ": tensor '", t.name, "': not an IA3 vector of a linear projection of the base model"));
-    }
-    const int64_t layer = std::stoll(m[1].str().substr(0, 9));
-    if (layer >= mc.num_layers) {
-      return absl::FailedPreconditionError(absl::StrCat(f.label(), ": tensor '", t.name, "': layer ", layer,
-                                                        " does not exist (the base has ", mc.num_layers,
-                                                        " layers)"));
-    }
-    if (absl::Status s = CheckFloatDtype(f, t); !s.ok()) return s;
-    found[{layer, static_cast<int>(proj)}] = &t;
-  }
-  LoadedIa3 out;
-  out.weights = std::make_shared<model::AdapterWeights>(mc.num_layers, model::AdapterKind::kIa3);
+  const int64_t num_layers = base.config().num_layers;
+  const PeftScanRules rules{
+      {{"ia3_l", 0}}, 1, "not an IA3 vector of a linear projection of the base model", nullptr};
+  absl::StatusOr<PeftModules> found = ScanPeftModules(f, num_layers, rules);
+  if (!found.ok()) return found.status();
+
+  LoadedAdapter out;
+  out.weights = std::make_shared<model::AdapterWeights>(num_layers, model::AdapterKind::kIa3);
   std::set<std::string> targets, feedforward;
-  for (int64_t layer = 0; layer < mc.num_layers; ++layer) {
-    for (int pi = 0; pi < model::kNumProj; ++pi) {
-      const model::Proj p = static_cast<model::Proj>(pi);
-      const std::string name = ModuleName(layer, p);
-      const bool targeted = config->targets.Matches(name) && !config->exclude.Matches(name);
-      auto it = found.find({layer, pi});
-      if (it == found.end()) {
-        if (targeted) {
-          return absl::InvalidArgumentError(absl::StrCat(f.label(), ": missing tensor '", kPrefix, name,
-                                                         ".ia3_l' (", cfg_label, " targets ", name, ")"));
-        }
-        continue;
-      }
-      if (!targeted) {
-        return absl::FailedPreconditionError(absl::StrCat(f.label(), ": tensor '", it->second->name,
-                                                          "': module ", name, " is not targeted by ",
-                                                          cfg_label));
-      }
-      const bool ff = config->feedforward.Matches(name);
-      const at::Tensor& w = base.ProjWeight(layer, p);
-      const std::vector<int64_t> want = ff ? std::vector<int64_t>{1, w.size(1)} : std::vector<int64_t>{w.size(0), 1};
-      if (absl::Status s = CheckShape(f, *it->second, want); !s.ok()) return s;
-      model::Ia3Module m;
-      m.scales_input = ff;
-      absl::Status st = TorchCall(absl::StrCat(f.label(), ": ", name), [&] {
-        c10::InferenceMode guard;
-        m.scale = ToTensor(f, *it->second, base.options()).flatten().contiguous();
+  absl::Status st = ReconcilePeftModules(
+      f, cfg_label, num_layers, *found,
+      [&](const std::string& name, int64_t) {
+        return config->targets.Matches(name) && !config->exclude.Matches(name);
+      },
+      "ia3_l",
+      [&](int64_t layer, model::Proj p, const std::string& name, const PeftModule& m) -> absl::Status {
+        const model::StTensorInfo& t = *m.tensors[0];
+        const bool ff = config->feedforward.Matches(name);
+        const at::Tensor& w = base.ProjWeight(layer, p);
+        const std::vector<int64_t> want = ff ? std::vector<int64_t>{1, w.size(1)} : std::vector<int64_t>{w.size(0), 1};
+        if (absl::Status s = CheckShape(f, t, want); !s.ok()) return s;
+        model::Ia3Module module;
+        module.scales_input = ff;
+        absl::Status built = TorchCall(absl::StrCat(f.label(), ": ", name), [&] {
+          c10::InferenceMode guard;
+          module.scale = ToTensor(f, t, base.options()).flatten().contiguous();
+        });
+        if (!built.ok()) return built;
+        out.weights->SetIa3(layer, p, std::move(module));
+        targets.insert(std::string(model::ProjName(p)));
+        if (ff) feedforward.insert(std::string(model::ProjName(p)));
+        return absl::OkStatus();
       });
-      if (!st.ok()) return st;
-      out.weights->SetIa3(layer, p, std::move(m));
-      targets.insert(std::string(model::ProjName(p)));
-      if (ff) feedforward.insert(std::string(model::ProjName(p)));
-    }
-  }
+  if (!st.ok()) return st;
   if (targets.empty()) return absl::InvalidArgumentError(absl::StrCat(f.label(), ": holds no IA3 vectors"));
-  out.target_modules.assign(targets.begin(), targets.end());
-  out.feedforward_modules.assign(feedforward.begin(), feedforward.end());
+  out.summary.type = "ia3";
+  out.summary.target_modules.assign(targets.begin(), targets.end());
+  out.summary.feedforward_modules.assign(feedforward.begin(), feedforward.end());
   return out;
 }
 

@@ -1,4 +1,4 @@
-#include "adapters/prompt_tuning_loader.h"
+#include "adapters/kind_loaders.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -15,8 +15,7 @@ constexpr char kTensor[] = "prompt_embeddings";
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<model::AdapterWeights>> LoadPromptTuning(const AdapterFiles& files,
-                                                                         const model::LlamaModel& base) {
+absl::StatusOr<LoadedAdapter> LoadPromptTuning(const AdapterFiles& files, const model::LlamaModel& base) {
   const std::string label = files.label + "/" + kConfigFile;
   OrderedJson j = OrderedJson::parse(files.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError(label, "not a valid JSON object");
@@ -53,15 +52,18 @@ absl::StatusOr<std::shared_ptr<model::AdapterWeights>> LoadPromptTuning(const Ad
                                                      "' (prompt tuning holds only '", kTensor, "')"));
     }
   }
-  if (absl::Status s = CheckFloatDtype(f, *t); !s.ok()) return s;
+  if (absl::Status s = CheckFloatTensor(f, *t); !s.ok()) return s;
   if (absl::Status s = CheckShape(f, *t, {num_virtual, mc.hidden_size}); !s.ok()) return s;
-  auto weights = std::make_shared<model::AdapterWeights>(mc.num_layers, model::AdapterKind::kPromptTuning);
+  LoadedAdapter out;
+  out.weights = std::make_shared<model::AdapterWeights>(mc.num_layers, model::AdapterKind::kPromptTuning);
   absl::Status st = TorchCall(absl::StrCat(f.label(), ": ", kTensor), [&] {
     c10::InferenceMode guard;
-    weights->SetPrompt(ToTensor(f, *t, base.options()).contiguous());
+    out.weights->SetPrompt(ToTensor(f, *t, base.options()).contiguous());
   });
   if (!st.ok()) return st;
-  return weights;
+  out.summary.type = "prompt_tuning";
+  out.summary.num_virtual_tokens = out.weights->num_virtual_tokens();
+  return out;
 }
 
 }  // namespace adapterd::adapters

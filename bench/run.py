@@ -4,6 +4,7 @@
   ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
   ./x bench lora   [--runs 5] [--adapters 8] [--rank 16] [--new-tokens 128]
   ./x bench serving [--adapters 1,8,64,256] [--requests 64] [--runs 3]
+  ./x bench http   [--adapters 64] [--concurrency 32] [--runs 5]   (bench/http_bench.py)
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -16,67 +17,18 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(SRC, "tests", "conformance"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-import hf_reference  # noqa: E402
+import http_bench  # noqa: E402
 import tiers  # noqa: E402
-
-MODEL_100M = dict(hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
-                  max_pos=2048)
-
-
-def log(msg):
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-class Server:
-    """A real adapterd process on 127.0.0.1 with OS-chosen ports."""
-
-    def __init__(self, build, args, cpus=None):
-        """`cpus`: a taskset CPU list the server is confined to (default: all)."""
-        self.tmp = tempfile.mkdtemp(prefix="adapterd-bench-")
-        ready = os.path.join(self.tmp, "ready.json")
-        self.log = open(os.path.join(self.tmp, "server.log"), "w")
-        cmd = ([] if cpus is None else ["taskset", "-c", str(cpus)]) + [
-               os.path.join(build, "server", "adapterd"), "--listen=127.0.0.1:0",
-               "--metrics_listen=127.0.0.1:0", f"--ready_file={ready}", "--log_level=warning",
-               # Loopback only: plaintext, an open Admin API, path loads from the bench cache.
-               "--plaintext", "--admin_auth=none", "--adapter_roots=/"] + args
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
-        for _ in range(6000):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"adapterd exited: see {self.log.name}")
-            if os.path.exists(ready):
-                with open(ready) as f:
-                    self.addr = json.load(f)["grpc"]
-                return
-            time.sleep(0.05)
-        raise RuntimeError("adapterd did not become ready")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
-def loadgen(build, addr, **flags):
-    cmd = [os.path.join(build, "bench", "adapterd_loadgen"), f"--addr={addr}"]
-    cmd += [f"--{k}={v}" for k, v in flags.items()]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stdout.strip()} {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout)
+from common import (MODEL_100M, Server, dump_workload, ensure_model, load_config, loadgen,  # noqa: E402
+                    log, make_peft_loras, work_dir, write_bottleneck, write_lora)
 
 
 class Timer(BaseStreamer):
@@ -107,26 +59,9 @@ def hf_decode_rate(model, prompt, new_tokens):
     return (len(t) - 1) / (t[-1] - t[0])
 
 
-def ensure_model(work, name, build):
-    path = os.path.join(work, name)
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    if name == "demo":
-        # The server generates the demo checkpoint into its cache directory.
-        s = Server(build, [f"--cache_dir={work}/demo-cache"])
-        s.stop()
-        os.symlink(os.path.join(work, "demo-cache", "demo-llama-v1"), path)
-    else:
-        log(f"creating the ~100M checkpoint in {path}")
-        model = hf_reference.build_model("llama", seed=100, **MODEL_100M)
-        model.save_pretrained(path, safe_serialization=True)
-    return path
-
-
 def cmd_decode(a):
     torch.set_num_threads(a.threads)
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     rows = []
     for name in ["demo", "llama-100m"]:
         path = ensure_model(work, name, a.build)
@@ -167,20 +102,6 @@ def cmd_decode(a):
     print("\n" + json.dumps(rows))
 
 
-def make_adapters(work, base, n, rank):
-    """n seeded rank-`rank` PEFT LoRA adapters on all 7 projections (cached)."""
-    dirs = []
-    for i in range(n):
-        d = os.path.join(work, f"lora-r{rank}-{i}")
-        if not os.path.exists(os.path.join(d, "adapter_model.safetensors")):
-            subprocess.run([sys.executable, os.path.join(SRC, "tests", "conformance", "peft_reference.py"),
-                            "make-lora", "--model", base, "--out", d, "--seed", str(1000 + i),
-                            "--r", str(rank), "--alpha", str(2 * rank), "--targets", "all-linear"],
-                           check=True)
-        dirs.append(d)
-    return dirs
-
-
 def peft_batch_rate(model, prompts, names, new_tokens):
     """Tokens/s of one batched greedy generate over `prompts` (equal lengths)."""
     ids = torch.tensor(prompts, dtype=torch.long)
@@ -197,19 +118,15 @@ def peft_batch_rate(model, prompts, names, new_tokens):
 def cmd_lora(a):
     from peft import PeftModel
     torch.set_num_threads(a.threads)
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     base = ensure_model(work, "llama-100m", a.build)
-    dirs = make_adapters(work, base, a.adapters, a.rank)
+    dirs = make_peft_loras(work, base, a.adapters, a.rank)
     names = [f"a{i}" for i in range(a.adapters)]
     vocab = MODEL_100M["vocab"]
     prompts = [[(7 * i + 13 * r + 3) % vocab for i in range(16)] for r in range(a.adapters)]
 
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
-    ctl = os.path.join(a.build, "server", "adapterctl")
-    for name, d in zip(names, dirs):
-        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id={name}", f"--path={d}"],
-                       check=True, capture_output=True)
+    server.register(dirs, prefix="a")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     peft_model = PeftModel.from_pretrained(model, dirs[0], adapter_name=names[0])
@@ -246,34 +163,6 @@ def cmd_lora(a):
     print("\n" + json.dumps({"medians": med, "runs": results}))
 
 
-def write_fast_lora(path, base_cfg, rank, seed):
-    """A PEFT-layout rank-`rank` LoRA on all 7 projections, written directly
-    with safetensors (PEFT itself is too slow for hundreds of adapters)."""
-    from safetensors.torch import save_file
-    if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
-        return path
-    os.makedirs(path, exist_ok=True)
-    h, inter = base_cfg["hidden_size"], base_cfg["intermediate_size"]
-    hd = base_cfg.get("head_dim") or h // base_cfg["num_attention_heads"]
-    kv = base_cfg["num_key_value_heads"] * hd
-    dims = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
-            "self_attn.o_proj": (h, h), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
-            "mlp.down_proj": (h, inter)}
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(base_cfg["num_hidden_layers"]):
-        for mod, (out, inp) in dims.items():
-            key = f"base_model.model.model.layers.{layer}.{mod}"
-            tensors[key + ".lora_A.weight"] = torch.randn(rank, inp, generator=g) / inp ** 0.5
-            tensors[key + ".lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.01
-    save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(path, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                      "up_proj", "down_proj"], "bias": "none"}, f)
-    return path
-
-
 def peft_workload(model, reqs, batch):
     """Replays `reqs` (loadgen --dump_workload) through PEFT as static batches
     of `batch` in arrival order: each batch is left-padded and generates until
@@ -299,13 +188,6 @@ def peft_workload(model, reqs, batch):
     return tokens / (time.perf_counter() - start)
 
 
-def dump_workload(build, **flags):
-    cmd = [os.path.join(build, "bench", "adapterd_loadgen"), "--dump_workload"]
-    cmd += [f"--{k}={v}" for k, v in flags.items()]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def cmd_serving(a):
     """S-LoRA/Punica-style workload over gRPC: n adapters, uniform or skewed
     popularity, a saturating closed loop and Poisson arrivals at a fraction of
@@ -313,21 +195,16 @@ def cmd_serving(a):
     load, and PEFT replaying the same requests at its best batch size."""
     from peft import PeftModel
     torch.set_num_threads(a.threads)
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     base = ensure_model(work, a.model, a.build)
-    with open(os.path.join(base, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = load_config(base)
     counts = [int(x) for x in a.adapters.split(",")]
     peft_counts = [int(x) for x in a.peft_adapters.split(",") if x]
-    dirs = [write_fast_lora(os.path.join(work, f"fast-{a.model}-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
+    dirs = [write_lora(os.path.join(work, f"fast-{a.model}-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
             for i in range(max(counts + peft_counts))]
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
                               f"--max_batch_size={a.concurrency}"])
-    ctl = os.path.join(a.build, "server", "adapterctl")
-    for i, d in enumerate(dirs[:max(counts)]):
-        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
-                       check=True, capture_output=True)
+    server.register(dirs[:max(counts)])
     common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
                   prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max)
     configs = [("base", None, 1.0)]
@@ -425,60 +302,25 @@ def cmd_serving(a):
     print("\n" + json.dumps({"rate": rate, "rows": rows, "peft": peft_rows}))
 
 
-def write_fast_bottleneck(path, base_cfg, reduction_factor, seed):
-    """An AdapterHub-layout Houlsby (double_seq_bn, swish) bottleneck adapter,
-    written directly with safetensors in the layout save_adapter() produces."""
-    from safetensors.torch import save_file
-    if os.path.exists(os.path.join(path, "adapter.safetensors")):
-        return path
-    os.makedirs(path, exist_ok=True)
-    h = base_cfg["hidden_size"]
-    m = int(h // reduction_factor)
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(base_cfg["num_hidden_layers"]):
-        for loc in ("attention_adapters", "output_adapters"):
-            key = f"model.layers.{layer}.{loc}.adapters.bn"
-            tensors[key + ".adapter_down.0.weight"] = torch.randn(m, h, generator=g) / h ** 0.5
-            tensors[key + ".adapter_down.0.bias"] = torch.randn(m, generator=g) * 0.01
-            tensors[key + ".adapter_up.weight"] = torch.randn(h, m, generator=g) * 0.01
-            tensors[key + ".adapter_up.bias"] = torch.randn(h, generator=g) * 0.01
-    save_file(tensors, os.path.join(path, "adapter.safetensors"))
-    config = {"mh_adapter": True, "output_adapter": True, "reduction_factor": reduction_factor,
-              "non_linearity": "swish", "original_ln_before": False, "original_ln_after": True,
-              "residual_before_ln": True, "adapter_residual_before_ln": False, "ln_before": False,
-              "ln_after": False, "is_parallel": False, "scaling": 1.0, "use_gating": False,
-              "leave_out": [], "phm_layer": False, "inv_adapter": None}
-    with open(os.path.join(path, "adapter_config.json"), "w") as f:
-        json.dump({"config": config, "hidden_size": h, "model_class": "LlamaForCausalLM",
-                   "model_type": "llama", "name": "bn", "version": "adapters.1.3.0"}, f)
-    return path
-
-
 def cmd_kinds(a):
     """Throughput of bottleneck adapters against LoRA at about equal parameter
     count: n concurrent greedy requests, each through its own adapter."""
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     base = ensure_model(work, "llama-100m", a.build)
-    with open(os.path.join(base, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = load_config(base)
     h, inter, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
     lora_params = a.rank * L * (6 * h + 2 * kv + 3 * (h + inter))
     m = int(h // a.reduction_factor)
     bn_params = L * 2 * (2 * h * m + m + h)
     n = a.adapters
-    lora = [write_fast_lora(os.path.join(work, f"fast-llama-100m-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
+    lora = [write_lora(os.path.join(work, f"fast-llama-100m-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
             for i in range(n)]
-    bns = [write_fast_bottleneck(os.path.join(work, f"fast-llama-100m-bn{a.reduction_factor}-{i}"), cfg,
-                                 a.reduction_factor, 7000 + i) for i in range(n)]
+    bns = [write_bottleneck(os.path.join(work, f"fast-llama-100m-bn{a.reduction_factor}-{i}"), cfg,
+                            a.reduction_factor, 7000 + i) for i in range(n)]
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
-    ctl = os.path.join(a.build, "server", "adapterctl")
-    for prefix, dirs in (("lora", lora), ("bn", bns)):
-        for i, d in enumerate(dirs):
-            subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id={prefix}{i}", f"--path={d}"],
-                           check=True, capture_output=True)
+    server.register(lora, prefix="lora")
+    server.register(bns, prefix="bn")
     ids = {"base": None, "lora": [f"lora{i}" for i in range(n)], "bottleneck": [f"bn{i}" for i in range(n)],
            "half and half": [f"lora{i}" if i % 2 == 0 else f"bn{i}" for i in range(n)]}
     common = dict(requests=n, warmup=0, concurrency=n, vocab=cfg["vocab_size"], prompt_min=16, prompt_max=16,
@@ -504,6 +346,37 @@ def cmd_kinds(a):
     for k in ids:
         print(f"| {k} | {med[k]:.1f} | {med[k] / med['base']:.2f} |")
     print("\n" + json.dumps({"medians": med, "runs": results}))
+
+
+def cmd_text(a):
+    """Tokenizer throughput beside HF tokenizers, and the streaming detokenizer's
+    share of a decode step on the ~100M model (it runs on the engine thread,
+    once per generated token)."""
+    import text as text_bench
+    res = text_bench.run(["--build", a.build, "--runs", str(a.runs), "--vocab", str(a.vocab)])
+    work = work_dir()
+    base = ensure_model(work, "llama-100m", a.build)
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
+    vocab = MODEL_100M["vocab"]
+    rows = []
+    try:
+        for conc in (1, 32):
+            common = dict(requests=conc * 2, warmup=0, concurrency=conc, vocab=vocab, prompt_min=16,
+                          prompt_max=16, output_min=64, output_max=64)
+            loadgen(a.build, server.addr, **dict(common, output_min=4, output_max=4))  # warm-up
+            rates = [loadgen(a.build, server.addr, **common)["throughput_tok_s"] for _ in range(a.runs)]
+            tok_s = statistics.median(rates)
+            # Tokens per second times seconds of detokenization per token: the
+            # fraction of the engine thread's time the detokenizer takes.
+            rows.append((conc, tok_s, res["decode_us_per_token"] * 1e-6 * tok_s))
+    finally:
+        server.stop()
+    print(f"\nStreaming detokenization as a share of decode on the ~100M Llama ({a.threads} threads, "
+          f"greedy, 64 new tokens, median of {a.runs} runs; {res['decode_us_per_token']:.3f} µs per token):\n")
+    print("| concurrent streams | decode tok/s | detokenizer share of the engine thread |")
+    print("|---:|---:|---:|")
+    for conc, tok_s, share in rows:
+        print(f"| {conc} | {tok_s:.1f} | {100 * share:.4f}% |")
 
 
 def main():
@@ -550,15 +423,24 @@ def main():
     k.add_argument("--reduction-factor", type=int, default=11)
     k.add_argument("--new-tokens", type=int, default=128)
     k.add_argument("--threads", type=int, default=os.cpu_count())
+    t = sub.add_parser("text", help="tokenizer throughput vs HF tokenizers; detokenizer share of a decode step")
+    t.add_argument("--runs", type=int, default=5)
+    t.add_argument("--vocab", type=int, default=32000)
+    t.add_argument("--threads", type=int, default=os.cpu_count())
     tiers.add_parser(sub, os.cpu_count())
     tiers.add_loader_nice_parser(sub, os.cpu_count())
     tiers.add_pair_parser(sub)
+    http_bench.add_parser(sub, os.cpu_count())
     a = p.parse_args()
+    if a.cmd == "http":
+        http_bench.cmd_http(a)
+        return
     if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
         {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,
-         "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a, Server, loadgen, ensure_model, log)
+         "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a)
         return
-    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
+    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds,
+     "text": cmd_text}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -24,48 +24,19 @@ import json
 import threading
 import os
 import statistics
-import subprocess
 import urllib.request
 
+from common import ATTN_PROJ, Server, ensure_model, load_config, loadgen, log, work_dir, write_lora
+
 RANKS = (8, 16, 32, 64)
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def write_attn_lora(path, cfg, rank, seed, dtype="float32"):
-    """A PEFT-layout LoRA on the attention projections, written directly."""
-    import torch
-    from safetensors.torch import save_file
-    if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
-        return path
-    os.makedirs(path, exist_ok=True)
-    h = cfg["hidden_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * hd
-    dims = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h)}
-    g = torch.Generator().manual_seed(seed)
-    dt = getattr(torch, dtype)
-    tensors = {}
-    for layer in range(cfg["num_hidden_layers"]):
-        for mod, (out, inp) in dims.items():
-            key = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
-            tensors[key + ".lora_A.weight"] = (torch.randn(rank, inp, generator=g) / inp ** 0.5).to(dt)
-            tensors[key + ".lora_B.weight"] = (torch.randn(out, rank, generator=g) * 0.01).to(dt)
-    tmp = path + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-                   "target_modules": list(TARGETS), "bias": "none"}, f)
-    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
-    os.rename(os.path.join(tmp, "adapter_config.json"), os.path.join(path, "adapter_config.json"))
-    os.rename(os.path.join(tmp, "adapter_model.safetensors"), os.path.join(path, "adapter_model.safetensors"))
-    os.rmdir(tmp)
-    return path
+TARGETS = ATTN_PROJ
 
 
 def write_tier_adapters(work, cfg, n, dtype, model="demo"):
     """The first n of the benchmark's adapters (ranks RANKS in turn), written once and reused."""
     tag = ("" if model == "demo" else model + "-") + ("" if dtype == "float32" else dtype + "-")
-    return [write_attn_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i, dtype)
+    return [write_lora(os.path.join(work, f"tier-{tag}r{RANKS[i % 4]}-{i}"), cfg, RANKS[i % 4], 9000 + i,
+                       TARGETS, dtype)
             for i in range(n)]
 
 
@@ -84,14 +55,6 @@ DEMO_BUDGET_MB = (64, 256)
 DEMO_CFG = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=4)
 
 
-def register(build, server, dirs):
-    """Loads dirs[i] as adapter t{i} by path."""
-    ctl = os.path.join(build, "server", "adapterctl")
-    for i, d in enumerate(dirs):
-        subprocess.run([ctl, f"--addr={server.addr}", "load", f"--id=t{i}", f"--path={d}"],
-                       check=True, capture_output=True)
-
-
 def scrape(server):
     with open(os.path.join(server.tmp, "ready.json")) as f:
         metrics = json.load(f)["metrics"]
@@ -106,13 +69,11 @@ def metric_sum(text, name, labels=""):
     return total
 
 
-def prepare(a, ensure_model, log):
+def prepare(a):
     """The model, its config, the adapters' directories and the budgets (filled into `a`)."""
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     base = ensure_model(work, a.model, a.build)
-    with open(os.path.join(base, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = load_config(base)
     n_max = max(int(x) for x in a.adapters.split(","))
     log(f"writing {n_max} adapters for {a.model} (ranks {RANKS}, {a.adapter_dtype})")
     dirs = write_tier_adapters(work, cfg, n_max, a.adapter_dtype, a.model)
@@ -130,11 +91,10 @@ def prepare(a, ensure_model, log):
     return base, cfg, dirs
 
 
-def cmd_tiers(a, Server, loadgen, ensure_model, log):
-    base, cfg, dirs = prepare(a, ensure_model, log)
+def cmd_tiers(a):
+    base, cfg, dirs = prepare(a)
     counts = [int(x) for x in a.adapters.split(",")]
     n_max = max(counts)
-    ctl = os.path.join(a.build, "server", "adapterctl")
     device_bytes, host_bytes = a.device_mb << 20, a.host_mb << 20
     server_args = [f"--model={base}", f"--threads={a.threads}", f"--max_batch_size={a.concurrency}"]
     server = Server(a.build, server_args + [f"--adapter_device_bytes={device_bytes}",
@@ -151,7 +111,7 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     try:
         for label, s in servers:
             log(f"registering {n_max} adapters ({label})")
-            register(a.build, s, dirs)
+            s.register(dirs)
             loadgen(a.build, s.addr, **dict(common, requests=a.concurrency,
                                             adapters=",".join(f"t{i}" for i in range(8))))
         text = scrape(server)
@@ -226,13 +186,10 @@ def cmd_tiers(a, Server, loadgen, ensure_model, log):
     single = dict(requests=1, warmup=0, concurrency=1, vocab=cfg["vocab_size"], prompt_min=16, prompt_max=16,
                   output_min=1, output_max=1)
     try:
-        for i, d in enumerate(r16):
-            subprocess.run([ctl, f"--addr={cold.addr}", "load", f"--id=c{i}", f"--path={d}"],
-                           check=True, capture_output=True)
+        cold.register(r16, prefix="c")
         for run in range(a.cold_runs):
             # disk: offloaded, so the request reads its files back.
-            subprocess.run([ctl, f"--addr={cold.addr}", "unload", "--id=c0", "--keep_on_disk"],
-                           check=True, capture_output=True)
+            cold.ctl("unload", "--id=c0", "--keep_on_disk")
             ttft["disk"].append(loadgen(a.build, cold.addr, adapters="c0", seed=run + 1, **single)["ttft_p50_s"])
             ttft["device"].append(loadgen(a.build, cold.addr, adapters="c0", seed=run + 1, **single)["ttft_p50_s"])
             # c1 evicts c0 to the host tier (its files were kept by the disk read).
@@ -330,17 +287,15 @@ def add_parser(sub, cpu_count):
                    help="dtype the adapters are saved in (half precision stays so on the fp32 base)")
 
 
-def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
+def cmd_loader_nice(a):
     """Side by side: a server with every adapter resident and budgeted servers
     that differ only in --adapter_loader_nice, each under the workload over
     the first 8 and over all registered adapters."""
     if a.adapters <= 8:
         raise SystemExit("loader-nice: --adapters must be more than 8 (it is compared with the workload over 8)")
-    work = os.path.join(os.environ.get("ADAPTERD_CACHE_DIR", "/tmp"), "bench")
-    os.makedirs(work, exist_ok=True)
+    work = work_dir()
     base = ensure_model(work, "demo", a.build)
-    with open(os.path.join(base, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = load_config(base)
     dirs = write_tier_adapters(work, cfg, a.adapters, a.adapter_dtype)
     budgets = [f"--adapter_device_bytes={a.device_mb << 20}", f"--adapter_host_bytes={a.host_mb << 20}"]
     configs = [("all resident", [])] + [(f"nice {n}", budgets + [f"--adapter_loader_nice={n}"])
@@ -355,7 +310,7 @@ def cmd_loader_nice(a, Server, loadgen, ensure_model, log):
             s = Server(a.build, [f"--model={base}", f"--threads={a.threads}", "--max_batch_size=16"] + extra)
             servers.append((label, s))
             log(f"registering {a.adapters} adapters ({label})")
-            register(a.build, s, dirs)
+            s.register(dirs)
             loadgen(a.build, s.addr, **dict(common, requests=32, adapters=workloads["8"]))
         for run in range(a.runs):
             for label, s in servers:
@@ -395,7 +350,7 @@ def add_loader_nice_parser(sub, cpu_count):
     t.add_argument("--adapter-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
 
 
-def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
+def cmd_tiers_pair(a):
     """The tiers curve measured side by side, so that the machine's speed
     changes weigh on both sides of each ratio at once.
 
@@ -406,7 +361,7 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
     cancels any difference between the two CPUs. Budgeted servers first,
     then (with --control) two servers with every adapter resident.
     """
-    base, cfg, dirs = prepare(a, ensure_model, log)
+    base, cfg, dirs = prepare(a)
     counts = [int(x) for x in a.adapters.split(",")]
     if counts[0] != 8 or len(counts) < 2:
         raise SystemExit("tiers-pair: --adapters must start with 8 and name at least one more n")
@@ -429,7 +384,7 @@ def cmd_tiers_pair(a, Server, loadgen, ensure_model, log):
                                    + extra, cpus=cpu))
             for i, s in enumerate(pair):
                 log(f"registering {len(dirs)} adapters ({kind}, CPU {i})")
-                register(a.build, s, dirs)
+                s.register(dirs)
                 loadgen(a.build, s.addr, **dict(common, requests=a.concurrency, adapters=ids(8)))
             for run in range(a.runs):
                 for n in counts[1:]:

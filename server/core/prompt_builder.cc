@@ -5,6 +5,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/text/unicode_util.h"
 
 namespace adapterd::core {
 
@@ -50,7 +51,14 @@ absl::StatusOr<std::string> PromptBuilder::RenderChat(const ChatPrompt& chat) co
   if (!template_.has_value()) return template_error_;
   if (chat.messages.empty()) return absl::InvalidArgumentError("chat.messages must not be empty");
   nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (const ChatMessage& m : chat.messages) {
+  for (size_t i = 0; i < chat.messages.size(); ++i) {
+    const ChatMessage& m = chat.messages[i];
+    for (const auto& [field, value] : {std::pair{"role", &m.role}, std::pair{"content", &m.content}}) {
+      if (std::optional<size_t> bad = text::FindInvalidUtf8(*value); bad.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat("chat.messages[", i, "].", field,
+                                                       " is not valid UTF-8: ill-formed sequence at byte offset ", *bad));
+      }
+    }
     messages.push_back({{"role", m.role}, {"content", m.content}});
   }
   const text::TokenizerConfig& c = tokenizer_->config();

@@ -10,21 +10,17 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "server/common/file_util.h"
 #include "server/common/torch_call.h"
+#include "server/model/finite_check.h"
 
 namespace adapterd::model {
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 absl::StatusOr<c10::ScalarType> TorchType(StDType t) {
   switch (t) {
@@ -128,6 +124,7 @@ absl::StatusOr<at::Tensor> Checkpoint::Get(const std::string& name,
     return absl::InvalidArgumentError(
         absl::StrCat(file.label(), ": tensor '", name, "': ", src_type.status().message()));
   }
+  if (absl::Status finite = CheckFinite(file, info); !finite.ok()) return finite;
   std::span<const std::byte> data = file.Data(info);
   std::shared_ptr<const void> owner = file.data_owner();
   return TorchCall(absl::StrCat(file.label(), ": tensor '", name, "'"), [&]() -> at::Tensor {

@@ -25,8 +25,10 @@ class Checkpoint {
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
 
   // Returns tensor `name` converted to `dtype` on `device`, after checking that
-  // its shape is `shape`. An F32 tensor that is already in the requested form
-  // aliases the mapped file (no copy). Errors name the file and the tensor.
+  // its shape is `shape` and that every value is finite (INVALID_ARGUMENT
+  // naming the first NaN or infinity's index otherwise; see FindNonFinite).
+  // An F32 tensor that is already in the requested form aliases the mapped
+  // file (no copy). Errors name the file and the tensor.
   absl::StatusOr<at::Tensor> Get(const std::string& name, const std::vector<int64_t>& shape,
                                  c10::ScalarType dtype, c10::Device device);
   bool Has(const std::string& name) const { return where_.contains(name); }

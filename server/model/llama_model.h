@@ -49,7 +49,8 @@ struct ForwardBatch {
 class LlamaModel {
  public:
   // Loads <dir>/config.json and the safetensors weights. Every error names
-  // the file and tensor involved.
+  // the file and tensor involved; a weight that holds NaN or an infinity is
+  // INVALID_ARGUMENT naming its first such index.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::string& dir,
                                                           const ModelOptions& options);
   ~LlamaModel();

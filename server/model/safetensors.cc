@@ -113,10 +113,6 @@ std::string Quote(std::string_view name) {
   return absl::StrCat("'", s, "'");
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 std::string RangeString(uint64_t begin, uint64_t end) {
   return absl::StrCat("[", begin, ", ", end, ")");
 }
@@ -557,6 +553,10 @@ std::string_view StDTypeName(StDType dtype) {
 int StDTypeBits(StDType dtype) {
   const DTypeRow* row = Row(dtype);
   return row ? row->bits : 0;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
 int64_t StTensorInfo::numel() const {

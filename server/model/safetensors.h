@@ -28,6 +28,9 @@ std::string_view StDTypeName(StDType dtype);
 // Width of one element in bits (4 for F4, 6 for F6_*).
 int StDTypeBits(StDType dtype);
 
+// "[2, 3]": a shape as error messages print it.
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 struct StTensorInfo {
   std::string name;
   StDType dtype;

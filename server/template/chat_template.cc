@@ -83,6 +83,11 @@ class JsonConverter {
 }  // namespace
 
 absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source, const TemplateLimits& limits) {
+  if (source.size() > static_cast<uint64_t>(limits.max_source_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat("chat template of ", source.size(),
+                                                   " bytes exceeds the limit of ", limits.max_source_bytes,
+                                                   " bytes"));
+  }
   absl::StatusOr<std::unique_ptr<Body>> body = TemplateParser::Parse(source);
   if (!body.ok()) return body.status();
   return ChatTemplate(std::shared_ptr<const Body>(std::move(*body)), limits);

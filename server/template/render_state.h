@@ -18,6 +18,8 @@ namespace adapterd::tmpl {
 
 // Bounds on one render. Exceeding any is INVALID_ARGUMENT naming the limit.
 struct TemplateLimits {
+  // Template source, checked by ChatTemplate::Parse.
+  int64_t max_source_bytes = 4 << 20;
   // Rendered text, and any single string a template builds.
   int64_t max_output_bytes = 16 << 20;
   // for-loop iterations, summed over the whole render.

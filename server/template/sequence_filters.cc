@@ -278,7 +278,8 @@ absl::StatusOr<std::vector<Value>> Keys(const std::vector<Value>& items, const V
       if (!k.ok()) return k.status();
       parts.push_back(Folded(*k, case_sensitive));
     }
-    keys.push_back(parts.size() == 1 ? parts[0] : Value::List(std::move(parts)));
+    // sort compares lists of keys, as jinja2's multi-attribute getter builds them.
+    keys.push_back(multi ? Value::List(std::move(parts)) : parts[0]);
   }
   return keys;
 }

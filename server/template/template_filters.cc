@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/template/percent_format.h"
 #include "server/template/sequence_filters.h"
 #include "server/template/text_util.h"
 #include "server/template/value_format.h"
@@ -22,7 +23,7 @@ constexpr std::initializer_list<std::string_view> kTextFilters = {
     "capitalize", "center", "e", "escape", "indent", "lower", "replace", "safe",
     "string",     "title",  "trim", "upper", "wordcount"};
 constexpr std::initializer_list<std::string_view> kOtherFilters = {
-    "abs", "attr", "count", "d", "default", "float", "int", "length", "round", "tojson"};
+    "abs", "attr", "count", "d", "default", "float", "format", "int", "length", "round", "tojson"};
 
 bool In(std::initializer_list<std::string_view> names, std::string_view name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -293,7 +294,11 @@ absl::StatusOr<Value> Round(const Value& v, const std::vector<Value>& a) {
   }
   if (*precision > 330 || *precision < -330) return Error("round() precision out of range");
   const double scale = std::pow(10.0, static_cast<double>(*precision));
-  const double r = method == "ceil" ? std::ceil(x * scale) : std::floor(x * scale);
+  const double scaled = x * scale;
+  if (std::isnan(scaled)) return Error("cannot convert float NaN to integer");
+  if (std::isinf(scaled)) return Error("cannot convert float infinity to integer");
+  // math.ceil and math.floor return ints, so -0.0 comes back as 0.
+  const double r = (method == "ceil" ? std::ceil(scaled) : std::floor(scaled)) + 0.0;
   return Value::Float(r / scale);
 }
 
@@ -350,6 +355,19 @@ absl::StatusOr<Value> OtherFilter(std::string_view name, const Value& v, const C
         BindArgs(args, {{"ensure_ascii", Value::Bool(false)}, {"indent", Value::None()},
                         {"separators", Value::None()}, {"sort_keys", Value::Bool(false)}}, what);
     return a.ok() ? ToJson(v, *a, state) : a.status();
+  }
+  if (name == "format") {  // value % (kwargs or args)
+    if (!args.positional.empty() && !args.keyword.empty()) {
+      return Error("can't handle positional and keyword arguments at the same time");
+    }
+    absl::StatusOr<std::string> format = ToText(v, state);
+    if (!format.ok()) return format.status();
+    std::vector<std::pair<Value, Value>> kwargs;
+    for (const auto& [k, val] : args.keyword) kwargs.emplace_back(Value::String(k), val);
+    absl::StatusOr<std::string> s = PercentFormat(
+        *format, kwargs.empty() ? Value::List(args.positional, /*is_tuple=*/true) : Value::Dict(std::move(kwargs)), state);
+    if (!s.ok()) return s.status();
+    return Value::String(std::move(*s));
   }
   if (name == "attr") {
     absl::StatusOr<std::vector<Value>> a = BindArgs(args, {{"name", std::nullopt}}, what);

@@ -68,9 +68,17 @@ class Lexer {
     return static_cast<int>(std::upper_bound(line_starts_.begin(), line_starts_.end(), pos) -
                             line_starts_.begin());
   }
+  // Tokens come in order, so counting on from the previous one keeps this
+  // linear in the source size.
   int ColumnOf(size_t pos) const {
     const size_t start = line_starts_[LineOf(pos) - 1];
-    return static_cast<int>(text::CodePointCount(std::string_view(src_).substr(start, pos - start))) + 1;
+    if (column_pos_ < start || column_pos_ > pos) {
+      column_pos_ = start;
+      column_ = 1;
+    }
+    column_ += static_cast<int>(text::CodePointCount(std::string_view(src_).substr(column_pos_, pos - column_pos_)));
+    column_pos_ = pos;
+    return column_;
   }
   absl::Status Error(size_t pos, absl::string_view what) const {
     return absl::InvalidArgumentError(PositionedError(LineOf(pos), ColumnOf(pos), what));
@@ -108,6 +116,8 @@ class Lexer {
 
   std::string src_;
   std::vector<size_t> line_starts_;
+  mutable size_t column_pos_ = 0;  // ColumnOf's last position and its column
+  mutable int column_ = 1;
   size_t pos_ = 0;
   bool line_starting_ = true;
   std::vector<Token> tokens_;

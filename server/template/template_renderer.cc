@@ -65,8 +65,8 @@ absl::StatusOr<TemplateRenderer::Flow> TemplateRenderer::ExecStatement(const Stm
       }
       return Exec(s.else_body, out);
     case Stmt::Kind::kFor: return ExecFor(s, out);
+    case Stmt::Kind::kSetBlock: return ExecSetBlock(s);
     case Stmt::Kind::kSet:
-    case Stmt::Kind::kSetBlock:
     case Stmt::Kind::kMacro:
       if (absl::Status st = ExecSet(s, out); !st.ok()) return st;
       return Flow::kNormal;
@@ -120,7 +120,9 @@ absl::StatusOr<TemplateRenderer::Flow> TemplateRenderer::ExecFor(const Stmt& s, 
   } else {
     items = std::move(*all);
   }
-  if (items.empty()) return Exec(s.else_body, out);
+  // As jinja2 compiles it, the else block runs unless some iteration reached
+  // the end of the body: iterations left by break or continue do not count.
+  bool completed = false;
   for (size_t i = 0; i < items.size(); ++i) {
     if (absl::Status st = state_.CountIteration(); !st.ok()) return LineStatus(s.line, st.message());
     scope_.Push();
@@ -138,8 +140,13 @@ absl::StatusOr<TemplateRenderer::Flow> TemplateRenderer::ExecFor(const Stmt& s, 
     scope_.Pop();
     if (!flow.ok()) return flow;
     if (*flow == Flow::kBreak) break;
+    if (*flow == Flow::kNormal) completed = true;
   }
-  return Flow::kNormal;
+  if (completed || s.else_body.empty()) return Flow::kNormal;
+  scope_.Push();  // the else block has its own frame
+  absl::StatusOr<Flow> flow = Exec(s.else_body, out);
+  scope_.Pop();
+  return flow;
 }
 
 absl::Status TemplateRenderer::Bind(const std::vector<std::string>& targets, const Value& value, int line) {
@@ -188,15 +195,21 @@ absl::Status TemplateRenderer::ExecSet(const Stmt& s, std::string* out) {
     scope_.Set(s.macro->name, Value::Callable(std::move(fn)));
     return absl::OkStatus();
   }
-  if (s.kind == Stmt::Kind::kSetBlock) {
-    std::string captured;
-    absl::StatusOr<Flow> flow = Exec(s.body, &captured);
-    if (!flow.ok()) return flow.status();
-    return Assign(s, Value::String(std::move(captured)));
-  }
   absl::StatusOr<Value> value = eval_.Eval(*s.expr);
   if (!value.ok()) return value.status();
   return Assign(s, std::move(*value));
+}
+
+// The body renders in its own frame. A break or continue inside it leaves
+// the enclosing loop before anything is assigned, as in jinja2.
+absl::StatusOr<TemplateRenderer::Flow> TemplateRenderer::ExecSetBlock(const Stmt& s) {
+  std::string captured;
+  scope_.Push();
+  absl::StatusOr<Flow> flow = Exec(s.body, &captured);
+  scope_.Pop();
+  if (!flow.ok() || *flow != Flow::kNormal) return flow;
+  if (absl::Status st = Assign(s, Value::String(std::move(captured))); !st.ok()) return st;
+  return Flow::kNormal;
 }
 
 absl::StatusOr<Value> TemplateRenderer::CallMacro(const CallableData& fn, const CallArgs& args, int line) {

@@ -31,6 +31,7 @@ class TemplateRenderer : public MacroCaller {
   absl::StatusOr<Flow> ExecStatement(const Stmt& s, std::string* out);
   absl::StatusOr<Flow> ExecFor(const Stmt& s, std::string* out);
   absl::Status ExecSet(const Stmt& s, std::string* out);
+  absl::StatusOr<Flow> ExecSetBlock(const Stmt& s);
   absl::Status Assign(const Stmt& s, Value value);
   // Binds `targets` to `value`, unpacking when there are several.
   absl::Status Bind(const std::vector<std::string>& targets, const Value& value, int line);

@@ -359,7 +359,8 @@ bool IsHashable(const Value& v) {
     case Value::Kind::kDict:
     case Value::Kind::kLoop: return v.kind() == Value::Kind::kLoop;
     case Value::Kind::kList:
-      if (!v.AsList().is_tuple) return false;
+      if (v.AsList().flavor == ListFlavor::kRange) return true;
+      if (!v.AsList().is_tuple || v.AsList().flavor != ListFlavor::kPlain) return false;
       for (const Value& item : v.AsList().items) {
         if (!IsHashable(item)) return false;
       }

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/template/percent_format.h"
 #include "server/template/text_util.h"
 #include "server/template/value_format.h"
 #include "server/template/value_methods.h"
@@ -332,6 +333,17 @@ absl::StatusOr<bool> Contains(const Value& container, const Value& item, RenderS
       if (!IsHashable(item)) return TypeError(absl::StrCat("unhashable type: '", item.TypeName(), "'"));
       return container.AsDict().Find(item) != nullptr;
     case Value::Kind::kList:
+      if (container.AsList().flavor == ListFlavor::kDictItems) {
+        // (key, value) pairs only; the key must be hashable.
+        if (!item.is_plain_list() || !item.AsList().is_tuple || item.AsList().items.size() != 2) return false;
+        if (!IsHashable(item.AsList().items[0])) {
+          return TypeError(absl::StrCat("unhashable type: '", item.AsList().items[0].TypeName(), "'"));
+        }
+      }
+      if (container.AsList().flavor == ListFlavor::kDictKeys && !IsHashable(item)) {
+        return TypeError(absl::StrCat("unhashable type: '", item.TypeName(), "'"));
+      }
+      [[fallthrough]];
     case Value::Kind::kIterator:
     case Value::Kind::kUndefined: {
       absl::StatusOr<std::vector<Value>> items = Iterate(container, state);
@@ -355,6 +367,11 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
     if (absl::Status s = state.CheckString(left->size() + right->size()); !s.ok()) return s;
     *left += *right;
     return Value::String(std::move(*left));
+  }
+  if (op == "%" && a.is_string()) {  // str % anything, Undefined included (it is a mapping)
+    absl::StatusOr<std::string> s = PercentFormat(a.AsString(), b, state);
+    if (!s.ok()) return s.status();
+    return Value::String(std::move(*s));
   }
   if (a.is_undefined()) return UndefinedError(a);
   if (b.is_undefined()) return UndefinedError(b);
@@ -387,9 +404,6 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
       const Value& other = seq(a) ? b : a;
       return TypeError(absl::StrCat("can't multiply sequence by non-int of type '", other.TypeName(), "'"));
     }
-  }
-  if (op == "%" && a.is_string()) {
-    return TypeError("printf-style string formatting (\"%\" on a string) is not supported");
   }
   return Unsupported(op, a, b);
 }

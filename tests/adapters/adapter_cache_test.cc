@@ -68,17 +68,8 @@ absl::Status AwaitFailure(model::AdapterLease& lease) {
   return absl::DeadlineExceededError("the adapter became resident");
 }
 
-class AdapterCacheTest : public ::testing::Test {
+class AdapterCacheTest : public testing::DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
-    ASSERT_TRUE(m.ok()) << m.status();
-    base_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete base_;
-    base_ = nullptr;
-  }
 
   // A registry over a fresh store, with these budgets.
   void Start(int64_t device_bytes, int64_t host_bytes, bool with_store = true) {
@@ -134,7 +125,6 @@ class AdapterCacheTest : public ::testing::Test {
   AdapterCache::Stats Stats() const { return registry_->cache().GetStats(); }
   std::string Scrape() const { return prometheus::TextSerializer().Serialize(prom_->Collect()); }
 
-  static model::LlamaModel* base_;
   std::unique_ptr<AdapterStore> store_;
   std::unique_ptr<prometheus::Registry> prom_;
   std::unique_ptr<metrics::AdapterLabels> labels_;
@@ -142,7 +132,6 @@ class AdapterCacheTest : public ::testing::Test {
   std::unique_ptr<AdapterRegistry> registry_;
 };
 
-model::LlamaModel* AdapterCacheTest::base_ = nullptr;
 
 TEST_F(AdapterCacheTest, DeviceBudgetEvictsTheLeastRecentlyUsedIdleAdapter) {
   Start(/*device_bytes=*/2 * kQvBytes, /*host_bytes=*/0);

@@ -38,17 +38,8 @@ struct NotifyOnExit {
   }
 };
 
-class AdapterRegistryRaceTest : public ::testing::Test {
+class AdapterRegistryRaceTest : public testing::DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
-    ASSERT_TRUE(m.ok()) << m.status();
-    base_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete base_;
-    base_ = nullptr;
-  }
   void SetUp() override {
     store_ = testing::HookedStore::Create(testing::MakeTempDir("race-store") + "/s");
     registry_ = std::make_unique<AdapterRegistry>(base_, store_.get());
@@ -85,12 +76,10 @@ class AdapterRegistryRaceTest : public ::testing::Test {
     return false;
   }
 
-  static model::LlamaModel* base_;
   std::unique_ptr<testing::HookedStore> store_;
   std::unique_ptr<AdapterRegistry> registry_;
 };
 
-model::LlamaModel* AdapterRegistryRaceTest::base_ = nullptr;
 
 TEST_F(AdapterRegistryRaceTest, ALoadThatMeetsAnUnloadOfItsIdIsNeverAcknowledgedAndThenLost) {
   ASSERT_TRUE(Load("x", testing::QvLora(1)).ok());

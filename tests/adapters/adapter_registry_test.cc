@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -25,7 +26,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "adapters/lora_loader.h"
+#include "adapters/kind_loaders.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/model/adapter_weights.h"
@@ -85,22 +86,20 @@ struct NotifyOnExit {
   }
 };
 
-class AdapterRegistryTest : public ::testing::Test {
+class AdapterRegistryTest : public testing::DemoModelTest {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
-    ASSERT_TRUE(m.ok()) << m.status();
-    base_ = m->release();
+    DemoModelTest::SetUpTestSuite();
     qv_dir_ = new std::string(QvLora().Write("qv-shared"));
   }
   static void TearDownTestSuite() {
-    delete base_;
-    base_ = nullptr;
+    DemoModelTest::TearDownTestSuite();
     delete qv_dir_;
     qv_dir_ = nullptr;
   }
   void SetUp() override {
-    ASSERT_NE(base_, nullptr) << "the demo base model did not load";
+    DemoModelTest::SetUp();
+    if (HasFatalFailure()) return;
     registry_ = std::make_unique<AdapterRegistry>(base_);
   }
   void TearDown() override {
@@ -108,7 +107,6 @@ class AdapterRegistryTest : public ::testing::Test {
   }
 
   AdapterRegistry& reg() { return *registry_; }
-  static const model::LlamaModel& base() { return *base_; }
   static const std::string& qv_dir() { return *qv_dir_; }
 
   // Starts a load and waits for its LoadDone. A StartLoad error is returned as is.
@@ -136,12 +134,10 @@ class AdapterRegistryTest : public ::testing::Test {
   // Last-token logits [1, vocab] of a fixed prompt through the base with `adapter` (null = base).
   static at::Tensor Logits(const model::AdapterWeights* adapter) { return testing::PromptLogits(base(), adapter); }
 
-  static model::LlamaModel* base_;
   static std::string* qv_dir_;
   std::unique_ptr<AdapterRegistry> registry_;
 };
 
-model::LlamaModel* AdapterRegistryTest::base_ = nullptr;
 std::string* AdapterRegistryTest::qv_dir_ = nullptr;
 
 // ------------------------------------------------------------ lifecycle -----
@@ -434,6 +430,14 @@ std::vector<BadCase> BadCases() {
                    nullptr, nullptr});
   cases.push_back({"bias all", C::kInvalidArgument, "'bias'", [](FakeAdapter& a) { a.config["bias"] = "all"; },
                    nullptr, nullptr});
+  cases.push_back({"NaN in lora_A", C::kInvalidArgument, "holds NaN at index 7", [](FakeAdapter& a) {
+                     testing::SetElement(*a.Find(LoraKey(1, "self_attn.q_proj", "lora_A.weight")), 7, std::nanf(""));
+                   }, nullptr, nullptr});
+  cases.push_back({"upload +Inf in lora_B", C::kInvalidArgument, "holds +Inf at index 3",
+                   [](FakeAdapter& a) {
+                     testing::SetElement(*a.Find(LoraKey(3, "self_attn.v_proj", "lora_B.weight")), 3, INFINITY);
+                   },
+                   nullptr, [](std::map<std::string, std::string>&) {}});
   cases.push_back({"truncated safetensors", C::kInvalidArgument, "past the end", nullptr,
                    [](const std::string& dir) {
                      const fs::path w = fs::path(dir) / kWeightsFile;
@@ -500,8 +504,41 @@ TEST_F(AdapterRegistryTest, FailedLoadsLeaveTheRegistryUnchanged) {
     ASSERT_TRUE(still.ok()) << still.status();
     EXPECT_EQ(still->get(), good->get());
   }
-  EXPECT_EQ(i, 19);
+  EXPECT_EQ(i, 21);
   EXPECT_EQ(reg().ready_count(), 1);
+}
+
+// The case a user hit: an adapter with NaN weights went "ready" and served
+// NaN logprobs. Now the load fails, by path and by upload, as a new id and as
+// a replacement, and the registry keeps exactly what it had.
+TEST_F(AdapterRegistryTest, NonFiniteWeightsAreRefusedAndLeaveTheRegistryUnchanged) {
+  ASSERT_TRUE(Load("good", PathSource{qv_dir()}).ok());
+  absl::StatusOr<std::shared_ptr<const Adapter>> good = reg().Lookup("good");
+  ASSERT_TRUE(good.ok());
+  const std::vector<std::string> listed = Snapshot(reg().List());
+
+  FakeAdapter nan = QvLora(77);
+  const std::string tensor = LoraKey(1, "self_attn.q_proj", "lora_B.weight");
+  testing::SetElement(*nan.Find(tensor), 5, std::nanf(""));
+  const std::string dir = nan.Write("nan-lora");
+  const std::vector<std::pair<AdapterSource, std::string>> sources = {
+      {PathSource{dir}, absl::StrCat(dir, "/", kWeightsFile)},
+      {UploadSource{nan.Files()}, absl::StrCat("upload:", kWeightsFile)}};
+  for (const auto& [source, file] : sources) {
+    SCOPED_TRACE(file);
+    for (const auto& [id, replace] : {std::pair{"nan", false}, std::pair{"good", true}}) {
+      EXPECT_TRUE(IsError(Load(id, source, replace).status(), absl::StatusCode::kInvalidArgument,
+                          {absl::StrCat(file, ": tensor '", tensor, "' holds NaN at index 5")}));
+      EXPECT_EQ(Snapshot(reg().List()), listed);
+      EXPECT_TRUE(IsError(reg().Lookup("nan").status(), absl::StatusCode::kNotFound, {"nan"}));
+      EXPECT_TRUE(IsError(reg().Get("nan").status(), absl::StatusCode::kNotFound, {"nan"}));
+      absl::StatusOr<std::shared_ptr<const Adapter>> still = reg().Lookup("good");
+      ASSERT_TRUE(still.ok()) << still.status();
+      EXPECT_EQ(still->get(), good->get());
+      EXPECT_EQ(reg().live_bytes(), kQvBytes);
+      EXPECT_EQ(reg().ready_count(), 1);
+    }
+  }
 }
 
 // ------------------------------------------------------------- unload ------

@@ -1,14 +1,18 @@
 // ToLoraTensor: LoRA's A and B come back column-major, with every value and
 // shape of the file, for every stored dtype and for shapes with and without
-// edges beyond the transpose's blocks.
+// edges beyond the transpose's blocks. ParseLayerIndex: the layer numbers the
+// loaders accept.
 #include "adapters/adapter_tensors.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "server/model/safetensors.h"
 
 namespace adapterd::adapters {
@@ -48,6 +52,22 @@ TEST(AdapterTensorsTest, LoraTensorsAreExactAndColumnMajorForEveryShapeAndDtype)
         EXPECT_TRUE(at::equal(got.to(at::kFloat), want.to(kept).to(at::kFloat)));
       }
     }
+  }
+}
+
+TEST(AdapterTensorsTest, LayerIndexIsAPlainDecimalBelowTheLayerCount) {
+  absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> f =
+      model::SafetensorsFile::FromBytes(model::SerializeSafetensors({{"w", model::StDType::kF32, {0}, ""}}), "dir/f");
+  ASSERT_TRUE(f.ok()) << f.status();
+  const model::StTensorInfo& t = *(*f)->Find("w");
+  EXPECT_EQ(*ParseLayerIndex(**f, t, "0", 4), 0);
+  EXPECT_EQ(*ParseLayerIndex(**f, t, "3", 4), 3);
+  EXPECT_EQ(*ParseLayerIndex(**f, t, "31", 32), 31);
+  for (const char* bad : {"4", "10", "01", "00", "", "-1", "+1", "1a", " 1", "9223372036854775808",
+                          "123456789012345678901234567890"}) {
+    const absl::Status s = ParseLayerIndex(**f, t, bad, 4).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << bad;
+    EXPECT_EQ(s.message(), absl::StrCat("dir/f: tensor 'w': layer ", bad, " does not exist (the base has 4 layers)"));
   }
 }
 

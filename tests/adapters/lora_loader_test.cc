@@ -2,7 +2,7 @@
 // base model: PEFT-layout adapters written here in C++ load into the right
 // per-layer modules and change the logits; malformed or mismatched adapters
 // fail with the status code and a message naming the tensor, key or file.
-#include "adapters/lora_loader.h"
+#include "adapters/kind_loaders.h"
 
 #include <ATen/ATen.h>
 
@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -64,29 +65,16 @@ at::Tensor FromF32(const std::string& bytes, const std::vector<int64_t>& shape) 
   return at::from_blob(const_cast<char*>(bytes.data()), shape, at::kFloat).clone();
 }
 
-class LoraLoaderTest : public ::testing::Test {
+class LoraLoaderTest : public testing::DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = testing::LoadDemoModel();
-    ASSERT_TRUE(m.ok()) << m.status();
-    base_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete base_;
-    base_ = nullptr;
-  }
-  void SetUp() override { ASSERT_NE(base_, nullptr) << "the demo base model did not load"; }
-
-  static const model::LlamaModel& base() { return *base_; }
-
   // Loads through a directory (the path the server uses for PathSource).
-  static absl::StatusOr<LoadedLora> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
+  static absl::StatusOr<LoadedAdapter> LoadDir(const FakeAdapter& a, const std::string& name = "adapter") {
     const std::string dir = a.Write(name);
     absl::StatusOr<AdapterFiles> files = ReadAdapterDirectory(dir);
     if (!files.ok()) return files.status();
     return LoadLora(*files, base());
   }
-  static absl::StatusOr<LoadedLora> LoadUpload(const FakeAdapter& a) {
+  static absl::StatusOr<LoadedAdapter> LoadUpload(const FakeAdapter& a) {
     absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
     if (!files.ok()) return files.status();
     return LoadLora(*files, base());
@@ -94,11 +82,7 @@ class LoraLoaderTest : public ::testing::Test {
 
   // Last-token logits [1, vocab] of a fixed prompt through the base with `adapter` (null = base).
   static at::Tensor Logits(const model::AdapterWeights* adapter) { return testing::PromptLogits(base(), adapter); }
-
-  static model::LlamaModel* base_;
 };
-
-model::LlamaModel* LoraLoaderTest::base_ = nullptr;
 
 // ------------------------------------------------------------- success -----
 
@@ -116,7 +100,7 @@ TEST_F(LoraLoaderTest, DemoProjectionShapesAreTheOnesTheseTestsAssume) {
 
 TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
   const FakeAdapter a = QvLora();
-  absl::StatusOr<LoadedLora> lora = LoadDir(a, "qv");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(a, "qv");
   ASSERT_TRUE(lora.ok()) << lora.status();
   const model::AdapterWeights& w = *lora->weights;
   ASSERT_EQ(w.num_layers(), kLayers);
@@ -147,7 +131,7 @@ TEST_F(LoraLoaderTest, LoadsQvAdapterFromDirectory) {
 
   EXPECT_THAT(lora->summary.ranks, ElementsAre(4));
   EXPECT_THAT(lora->summary.target_modules, ElementsAre("q_proj", "v_proj"));
-  EXPECT_FALSE(lora->summary.dora);
+  EXPECT_EQ(lora->summary.type, "lora");
   // Per layer: q A [4,256] + B [256,4], v A [4,256] + B [128,4], in float32.
   const int64_t per_layer = (4 * 256 + 256 * 4 + 4 * 256 + 128 * 4) * 4;
   EXPECT_EQ(w.bytes(), kLayers * per_layer);
@@ -159,9 +143,9 @@ TEST_F(LoraLoaderTest, UploadLoadsLikeDirectory) {
   absl::StatusOr<AdapterFiles> files = AdapterFilesFromUpload(a.Files());
   ASSERT_TRUE(files.ok()) << files.status();
   EXPECT_EQ(files->label, "upload");
-  absl::StatusOr<LoadedLora> up = LoadLora(*files, base());
+  absl::StatusOr<LoadedAdapter> up = LoadLora(*files, base());
   ASSERT_TRUE(up.ok()) << up.status();
-  absl::StatusOr<LoadedLora> dir = LoadDir(a, "qv-for-upload");
+  absl::StatusOr<LoadedAdapter> dir = LoadDir(a, "qv-for-upload");
   ASSERT_TRUE(dir.ok()) << dir.status();
   EXPECT_EQ(up->weights->bytes(), dir->weights->bytes());
   for (int64_t l = 0; l < kLayers; ++l) {
@@ -177,7 +161,7 @@ TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
   ASSERT_TRUE(base_logits.defined());
   ASSERT_THAT(base_logits.sizes().vec(), ElementsAre(1, 2048));
 
-  absl::StatusOr<LoadedLora> lora = LoadDir(QvLora(), "qv-logits");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(QvLora(), "qv-logits");
   ASSERT_TRUE(lora.ok()) << lora.status();
   const at::Tensor with = Logits(lora->weights.get());
   ASSERT_TRUE(with.defined());
@@ -190,7 +174,7 @@ TEST_F(LoraLoaderTest, AdapterChangesLogitsAndZeroBIsTheBase) {
   for (FakeTensor& t : zero.tensors) {
     if (t.name.find("lora_B") != std::string::npos) t.bytes.assign(t.bytes.size(), '\0');
   }
-  absl::StatusOr<LoadedLora> zero_lora = LoadDir(zero, "qv-zero-b");
+  absl::StatusOr<LoadedAdapter> zero_lora = LoadDir(zero, "qv-zero-b");
   ASSERT_TRUE(zero_lora.ok()) << zero_lora.status();
   EXPECT_LT(MaxDiff(Logits(zero_lora->weights.get()), base_logits), 1e-6);
 }
@@ -211,7 +195,7 @@ TEST_F(LoraLoaderTest, AllLinearRankPatternAndRsLora) {
       a.Add(LoraKey(l, path, "lora_B.weight"), {out, r}, seed++);
     }
   }
-  absl::StatusOr<LoadedLora> lora = LoadUpload(a);
+  absl::StatusOr<LoadedAdapter> lora = LoadUpload(a);
   ASSERT_TRUE(lora.ok()) << lora.status();
   const model::AdapterWeights& w = *lora->weights;
   EXPECT_EQ(w.Find(1, Proj::kQ)->rank(), 8);
@@ -231,7 +215,7 @@ TEST_F(LoraLoaderTest, LayersToTransformLoadsOnlyThoseLayers) {
   a.config["layers_to_transform"] = {2};
   a.Add(LoraKey(2, "self_attn.o_proj", "lora_A.weight"), {2, 256}, 5);
   a.Add(LoraKey(2, "self_attn.o_proj", "lora_B.weight"), {256, 2}, 6);
-  absl::StatusOr<LoadedLora> lora = LoadDir(a, "layer2");
+  absl::StatusOr<LoadedAdapter> lora = LoadDir(a, "layer2");
   ASSERT_TRUE(lora.ok()) << lora.status();
   EXPECT_NE(lora->weights->Find(2, Proj::kO), nullptr);
   EXPECT_EQ(lora->weights->Find(0, Proj::kO), nullptr);
@@ -253,9 +237,9 @@ TEST_F(LoraLoaderTest, HalfPrecisionTensorsKeepTheirDtypeAndGiveTheWidenedResult
       t.dtype = st;
       widened.tensors[i].bytes = TensorBytes(h.to(at::kFloat));
     }
-    absl::StatusOr<LoadedLora> lora = LoadDir(half, "half");
+    absl::StatusOr<LoadedAdapter> lora = LoadDir(half, "half");
     ASSERT_TRUE(lora.ok()) << lora.status();
-    absl::StatusOr<LoadedLora> wide = LoadDir(widened, "widened");
+    absl::StatusOr<LoadedAdapter> wide = LoadDir(widened, "widened");
     ASSERT_TRUE(wide.ok()) << wide.status();
     EXPECT_EQ(lora->weights->Find(0, Proj::kQ)->a.scalar_type(), at_type);
     EXPECT_EQ(lora->weights->Find(3, Proj::kV)->b.scalar_type(), at_type);
@@ -287,13 +271,13 @@ TEST_F(LoraLoaderTest, DoraMagnitudesRescaleOutputs) {
                                TensorBytes(norm * 1.5)});
     }
   }
-  absl::StatusOr<LoadedLora> lp = LoadDir(plain, "dora-plain");
-  absl::StatusOr<LoadedLora> ld = LoadDir(dora, "dora");
-  absl::StatusOr<LoadedLora> ld2 = LoadUpload(dora2);
+  absl::StatusOr<LoadedAdapter> lp = LoadDir(plain, "dora-plain");
+  absl::StatusOr<LoadedAdapter> ld = LoadDir(dora, "dora");
+  absl::StatusOr<LoadedAdapter> ld2 = LoadUpload(dora2);
   ASSERT_TRUE(lp.ok()) << lp.status();
   ASSERT_TRUE(ld.ok()) << ld.status();
   ASSERT_TRUE(ld2.ok()) << ld2.status();
-  EXPECT_TRUE(ld->summary.dora);
+  EXPECT_EQ(ld->summary.type, "dora");
   const model::LoraModule* m = ld->weights->Find(2, Proj::kV);
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(m->dora_scale.defined());
@@ -428,6 +412,45 @@ TEST_F(LoraLoaderTest, RejectsIntegerDtype) {
   t->dtype = StDType::kI32;  // same byte size as F32
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
                       {t->name, "dtype I32", "not supported"}));
+}
+
+// Every LoRA tensor (A, B, DoRA magnitude) in every float dtype: a NaN or an
+// infinity is refused, naming the file, the tensor and the first bad index.
+TEST_F(LoraLoaderTest, RejectsNonFiniteValuesInEveryTensorAndDtype) {
+  const std::pair<float, const char*> values[] = {
+      {std::nanf(""), "NaN"}, {INFINITY, "+Inf"}, {-INFINITY, "-Inf"}};
+  for (StDType dtype : {StDType::kF32, StDType::kF16, StDType::kBF16}) {
+    for (const char* kind : {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}) {
+      for (const auto& [value, word] : values) {
+        SCOPED_TRACE(absl::StrCat(std::string(model::StDTypeName(dtype)), " ", kind, " ", word));
+        FakeAdapter a = QvLora();
+        a.config["use_dora"] = true;
+        for (int64_t l = 0; l < kLayers; ++l) {
+          a.Add(LoraKey(l, "self_attn.q_proj", "lora_magnitude_vector"), {256}, 70, 1.0f);
+          a.Add(LoraKey(l, "self_attn.v_proj", "lora_magnitude_vector"), {128}, 71, 1.0f);
+        }
+        for (FakeTensor& t : a.tensors) testing::ConvertTensor(t, dtype);
+        const std::string name = LoraKey(2, "self_attn.v_proj", kind);
+        FakeTensor* t = a.Find(name);
+        ASSERT_NE(t, nullptr);
+        testing::SetElement(*t, 100, -value);  // a later one is not the one reported
+        testing::SetElement(*t, 17, value);
+        EXPECT_TRUE(IsError(LoadUpload(a).status(), absl::StatusCode::kInvalidArgument,
+                            {absl::StrCat("upload:", kWeightsFile, ": tensor '", name, "' holds ", word,
+                                          " at index 17")}));
+      }
+    }
+  }
+}
+
+// What a user first tried: an adapter whose tensors are all NaN, by path.
+TEST_F(LoraLoaderTest, RejectsAllNanAdapter) {
+  FakeAdapter a = QvLora();
+  for (FakeTensor& t : a.tensors) {
+    for (int64_t i = 0; i < static_cast<int64_t>(t.bytes.size() / 4); ++i) testing::SetElement(t, i, std::nanf(""));
+  }
+  EXPECT_TRUE(IsError(LoadDir(a, "all-nan").status(), absl::StatusCode::kInvalidArgument,
+                      {kWeightsFile, a.tensors.front().name, "holds NaN at index 0"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsTruncatedWeightsFile) {

@@ -1,5 +1,7 @@
 #include "tests/fakes/fake_adapter.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -95,6 +97,29 @@ json PeftLoraConfig(int64_t r, double alpha, json target_modules) {
               {"alpha_pattern", json::object()},
               {"fan_in_fan_out", false},
               {"inference_mode", true}};
+}
+
+namespace {
+
+at::ScalarType TorchType(model::StDType dtype) {
+  return dtype == model::StDType::kF16 ? at::kHalf : dtype == model::StDType::kBF16 ? at::kBFloat16 : at::kFloat;
+}
+
+}  // namespace
+
+void ConvertTensor(FakeTensor& t, model::StDType dtype) {
+  ASSERT_EQ(t.dtype, model::StDType::kF32) << t.name;
+  const int64_t n = static_cast<int64_t>(t.bytes.size() / 4);
+  at::Tensor v = at::from_blob(t.bytes.data(), {n}, at::kFloat).to(TorchType(dtype)).contiguous();
+  t.bytes.assign(static_cast<const char*>(v.data_ptr()), v.nbytes());
+  t.dtype = dtype;
+}
+
+void SetElement(FakeTensor& t, int64_t index, float value) {
+  const at::Tensor v = at::full({1}, value, at::kFloat).to(TorchType(t.dtype));
+  const size_t size = v.nbytes();
+  ASSERT_LE((index + 1) * static_cast<int64_t>(size), static_cast<int64_t>(t.bytes.size())) << t.name;
+  std::memcpy(&t.bytes[static_cast<size_t>(index) * size], v.data_ptr(), size);
 }
 
 // ------------------------------------------------------------ FakeAdapter --

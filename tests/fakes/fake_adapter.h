@@ -48,6 +48,13 @@ struct FakeTensor {
   std::string bytes;  // raw little-endian, row-major
 };
 
+// Rewrites a float32 tensor's values in `dtype` (F32, F16 or BF16, rounded
+// as torch rounds).
+void ConvertTensor(FakeTensor& t, model::StDType dtype);
+// Sets the flat element `index` of an F32, F16 or BF16 tensor to `value`
+// (NaN and infinities included) in the tensor's dtype.
+void SetElement(FakeTensor& t, int64_t index, float value);
+
 struct FakeAdapter {
   nlohmann::json config;            // adapter_config.json; edit freely
   std::vector<FakeTensor> tensors;  // adapter_model.safetensors, in file order

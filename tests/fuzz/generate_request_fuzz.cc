@@ -22,6 +22,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!req.ParseFromArray(data, static_cast<int>(size))) return 0;
   auto r = adapterd::rpc::TranslateGenerateRequest(req);
   if (!r.ok()) return 0;
-  (void)adapterd::engine::ValidateRequest(*r, *config, options);
+  (void)adapterd::engine::ValidateRequest(r->engine, *config, options);
   return 0;
 }

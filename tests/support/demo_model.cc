@@ -37,4 +37,19 @@ at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeigh
 
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
+model::LlamaModel* DemoModelTest::base_ = nullptr;
+
+void DemoModelTest::SetUpTestSuite() {
+  absl::StatusOr<std::unique_ptr<model::LlamaModel>> m = LoadDemoModel();
+  ASSERT_TRUE(m.ok()) << m.status();
+  base_ = m->release();
+}
+
+void DemoModelTest::TearDownTestSuite() {
+  delete base_;
+  base_ = nullptr;
+}
+
+void DemoModelTest::SetUp() { ASSERT_NE(base_, nullptr) << "the demo base model did not load"; }
+
 }  // namespace adapterd::testing

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "gtest/gtest.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/llama_model.h"
 
@@ -24,6 +25,19 @@ at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeigh
 
 // max |a - b|.
 double MaxDiff(const at::Tensor& a, const at::Tensor& b);
+
+// A fixture whose suite loads the demo model once, before its first test,
+// and frees it after its last. SetUp() fails each test when it did not load.
+class DemoModelTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  void SetUp() override;
+
+  static const model::LlamaModel& base() { return *base_; }
+
+  static model::LlamaModel* base_;
+};
 
 }  // namespace adapterd::testing
 

@@ -13,6 +13,8 @@
 #include "prometheus/text_serializer.h"
 #include "tests/fakes/fake_adapter.h"
 #include "tests/fakes/collecting_generate_sink.h"
+#include "tests/fakes/fake_tokenizer.h"
+#include "server/model/demo_checkpoint.h"
 #include "tests/support/status_assertions.h"
 #include "tests/support/test_env.h"
 #include "tests/support/wait.h"
@@ -124,6 +126,47 @@ TEST_F(ServerCoreTest, TheDrainRefusesNewRequestsWithUnavailable) {
       core_->Generate("", r, std::make_shared<testing::CollectingGenerateSink>());
   EXPECT_EQ(h.status().code(), absl::StatusCode::kUnavailable) << h.status();
   EXPECT_TRUE(core_->AwaitStopped(absl::Now() + absl::Seconds(30)));
+}
+
+// The demo checkpoint with a character-level tokenizer and a chat template
+// beside it, served with a prompt limit of 6 tokens.
+TEST(ServerCoreTextTest, TextAndChatsRunAndLimitsNameTheTokenizedPrompt) {
+  absl::StatusOr<std::string> demo = model::EnsureDemoCheckpoint(testing::MakeTempDir("core-text"));
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  testing::WriteFakeTokenizer(*demo, testing::kFakeChatTemplate);
+  ServerCoreOptions o;
+  o.model_dir = *demo;
+  o.engine.max_prompt_tokens = 6;
+  prometheus::Registry prom;
+  absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(o, prom);
+  ASSERT_TRUE(core.ok()) << core.status();
+  ASSERT_NE((*core)->prompts().tokenizer(), nullptr);
+
+  GenerateRequest r;
+  r.prompt_text = "abc";
+  r.engine.sampling.max_new_tokens = 5;
+  r.engine.sampling.ignore_eos = true;
+  auto sink = std::make_shared<testing::CollectingGenerateSink>();
+  ASSERT_TRUE((*core)->Generate("", r, sink).ok());
+  ASSERT_TRUE(testing::Await(sink->done, "the text request to finish"));
+  EXPECT_TRUE(sink->finish.finish.status.ok()) << sink->finish.finish.status;
+  EXPECT_EQ(sink->finish.finish.prompt_tokens, 3);
+  EXPECT_EQ(sink->tokens.size(), 5u);
+  // The text is the decode of the ids (ids past the character vocabulary name no token).
+  std::vector<int32_t> ids(sink->tokens.begin(), sink->tokens.end());
+  EXPECT_EQ(sink->text, (*core)->prompts().tokenizer()->Decode(ids, true));
+
+  GenerateRequest long_text;
+  long_text.prompt_text = "abcdefgh";
+  long_text.engine.sampling.max_new_tokens = 1;
+  EXPECT_TRUE(IsError((*core)->Generate("", long_text, std::make_shared<testing::CollectingGenerateSink>()).status(),
+                      absl::StatusCode::kInvalidArgument,
+                      {"prompt_text is 8 tokens after tokenization", "--max_prompt_tokens", "6"}));
+  GenerateRequest long_chat;
+  long_chat.chat = ChatPrompt{{{"user", "hi"}}, true};
+  long_chat.engine.sampling.max_new_tokens = 1;
+  EXPECT_TRUE(IsError((*core)->Generate("", long_chat, std::make_shared<testing::CollectingGenerateSink>()).status(),
+                      absl::StatusCode::kInvalidArgument, {"chat is", "tokens after tokenization"}));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -499,6 +500,43 @@ TEST_F(LlamaModelLoadTest, UnsupportedDtype) {
   EXPECT_THAT(msg, HasSubstr((fs::path(dir) / "model.safetensors").string()));
   EXPECT_THAT(msg, HasSubstr(kUpProj1));
   EXPECT_THAT(msg, HasSubstr("I32"));
+}
+
+// ---------------------------------------------------- non-finite weights ----
+
+// A base weight holding NaN or an infinity fails start-up, naming the file,
+// the tensor and the first bad index, in F32 and in BF16 checkpoints.
+TEST_F(LlamaModelLoadTest, NonFiniteWeightFailsLoad) {
+  struct Case {
+    bool bf16;
+    float value;
+    const char* word;
+  };
+  int i = 0;
+  for (const Case& c : {Case{false, std::nanf(""), "NaN"}, Case{false, -INFINITY, "-Inf"},
+                        Case{true, std::nanf(""), "NaN"}, Case{true, INFINITY, "+Inf"}}) {
+    SCOPED_TRACE(absl::StrCat(c.bf16 ? "BF16 " : "F32 ", c.word));
+    const std::string dir = CopyOfDemo(absl::StrCat("non-finite-", i++));
+    ASSERT_TRUE(RewriteWeights(dir,
+                               [&c](const StTensorInfo& t, std::string_view bytes, StTensorToWrite& w,
+                                    std::vector<at::Tensor>& keep) {
+                                 at::Tensor v =
+                                     at::from_blob(const_cast<char*>(bytes.data()), t.shape, at::kFloat).clone();
+                                 if (t.name == kUpProj1) {
+                                   v.view({-1})[70000] = -INFINITY;  // a later one is not the one reported
+                                   v.view({-1})[1234] = c.value;
+                                 }
+                                 keep.push_back(c.bf16 ? v.to(at::kBFloat16).contiguous() : v);
+                                 w.dtype = c.bf16 ? StDType::kBF16 : StDType::kF32;
+                                 w.bytes = Bytes(keep.back());
+                                 return true;
+                               })
+                    .ok());
+    absl::Status s = LlamaModel::Load(dir, {}).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message(), absl::StrCat((fs::path(dir) / "model.safetensors").string(), ": tensor '", kUpProj1,
+                                        "' holds ", c.word, " at index 1234"));
+  }
 }
 
 // ------------------------------------------------------------ bf16 file ----

@@ -366,9 +366,11 @@ TEST(SafetensorsParseTest, EmptyTensorsMayShareAnOffsetAtABoundary) {
   EXPECT_THAT(names, ElementsAre("a", "e0", "e1"));
 }
 
-TEST(SafetensorsParseTest, ManyTensorsParseInLinearTime) {
-  // A parser callback that rebuilds the object stalls for minutes on this
-  // (quadratic); 100k entries must take well under a second.
+TEST(SafetensorsParseTest, HundredThousandTensorsParse) {
+  // 100k entries parse and are all indexed. (nlohmann's callback parser is
+  // quadratic in the entry count and stalled for minutes here; the SAX
+  // handler in safetensors.cc is linear by construction. Tests never assert
+  // on time.)
   constexpr int kCount = 100'000;
   std::string header = "{";
   for (int i = 0; i < kCount; ++i) {

@@ -142,7 +142,11 @@ TEST(ChatTemplateRuntimeErrorTest, TypeErrorsUsePythonWording) {
   EXPECT_TRUE(IsError(RenderError("{{ [1, 2][::0] }}"), kInvalid, {"slice step cannot be zero"}));
   EXPECT_TRUE(IsError(RenderError("{{ 'a,b'.split('') }}"), kInvalid, {"empty separator"}));
   EXPECT_TRUE(IsError(RenderError("{{ 9223372036854775807 + 1 }}"), kInvalid, {"integer overflow in \"+\""}));
-  EXPECT_TRUE(IsError(RenderError("{{ '%s' % 1 }}"), kInvalid, {"printf-style string formatting"}));
+  EXPECT_TRUE(IsError(RenderError("{{ '%s %s' % (1,) }}"), kInvalid, {"not enough arguments for format string"}));
+  EXPECT_TRUE(IsError(RenderError("{{ 'x' % 5 }}"), kInvalid, {"not all arguments converted during string formatting"}));
+  EXPECT_TRUE(IsError(RenderError("{{ '%z' % 1 }}"), kInvalid, {"unsupported format character 'z' (0x7a) at index 1"}));
+  EXPECT_TRUE(IsError(RenderError("{{ '%d' % 'a' }}"), kInvalid, {"%d format: a real number is required, not str"}));
+  EXPECT_TRUE(IsError(RenderError("{{ '%(a)s' % [1] }}"), kInvalid, {"list indices must be integers or slices, not str"}));
   EXPECT_TRUE(IsError(RenderError("{{ [1]|join(1, 2, 3) }}"), kInvalid, {"filter \"join\" takes at most 2 argument(s)"}));
   EXPECT_TRUE(IsError(RenderError("{{ 'x'|trim(bogus=1) }}"), kInvalid, {"unexpected keyword argument 'bogus'"}));
   EXPECT_TRUE(IsError(RenderError("{{ ([1]|map)|list }}"), kInvalid, {"map requires a filter argument"}));

@@ -45,6 +45,24 @@ TEST(ChatTemplateLimitsTest, OutputSize) {
                       kInvalid, {"output limit"}));
 }
 
+TEST(ChatTemplateLimitsTest, SourceSizeAndLongLines) {
+  TemplateLimits limits;
+  limits.max_source_bytes = 100;
+  EXPECT_TRUE(IsError(ChatTemplate::Parse(std::string(101, 'x'), limits).status(), kInvalid,
+                      {"chat template of 101 bytes exceeds the limit of 100 bytes"}));
+  // One long line of many tokens parses in linear time (columns are counted
+  // incrementally).
+  std::string line;
+  for (int i = 0; i < 200000; ++i) line += "{{ 1 }}";
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(line);
+  ASSERT_TRUE(t.ok()) << t.status();
+  absl::StatusOr<std::string> out = t->Render(nlohmann::ordered_json::object());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->size(), 200000u);
+  EXPECT_TRUE(IsError(ChatTemplate::Parse(line + " {{ x|wordwrap }}").status(), kInvalid,
+                      {"line 1, column 1400007: filter \"wordwrap\""}));
+}
+
 TEST(ChatTemplateLimitsTest, LoopIterations) {
   EXPECT_TRUE(IsError(RenderText("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
                                  "{}", Small()).status(),

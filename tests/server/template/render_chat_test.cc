@@ -1,6 +1,7 @@
 // RenderChat: the variables transformers' apply_chat_template gives a
 // template, validation of the conversation, a template's refusal of a role,
 // and concurrent renders of one parsed template.
+#include <cctype>
 #include <string>
 #include <thread>
 #include <vector>
@@ -103,6 +104,19 @@ TEST(RenderChatTest, AcceptsSortedJsonToo) {
   absl::StatusOr<std::string> out = RenderChat(*t, messages, false, "", "");
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, "{\"content\": \"x\", \"role\": \"user\"}");  // nlohmann::json sorts keys
+}
+
+TEST(RenderChatTest, StrftimeNowFormatsTheCurrentTime) {
+  // Only the shape of the date is checked, so the test holds on any day.
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(
+      "{% if strftime_now is defined %}{{ strftime_now('%Y') }}|{{ strftime_now('') }}|"
+      "{{ strftime_now('%d %b %Y')|length }}{% endif %}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  absl::StatusOr<std::string> out = RenderChat(*t, Conversation(), false, "", "");
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->size(), 8u) << *out;
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(std::isdigit(static_cast<unsigned char>((*out)[i]))) << *out;
+  EXPECT_EQ(out->substr(4), "||11");
 }
 
 TEST(RenderChatTest, ConcurrentRendersOfOneTemplate) {
