@@ -104,7 +104,7 @@ def ensure_model(work, name, build):
         return path
     if name == "demo":
         # The server generates the demo checkpoint into its cache directory.
-        s = Server(build, [f"--cache_dir={work}/demo-cache"])
+        s = Server(build, [f"--cache_dir={work}/demo-cache", "--demo_trained=false"])
         s.stop()
         os.symlink(os.path.join(work, "demo-cache", "demo-llama-v1"), path)
     else:

@@ -80,8 +80,10 @@ absl::StatusOr<DemoTokenizerFiles> TrainDemoTokenizer(std::span<const DemoDocume
   absl::StatusOr<std::unique_ptr<text::BpeTrainer>> trainer = text::BpeTrainer::Create(std::move(o));
   if (!trainer.ok()) return trainer.status();
   for (const DemoDocument& d : documents) {
-    if (absl::Status st = (*trainer)->Feed(d.text); !st.ok()) {
-      return absl::Status(st.code(), absl::StrCat(std::string(d.path), ": ", st.message()));
+    for (const std::string& paragraph : ProseParagraphs(d.text)) {
+      if (absl::Status st = (*trainer)->Feed(paragraph); !st.ok()) {
+        return absl::Status(st.code(), absl::StrCat(std::string(d.path), ": ", st.message()));
+      }
     }
   }
   absl::StatusOr<text::BpeVocabulary> vocab = (*trainer)->Train();

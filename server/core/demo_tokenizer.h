@@ -35,7 +35,8 @@ struct DemoTokenizerFiles {
   std::string tokenizer_config_json;
 };
 
-// Trains the tokenizer on `documents`, in order: `vocab_size` ids (the
+// Trains the tokenizer on the prose of `documents` (ProseParagraphs), in
+// order: `vocab_size` ids (the
 // special tokens, the 256 bytes, then merges), a Split + ByteLevel
 // pre-tokenizer, BOS added to encoded text (LlamaTokenizerFast,
 // add_bos_token). Deterministic: the same documents give the same bytes.

@@ -3,9 +3,10 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -15,12 +16,9 @@
 #include <thread>
 
 #include "absl/log/log.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "adapters/demo_adapters.h"
 #include "server/common/compute_threads.h"
@@ -28,142 +26,109 @@
 #include "server/core/demo_tokenizer.h"
 #include "server/core/prompt_builder.h"
 #include "server/model/demo_checkpoint.h"
-#include "server/model/demo_trainer.h"
 
 namespace adapterd::core {
 namespace {
 
 namespace fs = std::filesystem;
 
-// Bump when the trainer, its schedule or the file layout changes.
-constexpr char kTrainerVersion[] = "demo-trained-v1";
+// Bump when the trainer, the text it learns from or the file layout changes.
+constexpr char kTrainerVersion[] = "demo-trained-v2";
 constexpr int64_t kVocabSize = 2048;
-constexpr size_t kMaxAnswerBytes = 600;
+// Answers are a sentence or two, so that a question and its answer fit in
+// one training window and the model learns to end its turn.
+constexpr size_t kMaxAnswerBytes = 240;
 
 struct AdapterPlan {
   const char* id;
-  const char* document;
-  // Whether the base model also learns the document (the adapter then
-  // narrows the base towards it) or not (the adapter brings it in).
-  bool in_base;
+  const char* document;  // also in the base model's text; the adapter narrows the base towards it
   model::DemoLoraSpec spec;
 };
 
 const std::vector<AdapterPlan>& Plans() {
   using model::Proj;
   static const auto* plans = new std::vector<AdapterPlan>{
-      {"demo-qv-r4", "docs/benchmarks.md", false, {4, 8, {Proj::kQ, Proj::kV}, 7001}},
+      {"demo-qv-r4", "docs/chat_templates.md", {4, 8, {Proj::kQ, Proj::kV}, 7001}},
       {"demo-all-r8",
        "SECURITY.md",
-       true,
        {8, 16, {Proj::kQ, Proj::kK, Proj::kV, Proj::kO, Proj::kGate, Proj::kUp, Proj::kDown}, 7002}},
   };
   return *plans;
 }
 
-// Whether only an adapter learns the document at `path`.
-bool AdapterOnly(std::string_view path) {
-  for (const AdapterPlan& p : Plans()) {
-    if (path == p.document && !p.in_base) return true;
-  }
-  return false;
-}
-
-// FNV-1a over the documents' paths and bytes.
-std::string DocumentsHash() {
+// FNV-1a over the documents' paths and bytes and the schedule.
+std::string CacheKey(const model::DemoSchedule& s) {
   uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](std::string_view s) {
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  auto mix = [&h](std::string_view bytes) {
+    for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
     h = (h ^ 0xff) * 1099511628211ull;
   };
   for (const DemoDocument& d : DemoDocuments()) {
     mix(d.path);
     mix(d.text);
   }
+  mix(absl::StrCat(s.seed, "/", s.bigram_steps, "/", s.base_steps, "/", s.lora_steps));
   return absl::StrFormat("%012x", h & 0xffffffffffffull);
 }
 
-// Whether a markdown line starts a paragraph of prose (not a table, a
-// list, a quote, a heading or markup).
-bool StartsProse(absl::string_view line) {
-  return !line.empty() && (absl::ascii_isalnum(line[0]) || line[0] == '`' || line[0] == '*');
-}
-
-// One exchange per heading of a markdown document: the heading (without
-// markup) asks, and the first paragraph of prose in its section (outside
-// code blocks) answers, cut after the last sentence that fits.
-std::vector<ChatPrompt> SectionExchanges(std::string_view text) {
-  std::vector<ChatPrompt> out;
-  std::vector<absl::string_view> lines = absl::StrSplit(absl::string_view(text.data(), text.size()), '\n');
-  std::string title, answer;
-  bool in_code = false, answered = true;
-  auto finish = [&] {
-    if (answer.size() > kMaxAnswerBytes) {
-      const size_t end = answer.rfind(". ", kMaxAnswerBytes);
-      answer.resize(end == std::string::npos ? 0 : end + 1);
+// Appends each paragraph of prose of `d` as a sequence of its own: BOS, the
+// paragraph, EOS. A prompt (which starts with BOS) then reads as the start
+// of a paragraph.
+absl::Status AppendParagraphs(const PromptBuilder& prompts, const DemoDocument& d, std::vector<int32_t>* out) {
+  for (const std::string& paragraph : ProseParagraphs(d.text)) {
+    absl::StatusOr<std::vector<int32_t>> ids = prompts.Tokenize(paragraph, std::nullopt, true);
+    if (!ids.ok()) {
+      return absl::Status(ids.status().code(), absl::StrCat(std::string(d.path), ": ", ids.status().message()));
     }
-    if (!title.empty() && !answer.empty()) out.push_back(ChatPrompt{{{"user", title}, {"assistant", answer}}, false});
-    answer.clear();
-  };
-  for (absl::string_view line : lines) {
-    if (absl::StartsWith(line, "```")) in_code = !in_code;
-    if (in_code) continue;
-    if (absl::StartsWith(line, "#")) {
-      finish();
-      title = std::string(absl::StripAsciiWhitespace(absl::StripLeadingAsciiWhitespace(line.substr(line.find(' ') + 1))));
-      title.erase(std::remove(title.begin(), title.end(), '`'), title.end());
-      answered = false;
-      continue;
-    }
-    const absl::string_view trimmed = absl::StripAsciiWhitespace(line);
-    if (!answered && answer.empty() && StartsProse(trimmed)) {
-      answer = std::string(trimmed);
-    } else if (!answered && !answer.empty()) {
-      if (trimmed.empty()) {
-        answered = true;
-      } else {
-        absl::StrAppend(&answer, " ", trimmed);
-      }
-    }
+    out->insert(out->end(), ids->begin(), ids->end());
+    out->push_back(static_cast<int32_t>(kDemoEosId));
   }
-  finish();
-  return out;
-}
-
-// Appends the ids of `text` (with BOS) and EOS.
-absl::Status AppendDocument(const PromptBuilder& prompts, const DemoDocument& d, std::vector<int32_t>* out) {
-  absl::StatusOr<std::vector<int32_t>> ids = prompts.Tokenize(std::string(d.text), std::nullopt, true);
-  if (!ids.ok()) return absl::Status(ids.status().code(), absl::StrCat(std::string(d.path), ": ", ids.status().message()));
-  out->insert(out->end(), ids->begin(), ids->end());
-  out->push_back(static_cast<int32_t>(kDemoEosId));
   return absl::OkStatus();
 }
 
-// The base model's stream: the documents the adapters do not take, then
-// their section exchanges in the chat format.
+// The exchanges twice, as conversations of two: once paired (0 1) (2 3) ...,
+// once (0) (1 2) (3 4) ..., so that every answer is learnt both at the start
+// of a conversation and after an earlier turn.
+std::vector<ChatPrompt> Conversations(const std::vector<ChatPrompt>& exchanges) {
+  std::vector<ChatPrompt> out;
+  for (size_t first : {size_t{2}, size_t{1}}) {
+    for (size_t i = 0; i < exchanges.size();) {
+      ChatPrompt c;
+      for (size_t n = i == 0 ? first : 2; n > 0 && i < exchanges.size(); --n, ++i) {
+        for (const ChatMessage& m : exchanges[i].messages) c.messages.push_back(m);
+      }
+      out.push_back(std::move(c));
+    }
+  }
+  return out;
+}
+
+// The base model's stream: every document's paragraphs, then the section
+// exchanges in the chat format.
 absl::StatusOr<std::vector<int32_t>> BaseStream(const PromptBuilder& prompts) {
   std::vector<int32_t> out;
-  std::vector<ChatPrompt> chats;
+  std::vector<ChatPrompt> exchanges;
   for (const DemoDocument& d : DemoDocuments()) {
-    if (AdapterOnly(d.path)) continue;
-    if (absl::Status st = AppendDocument(prompts, d, &out); !st.ok()) return st;
-    for (ChatPrompt& c : SectionExchanges(d.text)) chats.push_back(std::move(c));
+    if (absl::Status st = AppendParagraphs(prompts, d, &out); !st.ok()) return st;
+    for (ChatPrompt& c : SectionExchanges(d.text, kMaxAnswerBytes)) exchanges.push_back(std::move(c));
   }
   const size_t document_tokens = out.size();
-  for (const ChatPrompt& c : chats) {
+  for (const ChatPrompt& c : Conversations(exchanges)) {
     absl::StatusOr<std::vector<int32_t>> ids = prompts.Tokenize(std::nullopt, c, false);
     if (!ids.ok()) return ids.status();
     out.insert(out.end(), ids->begin(), ids->end());
   }
   LOG(INFO) << "demo model: " << document_tokens << " tokens of documents and " << out.size() - document_tokens
-            << " of " << chats.size() << " chat exchanges";
+            << " of conversations from " << exchanges.size() << " section exchanges";
   return out;
 }
 
-// LibTorch frees and allocates the same large buffers at every step, which
-// glibc would hand back to the kernel and fault in again (a sixth of the
-// training time went to the kernel). While an object lives, freed memory
-// stays in the heap; its destructor returns what is free.
+// Keeps freed memory in the heap while it lives. LibTorch frees and
+// allocates the same large buffers at every training step, which glibc
+// would hand back to the kernel and fault in again (a sixth of the training
+// time went to the kernel); the destructor restores glibc's defaults and
+// returns what is free. The settings are process-wide: one at a time, at
+// start-up. Not thread-safe.
 class HeapRetention {
  public:
   HeapRetention() {
@@ -174,50 +139,34 @@ class HeapRetention {
     mallopt(M_TRIM_THRESHOLD, 128 << 10);
     malloc_trim(0);
   }
+  HeapRetention(const HeapRetention&) = delete;
+  HeapRetention& operator=(const HeapRetention&) = delete;
 };
 
-// Trains everything into `dir` (which exists and is empty).
-absl::Status Train(const fs::path& dir) {
-  const absl::Time start = absl::Now();
-  ScopedComputeThreads one_thread(1);
-  HeapRetention heap;
-  const fs::path model_dir = dir / "model";
-  std::error_code ec;
-  fs::create_directories(model_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(model_dir.string(), ": ", ec.message()));
-  absl::StatusOr<DemoTokenizerFiles> tok = TrainDemoTokenizer(DemoDocuments(), kVocabSize);
-  if (!tok.ok()) return tok.status();
-  if (absl::Status st = WriteDemoTokenizer(model_dir.string(), *tok); !st.ok()) return st;
-  absl::StatusOr<std::unique_ptr<PromptBuilder>> prompts = PromptBuilder::Load(model_dir.string());
-  if (!prompts.ok()) return prompts.status();
-  LOG(INFO) << "demo tokenizer trained in " << absl::FormatDuration(absl::Now() - start);
+// The CPU time this process has used so far (all threads, user and system).
+absl::Duration ProcessCpuTime() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return absl::DurationFromTimeval(u.ru_utime) + absl::DurationFromTimeval(u.ru_stime);
+}
 
-  absl::StatusOr<std::vector<int32_t>> stream = BaseStream(**prompts);
-  if (!stream.ok()) return stream.status();
-  model::TrainReport report;
-  absl::StatusOr<model::NamedTensors> base = model::TrainDemoModel(*stream, &report);
-  if (!base.ok()) return base.status();
-  LOG(INFO) << "demo model trained: loss " << report.first_loss << " -> " << report.final_loss << " in "
-            << absl::FormatDuration(report.time);
-  if (absl::Status st = model::WriteDemoCheckpoint(model_dir.string(), *base, {kDemoEosId, kDemoEndTurnId});
-      !st.ok()) {
-    return st;
-  }
-
-  // The adapters train side by side, one worker each.
+// Trains the adapters of Plans() on `base`, one thread each, into
+// `dir`/adapters/<id>.
+absl::Status TrainAdapters(const fs::path& dir, const PromptBuilder& prompts, const model::NamedTensors& base,
+                           const model::DemoSchedule& schedule) {
   const std::vector<AdapterPlan>& plans = Plans();
   std::vector<absl::Status> results(plans.size());
   auto train_one = [&](size_t i) {
     const AdapterPlan& p = plans[i];
-    std::vector<int32_t> ids;
     const DemoDocument* d = FindDemoDocument(p.document);
     if (d == nullptr) {
       results[i] = absl::InternalError(absl::StrCat(p.document, " is not embedded"));
       return;
     }
-    if (results[i] = AppendDocument(**prompts, *d, &ids); !results[i].ok()) return;
+    std::vector<int32_t> ids;
+    if (results[i] = AppendParagraphs(prompts, *d, &ids); !results[i].ok()) return;
     model::TrainReport r;
-    absl::StatusOr<model::NamedTensors> lora = model::TrainDemoLora(*base, ids, p.spec, &r);
+    absl::StatusOr<model::NamedTensors> lora = model::TrainDemoLora(base, ids, p.spec, schedule, &r);
     if (!lora.ok()) {
       results[i] = lora.status();
       return;
@@ -237,17 +186,52 @@ absl::Status Train(const fs::path& dir) {
   for (const absl::Status& st : results) {
     if (!st.ok()) return st;
   }
-  LOG(INFO) << "the demo was trained in " << absl::FormatDuration(absl::Now() - start);
+  return absl::OkStatus();
+}
+
+// Trains everything into `dir` (which exists and is empty).
+absl::Status Train(const fs::path& dir, const model::DemoSchedule& schedule) {
+  const absl::Time start = absl::Now();
+  const absl::Duration cpu_start = ProcessCpuTime();
+  ScopedComputeThreads one_thread(1);
+  HeapRetention heap;
+  const fs::path model_dir = dir / kTrainedDemoName;
+  std::error_code ec;
+  fs::create_directories(model_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat(model_dir.string(), ": ", ec.message()));
+  absl::StatusOr<DemoTokenizerFiles> tok = TrainDemoTokenizer(DemoDocuments(), kVocabSize);
+  if (!tok.ok()) return tok.status();
+  if (absl::Status st = WriteDemoTokenizer(model_dir.string(), *tok); !st.ok()) return st;
+  absl::StatusOr<std::unique_ptr<PromptBuilder>> prompts = PromptBuilder::Load(model_dir.string());
+  if (!prompts.ok()) return prompts.status();
+  LOG(INFO) << "demo tokenizer trained in " << absl::FormatDuration(absl::Now() - start);
+
+  absl::StatusOr<std::vector<int32_t>> stream = BaseStream(**prompts);
+  if (!stream.ok()) return stream.status();
+  model::TrainReport report;
+  absl::StatusOr<model::NamedTensors> base = model::TrainDemoModel(*stream, schedule, &report);
+  if (!base.ok()) return base.status();
+  LOG(INFO) << "demo model trained: loss " << report.first_loss << " -> " << report.final_loss << " in "
+            << absl::FormatDuration(report.time);
+  if (absl::Status st = model::WriteDemoCheckpoint(model_dir.string(), *base, {kDemoEosId, kDemoEndTurnId});
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = TrainAdapters(dir, **prompts, *base, schedule); !st.ok()) return st;
+  LOG(INFO) << "the demo was trained in " << absl::FormatDuration(absl::Now() - start) << " ("
+            << absl::FormatDuration(ProcessCpuTime() - cpu_start) << " of CPU time)";
   return absl::OkStatus();
 }
 
 TrainedDemo Result(const fs::path& dir) {
-  TrainedDemo out{(dir / "model").string(), {}};
+  TrainedDemo out{(dir / kTrainedDemoName).string(), {}};
   for (const AdapterPlan& p : Plans()) out.adapters.emplace_back(p.id, (dir / "adapters" / p.id).string());
   return out;
 }
 
-// An exclusive flock on `path` for the object's lifetime.
+// An exclusive flock on a file, held for the object's lifetime; it
+// serializes processes, and threads of one process, that each hold their
+// own. The object owns the descriptor. Not thread-safe itself.
 class FileLock {
  public:
   static absl::StatusOr<std::unique_ptr<FileLock>> Acquire(const fs::path& path) {
@@ -257,32 +241,37 @@ class FileLock {
       LOG(INFO) << "waiting for another process that is training the demo (" << path.string() << ")";
       while (flock(fd, LOCK_EX) != 0) {
         if (errno != EINTR) {
+          const int error = errno;
           close(fd);
-          return absl::InternalError(absl::StrCat(path.string(), ": cannot lock: ", strerror(errno)));
+          return absl::InternalError(absl::StrCat(path.string(), ": cannot lock: ", strerror(error)));
         }
       }
     }
     return std::unique_ptr<FileLock>(new FileLock(fd));
   }
   ~FileLock() { close(fd_); }  // releases the lock
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
 
  private:
   explicit FileLock(int fd) : fd_(fd) {}
   int fd_;
 };
 
+bool Complete(const fs::path& dir) { return fs::exists(dir / kTrainedDemoName / "model.safetensors"); }
+
 }  // namespace
 
-absl::StatusOr<TrainedDemo> EnsureTrainedDemo(const std::string& cache_dir) {
-  const std::string name = absl::StrCat(kTrainerVersion, "-", DocumentsHash());
+absl::StatusOr<TrainedDemo> EnsureTrainedDemo(const std::string& cache_dir, const model::DemoSchedule& schedule) {
+  const std::string name = absl::StrCat(kTrainerVersion, "-", CacheKey(schedule));
   const fs::path dir = fs::path(cache_dir) / name;
-  if (fs::exists(dir / "model" / "model.safetensors")) return Result(dir);
+  if (Complete(dir)) return Result(dir);
   std::error_code ec;
   fs::create_directories(cache_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat(cache_dir, ": ", ec.message()));
   absl::StatusOr<std::unique_ptr<FileLock>> lock = FileLock::Acquire(fs::path(cache_dir) / ("." + name + ".lock"));
   if (!lock.ok()) return lock.status();
-  if (fs::exists(dir / "model" / "model.safetensors")) return Result(dir);  // trained while we waited
+  if (Complete(dir)) return Result(dir);  // trained while we waited
 
   // Only the lock holder writes temporary directories: any left are stale.
   const std::string tmp_prefix = "." + name + ".tmp.";
@@ -294,13 +283,13 @@ absl::StatusOr<TrainedDemo> EnsureTrainedDemo(const std::string& cache_dir) {
   if (ec) return absl::InternalError(absl::StrCat(tmp.string(), ": ", ec.message()));
   LOG(INFO) << "training the demo model on the project's documentation into " << dir.string()
             << " (once; about a minute)";
-  if (absl::Status st = Train(tmp); !st.ok()) {
+  if (absl::Status st = Train(tmp, schedule); !st.ok()) {
     fs::remove_all(tmp, ec);
     return absl::Status(st.code(), absl::StrCat("training the demo model: ", st.message()));
   }
   fs::rename(tmp, dir, ec);
   if (ec) {
-    fs::remove_all(tmp);
+    fs::remove_all(tmp, ec);
     return absl::InternalError(absl::StrCat(dir.string(), ": ", ec.message()));
   }
   return Result(dir);

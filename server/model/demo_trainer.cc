@@ -17,15 +17,13 @@
 namespace adapterd::model {
 namespace {
 
-constexpr uint64_t kInitSeed = 20260115;
-
 // The schedules, chosen for well under a minute of two idle cores. The
 // bigram phase fits the embeddings and lm_head to the counts of the stream's
 // token pairs (full batch); the base phase then trains every weight on
 // windows of the stream.
-TrainOptions BigramOptions() {
+TrainOptions BigramOptions(const DemoSchedule& s) {
   TrainOptions o;
-  o.steps = 60;
+  o.steps = s.bigram_steps;
   o.learning_rate = 2e-2;
   o.warmup_steps = 5;
   o.weight_decay = 0.01;
@@ -34,28 +32,28 @@ TrainOptions BigramOptions() {
   return o;
 }
 
-TrainOptions BaseOptions() {
+TrainOptions BaseOptions(const DemoSchedule& s) {
   TrainOptions o;
-  o.steps = 300;
+  o.steps = s.base_steps;
   o.batch_size = 8;
   o.seq_len = 64;
   o.learning_rate = 2e-3;
   o.warmup_steps = 30;
   o.weight_decay = 0.01;
-  o.seed = 1;
+  o.seed = s.seed + 1;
   o.workers = kDemoTrainingWorkers;
   o.label = "demo model";
   return o;
 }
 
-TrainOptions LoraOptions(const DemoLoraSpec& spec) {
+TrainOptions LoraOptions(const DemoLoraSpec& spec, const DemoSchedule& s) {
   TrainOptions o;
-  o.steps = 100;
+  o.steps = s.lora_steps;
   o.batch_size = 8;
   o.seq_len = 64;
   o.learning_rate = 1e-2;
   o.warmup_steps = 20;
-  o.seed = spec.seed;
+  o.seed = s.seed + spec.seed;
   o.workers = 1;
   o.label = absl::StrCat("demo LoRA r", spec.r);
   return o;
@@ -66,8 +64,8 @@ absl::StatusOr<ModelConfig> DemoConfig() { return ModelConfig::FromJson(std::str
 // The initial weights: unit norms, normal(0, 0.02) matrices, except o_proj
 // and down_proj, which start at zero: every layer then starts as the
 // identity, and the model as a function of the current token alone.
-std::vector<at::Tensor> InitialWeights(const ModelConfig& c) {
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(kInitSeed);
+std::vector<at::Tensor> InitialWeights(const ModelConfig& c, uint64_t seed) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   std::vector<at::Tensor> out;
   const std::vector<std::string> names = LlamaTensorNames(c);
   const std::vector<std::vector<int64_t>> shapes = LlamaTensorShapes(c);
@@ -103,7 +101,7 @@ std::pair<int64_t, int64_t> ProjShape(const ModelConfig& c, Proj p) {
 // this is the whole model's next-token loss, computed over every distinct
 // current token at once. Rows are split among the workers.
 absl::StatusOr<TrainReport> FitBigrams(const ModelConfig& c, std::span<const int32_t> tokens,
-                                       const std::vector<at::Tensor>& w) {
+                                       const std::vector<at::Tensor>& w, const TrainOptions& o) {
   at::Tensor rows, counts;
   absl::Status st = TorchCall("demo bigrams", [&] {
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
@@ -118,7 +116,6 @@ absl::StatusOr<TrainReport> FitBigrams(const ModelConfig& c, std::span<const int
   if (!st.ok()) return st;
   const size_t last = w.size() - 2;  // model.norm; lm_head follows
   std::vector<TrainParam> params = {{w[0], true}, {w[last], false}, {w[last + 1], true}};
-  const TrainOptions o = BigramOptions();
   const int64_t per = (rows.size(0) + o.workers - 1) / o.workers;
   StepLoss loss = [&](int worker, int64_t, std::span<const at::Tensor> p) {
     const int64_t begin = std::min<int64_t>(worker * per, rows.size(0));
@@ -133,24 +130,28 @@ absl::StatusOr<TrainReport> FitBigrams(const ModelConfig& c, std::span<const int
 
 }  // namespace
 
-absl::StatusOr<NamedTensors> TrainDemoModel(std::span<const int32_t> tokens, TrainReport* report) {
+absl::StatusOr<NamedTensors> TrainDemoModel(std::span<const int32_t> tokens, const DemoSchedule& schedule,
+                                            TrainReport* report) {
   absl::StatusOr<ModelConfig> config = DemoConfig();
   if (!config.ok()) return config.status();
-  absl::StatusOr<std::vector<at::Tensor>> init = TorchCall("demo model init", [&] { return InitialWeights(*config); });
+  const ModelConfig& c = *config;
+  absl::StatusOr<std::vector<at::Tensor>> init =
+      TorchCall("demo model init", [&] { return InitialWeights(c, schedule.seed); });
   if (!init.ok()) return init.status();
+  if (schedule.bigram_steps > 0) {
+    absl::StatusOr<TrainReport> bigrams = FitBigrams(c, tokens, *init, BigramOptions(schedule));
+    if (!bigrams.ok()) return bigrams.status();
+    LOG(INFO) << "demo model: bigram loss " << bigrams->first_loss << " -> " << bigrams->final_loss << " in "
+              << absl::FormatDuration(bigrams->time);
+  }
   std::vector<TrainParam> params;
   for (const at::Tensor& t : *init) params.push_back(TrainParam{t, t.dim() == 2});
-  const ModelConfig& c = *config;
-  absl::StatusOr<TrainReport> bigrams = FitBigrams(c, tokens, *init);
-  if (!bigrams.ok()) return bigrams.status();
-  LOG(INFO) << "demo model: bigram loss " << bigrams->first_loss << " -> " << bigrams->final_loss << " in "
-            << absl::FormatDuration(bigrams->time);
   BatchLoss loss = [&c](std::span<const at::Tensor> weights, const at::Tensor& ids) {
     absl::StatusOr<TrainableLlama> m = TrainableLlama::Create(c, {weights.begin(), weights.end()});
     TORCH_CHECK(m.ok(), std::string(m.status().message()));
     return m->NextTokenLoss(ids);
   };
-  absl::StatusOr<TrainReport> r = TrainNextToken(tokens, params, loss, BaseOptions());
+  absl::StatusOr<TrainReport> r = TrainNextToken(tokens, params, loss, BaseOptions(schedule));
   if (!r.ok()) return r.status();
   if (report != nullptr) *report = *r;
   NamedTensors out;
@@ -160,7 +161,8 @@ absl::StatusOr<NamedTensors> TrainDemoModel(std::span<const int32_t> tokens, Tra
 }
 
 absl::StatusOr<NamedTensors> TrainDemoLora(const NamedTensors& base, std::span<const int32_t> tokens,
-                                           const DemoLoraSpec& spec, TrainReport* report) {
+                                           const DemoLoraSpec& spec, const DemoSchedule& schedule,
+                                           TrainReport* report) {
   absl::StatusOr<ModelConfig> config = DemoConfig();
   if (!config.ok()) return config.status();
   const ModelConfig& c = *config;
@@ -173,7 +175,7 @@ absl::StatusOr<NamedTensors> TrainDemoLora(const NamedTensors& base, std::span<c
   std::vector<LoraFactors> layout;  // which factor pair is which
   std::vector<TrainParam> params;
   absl::Status st = TorchCall("demo LoRA init", [&] {
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(spec.seed);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(schedule.seed + spec.seed);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       for (Proj p : spec.targets) {
         const auto [out, in] = ProjShape(c, p);
@@ -195,7 +197,7 @@ absl::StatusOr<NamedTensors> TrainDemoLora(const NamedTensors& base, std::span<c
     }
     return model->NextTokenLoss(ids, factors);
   };
-  absl::StatusOr<TrainReport> r = TrainNextToken(tokens, params, loss, LoraOptions(spec));
+  absl::StatusOr<TrainReport> r = TrainNextToken(tokens, params, loss, LoraOptions(spec, schedule));
   if (!r.ok()) return r.status();
   if (report != nullptr) *report = *r;
   NamedTensors out;

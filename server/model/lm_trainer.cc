@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numbers>
 #include <random>
 #include <thread>
@@ -24,7 +26,8 @@ double LearningRate(const TrainOptions& o, int64_t step) {
   return o.learning_rate * (o.final_lr_fraction + (1 - o.final_lr_fraction) * cosine);
 }
 
-// AdamW's moments for every parameter.
+// AdamW's moments for every parameter. Update may run for different
+// parameters on different threads at once.
 class AdamW {
  public:
   AdamW(std::span<const TrainParam> params, const TrainOptions& o) : params_(params), o_(o) {
@@ -34,58 +37,98 @@ class AdamW {
     }
   }
 
-  // One update with `grads` (same order as the parameters; undefined = 0).
-  void Step(const std::vector<at::Tensor>& grads, double lr) {
-    ++t_;
-    const double bc1 = 1 - std::pow(o_.beta1, static_cast<double>(t_));
-    const double bc2 = 1 - std::pow(o_.beta2, static_cast<double>(t_));
-    for (size_t i = 0; i < params_.size(); ++i) {
-      at::Tensor p = params_[i].tensor;
-      if (params_[i].decay && o_.weight_decay > 0) p.mul_(1 - lr * o_.weight_decay);
-      if (!grads[i].defined()) continue;
-      m_[i].mul_(o_.beta1).add_(grads[i], 1 - o_.beta1);
-      v_[i].mul_(o_.beta2).addcmul_(grads[i], grads[i], 1 - o_.beta2);
-      at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(o_.epsilon);
-      p.addcdiv_(m_[i], denom, -lr / bc1);
-    }
+  // Parameter i's update at step `t` (from 1) with its gradient `grad`
+  // (undefined = 0) and learning rate `lr`.
+  void Update(size_t i, int64_t t, const at::Tensor& grad, double lr) {
+    at::Tensor p = params_[i].tensor;
+    if (params_[i].decay && o_.weight_decay > 0) p.mul_(1 - lr * o_.weight_decay);
+    if (!grad.defined()) return;
+    const double bc1 = 1 - std::pow(o_.beta1, static_cast<double>(t));
+    const double bc2 = 1 - std::pow(o_.beta2, static_cast<double>(t));
+    m_[i].mul_(o_.beta1).add_(grad, 1 - o_.beta1);
+    v_[i].mul_(o_.beta2).addcmul_(grad, grad, 1 - o_.beta2);
+    at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(o_.epsilon);
+    p.addcdiv_(m_[i], denom, -lr / bc1);
   }
 
  private:
   std::span<const TrainParam> params_;
   const TrainOptions& o_;
   std::vector<at::Tensor> m_, v_;
-  int64_t t_ = 0;
 };
 
-// Sums the workers' gradients into the first worker's, scaled to the mean,
-// clipped to max_grad_norm, and clears the others.
-std::vector<at::Tensor> ReduceGradients(std::vector<std::vector<at::Tensor>>& workers, double max_norm) {
-  const size_t n = workers[0].size();
+// Runs fn(w) for every w in [0, n) on threads of their own (0 on this
+// one), with autograd recording or not; returns the first error in w order.
+absl::Status ForEachWorker(int n, const std::string& label, bool grad, const std::function<void(int)>& fn) {
+  std::vector<absl::Status> errors(n);
+  auto run = [&](int w) {
+    errors[w] = TorchCall(label, [&] {
+      at::AutoGradMode mode(grad);
+      fn(w);
+    });
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < n; ++w) threads.emplace_back(run, w);
+  run(0);
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& e : errors) {
+    if (!e.ok()) return e;
+  }
+  return absl::OkStatus();
+}
+
+// The parameters each of `workers` threads updates: the largest first, each
+// to the least loaded thread, so that the shares cost about the same.
+std::vector<std::vector<size_t>> Shards(std::span<const TrainParam> params, int workers) {
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return params[a].tensor.numel() > params[b].tensor.numel(); });
+  std::vector<std::vector<size_t>> shards(workers);
+  std::vector<int64_t> load(workers, 0);
+  for (size_t i : order) {
+    const int w = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    shards[w].push_back(i);
+    load[w] += params[i].tensor.numel();
+  }
+  return shards;
+}
+
+// The optimizer's half of a step, on the workers' threads: each sums its
+// shard's gradients over the workers (in worker order) into the mean,
+// clears theirs and squares the sum; then the global norm is clipped to
+// max_grad_norm and each updates its shard. Deterministic: every
+// parameter's arithmetic is the same whichever thread does it.
+absl::Status OptimizerStep(std::vector<std::vector<at::Tensor>>& aliases,
+                           const std::vector<std::vector<size_t>>& shards, AdamW& adam, int64_t t, double lr,
+                           const TrainOptions& o) {
+  const size_t n = aliases[0].size();
   std::vector<at::Tensor> grads(n);
-  double sq = 0;
-  for (size_t i = 0; i < n; ++i) {
-    for (auto& w : workers) {
-      at::Tensor& g = w[i].mutable_grad();
-      if (!g.defined()) continue;
-      if (!grads[i].defined()) {
-        grads[i] = g;
-      } else {
-        grads[i].add_(g);
+  std::vector<double> squares(n, 0);
+  absl::Status st = ForEachWorker(o.workers, o.label, false, [&](int w) {
+    for (size_t i : shards[w]) {
+      for (auto& worker : aliases) {
+        at::Tensor& g = worker[i].mutable_grad();
+        if (!g.defined()) continue;
+        grads[i] = grads[i].defined() ? grads[i].add_(g) : g;
+        g = at::Tensor();
       }
-      g = at::Tensor();
+      if (!grads[i].defined()) continue;
+      grads[i].div_(static_cast<double>(aliases.size()));
+      squares[i] = grads[i].pow(2).sum().item<double>();
     }
-    if (grads[i].defined()) {
-      grads[i].div_(static_cast<double>(workers.size()));
-      sq += grads[i].pow(2).sum().item<double>();
-    }
-  }
+  });
+  if (!st.ok()) return st;
+  double sq = 0;
+  for (double s : squares) sq += s;
   const double norm = std::sqrt(sq);
-  if (max_norm > 0 && norm > max_norm) {
-    for (at::Tensor& g : grads) {
-      if (g.defined()) g.mul_(max_norm / norm);
+  const double clip = o.max_grad_norm > 0 && norm > o.max_grad_norm ? o.max_grad_norm / norm : 1.0;
+  return ForEachWorker(o.workers, o.label, false, [&](int w) {
+    for (size_t i : shards[w]) {
+      if (clip != 1.0 && grads[i].defined()) grads[i].mul_(clip);
+      adam.Update(i, t, grads[i], lr);
     }
-  }
-  return grads;
+  });
 }
 
 }  // namespace
@@ -108,25 +151,17 @@ absl::StatusOr<TrainReport> Minimize(std::span<const TrainParam> params, const S
       for (const TrainParam& p : params) w.push_back(p.tensor.detach().requires_grad_(true));
     }
     AdamW adam(params, o);
+    const std::vector<std::vector<size_t>> shards = Shards(params, o.workers);
     double tail_sum = 0;
     int64_t tail_n = 0;
     for (int64_t step = 0; step < o.steps; ++step) {
       std::vector<double> losses(o.workers, 0);
-      std::vector<absl::Status> errors(o.workers);
-      auto run = [&](int w) {
-        errors[w] = TorchCall(o.label, [&] {
-          at::Tensor l = loss(w, step, aliases[w]);
-          l.backward();
-          losses[w] = l.item<double>();
-        });
-      };
-      std::vector<std::thread> threads;
-      for (int w = 1; w < o.workers; ++w) threads.emplace_back(run, w);
-      run(0);
-      for (std::thread& t : threads) t.join();
-      for (const absl::Status& e : errors) {
-        if (!e.ok()) return e;
-      }
+      absl::Status st = ForEachWorker(o.workers, o.label, true, [&](int w) {
+        at::Tensor l = loss(w, step, aliases[w]);
+        l.backward();
+        losses[w] = l.item<double>();
+      });
+      if (!st.ok()) return st;
       double mean = 0;
       for (double l : losses) mean += l / o.workers;
       if (step == 0) report.first_loss = mean;
@@ -134,8 +169,8 @@ absl::StatusOr<TrainReport> Minimize(std::span<const TrainParam> params, const S
         tail_sum += mean;
         ++tail_n;
       }
-      at::NoGradGuard no_grad;
-      adam.Step(ReduceGradients(aliases, o.max_grad_norm), LearningRate(o, step));
+      st = OptimizerStep(aliases, shards, adam, step + 1, LearningRate(o, step), o);
+      if (!st.ok()) return st;
       if ((step + 1) % 100 == 0 || step + 1 == o.steps) {
         LOG(INFO) << o.label << ": step " << step + 1 << "/" << o.steps << ", loss " << mean;
       }

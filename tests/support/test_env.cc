@@ -109,6 +109,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     return false;
   };
   if (!given({"--cache_dir"})) argv.push_back("--cache_dir=" + MakeTempDir("cache"));
+  // Tests that need some model get the random demo, made in a second; the
+  // trained one (a minute) only when they ask for it.
+  if (!given({"--model", "--demo_trained"})) argv.push_back("--demo_trained=false");
   if (!given({"--http_listen"})) argv.push_back("--http_listen=127.0.0.1:0");
   // Tests that are not about security run the way a developer would on
   // loopback: plaintext, an open Admin API, and path loads from anywhere.

@@ -56,7 +56,8 @@ class ServerProcess {
   // Starts build/server/adapterd with `args` plus listen (gRPC and HTTP),
   // metrics and ready-file flags, and waits until it is ready. Unless `args` say
   // otherwise, it serves plaintext with an open Admin API and path loads
-  // from any directory.
+  // from any directory, and without --model the random demo model
+  // (--demo_trained=false).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::vector<std::string>& args, absl::Duration timeout = absl::Seconds(120));
   ~ServerProcess();

@@ -36,6 +36,7 @@ class ServerCoreTest : public ::testing::Test {
     ServerCoreOptions o;
     o.cache_dir = testing::MakeTempDir("core-cache");
     o.demo_adapters = false;
+    o.demo_trained = false;
     roots_ = testing::MakeTempDir("core-roots");
     o.adapter_roots = {roots_};
     absl::StatusOr<std::unique_ptr<ServerCore>> c = ServerCore::Create(o, prom_);
