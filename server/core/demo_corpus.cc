@@ -82,8 +82,11 @@ std::vector<ChatPrompt> SectionExchanges(std::string_view markdown, size_t max_a
     answer.clear();
   };
   LineReader reader;
+  bool paragraph_start = true;
   for (absl::string_view line : Lines(markdown)) {
     const Line kind = reader.Next(line);
+    const bool starts = paragraph_start;
+    paragraph_start = kind != Line::kText;
     if (kind == Line::kHeading) {
       finish();
       const size_t space = line.find(' ');
@@ -96,7 +99,7 @@ std::vector<ChatPrompt> SectionExchanges(std::string_view markdown, size_t max_a
       answered = !answer.empty();
     } else if (!answer.empty()) {
       absl::StrAppend(&answer, " ", absl::StripAsciiWhitespace(line));
-    } else if (StartsProse(absl::StripAsciiWhitespace(line))) {
+    } else if (starts && StartsProse(absl::StripAsciiWhitespace(line))) {
       answer = std::string(absl::StripAsciiWhitespace(line));
     }
   }

@@ -38,7 +38,8 @@ std::vector<std::string> ProseParagraphs(std::string_view markdown);
 // One exchange per heading of a markdown document, for the demo to learn
 // its chat format: the heading's text (without '#' and backquotes) as the
 // user's message, and the first paragraph of prose of its section as the
-// assistant's, cut after the last ". " within `max_answer_bytes` (a section
+// assistant's (a paragraph that starts with a letter, a digit, '`' or
+// '*', not a list item), cut after the last ". " within `max_answer_bytes` (a section
 // whose first sentence is longer has no exchange). Sections without prose
 // have none either.
 std::vector<ChatPrompt> SectionExchanges(std::string_view markdown, size_t max_answer_bytes);
