@@ -46,7 +46,7 @@ ABSL_FLAG(bool, demo_adapters, true,
           "With the demo model (no --model), also load its demo LoRA adapters");
 ABSL_FLAG(bool, demo_trained, true,
           "With the demo model (no --model), serve the one trained on the project's documentation (a "
-          "tokenizer, weights and adapters, trained once under --cache_dir in about a minute); false serves "
+          "tokenizer, weights and adapters, trained once under --cache_dir in about half a minute); false serves "
           "random weights without a tokenizer, generated in a second");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port; port 0 = any)");
 ABSL_FLAG(std::string, admin_listen, "",

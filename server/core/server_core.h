@@ -35,10 +35,10 @@ struct ServerCoreOptions {
   std::string cache_dir;
   bool demo_adapters = true;
   // The demo model served: the one trained at first start on the project's
-  // documentation, with a tokenizer (EnsureTrainedDemo; about a minute the
-  // first time), or, when false, the random one without a tokenizer
-  // (model::EnsureDemoCheckpoint; a second), as tests that only need some
-  // model use.
+  // documentation, with a tokenizer and chat template (EnsureTrainedDemo;
+  // about half a minute the first time), or, when false, the random one
+  // without a tokenizer (model::EnsureDemoCheckpoint; a second), as tests
+  // that only need some model use.
   bool demo_trained = true;
   // The base model's name for clients that select models by name (the
   // OpenAI API's `model`) and for metric labels; empty: the checkpoint

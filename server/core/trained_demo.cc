@@ -282,7 +282,7 @@ absl::StatusOr<TrainedDemo> EnsureTrainedDemo(const std::string& cache_dir, cons
   fs::create_directories(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat(tmp.string(), ": ", ec.message()));
   LOG(INFO) << "training the demo model on the project's documentation into " << dir.string()
-            << " (once; about a minute)";
+            << " (once; about half a minute on two idle cores)";
   if (absl::Status st = Train(tmp, schedule); !st.ok()) {
     fs::remove_all(tmp, ec);
     return absl::Status(st.code(), absl::StrCat("training the demo model: ", st.message()));

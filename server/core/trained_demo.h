@@ -34,10 +34,10 @@ struct TrainedDemo {
 // EOS) and from one chat exchange per section heading (SectionExchanges,
 // two to a conversation) so that it answers in its chat format; then each
 // adapter, the base frozen, from its document's paragraphs, both at once.
-// With the default `schedule` that takes about a minute, on
-// kDemoTrainingWorkers threads that each compute single-threaded, so the
-// files depend on the embedded documents, the schedule and the trainer
-// only, not on the machine's cores.
+// With the default `schedule` that takes about half a minute of two idle
+// cores (a minute of CPU time), on kDemoTrainingWorkers threads that each
+// compute single-threaded, so the files depend on the embedded documents,
+// the schedule and the trainer only, not on the machine's cores.
 //
 // The result lives in `cache_dir`/demo-trained-<trainer version>-<hash of
 // the documents and the schedule>, so changed documents, schedule or trainer
