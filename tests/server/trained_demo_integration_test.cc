@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -195,18 +196,26 @@ TEST_F(TrainedDemoIntegrationTest, AdapterctlChatStreamsAReplyInATerminal) {
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
   const int fd = open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   ASSERT_GE(fd, 0);
+  const absl::Cleanup close_fd = [fd] { close(fd); };
   Tmux tmux(dir);
-  ASSERT_TRUE(tmux(absl::StrCat("new-session -d -s chat -x 160 -y 40 '", testing::BinaryDir(),
+  // The shell waits for a line before it starts adapterctl, so that the pipe
+  // is there before adapterctl writes anything.
+  ASSERT_TRUE(tmux(absl::StrCat("new-session -d -s chat -x 160 -y 40 'read go && exec ", testing::BinaryDir(),
                                 "/server/adapterctl chat --max_new_tokens=48 --addr=", server_->grpc_address(), "'"))
                   .ok());
   // Everything the pane shows from here on comes through the FIFO.
   ASSERT_TRUE(tmux(absl::StrCat("pipe-pane -O -t chat 'cat >> ", fifo, "'")).ok());
-  ASSERT_TRUE(tmux("send-keys -t chat -l 'Threat model'").ok());
+  ASSERT_TRUE(tmux("send-keys -t chat -l go").ok());
   ASSERT_TRUE(tmux("send-keys -t chat Enter").ok());
+  std::string seen;
+  auto prompted = [](const std::string& t) { return t.ends_with("> "); };
+  ASSERT_EQ(ReadUntil(fd, seen, prompted, absl::Now() + absl::Seconds(30)), ReadEnd::kDone)
+      << "adapterctl chat did not prompt within 30 s; the terminal shows:\n" << seen;
 
   // The terminal echoes the line; the reply streams in; the next prompt ends it.
-  std::string seen;
-  const std::string typed = "Threat model\r\n";
+  ASSERT_TRUE(tmux("send-keys -t chat -l 'Threat model'").ok());
+  ASSERT_TRUE(tmux("send-keys -t chat Enter").ok());
+  const std::string typed = "> Threat model\r\n";
   auto replied = [&](const std::string& t) {
     const size_t at = t.find(typed);
     return at != std::string::npos && t.size() > at + typed.size() + 4 && t.ends_with("\r\n> ");
@@ -223,7 +232,6 @@ TEST_F(TrainedDemoIntegrationTest, AdapterctlChatStreamsAReplyInATerminal) {
   EXPECT_EQ(ReadUntil(fd, seen, [](const std::string&) { return false; }, absl::Now() + absl::Seconds(30)),
             ReadEnd::kClosed);
   EXPECT_FALSE(tmux("has-session -t chat").ok());
-  close(fd);
 }
 
 }  // namespace
