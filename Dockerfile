@@ -24,8 +24,9 @@ COPY --from=build /src/build/server/libadapterd_sentencepiece.so /usr/local/lib/
 USER adapterd
 ENV ADAPTERD_CACHE_DIR=/home/adapterd/cache
 EXPOSE 50051 8000 9464
-# With no --model the server generates and serves the demo model. Mount a
-# checkpoint and pass --model=/models/NAME to serve a real one.
+# With no --model the server trains the demo model on its documentation at
+# first start (about half a minute; cached in ADAPTERD_CACHE_DIR) and serves
+# it. Mount a checkpoint and pass --model=/models/NAME to serve a real one.
 # Inference listens on all interfaces, over gRPC and the OpenAI-compatible
 # HTTP API; Admin only on the container's loopback unless --admin_listen
 # says otherwise (the HTTP API's LoRA endpoints need the admin token). Plaintext is chosen here explicitly
