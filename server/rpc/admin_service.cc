@@ -123,8 +123,9 @@ class AdminService::UploadReactor final
       if (!adapters::IsAdapterFileName(name)) {
         return Fail(absl::InvalidArgumentError(absl::StrCat("chunk.file_name '", name.substr(0, 100),
                                                             "' must be ", adapters::kConfigFile, ", ",
-                                                            adapters::kWeightsFile, " or ",
-                                                            adapters::kAdapterHubWeightsFile)));
+                                                            adapters::kWeightsFile, ", ",
+                                                            adapters::kAdapterHubWeightsFile, " or ",
+                                                            adapters::kModelConfigFile)));
       }
       total_ += static_cast<int64_t>(msg_.chunk().data().size());
       if (total_ > service_->options_.max_upload_bytes) {
