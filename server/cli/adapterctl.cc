@@ -68,6 +68,11 @@ void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
               << (a.parallel() ? "  parallel" : "");
   }
   if (a.num_virtual_tokens() > 0) std::cout << "  virtual_tokens=" << a.num_virtual_tokens();
+  if (a.task_type() == "SEQ_CLS") std::cout << "  task=SEQ_CLS  labels=" << absl::StrJoin(a.labels(), ",");
+  if (a.modules_to_save_size() > 0) std::cout << "  modules_to_save=" << absl::StrJoin(a.modules_to_save(), ",");
+  if (a.trainable_tokens() > 0) std::cout << "  trainable_tokens=" << a.trainable_tokens();
+  if (!a.bias().empty() && a.bias() != "none") std::cout << "  bias=" << a.bias();
+  if (a.lora_bias()) std::cout << "  lora_bias";
   std::cout << "  bytes=" << a.bytes()
             << "  load_s=" << a.load_seconds() << "  requests=" << a.requests_served()
             << "  tokens=" << a.tokens_generated() << "  source=" << a.source();

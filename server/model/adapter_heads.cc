@@ -107,7 +107,8 @@ ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, co
       if (a == nullptr || !a->is_classifier()) {
         throw std::invalid_argument("a classification row's adapter has no classification head");
       }
-      out.scores.push_back(at::linear(hidden.select(0, i), a->classifier()).to(at::kFloat).contiguous());
+      out.scores.push_back(
+          at::linear(hidden.select(0, i), a->classifier()).to(at::Device(at::kCPU), at::kFloat).contiguous());
     }
   }
   return out;
