@@ -15,9 +15,9 @@ ClassifyOutput::ClassifyOutput(std::shared_ptr<ClassifySink> out, ClassifyResult
 void ClassifyOutput::OnScores(std::span<const float> scores) { scores_.assign(scores.begin(), scores.end()); }
 
 void ClassifyOutput::OnFinish(const engine::Finish& finish) {
-  absl::StatusOr<ClassifyResult> answer = finish.status;
-  if (finish.status.ok() && scores_.empty()) answer = absl::InternalError("the request ended without scores");
-  if (answer.ok()) {
+  absl::StatusOr<ClassifyResult> answer = absl::InternalError("the request ended without scores");
+  if (!finish.status.ok()) answer = finish.status;
+  if (finish.status.ok() && !scores_.empty()) {
     const adapters::AdapterSummary& summary = adapter_->summary();
     // Softmax in double: exp(x - max) / sum.
     const double top = *std::max_element(scores_.begin(), scores_.end());

@@ -262,6 +262,14 @@ void CheckOverGrpc(v1::Inference::Stub& inference, const model::SafetensorsFile&
   }
 }
 
+// Prints a server's log if the test has failed by the end of the scope.
+struct LogOnFailure {
+  const testing::ServerProcess* server;
+  ~LogOnFailure() {
+    if (::testing::Test::HasFailure()) std::cerr << "server log:\n" << server->Log();
+  }
+};
+
 class HeadsConformanceTest : public ::testing::TestWithParam<HeadsSetup> {
  protected:
   void SetUp() override {
@@ -279,6 +287,7 @@ class HeadsConformanceTest : public ::testing::TestWithParam<HeadsSetup> {
 TEST_P(HeadsConformanceTest, ServerMatchesPeft) {
   auto server = testing::ServerProcess::Start({"--model=" + Dir("base")});
   ASSERT_TRUE(server.ok()) << server.status();
+  const LogOnFailure log{server->get()};
   auto channel = testing::Connect((*server)->grpc_address());
   auto admin = v1::Admin::NewStub(channel);
   auto inference = v1::Inference::NewStub(channel);
@@ -350,6 +359,7 @@ TEST_P(HeadsConformanceTest, ServerMatchesPeft) {
 TEST_P(HeadsConformanceTest, UnloadingAHeadReturnsItsBytes) {
   auto server = testing::ServerProcess::Start({"--model=" + Dir("base")});
   ASSERT_TRUE(server.ok()) << server.status();
+  const LogOnFailure log{server->get()};
   auto admin = v1::Admin::NewStub(testing::Connect((*server)->grpc_address()));
   const std::string device = "adapterd_adapter_tier_bytes{tier=\"device\"}";
   auto read = [&](const std::string& series) {
@@ -378,6 +388,7 @@ TEST_P(HeadsConformanceTest, UnloadingAHeadReturnsItsBytes) {
 TEST_P(HeadsConformanceTest, BadHeadsAreRefusedByName) {
   auto server = testing::ServerProcess::Start({"--model=" + Dir("base")});
   ASSERT_TRUE(server.ok()) << server.status();
+  const LogOnFailure log{server->get()};
   auto admin = v1::Admin::NewStub(testing::Connect((*server)->grpc_address()));
   v1::AdapterInfo info;
   ASSERT_TRUE(testing::LoadAdapterByPath(*admin, "cls3", Dir("cls3"), &info).ok());
