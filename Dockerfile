@@ -23,12 +23,13 @@ COPY --from=build /src/build/server/adapterd /src/build/server/adapterctl /usr/l
 COPY --from=build /src/build/server/libadapterd_sentencepiece.so /usr/local/lib/adapterd/
 USER adapterd
 ENV ADAPTERD_CACHE_DIR=/home/adapterd/cache
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 # With no --model the server generates and serves the demo model. Mount a
 # checkpoint and pass --model=/models/NAME to serve a real one.
-# Inference listens on all interfaces; Admin only on the container's loopback
-# unless --admin_listen says otherwise. Plaintext is chosen here explicitly
+# Inference listens on all interfaces, over gRPC and the OpenAI-compatible
+# HTTP API; Admin only on the container's loopback unless --admin_listen
+# says otherwise (the HTTP API's LoRA endpoints need the admin token). Plaintext is chosen here explicitly
 # (for a mesh that terminates TLS); to serve TLS, mount a certificate and
 # pass --tls_cert_file/--tls_key_file instead of --plaintext.
 ENTRYPOINT ["adapterd", "--listen=0.0.0.0:50051", "--admin_listen=127.0.0.1:50052", \
-            "--metrics_listen=0.0.0.0:9464", "--plaintext"]
+            "--http_listen=0.0.0.0:8000", "--metrics_listen=0.0.0.0:9464", "--plaintext"]

@@ -57,7 +57,9 @@ class Server:
                 raise RuntimeError(f"adapterd exited: see {self.log.name}")
             if os.path.exists(ready):
                 with open(ready) as f:
-                    self.addr = json.load(f)["grpc"]
+                    addrs = json.load(f)
+                self.addr = addrs["grpc"]
+                self.http = addrs.get("http", "")
                 return
             time.sleep(0.05)
         raise RuntimeError("adapterd did not become ready")

@@ -1,5 +1,11 @@
-// adapterd_loadgen: drives adapterd over gRPC and reports throughput and
-// latency as one JSON object on stdout.
+// adapterd_loadgen: drives adapterd over gRPC, or over its OpenAI-compatible
+// HTTP API with --http, and reports throughput and latency as one JSON object
+// on stdout.
+//
+// --http=HOST:PORT sends the same workload as streamed /v1/completions
+// (prompt as token ids, greedy, EOS ignored, token ids returned so that
+// tokens are counted exactly): one keep-alive connection per client, SSE
+// events read as they arrive.
 //
 // Closed loop (--rate=0): --concurrency clients each send requests back to
 // back. Open loop (--rate=R): requests arrive as a Poisson process at R/s,
@@ -12,7 +18,12 @@
 // and kept out of the main figures, which then show what that prompt's
 // prefill does to everyone else. --dump_workload prints the drawn requests as
 // JSON lines and sends nothing, so other systems can replay the same work.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -35,6 +46,7 @@
 #include "adapterd/v1/inference.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Server address");
+ABSL_FLAG(std::string, http, "", "Use the HTTP API at this address instead of gRPC");
 ABSL_FLAG(int, concurrency, 1, "Closed loop: concurrent clients");
 ABSL_FLAG(double, rate, 0, "Open loop: Poisson arrivals per second (0 = closed loop)");
 ABSL_FLAG(int, requests, 8, "Requests in total");
@@ -98,6 +110,140 @@ Result RunOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateR
   return r;
 }
 
+// One keep-alive HTTP/1.1 connection that runs streamed completions.
+class HttpClient {
+ public:
+  explicit HttpClient(std::string addr) : addr_(std::move(addr)) {}
+  ~HttpClient() { Drop(); }
+
+  Result Run(const adapterd::v1::GenerateRequest& req) {
+    Result r;
+    std::string body = absl::StrFormat(
+        R"({"prompt": [%s], "max_tokens": %d, "temperature": 0, "ignore_eos": true, "stream": true, )"
+        R"("return_token_ids": true%s})",
+        absl::StrJoin(req.prompt_token_ids(), ","), req.sampling().max_new_tokens(),
+        req.adapter_id().empty() ? "" : absl::StrFormat(R"(, "model": "%s")", req.adapter_id()));
+    const std::string head = absl::StrFormat(
+        "POST /v1/completions HTTP/1.1\r\nHost: adapterd\r\nContent-Type: application/json\r\n"
+        "Content-Length: %d\r\n\r\n",
+        body.size());
+    const absl::Time start = absl::Now();
+    absl::Time last = start;
+    if (!Connect() || !Send(head + body)) {
+      r.error = "cannot send";
+      Drop();
+      return r;
+    }
+    // Headers, then chunks; the body's SSE events are scanned for token ids.
+    std::string events;
+    bool headers_done = false, ended = false;
+    while (!ended) {
+      if (!headers_done) {
+        const size_t end = buf_.find("\r\n\r\n");
+        if (end != std::string::npos) {
+          if (buf_.compare(0, 12, "HTTP/1.1 200") != 0) {
+            r.error = buf_.substr(0, buf_.find("\r\n"));
+            Drop();
+            return r;
+          }
+          buf_.erase(0, end + 4);
+          headers_done = true;
+          continue;
+        }
+      } else {
+        const size_t eol = buf_.find("\r\n");
+        if (eol != std::string::npos) {
+          const size_t size = std::stoul(buf_.substr(0, eol), nullptr, 16);
+          if (buf_.size() >= eol + 2 + size + 2) {
+            events.append(buf_, eol + 2, size);
+            buf_.erase(0, eol + 2 + size + 2);
+            ended = size == 0;
+            const int n = CountTokens(events);
+            if (n > 0) {
+              const absl::Time now = absl::Now();
+              for (int i = 0; i < n; ++i) {
+                if (r.tokens == 0) {
+                  r.ttft = absl::ToDoubleSeconds(now - start);
+                } else {
+                  r.gaps.push_back(absl::ToDoubleSeconds(now - last) / n);
+                }
+                ++r.tokens;
+              }
+              last = now;
+            }
+            continue;
+          }
+        }
+      }
+      if (!Receive()) {
+        r.error = "connection closed";
+        Drop();
+        return r;
+      }
+    }
+    r.duration = absl::ToDoubleSeconds(last - start);
+    r.ok = true;
+    return r;
+  }
+
+ private:
+  // Counts the token ids of the complete events in `events` and drops them.
+  static int CountTokens(std::string& events) {
+    int n = 0;
+    size_t end;
+    while ((end = events.find("\n\n")) != std::string::npos) {
+      const size_t ids = events.find("\"token_ids\":[");
+      if (ids != std::string::npos && ids < end) {
+        const size_t close = events.find(']', ids);
+        const std::string list = events.substr(ids + 13, close - ids - 13);
+        if (!list.empty()) n += 1 + static_cast<int>(std::count(list.begin(), list.end(), ','));
+      }
+      events.erase(0, end + 2);
+    }
+    return n;
+  }
+  bool Connect() {
+    if (fd_ >= 0) return true;
+    const size_t colon = addr_.rfind(':');
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(addr_.substr(colon + 1))));
+    inet_pton(AF_INET, addr_.substr(0, colon).c_str(), &a.sin_addr);
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      Drop();
+      return false;
+    }
+    return true;
+  }
+  bool Send(const std::string& bytes) {
+    for (size_t off = 0; off < bytes.size();) {
+      const ssize_t n = send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      off += static_cast<size_t>(n);
+    }
+    return true;
+  }
+  bool Receive() {
+    char chunk[16384];
+    const ssize_t n = recv(fd_, chunk, sizeof chunk, 0);
+    if (n <= 0) return false;
+    buf_.append(chunk, static_cast<size_t>(n));
+    return true;
+  }
+  void Drop() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    buf_.clear();
+  }
+
+  const std::string addr_;
+  int fd_ = -1;
+  std::string buf_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,7 +295,15 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RunOne(*stub, reqs[i]);
+  // Each client thread has its own HTTP connection; gRPC clients share the channel.
+  const std::string http = absl::GetFlag(FLAGS_http);
+  auto run = [&](const adapterd::v1::GenerateRequest& req) {
+    if (http.empty()) return RunOne(*stub, req);
+    thread_local std::unique_ptr<HttpClient> client;
+    if (client == nullptr) client = std::make_unique<HttpClient>(http);
+    return client->Run(req);
+  };
+  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) run(reqs[i]);
 
   // The injected long prompt runs on its own thread next to the workload.
   Result injected;
@@ -161,9 +315,9 @@ int main(int argc, char** argv) {
     }
     req.mutable_sampling()->set_max_new_tokens(8);
     req.mutable_sampling()->set_ignore_eos(true);
-    inject_thread = std::thread([&stub, &injected, req] {
+    inject_thread = std::thread([&run, &injected, req] {
       absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_inject_at_s)));
-      injected = RunOne(*stub, req);
+      injected = run(req);
     });
   }
 
@@ -175,7 +329,7 @@ int main(int argc, char** argv) {
     const double t0 = arrivals[first];
     for (int i = first; i < total; ++i) {
       absl::SleepFor(absl::Seconds(arrivals[i] - t0) - (absl::Now() - start));
-      threads.emplace_back([&, i] { results[i - first] = RunOne(*stub, reqs[i]); });
+      threads.emplace_back([&, i] { results[i - first] = run(reqs[i]); });
     }
     for (auto& th : threads) th.join();
   } else {
@@ -183,7 +337,7 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) {
       threads.emplace_back([&] {
-        for (int i = next++; i < total; i = next++) results[i - first] = RunOne(*stub, reqs[i]);
+        for (int i = next++; i < total; i = next++) results[i - first] = run(reqs[i]);
       });
     }
     for (auto& th : threads) th.join();

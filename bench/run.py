@@ -4,6 +4,7 @@
   ./x bench decode [--runs 7] [--new-tokens 128] [--threads 2]
   ./x bench lora   [--runs 5] [--adapters 8] [--rank 16] [--new-tokens 128]
   ./x bench serving [--adapters 1,8,64,256] [--requests 64] [--runs 3]
+  ./x bench http   [--adapters 64] [--concurrency 32] [--runs 5]   (bench/http_bench.py)
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
+import http_bench  # noqa: E402
 import tiers  # noqa: E402
 from common import (MODEL_100M, Server, dump_workload, ensure_model, load_config, loadgen,  # noqa: E402
                     log, make_peft_loras, work_dir, write_bottleneck, write_lora)
@@ -346,6 +348,37 @@ def cmd_kinds(a):
     print("\n" + json.dumps({"medians": med, "runs": results}))
 
 
+def cmd_text(a):
+    """Tokenizer throughput beside HF tokenizers, and the streaming detokenizer's
+    share of a decode step on the ~100M model (it runs on the engine thread,
+    once per generated token)."""
+    import text as text_bench
+    res = text_bench.run(["--build", a.build, "--runs", str(a.runs), "--vocab", str(a.vocab)])
+    work = work_dir()
+    base = ensure_model(work, "llama-100m", a.build)
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
+    vocab = MODEL_100M["vocab"]
+    rows = []
+    try:
+        for conc in (1, 32):
+            common = dict(requests=conc * 2, warmup=0, concurrency=conc, vocab=vocab, prompt_min=16,
+                          prompt_max=16, output_min=64, output_max=64)
+            loadgen(a.build, server.addr, **dict(common, output_min=4, output_max=4))  # warm-up
+            rates = [loadgen(a.build, server.addr, **common)["throughput_tok_s"] for _ in range(a.runs)]
+            tok_s = statistics.median(rates)
+            # Tokens per second times seconds of detokenization per token: the
+            # fraction of the engine thread's time the detokenizer takes.
+            rows.append((conc, tok_s, res["decode_us_per_token"] * 1e-6 * tok_s))
+    finally:
+        server.stop()
+    print(f"\nStreaming detokenization as a share of decode on the ~100M Llama ({a.threads} threads, "
+          f"greedy, 64 new tokens, median of {a.runs} runs; {res['decode_us_per_token']:.3f} µs per token):\n")
+    print("| concurrent streams | decode tok/s | detokenizer share of the engine thread |")
+    print("|---:|---:|---:|")
+    for conc, tok_s, share in rows:
+        print(f"| {conc} | {tok_s:.1f} | {100 * share:.4f}% |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--build", required=True, help="CMake build directory")
@@ -390,15 +423,24 @@ def main():
     k.add_argument("--reduction-factor", type=int, default=11)
     k.add_argument("--new-tokens", type=int, default=128)
     k.add_argument("--threads", type=int, default=os.cpu_count())
+    t = sub.add_parser("text", help="tokenizer throughput vs HF tokenizers; detokenizer share of a decode step")
+    t.add_argument("--runs", type=int, default=5)
+    t.add_argument("--vocab", type=int, default=32000)
+    t.add_argument("--threads", type=int, default=os.cpu_count())
     tiers.add_parser(sub, os.cpu_count())
     tiers.add_loader_nice_parser(sub, os.cpu_count())
     tiers.add_pair_parser(sub)
+    http_bench.add_parser(sub, os.cpu_count())
     a = p.parse_args()
+    if a.cmd == "http":
+        http_bench.cmd_http(a)
+        return
     if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
         {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,
          "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a)
         return
-    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds}[a.cmd](a)
+    {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds,
+     "text": cmd_text}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,13 @@
 #include "absl/time/clock.h"
 #include "prometheus/registry.h"
 #include "server/core/server_core.h"
-#include "server/metrics/metrics_http_server.h"
+#include "server/http/http_server.h"
+#include "server/http/metrics_service.h"
+#include "server/http/openai_service.h"
+#include "server/metrics/http_metrics.h"
 #include "server/metrics/rpc_metrics.h"
 #include "server/rpc/admin_service.h"
-#include "server/rpc/call_auth.h"
+#include "server/auth/call_authenticator.h"
 #include "server/rpc/grpc_server.h"
 #include "server/rpc/inference_service.h"
 
@@ -45,9 +48,28 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:por
 ABSL_FLAG(std::string, admin_listen, "",
           "Admin API listen address; empty serves Admin on --listen, which must then be a loopback "
           "address");
+ABSL_FLAG(std::string, http_listen, "",
+          "OpenAI-compatible HTTP API listen address (host:port; port 0 = any); empty disables it");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The base model's name in the HTTP API's `model` field and metric labels; empty: the checkpoint "
+          "directory's name");
+ABSL_FLAG(int, http_threads, 2, "I/O threads of the HTTP listener, shared by all its connections");
+ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{4} << 20, "Largest HTTP request body accepted (413 beyond)");
+ABSL_FLAG(int64_t, http_max_pending_bytes, int64_t{1} << 20,
+          "Output a streamed HTTP response may hold back for a client that reads slowly before its request is "
+          "cancelled and its connection closed");
+ABSL_FLAG(double, http_write_timeout_seconds, 30,
+          "How long one HTTP write may wait for the client to read before the connection is closed (and its "
+          "request cancelled)");
+ABSL_FLAG(double, http_idle_timeout_seconds, 60,
+          "How long an HTTP request may take to arrive, and a kept-alive connection may sit idle");
+ABSL_FLAG(int64_t, http_max_connections, 10000, "Open HTTP connections beyond which new ones are closed at once");
+ABSL_FLAG(int, http_send_buffer_bytes, 0,
+          "SO_SNDBUF of each HTTP connection: bounds what the kernel holds for a client that does not read "
+          "(0 = the kernel's autotuning)");
 ABSL_FLAG(bool, plaintext, false,
-          "Serve gRPC without TLS. Required, as an explicit choice, when no --tls_cert_file is set");
-ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain for TLS on both gRPC listeners");
+          "Serve gRPC and HTTP without TLS. Required, as an explicit choice, when no --tls_cert_file is set");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain for TLS on the gRPC and HTTP listeners");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "",
           "PEM CA bundle: clients may present certificates signed by it (mutual TLS); their names can "
@@ -91,7 +113,7 @@ ABSL_FLAG(int64_t, max_upload_mb, 1024, "Largest adapter upload (all files toget
 ABSL_FLAG(int, metrics_max_adapter_labels, 100,
           "Adapter ids that get their own metric label; the rest share adapter=\"other\"");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
-          "Prometheus /metrics listen address (host:port; port 0 = any; empty disables)");
+          "Prometheus /metrics listen address, plaintext HTTP (host:port; port 0 = any; empty disables)");
 ABSL_FLAG(int, threads, 0, "Compute threads for the model (0 = number of cores)");
 ABSL_FLAG(std::string, dtype, "float32", "Weight and activation dtype: float32, bfloat16, float16");
 ABSL_FLAG(int64_t, max_batch_size, 64, "Sequences in one forward step");
@@ -133,18 +155,18 @@ bool SetLogLevel(const std::string& level) {
 
 // Tokens come from files or the environment and are never logged; only
 // where they came from is.
-absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> MakeAuthenticator() {
-  adapterd::rpc::CallAuthOptions o;
+absl::StatusOr<std::unique_ptr<adapterd::auth::CallAuthenticator>> MakeAuthenticator() {
+  adapterd::auth::CallAuthOptions o;
   const std::string mode = absl::GetFlag(FLAGS_admin_auth);
   if (mode != "token" && mode != "none") {
     return absl::InvalidArgumentError("--admin_auth must be 'token' or 'none'");
   }
   o.admin_open = mode == "none";
   absl::StatusOr<std::string> admin =
-      adapterd::rpc::ReadSecret(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
+      adapterd::auth::ReadSecret(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
   if (!admin.ok()) return admin.status();
   absl::StatusOr<std::string> inference =
-      adapterd::rpc::ReadSecret(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
+      adapterd::auth::ReadSecret(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
   if (!inference.ok()) return inference.status();
   if (!admin->empty() && *admin == *inference) {
     return absl::InvalidArgumentError("the admin and inference tokens must differ");
@@ -177,7 +199,7 @@ absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> MakeAuthentica
     LOG(INFO) << "Inference API: bearer token from "
               << source(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
   }
-  return std::make_unique<adapterd::rpc::CallAuthenticator>(std::move(o));
+  return std::make_unique<adapterd::auth::CallAuthenticator>(std::move(o));
 }
 
 // The core's options from the flags; errors name the flag.
@@ -214,6 +236,25 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
   o.adapter_roots = absl::GetFlag(FLAGS_adapter_roots);
   o.metrics_max_adapter_labels = absl::GetFlag(FLAGS_metrics_max_adapter_labels);
+  o.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  return o;
+}
+
+// The HTTP listeners' options from the flags (TLS as for gRPC).
+adapterd::http::HttpServerOptions HttpOptions(const std::string& address, adapterd::metrics::HttpMetrics* metrics) {
+  adapterd::http::HttpServerOptions o;
+  o.listen_address = address;
+  o.threads = absl::GetFlag(FLAGS_http_threads);
+  o.max_body_bytes = absl::GetFlag(FLAGS_http_max_body_bytes);
+  o.idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_idle_timeout_seconds));
+  o.write_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_write_timeout_seconds));
+  o.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  o.send_buffer_bytes = absl::GetFlag(FLAGS_http_send_buffer_bytes);
+  o.plaintext = absl::GetFlag(FLAGS_plaintext);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.metrics = metrics;
   return o;
 }
 
@@ -227,7 +268,7 @@ int Fail(const absl::Status& status) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Serves a Llama-family base model and its adapters over gRPC.\n"
+      "Serves a Llama-family base model and its adapters over gRPC and an OpenAI-compatible HTTP API.\n"
       "Usage: adapterd [--model=DIR] [--listen=HOST:PORT] [--flagfile=FILE] ...\n"
       "A --flagfile holds one --flag=value per line and mirrors these flags.");
   absl::FlagsUsageConfig usage;
@@ -257,11 +298,17 @@ int main(int argc, char** argv) {
   absl::StatusOr<adapterd::core::ServerCoreOptions> options = CoreOptions();
   if (!options.ok()) return Fail(options.status());
   auto registry = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<adapterd::metrics::MetricsHttpServer> metrics_server;
+  adapterd::metrics::HttpMetrics http_metrics(*registry);
+  adapterd::http::MetricsService metrics_service(registry.get(), &http_metrics);
+  std::unique_ptr<adapterd::http::HttpServer> metrics_server;
   std::string metrics_address = "disabled";
   if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    absl::StatusOr<std::unique_ptr<adapterd::metrics::MetricsHttpServer>> m =
-        adapterd::metrics::MetricsHttpServer::Start(addr, registry);
+    adapterd::http::HttpServerOptions o = HttpOptions(addr, &http_metrics);
+    o.name = "metrics";
+    o.threads = 1;
+    o.plaintext = true;  // Prometheus scrapes, as before the HTTP API existed
+    absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> m =
+        adapterd::http::HttpServer::Start(o, &metrics_service);
     if (!m.ok()) return Fail(m.status());
     metrics_server = *std::move(m);
     metrics_address = metrics_server->address();
@@ -272,7 +319,7 @@ int main(int argc, char** argv) {
   LOG(INFO) << threads << " compute threads";
   adapterd::metrics::RpcMetrics rpc_metrics(*registry);
 
-  absl::StatusOr<std::unique_ptr<adapterd::rpc::CallAuthenticator>> auth = MakeAuthenticator();
+  absl::StatusOr<std::unique_ptr<adapterd::auth::CallAuthenticator>> auth = MakeAuthenticator();
   if (!auth.ok()) return Fail(auth.status());
   adapterd::rpc::InferenceService inference(core->get(), &rpc_metrics, auth->get());
   adapterd::rpc::AdminOptions admin_options;
@@ -317,18 +364,42 @@ int main(int argc, char** argv) {
     admin_address = admin_server->address();
   }
 
+  adapterd::http::OpenAiServiceOptions openai_options;
+  openai_options.auth = auth->get();
+  openai_options.registry = registry.get();
+  openai_options.metrics = &http_metrics;
+  openai_options.max_pending_bytes = absl::GetFlag(FLAGS_http_max_pending_bytes);
+  adapterd::http::OpenAiService openai(core->get(), openai_options);
+  std::unique_ptr<adapterd::http::HttpServer> http_server;
+  std::string http_address;
+  if (const std::string addr = absl::GetFlag(FLAGS_http_listen); !addr.empty()) {
+    if ((*auth)->admin_open() && !adapterd::rpc::IsLoopbackAddress(addr)) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "--http_listen=", addr, " is not a loopback address and --admin_auth=none would open its LoRA "
+          "load/unload endpoints to anyone who reaches it: configure an admin token or client names")));
+    }
+    absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> h =
+        adapterd::http::HttpServer::Start(HttpOptions(addr, &http_metrics), &openai);
+    if (!h.ok()) return Fail(h.status());
+    http_server = *std::move(h);
+    http_address = http_server->address();
+  }
+
   if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
     const std::string tmp = f + ".tmp";
     std::ofstream(tmp) << absl::StrFormat(
-                              R"({"grpc": "%s", "admin": "%s", "metrics": "%s", "pid": %d})",
-                              (*server)->address(), admin_address, metrics_address, getpid())
+                              R"({"grpc": "%s", "admin": "%s", "metrics": "%s", "http": "%s", "pid": %d})",
+                              (*server)->address(), admin_address, metrics_address, http_address, getpid())
                        << "\n";
     std::rename(tmp.c_str(), f.c_str());
   }
   LOG(INFO) << "ready: grpc " << (*server)->address() << ", admin " << admin_address
-            << ", metrics http://" << metrics_address << "/metrics";
+            << ", metrics http://" << metrics_address << "/metrics"
+            << (http_address.empty() ? "" : ", http " + http_address) << ", model \""
+            << (*core)->served_model_name() << "\"";
   std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  admin:   "
-            << admin_address << "\n  metrics: http://" << metrics_address
+            << admin_address << (http_address.empty() ? "" : "\n  HTTP:    http" + std::string(absl::GetFlag(FLAGS_plaintext) ? "" : "s") + "://" + http_address + "/v1 (model \"" + (*core)->served_model_name() + "\")")
+            << "\n  metrics: http://" << metrics_address
             << "/metrics\n  try:     ./x ctl generate --addr=" << (*server)->address()
             << " --prompt=1,2,3 --max_new_tokens=16"
             << ((*core)->demo() && absl::GetFlag(FLAGS_demo_adapters) ? " --adapter=demo-qv-r4" : "") << "\n"
@@ -344,11 +415,16 @@ int main(int argc, char** argv) {
   // does the transport shut down, so that clients meet its own shutdown
   // race (CANCELLED) only in the last moment, not for the whole grace.
   const absl::Time deadline = absl::Now() + grace;
+  // HTTP mirrors it: new requests get 503, /health says 503, and responses
+  // ask clients to close their connections, while streams run on.
   (*core)->BeginShutdown(grace);
   (*server)->MarkNotServing();
+  if (http_server != nullptr) http_server->BeginDrain();
   if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
   (*core)->AwaitStopped(deadline + absl::Seconds(1));
+  if (http_server != nullptr) http_server->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
   (*server)->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
+  if (metrics_server != nullptr) metrics_server->Shutdown(absl::ZeroDuration());
   core->reset();
   LOG(INFO) << "shut down cleanly";
   return 0;

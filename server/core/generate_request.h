@@ -37,6 +37,10 @@ struct GenerateRequest {
   bool skip_special_tokens = true;  // for the returned text
   std::vector<std::string> stop;    // stop strings
   bool include_stop_string = false;
+  // Replaces engine.sampling.max_new_tokens with what the context length
+  // leaves after the prompt, capped by the server's --max_new_tokens: for
+  // APIs whose length limit is optional.
+  bool max_new_tokens_to_context = false;
 };
 
 // Output since the previous chunk: token ids (with logprobs when asked),

@@ -1,5 +1,7 @@
 #include "server/core/server_core.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <utility>
 
 #include "absl/log/log.h"
@@ -15,6 +17,15 @@ namespace adapterd::core {
 namespace {
 
 std::string StatusCodeName(const absl::Status& s) { return absl::StatusCodeToString(s.code()); }
+
+// The name KV cache dtypes have in vLLM's cache_config_info.
+std::string DtypeName(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Half: return "float16";
+    default: return "float32";
+  }
+}
 
 }  // namespace
 
@@ -50,6 +61,13 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
     return absl::InvalidArgumentError(
         absl::StrCat("--adapter_loader_nice must be in [0, 19], not ", options.cache.loader_nice));
   }
+  served_model_name_ = options.served_model_name;
+  if (served_model_name_.empty()) {
+    served_model_name_ = std::filesystem::path(model_dir_).lexically_normal().filename().string();
+    if (served_model_name_.empty()) {
+      served_model_name_ = std::filesystem::path(model_dir_).lexically_normal().parent_path().filename().string();
+    }
+  }
   absl::StatusOr<adapters::PathPolicy> paths = adapters::PathPolicy::Create(options.adapter_roots);
   if (!paths.ok()) return paths.status();
   paths_ = *std::move(paths);
@@ -67,12 +85,14 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
             << " weight bytes, loaded in " << absl::FormatDuration(absl::Now() - load_start);
 
   labels_ = std::make_unique<metrics::AdapterLabels>(options.metrics_max_adapter_labels);
-  engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get());
+  engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get(), served_model_name_);
   adapter_metrics_ = std::make_unique<metrics::AdapterMetrics>(metrics, labels_.get());
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
       engine::Engine::Create(*std::move(model), options.engine, engine_metrics_.get());
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
+  engine_metrics_->SetCacheConfig(options.engine.kv_block_size, engine_->GetStats().kv_total_blocks,
+                                  DtypeName(options.model.dtype));
   if (!options.adapter_store.empty()) {
     absl::StatusOr<std::unique_ptr<adapters::AdapterStore>> s = adapters::AdapterStore::Open(options.adapter_store);
     if (!s.ok()) return s.status();
@@ -84,6 +104,7 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
                                                           adapter_metrics_.get());
   if (absl::Status st = Restore(options); !st.ok()) return st;
   PublishAdapterGauges();
+  started_at_ = absl::Now();
   return absl::OkStatus();
 }
 
@@ -134,6 +155,12 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(cons
                                                                            std::shared_ptr<GenerateSink> sink) {
   const bool tokenized = request.engine.prompt.empty();
   if (absl::Status st = prompts_->Build(request); !st.ok()) return st;
+  if (request.max_new_tokens_to_context) {
+    int64_t room = model_config().max_position_embeddings - static_cast<int64_t>(request.engine.prompt.size());
+    if (options_.engine.max_new_tokens > 0) room = std::min(room, options_.engine.max_new_tokens);
+    // A prompt that leaves no room is reported by the checks below.
+    request.engine.sampling.max_new_tokens = std::max<int64_t>(room, 1);
+  }
   if (tokenized) {
     const char* what = request.prompt_text.has_value() ? "prompt_text" : "chat";
     const int64_t n = static_cast<int64_t>(request.engine.prompt.size());

@@ -35,6 +35,10 @@ struct ServerCoreOptions {
   std::string model_dir;
   std::string cache_dir;
   bool demo_adapters = true;
+  // The base model's name for clients that select models by name (the
+  // OpenAI API's `model`) and for metric labels; empty: the checkpoint
+  // directory's basename.
+  std::string served_model_name;
   model::ModelOptions model;
   engine::EngineOptions engine;
   adapters::AdapterCacheOptions cache;
@@ -123,6 +127,10 @@ class ServerCore {
   const model::ModelConfig& model_config() const { return engine_->model_config(); }
   // The checkpoint directory served (the demo's when none was given).
   const std::string& model_dir() const { return model_dir_; }
+  // The base model's name (ServerCoreOptions::served_model_name).
+  const std::string& served_model_name() const { return served_model_name_; }
+  // When the core started serving.
+  absl::Time started_at() const { return started_at_; }
   bool demo() const { return demo_; }
   const adapters::AdapterRegistry& registry() const { return *registry_; }
   const engine::Engine& engine() const { return *engine_; }
@@ -138,6 +146,8 @@ class ServerCore {
   void PublishAdapterGauges();
 
   std::string model_dir_;
+  std::string served_model_name_;
+  absl::Time started_at_;
   bool demo_ = false;
   ServerCoreOptions options_;
   std::optional<adapters::PathPolicy> paths_;

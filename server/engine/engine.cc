@@ -537,9 +537,8 @@ void Engine::PublishStats() {
   stat_waiting_ = static_cast<int64_t>(waiting_.size());
   stat_kv_free_ = kv_->free_blocks();
   if (metrics_ != nullptr) {
-    metrics_->running_requests().Set(static_cast<double>(running_.size()));
-    metrics_->waiting_requests().Set(static_cast<double>(waiting_.size()));
-    metrics_->kv_cache_utilization().Set(kv_->utilization());
+    metrics_->SetSchedulerState(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()),
+                                kv_->utilization());
     std::map<std::string, std::pair<int64_t, int64_t>> activity;
     auto id = [](const Sequence& s) { return s.request.adapter ? s.request.adapter->adapter_id() : std::string(); };
     for (const auto& s : running_) ++activity[id(*s)].first;

@@ -5,7 +5,18 @@
 
 namespace adapterd::metrics {
 
-EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels)
+namespace {
+
+// One vLLM-named gauge with vLLM's model_name and engine labels.
+prometheus::Gauge* VllmGauge(prometheus::Registry& r, const char* name, const char* help,
+                             const std::string& model_name) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add(
+      {{"model_name", model_name}, {"engine", "0"}});
+}
+
+}  // namespace
+
+EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels, const std::string& model_name)
     : labels_(labels),
       ttft_(AddHistogram(r, "adapterd_time_to_first_token_seconds",
                          "Time from arrival to the first generated token", LatencyBuckets())),
@@ -36,7 +47,48 @@ EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels)
                                .Name("vllm:lora_requests_info")
                                .Help("vLLM-compatible: adapters of running and waiting requests as "
                                      "comma-separated labels; value = last update (unix seconds)")
-                               .Register(r)) {}
+                               .Register(r)),
+      model_name_(model_name),
+      vllm_running_(VllmGauge(r, "vllm:num_requests_running",
+                              "vLLM-compatible: requests in the running batch (as adapterd_requests_running)",
+                              model_name)),
+      vllm_waiting_(VllmGauge(r, "vllm:num_requests_waiting",
+                              "vLLM-compatible: requests waiting for admission (as adapterd_requests_waiting)",
+                              model_name)),
+      vllm_kv_usage_(VllmGauge(r, "vllm:kv_cache_usage_perc",
+                               "vLLM-compatible: fraction of KV cache blocks in use, 1 = 100% "
+                               "(as adapterd_kv_cache_utilization)",
+                               model_name)),
+      vllm_gpu_cache_usage_(VllmGauge(r, "vllm:gpu_cache_usage_perc",
+                                      "vLLM-compatible, deprecated alias of vllm:kv_cache_usage_perc for "
+                                      "routers that still read it",
+                                      model_name)),
+      cache_config_info_(&prometheus::BuildGauge()
+                              .Name("vllm:cache_config_info")
+                              .Help("vLLM-compatible: information about the KV cache configuration (value 1)")
+                              .Register(r)) {}
+
+void EngineMetrics::SetSchedulerState(int64_t running, int64_t waiting, double kv_usage) {
+  running_->Set(static_cast<double>(running));
+  waiting_->Set(static_cast<double>(waiting));
+  kv_utilization_->Set(kv_usage);
+  vllm_running_->Set(static_cast<double>(running));
+  vllm_waiting_->Set(static_cast<double>(waiting));
+  vllm_kv_usage_->Set(kv_usage);
+  vllm_gpu_cache_usage_->Set(kv_usage);
+}
+
+void EngineMetrics::SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype) {
+  cache_config_info_
+      ->Add({{"engine", "0"},
+             {"block_size", std::to_string(block_size)},
+             {"num_gpu_blocks", std::to_string(num_blocks)},
+             {"num_cpu_blocks", "0"},
+             {"cache_dtype", cache_dtype},
+             {"enable_prefix_caching", "False"},
+             {"sliding_window", "None"}})
+      .Set(1);
+}
 
 void EngineMetrics::SetAdapterActivity(const std::map<std::string, std::pair<int64_t, int64_t>>& by_adapter,
                                        int64_t max_batch_size) {

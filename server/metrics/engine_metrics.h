@@ -20,12 +20,17 @@ namespace adapterd::metrics {
 
 // Registers the engine's families in a registry owned by the caller; the
 // engine records into them from its thread. The per-adapter series take
-// their labels from `labels`, which must outlive this object. Thread-safe:
-// prometheus-cpp metrics are atomic, and the activity series are replaced
-// under this object's own (leaf) lock.
+// their labels from `labels`, which must outlive this object. Beside
+// adapterd's own families it exports, under vLLM's names and meanings, the
+// gauges that routers read (vllm:num_requests_running/_waiting,
+// vllm:kv_cache_usage_perc and its older alias vllm:gpu_cache_usage_perc,
+// vllm:lora_requests_info, vllm:cache_config_info;
+// see docs/metrics.md), labelled model_name=`model_name` and engine="0" as
+// vLLM labels them. Thread-safe: prometheus-cpp metrics are atomic, and the
+// activity series are replaced under this object's own (leaf) lock.
 class EngineMetrics {
  public:
-  EngineMetrics(prometheus::Registry& registry, AdapterLabels* labels);
+  EngineMetrics(prometheus::Registry& registry, AdapterLabels* labels, const std::string& model_name = "");
   EngineMetrics(const EngineMetrics&) = delete;
   EngineMetrics& operator=(const EngineMetrics&) = delete;
 
@@ -34,6 +39,14 @@ class EngineMetrics {
   // (bounded labels) and vLLM's router-compatible vllm:lora_requests_info.
   void SetAdapterActivity(const std::map<std::string, std::pair<int64_t, int64_t>>& by_adapter,
                           int64_t max_batch_size) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The scheduler's load after a step: running and waiting requests and
+  // the fraction (0..1) of KV cache blocks in use, in adapterd's gauges and
+  // vLLM's.
+  void SetSchedulerState(int64_t running, int64_t waiting, double kv_usage);
+  // vllm:cache_config_info, an info gauge (value 1) whose labels describe
+  // the KV cache; set once, when the cache exists.
+  void SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype);
 
   prometheus::Histogram& time_to_first_token() { return *ttft_; }
   prometheus::Histogram& time_per_output_token() { return *tpot_; }
@@ -65,6 +78,12 @@ class EngineMetrics {
   prometheus::Family<prometheus::Gauge>* adapter_running_;
   prometheus::Family<prometheus::Gauge>* adapter_waiting_;
   prometheus::Family<prometheus::Gauge>* lora_requests_info_;
+  const std::string model_name_;
+  prometheus::Gauge* vllm_running_;
+  prometheus::Gauge* vllm_waiting_;
+  prometheus::Gauge* vllm_kv_usage_;
+  prometheus::Gauge* vllm_gpu_cache_usage_;
+  prometheus::Family<prometheus::Gauge>* cache_config_info_;
 
   absl::Mutex mu_;
   prometheus::Gauge* lora_info_current_ ABSL_GUARDED_BY(mu_) = nullptr;

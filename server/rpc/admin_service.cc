@@ -54,8 +54,7 @@ AdminService::AdminService(core::ServerCore* core, metrics::RpcMetrics* metrics,
     : core_(core), metrics_(metrics), options_(options) {}
 
 absl::Status AdminService::Authorize(const grpc::CallbackServerContext& ctx) const {
-  if (options_.auth == nullptr) return absl::OkStatus();
-  return options_.auth->Authorize(ctx, Role::kAdmin);
+  return AuthorizeCall(options_.auth, ctx, Role::kAdmin);
 }
 
 namespace {

@@ -1,87 +1,25 @@
-// Who may call which service: bearer tokens and client-certificate names.
+// Credentials of a gRPC call, for the transport-neutral authenticator.
 #ifndef ADAPTERD_SERVER_RPC_CALL_AUTH_H_
 #define ADAPTERD_SERVER_RPC_CALL_AUTH_H_
 
 #include <grpcpp/server_context.h>
 
-#include <optional>
-#include <string>
-#include <vector>
-
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
+#include "server/auth/call_authenticator.h"
 
 namespace adapterd::rpc {
 
-// The two roles. Admin includes Inference: an admin credential may also
-// generate.
-enum class Role { kInference, kAdmin };
+using auth::CallAuthenticator;
+using auth::Role;
 
-struct CallAuthOptions {
-  // Bearer tokens; empty means no token grants that role.
-  std::string admin_token;
-  std::string inference_token;
-  // Names (certificate common name or subject alternative name) of verified
-  // TLS client certificates that grant each role.
-  std::vector<std::string> admin_client_names;
-  std::vector<std::string> inference_client_names;
-  // Admin calls need no credential at all. Chosen only explicitly
-  // (--admin_auth=none); never the default.
-  bool admin_open = false;
-};
+// Reads the bearer token ("authorization" metadata) and the verified
+// client-certificate names of a call.
+auth::PresentedCredentials CredentialsOf(const grpc::ServerContextBase& ctx);
 
-// What one call presented, taken from its metadata and its TLS peer.
-struct PresentedCredentials {
-  std::optional<std::string> bearer_token;  // from "authorization: Bearer ..."
-  bool malformed_authorization = false;     // an authorization header of another form
-  std::vector<std::string> client_names;    // verified client-certificate names
-};
-
-// Reads the bearer token and the verified client-certificate names of a call.
-PresentedCredentials CredentialsOf(const grpc::ServerContextBase& ctx);
-
-// Decides whether a call may use a role: UNAUTHENTICATED when it presents no
-// valid credential, PERMISSION_DENIED when its credential is valid but only
-// for the inference role. Tokens are compared in constant time, and no
-// message ever contains a presented or configured secret. Immutable after
-// construction, so thread-safe.
-class CallAuthenticator {
- public:
-  explicit CallAuthenticator(CallAuthOptions options) : options_(std::move(options)) {}
-
-  absl::Status Authorize(const PresentedCredentials& creds, Role role) const;
-  // Reads the call's credentials only when the role needs one, so open
-  // inference calls pay nothing.
-  absl::Status Authorize(const grpc::ServerContextBase& ctx, Role role) const {
-    if (role == Role::kAdmin ? options_.admin_open : !inference_protected()) return absl::OkStatus();
-    return Authorize(CredentialsOf(ctx), role);
-  }
-
-  // True when inference calls need a credential.
-  bool inference_protected() const {
-    return !options_.inference_token.empty() || !options_.inference_client_names.empty();
-  }
-  // True when some credential can make admin calls (or none is needed).
-  bool admin_reachable() const {
-    return options_.admin_open || !options_.admin_token.empty() || !options_.admin_client_names.empty();
-  }
-
- private:
-  enum class Grant { kNone, kInference, kAdmin };
-  Grant TokenGrant(const std::string& token) const;
-  Grant NameGrant(const std::vector<std::string>& names) const;
-
-  const CallAuthOptions options_;
-};
-
-// Compares two secrets in time that depends only on their lengths.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
-
-// A token from a file (surrounding whitespace trimmed) or, when `path` is
-// empty, from the environment variable `env` (empty result when unset).
-// Errors name the file, never its contents.
-absl::StatusOr<std::string> ReadSecret(const std::string& path, const char* env);
+// Whether the call may use `role`. Reads the call's credentials only when
+// the role needs one, so open inference calls pay nothing; a null
+// authenticator lets every call in (in-process tests only).
+absl::Status AuthorizeCall(const CallAuthenticator* authenticator, const grpc::ServerContextBase& ctx, Role role);
 
 }  // namespace adapterd::rpc
 

@@ -51,9 +51,7 @@ class CallCore {
   // Translates and submits; on error nothing was submitted.
   absl::Status Submit(const GenerateRequest& req, const grpc::CallbackServerContext& ctx,
                       std::shared_ptr<core::GenerateSink> sink) {
-    if (deps_.auth != nullptr) {
-      if (absl::Status st = deps_.auth->Authorize(ctx, Role::kInference); !st.ok()) return st;
-    }
+    if (absl::Status st = AuthorizeCall(deps_.auth, ctx, Role::kInference); !st.ok()) return st;
     absl::StatusOr<core::GenerateRequest> r = TranslateGenerateRequest(req);
     if (!r.ok()) return r.status();
     r->engine.id = id_;
@@ -428,7 +426,7 @@ grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
                                                      const adapterd::v1::TokenizeRequest* request,
                                                      adapterd::v1::TokenizeResponse* response) {
-  absl::Status st = auth_ != nullptr ? auth_->Authorize(*context, Role::kInference) : absl::OkStatus();
+  absl::Status st = AuthorizeCall(auth_, *context, Role::kInference);
   if (st.ok()) {
     std::optional<std::string> text;
     if (request->has_text()) text = request->text();
@@ -447,7 +445,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerContext* context,
                                                        const adapterd::v1::DetokenizeRequest* request,
                                                        adapterd::v1::DetokenizeResponse* response) {
-  absl::Status st = auth_ != nullptr ? auth_->Authorize(*context, Role::kInference) : absl::OkStatus();
+  absl::Status st = AuthorizeCall(auth_, *context, Role::kInference);
   if (st.ok()) {
     const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
     absl::StatusOr<std::string> text =

@@ -4,8 +4,9 @@
 Layers, lowest first (docs/architecture.md, "Layers"):
 
   common, metrics          server/common, server/metrics
-  model | text | template | gpu
-                           server/model, server/text, server/template, server/gpu
+  model | text | template | gpu | auth
+                           server/model, server/text, server/template, server/gpu,
+                           server/auth
   adapters | engine        adapters/, server/engine
   core                     server/core
   rpc | http               server/rpc, server/http (the transports)
@@ -31,7 +32,7 @@ import sys
 
 RANK = {
     "common": 0, "metrics": 0,
-    "model": 1, "text": 1, "template": 1, "gpu": 1,
+    "model": 1, "text": 1, "template": 1, "gpu": 1, "auth": 1,
     "adapters": 2, "engine": 2,
     "core": 3,
     "rpc": 4, "http": 4,

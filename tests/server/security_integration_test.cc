@@ -234,6 +234,36 @@ TEST_F(TlsTest, TlsAndClientCertificatesGrantRoles) {
   EXPECT_EQ((*s)->Stop(SIGTERM), 0);
 }
 
+// The HTTP listener serves the same TLS, and client certificates and tokens
+// grant the same roles there.
+TEST_F(TlsTest, HttpListenerSpeaksTheSameTlsAndRoles) {
+  const std::string admin_file = WriteFile(dir_ + "/admin.token", kAdminToken);
+  auto s = testing::ServerProcess::Start(
+      {"--tls_cert_file=" + dir_ + "/server.pem", "--tls_key_file=" + dir_ + "/server.key",
+       "--tls_client_ca_file=" + dir_ + "/ca.pem", "--admin_client_names=ops-admin",
+       "--admin_token_file=" + admin_file});
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string url = absl::StrCat("https://", (*s)->http_address());
+  const std::string curl = absl::StrCat("curl -sS --max-time 60 -o /dev/null -w '%{http_code}' --cacert ", dir_,
+                                        "/ca.pem ");
+  auto code = [&](const std::string& args) {
+    absl::StatusOr<std::string> out = testing::RunCommand(curl + args);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? *out : std::string();
+  };
+  const std::string unload = absl::StrCat(" -H 'Content-Type: application/json' -d '{\"lora_name\": \"none\"}' ", url,
+                                          "/v1/unload_lora_adapter");
+  EXPECT_EQ(code(url + "/v1/models"), "200");
+  EXPECT_EQ(code(unload), "401");
+  EXPECT_EQ(code(absl::StrCat("-H 'Authorization: Bearer ", kAdminToken, "'", unload)), "404");  // authorized
+  EXPECT_EQ(code(absl::StrCat("--cert ", dir_, "/ops-admin.pem --key ", dir_, "/ops-admin.key", unload)), "404");
+  EXPECT_EQ(code(absl::StrCat("--cert ", dir_, "/stranger.pem --key ", dir_, "/stranger.key", unload)), "401");
+  // Plaintext HTTP does not reach the TLS listener.
+  EXPECT_FALSE(testing::RunCommand(absl::StrCat("curl -sS --max-time 20 -f http://", (*s)->http_address(),
+                                                "/health")).ok());
+  EXPECT_EQ((*s)->Stop(SIGTERM), 0);
+}
+
 TEST_F(SecurityTest, PathLoadsStayInsideTheRoots) {
   const std::string root = dir_ + "/root", outside = dir_ + "/outside";
   ASSERT_TRUE(testing::QvLora().WriteTo(root + "/good").ok());

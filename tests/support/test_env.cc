@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     return false;
   };
   if (!given({"--cache_dir"})) argv.push_back("--cache_dir=" + MakeTempDir("cache"));
+  if (!given({"--http_listen"})) argv.push_back("--http_listen=127.0.0.1:0");
   // Tests that are not about security run the way a developer would on
   // loopback: plaintext, an open Admin API, and path loads from anywhere.
   if (!given({"--plaintext", "--tls_cert_file"})) argv.push_back("--plaintext");
@@ -142,6 +143,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
         p->grpc_ = j["grpc"].get<std::string>();
         p->metrics_ = j["metrics"].get<std::string>();
         p->admin_ = j["admin"].get<std::string>();
+        p->http_ = j.value("http", "");
         return p;
       }
     }

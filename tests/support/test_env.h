@@ -53,8 +53,8 @@ absl::StatusOr<std::string> RunReference(const std::string& args);
 // A real adapterd process listening on 127.0.0.1 with OS-chosen ports.
 class ServerProcess {
  public:
-  // Starts build/server/adapterd with `args` plus listen, metrics and
-  // ready-file flags, and waits until it is ready. Unless `args` say
+  // Starts build/server/adapterd with `args` plus listen (gRPC and HTTP),
+  // metrics and ready-file flags, and waits until it is ready. Unless `args` say
   // otherwise, it serves plaintext with an open Admin API and path loads
   // from any directory.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
@@ -64,6 +64,8 @@ class ServerProcess {
   const std::string& grpc_address() const { return grpc_; }
   const std::string& metrics_address() const { return metrics_; }
   const std::string& admin_address() const { return admin_; }
+  // The OpenAI-compatible HTTP API's address ("" when it is off).
+  const std::string& http_address() const { return http_; }
   pid_t pid() const { return pid_; }
   // Sends `signal` (0: none, only waits) and waits for the exit; returns the
   // exit code (or 128+signal).
@@ -74,7 +76,7 @@ class ServerProcess {
  private:
   ServerProcess() = default;
   pid_t pid_ = -1;
-  std::string grpc_, metrics_, admin_, log_path_;
+  std::string grpc_, metrics_, admin_, http_, log_path_;
 };
 
 // ServerProcess::Start on the demo model, generated once per test process

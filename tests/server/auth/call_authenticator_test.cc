@@ -1,4 +1,4 @@
-#include "server/rpc/call_auth.h"
+#include "server/auth/call_authenticator.h"
 
 #include <cstdlib>
 #include <fstream>
@@ -7,7 +7,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/test_env.h"
 
-namespace adapterd::rpc {
+namespace adapterd::auth {
 namespace {
 
 using ::testing::HasSubstr;
@@ -99,6 +99,20 @@ TEST(CallAuthenticatorTest, NoAdminCredentialMeansNoAdminCalls) {
   EXPECT_TRUE(CallAuthenticator(none).Authorize(PresentedCredentials{}, Role::kAdmin).ok());
 }
 
+TEST(ParseAuthorizationTest, BearerOrMalformed) {
+  PresentedCredentials a;
+  ParseAuthorization("bearer  tok-1 ", a);
+  EXPECT_EQ(a.bearer_token, "tok-1");
+  EXPECT_FALSE(a.malformed_authorization);
+  PresentedCredentials b;
+  ParseAuthorization("Basic dXNlcjpwdw==", b);
+  EXPECT_FALSE(b.bearer_token.has_value());
+  EXPECT_TRUE(b.malformed_authorization);
+  PresentedCredentials c;
+  ParseAuthorization("Bearer ", c);
+  EXPECT_TRUE(c.malformed_authorization);
+}
+
 TEST(ReadSecretTest, FileOrEnvironment) {
   const std::string dir = testing::MakeTempDir("secret");
   std::ofstream(dir + "/t") << "  tok-123\n\n";
@@ -116,4 +130,4 @@ TEST(ReadSecretTest, FileOrEnvironment) {
 }
 
 }  // namespace
-}  // namespace adapterd::rpc
+}  // namespace adapterd::auth
