@@ -63,9 +63,7 @@ class CallCore {
   // The same for Classify.
   absl::Status Submit(const adapterd::v1::ClassifyRequest& req, const grpc::CallbackServerContext& ctx,
                       std::shared_ptr<core::ClassifySink> sink) {
-    if (deps_.auth != nullptr) {
-      if (absl::Status st = deps_.auth->Authorize(ctx, Role::kInference); !st.ok()) return st;
-    }
+    if (absl::Status st = AuthorizeCall(deps_.auth, ctx, Role::kInference); !st.ok()) return st;
     core::ClassifyRequest r = TranslateClassifyRequest(req);
     r.id = id_;
     if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {
