@@ -64,7 +64,9 @@ class ServerCoreTest : public ::testing::Test {
     auto sink = std::make_shared<testing::CollectingGenerateSink>();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate(adapter, r, sink);
     EXPECT_TRUE(h.ok()) << h.status();
-    if (h.ok()) EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
+    if (h.ok()) {
+      EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
+    }
     return sink;
   }
   double Metric(const std::string& name) {

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <thread>
 
@@ -342,7 +344,11 @@ TEST(EngineTest, ClassificationRowsShareStepsWithGenerationAndEndAfterPrefill) {
   ASSERT_TRUE(alone.ok()) << alone.status();
   ASSERT_EQ(alone->scores.size(), 1u);
   EXPECT_EQ(alone->logits.size(0), 0);
-  for (int i = 0; i < 3; ++i) EXPECT_NEAR(cls->scores[i], alone->scores[0][i].item<float>(), 1e-5);
+  // Equal up to the last bits a different GEMM shape (two rows in the step) changes.
+  for (int i = 0; i < 3; ++i) {
+    const float want = alone->scores[0][i].item<float>();
+    EXPECT_NEAR(cls->scores[i], want, 1e-5 * std::max(1.0f, std::abs(want)));
+  }
   ASSERT_TRUE(testing::Await(gen->done, "the generation"));
   EXPECT_EQ(gen->tokens.size(), 400u);
 }
