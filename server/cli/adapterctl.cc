@@ -204,6 +204,7 @@ int main(int argc, char** argv) {
       "Commands:\n"
       "  generate  --prompt=IDS | --text=TEXT [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
       "  chat      [--adapter=ID] [--system=TEXT]   (one message per line; /exit ends)\n"
+      "  classify  --adapter=ID --prompt=IDS | --text=TEXT   (a SEQ_CLS adapter)\n"
       "  tokenize  --text=TEXT\n"
       "  detokenize --prompt=IDS\n"
       "  load      --id=ID --path=DIR_ON_SERVER [--replace]\n"
@@ -226,6 +227,7 @@ int main(int argc, char** argv) {
   auto channel = Connect(absl::GetFlag(FLAGS_addr));
   if (cmd == "generate") return adapterd::cli::GenerateCommand(channel);
   if (cmd == "chat") return adapterd::cli::ChatCommand(channel, std::cin, std::cout);
+  if (cmd == "classify") return adapterd::cli::ClassifyCommand(channel);
   if (cmd == "tokenize") return adapterd::cli::TokenizeCommand(channel);
   if (cmd == "detokenize") return adapterd::cli::DetokenizeCommand(channel);
   if (cmd == "health") return Health(channel);

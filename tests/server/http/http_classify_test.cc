@@ -1,9 +1,9 @@
 // POST /v1/classify on the real adapterd binary (demo model, token-id
 // inputs): a sequence-classification adapter answers in vLLM's
-// classification shape with exactly the scores the gRPC Classify call gives;
+// classification shape with the scores the gRPC Classify call gives;
 // several inputs are several rows; the wrong kind of model, unknown models
 // and malformed inputs get OpenAI's error objects with the right status and
-// param. The scores themselves are checked against PEFT in
+// param. adapterctl classify prints the same scores. The scores themselves are checked against PEFT in
 // tests/conformance/heads_conformance_test.cc.
 #include <algorithm>
 #include <cmath>
@@ -197,6 +197,23 @@ TEST_F(HttpClassifyTest, WrongModelsAndBadInputsGetOpenAiErrors) {
   absl::StatusOr<testing::HttpReply> ok = Post({{"model", "cls"}, {"input", {1, 2}}});
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->status, 200) << ok->body;
+}
+
+TEST_F(HttpClassifyTest, AdapterctlClassifiesAndDescribesTheClassifier) {
+  const std::string ctl = testing::BinaryDir() + "/server/adapterctl --addr=" + server_->grpc_address();
+  absl::StatusOr<std::string> out = testing::RunCommand(ctl + " classify --adapter=cls --prompt=5,17,99,3");
+  ASSERT_TRUE(out.ok()) << out.status();
+  const v1::ClassifyResponse want = Grpc({5, 17, 99, 3});
+  for (const v1::LabelScore& s : want.scores()) {
+    EXPECT_THAT(*out, HasSubstr(absl::StrCat(s.label(), "\t", s.probability()))) << *out;
+  }
+  EXPECT_THAT(*out, HasSubstr("prompt_tokens=4 pooled_index=3"));
+  absl::StatusOr<std::string> wrong = testing::RunCommand(ctl + " classify --adapter=demo-qv-r4 --prompt=1,2");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("causal-LM adapter"));
+  absl::StatusOr<std::string> get = testing::RunCommand(ctl + " get --id=cls");
+  ASSERT_TRUE(get.ok()) << get.status();
+  EXPECT_THAT(*get, HasSubstr("task=SEQ_CLS  labels=neg,neu,pos  modules_to_save=score"));
 }
 
 }  // namespace
