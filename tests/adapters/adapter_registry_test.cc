@@ -518,7 +518,7 @@ TEST_F(AdapterRegistryTest, FailedLoadsLeaveTheRegistryUnchanged) {
     ASSERT_TRUE(still.ok()) << still.status();
     EXPECT_EQ(still->get(), good->get());
   }
-  EXPECT_EQ(i, 21);
+  EXPECT_EQ(i, 24);
   EXPECT_EQ(reg().ready_count(), 1);
 }
 
