@@ -41,7 +41,7 @@ int64_t FileBytes(const UploadSource& files) {
 int64_t DirFileBytes(const std::string& dir) {
   int64_t n = 0;
   std::error_code ec;
-  for (const char* name : {kConfigFile, kWeightsFile, kAdapterHubWeightsFile}) {
+  for (const char* name : kAdapterFileNames) {
     const auto size = std::filesystem::file_size(std::filesystem::path(dir) / name, ec);
     if (!ec) n += static_cast<int64_t>(size);
   }

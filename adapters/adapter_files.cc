@@ -22,7 +22,10 @@ absl::Status PickleError(const std::string& where) {
 }  // namespace
 
 bool IsAdapterFileName(const std::string& name) {
-  return name == kConfigFile || name == kWeightsFile || name == kAdapterHubWeightsFile;
+  for (const char* known : kAdapterFileNames) {
+    if (name == known) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
@@ -49,6 +52,11 @@ absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir) {
   absl::StatusOr<std::string> config = ReadFileToString(cfg.string());
   if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg.string(), ": missing or unreadable"));
   files.config_json = *std::move(config);
+  if (const fs::path model_cfg = fs::path(dir) / kModelConfigFile; fs::exists(model_cfg, ec)) {
+    absl::StatusOr<std::string> text = ReadFileToString(model_cfg.string());
+    if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat(model_cfg.string(), ": unreadable"));
+    files.model_config_json = *std::move(text);
+  }
   absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w =
       model::SafetensorsFile::Open((fs::path(dir) / files.weights_file).string());
   if (!w.ok()) return w.status();
@@ -60,7 +68,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadAdapterFilesIntoMemory(co
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
   std::map<std::string, std::string> out;
-  for (const char* name : {kConfigFile, kWeightsFile, kAdapterHubWeightsFile}) {
+  for (const char* name : kAdapterFileNames) {
     const fs::path p = fs::path(dir) / name;
     if (!fs::exists(p, ec)) continue;
     absl::StatusOr<std::string> data = ReadFileToString(p.string());
@@ -89,7 +97,8 @@ absl::StatusOr<AdapterFiles> AdapterFilesFromShared(std::shared_ptr<const Upload
     }
     return absl::InvalidArgumentError(absl::StrCat(label, ": unexpected file '", name, "' (expected ",
                                                    kConfigFile, " and ", kWeightsFile, " or ",
-                                                   kAdapterHubWeightsFile, ")"));
+                                                   kAdapterHubWeightsFile, ", and optionally ", kModelConfigFile,
+                                                   ")"));
   }
   auto cfg = uploaded.find(kConfigFile);
   if (cfg == uploaded.end()) return absl::InvalidArgumentError(absl::StrCat(label, ": missing ", kConfigFile));
@@ -105,6 +114,9 @@ absl::StatusOr<AdapterFiles> AdapterFilesFromShared(std::shared_ptr<const Upload
                                                    kAdapterHubWeightsFile, " (AdapterHub)"));
   }
   files.config_json = cfg->second;  // small; the weights are shared, not copied
+  if (auto model_cfg = uploaded.find(kModelConfigFile); model_cfg != uploaded.end()) {
+    files.model_config_json = model_cfg->second;
+  }
   files.weights_file = weights->first;
   absl::StatusOr<std::unique_ptr<model::SafetensorsFile>> w = model::SafetensorsFile::FromSharedBytes(
       std::shared_ptr<const std::string>(source, &weights->second),

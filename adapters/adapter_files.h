@@ -17,12 +17,20 @@ inline constexpr char kConfigFile[] = "adapter_config.json";
 inline constexpr char kWeightsFile[] = "adapter_model.safetensors";
 // AdapterHub `adapters` weights (bottleneck adapters).
 inline constexpr char kAdapterHubWeightsFile[] = "adapter.safetensors";
+// Optional: the fine-tuned model's config.json saved beside a PEFT adapter
+// (transformers' PretrainedConfig.save_pretrained). A classification
+// adapter's label names (id2label) and pad_token_id come from it.
+inline constexpr char kModelConfigFile[] = "config.json";
+// Every file an adapter directory or upload may hold.
+inline constexpr const char* kAdapterFileNames[] = {kConfigFile, kWeightsFile, kAdapterHubWeightsFile,
+                                                   kModelConfigFile};
 
 // adapter_config.json and one safetensors weights file. Which weights file
 // it was tells PEFT and AdapterHub saves apart. A plain value.
 struct AdapterFiles {
   std::string label;  // the directory, or "upload" for uploaded files (used in messages)
   std::string config_json;
+  std::string model_config_json;  // config.json; empty when absent
   std::string weights_file;  // kWeightsFile or kAdapterHubWeightsFile
   std::unique_ptr<model::SafetensorsFile> weights;
 };
@@ -31,7 +39,7 @@ struct AdapterFiles {
 bool IsAdapterFileName(const std::string& name);
 
 // Reads <dir>/adapter_config.json and <dir>/adapter_model.safetensors or
-// <dir>/adapter.safetensors. A directory with only pickled weights
+// <dir>/adapter.safetensors, and <dir>/config.json when present. A directory with only pickled weights
 // (adapter_model.bin, pytorch_adapter.bin) is rejected: pickles can run code.
 absl::StatusOr<AdapterFiles> ReadAdapterDirectory(const std::string& dir);
 // Builds AdapterFiles from uploaded file contents keyed by file name;

@@ -22,11 +22,12 @@ struct KindEntry {
 constexpr KindEntry kKinds[] = {
     {kAdapterHubWeightsFile, nullptr, LoadBottleneck},
     {kWeightsFile, "LORA", LoadLora},
+    {kWeightsFile, "ADALORA", LoadLora},  // served as LoRA: E folded into A at load
     {kWeightsFile, "IA3", LoadIa3},
     {kWeightsFile, "PROMPT_TUNING", LoadPromptTuning},
 };
 
-// "LORA, IA3, PROMPT_TUNING".
+// "LORA, ADALORA, IA3, PROMPT_TUNING".
 std::string PeftTypes() {
   std::vector<std::string> types;
   for (const KindEntry& k : kKinds) {

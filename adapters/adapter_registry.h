@@ -67,6 +67,8 @@ class Adapter {
   // Counts one finished request and the tokens it generated.
   void RecordRequest(int64_t tokens) const;
   AdapterInfo info() const;
+  // Its kind and shape parameters; fixed for the version's life.
+  const AdapterSummary& summary() const { return info_.summary; }
   CacheSlot& slot() const { return *slot_; }
 
  private:

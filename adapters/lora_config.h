@@ -1,4 +1,4 @@
-// PEFT's adapter_config.json for LoRA (and DoRA) adapters.
+// PEFT's adapter_config.json for LoRA (and DoRA, and AdaLoRA) adapters.
 #ifndef ADAPTERD_ADAPTERS_LORA_CONFIG_H_
 #define ADAPTERD_ADAPTERS_LORA_CONFIG_H_
 
@@ -12,10 +12,26 @@
 
 namespace adapterd::adapters {
 
-// The keys of a PEFT LoRA config that change the math. Unknown keys are
-// ignored; known keys whose feature adapterd does not implement are rejected
-// by name. A plain value; thread-compatible.
+// The keys of a PEFT LoRA or AdaLoRA config that change the math. Unknown
+// keys are ignored; known keys whose feature adapterd does not implement are
+// rejected by name. Whether the modules, tensors and token ids it names fit
+// the base is the loader's to check. A plain value; thread-compatible.
 struct LoraConfig {
+  // peft_type ADALORA: modules were created with rank init_r and pruned by
+  // rank allocation; `r` is not used.
+  bool adalora = false;
+  int64_t init_r = 12;
+  // AdaLoRA's rank_pattern: the ranks kept per module name, in file order.
+  std::vector<std::pair<std::string, int64_t>> adalora_ranks;
+  // "SEQ_CLS" adapters bring a classification head; "" when not given.
+  std::string task_type;
+  // "none", "all" or "lora_only": which trained biases the save holds.
+  std::string bias = "none";
+  bool lora_bias = false;  // lora_B carries a bias
+  std::vector<std::string> modules_to_save;  // as written
+  // trainable_token_indices: the module ("embed_tokens" for the list form)
+  // and its token ids, as written.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> trainable_tokens;
   int64_t r = 8;
   double lora_alpha = 8;
   bool use_rslora = false;

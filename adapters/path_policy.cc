@@ -70,7 +70,7 @@ absl::StatusOr<std::string> PathPolicy::Confine(const std::string& path) const {
         absl::StrCat("path ", Quoted(path), " is outside the server's --adapter_roots"));
   }
   // The files the loader will open must not lead out of the roots either.
-  for (const char* name : {kConfigFile, kWeightsFile, kAdapterHubWeightsFile}) {
+  for (const char* name : kAdapterFileNames) {
     const fs::path f = dir / name;
     if (!fs::exists(fs::symlink_status(f, ec))) continue;
     const fs::path target = fs::canonical(f, ec);

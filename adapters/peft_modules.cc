@@ -48,6 +48,7 @@ absl::StatusOr<PeftModules> ScanPeftModules(const model::SafetensorsFile& f, int
     if (rules.precheck) {
       if (absl::Status s = rules.precheck(t); !s.ok()) return s;
     }
+    if (rules.skip && rules.skip(t)) continue;
     const std::optional<ModuleKey> key = SplitKey(t.name, rules.kinds);
     if (!key) {
       return absl::FailedPreconditionError(absl::StrCat(f.label(), ": tensor '", t.name, "': ", rules.not_a_module));

@@ -41,6 +41,9 @@ struct PeftScanRules {
   // When set, runs first on every tensor; an error is returned as is (LoRA
   // names its unsupported tensors, and a missing prefix, this way).
   std::function<absl::Status(const model::StTensorInfo&)> precheck;
+  // When set, tensors it accepts are left out of the scan (after the
+  // precheck): LoRA reads the tensors outside the decoder layers itself.
+  std::function<bool(const model::StTensorInfo&)> skip;
 };
 
 // The tensors of one (layer, projection), by slot; null where absent.

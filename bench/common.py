@@ -122,18 +122,24 @@ def load_config(base):
         return json.load(f)
 
 
-def make_peft_loras(work, base, n, rank):
-    """n seeded rank-`rank` LoRA adapters on all 7 projections, created by PEFT itself (cached)."""
+def make_peft_adapters(work, base, prefix, n, make_args):
+    """n seeded adapters made by PEFT itself through peft_reference.py
+    (`make_args`: its subcommand and flags, e.g. ["make-cls", "--labels", "4"]),
+    in work/{prefix}-{i}; each is made once and reused."""
     dirs = []
     for i in range(n):
-        d = os.path.join(work, f"lora-r{rank}-{i}")
+        d = os.path.join(work, f"{prefix}-{i}")
         if not os.path.exists(os.path.join(d, "adapter_model.safetensors")):
-            subprocess.run([sys.executable, os.path.join(CONFORMANCE, "peft_reference.py"),
-                            "make-lora", "--model", base, "--out", d, "--seed", str(1000 + i),
-                            "--r", str(rank), "--alpha", str(2 * rank), "--targets", "all-linear"],
-                           check=True)
+            subprocess.run([sys.executable, os.path.join(CONFORMANCE, "peft_reference.py"), *make_args,
+                            "--model", base, "--out", d, "--seed", str(1000 + i)], check=True)
         dirs.append(d)
     return dirs
+
+
+def make_peft_loras(work, base, n, rank):
+    """n seeded rank-`rank` LoRA adapters on all 7 projections, created by PEFT itself (cached)."""
+    return make_peft_adapters(work, base, f"lora-r{rank}", n,
+                              ["make-lora", "--r", str(rank), "--alpha", str(2 * rank), "--targets", "all-linear"])
 
 
 def _save_adapter(path, weights_file, tensors, config, metadata=None):

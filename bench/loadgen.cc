@@ -13,6 +13,10 @@
 // are uniform in the given ranges; adapters are drawn uniformly or with
 // power-law skew from --adapters (empty = base model only).
 //
+// --classify sends the prompts as Classify RPCs (gRPC only) to the
+// sequence-classification adapters in --adapters; each is one answer, so
+// its latency is reported as "ttft" and the rate as "requests_per_s".
+//
 // --inject_prompt_len=N sends one extra request with an N-token prompt
 // --inject_at_s seconds into the run; it is reported separately ("injected")
 // and kept out of the main figures, which then show what that prompt's
@@ -62,6 +66,7 @@ ABSL_FLAG(double, alpha, 1.0, "Adapter popularity: id = floor(n * U^(1/alpha)); 
 ABSL_FLAG(uint64_t, seed, 1, "Workload seed");
 ABSL_FLAG(int, inject_prompt_len, 0, "Also send one request with a prompt this long (0 = none)");
 ABSL_FLAG(double, inject_at_s, 2.0, "Seconds into the run at which the injected request starts");
+ABSL_FLAG(bool, classify, false, "Send Classify RPCs (the prompts only; gRPC) instead of generation");
 ABSL_FLAG(bool, dump_workload, false, "Print the requests as JSON lines and exit");
 
 namespace {
@@ -106,6 +111,23 @@ Result RunOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateR
   grpc::Status st = reader->Finish();
   r.duration = absl::ToDoubleSeconds(last - start);
   r.ok = st.ok();
+  if (!st.ok()) r.error = absl::StrFormat("%d %s", st.error_code(), st.error_message());
+  return r;
+}
+
+// One Classify call with `req`'s adapter and prompt; its latency is `ttft`.
+Result ClassifyOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateRequest& req) {
+  Result r;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
+  adapterd::v1::ClassifyRequest c;
+  c.set_adapter_id(req.adapter_id());
+  *c.mutable_prompt_token_ids() = req.prompt_token_ids();
+  adapterd::v1::ClassifyResponse resp;
+  const absl::Time start = absl::Now();
+  grpc::Status st = stub.Classify(&ctx, c, &resp);
+  r.ttft = r.duration = absl::ToDoubleSeconds(absl::Now() - start);
+  r.ok = st.ok() && resp.scores_size() > 0;
   if (!st.ok()) r.error = absl::StrFormat("%d %s", st.error_code(), st.error_message());
   return r;
 }
@@ -298,6 +320,7 @@ int main(int argc, char** argv) {
   // Each client thread has its own HTTP connection; gRPC clients share the channel.
   const std::string http = absl::GetFlag(FLAGS_http);
   auto run = [&](const adapterd::v1::GenerateRequest& req) {
+    if (absl::GetFlag(FLAGS_classify)) return ClassifyOne(*stub, req);
     if (http.empty()) return RunOne(*stub, req);
     thread_local std::unique_ptr<HttpClient> client;
     if (client == nullptr) client = std::make_unique<HttpClient>(http);
@@ -358,12 +381,13 @@ int main(int argc, char** argv) {
     tpot.insert(tpot.end(), r.gaps.begin(), r.gaps.end());
     if (r.tokens > 1 && r.duration > r.ttft) per_stream.push_back((r.tokens - 1) / (r.duration - r.ttft));
   }
+  const double ok_per_s = static_cast<double>(static_cast<int64_t>(results.size()) - errors) / wall;
   std::cout << absl::StrFormat(
-                   R"({"requests": %d, "errors": %d, "first_error": "%s", "wall_s": %.4f, )"
+                   R"({"requests": %d, "errors": %d, "first_error": "%s", "wall_s": %.4f, "requests_per_s": %.3f, )"
                    R"("tokens": %d, "throughput_tok_s": %.3f, "decode_tok_s_per_stream_p50": %.3f, )"
                    R"("ttft_p50_s": %.5f, "ttft_p99_s": %.5f, "tpot_p50_s": %.6f, "tpot_p99_s": %.6f, )"
                    R"("injected": {"ok": %s, "ttft_s": %.5f, "tokens": %d}})",
-                   static_cast<int>(results.size()), errors, first_error, wall, tokens,
+                   static_cast<int>(results.size()), errors, first_error, wall, ok_per_s, tokens,
                    tokens / wall, Percentile(per_stream, 50), Percentile(ttft, 50),
                    Percentile(ttft, 99), Percentile(tpot, 50), Percentile(tpot, 99),
                    injected.ok ? "true" : "false", injected.ttft, injected.tokens)

@@ -68,6 +68,11 @@ void PrintAdapter(const adapterd::v1::AdapterInfo& a) {
               << (a.parallel() ? "  parallel" : "");
   }
   if (a.num_virtual_tokens() > 0) std::cout << "  virtual_tokens=" << a.num_virtual_tokens();
+  if (a.task_type() == "SEQ_CLS") std::cout << "  task=SEQ_CLS  labels=" << absl::StrJoin(a.labels(), ",");
+  if (a.modules_to_save_size() > 0) std::cout << "  modules_to_save=" << absl::StrJoin(a.modules_to_save(), ",");
+  if (a.trainable_tokens() > 0) std::cout << "  trainable_tokens=" << a.trainable_tokens();
+  if (!a.bias().empty() && a.bias() != "none") std::cout << "  bias=" << a.bias();
+  if (a.lora_bias()) std::cout << "  lora_bias";
   std::cout << "  bytes=" << a.bytes()
             << "  load_s=" << a.load_seconds() << "  requests=" << a.requests_served()
             << "  tokens=" << a.tokens_generated() << "  source=" << a.source();
@@ -199,6 +204,7 @@ int main(int argc, char** argv) {
       "Commands:\n"
       "  generate  --prompt=IDS | --text=TEXT [--adapter=ID] [--max_new_tokens=N] [--unary] ...\n"
       "  chat      [--adapter=ID] [--system=TEXT]   (one message per line; /exit ends)\n"
+      "  classify  --adapter=ID --prompt=IDS | --text=TEXT   (a SEQ_CLS adapter)\n"
       "  tokenize  --text=TEXT\n"
       "  detokenize --prompt=IDS\n"
       "  load      --id=ID --path=DIR_ON_SERVER [--replace]\n"
@@ -221,6 +227,7 @@ int main(int argc, char** argv) {
   auto channel = Connect(absl::GetFlag(FLAGS_addr));
   if (cmd == "generate") return adapterd::cli::GenerateCommand(channel);
   if (cmd == "chat") return adapterd::cli::ChatCommand(channel, std::cin, std::cout);
+  if (cmd == "classify") return adapterd::cli::ClassifyCommand(channel);
   if (cmd == "tokenize") return adapterd::cli::TokenizeCommand(channel);
   if (cmd == "detokenize") return adapterd::cli::DetokenizeCommand(channel);
   if (cmd == "health") return Health(channel);

@@ -10,8 +10,8 @@
 #include "adapterd/v1/inference.grpc.pb.h"
 #include "server/cli/cli_common.h"
 
-ABSL_FLAG(std::string, prompt, "", "generate/detokenize: prompt token ids, comma-separated");
-ABSL_FLAG(std::string, text, "", "generate/tokenize: prompt text, tokenized by the server");
+ABSL_FLAG(std::string, prompt, "", "generate/classify/detokenize: prompt token ids, comma-separated");
+ABSL_FLAG(std::string, text, "", "generate/classify/tokenize: prompt text, tokenized by the server");
 ABSL_FLAG(std::string, adapter, "", "Adapter id (empty = base model)");
 ABSL_FLAG(uint32_t, max_new_tokens, 16, "Tokens to generate (chat: per reply, default 256 there)");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy)");
@@ -162,6 +162,30 @@ int TokenizeCommand(const std::shared_ptr<grpc::Channel>& channel) {
   adapterd::v1::TokenizeResponse resp;
   if (int rc = Report(stub->Tokenize(&ctx, req, &resp), ctx); rc != 0) return rc;
   std::cout << absl::StrJoin(resp.token_ids(), ",") << "\n";
+  return 0;
+}
+
+int ClassifyCommand(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = adapterd::v1::Inference::NewStub(channel);
+  adapterd::v1::ClassifyRequest req;
+  req.set_adapter_id(absl::GetFlag(FLAGS_adapter));
+  const std::string text = absl::GetFlag(FLAGS_text);
+  if (!text.empty()) {
+    req.set_prompt_text(text);
+  } else if (!ParseIds(absl::GetFlag(FLAGS_prompt), req.mutable_prompt_token_ids())) {
+    std::cerr << "error: --prompt must be comma-separated token ids\n";
+    return 2;
+  }
+  grpc::ClientContext ctx;
+  Authenticate(ctx);
+  SetDeadline(ctx);
+  adapterd::v1::ClassifyResponse resp;
+  if (int rc = Report(stub->Classify(&ctx, req, &resp), ctx); rc != 0) return rc;
+  for (const auto& s : resp.scores()) {
+    std::cout << s.label() << "\t" << s.probability() << "\t(logit " << s.logit() << ")\n";
+  }
+  std::cerr << "prompt_tokens=" << resp.prompt_tokens() << " pooled_index=" << resp.pooled_index()
+            << " request_id=" << resp.request_id() << "\n";
   return 0;
 }
 

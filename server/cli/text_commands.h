@@ -1,4 +1,5 @@
-// adapterctl's inference commands: generate, chat, tokenize, detokenize.
+// adapterctl's inference commands: generate, chat, classify, tokenize,
+// detokenize.
 #ifndef ADAPTERD_SERVER_CLI_TEXT_COMMANDS_H_
 #define ADAPTERD_SERVER_CLI_TEXT_COMMANDS_H_
 
@@ -20,6 +21,9 @@ int GenerateCommand(const std::shared_ptr<grpc::Channel>& channel);
 // conversation, with --system first when given, through the checkpoint's
 // chat template every turn.
 int ChatCommand(const std::shared_ptr<grpc::Channel>& channel, std::istream& in, std::ostream& out);
+// classify: --adapter (a SEQ_CLS adapter) and --prompt ids or --text;
+// prints each label with its probability and logit.
+int ClassifyCommand(const std::shared_ptr<grpc::Channel>& channel);
 // tokenize: --text (or --chat_text as one user message); prints the ids.
 int TokenizeCommand(const std::shared_ptr<grpc::Channel>& channel);
 // detokenize: --prompt ids; prints the text.

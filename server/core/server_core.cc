@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "adapters/demo_adapters.h"
+#include "server/core/classify_output.h"
 #include "server/core/request_output.h"
 #include "server/core/trained_demo.h"
 #include "server/model/demo_checkpoint.h"
@@ -197,12 +198,65 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(cons
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = registry_->Lookup(adapter_id);
     if (!a.ok()) return a.status();
     adapter = *std::move(a);
+    if (adapter->summary().classifier()) {
+      return absl::FailedPreconditionError(absl::StrCat("adapter '", adapter_id,
+                                                        "' is a sequence-classification adapter (task_type "
+                                                        "SEQ_CLS); use Classify, not Generate"));
+    }
     request.engine.adapter = adapter->Lease();  // brings it to the device tier if it is not there
   }
   auto output = std::make_shared<RequestOutput>(std::move(sink), prompts_->tokenizer(), request.skip_special_tokens,
                                                 std::move(stops), std::move(request.stop), std::move(adapter),
                                                 adapter_metrics_.get());
   return engine_->Submit(std::move(request.engine), std::move(output));
+}
+
+absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Classify(const std::string& adapter_id,
+                                                                           ClassifyRequest request,
+                                                                           std::shared_ptr<ClassifySink> sink) {
+  engine::GenerationRequest r;
+  r.id = request.id;
+  r.kind = engine::RequestKind::kClassify;
+  r.deadline = request.deadline;
+  if (request.prompt_text.has_value() == !request.prompt_token_ids.empty()) {
+    return absl::InvalidArgumentError("give exactly one of prompt_token_ids and prompt_text");
+  }
+  r.prompt = std::move(request.prompt_token_ids);
+  if (request.prompt_text.has_value()) {
+    absl::StatusOr<std::vector<int32_t>> ids = prompts_->Tokenize(request.prompt_text, std::nullopt,
+                                                                  request.add_special_tokens);
+    if (!ids.ok()) return ids.status();
+    if (ids->empty()) return absl::InvalidArgumentError("prompt_text is empty after tokenization");
+    r.prompt.assign(ids->begin(), ids->end());
+  }
+  if (absl::Status st = engine_->Validate(r); !st.ok()) return st;  // the whole prompt
+  if (adapter_id.empty()) {
+    return absl::FailedPreconditionError("the base model is a causal LM with no classification head; Classify "
+                                         "needs adapter_id to name a sequence-classification (SEQ_CLS) adapter");
+  }
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = registry_->Lookup(adapter_id);
+  if (!adapter.ok()) return adapter.status();
+  const adapters::AdapterSummary& summary = (*adapter)->summary();
+  if (!summary.classifier()) {
+    return absl::FailedPreconditionError(absl::StrCat("adapter '", adapter_id, "' is a causal-LM adapter (task_type ",
+                                                      summary.task_type, ", type ", summary.type,
+                                                      "); Classify needs a sequence-classification adapter "
+                                                      "(task_type SEQ_CLS)"));
+  }
+  // transformers pools the last token that is not padding: the highest
+  // index whose token differs from pad_token_id (0 when all are padding).
+  // Attention is causal, so the tokens after it cannot change its state.
+  const int64_t pad = summary.pad_token_id >= 0 ? summary.pad_token_id : model_config().pad_token_id;
+  ClassifyResult result;
+  result.prompt_tokens = static_cast<int64_t>(r.prompt.size());
+  result.pooled_index = result.prompt_tokens - 1;
+  if (pad >= 0) {
+    while (result.pooled_index > 0 && r.prompt[result.pooled_index] == pad) --result.pooled_index;
+  }
+  r.prompt.resize(static_cast<size_t>(result.pooled_index + 1));
+  r.adapter = (*adapter)->Lease();
+  auto output = std::make_shared<ClassifyOutput>(std::move(sink), std::move(result), *adapter, adapter_metrics_.get());
+  return engine_->Submit(std::move(r), std::move(output));
 }
 
 absl::StatusOr<std::vector<int32_t>> ServerCore::Tokenize(const std::optional<std::string>& text,

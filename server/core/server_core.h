@@ -17,6 +17,7 @@
 #include "adapters/adapter_store.h"
 #include "adapters/path_policy.h"
 #include "prometheus/registry.h"
+#include "server/core/classify_request.h"
 #include "server/core/generate_request.h"
 #include "server/core/prompt_builder.h"
 #include "server/engine/engine.h"
@@ -85,11 +86,26 @@ class ServerCore {
   // submits. The sink hears the output on the engine thread. Errors, with
   // nothing submitted: INVALID_ARGUMENT and FAILED_PRECONDITION for the
   // prompt and the stop strings, NOT_FOUND for an unknown adapter (there is
-  // no fallback to the base), UNAVAILABLE while it first loads or the
-  // server drains, and the engine's INVALID_ARGUMENT and RESOURCE_EXHAUSTED.
+  // no fallback to the base), FAILED_PRECONDITION for a
+  // sequence-classification adapter (see Classify), UNAVAILABLE while it
+  // first loads or the server drains, and the engine's INVALID_ARGUMENT and
+  // RESOURCE_EXHAUSTED.
   absl::StatusOr<std::shared_ptr<engine::RequestHandle>> Generate(const std::string& adapter_id,
                                                                  GenerateRequest request,
                                                                  std::shared_ptr<GenerateSink> sink);
+  // Classifies `request` with the sequence-classification adapter
+  // `adapter_id`: tokenizes a text prompt as Generate does, pools the last
+  // token that is not the adapter's pad token (its config.json's
+  // pad_token_id, else the base's; with none, the last token), as
+  // transformers' *ForSequenceClassification does, and submits the prompt up
+  // to that token as a prefill-only row; the sink hears the labels' logits
+  // and probabilities on the engine thread. Errors, with nothing submitted:
+  // INVALID_ARGUMENT for the prompt; FAILED_PRECONDITION for the base model
+  // or a causal-LM adapter (and for a text prompt without a tokenizer);
+  // NOT_FOUND, UNAVAILABLE, RESOURCE_EXHAUSTED as for Generate.
+  absl::StatusOr<std::shared_ptr<engine::RequestHandle>> Classify(const std::string& adapter_id,
+                                                                 ClassifyRequest request,
+                                                                 std::shared_ptr<ClassifySink> sink);
   // The token ids of `text` or `chat`, exactly as Generate would see them.
   absl::StatusOr<std::vector<int32_t>> Tokenize(const std::optional<std::string>& text,
                                                 const std::optional<ChatPrompt>& chat,

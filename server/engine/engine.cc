@@ -59,7 +59,8 @@ struct Engine::Sequence {
   }
   // Prompt as the model sees it: virtual tokens plus the caller's tokens.
   int64_t prompt_len() const { return virtual_tokens + static_cast<int64_t>(request.prompt.size()); }
-  int64_t max_len() const { return prompt_len() + request.sampling.max_new_tokens; }
+  int64_t max_len() const { return prompt_len() + MaxNewTokens(request); }
+  bool classify() const { return request.kind == RequestKind::kClassify; }
 };
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::LlamaModel> model,
@@ -110,65 +111,15 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
   return ValidateRequest(r, model_->config(), options_);
 }
 
-absl::Status ValidateRequest(const GenerationRequest& r, const model::ModelConfig& c,
-                             const EngineOptions& options) {
-  if (r.prompt.empty()) return absl::InvalidArgumentError("prompt_token_ids must not be empty");
-  if (options.max_prompt_tokens > 0 && static_cast<int64_t>(r.prompt.size()) > options.max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids has ", r.prompt.size(),
-                                                   " tokens; the limit (--max_prompt_tokens) is ",
-                                                   options.max_prompt_tokens));
-  }
-  for (size_t i = 0; i < r.prompt.size(); ++i) {
-    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "] = ", r.prompt[i],
-                                                     " is outside the vocabulary [0, ",
-                                                     c.vocab_size, ")"));
-    }
-  }
-  const SamplingParams& s = r.sampling;
-  if (s.max_new_tokens < 1) {
-    return absl::InvalidArgumentError("sampling.max_new_tokens must be at least 1");
-  }
-  if (options.max_new_tokens > 0 && s.max_new_tokens > options.max_new_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.max_new_tokens = ", s.max_new_tokens,
-                                                   " exceeds the limit (--max_new_tokens) of ",
-                                                   options.max_new_tokens));
-  }
-  if (static_cast<int64_t>(s.stop_token_ids.size()) > options.max_stop_token_ids) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids has ", s.stop_token_ids.size(),
-                                                   " entries; the limit (--max_stop_token_ids) is ",
-                                                   options.max_stop_token_ids));
-  }
-  const int64_t total = VirtualTokens(r) + static_cast<int64_t>(r.prompt.size()) + s.max_new_tokens;
-  if (total > c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt_token_ids (", r.prompt.size(), ") plus sampling.max_new_tokens (",
-        s.max_new_tokens, ")",
-        VirtualTokens(r) > 0 ? absl::StrCat(" plus the adapter's ", VirtualTokens(r), " virtual tokens")
-                             : std::string(),
-        " exceed the context length ", c.max_position_embeddings));
-  }
-  if (!std::isfinite(s.temperature) || s.temperature < 0) {
-    return absl::InvalidArgumentError("sampling.temperature must be finite and >= 0");
-  }
-  if (!std::isfinite(s.top_p) || s.top_p < 0 || s.top_p > 1) {
-    return absl::InvalidArgumentError("sampling.top_p must be in [0, 1]");
-  }
-  if (s.top_k < 0) return absl::InvalidArgumentError("sampling.top_k must be >= 0");
-  for (size_t i = 0; i < s.stop_token_ids.size(); ++i) {
-    if (s.stop_token_ids[i] < 0 || s.stop_token_ids[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("sampling.stop_token_ids[", i,
-                                                     "] is outside the vocabulary"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest request,
                                                               std::shared_ptr<ResultSink> sink) {
   if (absl::Status s = Validate(request); !s.ok()) return s;
+  if (request.kind == RequestKind::kClassify && request.adapter == nullptr) {
+    return absl::FailedPreconditionError("the base model is a causal LM with no classification head; Classify "
+                                         "needs a SEQ_CLS adapter");
+  }
   const int64_t blocks = kv_->BlocksFor(VirtualTokens(request) + static_cast<int64_t>(request.prompt.size()) +
-                                        request.sampling.max_new_tokens);
+                                        MaxNewTokens(request));
   if (blocks > kv_->num_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "request needs ", blocks, " KV cache blocks but the pool holds ", kv_->num_blocks(),
@@ -343,6 +294,12 @@ void Engine::Admit() {
         continue;
       }
       seq.weights = *w;
+      if (absl::Status st = CheckHead(seq); !st.ok()) {
+        failed += seq.admitted_once ? 0 : 1;
+        FinishSequence(seq, FinishReason::kError, std::move(st));
+        it = waiting_.erase(it);
+        continue;
+      }
     }
     if (options_.max_adapters_per_batch > 0 && seq.weights != nullptr &&
         !adapters.contains(seq.weights) &&
@@ -499,7 +456,7 @@ void Engine::Step() {
     Sequence* s = p.seq;
     batch.seqs.push_back(model::SequenceChunk{
         p.n, s->num_computed, &s->blocks,
-        s->num_computed + p.n == static_cast<int64_t>(s->tokens.size())});
+        s->num_computed + p.n == static_cast<int64_t>(s->tokens.size()), s->classify()});
     batch.token_ids.insert(batch.token_ids.end(), s->tokens.begin() + s->num_computed,
                            s->tokens.begin() + s->num_computed + p.n);
     if (any_adapter) batch.adapters.push_back(s->weights);
@@ -510,47 +467,69 @@ void Engine::Step() {
     metrics_->tokens_per_step().Observe(static_cast<double>(batch.token_ids.size()));
   }
 
-  absl::StatusOr<at::Tensor> logits = model_->Forward(batch, *kv_);
-  if (!logits.ok()) {
-    LOG(ERROR) << "forward step failed: " << logits.status();
-    for (Sequence* s : in_batch) FinishSequence(*s, FinishReason::kError, logits.status());
+  absl::StatusOr<model::ForwardOutput> out = model_->Run(batch, *kv_);
+  if (!out.ok()) {
+    LOG(ERROR) << "forward step failed: " << out.status();
+    for (Sequence* s : in_batch) FinishSequence(*s, FinishReason::kError, out.status());
   } else {
     const absl::Time now = absl::Now();
-    int64_t row = 0;
+    int64_t row = 0, scored = 0;
     for (size_t i = 0; i < in_batch.size(); ++i) {
       Sequence& s = *in_batch[i];
       s.num_computed += batch.seqs[i].num_tokens;
       if (!batch.seqs[i].wants_logits) continue;
-      Sampler::Choice choice = s.sampler.Sample(logits->select(0, row++));
-      s.tokens.push_back(choice.token);
-      ++s.generated;
-      if (metrics_ != nullptr) {
-        metrics_->generated_tokens().Increment();
-        if (s.generated == 1) {
-          metrics_->time_to_first_token().Observe(absl::ToDoubleSeconds(now - s.arrival));
-        } else {
-          metrics_->time_per_output_token().Observe(absl::ToDoubleSeconds(now - s.last_token));
-        }
-      }
-      s.last_token = now;
-      const int64_t tok[1] = {choice.token};
-      const float lp[1] = {choice.logprob};
-      s.sink->OnTokens(tok, s.request.sampling.return_logprobs ? std::span<const float>(lp)
-                                                                : std::span<const float>());
-      const SamplingParams& sp = s.request.sampling;
-      auto contains = [&](const std::vector<int64_t>& ids) {
-        return std::find(ids.begin(), ids.end(), choice.token) != ids.end();
-      };
-      if (contains(sp.stop_token_ids) || (!sp.ignore_eos && contains(model_->config().eos_token_ids)) ||
-          s.sink->StopRequested()) {
-        FinishSequence(s, FinishReason::kStop, absl::OkStatus());
-      } else if (s.generated >= sp.max_new_tokens) {
+      if (s.classify()) {
+        const at::Tensor& scores = out->scores[scored++];
+        s.sink->OnScores(std::span<const float>(scores.data_ptr<float>(), static_cast<size_t>(scores.numel())));
         FinishSequence(s, FinishReason::kLength, absl::OkStatus());
+        continue;
       }
+      EmitToken(s, out->logits.select(0, row++), now);
     }
   }
   std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
   PublishStats();
+}
+
+absl::Status Engine::CheckHead(const Sequence& seq) const {
+  const bool head = seq.weights != nullptr && seq.weights->is_classifier();
+  if (seq.classify() == head) return absl::OkStatus();
+  const std::string& id = seq.request.adapter->adapter_id();
+  if (head) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "adapter '", id, "' is a sequence-classification adapter (task_type SEQ_CLS); use Classify, not Generate"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat("adapter '", id,
+                                                    "' is a causal-LM adapter without a classification head; "
+                                                    "Classify needs a SEQ_CLS adapter"));
+}
+
+void Engine::EmitToken(Sequence& s, const at::Tensor& logits, absl::Time now) {
+  Sampler::Choice choice = s.sampler.Sample(logits);
+  s.tokens.push_back(choice.token);
+  ++s.generated;
+  if (metrics_ != nullptr) {
+    metrics_->generated_tokens().Increment();
+    if (s.generated == 1) {
+      metrics_->time_to_first_token().Observe(absl::ToDoubleSeconds(now - s.arrival));
+    } else {
+      metrics_->time_per_output_token().Observe(absl::ToDoubleSeconds(now - s.last_token));
+    }
+  }
+  s.last_token = now;
+  const int64_t tok[1] = {choice.token};
+  const float lp[1] = {choice.logprob};
+  s.sink->OnTokens(tok, s.request.sampling.return_logprobs ? std::span<const float>(lp) : std::span<const float>());
+  const SamplingParams& sp = s.request.sampling;
+  auto contains = [&](const std::vector<int64_t>& ids) {
+    return std::find(ids.begin(), ids.end(), choice.token) != ids.end();
+  };
+  if (contains(sp.stop_token_ids) || (!sp.ignore_eos && contains(model_->config().eos_token_ids)) ||
+      s.sink->StopRequested()) {
+    FinishSequence(s, FinishReason::kStop, absl::OkStatus());
+  } else if (s.generated >= sp.max_new_tokens) {
+    FinishSequence(s, FinishReason::kLength, absl::OkStatus());
+  }
 }
 
 void Engine::PublishStats() {

@@ -65,7 +65,8 @@ class RequestHandle {
   absl::AnyInvocable<void()> wake_;
 };
 
-// Runs generation requests with iteration-level batching: at every step,
+// Runs generation and classification requests with iteration-level
+// batching: at every step,
 // finished sequences leave, waiting ones join, prompts are processed in
 // chunks under a per-step token budget, and decode tokens of all running
 // sequences go through the model together.
@@ -85,6 +86,8 @@ class RequestHandle {
 // sequence is preempted (its blocks are freed and it is recomputed later,
 // ahead of younger requests), so the oldest request always progresses.
 // Adapters play no part in the order: rows of any mix of adapters share a step.
+// Classification requests are prompt rows like any other; the step that
+// completes a prompt hands the request its scores and ends it.
 // Two exceptions skip a waiting request without holding back the ones
 // behind it: its adapter is still being brought in (its lease has not
 // settled), or admitting it would put more than max_adapters_per_batch distinct
@@ -187,6 +190,12 @@ class Engine {
   // sequences as needed (possibly `seq` itself, which then holds no blocks).
   void EnsureBlocks(Sequence* seq, int64_t tokens);
   void FinishSequence(Sequence& seq, FinishReason reason, absl::Status status);
+  // FAILED_PRECONDITION naming the adapter when a classification request's
+  // adapter has no classification head, or a generation request's has one.
+  absl::Status CheckHead(const Sequence& seq) const;
+  // Samples `logits` for `s`, hands the token to its sink and finishes the
+  // sequence when it stops.
+  void EmitToken(Sequence& s, const at::Tensor& logits, absl::Time now);
   void ReleaseQueued(int64_t n) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void PublishStats();
 

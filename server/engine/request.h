@@ -27,9 +27,17 @@ struct SamplingParams {
   bool return_logprobs = false;
 };
 
+// What a request asks of the model. A classification request is prefill
+// only: it runs its prompt, in the same steps as every other row, and ends
+// with its adapter's classification head applied to the last prompt token
+// (ResultSink::OnScores) instead of sampling.
+enum class RequestKind { kGenerate, kClassify };
+
 struct GenerationRequest {
   std::string id;  // for logs and metadata
+  RequestKind kind = RequestKind::kGenerate;
   std::vector<int64_t> prompt;
+  // Ignored by classification requests.
   SamplingParams sampling;
   absl::Time deadline = absl::InfiniteFuture();
   // The request's one handle on its adapter; null for the base model. The
@@ -38,8 +46,14 @@ struct GenerationRequest {
   std::shared_ptr<model::AdapterLease> adapter;
 };
 
+// The most tokens `r` may generate: none for a classification request.
+inline int64_t MaxNewTokens(const GenerationRequest& r) {
+  return r.kind == RequestKind::kClassify ? 0 : r.sampling.max_new_tokens;
+}
+
 enum class FinishReason { kLength, kStop, kCancelled, kError };
 
+// A classification request that got its scores finishes with kLength.
 struct Finish {
   FinishReason reason = FinishReason::kLength;
   // OK for kLength/kStop; CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE or
@@ -58,6 +72,9 @@ class ResultSink {
   virtual ~ResultSink() = default;
   // `logprobs` is empty unless sampling.return_logprobs.
   virtual void OnTokens(std::span<const int64_t> tokens, std::span<const float> logprobs) = 0;
+  // A classification request's raw head output (float32, one per label),
+  // once, right before OnFinish.
+  virtual void OnScores(std::span<const float> scores) {}
   virtual void OnFinish(const Finish& finish) = 0;
   // Asked right after each OnTokens: true ends the request there, as a stop
   // token would (FinishReason::kStop). For stop conditions the engine

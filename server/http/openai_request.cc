@@ -224,10 +224,12 @@ absl::StatusOr<std::vector<int64_t>> TokenIds(const json& list, const std::strin
   return ids;
 }
 
-// `prompt` as one or more core prompts: a string, a list of token ids, a
-// list of strings or a list of lists of token ids.
-absl::Status ReadPrompts(const json* prompt, const core::GenerateRequest& proto, std::vector<core::GenerateRequest>& out) {
-  if (prompt == nullptr) return Invalid("prompt", "prompt is required");
+// `prompt` (the body's field `field`) as one or more core prompts: a
+// string, a list of token ids, a list of strings or a list of lists of
+// token ids.
+absl::Status ReadPrompts(const json* prompt, const core::GenerateRequest& proto, std::vector<core::GenerateRequest>& out,
+                         const std::string& field = "prompt") {
+  if (prompt == nullptr) return Invalid(field, absl::StrCat(field, " is required"));
   auto add_text = [&](std::string text) {
     out.push_back(proto);
     out.back().prompt_text = std::move(text);
@@ -240,24 +242,25 @@ absl::Status ReadPrompts(const json* prompt, const core::GenerateRequest& proto,
     add_text(prompt->get<std::string>());
     return absl::OkStatus();
   }
-  constexpr const char* kShape = "prompt must be a string, a list of token ids, a list of strings or a list of lists of token ids";
-  if (!prompt->is_array() || prompt->empty()) return Invalid("prompt", kShape);
+  const std::string shape = absl::StrCat(
+      field, " must be a string, a list of token ids, a list of strings or a list of lists of token ids");
+  if (!prompt->is_array() || prompt->empty()) return Invalid(field, shape);
   const json& first = (*prompt)[0];
   if (first.is_number()) {
-    ADAPTERD_ASSIGN_OR_RETURN(ids, TokenIds(*prompt, "prompt"));
+    ADAPTERD_ASSIGN_OR_RETURN(ids, TokenIds(*prompt, field));
     add_ids(std::move(ids));
     return absl::OkStatus();
   }
   for (size_t i = 0; i < prompt->size(); ++i) {
     const json& p = (*prompt)[i];
-    const std::string param = absl::StrCat("prompt[", i, "]");
+    const std::string param = absl::StrCat(field, "[", i, "]");
     if (first.is_string() && p.is_string()) {
       add_text(p.get<std::string>());
     } else if (first.is_array() && p.is_array()) {
       ADAPTERD_ASSIGN_OR_RETURN(ids, TokenIds(p, param));
       add_ids(std::move(ids));
     } else {
-      return Invalid(param, kShape);
+      return Invalid(param, shape);
     }
   }
   return absl::OkStatus();
@@ -365,6 +368,34 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(std::string_view body, const Open
   request.chat = std::move(chat);
   out.prompts.push_back(std::move(request));
   if (absl::Status st = CheckChoices(out, limits); !st.ok()) return st;
+  return out;
+}
+
+absl::StatusOr<ClassifyApiRequest> ParseClassifyRequest(std::string_view body, const OpenAiLimits& limits) {
+  ADAPTERD_ASSIGN_OR_RETURN(j, ParseObject(body, limits.max_depth));
+  const Fields f(j);
+  ClassifyApiRequest out;
+  ADAPTERD_ASSIGN_OR_RETURN(model, f.String("model"));
+  out.model = model.value_or("");
+  if (f.Get("truncate_prompt_tokens") != nullptr) {
+    return Invalid("truncate_prompt_tokens", "truncate_prompt_tokens is not supported");
+  }
+  core::ClassifyRequest proto;
+  ADAPTERD_ASSIGN_OR_RETURN(add_special, f.Bool("add_special_tokens"));
+  proto.add_special_tokens = add_special.value_or(true);
+  // The same shapes as a completion's prompt, read through its reader.
+  std::vector<core::GenerateRequest> prompts;
+  if (absl::Status st = ReadPrompts(f.Get("input"), core::GenerateRequest(), prompts, "input"); !st.ok()) return st;
+  if (static_cast<int64_t>(prompts.size()) > limits.max_choices) {
+    return Invalid("input", absl::StrCat("input holds ", prompts.size(), " prompts; at most ", limits.max_choices,
+                                         " are allowed"));
+  }
+  for (core::GenerateRequest& p : prompts) {
+    core::ClassifyRequest r = proto;
+    r.prompt_text = std::move(p.prompt_text);
+    r.prompt_token_ids = std::move(p.engine.prompt);
+    out.inputs.push_back(std::move(r));
+  }
   return out;
 }
 

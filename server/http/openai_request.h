@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/core/classify_request.h"
 #include "server/core/generate_request.h"
 
 namespace adapterd::http {
@@ -46,6 +47,20 @@ struct OpenAiLimits {
 // and return_token_ids.
 absl::StatusOr<OpenAiRequest> ParseCompletionRequest(std::string_view body, const OpenAiLimits& limits);
 absl::StatusOr<OpenAiRequest> ParseChatRequest(std::string_view body, const OpenAiLimits& limits);
+
+// One POST /v1/classify (vLLM's classification API), translated: `input` is
+// a string, a list of token ids, a list of strings or a list of lists of
+// token ids, each one core request (without id).
+struct ClassifyApiRequest {
+  std::string model;  // "" when the body names none
+  std::vector<core::ClassifyRequest> inputs;
+};
+
+// Parses and translates a /v1/classify body: `model`, `input` and vLLM's
+// `add_special_tokens`. Errors are INVALID_ARGUMENT with the offending field
+// as param; at most limits.max_choices inputs. `truncate_prompt_tokens` is
+// refused (the prompt is never cut); other unknown fields are ignored.
+absl::StatusOr<ClassifyApiRequest> ParseClassifyRequest(std::string_view body, const OpenAiLimits& limits);
 
 // vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter bodies.
 struct LoraLoadRequest {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
+#include "server/http/classification.h"
 #include "server/http/generation.h"
 #include "server/http/http_error.h"
 #include "server/http/metrics_service.h"
@@ -38,6 +39,7 @@ struct Route {
 constexpr Route kRoutes[] = {
     {"/v1/completions", "POST", "completions"},
     {"/v1/chat/completions", "POST", "chat_completions"},
+    {"/v1/classify", "POST", "classify"},
     {"/v1/models", "GET", "models"},
     {"/v1/load_lora_adapter", "POST", "load_lora_adapter"},
     {"/v1/unload_lora_adapter", "POST", "unload_lora_adapter"},
@@ -46,7 +48,7 @@ constexpr Route kRoutes[] = {
 };
 
 const Route* FindRoute(std::string_view path) {
-  if (path.starts_with(kModelsPrefix) && path.size() > kModelsPrefix.size()) return &kRoutes[2];
+  if (path.starts_with(kModelsPrefix) && path.size() > kModelsPrefix.size()) return &kRoutes[3];
   for (const Route& r : kRoutes) {
     if (r.path == path) return &r;
   }
@@ -129,6 +131,7 @@ void OpenAiService::Handle(std::shared_ptr<HttpExchange> exchange) {
   }
   if (name == "completions") return Completions(exchange, request_id, ApiKind::kCompletion);
   if (name == "chat_completions") return Completions(exchange, request_id, ApiKind::kChat);
+  if (name == "classify") return Classify(exchange, request_id);
   if (name == "load_lora_adapter") return LoadLora(exchange, request_id);
   if (name == "unload_lora_adapter") return UnloadLora(exchange, request_id);
   if (req.path == "/v1/models") return ListModels(exchange, request_id);
@@ -149,6 +152,19 @@ void OpenAiService::Completions(const Exchange& x, const std::string& request_id
   ctx.created = absl::ToUnixSeconds(absl::Now());
   ctx.max_pending_bytes = options_.max_pending_bytes;
   Generation::Run(std::move(ctx), *std::move(request), x);
+}
+
+void OpenAiService::Classify(const Exchange& x, const std::string& request_id) {
+  absl::StatusOr<ClassifyApiRequest> request = ParseClassifyRequest(x->request().body, options_.limits);
+  if (!request.ok()) return Reply(x, "classify", request_id, ErrorResponse(request.status()));
+  ClassificationContext ctx;
+  ctx.core = core_;
+  ctx.metrics = options_.metrics;
+  ctx.model = request->model.empty() ? core_->served_model_name() : request->model;
+  ctx.adapter_id = ctx.model == core_->served_model_name() ? "" : ctx.model;
+  ctx.request_id = request_id;
+  ctx.created = absl::ToUnixSeconds(absl::Now());
+  Classification::Run(std::move(ctx), *std::move(request), x);
 }
 
 void OpenAiService::ListModels(const Exchange& x, const std::string& request_id) {

@@ -31,6 +31,8 @@ struct OpenAiServiceOptions {
 // Translates HTTP requests into ServerCore calls and their results back:
 //
 //   POST /v1/completions, POST /v1/chat/completions   inference role
+//   POST /v1/classify (vLLM's classification API; `model` names a
+//        sequence-classification adapter)         inference role
 //   GET  /v1/models, GET /v1/models/{model}           inference role
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   admin role
 //   GET  /health (200 while serving, 503 once the drain has begun)
@@ -56,6 +58,7 @@ class OpenAiService final : public HttpHandler {
  private:
   using Exchange = std::shared_ptr<HttpExchange>;
   void Completions(const Exchange& x, const std::string& request_id, ApiKind kind);
+  void Classify(const Exchange& x, const std::string& request_id);
   void ListModels(const Exchange& x, const std::string& request_id);
   void GetModel(const Exchange& x, const std::string& request_id, const std::string& model);
   void LoadLora(const Exchange& x, const std::string& request_id);

@@ -1,5 +1,7 @@
 #include "server/model/adapter_weights.h"
 
+#include <algorithm>
+
 namespace adapterd::model {
 
 std::string_view ProjPath(Proj p) {
@@ -22,6 +24,11 @@ LoraModule LoraModule::FromPeft(const at::Tensor& lora_a, const at::Tensor& lora
   m.b = m.b_t.t();
   m.scale = scale;
   return m;
+}
+
+int64_t TokenRows::Find(int64_t id) const {
+  auto it = std::lower_bound(ids.begin(), ids.end(), id);
+  return it != ids.end() && *it == id ? static_cast<int64_t>(it - ids.begin()) : -1;
 }
 
 int64_t AdapterWeights::bytes() const {
@@ -48,6 +55,17 @@ int64_t AdapterWeights::bytes() const {
     }
   }
   add(prompt_);
+  for (const auto& layer : bias_deltas_) {
+    for (const at::Tensor& t : layer) add(t);
+  }
+  for (const at::Tensor* t : {&embed_tokens_, &lm_head_, &classifier_, &embed_token_rows_.rows,
+                              &embed_token_rows_.index, &embedding_lora_.a_rows, &embedding_lora_.b_t}) {
+    add(*t);
+  }
+  if (!head_token_rows_.rows.is_same(embed_token_rows_.rows)) {  // tied: the same rows
+    add(head_token_rows_.rows);
+    add(head_token_rows_.index);
+  }
   return total;
 }
 

@@ -1,5 +1,6 @@
 // The model's view of one adapter: LoRA deltas, IA3 vectors, bottleneck
-// modules or prompt-tuning embeddings.
+// modules or prompt-tuning embeddings, and the whole modules, rows and
+// biases a LoRA may bring along (heads, embeddings, trainable tokens).
 #ifndef ADAPTERD_SERVER_MODEL_ADAPTER_WEIGHTS_H_
 #define ADAPTERD_SERVER_MODEL_ADAPTER_WEIGHTS_H_
 
@@ -79,6 +80,28 @@ struct BottleneckModule {
   int64_t bottleneck() const { return down_t.size(1); }
 };
 
+// LoRA on the input embedding (PEFT's lora_embedding_A [r, vocab] and
+// lora_embedding_B [hidden, r]): the embedding of token t gains
+// scale * A^T[t] B^T. Stored as the rows gathered per token.
+struct EmbeddingLora {
+  at::Tensor a_rows;  // [vocab, r] = A^T, contiguous
+  at::Tensor b_t;     // [r, hidden] = B^T, contiguous
+  double scale = 1.0;
+  int64_t rank() const { return b_t.size(0); }
+};
+
+// Rows of the embedding or of the LM head that an adapter replaces (PEFT's
+// trainable tokens): row ids[i] becomes rows[i]; every other row stays the
+// base's.
+struct TokenRows {
+  std::vector<int64_t> ids;  // ascending, distinct
+  at::Tensor index;          // int64 [n]: `ids` on the rows' device
+  at::Tensor rows;           // [n, hidden]
+  bool empty() const { return ids.empty(); }
+  // The position of `id` in `ids`, or -1.
+  int64_t Find(int64_t id) const;
+};
+
 // Which family of weights an adapter carries; one adapter has one kind.
 enum class AdapterKind { kLora, kIa3, kBottleneck, kPromptTuning };
 
@@ -88,7 +111,7 @@ enum class AdapterKind { kLora, kIa3, kBottleneck, kPromptTuning };
 class AdapterWeights {
  public:
   AdapterWeights(int64_t num_layers, AdapterKind kind = AdapterKind::kLora)
-      : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers) {}
+      : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers), bias_deltas_(num_layers) {}
 
   AdapterKind kind() const { return kind_; }
   int64_t num_layers() const { return static_cast<int64_t>(modules_.size()); }
@@ -119,6 +142,44 @@ class AdapterWeights {
   void SetPrompt(at::Tensor p) { prompt_ = std::move(p); }
   int64_t num_virtual_tokens() const { return prompt_.defined() ? prompt_.size(0) : 0; }
 
+  // Per-projection bias deltas [out] (trained biases, PEFT's bias "all" and
+  // "lora_only", and scale * lora_B.bias): added to the projection's output
+  // rows. Null where the adapter leaves the bias alone.
+  const at::Tensor* FindBiasDelta(int64_t layer, Proj p) const {
+    const at::Tensor& t = bias_deltas_[layer][static_cast<int>(p)];
+    return t.defined() ? &t : nullptr;
+  }
+  void SetBiasDelta(int64_t layer, Proj p, at::Tensor delta) {
+    bias_deltas_[layer][static_cast<int>(p)] = std::move(delta);
+  }
+
+  // Whole modules (PEFT modules_to_save): [vocab, hidden] copies that take
+  // the place of the base's embedding or LM head for this adapter's rows;
+  // undefined when the adapter uses the base's.
+  const at::Tensor& embed_tokens() const { return embed_tokens_; }
+  void SetEmbedTokens(at::Tensor t) { embed_tokens_ = std::move(t); }
+  const at::Tensor& lm_head() const { return lm_head_; }
+  void SetLmHead(at::Tensor t) { lm_head_ = std::move(t); }
+  // Trainable tokens: single rows of the embedding and of the LM head.
+  const TokenRows& embed_token_rows() const { return embed_token_rows_; }
+  void SetEmbedTokenRows(TokenRows r) { embed_token_rows_ = std::move(r); }
+  const TokenRows& head_token_rows() const { return head_token_rows_; }
+  void SetHeadTokenRows(TokenRows r) { head_token_rows_ = std::move(r); }
+  const EmbeddingLora* FindEmbeddingLora() const { return embedding_lora_.b_t.defined() ? &embedding_lora_ : nullptr; }
+  void SetEmbeddingLora(EmbeddingLora m) { embedding_lora_ = std::move(m); }
+  // Whether a token's input embedding differs from the base's.
+  bool ChangesEmbedding() const {
+    return embed_tokens_.defined() || !embed_token_rows_.empty() || embedding_lora_.b_t.defined();
+  }
+
+  // A sequence-classification head [num_labels, hidden] (PEFT SEQ_CLS,
+  // `score`): such an adapter classifies, pooling the last token, instead
+  // of generating. Undefined for causal-LM adapters.
+  const at::Tensor& classifier() const { return classifier_; }
+  void SetClassifier(at::Tensor t) { classifier_ = std::move(t); }
+  bool is_classifier() const { return classifier_.defined(); }
+  int64_t num_labels() const { return classifier_.defined() ? classifier_.size(0) : 0; }
+
   // Bytes held by the adapter's tensors.
   int64_t bytes() const;
 
@@ -128,6 +189,10 @@ class AdapterWeights {
   std::vector<std::array<Ia3Module, kNumProj>> ia3_;
   std::vector<std::array<BottleneckModule, kNumBottleneckLocations>> bottlenecks_;
   at::Tensor prompt_;
+  std::vector<std::array<at::Tensor, kNumProj>> bias_deltas_;
+  at::Tensor embed_tokens_, lm_head_, classifier_;
+  TokenRows embed_token_rows_, head_token_rows_;
+  EmbeddingLora embedding_lora_;
 };
 
 }  // namespace adapterd::model

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numbers>
 #include <optional>
+#include <utility>
 
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
@@ -171,6 +172,20 @@ int64_t LlamaModel::weight_bytes() const {
   return total;
 }
 
+const at::Tensor& LlamaModel::ProjBias(int64_t layer, Proj p) const {
+  const Layer& l = layers_[layer];
+  switch (p) {
+    case Proj::kQ: return l.q_b;
+    case Proj::kK: return l.k_b;
+    case Proj::kV: return l.v_b;
+    case Proj::kO: return l.o_b;
+    case Proj::kGate: return l.gate_b;
+    case Proj::kUp: return l.up_b;
+    case Proj::kDown: return l.down_b;
+  }
+  return l.q_b;
+}
+
 const at::Tensor& LlamaModel::ProjWeight(int64_t layer, Proj p) const {
   const Layer& l = layers_[layer];
   switch (p) {
@@ -244,6 +259,8 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
   for (const Segment& s : segments) {
     const Ia3Module* m = s.adapter->FindIa3(layer, p);
     if (m != nullptr && !m->scales_input) y.narrow(0, s.start, s.rows).mul_(m->scale);
+    // Trained biases: the base's bias is in y, the adapter's difference is added.
+    if (const at::Tensor* d = s.adapter->FindBiasDelta(layer, p)) y.narrow(0, s.start, s.rows).add_(*d);
   }
   const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
@@ -307,11 +324,17 @@ at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_
   return out;
 }
 
-absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCache& kv) const {
+absl::StatusOr<ForwardOutput> LlamaModel::Run(const ForwardBatch& batch, KvCache& kv) const {
   return TorchCall("forward", [&] { return ForwardImpl(batch, kv); });
 }
 
-at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const {
+absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCache& kv) const {
+  absl::StatusOr<ForwardOutput> out = Run(batch, kv);
+  if (!out.ok()) return out.status();
+  return std::move(out->logits);
+}
+
+ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const {
   c10::InferenceMode inference_mode;
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
@@ -320,6 +343,7 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
 
   // Per-token positions and cache slots; per-sequence slots of the whole context.
   std::vector<int64_t> positions, write_slots, logit_rows;
+  std::vector<HeadRow> heads;
   std::vector<at::Tensor> read_slots;
   positions.reserve(T);
   write_slots.reserve(T);
@@ -337,7 +361,11 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
     }
     read_slots.push_back(SlotsTensor(ctx_slots).to(options_.device));
     offset += s.num_tokens;
-    if (s.wants_logits) logit_rows.push_back(offset - 1);
+    if (s.wants_logits) {
+      logit_rows.push_back(offset - 1);
+      const size_t i = read_slots.size() - 1;
+      heads.push_back({batch.adapters.empty() ? nullptr : batch.adapters[i], s.classify});
+    }
   }
   // Row ranges that run through the same adapter.
   std::vector<Segment> segments;
@@ -373,7 +401,7 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
     }
   }
 
-  at::Tensor x = embed_tokens_.index_select(0, ids);  // [T, H]
+  at::Tensor x = EmbedTokens(embed_tokens_, ids, batch.token_ids, segments);  // [T, H]
   // Prompt tuning: a sequence's first positions take its adapter's virtual
   // token embeddings instead of the placeholder ids the engine put there.
   if (!batch.adapters.empty()) {
@@ -423,10 +451,9 @@ at::Tensor LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const
     x = Residual(x, Project(act, l.down, l.down_b, L, Proj::kDown, segments), L,
                  BottleneckLocation::kOutput, segments);
   }
-  if (logit_rows.empty()) return at::empty({0, c.vocab_size}, at::kFloat);
+  if (logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));
-  last = RmsNorm(last, final_norm_, c.rms_norm_eps);
-  return at::linear(last, lm_head_).to(at::kFloat);
+  return ApplyHeads(RmsNorm(last, final_norm_, c.rms_norm_eps), lm_head_, heads);
 }
 
 }  // namespace adapterd::model

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/model/adapter_heads.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/kv_cache.h"
 #include "server/model/model_config.h"
@@ -29,6 +30,10 @@ struct SequenceChunk {
   int64_t context_len = 0;
   const std::vector<int32_t>* block_table = nullptr;  // covers context_len + num_tokens
   bool wants_logits = false;  // produce logits for the chunk's last token
+  // With wants_logits: the chunk's last token is pooled through its
+  // adapter's classification head instead of the LM head (the adapter must
+  // have one).
+  bool classify = false;
 };
 
 // A flat batch of tokens from many sequences, concatenated in `seqs` order.
@@ -61,18 +66,23 @@ class LlamaModel {
   int64_t weight_bytes() const;
   // The frozen weight [out, in] of one projection (adapters validate against it).
   const at::Tensor& ProjWeight(int64_t layer, Proj p) const;
+  // Its bias [out]; undefined when the base has none there.
+  const at::Tensor& ProjBias(int64_t layer, Proj p) const;
+  const at::Tensor& embed_tokens() const { return embed_tokens_; }  // [vocab, hidden]
+  const at::Tensor& lm_head() const { return lm_head_; }            // [vocab, hidden]
 
   // Runs the chunks through the model, appending their keys and values to
-  // `kv`. Returns float32 logits [number of chunks with wants_logits, vocab],
-  // in chunk order.
+  // `kv`. Returns the logits of the chunks with wants_logits that generate,
+  // and the classification scores of those that classify, each in chunk
+  // order (see ForwardOutput).
+  absl::StatusOr<ForwardOutput> Run(const ForwardBatch& batch, KvCache& kv) const;
+  // Run() for batches without classification chunks: float32 logits
+  // [number of chunks with wants_logits, vocab], in chunk order.
   absl::StatusOr<at::Tensor> Forward(const ForwardBatch& batch, KvCache& kv) const;
 
  private:
   struct Layer;
-  struct Segment {
-    int64_t start = 0, rows = 0;
-    const AdapterWeights* adapter = nullptr;
-  };
+  using Segment = AdapterSegment;
   LlamaModel() = default;
   // base(x) plus every segment's adapter delta (LoRA) or rescaling (IA3)
   // for projection `p` of `layer`.
@@ -82,7 +92,7 @@ class LlamaModel {
   // `loc`, that adapter's output.
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
                       const std::vector<Segment>& segments) const;
-  at::Tensor ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
+  ForwardOutput ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
 
   ModelConfig config_;
   ModelOptions options_;

@@ -190,6 +190,15 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& json_text,
   }
   check(ParseRope(j, label, &c.rope));
   check(AppendTokenIds(j, "eos_token_id", label, &c.eos_token_ids));
+  if (auto pad = j.find("pad_token_id"); pad != j.end() && !pad->is_null()) {
+    // Informational for the causal LM, so a value some configs carry (-1)
+    // does not fail start-up: a negative id means none.
+    if (pad->is_number_integer()) {
+      c.pad_token_id = std::max<int64_t>(-1, pad->get<int64_t>());
+    } else {
+      check(Bad(label, "'pad_token_id' must be an integer"));
+    }
+  }
   if (!s.ok()) return s;
   return c;
 }

@@ -42,6 +42,9 @@ struct ModelConfig {
   bool mlp_bias = false;
   RopeConfig rope;
   std::vector<int64_t> eos_token_ids;  // config.json plus generation_config.json
+  // config.json's pad_token_id; -1 when it has none (or a negative one).
+  // Sequence classification pools at the last token that is not padding.
+  int64_t pad_token_id = -1;
 
   // Parses config.json text; `label` names the file in error messages.
   static absl::StatusOr<ModelConfig> FromJson(const std::string& json_text,

@@ -30,6 +30,14 @@ void ToProto(const adapters::AdapterInfo& info, AdapterInfo* out) {
   out->set_non_linearity(s.non_linearity);
   out->set_parallel(s.parallel);
   out->set_num_virtual_tokens(static_cast<uint32_t>(s.num_virtual_tokens));
+  if (s.type == "lora" || s.type == "dora" || s.type == "adalora") {
+    out->set_task_type(s.task_type);
+    out->set_bias(s.bias);
+  }
+  for (const std::string& l : s.labels) out->add_labels(l);
+  for (const std::string& m : s.modules_to_save) out->add_modules_to_save(m);
+  out->set_trainable_tokens(static_cast<uint32_t>(s.trainable_tokens));
+  out->set_lora_bias(s.lora_bias);
   out->set_source(info.source);
   out->set_bytes(static_cast<uint64_t>(info.bytes));
   if (info.state == adapters::AdapterState::kReady) {
@@ -122,8 +130,9 @@ class AdminService::UploadReactor final
       if (!adapters::IsAdapterFileName(name)) {
         return Fail(absl::InvalidArgumentError(absl::StrCat("chunk.file_name '", name.substr(0, 100),
                                                             "' must be ", adapters::kConfigFile, ", ",
-                                                            adapters::kWeightsFile, " or ",
-                                                            adapters::kAdapterHubWeightsFile)));
+                                                            adapters::kWeightsFile, ", ",
+                                                            adapters::kAdapterHubWeightsFile, " or ",
+                                                            adapters::kModelConfigFile)));
       }
       total_ += static_cast<int64_t>(msg_.chunk().data().size());
       if (total_ > service_->options_.max_upload_bytes) {

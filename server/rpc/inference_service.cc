@@ -58,13 +58,18 @@ class CallCore {
     if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {
       r->engine.deadline = absl::FromChrono(deadline);
     }
-    absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
-        deps_.core->Generate(req.adapter_id(), *std::move(r), std::move(sink));
-    if (!h.ok()) return h.status();
-    absl::MutexLock lock(&mu_);
-    handle_ = *h;
-    if (cancelled_) handle_->Cancel();
-    return absl::OkStatus();
+    return Adopt(deps_.core->Generate(req.adapter_id(), *std::move(r), std::move(sink)));
+  }
+  // The same for Classify.
+  absl::Status Submit(const adapterd::v1::ClassifyRequest& req, const grpc::CallbackServerContext& ctx,
+                      std::shared_ptr<core::ClassifySink> sink) {
+    if (absl::Status st = AuthorizeCall(deps_.auth, ctx, Role::kInference); !st.ok()) return st;
+    core::ClassifyRequest r = TranslateClassifyRequest(req);
+    r.id = id_;
+    if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {
+      r.deadline = absl::FromChrono(deadline);
+    }
+    return Adopt(deps_.core->Classify(req.adapter_id(), std::move(r), std::move(sink)));
   }
   void Cancel() {
     absl::MutexLock lock(&mu_);
@@ -75,6 +80,16 @@ class CallCore {
   metrics::RpcMetrics* metrics() const { return deps_.metrics; }
 
  private:
+  // Keeps the engine's handle of a submitted request, cancelling it at once
+  // when the client already has.
+  absl::Status Adopt(absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h) {
+    if (!h.ok()) return h.status();
+    absl::MutexLock lock(&mu_);
+    handle_ = *std::move(h);
+    if (cancelled_) handle_->Cancel();
+    return absl::OkStatus();
+  }
+
   const Deps deps_;
   const std::string id_;
   absl::Mutex mu_;
@@ -266,6 +281,65 @@ class StreamReactor final : public grpc::ServerWriteReactor<GenerateStreamRespon
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 
+// Unary Classify: one answer, from the core's sink.
+class ClassifyReactor final : public grpc::ServerUnaryReactor {
+ public:
+  ClassifyReactor(grpc::CallbackServerContext* ctx, adapterd::v1::ClassifyResponse* response, const Deps& deps,
+                  std::string id)
+      : response_(response), core_(deps, std::move(id)) {
+    ctx->AddInitialMetadata(kRequestIdKey, core_.id());
+    response_->set_request_id(core_.id());
+  }
+
+  // Same lifetime rule as GenerateReactor::Start.
+  void Start(const adapterd::v1::ClassifyRequest& req, const grpc::CallbackServerContext& ctx) {
+    if (absl::Status st = core_.Submit(req, ctx, std::make_shared<Sink>(this)); !st.ok()) Complete(st);
+    Unref();
+  }
+
+  void OnCancel() override { core_.Cancel(); }
+  void OnDone() override { Unref(); }
+
+ private:
+  class Sink final : public core::ClassifySink {
+   public:
+    explicit Sink(ClassifyReactor* r) : r_(r) {}
+    void OnResult(absl::StatusOr<core::ClassifyResult> result) override {
+      if (result.ok()) {
+        for (const core::LabelScore& s : result->scores) {
+          adapterd::v1::LabelScore* out = r_->response_->add_scores();
+          out->set_label(s.label);
+          out->set_logit(s.logit);
+          out->set_probability(s.probability);
+        }
+        r_->response_->set_prompt_tokens(static_cast<uint32_t>(result->prompt_tokens));
+        r_->response_->set_pooled_index(static_cast<uint32_t>(result->pooled_index));
+      }
+      r_->Complete(result.status());  // may delete the reactor: last statement
+    }
+
+   private:
+    ClassifyReactor* const r_;
+  };
+
+  void Complete(const absl::Status& status) {
+    if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
+      LOG(INFO) << "request " << core_.id() << " Classify failed: " << status;
+    }
+    grpc::Status gs = ToGrpcStatus(status);
+    if (core_.metrics() != nullptr) core_.metrics()->RecordRpc("Classify", GrpcCodeName(gs.error_code()));
+    Finish(gs);
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  std::atomic<int> refs_{2};  // Start and OnDone
+  adapterd::v1::ClassifyResponse* const response_;
+  CallCore core_;
+};
+
 bool ValidRequestId(std::string_view id) {
   if (id.empty() || id.size() > 64) return false;
   for (char c : id) {
@@ -308,6 +382,14 @@ absl::StatusOr<core::GenerateRequest> TranslateGenerateRequest(const GenerateReq
   return out;
 }
 
+core::ClassifyRequest TranslateClassifyRequest(const adapterd::v1::ClassifyRequest& req) {
+  core::ClassifyRequest out;
+  out.prompt_token_ids.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
+  if (req.has_prompt_text()) out.prompt_text = req.prompt_text();
+  out.add_special_tokens = !req.has_add_special_tokens() || req.add_special_tokens();
+  return out;
+}
+
 std::string ChooseRequestId(const grpc::CallbackServerContext& context) {
   const auto& md = context.client_metadata();
   if (auto it = md.find(kRequestIdKey); it != md.end()) {
@@ -327,6 +409,14 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
                                                      GenerateResponse* response) {
   auto* reactor = new GenerateReactor(context, response, Deps{core_, metrics_, auth_},
                                       ChooseRequestId(*context));
+  reactor->Start(*request, *context);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext* context,
+                                                     const adapterd::v1::ClassifyRequest* request,
+                                                     adapterd::v1::ClassifyResponse* response) {
+  auto* reactor = new ClassifyReactor(context, response, Deps{core_, metrics_, auth_}, ChooseRequestId(*context));
   reactor->Start(*request, *context);
   return reactor;
 }

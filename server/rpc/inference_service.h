@@ -5,6 +5,7 @@
 #include <string>
 
 #include "adapterd/v1/inference.grpc.pb.h"
+#include "server/core/classify_request.h"
 #include "server/core/generate_request.h"
 #include "server/core/server_core.h"
 #include "server/engine/request.h"
@@ -13,7 +14,8 @@
 
 namespace adapterd::rpc {
 
-// Translates Inference RPCs into ServerCore::Generate calls and their
+// Translates Inference RPCs into ServerCore::Generate (and Classify,
+// Tokenize, Detokenize) calls and their
 // results back into responses; it holds no model or adapter state. Handlers
 // never block: each call is a callback reactor that the core's result sink
 // completes. A client cancel, disconnect or deadline cancels the request.
@@ -30,6 +32,9 @@ class InferenceService final : public adapterd::v1::Inference::CallbackService {
   grpc::ServerWriteReactor<adapterd::v1::GenerateStreamResponse>* GenerateStream(
       grpc::CallbackServerContext* context,
       const adapterd::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
+                                     const adapterd::v1::ClassifyRequest* request,
+                                     adapterd::v1::ClassifyResponse* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
                                      const adapterd::v1::TokenizeRequest* request,
                                      adapterd::v1::TokenizeResponse* response) override;
@@ -52,6 +57,10 @@ class InferenceService final : public adapterd::v1::Inference::CallbackService {
 // the core (the prompt) and engine::ValidateRequest. Pure; exposed for
 // tests and fuzzing.
 absl::StatusOr<core::GenerateRequest> TranslateGenerateRequest(const adapterd::v1::GenerateRequest& request);
+
+// The core request that `request` asks for, without its id and deadline;
+// the core checks the prompt. Pure; exposed for tests and fuzzing.
+core::ClassifyRequest TranslateClassifyRequest(const adapterd::v1::ClassifyRequest& request);
 
 // Picks the request id: the client's "x-request-id" when it is 1-64 characters
 // of [A-Za-z0-9._-], otherwise a fresh random one. Exposed for tests.

@@ -177,7 +177,7 @@ TEST_F(AdapterKindsLoaderTest, UnsupportedTypesAndMismatchedFormatsKeepTheirMess
   FakeAdapter other = PromptTuning();
   other.config["peft_type"] = "LOHA";
   EXPECT_TRUE(IsError(Load(other).status(), absl::StatusCode::kInvalidArgument,
-                      {"'peft_type' \"LOHA\" is not supported (LORA, IA3, PROMPT_TUNING)"}));
+                      {"'peft_type' \"LOHA\" is not supported (LORA, ADALORA, IA3, PROMPT_TUNING)"}));
   other.config["peft_type"] = 3;
   EXPECT_TRUE(IsError(Load(other).status(), absl::StatusCode::kInvalidArgument, {"'peft_type' must be a string"}));
 

@@ -408,7 +408,7 @@ std::vector<BadCase> BadCases() {
                      a.Add(LoraKey(9, "self_attn.q_proj", "lora_A.weight"), {4, 256}, 9);
                      a.Add(LoraKey(9, "self_attn.q_proj", "lora_B.weight"), {256, 4}, 10);
                    }, nullptr, nullptr});
-  cases.push_back({"lora_embedding_A", C::kInvalidArgument, "lora_embedding_A", [](FakeAdapter& a) {
+  cases.push_back({"lora_embedding_A", C::kFailedPrecondition, "lora_embedding_A", [](FakeAdapter& a) {
                      a.Add("base_model.model.model.embed_tokens.lora_embedding_A", {4, 2048}, 9);
                    }, nullptr, nullptr});
   cases.push_back({"lm_head", C::kInvalidArgument, "base_model.model.lm_head.lora_A.weight", [](FakeAdapter& a) {
@@ -428,7 +428,21 @@ std::vector<BadCase> BadCases() {
                      a.Find(LoraKey(0, "self_attn.v_proj", "lora_A.weight"))->dtype = StDType::kI32;
                    },
                    nullptr, nullptr});
-  cases.push_back({"bias all", C::kInvalidArgument, "'bias'", [](FakeAdapter& a) { a.config["bias"] = "all"; },
+  cases.push_back({"unknown bias", C::kInvalidArgument, "'bias'", [](FakeAdapter& a) { a.config["bias"] = "most"; },
+                   nullptr, nullptr});
+  cases.push_back({"head wider than the hidden size", C::kFailedPrecondition, "base_model.model.score.weight",
+                   [](FakeAdapter& a) {
+                     a.config["task_type"] = "SEQ_CLS";
+                     a.Add("base_model.model.score.weight", {3, 257}, 9);
+                   },
+                   nullptr, nullptr});
+  cases.push_back({"modules_to_save names a module the base lacks", C::kFailedPrecondition, "value_head",
+                   [](FakeAdapter& a) { a.config["modules_to_save"] = {"value_head"}; }, nullptr, nullptr});
+  cases.push_back({"trainable token beyond the vocabulary", C::kFailedPrecondition, "trainable_token_indices",
+                   [](FakeAdapter& a) {
+                     a.config["trainable_token_indices"] = {7, 2048};
+                     a.Add("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta", {2, 256}, 9);
+                   },
                    nullptr, nullptr});
   cases.push_back({"NaN in lora_A", C::kInvalidArgument, "holds NaN at index 7", [](FakeAdapter& a) {
                      testing::SetElement(*a.Find(LoraKey(1, "self_attn.q_proj", "lora_A.weight")), 7, std::nanf(""));
@@ -504,7 +518,7 @@ TEST_F(AdapterRegistryTest, FailedLoadsLeaveTheRegistryUnchanged) {
     ASSERT_TRUE(still.ok()) << still.status();
     EXPECT_EQ(still->get(), good->get());
   }
-  EXPECT_EQ(i, 21);
+  EXPECT_EQ(i, 24);
   EXPECT_EQ(reg().ready_count(), 1);
 }
 

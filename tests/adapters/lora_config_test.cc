@@ -1,5 +1,6 @@
 // LoraConfig::FromJson and the PEFT targeting rules: which modules a config
-// puts LoRA on, their ranks and alphas after rank_pattern / alpha_pattern, and
+// puts LoRA on, their ranks and alphas after rank_pattern / alpha_pattern
+// (and AdaLoRA's), the keys of heads, trainable tokens and biases, and
 // rejection (by key) of the PEFT features adapterd does not implement.
 #include "adapters/lora_config.h"
 
@@ -366,22 +367,63 @@ TEST(LoraConfigTest, RankPatternRejectsNonPositiveRanks) {
 
 // ----------------------------------------------------------- rejections -----
 
-TEST(LoraConfigTest, RejectsTrainedBiases) {
-  for (const char* bias : {"all", "lora_only"}) {
-    SCOPED_TRACE(bias);
-    EXPECT_TRUE(IsError(ParseWith({{"bias", bias}}).status(), absl::StatusCode::kInvalidArgument,
-                        {kLabel, "'bias'", bias}));
+TEST(LoraConfigTest, ParsesTrainedBiases) {
+  for (const char* bias : {"none", "all", "lora_only"}) {
+    absl::StatusOr<LoraConfig> c = ParseWith({{"bias", bias}});
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->bias, bias);
   }
-  EXPECT_TRUE(ParseWith({{"bias", "none"}}).ok());
-  EXPECT_TRUE(ParseWith({{"bias", nullptr}}).ok());
+  EXPECT_EQ(ParseWith({{"bias", nullptr}})->bias, "none");
+  EXPECT_TRUE(IsError(ParseWith({{"bias", "some"}}).status(), absl::StatusCode::kInvalidArgument,
+                      {kLabel, "'bias'", "some"}));
+  absl::StatusOr<LoraConfig> lb = ParseWith({{"lora_bias", true}});
+  ASSERT_TRUE(lb.ok()) << lb.status();
+  EXPECT_TRUE(lb->lora_bias);
+  EXPECT_TRUE(IsError(ParseWith({{"lora_bias", "yes"}}).status(), absl::StatusCode::kInvalidArgument,
+                      {kLabel, "'lora_bias'"}));
 }
 
-TEST(LoraConfigTest, RejectsModulesToSave) {
-  EXPECT_TRUE(IsError(ParseWith({{"modules_to_save", {"lm_head"}}}).status(),
-                      absl::StatusCode::kInvalidArgument, {kLabel, "'modules_to_save'", "lm_head"}));
+TEST(LoraConfigTest, ParsesModulesToSaveTrainableTokensAndTaskType) {
+  absl::StatusOr<LoraConfig> c = ParseWith({{"modules_to_save", {"classifier", "score"}}, {"task_type", "SEQ_CLS"}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(c->modules_to_save, ElementsAre("classifier", "score"));
+  EXPECT_EQ(c->task_type, "SEQ_CLS");
   // null and [] save nothing.
-  EXPECT_TRUE(ParseWith({{"modules_to_save", nullptr}}).ok());
-  EXPECT_TRUE(ParseWith({{"modules_to_save", json::array()}}).ok());
+  EXPECT_THAT(ParseWith({{"modules_to_save", nullptr}})->modules_to_save, IsEmpty());
+  EXPECT_THAT(ParseWith({{"modules_to_save", json::array()}})->modules_to_save, IsEmpty());
+  // A list applies to the input embedding; an object names the modules.
+  c = ParseWith({{"trainable_token_indices", {1, 2}}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->trainable_tokens.size(), 1u);
+  EXPECT_EQ(c->trainable_tokens[0].first, "embed_tokens");
+  EXPECT_THAT(c->trainable_tokens[0].second, ElementsAre(1, 2));
+  c = ParseWith({{"trainable_token_indices", {{"lm_head", {4}}, {"embed_tokens", {3, 9}}}}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->trainable_tokens.size(), 2u);
+  EXPECT_TRUE(IsError(ParseWith({{"trainable_token_indices", {1, -2}}}).status(), absl::StatusCode::kInvalidArgument,
+                      {kLabel, "'trainable_token_indices'", "-2"}));
+  EXPECT_TRUE(IsError(ParseWith({{"trainable_token_indices", {{"embed_tokens", json::array()}}}}).status(),
+                      absl::StatusCode::kInvalidArgument, {kLabel, "trainable_token_indices[embed_tokens]"}));
+  EXPECT_TRUE(IsError(ParseWith({{"task_type", "TOKEN_CLS"}}).status(), absl::StatusCode::kInvalidArgument,
+                      {kLabel, "'task_type'", "TOKEN_CLS"}));
+}
+
+TEST(LoraConfigTest, ParsesAdaLoraAndScalesByInitRank) {
+  absl::StatusOr<LoraConfig> c = ParseWith(
+      {{"peft_type", "ADALORA"}, {"init_r", 6}, {"lora_alpha", 12}, {"r", 99},
+       {"rank_pattern", {{"model.layers.0.self_attn.q_proj.lora_E", {true, false, true, true, false, false}}}}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->adalora);
+  EXPECT_EQ(c->RankFor(Module(0, "self_attn.q_proj")), 3);  // the kept ranks
+  EXPECT_EQ(c->RankFor(Module(0, "self_attn.v_proj")), 6);  // init_r
+  // PEFT: lora_alpha / (ranknum + 1e-5), ranknum staying init_r after pruning.
+  EXPECT_DOUBLE_EQ(c->ScaleFor(Module(0, "self_attn.q_proj")), 12.0 / (6.0 + 1e-5));
+  EXPECT_TRUE(IsError(ParseWith({{"peft_type", "ADALORA"}, {"init_r", 4},
+                                 {"rank_pattern", {{"model.layers.0.self_attn.q_proj.lora_E", {true}}}}})
+                          .status(),
+                      absl::StatusCode::kInvalidArgument, {kLabel, "rank_pattern[model.layers.0.self_attn.q_proj.lora_E]"}));
+  EXPECT_TRUE(IsError(ParseWith({{"peft_type", "ADALORA"}, {"use_dora", true}}).status(),
+                      absl::StatusCode::kInvalidArgument, {kLabel, "use_dora"}));
 }
 
 TEST(LoraConfigTest, RejectsOtherPeftTypes) {
@@ -391,11 +433,6 @@ TEST(LoraConfigTest, RejectsOtherPeftTypes) {
                       {kLabel, "'peft_type'", "LOHA"}));
   EXPECT_TRUE(IsError(ParseWith({{"peft_type", 3}}).status(), absl::StatusCode::kInvalidArgument,
                       {kLabel, "'peft_type'"}));
-}
-
-TEST(LoraConfigTest, RejectsLoraBias) {
-  EXPECT_TRUE(IsError(ParseWith({{"lora_bias", true}}).status(), absl::StatusCode::kInvalidArgument,
-                      {kLabel, "'lora_bias'"}));
 }
 
 TEST(LoraConfigTest, RejectsLayerReplication) {
@@ -408,8 +445,6 @@ TEST(LoraConfigTest, RejectsOtherUnsupportedFeatures) {
                       absl::StatusCode::kInvalidArgument, {kLabel, "'target_parameters'"}));
   EXPECT_TRUE(IsError(ParseWith({{"use_qalora", true}}).status(), absl::StatusCode::kInvalidArgument,
                       {kLabel, "'use_qalora'"}));
-  EXPECT_TRUE(IsError(ParseWith({{"trainable_token_indices", {1, 2}}}).status(),
-                      absl::StatusCode::kInvalidArgument, {kLabel, "'trainable_token_indices'"}));
 }
 
 TEST(LoraConfigTest, RejectsBadRegex) {

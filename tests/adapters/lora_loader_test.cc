@@ -350,11 +350,12 @@ TEST_F(LoraLoaderTest, RejectsLayerThatDoesNotExist) {
                       {"layers.9.self_attn.q_proj", "layer 9 does not exist", "4 layers"}));
 }
 
-TEST_F(LoraLoaderTest, RejectsEmbeddingLora) {
+TEST_F(LoraLoaderTest, RejectsEmbeddingLoraTheConfigDoesNotTarget) {
   FakeAdapter a = QvLora();
   const std::string name = "base_model.model.model.embed_tokens.lora_embedding_A";
   a.Add(name, {4, 2048}, 50);
-  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument, {name, "embed_tokens"}));
+  EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kFailedPrecondition,
+                      {name, "model.embed_tokens is not targeted"}));
 }
 
 TEST_F(LoraLoaderTest, RejectsLmHeadLora) {
@@ -503,7 +504,7 @@ TEST_F(LoraLoaderTest, RejectsMissingWeightsAndMissingDirectory) {
 
 TEST_F(LoraLoaderTest, RejectsInvalidConfigThroughLoad) {
   FakeAdapter a = QvLora();
-  a.config["bias"] = "all";
+  a.config["bias"] = "everything";
   EXPECT_TRUE(IsError(LoadDir(a).status(), absl::StatusCode::kInvalidArgument,
                       {kConfigFile, "'bias'"}));
 }

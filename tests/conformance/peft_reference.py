@@ -9,7 +9,10 @@ truth that the C++ tests compare against, computed live with `peft`:
               fp16 or bf16 tensors),
               fill every adapter tensor from a seeded generator so the delta is
               clearly non-zero, and save it (adapter_config.json +
-              adapter_model.safetensors).
+              adapter_model.safetensors). Also with modules_to_save (lm_head,
+              embed_tokens), trainable_token_indices, LoRA on embed_tokens, trained
+              biases (--bias all|lora_only, --lora-bias): every extra tensor is moved
+              away from the base's value.
   make-ia3    the same for an (IA)^3 adapter: every ia3_l vector is 1 + 0.5 N(0, 1).
   make-prompt-tuning
               the same for prompt tuning: V virtual-token embeddings, random
@@ -23,6 +26,21 @@ truth that the C++ tests compare against, computed live with `peft`:
               --mixed (LoRA adapters only), also one left-padded mixed-adapter
               batch through PEFT's `adapter_names` API (mixed.r{i}.last_logits,
               mixed.r{i}.greedy); PEFT refuses DoRA adapters there.
+  make-cls    a SEQ_CLS LoRA on the checkpoint loaded as *ForSequenceClassification,
+              with N labels: random LoRA and a random `score` head (saved through
+              modules_to_save); optionally the model's config.json beside it
+              (label names, pad_token_id), as PretrainedConfig.save_pretrained
+              writes it.
+  make-adalora
+              an AdaLoRA adapter whose ranks PEFT's rank allocation has pruned:
+              a few training steps on random tokens, update_and_allocate at each,
+              until the final budget is fixed (so ranks differ per module); saved
+              sliced to the kept ranks, or (--keep-masked) at init_r with the
+              pruned singular values zeroed.
+  reference   (also) SEQ_CLS adapters: {NAME}.r{i}.cls_logits, the logits of the
+              PeftModel over *ForSequenceClassification for each prompt (batch 1);
+              AdaLoRA adapters: {NAME}.ranks, the distinct ranks left after pruning
+              (non-zero singular values per module, counted in the PeftModel).
   self-check  exercise both of the above in a temporary directory.
 
 Nothing is written to stdout except by self-check; callers read the files.
@@ -42,13 +60,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
-from peft import (IA3Config, LoraConfig, PeftModel, PromptTuningConfig,  # noqa: E402
+from peft import (AdaLoraConfig, IA3Config, LoraConfig, PeftModel, PromptTuningConfig,  # noqa: E402
                   PromptTuningInit, get_peft_model)
 from peft.tuners.ia3 import IA3Layer  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 import hf_reference  # noqa: E402
 
@@ -86,32 +104,77 @@ def load_base(model_dir):
     return model.eval()
 
 
-def cmd_make_lora(a):
-    targets = a.targets_regex or (a.targets if a.targets == "all-linear" else
-                                  [t for t in a.targets.split(",") if t])
-    cfg = LoraConfig(
+def lora_config_args(a, targets, task_type):
+    tokens = None
+    if a.trainable_tokens:
+        tokens = json.loads(a.trainable_tokens) if a.trainable_tokens.startswith("{") else \
+            [int(x) for x in a.trainable_tokens.split(",")]
+    return dict(
         r=a.r, lora_alpha=int(a.alpha) if a.alpha.is_integer() else a.alpha, use_rslora=a.rslora,
         target_modules=targets, rank_pattern=json_arg(a.rank_pattern, "--rank-pattern", dict),
         alpha_pattern=json_arg(a.alpha_pattern, "--alpha-pattern", dict),
         layers_to_transform=[int(x) for x in a.layers.split(",")] if a.layers else None,
         exclude_modules=json_arg(a.exclude, "--exclude", (list, str)) if a.exclude else None,
         use_dora=a.dora, fan_in_fan_out=a.fan_in_fan_out, init_lora_weights=False,
-        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(load_base(a.model), cfg)
-    gen = torch.Generator().manual_seed(a.seed)
+        lora_dropout=0.0, bias=a.bias, lora_bias=a.lora_bias, task_type=task_type,
+        modules_to_save=[m for m in a.modules_to_save.split(",") if m] or None,
+        trainable_token_indices=tokens)
+
+
+def randomize_lora(model, gen):
+    """Every LoRA (Linear and Embedding) module of `model`: A and B random, the delta about
+    GAIN times the base output; DoRA magnitudes perturbed; lora_B biases random."""
     layers = sorted((n, m) for n, m in model.named_modules()
-                    if isinstance(m, LoraLayer) and "default" in m.lora_A)
+                    if isinstance(m, LoraLayer) and ("default" in m.lora_A or "default" in m.lora_embedding_A))
     if not layers:
         fail("no module matched the target selection")
     with torch.no_grad():
         for _, m in layers:
-            A, B, s = m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"]
+            s = m.scaling["default"]
+            if "default" in m.lora_embedding_A:  # A [r, vocab], B [hidden, r]; rows of std EMBED_STD
+                A, B = m.lora_embedding_A["default"], m.lora_embedding_B["default"]
+                A.copy_(torch.randn(A.shape, generator=gen))
+                B.copy_(torch.randn(B.shape, generator=gen) / A.shape[0] ** 0.5 * (GAIN * 0.1 / s))
+                continue
+            A, B = m.lora_A["default"].weight, m.lora_B["default"].weight
             A.copy_(torch.randn(A.shape, generator=gen) / A.shape[1] ** 0.5)
             B.copy_(torch.randn(B.shape, generator=gen) / A.shape[0] ** 0.5 * (GAIN / s))
+            if m.lora_B["default"].bias is not None:  # lora_bias: scaled with the delta
+                bias = m.lora_B["default"].bias
+                bias.copy_(0.2 * torch.randn(bias.shape, generator=gen) / s)
             if m.use_dora.get("default", False):  # ||W + s B A|| per output row, perturbed
                 mag = m.lora_magnitude_vector["default"].weight
                 norm = torch.linalg.norm(m.get_base_layer().weight.float() + s * (B @ A), dim=1)
                 mag.copy_(norm * (1 + 0.1 * torch.randn(mag.shape, generator=gen)))
+    return layers
+
+
+def randomize_extras(model, gen, bias):
+    """Moves every trained tensor outside LoRA away from the base: modules_to_save copies,
+    trainable token rows and, for bias "all"/"lora_only", the biases PEFT will save."""
+    with torch.no_grad():
+        for n, m in sorted(model.named_modules()):
+            if type(m).__name__ == "ModulesToSaveWrapper" and "default" in m.modules_to_save:
+                w = m.modules_to_save["default"].weight
+                w.add_(float(w.std()) * torch.randn(w.shape, generator=gen))
+            if type(m).__name__ == "TrainableTokensLayer" and "default" in m.trainable_tokens_delta:
+                d = m.trainable_tokens_delta["default"]
+                d.add_(max(float(d.std()), 0.1) * 2 * torch.randn(d.shape, generator=gen))
+        for n, p in sorted(model.named_parameters()):
+            wrapped = n.endswith("base_layer.bias")
+            if n.endswith("bias") and not n.endswith("lora_B.default.bias") and (
+                    bias == "all" or (bias == "lora_only" and wrapped)):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+
+
+def cmd_make_lora(a):
+    targets = a.targets_regex or (a.targets if a.targets == "all-linear" else
+                                  [t for t in a.targets.split(",") if t])
+    cfg = LoraConfig(**lora_config_args(a, targets, "CAUSAL_LM"))
+    model = get_peft_model(load_base(a.model), cfg)
+    gen = torch.Generator().manual_seed(a.seed)
+    layers = randomize_lora(model, gen)
+    randomize_extras(model, gen, a.bias)
     if a.dtype != "float32":  # saved in half precision, as adapters trained in it are
         for _, m in layers:
             for part in (m.lora_A, m.lora_B, getattr(m, "lora_magnitude_vector", {})):
@@ -135,6 +198,62 @@ def save_adapter(model, out, min_tensors):
     with safe_open(os.path.join(out, "adapter_model.safetensors"), "pt") as f:
         if len(list(f.keys())) < min_tensors:
             fail("saved adapter lacks tensors")
+
+
+def cmd_make_cls(a):
+    names = [x for x in a.label_names.split(",") if x] if a.label_names else None
+    if names and len(names) != a.labels:
+        fail("--label-names must name every label")
+    kw = dict(num_labels=a.labels)
+    if names:
+        kw.update(id2label=dict(enumerate(names)), label2id={x: i for i, x in enumerate(names)})
+    if a.pad_token_id is not None:
+        kw["pad_token_id"] = a.pad_token_id
+    base = AutoModelForSequenceClassification.from_pretrained(a.model, dtype=torch.float32, **kw)
+    targets = [t for t in a.targets.split(",") if t]
+    model = get_peft_model(base, LoraConfig(**lora_config_args(a, targets, "SEQ_CLS")))
+    gen = torch.Generator().manual_seed(a.seed)
+    layers = randomize_lora(model, gen)
+    with torch.no_grad():
+        head = model.base_model.model.score.modules_to_save["default"].weight  # [labels, hidden]
+        head.copy_(torch.randn(head.shape, generator=gen) / head.shape[1] ** 0.5)
+    save_adapter(model, a.out, 2 * len(layers) + 1)
+    if a.save_config:  # the fine-tuned model's config: id2label, pad_token_id
+        model.base_model.model.config.save_pretrained(a.out)
+
+
+def cmd_make_adalora(a):
+    targets = [t for t in a.targets.split(",") if t]
+    steps = 4  # tinit 1: steps 2-3 prune towards target_r, step 3 fixes the budget
+    cfg = AdaLoraConfig(init_r=a.init_r, target_r=a.target_r, lora_alpha=a.alpha, tinit=1, tfinal=1,
+                        deltaT=1, total_step=steps, target_modules=targets, lora_dropout=0.0,
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(load_base(a.model), cfg)
+    gen = torch.Generator().manual_seed(a.seed)
+    layers = [m for _, m in sorted(model.named_modules()) if hasattr(m, "lora_E") and "default" in m.lora_E]
+    if not layers:
+        fail("no module matched the target selection")
+    with torch.no_grad():
+        for m in layers:
+            A, E, B = m.lora_A["default"], m.lora_E["default"], m.lora_B["default"]
+            factor = m.scaling["default"] / (float(m.ranknum["default"]) + 1e-5)
+            A.copy_(torch.randn(A.shape, generator=gen) / A.shape[1] ** 0.5)
+            E.copy_((0.5 + torch.rand(E.shape, generator=gen)) * torch.sign(torch.randn(E.shape, generator=gen)))
+            B.copy_(torch.randn(B.shape, generator=gen) / A.shape[0] ** 0.5 * (GAIN / factor))
+    model.train()
+    vocab = model.config.vocab_size
+    for step in range(1, steps):  # up to total_step - tfinal, where the final mask is fixed
+        ids = torch.randint(0, vocab, (2, 12), generator=gen)
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.base_model.update_and_allocate(step)
+        model.zero_grad()
+    model.eval()
+    kept = sorted({int((m.lora_E["default"] != 0).sum()) for m in layers})
+    if len(kept) < 2 or min(kept) >= a.init_r:
+        fail(f"rank allocation left ranks {kept}; expected pruned ranks that differ per module")
+    if a.keep_masked:  # no rank_pattern: init_r tensors, pruned singular values zero
+        model.peft_config["default"].rank_pattern = None
+    save_adapter(model, a.out, 3 * len(layers))
 
 
 def cmd_make_ia3(a):
@@ -197,15 +316,46 @@ def run_mixed(model, prompts, names, n):
     return last, g[:, width:].to(torch.int64)
 
 
+def plain_lora(cfg):
+    """A LoRA that changes nothing but the linear projections (it can share a PeftModel)."""
+    targets = cfg.get("target_modules") or []
+    return (cfg.get("peft_type") == "LORA" and not cfg.get("modules_to_save")
+            and not cfg.get("trainable_token_indices") and cfg.get("bias", "none") == "none"
+            and not cfg.get("lora_bias") and cfg.get("task_type") != "SEQ_CLS"
+            and not (isinstance(targets, list) and "embed_tokens" in targets))
+
+
 def adapter_groups(adapters):
-    """{key: [(name, dir)]}, one PeftModel each: LoRA adapters share one, IA3 adapters
-    another; every prompt-learning adapter gets its own."""
+    """{key: [(name, dir)]}, one PeftModel each: plain LoRA adapters share one, IA3 adapters
+    another; every other adapter (prompt learning, heads, trained biases that PEFT loads over
+    the base's, AdaLoRA, SEQ_CLS) gets its own."""
     groups = {}
     for name, d in adapters:
         with open(os.path.join(d, "adapter_config.json")) as f:
-            kind = json.load(f).get("peft_type")
+            cfg = json.load(f)
+        kind = cfg.get("peft_type")
+        if kind == "LORA" and not plain_lora(cfg):
+            kind = "SEQ_CLS" if cfg.get("task_type") == "SEQ_CLS" else "LORA+"
         groups.setdefault(kind if kind in ("LORA", "IA3") else f"{kind}/{name}", []).append((name, d))
     return groups
+
+
+def classify_rows(model_dir, adapter_dir, prompts):
+    """Logits of a SEQ_CLS adapter over *ForSequenceClassification for each prompt (batch 1)."""
+    if os.path.isfile(os.path.join(adapter_dir, "config.json")):
+        kw = dict(config=AutoConfig.from_pretrained(adapter_dir))
+    else:
+        with safe_open(os.path.join(adapter_dir, "adapter_model.safetensors"), "pt") as f:
+            kw = dict(num_labels=f.get_slice("base_model.model.score.weight").get_shape()[0])
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, **kw)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    return [{"cls_logits": model(input_ids=torch.tensor([p])).logits[0].float().clone()} for p in prompts]
+
+
+def adalora_ranks(model):
+    """Distinct ranks that serve after pruning: non-zero singular values per module."""
+    ranks = {int((m.lora_E[k] != 0).sum()) for m in model.modules() if hasattr(m, "lora_E") for k in m.lora_E}
+    return torch.tensor(sorted(r for r in ranks if r > 0), dtype=torch.int64)
 
 
 def cmd_reference(a):
@@ -231,6 +381,9 @@ def cmd_reference(a):
     with torch.no_grad():
         res[BASE] = run_rows(base, prompts, a.new_tokens)
         for key, group in groups.items():  # each PeftModel wraps (and alters) a fresh base
+            if key.startswith("SEQ_CLS/"):
+                res[group[0][0]] = classify_rows(a.model, group[0][1], prompts)
+                continue
             base = base if base is not None else load_base(a.model)
             model = PeftModel.from_pretrained(base, group[0][1], adapter_name=group[0][0])
             base = None
@@ -243,6 +396,8 @@ def cmd_reference(a):
             for name, _ in group:
                 model.set_adapter(name)
                 res[name] = run_rows(model, prompts, a.new_tokens)
+                if key.startswith("ADALORA/"):
+                    tensors[f"{name}.ranks"] = adalora_ranks(model)
             if key != "LORA" or not a.mixed:
                 continue
             last, greedy = run_mixed(model, prompts, names, a.new_tokens)  # PEFT refuses DoRA
@@ -256,7 +411,7 @@ def cmd_reference(a):
                     warn(f"mixed row {i} ({x}) greedy differs from single-row greedy")
     tensors.update({f"{k}.r{i}.{f}": v for k, rows in res.items()
                     for i, r in enumerate(rows) for f, v in r.items()})
-    gap = hf_reference.min_top2_gap([r for rows in res.values() for r in rows])
+    gap = hf_reference.min_top2_gap([r for rows in res.values() for r in rows if "step_logits" in r])
     if gap < 1e-3:
         warn(f"near-tie in greedy logits (gap {gap:.3g})")
     meta = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
@@ -368,6 +523,36 @@ def parser():
     t.add_argument("--targets", default="q_proj,v_proj", help="comma list, or all-linear")
     t.add_argument("--targets-regex", help="full-match regex over module names")
     m.set_defaults(func=cmd_make_lora)
+    c = sub.add_parser("make-cls", help="create a seeded random SEQ_CLS LoRA with its score head")
+    for flag, kw in [("--labels", dict(type=int, required=True)),
+                     ("--label-names", dict(help="comma list: id2label in the saved config.json")),
+                     ("--pad-token-id", dict(type=int, help="the classifier's pad_token_id")),
+                     ("--targets", dict(default="q_proj,v_proj", help="comma list"))]:
+        c.add_argument(flag, **kw)
+    c.add_argument("--save-config", action="store_true", help="save the model's config.json beside it")
+    c.set_defaults(func=cmd_make_cls, targets_regex=None)
+    ad = sub.add_parser("make-adalora", help="create an AdaLoRA adapter with ranks pruned by PEFT")
+    for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
+                     ("--seed", dict(type=int, required=True)), ("--init-r", dict(type=int, default=6)),
+                     ("--target-r", dict(type=int, default=3)), ("--alpha", dict(type=int, default=12)),
+                     ("--targets", dict(default="q_proj,v_proj,down_proj", help="comma list"))]:
+        ad.add_argument(flag, **kw)
+    ad.add_argument("--keep-masked", action="store_true",
+                    help="save at init_r with zeroed singular values (no rank_pattern)")
+    ad.set_defaults(func=cmd_make_adalora)
+    for sp in (m, c):  # LoraConfig options both makers share
+        for flag, kw in [("--modules-to-save", dict(default="", help="comma list (modules_to_save)")),
+                         ("--trainable-tokens", dict(help="comma list of ids, or a JSON object")),
+                         ("--bias", dict(default="none", choices=["none", "all", "lora_only"]))]:
+            sp.add_argument(flag, **kw)
+        sp.add_argument("--lora-bias", action="store_true")
+    for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
+                     ("--seed", dict(type=int, required=True)), ("--r", dict(type=int, default=8)),
+                     ("--alpha", dict(type=float, default=16.0)), ("--rank-pattern", dict(default="{}")),
+                     ("--alpha-pattern", dict(default="{}")), ("--layers", dict()), ("--exclude", dict()),
+                     ("--dtype", dict(default="float32"))]:
+        c.add_argument(flag, **kw)
+    c.set_defaults(rslora=False, dora=False, fan_in_fan_out=False)
     i = sub.add_parser("make-ia3", help="create a seeded random (IA)^3 adapter")
     for flag, kw in [("--model", dict(required=True)), ("--out", dict(required=True)),
                      ("--seed", dict(type=int, required=True)),
@@ -396,7 +581,7 @@ def main():
     a = parser().parse_args()
     if a.cmd == "reference" and a.new_tokens < 1:
         fail("--new-tokens must be at least 1")
-    if a.cmd == "make-lora" and (a.r < 1 or a.alpha <= 0):
+    if a.cmd in ("make-lora", "make-cls") and (a.r < 1 or a.alpha <= 0):
         fail("--r must be at least 1 and --alpha positive")
     if a.cmd == "make-prompt-tuning" and a.virtual_tokens < 1:
         fail("--virtual-tokens must be at least 1")

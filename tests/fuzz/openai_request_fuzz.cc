@@ -1,6 +1,6 @@
 // libFuzzer target: OpenAI request translation. Arbitrary bytes are parsed as
-// the bodies of /v1/completions, /v1/chat/completions and vLLM's LoRA
-// endpoints, as the HTTP layer does; every translated prompt given as token
+// the bodies of /v1/completions, /v1/chat/completions, /v1/classify and
+// vLLM's LoRA endpoints, as the HTTP layer does; every translated prompt given as token
 // ids is validated against a Llama config and the request limits, and every
 // error becomes an OpenAI error body. The result must be a status.
 #include <cstddef>
@@ -32,6 +32,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const adapterd::core::GenerateRequest& g : r->prompts) {
       if (!g.engine.prompt.empty()) (void)adapterd::engine::ValidateRequest(g.engine, *config, options);
     }
+  }
+  absl::StatusOr<adapterd::http::ClassifyApiRequest> c = adapterd::http::ParseClassifyRequest(body, limits);
+  if (c.ok()) {
+    for (const adapterd::core::ClassifyRequest& in : c->inputs) {
+      if (in.prompt_token_ids.empty()) continue;
+      adapterd::engine::GenerationRequest g;
+      g.kind = adapterd::engine::RequestKind::kClassify;
+      g.prompt = in.prompt_token_ids;
+      (void)adapterd::engine::ValidateRequest(g, *config, options);
+    }
+  } else {
+    (void)adapterd::http::ErrorResponse(c.status());
   }
   (void)adapterd::http::ParseLoadLoraRequest(body);
   (void)adapterd::http::ParseUnloadLoraRequest(body);

@@ -223,22 +223,30 @@ TEST_F(AdapterServerTest, BadAdaptersAreRejectedAndLeaveNoTrace) {
          return d;
        },
        grpc::StatusCode::INVALID_ARGUMENT, "pickled"},
-      {"unsupported bias", "bias",
+      {"unknown bias", "bias",
        [] {
          const std::string d = Adapter("bias");
          std::ofstream(d + "/adapter_config.json")
-             << R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "bias": "all"})";
+             << R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "bias": "most"})";
          return d;
        },
        grpc::StatusCode::INVALID_ARGUMENT, "'bias'"},
-      {"modules_to_save", "mts",
+      {"modules_to_save without its tensor", "mts",
        [] {
          const std::string d = Adapter("mts");
          std::ofstream(d + "/adapter_config.json")
              << R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]})";
          return d;
        },
-       grpc::StatusCode::INVALID_ARGUMENT, "modules_to_save"},
+       grpc::StatusCode::INVALID_ARGUMENT, "missing tensor 'base_model.model.lm_head.weight'"},
+      {"modules_to_save naming a module the base lacks", "mts-unknown",
+       [] {
+         const std::string d = Adapter("mts-unknown");
+         std::ofstream(d + "/adapter_config.json")
+             << R"({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["value_head"]})";
+         return d;
+       },
+       grpc::StatusCode::FAILED_PRECONDITION, "'value_head', a module the base model"},
       {"missing directory", "nodir", [] { return *dir_ + "/does-not-exist"; },
        grpc::StatusCode::NOT_FOUND, "does-not-exist"},
   };

@@ -42,7 +42,8 @@ grpc::Status UploadAdapterDir(v1::Admin::Stub& admin, const std::string& id, con
   w->Write(msg);
   const std::string weights =
       std::filesystem::exists(dir + "/adapter.safetensors") ? "adapter.safetensors" : "adapter_model.safetensors";
-  for (const std::string& name : {std::string("adapter_config.json"), weights}) {
+  for (const std::string& name : {std::string("adapter_config.json"), weights, std::string("config.json")}) {
+    if (!std::filesystem::exists(dir + "/" + name)) continue;  // config.json is optional
     std::ifstream in(dir + "/" + name, std::ios::binary);
     std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     for (size_t off = 0; off < data.size(); off += 64 << 10) {  // several chunks per file

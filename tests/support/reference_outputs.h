@@ -29,7 +29,8 @@ std::vector<int64_t> ToVector(const at::Tensor& t);
 grpc::Status LoadAdapterByPath(v1::Admin::Stub& admin, const std::string& id, const std::string& dir,
                                v1::AdapterInfo* info);
 // Admin UploadAdapter of the directory's config and weights (PEFT's or
-// AdapterHub's file name), in 64 KiB chunks.
+// AdapterHub's file name), and its config.json when it has one, in 64 KiB
+// chunks.
 grpc::Status UploadAdapterDir(v1::Admin::Stub& admin, const std::string& id, const std::string& dir,
                               v1::AdapterInfo* info);
 

@@ -2,8 +2,10 @@
 // lease, submit, accounting), the admin operations, and the drain.
 #include "server/core/server_core.h"
 
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
@@ -63,7 +65,9 @@ class ServerCoreTest : public ::testing::Test {
     auto sink = std::make_shared<testing::CollectingGenerateSink>();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = core_->Generate(adapter, r, sink);
     EXPECT_TRUE(h.ok()) << h.status();
-    if (h.ok()) EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
+    if (h.ok()) {
+      EXPECT_TRUE(testing::Await(sink->done, "request through '" + adapter + "' to finish"));
+    }
     return sink;
   }
   double Metric(const std::string& name) {
@@ -168,6 +172,113 @@ TEST(ServerCoreTextTest, TextAndChatsRunAndLimitsNameTheTokenizedPrompt) {
   long_chat.engine.sampling.max_new_tokens = 1;
   EXPECT_TRUE(IsError((*core)->Generate("", long_chat, std::make_shared<testing::CollectingGenerateSink>()).status(),
                       absl::StatusCode::kInvalidArgument, {"chat is", "tokens after tokenization"}));
+}
+
+// Keeps one Classify result.
+class ClassifyCollector : public ClassifySink {
+ public:
+  void OnResult(absl::StatusOr<ClassifyResult> r) override {
+    result = std::move(r);
+    done.Notify();
+  }
+  absl::StatusOr<ClassifyResult> result = absl::UnknownError("no result");
+  absl::Notification done;
+};
+
+// A SEQ_CLS adapter for the demo model: a q/v LoRA and a 3-label head, with
+// the fine-tuned model's config.json (label names, pad token 9) beside it.
+std::map<std::string, std::string> ClassifierFiles() {
+  testing::FakeAdapter a = Strong();
+  a.config["task_type"] = "SEQ_CLS";
+  a.config["modules_to_save"] = {"classifier", "score"};
+  a.Add("base_model.model.score.weight", {3, 256}, 77, 0.5f);
+  std::map<std::string, std::string> files = a.Files();
+  files["config.json"] = R"({"id2label": {"0": "neg", "1": "neu", "2": "pos"}, "pad_token_id": 9})";
+  return files;
+}
+
+TEST(ServerCoreClassifyTest, TextAndIdsPoolTheLastTokenThatIsNotPadding) {
+  absl::StatusOr<std::string> demo = model::EnsureDemoCheckpoint(testing::MakeTempDir("core-cls"));
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  testing::WriteFakeTokenizer(*demo, testing::kFakeChatTemplate);
+  ServerCoreOptions o;
+  o.model_dir = *demo;
+  prometheus::Registry prom;
+  absl::StatusOr<std::unique_ptr<ServerCore>> core = ServerCore::Create(o, prom);
+  ASSERT_TRUE(core.ok()) << core.status();
+  auto load = [&](const std::string& id, std::map<std::string, std::string> files) {
+    absl::Notification done;
+    absl::Status status;
+    (*core)->UploadAdapter(id, {std::move(files)}, false, false, [&](absl::StatusOr<adapters::AdapterInfo> r) {
+      status = r.status();
+      done.Notify();
+    });
+    EXPECT_TRUE(testing::Await(done, "the load of " + id));
+    return status;
+  };
+  ASSERT_TRUE(load("cls", ClassifierFiles()).ok());
+  ASSERT_TRUE(load("qv", Strong().Files()).ok());
+  absl::StatusOr<adapters::AdapterInfo> info = (*core)->GetAdapter("cls");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->summary.task_type, "SEQ_CLS");
+  EXPECT_THAT(info->summary.labels, ::testing::ElementsAre("neg", "neu", "pos"));
+  EXPECT_THAT(info->summary.modules_to_save, ::testing::ElementsAre("score"));
+
+  auto classify = [&](const std::string& id, ClassifyRequest r) -> absl::StatusOr<ClassifyResult> {
+    auto sink = std::make_shared<ClassifyCollector>();
+    absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h = (*core)->Classify(id, std::move(r), sink);
+    if (!h.ok()) return h.status();
+    EXPECT_TRUE(testing::Await(sink->done, "the classification"));
+    return sink->result;
+  };
+  auto ids = [](std::vector<int64_t> p) {
+    ClassifyRequest r;
+    r.prompt_token_ids = std::move(p);
+    return r;
+  };
+  absl::StatusOr<ClassifyResult> plain = classify("cls", ids({5, 6, 7}));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_EQ(plain->scores.size(), 3u);
+  double sum = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(plain->scores[i].label, std::vector<std::string>({"neg", "neu", "pos"})[i]);
+    sum += plain->scores[i].probability;
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-6);
+  EXPECT_EQ(plain->pooled_index, 2);
+  // Trailing pad tokens are skipped: the same token is pooled.
+  absl::StatusOr<ClassifyResult> padded = classify("cls", ids({5, 6, 7, 9, 9}));
+  ASSERT_TRUE(padded.ok()) << padded.status();
+  EXPECT_EQ(padded->prompt_tokens, 5);
+  EXPECT_EQ(padded->pooled_index, 2);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(padded->scores[i].logit, plain->scores[i].logit);
+  // Text is tokenized as Generate tokenizes it.
+  ClassifyRequest text;
+  text.prompt_text = "abc";
+  absl::StatusOr<ClassifyResult> by_text = classify("cls", text);
+  ASSERT_TRUE(by_text.ok()) << by_text.status();
+  absl::StatusOr<std::vector<int32_t>> tokens = (*core)->Tokenize(std::string("abc"), std::nullopt, true);
+  ASSERT_TRUE(tokens.ok());
+  absl::StatusOr<ClassifyResult> by_ids = classify("cls", ids({tokens->begin(), tokens->end()}));
+  ASSERT_TRUE(by_ids.ok());
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(by_text->scores[i].logit, by_ids->scores[i].logit);
+  EXPECT_EQ((*core)->GetAdapter("cls")->requests_served, 4);
+
+  // Each call refuses the other's adapters, and malformed prompts, by name.
+  EXPECT_TRUE(IsError(classify("qv", ids({1, 2})).status(), absl::StatusCode::kFailedPrecondition,
+                      {"'qv' is a causal-LM adapter", "SEQ_CLS"}));
+  EXPECT_TRUE(IsError(classify("", ids({1, 2})).status(), absl::StatusCode::kFailedPrecondition, {"base model"}));
+  EXPECT_TRUE(IsError(classify("nope", ids({1, 2})).status(), absl::StatusCode::kNotFound, {"nope"}));
+  ClassifyRequest both = ids({1});
+  both.prompt_text = "a";
+  EXPECT_TRUE(IsError(classify("cls", both).status(), absl::StatusCode::kInvalidArgument, {"exactly one"}));
+  EXPECT_TRUE(IsError(classify("cls", ids({1, 5000})).status(), absl::StatusCode::kInvalidArgument,
+                      {"prompt_token_ids[1]"}));
+  GenerateRequest g;
+  g.engine.prompt = {1, 2};
+  g.engine.sampling.max_new_tokens = 2;
+  EXPECT_TRUE(IsError((*core)->Generate("cls", g, std::make_shared<testing::CollectingGenerateSink>()).status(),
+                      absl::StatusCode::kFailedPrecondition, {"'cls' is a sequence-classification adapter", "Classify"}));
 }
 
 }  // namespace

@@ -1,5 +1,9 @@
 #include "server/engine/engine.h"
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <thread>
 
@@ -8,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/model/adapter_lease.h"
 #include "server/model/demo_checkpoint.h"
 #include "tests/support/test_env.h"
 #include "tests/support/wait.h"
@@ -288,6 +293,94 @@ TEST(EngineTest, StopsAtEosUnlessIgnored) {
   EXPECT_EQ(c->finish.reason, FinishReason::kStop);
   EXPECT_EQ(c->tokens.back(), full[3]);
   EXPECT_LE(c->tokens.size(), 4u);
+}
+
+// Collects a classification request's scores.
+class ScoreCollector : public Collector {
+ public:
+  void OnScores(std::span<const float> s) override { scores.assign(s.begin(), s.end()); }
+  std::vector<float> scores;
+};
+
+// A classifier: a three-label head and nothing else on the demo model.
+std::shared_ptr<model::AdapterWeights> Classifier(const model::LlamaModel& m) {
+  auto w = std::make_shared<model::AdapterWeights>(m.config().num_layers);
+  w->SetClassifier(at::randn({3, m.config().hidden_size}, at::TensorOptions().dtype(at::kFloat)));
+  return w;
+}
+
+TEST(EngineTest, ClassificationRowsShareStepsWithGenerationAndEndAfterPrefill) {
+  auto m = model::LlamaModel::Load(DemoDir(), {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::shared_ptr<model::AdapterWeights> head = Classifier(**m);
+  std::unique_ptr<Engine> e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  // A long generation first, then a classification that joins its steps.
+  auto gen = std::make_shared<Collector>();
+  ASSERT_TRUE(e->Submit(Greedy({1, 2, 3}, 400), gen).ok());
+  ASSERT_TRUE(testing::Await(gen->first_token, "the first generated token"));
+  GenerationRequest r = Greedy({5, 6, 7, 8}, 1);
+  r.kind = RequestKind::kClassify;
+  r.sampling.max_new_tokens = 0;  // ignored by classification
+  r.adapter = model::LeaseResident("cls", head);
+  auto cls = std::make_shared<ScoreCollector>();
+  ASSERT_TRUE(e->Submit(r, cls).ok());
+  ASSERT_TRUE(testing::Await(cls->done, "the classification"));
+  EXPECT_TRUE(cls->finish.status.ok()) << cls->finish.status;
+  EXPECT_EQ(e->GetStats().peak_running, 2) << "the classification did not join the generation's steps";
+  EXPECT_TRUE(cls->tokens.empty());
+  EXPECT_EQ(cls->finish.completion_tokens, 0);
+  ASSERT_EQ(cls->scores.size(), 3u);
+  // The same as the head applied to the base model's last hidden state, alone.
+  auto kv = model::KvCache::Create((*m)->config(), 16, 4 << 20, at::kFloat, at::kCPU);
+  ASSERT_TRUE(kv.ok());
+  std::vector<int32_t> blocks;
+  ASSERT_TRUE((*kv)->Reserve(blocks, 4));
+  model::ForwardBatch b;
+  b.token_ids = {5, 6, 7, 8};
+  b.seqs.push_back({4, 0, &blocks, true, true});
+  b.adapters.push_back(head.get());
+  absl::StatusOr<model::ForwardOutput> alone = (*m)->Run(b, **kv);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_EQ(alone->scores.size(), 1u);
+  EXPECT_EQ(alone->logits.size(0), 0);
+  // Equal up to the last bits a different GEMM shape (two rows in the step) changes.
+  for (int i = 0; i < 3; ++i) {
+    const float want = alone->scores[0][i].item<float>();
+    EXPECT_NEAR(cls->scores[i], want, 1e-5 * std::max(1.0f, std::abs(want)));
+  }
+  ASSERT_TRUE(testing::Await(gen->done, "the generation"));
+  EXPECT_EQ(gen->tokens.size(), 400u);
+}
+
+TEST(EngineTest, ClassificationAndGenerationRefuseEachOthersAdapters) {
+  auto m = model::LlamaModel::Load(DemoDir(), {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::unique_ptr<Engine> e = MakeEngine();
+  ASSERT_NE(e, nullptr);
+  GenerationRequest base = Greedy({5, 6}, 1);
+  base.kind = RequestKind::kClassify;
+  absl::StatusOr<std::shared_ptr<RequestHandle>> h = e->Submit(base, std::make_shared<ScoreCollector>());
+  EXPECT_EQ(h.status().code(), absl::StatusCode::kFailedPrecondition) << h.status();
+  EXPECT_THAT(h.status().message(), HasSubstr("base model"));
+
+  GenerationRequest no_head = base;
+  no_head.adapter = model::LeaseResident("plain", std::make_shared<model::AdapterWeights>((*m)->config().num_layers));
+  auto c1 = std::make_shared<ScoreCollector>();
+  ASSERT_TRUE(e->Submit(no_head, c1).ok());
+  ASSERT_TRUE(testing::Await(c1->done, "the refused classification"));
+  EXPECT_EQ(c1->finish.status.code(), absl::StatusCode::kFailedPrecondition) << c1->finish.status;
+  EXPECT_THAT(c1->finish.status.message(), HasSubstr("'plain' is a causal-LM adapter"));
+
+  GenerationRequest gen = Greedy({5, 6}, 4);
+  gen.adapter = model::LeaseResident("cls", Classifier(**m));
+  auto c2 = std::make_shared<Collector>();
+  ASSERT_TRUE(e->Submit(gen, c2).ok());
+  ASSERT_TRUE(testing::Await(c2->done, "the refused generation"));
+  EXPECT_EQ(c2->finish.status.code(), absl::StatusCode::kFailedPrecondition) << c2->finish.status;
+  EXPECT_THAT(c2->finish.status.message(), HasSubstr("'cls' is a sequence-classification adapter"));
+  EXPECT_TRUE(c2->tokens.empty());
+  WaitForFreeKv(*e);
 }
 
 }  // namespace

@@ -197,6 +197,57 @@ TEST(ParseLoraRequestTest, NamesAndPaths) {
   EXPECT_EQ(ParamOf(ParseUnloadLoraRequest("{}").status()), "lora_name");
 }
 
+// The param of an INVALID_ARGUMENT from parsing `body` as a classification.
+std::string ClassifyError(const std::string& body) {
+  absl::StatusOr<ClassifyApiRequest> r = ParseClassifyRequest(body, Limits());
+  EXPECT_FALSE(r.ok()) << body;
+  if (r.ok()) return "<ok>";
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
+  return ParamOf(r.status()).value_or("<none>");
+}
+
+TEST(ParseClassifyRequestTest, InputShapesAreOneCoreRequestEach) {
+  absl::StatusOr<ClassifyApiRequest> r = ParseClassifyRequest(R"({"model": "cls", "input": "a b"})", Limits());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->model, "cls");
+  ASSERT_EQ(r->inputs.size(), 1u);
+  EXPECT_EQ(r->inputs[0].prompt_text, "a b");
+  EXPECT_TRUE(r->inputs[0].prompt_token_ids.empty());
+  EXPECT_TRUE(r->inputs[0].add_special_tokens);
+  r = ParseClassifyRequest(R"({"input": [[1, 2], [3]], "add_special_tokens": false, "user": "u"})", Limits());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->model, "");
+  ASSERT_EQ(r->inputs.size(), 2u);
+  EXPECT_THAT(r->inputs[0].prompt_token_ids, ElementsAre(1, 2));
+  EXPECT_THAT(r->inputs[1].prompt_token_ids, ElementsAre(3));
+  EXPECT_FALSE(r->inputs[1].prompt_text.has_value());
+  EXPECT_FALSE(r->inputs[1].add_special_tokens);
+  r = ParseClassifyRequest(R"({"input": ["x", "y", "z"]})", Limits());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->inputs.size(), 3u);
+  EXPECT_EQ(r->inputs[2].prompt_text, "z");
+  r = ParseClassifyRequest(R"({"input": [4, 5, 6]})", Limits());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->inputs.size(), 1u);
+  EXPECT_THAT(r->inputs[0].prompt_token_ids, ElementsAre(4, 5, 6));
+
+  EXPECT_EQ(ClassifyError(R"({"model": "cls"})"), "input");
+  EXPECT_EQ(ClassifyError(R"({"input": []})"), "input");
+  EXPECT_EQ(ClassifyError(R"({"input": {"a": 1}})"), "input");
+  EXPECT_EQ(ClassifyError(R"({"input": ["a", [1]]})"), "input[1]");
+  EXPECT_EQ(ClassifyError(R"({"input": [1, -2]})"), "input");
+  EXPECT_EQ(ClassifyError(R"({"input": [[1], []]})"), "input[1]");
+  EXPECT_EQ(ClassifyError(R"({"input": [1], "model": 3})"), "model");
+  EXPECT_EQ(ClassifyError(R"({"input": [1], "add_special_tokens": 1})"), "add_special_tokens");
+  EXPECT_EQ(ClassifyError(R"({"input": [1], "truncate_prompt_tokens": 3})"), "truncate_prompt_tokens");
+  EXPECT_EQ(ClassifyError("[1]"), "<none>");
+  std::string many = R"({"input": [[1])";
+  for (int i = 0; i < 64; ++i) many += ", [1]";
+  EXPECT_EQ(ClassifyError(many + "]}"), "input");  // 65 > max_choices
+  absl::StatusOr<ClassifyApiRequest> bad = ParseClassifyRequest(R"({"input": 7})", Limits());
+  EXPECT_THAT(bad.status().message(), HasSubstr("input must be a string"));
+}
+
 TEST(HttpErrorTest, StatusesMapToHttpAndOpenAiBodies) {
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kInvalidArgument), 400);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kFailedPrecondition), 400);
