@@ -559,8 +559,14 @@ TEST_P(HeadsConformanceTest, MixedStepRowsEqualSingleRows) {
           << r.first << " through the engine";
     }
   }
-  EXPECT_EQ((*eng)->GetStats().peak_running, static_cast<int64_t>(order.size()))
-      << "the classification rows did not share steps with the generation rows";
+  // A classification row is prefill-only and may finish before the last
+  // one is submitted, so the peak need not reach order.size(); but the
+  // generation rows run for kNewTokens steps, so with them all running at
+  // least one classification row must have joined their step.
+  int64_t generation_rows = 0;
+  for (const Row& r : order) generation_rows += classify.at(r.first) ? 0 : 1;
+  EXPECT_GT((*eng)->GetStats().peak_running, generation_rows)
+      << "no classification row shared a step with the generation rows";
 }
 
 INSTANTIATE_TEST_SUITE_P(Peft, HeadsConformanceTest,
