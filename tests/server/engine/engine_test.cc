@@ -344,10 +344,12 @@ TEST(EngineTest, ClassificationRowsShareStepsWithGenerationAndEndAfterPrefill) {
   ASSERT_TRUE(alone.ok()) << alone.status();
   ASSERT_EQ(alone->scores.size(), 1u);
   EXPECT_EQ(alone->logits.size(0), 0);
-  // Equal up to the last bits a different GEMM shape (two rows in the step) changes.
+  // Equal up to the rounding a different GEMM shape (two rows in the step)
+  // changes: 1e-4 relative, the conformance tolerance (1e-5 failed once, by
+  // 1.3e-5 on a score near -1).
   for (int i = 0; i < 3; ++i) {
     const float want = alone->scores[0][i].item<float>();
-    EXPECT_NEAR(cls->scores[i], want, 1e-5 * std::max(1.0f, std::abs(want)));
+    EXPECT_NEAR(cls->scores[i], want, 1e-4 * std::max(1.0f, std::abs(want)));
   }
   ASSERT_TRUE(testing::Await(gen->done, "the generation"));
   EXPECT_EQ(gen->tokens.size(), 400u);
