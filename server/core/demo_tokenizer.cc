@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "server/common/file_util.h"
 #include "server/text/bpe_trainer.h"
 
 namespace adapterd::core {
@@ -59,14 +60,6 @@ std::string TokenizerConfig() {
   return j.dump(2, ' ', /*ensure_ascii=*/false) + "\n";
 }
 
-absl::Status WriteFile(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 std::string_view DemoChatTemplate() { return kChatTemplate; }
@@ -93,8 +86,8 @@ absl::StatusOr<DemoTokenizerFiles> TrainDemoTokenizer(std::span<const DemoDocume
 
 absl::Status WriteDemoTokenizer(const std::string& dir, const DemoTokenizerFiles& files) {
   const std::filesystem::path d(dir);
-  if (absl::Status st = WriteFile(d / "tokenizer.json", files.tokenizer_json); !st.ok()) return st;
-  return WriteFile(d / "tokenizer_config.json", files.tokenizer_config_json);
+  if (absl::Status st = WriteStringToFile((d / "tokenizer.json").string(), files.tokenizer_json); !st.ok()) return st;
+  return WriteStringToFile((d / "tokenizer_config.json").string(), files.tokenizer_config_json);
 }
 
 }  // namespace adapterd::core

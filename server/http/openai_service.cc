@@ -1,5 +1,6 @@
 #include "server/http/openai_service.h"
 
+#include <tuple>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -138,6 +139,12 @@ void OpenAiService::Handle(std::shared_ptr<HttpExchange> exchange) {
   return GetModel(exchange, request_id, req.path.substr(kModelsPrefix.size()));
 }
 
+std::pair<std::string, std::string> OpenAiService::ResolveModel(const std::string& model) const {
+  const std::string& base = core_->served_model_name();
+  if (model.empty() || model == base) return {base, ""};
+  return {model, model};
+}
+
 void OpenAiService::Completions(const Exchange& x, const std::string& request_id, ApiKind kind) {
   const char* route = kind == ApiKind::kChat ? "chat_completions" : "completions";
   absl::StatusOr<OpenAiRequest> request = kind == ApiKind::kChat ? ParseChatRequest(x->request().body, options_.limits)
@@ -146,8 +153,7 @@ void OpenAiService::Completions(const Exchange& x, const std::string& request_id
   GenerationContext ctx;
   ctx.core = core_;
   ctx.metrics = options_.metrics;
-  ctx.model = request->model.empty() ? core_->served_model_name() : request->model;
-  ctx.adapter_id = ctx.model == core_->served_model_name() ? "" : ctx.model;
+  std::tie(ctx.model, ctx.adapter_id) = ResolveModel(request->model);
   ctx.request_id = request_id;
   ctx.created = absl::ToUnixSeconds(absl::Now());
   ctx.max_pending_bytes = options_.max_pending_bytes;
@@ -160,8 +166,7 @@ void OpenAiService::Classify(const Exchange& x, const std::string& request_id) {
   ClassificationContext ctx;
   ctx.core = core_;
   ctx.metrics = options_.metrics;
-  ctx.model = request->model.empty() ? core_->served_model_name() : request->model;
-  ctx.adapter_id = ctx.model == core_->served_model_name() ? "" : ctx.model;
+  std::tie(ctx.model, ctx.adapter_id) = ResolveModel(request->model);
   ctx.request_id = request_id;
   ctx.created = absl::ToUnixSeconds(absl::Now());
   Classification::Run(std::move(ctx), *std::move(request), x);

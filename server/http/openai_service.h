@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "prometheus/registry.h"
@@ -65,6 +66,9 @@ class OpenAiService final : public HttpHandler {
   void UnloadLora(const Exchange& x, const std::string& request_id);
   void Health(const Exchange& x, const std::string& request_id);
 
+  // The request's `model` as echoed in responses, and the adapter it names
+  // ("" for the base, which answers to its served name or to no name).
+  std::pair<std::string, std::string> ResolveModel(const std::string& model) const;
   absl::Status Authorize(const HttpRequest& request, auth::Role role) const;
   // Sends `response` with the request id, counting it under `route`.
   void Reply(const Exchange& x, const char* route, const std::string& request_id, HttpResponse response) const;

@@ -11,6 +11,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/common/file_util.h"
 #include "server/common/torch_call.h"
 #include "server/model/safetensors.h"
 
@@ -45,14 +46,6 @@ constexpr char kConfig[] = R"({
   "torch_dtype": "float32"
 }
 )";
-
-absl::Status WriteText(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat(path.string(), ": write failed"));
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -99,10 +92,10 @@ absl::Status WriteDemoCheckpoint(const std::string& dir, const NamedTensors& wei
   if (absl::Status s = WriteSafetensors((d / "model.safetensors").string(), out, {{"format", "pt"}}); !s.ok()) {
     return s;
   }
-  if (absl::Status s = WriteText(d / "config.json", kConfig); !s.ok()) return s;
+  if (absl::Status s = WriteStringToFile((d / "config.json").string(), kConfig); !s.ok()) return s;
   const std::string eos = eos_token_ids.size() == 1 ? absl::StrCat(eos_token_ids[0])
                                                     : absl::StrCat("[", absl::StrJoin(eos_token_ids, ", "), "]");
-  return WriteText(d / "generation_config.json", absl::StrCat(R"({"bos_token_id": 1, "eos_token_id": )", eos, "}\n"));
+  return WriteStringToFile((d / "generation_config.json").string(), absl::StrCat(R"({"bos_token_id": 1, "eos_token_id": )", eos, "}\n"));
 }
 
 absl::StatusOr<std::string> EnsureDemoCheckpoint(const std::string& cache_dir) {
