@@ -25,9 +25,11 @@ constexpr KindEntry kKinds[] = {
     {kWeightsFile, "ADALORA", LoadLora},  // served as LoRA: E folded into A at load
     {kWeightsFile, "IA3", LoadIa3},
     {kWeightsFile, "PROMPT_TUNING", LoadPromptTuning},
+    {kWeightsFile, "PREFIX_TUNING", LoadPrefixTuning},
+    {kWeightsFile, "ADAPTION_PROMPT", LoadAdaptionPrompt},
 };
 
-// "LORA, ADALORA, IA3, PROMPT_TUNING".
+// "LORA, ADALORA, IA3, PROMPT_TUNING, PREFIX_TUNING, ADAPTION_PROMPT".
 std::string PeftTypes() {
   std::vector<std::string> types;
   for (const KindEntry& k : kKinds) {
@@ -66,11 +68,6 @@ absl::StatusOr<LoadedAdapter> LoadAdapter(const AdapterFiles& files, const model
     if (files.weights_file == k.weights_file && *kind == (k.peft_type == nullptr ? "" : k.peft_type)) {
       return k.load(files, base);
     }
-  }
-  if (*kind == "PREFIX_TUNING") {
-    return ConfigError(label, "'peft_type' PREFIX_TUNING is not supported: its per-layer key/value prefixes "
-                              "would have to be copied into every sequence's KV cache blocks; use "
-                              "PROMPT_TUNING, LORA, IA3 or a bottleneck adapter");
   }
   return ConfigError(label, absl::StrCat("'peft_type' ", j["peft_type"].dump(), " is not supported (", PeftTypes(),
                                          ")"));

@@ -36,6 +36,26 @@ absl::StatusOr<LoadedAdapter> LoadIa3(const AdapterFiles& files, const model::Ll
 // virtual tokens. Errors name the file, key or tensor. Thread-safe.
 absl::StatusOr<LoadedAdapter> LoadPromptTuning(const AdapterFiles& files, const model::LlamaModel& base);
 
+// PEFT prefix tuning (peft_type "PREFIX_TUNING"). Requires
+// num_virtual_tokens, num_layers equal to the base's (when given), and the
+// single tensor `prompt_embeddings` [num_virtual_tokens, num_layers * 2 *
+// num_kv_heads * head_dim] with finite values: PEFT saves the finished
+// per-layer keys and values (with prefix_projection, the output of its MLP,
+// which it runs at save time). They precede every sequence of the adapter
+// in every layer, and its prompt takes positions num_virtual_tokens on, as
+// in PEFT's generate(). The summary's type is "prefix_tuning" with the
+// number of virtual tokens. Errors name the file, key or tensor. Thread-safe.
+absl::StatusOr<LoadedAdapter> LoadPrefixTuning(const AdapterFiles& files, const model::LlamaModel& base);
+
+// PEFT LLaMA-Adapter (peft_type "ADAPTION_PROMPT"). Requires adapter_len and
+// adapter_layers, and for each of the last adapter_layers layers exactly
+// `...layers.<i>.self_attn.adaption_prompt` [1, adapter_len, hidden] and
+// `...adaption_gate` [1], finite. The prompt's keys and values are computed
+// here, once, through the base's own k_proj and v_proj. The summary's type
+// is "adaption_prompt" with adapter_len and adapter_layers. Errors name the
+// file, key or tensor. Thread-safe.
+absl::StatusOr<LoadedAdapter> LoadAdaptionPrompt(const AdapterFiles& files, const model::LlamaModel& base);
+
 // AdapterHub bottleneck adapters (Houlsby, Pfeiffer, parallel). Requires the config's hidden
 // size to be the base's, and exactly the tensors the config implies for every
 // placed module (down/up projections, the optional LayerNorms and scaling),

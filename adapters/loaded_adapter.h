@@ -17,7 +17,8 @@ namespace adapterd::adapters {
 // What a loaded adapter looks like, for listings. Fields that do not apply
 // to the kind stay empty.
 struct AdapterSummary {
-  // "lora", "dora", "adalora", "ia3", "bottleneck", "prompt_tuning".
+  // "lora", "dora", "adalora", "ia3", "bottleneck", "prompt_tuning",
+  // "prefix_tuning", "adaption_prompt".
   std::string type;
   // LoRA: distinct ranks (AdaLoRA: the ranks left after pruning), LoRA on
   // embed_tokens included.
@@ -29,7 +30,9 @@ struct AdapterSummary {
   std::vector<std::string> locations;        // bottleneck: "mh_adapter", "output_adapter"
   std::string non_linearity;                 // bottleneck
   bool parallel = false;                     // bottleneck
-  int64_t num_virtual_tokens = 0;            // prompt tuning
+  int64_t num_virtual_tokens = 0;            // prompt tuning, prefix tuning
+  int64_t adapter_len = 0;                   // LLaMA-Adapter
+  int64_t adapter_layers = 0;                // LLaMA-Adapter
   // LoRA: "SEQ_CLS" for a sequence-classification adapter (it has a
   // classification head and serves Classify, not Generate), else "CAUSAL_LM".
   std::string task_type = "CAUSAL_LM";

@@ -125,6 +125,8 @@ ABSL_FLAG(int64_t, max_tokens_per_step, 512, "Token budget of one forward step (
 ABSL_FLAG(int64_t, max_waiting, 1024, "Queued requests before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per KV cache block");
 ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache budget in MiB");
+ABSL_FLAG(bool, prefix_caching, false,
+          "Keep computed KV blocks, keyed by adapter and tokens, and reuse them for prompts that start the same way");
 ABSL_FLAG(int, max_message_mb, 4, "Largest gRPC message accepted or sent, in MiB");
 ABSL_FLAG(double, shutdown_grace_seconds, 30,
           "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled");
@@ -232,6 +234,7 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   e.load_join_wait = absl::GetFlag(FLAGS_load_join_wait);
   e.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   e.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  e.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   e.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   e.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   e.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);

@@ -99,7 +99,7 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
   engine_metrics_->SetCacheConfig(options.engine.kv_block_size, engine_->GetStats().kv_total_blocks,
-                                  DtypeName(options.model.dtype));
+                                  DtypeName(options.model.dtype), options.engine.prefix_caching);
   if (!options.adapter_store.empty()) {
     absl::StatusOr<std::unique_ptr<adapters::AdapterStore>> s = adapters::AdapterStore::Open(options.adapter_store);
     if (!s.ok()) return s.status();

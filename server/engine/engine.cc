@@ -37,6 +37,7 @@ struct Engine::Sequence {
   int64_t num_computed = 0;     // tokens whose keys and values are in the cache
   int64_t generated = 0;
   std::vector<int32_t> blocks;
+  CacheCursor cursor;           // its place in the prefix cache
   absl::Time arrival = absl::Now();
   absl::Time last_token;
   uint64_t order = 0;           // arrival order: FCFS admission, newest is preempted first
@@ -87,8 +88,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::Ll
 
 Engine::Engine(std::unique_ptr<model::LlamaModel> model, std::unique_ptr<model::KvCache> kv,
                const EngineOptions& options, metrics::EngineMetrics* metrics)
-    : model_(std::move(model)), kv_(std::move(kv)), options_(options), metrics_(metrics),
-      inbox_(std::make_shared<Inbox>()) {
+    : model_(std::move(model)), kv_(std::move(kv)), options_(options), blocks_(kv_.get(), options.prefix_caching),
+      metrics_(metrics), inbox_(std::make_shared<Inbox>()) {
   stat_kv_free_ = kv_->free_blocks();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -170,9 +171,10 @@ void Engine::Shutdown(absl::Duration grace) {
 }
 
 Engine::Stats Engine::GetStats() const {
-  return Stats{stat_running_.load(), stat_waiting_.load(), stat_kv_free_.load(),
-               kv_->num_blocks(), preemptions_.load(), load_join_waits_.load(), load_joins_.load(),
-               peak_running_.load()};
+  return Stats{stat_running_.load(),        stat_waiting_.load(),      stat_kv_free_.load(),
+               kv_->num_blocks(),            preemptions_.load(),       load_join_waits_.load(),
+               load_joins_.load(),           peak_running_.load(),      stat_prefix_queried_.load(),
+               stat_prefix_hits_.load(),     stat_prefix_blocks_.load(), stat_kv_copies_.load()};
 }
 
 void Engine::Loop() {
@@ -222,7 +224,7 @@ void Engine::WaitForWork(const Seen& seen) {
 void Engine::FinishSequence(Sequence& seq, FinishReason reason, absl::Status status) {
   if (seq.finished) return;
   seq.finished = true;
-  kv_->Free(seq.blocks);
+  blocks_.Free(seq.blocks);
   // Let go of the adapter before the client hears back, so an unload right
   // after the response finds no reference left in the engine.
   seq.weights = nullptr;
@@ -308,9 +310,10 @@ void Engine::Admit() {
       continue;
     }
     // Blocks for what is known now (prompt, or prompt plus tokens generated
-    // before a preemption) and the next token; later tokens are reserved step
-    // by step. FCFS: the first request that can run waits for blocks.
-    if (!kv_->Reserve(seq.blocks, static_cast<int64_t>(seq.tokens.size()) + 1)) break;
+    // before a preemption) and the next token, after the adapter's prefix
+    // and what the prefix cache holds; later tokens are reserved step by
+    // step. FCFS: the first request that can run waits for blocks.
+    if (!StartBlocks(seq)) break;
     if (seq.weights != nullptr && options_.max_adapters_per_batch > 0) adapters.insert(seq.weights);
     if (!seq.admitted_once) {
       seq.admitted_once = true;
@@ -367,7 +370,7 @@ void Engine::WaitForJoiningLoads() {
 void Engine::Preempt(Sequence* victim) {
   // Recompute later: drop the cache, keep the tokens; it rejoins the queue in
   // arrival order, ahead of anything that arrived after it.
-  kv_->Free(victim->blocks);
+  blocks_.Free(victim->blocks);
   victim->num_computed = 0;
   ++preemptions_;
   if (metrics_ != nullptr) metrics_->preemptions().Increment();
@@ -380,8 +383,22 @@ void Engine::Preempt(Sequence* victim) {
   waiting_.insert(pos, std::move(owned));
 }
 
+bool Engine::StartBlocks(Sequence& seq) {
+  const int64_t tokens = static_cast<int64_t>(seq.tokens.size());
+  if (seq.blocks.empty()) {
+    std::optional<int64_t> covered = blocks_.Begin(seq.weights, seq.tokens, seq.blocks, seq.cursor);
+    if (!covered.has_value()) return false;
+    seq.num_computed = *covered;
+  }
+  if (blocks_.Reserve(seq.blocks, tokens + 1)) return true;
+  blocks_.Free(seq.blocks);
+  seq.num_computed = 0;
+  return false;
+}
+
 void Engine::EnsureBlocks(Sequence* seq, int64_t tokens) {
-  while (!kv_->Reserve(seq->blocks, tokens)) {
+  while (!blocks_.Reserve(seq->blocks, tokens) ||
+         !blocks_.MakeWritable(seq->blocks, seq->num_computed, tokens)) {
     Sequence* newest = nullptr;
     for (const auto& s : running_) {
       if (newest == nullptr || s->order > newest->order) newest = s.get();
@@ -392,6 +409,7 @@ void Engine::EnsureBlocks(Sequence* seq, int64_t tokens) {
 }
 
 void Engine::Step() {
+  blocks_.DropExpired();
   Admit();
   PublishStats();  // admitted requests show as running during a long forward
   if (running_.empty()) return;
@@ -477,6 +495,7 @@ void Engine::Step() {
     for (size_t i = 0; i < in_batch.size(); ++i) {
       Sequence& s = *in_batch[i];
       s.num_computed += batch.seqs[i].num_tokens;
+      blocks_.Commit(s.weights, s.tokens, s.num_computed, s.blocks, s.cursor);
       if (!batch.seqs[i].wants_logits) continue;
       if (s.classify()) {
         const at::Tensor& scores = out->scores[scored++];
@@ -533,12 +552,18 @@ void Engine::EmitToken(Sequence& s, const at::Tensor& logits, absl::Time now) {
 }
 
 void Engine::PublishStats() {
-  stat_running_ = static_cast<int64_t>(running_.size());
-  stat_waiting_ = static_cast<int64_t>(waiting_.size());
   stat_kv_free_ = kv_->free_blocks();
+  stat_prefix_queried_ = blocks_.queried_tokens();
+  stat_prefix_hits_ = blocks_.hit_tokens();
+  stat_prefix_blocks_ = blocks_.cached_blocks();
+  stat_kv_copies_ = kv_->copies();
+  // Last: a reader that sees these sees the values above from the same step.
+  stat_waiting_ = static_cast<int64_t>(waiting_.size());
+  stat_running_ = static_cast<int64_t>(running_.size());
   if (metrics_ != nullptr) {
     metrics_->SetSchedulerState(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()),
-                                kv_->utilization());
+                                blocks_.utilization());
+    metrics_->SetPrefixCache(blocks_.queried_tokens(), blocks_.hit_tokens());
     std::map<std::string, std::pair<int64_t, int64_t>> activity;
     auto id = [](const Sequence& s) { return s.request.adapter ? s.request.adapter->adapter_id() : std::string(); };
     for (const auto& s : running_) ++activity[id(*s)].first;

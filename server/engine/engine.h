@@ -13,8 +13,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/engine/request.h"
 #include "absl/functional/any_invocable.h"
+#include "server/engine/block_manager.h"
+#include "server/engine/request.h"
 #include "server/metrics/engine_metrics.h"
 #include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
@@ -35,6 +36,10 @@ struct EngineOptions {
   double load_join_wait = 0.25;
   int64_t kv_block_size = 16;         // tokens per KV block
   int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Automatic prefix caching: full KV blocks a sequence computed are kept,
+  // keyed by adapter and tokens, for later sequences that start the same
+  // way (see BlockManager).
+  bool prefix_caching = false;
   // Request limits; a request past one gets INVALID_ARGUMENT naming it.
   // 0 leaves prompt length and new tokens bounded by the context length only.
   int64_t max_prompt_tokens = 0;
@@ -144,6 +149,11 @@ class Engine {
     int64_t load_join_waits = 0;
     int64_t load_joins = 0;
     int64_t peak_running = 0;  // the most sequences ever running at once
+    // Prefix cache: prompt positions looked up and found; blocks it holds.
+    int64_t prefix_queried_tokens = 0;
+    int64_t prefix_hit_tokens = 0;
+    int64_t prefix_cached_blocks = 0;
+    int64_t kv_copies = 0;  // copy-on-write copies of shared blocks
   };
   Stats GetStats() const;
 
@@ -186,6 +196,11 @@ class Engine {
   // requests not checked before whose leases have not settled.
   void WaitForJoiningLoads() ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void Preempt(Sequence* victim);
+  // Gives a sequence about to run the blocks it needs now: its adapter's
+  // prefix and what the prefix cache holds (when it holds none yet), then
+  // room for its known tokens and the next one. False, holding nothing,
+  // when the pool is short.
+  bool StartBlocks(Sequence& seq);
   // Reserves blocks so `seq` covers `tokens` positions, preempting the newest
   // sequences as needed (possibly `seq` itself, which then holds no blocks).
   void EnsureBlocks(Sequence* seq, int64_t tokens);
@@ -202,6 +217,7 @@ class Engine {
   const std::unique_ptr<model::LlamaModel> model_;
   const std::unique_ptr<model::KvCache> kv_;
   const EngineOptions options_;
+  BlockManager blocks_;  // engine thread only
   metrics::EngineMetrics* const metrics_;  // may be null
   const std::shared_ptr<Inbox> inbox_;
 
@@ -211,7 +227,8 @@ class Engine {
   absl::Duration last_step_ = absl::ZeroDuration();
 
   std::atomic<int64_t> stat_running_{0}, stat_waiting_{0}, stat_kv_free_{0}, preemptions_{0}, load_join_waits_{0},
-      load_joins_{0}, peak_running_{0};
+      load_joins_{0}, peak_running_{0}, stat_prefix_queried_{0}, stat_prefix_hits_{0}, stat_prefix_blocks_{0},
+      stat_kv_copies_{0};
   std::thread thread_;
 };
 

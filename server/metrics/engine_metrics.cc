@@ -35,6 +35,20 @@ EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels, con
       kv_utilization_(AddGauge(r, "adapterd_kv_cache_utilization", "Fraction of KV cache blocks in use (0..1)")),
       preemptions_(AddCounter(r, "adapterd_preemptions_total",
                               "Sequences preempted (KV blocks freed, recomputed later)")),
+      prefix_queried_(AddCounter(r, "adapterd_prefix_cache_queried_tokens_total",
+                                 "Prompt tokens looked up in the prefix cache")),
+      prefix_hits_(AddCounter(r, "adapterd_prefix_cache_hit_tokens_total",
+                              "Prompt tokens whose keys and values the prefix cache held")),
+      vllm_prefix_queries_(&prometheus::BuildCounter()
+                                .Name("vllm:prefix_cache_queries")
+                                .Help("vLLM-compatible: prefix cache queries, in queried tokens")
+                                .Register(r)
+                                .Add({{"model_name", model_name}, {"engine", "0"}})),
+      vllm_prefix_hits_(&prometheus::BuildCounter()
+                             .Name("vllm:prefix_cache_hits")
+                             .Help("vLLM-compatible: prefix cache hits, in hit tokens")
+                             .Register(r)
+                             .Add({{"model_name", model_name}, {"engine", "0"}})),
       adapter_running_(&prometheus::BuildGauge()
                             .Name("adapterd_adapter_requests_running")
                             .Help("Running requests by adapter (bounded labels; base = \"base\")")
@@ -78,14 +92,30 @@ void EngineMetrics::SetSchedulerState(int64_t running, int64_t waiting, double k
   vllm_gpu_cache_usage_->Set(kv_usage);
 }
 
-void EngineMetrics::SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype) {
+void EngineMetrics::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
+  const double queried = static_cast<double>(queried_tokens - last_prefix_queried_);
+  const double hits = static_cast<double>(hit_tokens - last_prefix_hits_);
+  last_prefix_queried_ = queried_tokens;
+  last_prefix_hits_ = hit_tokens;
+  if (queried > 0) {
+    prefix_queried_->Increment(queried);
+    vllm_prefix_queries_->Increment(queried);
+  }
+  if (hits > 0) {
+    prefix_hits_->Increment(hits);
+    vllm_prefix_hits_->Increment(hits);
+  }
+}
+
+void EngineMetrics::SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype,
+                                   bool prefix_caching) {
   cache_config_info_
       ->Add({{"engine", "0"},
              {"block_size", std::to_string(block_size)},
              {"num_gpu_blocks", std::to_string(num_blocks)},
              {"num_cpu_blocks", "0"},
              {"cache_dtype", cache_dtype},
-             {"enable_prefix_caching", "False"},
+             {"enable_prefix_caching", prefix_caching ? "True" : "False"},
              {"sliding_window", "None"}})
       .Set(1);
 }

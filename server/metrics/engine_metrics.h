@@ -46,7 +46,13 @@ class EngineMetrics {
   void SetSchedulerState(int64_t running, int64_t waiting, double kv_usage);
   // vllm:cache_config_info, an info gauge (value 1) whose labels describe
   // the KV cache; set once, when the cache exists.
-  void SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype);
+  void SetCacheConfig(int64_t block_size, int64_t num_blocks, const std::string& cache_dtype,
+                      bool prefix_caching = false);
+  // The prefix cache's running totals of prompt tokens looked up and found
+  // (adapterd_prefix_cache_{queried,hit}_tokens_total and vLLM's
+  // vllm:prefix_cache_{queries,hits}_total); the counters advance by the
+  // difference from the last call. Called from the engine thread only.
+  void SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens);
 
   prometheus::Histogram& time_to_first_token() { return *ttft_; }
   prometheus::Histogram& time_per_output_token() { return *tpot_; }
@@ -75,6 +81,12 @@ class EngineMetrics {
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_utilization_;
   prometheus::Counter* preemptions_;
+  prometheus::Counter* prefix_queried_;
+  prometheus::Counter* prefix_hits_;
+  prometheus::Counter* vllm_prefix_queries_;
+  prometheus::Counter* vllm_prefix_hits_;
+  int64_t last_prefix_queried_ = 0;  // engine thread only
+  int64_t last_prefix_hits_ = 0;
   prometheus::Family<prometheus::Gauge>* adapter_running_;
   prometheus::Family<prometheus::Gauge>* adapter_waiting_;
   prometheus::Family<prometheus::Gauge>* lora_requests_info_;

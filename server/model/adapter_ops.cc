@@ -47,4 +47,12 @@ at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, con
   return m.original_ln_after ? o + x : o;
 }
 
+at::Tensor AdaptionPromptAttention(const AdaptionPromptModule& m, const at::Tensor& q, double scale) {
+  at::Tensor qh = q.transpose(0, 1);                              // [nh, n, hd]
+  at::Tensor scores = at::matmul(qh, m.k_t.to(q.scalar_type())) * scale;  // [nh, n, len]
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor out = at::matmul(m.gate * probs, m.v);               // [nh, n, hd]
+  return out.transpose(0, 1);
+}
+
 }  // namespace adapterd::model

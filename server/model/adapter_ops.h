@@ -14,6 +14,12 @@ namespace adapterd::model {
 // BottleneckModule for the formula. Pure; safe from any thread.
 at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x);
 
+// LLaMA-Adapter's gated attention over the adaption prompt for one
+// segment's queries `q` [n, num_heads, head_dim] (RoPE applied):
+// gate * softmax(q k^T * scale) v, the softmax in float32 over the prompt
+// alone, as [n, num_heads, head_dim] in q's dtype (before o_proj). Pure.
+at::Tensor AdaptionPromptAttention(const AdaptionPromptModule& m, const at::Tensor& q, double scale);
+
 // Applies one of the bottleneck nonlinearities.
 at::Tensor Activate(const at::Tensor& x, Activation act);
 

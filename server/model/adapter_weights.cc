@@ -1,6 +1,7 @@
 #include "server/model/adapter_weights.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace adapterd::model {
 
@@ -24,6 +25,13 @@ LoraModule LoraModule::FromPeft(const at::Tensor& lora_a, const at::Tensor& lora
   m.b = m.b_t.t();
   m.scale = scale;
   return m;
+}
+
+AdapterWeights::AdapterWeights(int64_t num_layers, AdapterKind kind)
+    : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers), adaption_(num_layers),
+      bias_deltas_(num_layers) {
+  static std::atomic<uint64_t> next_instance{1};  // 0 stands for the base model
+  instance_id_ = next_instance.fetch_add(1, std::memory_order_relaxed);
 }
 
 int64_t TokenRows::Find(int64_t id) const {
@@ -55,6 +63,12 @@ int64_t AdapterWeights::bytes() const {
     }
   }
   add(prompt_);
+  add(prefix_kv_);
+  for (const AdaptionPromptModule& m : adaption_) {
+    add(m.k_t);
+    add(m.v);
+    add(m.gate);
+  }
   for (const auto& layer : bias_deltas_) {
     for (const at::Tensor& t : layer) add(t);
   }

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -102,18 +103,34 @@ struct TokenRows {
   int64_t Find(int64_t id) const;
 };
 
+// LLaMA-Adapter (PEFT ADAPTION_PROMPT) in one layer: the adaption prompt's
+// keys and values, computed once through the base's k_proj/v_proj (no
+// RoPE) and repeated to every query head, and the learned gate. A row of the
+// adapter adds o_proj(gate * softmax(q k^T / sqrt(head_dim)) v) to its
+// attention output, the softmax taken over the prompt alone, in float32.
+struct AdaptionPromptModule {
+  at::Tensor k_t;   // [num_heads, head_dim, adapter_len], contiguous
+  at::Tensor v;     // [num_heads, adapter_len, head_dim], contiguous
+  at::Tensor gate;  // [1]
+  int64_t length() const { return v.size(1); }
+};
+
 // Which family of weights an adapter carries; one adapter has one kind.
-enum class AdapterKind { kLora, kIa3, kBottleneck, kPromptTuning };
+enum class AdapterKind { kLora, kIa3, kBottleneck, kPromptTuning, kPrefixTuning, kAdaptionPrompt };
 
 // Immutable weights of one adapter, shared read-only by every sequence that
 // uses it (the model never merges them into the base). Built once by a
-// loader; thread-safe after that.
-class AdapterWeights {
+// loader; thread-safe after that. Each object has an instance id that no
+// other object of the process ever gets: caches of derived state (KV blocks
+// computed through the adapter) key on it, so a replaced adapter's state is
+// never mistaken for its successor's. Owned through shared_ptr, so such a
+// cache may hold a weak reference and see when the weights are gone.
+class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
  public:
-  AdapterWeights(int64_t num_layers, AdapterKind kind = AdapterKind::kLora)
-      : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers), bias_deltas_(num_layers) {}
+  AdapterWeights(int64_t num_layers, AdapterKind kind = AdapterKind::kLora);
 
   AdapterKind kind() const { return kind_; }
+  uint64_t instance_id() const { return instance_id_; }
   int64_t num_layers() const { return static_cast<int64_t>(modules_.size()); }
 
   const LoraModule* Find(int64_t layer, Proj p) const {
@@ -140,7 +157,26 @@ class AdapterWeights {
   // place of the first positions of every sequence using the adapter.
   const at::Tensor& prompt() const { return prompt_; }
   void SetPrompt(at::Tensor p) { prompt_ = std::move(p); }
-  int64_t num_virtual_tokens() const { return prompt_.defined() ? prompt_.size(0) : 0; }
+  // Positions a sequence of this adapter has before its prompt: prompt
+  // tuning's virtual tokens, or prefix tuning's prefix.
+  int64_t num_virtual_tokens() const {
+    return prompt_.defined() ? prompt_.size(0) : num_prefix_tokens();
+  }
+
+  // Prefix tuning: finished keys and values of `num_prefix_tokens` positions
+  // that precede every sequence of the adapter in every layer, shaped
+  // [num_layers, 2 (key, value), num_prefix_tokens, num_kv_heads, head_dim]
+  // in the model's dtype (no RoPE, as PEFT passes them to the attention).
+  const at::Tensor& prefix_kv() const { return prefix_kv_; }
+  void SetPrefixKv(at::Tensor kv) { prefix_kv_ = std::move(kv); }
+  int64_t num_prefix_tokens() const { return prefix_kv_.defined() ? prefix_kv_.size(2) : 0; }
+
+  // LLaMA-Adapter: the module of `layer`, or null where the layer has none.
+  const AdaptionPromptModule* FindAdaptionPrompt(int64_t layer) const {
+    const AdaptionPromptModule& m = adaption_[layer];
+    return m.v.defined() ? &m : nullptr;
+  }
+  void SetAdaptionPrompt(int64_t layer, AdaptionPromptModule m) { adaption_[layer] = std::move(m); }
 
   // Per-projection bias deltas [out] (trained biases, PEFT's bias "all" and
   // "lora_only", and scale * lora_B.bias): added to the projection's output
@@ -185,10 +221,13 @@ class AdapterWeights {
 
  private:
   AdapterKind kind_;
+  uint64_t instance_id_;
   std::vector<std::array<LoraModule, kNumProj>> modules_;
   std::vector<std::array<Ia3Module, kNumProj>> ia3_;
   std::vector<std::array<BottleneckModule, kNumBottleneckLocations>> bottlenecks_;
   at::Tensor prompt_;
+  at::Tensor prefix_kv_;
+  std::vector<AdaptionPromptModule> adaption_;
   std::vector<std::array<at::Tensor, kNumProj>> bias_deltas_;
   at::Tensor embed_tokens_, lm_head_, classifier_;
   TokenRows embed_token_rows_, head_token_rows_;

@@ -409,7 +409,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     for (size_t i = 0; i < batch.seqs.size(); ++i) {
       const SequenceChunk& sc = batch.seqs[i];
       const AdapterWeights* a = batch.adapters[i];
-      if (a != nullptr && sc.context_len < a->num_virtual_tokens()) {
+      if (a != nullptr && a->prompt().defined() && sc.context_len < a->num_virtual_tokens()) {
         const int64_t n = std::min(sc.num_tokens, a->num_virtual_tokens() - sc.context_len);
         x.narrow(0, start, n).copy_(a->prompt().narrow(0, sc.context_len, n));
       }
@@ -443,8 +443,20 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
       off += sc.num_tokens;
     }
-    x = Residual(x, Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments),
-                 L, BottleneckLocation::kAttention, segments);
+    // LLaMA-Adapter: PEFT adds o_proj(gated prompt attention) to o_proj(attention);
+    // o_proj is linear, so the sum goes through it once (its bias once more below).
+    std::vector<const Segment*> adapted;
+    for (const Segment& s : segments) {
+      const AdaptionPromptModule* m = s.adapter->FindAdaptionPrompt(L);
+      if (m == nullptr) continue;
+      attn.narrow(0, s.start, s.rows).add_(AdaptionPromptAttention(*m, q.narrow(0, s.start, s.rows), scale));
+      adapted.push_back(&s);
+    }
+    at::Tensor attn_out = Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments);
+    if (l.o_b.defined()) {
+      for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o_b);
+    }
+    x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
     at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments)) *
                      Project(h, l.up, l.up_b, L, Proj::kUp, segments);

@@ -253,8 +253,8 @@ TEST_F(AdapterKindsConformanceTest, ServerMatchesLibraries) {
        grpc::StatusCode::INVALID_ARGUMENT, {"missing tensor", "model.layers.0.mlp.down_proj.ia3_l"}},
       {"prompt token_dim", Variant(*dir_ + "/prompt", *dir_ + "/bad-prompt", [](nlohmann::json& c) { c["token_dim"] = 65; }),
        grpc::StatusCode::FAILED_PRECONDITION, {"token_dim", "65"}},
-      {"prefix tuning", Variant(*dir_ + "/prompt", *dir_ + "/bad-prefix", [](nlohmann::json& c) { c["peft_type"] = "PREFIX_TUNING"; }),
-       grpc::StatusCode::INVALID_ARGUMENT, {"PREFIX_TUNING", "not supported"}},
+      {"unsupported type", Variant(*dir_ + "/prompt", *dir_ + "/bad-type", [](nlohmann::json& c) { c["peft_type"] = "LOHA"; }),
+       grpc::StatusCode::INVALID_ARGUMENT, {"LOHA", "not supported"}},
   };
   for (const Bad& b : bad) {
     SCOPED_TRACE(b.what);
