@@ -38,9 +38,10 @@ absl::StatusOr<LeasedComposition> LeaseComposition(const adapters::AdapterRegist
     const WeightedAdapter& a = adapters[i];
     const std::string field = absl::StrCat("adapters[", i, "]");
     if (a.id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " has an empty adapter id"));
-    if (!std::isfinite(a.weight)) {
+    // The kernels scale in float32: a weight beyond its range is infinite there.
+    if (!std::isfinite(static_cast<float>(a.weight))) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".weight (adapter '", a.id, "') must be a finite number, not ", a.weight));
+          absl::StrCat(field, ".weight (adapter '", a.id, "') must be a finite float32 number, not ", a.weight));
     }
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = registry.Lookup(a.id);
     if (absl::IsNotFound(adapter.status())) {

@@ -31,7 +31,7 @@ std::string NotComposableReason(const adapters::AdapterSummary& summary);
 // Checks `adapters` and leases each one, which brings it to the device tier
 // if it is not there. Every error is INVALID_ARGUMENT naming the field
 // ("adapters", or "adapters[i]" and the id): more than `max_adapters`, an
-// empty id, a weight that is not finite, an id that is not loaded, and an
+// empty id, a weight that is not finite in float32, an id that is not loaded, and an
 // adapter that is not plain LoRA (NotComposableReason, known from the
 // registry before its weights are resident). An adapter whose first load
 // is still running is UNAVAILABLE, as for a single adapter. The same id may

@@ -78,6 +78,10 @@ absl::StatusOr<std::shared_ptr<const AdapterWeights>> ComposeLora(std::span<cons
         if (m == nullptr) continue;
         LoraModule view = *m;  // at::Tensor copies share storage
         view.scale = m->scale * part.weight;
+        if (!std::isfinite(static_cast<float>(view.scale))) {
+          return absl::InvalidArgumentError(absl::StrCat("adapter '", part.id, "' at weight ", part.weight,
+                                                         " scales its delta beyond float32's range"));
+        }
         composite->AddComposed(l, proj, std::move(view));
       }
     }
