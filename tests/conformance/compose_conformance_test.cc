@@ -133,8 +133,10 @@ class ComposeConformanceTest : public ::testing::TestWithParam<ComposeSetup> {
     return nullptr;
   }
 
+  using Loaded = std::map<std::string, std::shared_ptr<const adapters::Adapter>>;
   void CheckServer();
   void CheckInProcess();
+  void CheckEngine(const Loaded& loaded);
 
   std::string dir_, base_dir_;
   std::unique_ptr<model::SafetensorsFile> ref_;
@@ -191,14 +193,14 @@ void ComposeConformanceTest::CheckServer() {
   EXPECT_EQ((*server)->Stop(SIGTERM), 0);
 }
 
-// In process: single and mixed steps, then the engine.
+// In process: single and mixed steps, then the engine (CheckEngine).
 void ComposeConformanceTest::CheckInProcess() {
   const ComposeSetup& setup = GetParam();
   const auto prompts = Prompts();
   auto base = model::LlamaModel::Load(base_dir_, {});
   ASSERT_TRUE(base.ok()) << base.status();
   adapters::AdapterRegistry registry(base->get());
-  std::map<std::string, std::shared_ptr<const adapters::Adapter>> loaded;
+  Loaded loaded;
   for (const AdapterSpec& a : setup.adapters) {
     absl::Notification done;
     ASSERT_TRUE(registry.StartLoad(a.name, adapters::PathSource{dir_ + "/" + a.name}, false,
@@ -258,9 +260,15 @@ void ComposeConformanceTest::CheckInProcess() {
   }
   for (auto& b : blocks) (*kv)->Free(b);
 
-  // The engine runs the mixed setup as one batch, composed rows through a
-  // ComposedLease over the registry's leases, and every row generates its
-  // single-row reference tokens.
+  CheckEngine(loaded);
+}
+
+// The engine runs the mixed setup as one batch, composed rows through a
+// ComposedLease over the registry's leases, and every row generates its
+// single-row reference tokens.
+void ComposeConformanceTest::CheckEngine(const Loaded& loaded) {
+  const ComposeSetup& setup = GetParam();
+  const auto prompts = Prompts();
   auto engine_model = model::LlamaModel::Load(base_dir_, {});
   ASSERT_TRUE(engine_model.ok());
   auto eng = engine::Engine::Create(*std::move(engine_model), {}, nullptr);
