@@ -110,6 +110,8 @@ ABSL_FLAG(double, load_join_wait, 0.25,
           "at most once per request, 0 never waits");
 ABSL_FLAG(int64_t, max_adapters_per_batch, 0,
           "Most distinct adapters in one running batch (0 = no limit)");
+ABSL_FLAG(int, max_adapters_per_request, 4,
+          "Most LoRA adapters one composed request may name (the request's `adapters`, each with a weight)");
 ABSL_FLAG(int64_t, max_prompt_tokens, 0, "Longest prompt accepted, in tokens (0 = the context length)");
 ABSL_FLAG(int64_t, max_new_tokens, 0, "Largest sampling.max_new_tokens accepted (0 = the context length)");
 ABSL_FLAG(int64_t, max_stop_token_ids, 64, "Most sampling.stop_token_ids in one request");
@@ -243,6 +245,7 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   o.cache.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
   o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
   o.adapter_roots = absl::GetFlag(FLAGS_adapter_roots);
+  o.max_adapters_per_request = absl::GetFlag(FLAGS_max_adapters_per_request);
   o.metrics_max_adapter_labels = absl::GetFlag(FLAGS_metrics_max_adapter_labels);
   o.served_model_name = absl::GetFlag(FLAGS_served_model_name);
   return o;

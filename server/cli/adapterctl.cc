@@ -1,5 +1,6 @@
 // adapterctl: command-line client for adapterd.
-//   adapterctl generate --prompt=1,2,3 | --text="..." [--max_new_tokens=16] [--adapter=ID] [--unary]
+//   adapterctl generate --prompt=1,2,3 | --text="..." [--max_new_tokens=16] [--adapter=ID | --adapters=ID:W,ID:W]
+//              [--unary]
 //   adapterctl chat [--adapter=ID] [--system="..."]      (interactive; /exit or end of input ends it)
 //   adapterctl tokenize --text="..." | detokenize --prompt=1,2,3
 //   adapterctl load --id=ID --path=DIR [--replace]       (a directory on the server)

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "adapterd/v1/inference.grpc.pb.h"
@@ -13,6 +14,9 @@
 ABSL_FLAG(std::string, prompt, "", "generate/classify/detokenize: prompt token ids, comma-separated");
 ABSL_FLAG(std::string, text, "", "generate/classify/tokenize: prompt text, tokenized by the server");
 ABSL_FLAG(std::string, adapter, "", "Adapter id (empty = base model)");
+ABSL_FLAG(std::vector<std::string>, adapters, {},
+          "generate/chat: compose LoRA adapters over the base model, as ID:WEIGHT pairs, comma-separated "
+          "(a bare ID has weight 1); instead of --adapter");
 ABSL_FLAG(uint32_t, max_new_tokens, 16, "Tokens to generate (chat: per reply, default 256 there)");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy)");
 ABSL_FLAG(uint32_t, top_k, 0, "Top-k filter (0 = off)");
@@ -43,6 +47,18 @@ bool FillRequest(adapterd::v1::GenerateRequest& req, uint32_t max_new_tokens) {
   s->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   s->set_return_logprobs(absl::GetFlag(FLAGS_logprobs));
   for (const std::string& stop : absl::GetFlag(FLAGS_stop_strings)) s->add_stop(stop);
+  for (const std::string& a : absl::GetFlag(FLAGS_adapters)) {
+    adapterd::v1::AdapterWeight* w = req.add_adapters();
+    const size_t colon = a.rfind(':');
+    w->set_adapter_id(a.substr(0, colon));
+    if (colon == std::string::npos) continue;
+    float weight = 0;
+    if (!absl::SimpleAtof(a.substr(colon + 1), &weight)) {
+      std::cerr << "error: --adapters takes ID:WEIGHT pairs; '" << a << "' has no number after the colon\n";
+      return false;
+    }
+    w->set_weight(weight);
+  }
   if (!ParseIds(absl::GetFlag(FLAGS_stop), s->mutable_stop_token_ids())) {
     std::cerr << "error: --stop must be comma-separated token ids\n";
     return false;

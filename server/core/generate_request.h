@@ -24,6 +24,13 @@ struct ChatPrompt {
   bool add_generation_prompt = false;
 };
 
+// One adapter of a composed request and its weight (see
+// GenerateRequest::adapters).
+struct WeightedAdapter {
+  std::string id;
+  double weight = 1.0;
+};
+
 // A generation request as the core takes it. The prompt is exactly one of
 // `engine.prompt` (token ids), `prompt_text` and `chat`; the core turns text
 // and chats into token ids with the checkpoint's tokenizer and template.
@@ -41,6 +48,11 @@ struct GenerateRequest {
   // leaves after the prompt, capped by the server's --max_new_tokens: for
   // APIs whose length limit is optional.
   bool max_new_tokens_to_context = false;
+  // Composition: plain LoRA adapters whose weighted deltas the request's
+  // rows add, at most ServerCoreOptions::max_adapters_per_request; empty
+  // for a single adapter (or the base), named apart. Giving both is
+  // INVALID_ARGUMENT.
+  std::vector<WeightedAdapter> adapters;
 };
 
 // Output since the previous chunk: token ids (with logprobs when asked),

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "adapters/demo_adapters.h"
 #include "server/core/classify_output.h"
+#include "server/core/composition.h"
 #include "server/core/request_output.h"
 #include "server/core/trained_demo.h"
 #include "server/model/demo_checkpoint.h"
@@ -63,6 +64,10 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   }
   if (options.cache.device_bytes < 0 || options.cache.host_bytes < 0) {
     return absl::InvalidArgumentError("--adapter_device_bytes and --adapter_host_bytes must be >= 0");
+  }
+  if (options.max_adapters_per_request < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_adapters_per_request must be at least 1, not ",
+                                                   options.max_adapters_per_request));
   }
   if (options.cache.loader_nice < 0 || options.cache.loader_nice > 19) {
     return absl::InvalidArgumentError(
@@ -194,7 +199,18 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(cons
     stops = *std::move(m);
   }
   std::shared_ptr<const adapters::Adapter> adapter;
-  if (!adapter_id.empty()) {
+  if (!request.adapters.empty()) {
+    if (!adapter_id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter_id ('", adapter_id,
+                                                     "') and adapters are mutually exclusive: name one adapter, "
+                                                     "or compose several in adapters over the base model"));
+    }
+    absl::StatusOr<LeasedComposition> composed =
+        LeaseComposition(*registry_, request.adapters, options_.max_adapters_per_request);
+    if (!composed.ok()) return composed.status();
+    request.engine.adapter = std::move(composed->lease);
+    adapter = std::move(composed->first);
+  } else if (!adapter_id.empty()) {
     absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = registry_->Lookup(adapter_id);
     if (!a.ok()) return a.status();
     adapter = *std::move(a);

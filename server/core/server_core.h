@@ -58,6 +58,8 @@ struct ServerCoreOptions {
   // Stop strings one request may carry, and the longest one, in bytes.
   size_t max_stop_strings = 16;
   size_t max_stop_string_bytes = 256;
+  // The most adapters one composed request may name (GenerateRequest::adapters).
+  int max_adapters_per_request = 4;
 };
 
 // The result of an admin load: the adapter's info, or why it failed.
@@ -90,6 +92,13 @@ class ServerCore {
   // sequence-classification adapter (see Classify), UNAVAILABLE while it
   // first loads or the server drains, and the engine's INVALID_ARGUMENT and
   // RESOURCE_EXHAUSTED.
+  //
+  // With request.adapters (and no adapter_id: both is INVALID_ARGUMENT),
+  // the rows add every named LoRA adapter's delta times its weight, over
+  // the base model: the result of PEFT's add_weighted_adapter(...,
+  // combination_type="cat"), without building or merging anything. See
+  // LeaseComposition for its checks, all INVALID_ARGUMENT. The request is
+  // counted under its first adapter.
   absl::StatusOr<std::shared_ptr<engine::RequestHandle>> Generate(const std::string& adapter_id,
                                                                  GenerateRequest request,
                                                                  std::shared_ptr<GenerateSink> sink);

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/log/log.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/http/http_error.h"
 
@@ -78,6 +79,7 @@ absl::Status Generation::Submit() {
     r.engine.id = num_choices_ == 1 ? ctx_.request_id : absl::StrCat(ctx_.request_id, "-", i);
     // Reproducible and distinct samples when a seed is given.
     if (r.engine.sampling.seed != 0) r.engine.sampling.seed += i % static_cast<size_t>(request_.n);
+    const bool composed = !r.adapters.empty();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> h =
         ctx_.core->Generate(ctx_.adapter_id, std::move(r), std::make_shared<ChoiceSink>(shared_from_this(), i));
     if (!h.ok()) {
@@ -86,6 +88,8 @@ absl::Status Generation::Submit() {
                                                           h.status().message(), ")")),
                          "model");
       }
+      // The core names a composition's field ("adapters[1]: ...").
+      if (composed && absl::StartsWith(h.status().message(), "adapters")) return WithParam(h.status(), "adapters");
       return h.status();
     }
     bool cancel = false;

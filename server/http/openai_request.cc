@@ -182,6 +182,28 @@ absl::Status ReadSampling(const Fields& f, core::GenerateRequest& out) {
   return absl::OkStatus();
 }
 
+// adapterd's composition extension: "adapters": [{"id": ..., "weight": ...}],
+// each weight a number (1 when absent). The core checks ids and weights.
+absl::Status ReadAdapters(const Fields& f, core::GenerateRequest& out) {
+  const json* list = f.Get("adapters");
+  if (list == nullptr) return absl::OkStatus();
+  if (!list->is_array() || list->empty()) {
+    return Invalid("adapters", "adapters must be a non-empty list of {\"id\": string, \"weight\": number} objects");
+  }
+  for (size_t i = 0; i < list->size(); ++i) {
+    const json& a = (*list)[i];
+    const std::string param = absl::StrCat("adapters[", i, "]");
+    if (!a.is_object()) return Invalid("adapters", absl::StrCat(param, " must be an object {\"id\", \"weight\"}"));
+    const Fields af(a);
+    const json* id = af.Get("id");
+    if (id == nullptr || !id->is_string()) return Invalid("adapters", absl::StrCat(param, ".id must be a string"));
+    const json* w = af.Get("weight");
+    if (w != nullptr && !w->is_number()) return Invalid("adapters", absl::StrCat(param, ".weight must be a number"));
+    out.adapters.push_back({id->get<std::string>(), w != nullptr ? w->get<double>() : 1.0});
+  }
+  return absl::OkStatus();
+}
+
 // model, n, stream, stream_options and return_token_ids.
 absl::Status ReadEnvelope(const Fields& f, const OpenAiLimits& limits, OpenAiRequest& out) {
   ADAPTERD_ASSIGN_OR_RETURN(model, f.String("model"));
@@ -320,6 +342,7 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(std::string_view body, cons
   if (absl::Status st = ReadEnvelope(f, limits, out); !st.ok()) return st;
   core::GenerateRequest proto;
   if (absl::Status st = ReadSampling(f, proto); !st.ok()) return st;
+  if (absl::Status st = ReadAdapters(f, proto); !st.ok()) return st;
   ADAPTERD_ASSIGN_OR_RETURN(max_tokens, f.Int("max_tokens", 1, kMaxInt));
   proto.engine.sampling.max_new_tokens = max_tokens.value_or(16);
   ADAPTERD_ASSIGN_OR_RETURN(add_special, f.Bool("add_special_tokens"));
@@ -350,6 +373,7 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(std::string_view body, const Open
   if (absl::Status st = ReadEnvelope(f, limits, out); !st.ok()) return st;
   core::GenerateRequest request;
   if (absl::Status st = ReadSampling(f, request); !st.ok()) return st;
+  if (absl::Status st = ReadAdapters(f, request); !st.ok()) return st;
   ADAPTERD_ASSIGN_OR_RETURN(max_completion, f.Int("max_completion_tokens", 1, kMaxInt));
   ADAPTERD_ASSIGN_OR_RETURN(max_tokens, f.Int("max_tokens", 1, kMaxInt));
   if (max_completion.has_value() || max_tokens.has_value()) {

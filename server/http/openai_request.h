@@ -44,7 +44,8 @@ struct OpenAiLimits {
 // later by the core. Besides OpenAI's fields, vLLM's sampling extensions
 // are read: top_k, ignore_eos, stop_token_ids, skip_special_tokens,
 // include_stop_str_in_output, add_special_tokens, add_generation_prompt
-// and return_token_ids.
+// and return_token_ids; and adapterd's `adapters` (composition: a list of
+// {"id", "weight"}, into every core request's `adapters`).
 absl::StatusOr<OpenAiRequest> ParseCompletionRequest(std::string_view body, const OpenAiLimits& limits);
 absl::StatusOr<OpenAiRequest> ParseChatRequest(std::string_view body, const OpenAiLimits& limits);
 

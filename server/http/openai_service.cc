@@ -154,6 +154,13 @@ void OpenAiService::Completions(const Exchange& x, const std::string& request_id
   ctx.core = core_;
   ctx.metrics = options_.metrics;
   std::tie(ctx.model, ctx.adapter_id) = ResolveModel(request->model);
+  if (!ctx.adapter_id.empty() && !request->prompts.empty() && !request->prompts.front().adapters.empty()) {
+    return Reply(x, route, request_id,
+                 ErrorResponse(400, absl::StrCat("adapters composes LoRA adapters over the base model: model must "
+                                                 "then name the base model ('", core_->served_model_name(),
+                                                 "') or be omitted, not '", ctx.adapter_id.substr(0, 200), "'"),
+                               "adapters"));
+  }
   ctx.request_id = request_id;
   ctx.created = absl::ToUnixSeconds(absl::Now());
   ctx.max_pending_bytes = options_.max_pending_bytes;

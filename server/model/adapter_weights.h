@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -139,6 +140,24 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   }
   void Set(int64_t layer, Proj p, LoraModule m) { modules_[layer][static_cast<int>(p)] = std::move(m); }
 
+  // Every LoRA module that projection `p` of `layer` applies, each adding
+  // its own delta: the adapter's own module (Find), or for a composite (see
+  // composed()) its components' modules in order; empty when none.
+  std::span<const LoraModule> Loras(int64_t layer, Proj p) const {
+    if (!composed_.empty()) return composed_[layer][static_cast<int>(p)];
+    const LoraModule& m = modules_[layer][static_cast<int>(p)];
+    return m.a_t.defined() ? std::span<const LoraModule>(&m, 1) : std::span<const LoraModule>();
+  }
+  // Composition (server/model/composed_lease.h): appends a module to the
+  // ones Loras(layer, p) gives. Its tensors are the component adapter's own
+  // (shared, not copied), with the weight folded into its scale. A
+  // composite holds nothing but such modules; Find() gives null for it.
+  void AddComposed(int64_t layer, Proj p, LoraModule m) {
+    if (composed_.empty()) composed_.resize(modules_.size());
+    composed_[layer][static_cast<int>(p)].push_back(std::move(m));
+  }
+  bool composed() const { return !composed_.empty(); }
+
   const Ia3Module* FindIa3(int64_t layer, Proj p) const {
     const Ia3Module& m = ia3_[layer][static_cast<int>(p)];
     return m.scale.defined() ? &m : nullptr;
@@ -216,7 +235,8 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   bool is_classifier() const { return classifier_.defined(); }
   int64_t num_labels() const { return classifier_.defined() ? classifier_.size(0) : 0; }
 
-  // Bytes held by the adapter's tensors.
+  // Bytes held by the adapter's tensors; a composite's modules are views of
+  // its components' tensors and are not counted.
   int64_t bytes() const;
 
  private:
@@ -232,6 +252,8 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   at::Tensor embed_tokens_, lm_head_, classifier_;
   TokenRows embed_token_rows_, head_token_rows_;
   EmbeddingLora embedding_lora_;
+  // A composite's modules per layer and projection; empty otherwise.
+  std::vector<std::array<std::vector<LoraModule>, kNumProj>> composed_;
 };
 
 }  // namespace adapterd::model

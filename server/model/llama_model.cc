@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numbers>
 #include <optional>
+#include <span>
 #include <utility>
 
 #include "absl/log/log.h"
@@ -241,6 +242,27 @@ void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule
   }
 }
 
+// Whether every module can take the direct row loop.
+bool RowCapable(std::span<const LoraModule> modules) {
+  return std::all_of(modules.begin(), modules.end(),
+                     [](const LoraModule& m) { return RowWeightType(m).has_value(); });
+}
+
+// ys (+)= m's delta for the rows xs, with two ATen matmuls (see LoraRow).
+void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, const at::Tensor& bias) {
+  // Weights kept in half precision on a fp32 base are widened (exactly).
+  const auto widened = [&](const at::Tensor& w) {
+    return w.scalar_type() == xs.scalar_type() ? w : w.to(xs.scalar_type());
+  };
+  at::Tensor delta = at::mm(at::mm(xs, widened(m.a_t)), widened(m.b_t));
+  if (m.dora_scale.defined()) {
+    at::Tensor base = bias.defined() ? ys - bias : ys;
+    ys.add_((m.dora_scale - 1) * base + m.dora_scale * (delta * m.scale));
+  } else {
+    ys.add_(delta, m.scale);
+  }
+}
+
 }  // namespace
 
 at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -264,31 +286,22 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
   }
   const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
+  // Each segment adds the delta of every LoRA module its adapter applies
+  // here: one for an adapter, one per component for a composite.
   struct SmallSegment {
     const Segment* segment;
-    const LoraModule* module;
-    LoraWeightType type;
+    std::span<const LoraModule> modules;
   };
   std::vector<SmallSegment> small;
   for (const Segment& s : segments) {
-    const LoraModule* m = s.adapter->Find(layer, p);
-    if (m == nullptr) continue;
-    if (const std::optional<LoraWeightType> type = RowWeightType(*m);
-        direct && s.rows <= kSmallSegmentRows && type.has_value()) {
-      small.push_back({&s, m, *type});
+    const std::span<const LoraModule> modules = s.adapter->Loras(layer, p);
+    if (modules.empty()) continue;
+    if (direct && s.rows <= kSmallSegmentRows && RowCapable(modules)) {
+      small.push_back({&s, modules});
       continue;
     }
-    at::Tensor ys = y.narrow(0, s.start, s.rows);
-    // Weights kept in half precision on a fp32 base are widened (exactly).
-    const auto widened = [&](const at::Tensor& w) {
-      return w.scalar_type() == x.scalar_type() ? w : w.to(x.scalar_type());
-    };
-    at::Tensor delta = at::mm(at::mm(x.narrow(0, s.start, s.rows), widened(m->a_t)), widened(m->b_t));
-    if (m->dora_scale.defined()) {
-      at::Tensor base = bias.defined() ? ys - bias : ys;
-      ys.add_((m->dora_scale - 1) * base + m->dora_scale * (delta * m->scale));
-    } else {
-      ys.add_(delta, m->scale);
+    for (const LoraModule& m : modules) {
+      AddLoraDelta(x.narrow(0, s.start, s.rows), y.narrow(0, s.start, s.rows), m, bias);
     }
   }
   if (!small.empty()) {
@@ -301,10 +314,12 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
       std::vector<float> tmp, delta(static_cast<size_t>(out));
       for (int64_t i = begin; i < end; ++i) {
         const Segment& s = *small[i].segment;
-        const LoraModule& m = *small[i].module;
-        tmp.resize(static_cast<size_t>(m.rank()));
-        for (int64_t row = s.start; row < s.start + s.rows; ++row) {
-          LoraRow(xp + row * in, yp + row * out, in, out, m, small[i].type, bp, tmp.data(), delta.data());
+        for (const LoraModule& m : small[i].modules) {
+          const LoraWeightType type = *RowWeightType(m);
+          tmp.resize(static_cast<size_t>(m.rank()));
+          for (int64_t row = s.start; row < s.start + s.rows; ++row) {
+            LoraRow(xp + row * in, yp + row * out, in, out, m, type, bp, tmp.data(), delta.data());
+          }
         }
       }
     });

@@ -379,6 +379,7 @@ absl::StatusOr<core::GenerateRequest> TranslateGenerateRequest(const GenerateReq
   sp.return_logprobs = s.return_logprobs();
   out.stop.assign(s.stop().begin(), s.stop().end());
   out.include_stop_string = s.include_stop_string();
+  for (const adapterd::v1::AdapterWeight& a : req.adapters()) out.adapters.push_back({a.adapter_id(), a.has_weight() ? a.weight() : 1.0});
   return out;
 }
 

@@ -26,6 +26,7 @@
 #include "adapters/adapter_registry.h"
 #include "gtest/gtest.h"
 #include "server/engine/engine.h"
+#include "server/model/composed_lease.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
 #include "tests/support/reference_outputs.h"
@@ -59,6 +60,7 @@ std::vector<Kind> Kinds(const std::string& arch) {
     k.push_back({"adaption_all", "prompt_methods_reference.py", "make-adaption --adapter-len 4 --adapter-layers 2",
                  "adaption_prompt"});
     k.push_back({"lora", "peft_reference.py", "make-lora --r 8 --alpha 16 --targets all-linear", "lora"});
+    k.push_back({"lora_r4", "peft_reference.py", "make-lora --r 4 --alpha 8 --targets q_proj,v_proj,down_proj", "lora"});
     k.push_back({"prompt", "peft_reference.py", "make-prompt-tuning --virtual-tokens 5", "prompt_tuning", 5});
   }
   return k;
@@ -185,8 +187,11 @@ TEST_F(PromptMethodsConformanceTest, ServerMatchesPeft) {
 }
 
 // One engine, every kind at once: the rows' decode steps mix the base,
-// prefix tuning (two prefixes), LLaMA-Adapter (two depths), LoRA and prompt
-// tuning, and each row still gets PEFT's single-row tokens and log-probabilities.
+// prefix tuning (two prefixes), LLaMA-Adapter (two depths), LoRA, prompt
+// tuning and a composition of two LoRAs, and each row still gets PEFT's
+// single-row tokens and log-probabilities (the composition, whose match
+// with PEFT's add_weighted_adapter ComposeConformanceTest checks, gets the
+// tokens it gets alone).
 TEST_F(PromptMethodsConformanceTest, OneMixedBatchGivesEveryRowItsSingleRowResult) {
   const std::string d = *dir_ + "/llama";
   auto ref = Ref("llama");
@@ -212,8 +217,14 @@ TEST_F(PromptMethodsConformanceTest, OneMixedBatchGivesEveryRowItsSingleRowResul
   auto eng = engine::Engine::Create(*std::move(engine_model), opts, nullptr);
   ASSERT_TRUE(eng.ok());
   const std::vector<std::string> mix = {"prefix", "__base__", "adaption_1", "lora", "prefix_proj", "prompt",
-                                        "adaption_all", "prefix", "adaption_1", "__base__", "prefix_proj", "lora"};
+                                        "composed", "adaption_all", "prefix", "adaption_1", "__base__",
+                                        "prefix_proj", "lora", "composed"};
   const auto prompts = Prompts();
+  auto lease_for = [&](const std::string& name) -> std::shared_ptr<model::AdapterLease> {
+    if (name == "__base__") return nullptr;
+    if (name != "composed") return loaded.at(name)->Lease();
+    return model::ComposedLease::Create({{loaded.at("lora")->Lease(), 0.6}, {loaded.at("lora_r4")->Lease(), -0.8}});
+  };
   struct Sink : testing::CollectingSink {
     void OnTokens(std::span<const int64_t> t, std::span<const float> lp) override {
       CollectingSink::OnTokens(t, lp);
@@ -221,20 +232,44 @@ TEST_F(PromptMethodsConformanceTest, OneMixedBatchGivesEveryRowItsSingleRowResul
     }
     std::vector<float> logprobs;
   };
-  std::vector<std::shared_ptr<Sink>> sinks;
-  for (size_t k = 0; k < mix.size(); ++k) {
+  auto request = [&](size_t k) {
     engine::GenerationRequest r;
     r.prompt = prompts[k % prompts.size()];
     r.sampling.max_new_tokens = kNewTokens;
     r.sampling.ignore_eos = true;
     r.sampling.return_logprobs = true;
-    if (mix[k] != "__base__") r.adapter = loaded.at(mix[k])->Lease();
+    r.adapter = lease_for(mix[k]);
+    return r;
+  };
+  // The compositions' single-row results.
+  std::map<size_t, std::shared_ptr<Sink>> alone;
+  for (size_t k = 0; k < mix.size(); ++k) {
+    if (mix[k] != "composed") continue;
+    alone[k] = std::make_shared<Sink>();
+    ASSERT_TRUE((*eng)->Submit(request(k), alone[k]).ok());
+    ASSERT_TRUE(testing::Await(alone[k]->done, "the composed row alone"));
+  }
+  const int64_t peak_before = (*eng)->GetStats().peak_running;
+  EXPECT_LT(peak_before, static_cast<int64_t>(mix.size()));
+  std::vector<std::shared_ptr<Sink>> sinks;
+  for (size_t k = 0; k < mix.size(); ++k) {
     sinks.push_back(std::make_shared<Sink>());
-    ASSERT_TRUE((*eng)->Submit(r, sinks.back()).ok());
+    ASSERT_TRUE((*eng)->Submit(request(k), sinks.back()).ok());
   }
   for (size_t k = 0; k < mix.size(); ++k) {
     SCOPED_TRACE(absl::StrCat("row ", k, " (", mix[k], ")"));
     ASSERT_TRUE(testing::Await(sinks[k]->done, "the row to finish"));
+    if (mix[k] == "composed") {
+      EXPECT_EQ(sinks[k]->tokens, alone[k]->tokens);
+      ASSERT_EQ(sinks[k]->logprobs.size(), alone[k]->logprobs.size());
+      for (size_t s = 0; s < alone[k]->logprobs.size(); ++s) {
+        EXPECT_NEAR(sinks[k]->logprobs[s], alone[k]->logprobs[s], kTol) << "step " << s;
+      }
+      // The composition is neither of its parts.
+      EXPECT_NE(sinks[k]->tokens,
+                ToVector(testing::ReadReference(*ref, absl::StrCat("lora.r", k % prompts.size(), ".greedy"))));
+      continue;
+    }
     const std::string key = absl::StrCat(mix[k], ".r", k % prompts.size(), ".");
     const std::vector<int64_t> want = ToVector(testing::ReadReference(*ref, key + "greedy"));
     EXPECT_EQ(sinks[k]->tokens, want);

@@ -99,10 +99,16 @@ class OpenAiClientTest : public ::testing::Test {
     inference_ = v1::Inference::NewStub(testing::Connect(server_->grpc_address()));
   }
 
-  // The gRPC API's text for the same greedy request.
-  std::string GrpcText(const std::string& model, const json& prompt) {
+  // The gRPC API's text for the same greedy request; `adapters` composes
+  // ([{"id", "weight"}], with model kBase).
+  std::string GrpcText(const std::string& model, const json& prompt, const json& adapters = json::array()) {
     v1::GenerateRequest req;
     if (model != kBase) req.set_adapter_id(model);
+    for (const json& a : adapters) {
+      v1::AdapterWeight* w = req.add_adapters();
+      w->set_adapter_id(a["id"].get<std::string>());
+      w->set_weight(a["weight"].get<float>());
+    }
     if (prompt.is_string()) {
       req.set_prompt_text(prompt.get<std::string>());
     } else {
@@ -181,6 +187,30 @@ TEST_F(OpenAiClientTest, TheOpenAiClientGetsTheGrpcApisText) {
   EXPECT_EQ(out["bad_key"]["class"], "AuthenticationError") << out["bad_key"].dump();
   EXPECT_EQ(out["bad_request"]["class"], "BadRequestError") << out["bad_request"].dump();
   EXPECT_EQ(out["bad_request"]["body"]["param"], "max_tokens");
+}
+
+// A composition of both adapters over HTTP (adapterd's `adapters`
+// extension), in completions and chats: the gRPC API's composed text, which
+// differs from the base's and each adapter's.
+TEST_F(OpenAiClientTest, ComposedCompletionsAndChatsGetTheGrpcApisText) {
+  const json adapters = {{{"id", "lora"}, {"weight", 0.75}}, {{"id", "lora2"}, {"weight", -0.5}}};
+  const json requests = Requests();
+  const json prompts = {requests["completions"][0], requests["chats"][0]};
+  for (const json& prompt : prompts) {
+    const bool chat = !prompt.is_string();
+    json body = {{"model", kBase}, {"max_tokens", kMaxTokens}, {"temperature", 0}, {"ignore_eos", true},
+                 {"adapters", adapters}};
+    body[chat ? "messages" : "prompt"] = prompt;
+    absl::StatusOr<testing::HttpReply> r =
+        testing::HttpCall(server_->http_address(), "POST", chat ? "/v1/chat/completions" : "/v1/completions",
+                          body.dump(), {{"Authorization", absl::StrCat("Bearer ", kKey)}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json choice = json::parse(r->body)["choices"][0];
+    const std::string text = chat ? choice["message"]["content"].get<std::string>() : choice["text"].get<std::string>();
+    EXPECT_EQ(text, GrpcText(kBase, prompt, adapters)) << prompt.dump();
+    for (const std::string model : {kBase, "lora", "lora2"}) EXPECT_NE(text, GrpcText(model, prompt)) << model;
+  }
 }
 
 // 500 SSE streams at once on loopback, each with its text checked, through

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -137,6 +138,34 @@ TEST(ParseCompletionRequestTest, BodiesThatAreNotObjects) {
   EXPECT_THAT(r.status().message(), HasSubstr("nests deeper"));
   // Brackets inside strings do not count.
   EXPECT_TRUE(ParseCompletionRequest(R"({"prompt": ")" + deep + R"("})", Limits()).ok());
+}
+
+TEST(ParseCompletionRequestTest, AdaptersComposeIntoEveryCoreRequest) {
+  absl::StatusOr<OpenAiRequest> r = ParseCompletionRequest(
+      R"({"prompt": ["a", "b"], "adapters": [{"id": "x", "weight": 0.5}, {"id": "y", "weight": -2}, {"id": "x"}]})",
+      Limits());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->prompts.size(), 2u);
+  for (const core::GenerateRequest& p : r->prompts) {
+    ASSERT_EQ(p.adapters.size(), 3u);
+    EXPECT_EQ(p.adapters[0].id, "x");
+    EXPECT_EQ(p.adapters[0].weight, 0.5);
+    EXPECT_EQ(p.adapters[1].weight, -2.0);
+    EXPECT_EQ(p.adapters[2].weight, 1.0);  // absent: 1
+  }
+  absl::StatusOr<OpenAiRequest> chat = ParseChatRequest(
+      R"({"messages": [{"role": "user", "content": "hi"}], "adapters": [{"id": "x", "weight": 0.25}]})", Limits());
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  ASSERT_EQ(chat->prompts[0].adapters.size(), 1u);
+  EXPECT_EQ(chat->prompts[0].adapters[0].weight, 0.25);
+  EXPECT_TRUE(ParseCompletionRequest(R"({"prompt": "x", "adapters": null})", Limits())->prompts[0].adapters.empty());
+  for (const char* bad : {R"("x")", "[]", R"(["x"])", R"([{"weight": 1}])", R"([{"id": 3}])",
+                          R"([{"id": "x", "weight": "1"}])", R"({"id": "x"})"}) {
+    EXPECT_EQ(CompletionError(absl::StrCat(R"({"prompt": "x", "adapters": )", bad, "}")), "adapters") << bad;
+    EXPECT_EQ(ChatError(absl::StrCat(R"({"messages": [{"role": "user", "content": "hi"}], "adapters": )", bad, "}")),
+              "adapters")
+        << bad;
+  }
 }
 
 TEST(ParseChatRequestTest, MessagesAndLimits) {
