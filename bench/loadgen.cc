@@ -35,6 +35,7 @@
 #include <atomic>
 #include <cmath>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -64,6 +65,9 @@ ABSL_FLAG(std::string, adapters, "", "Comma-separated adapter ids to draw from (
 ABSL_FLAG(bool, round_robin, false, "Request i uses adapter i mod n (instead of a random draw)");
 ABSL_FLAG(double, alpha, 1.0, "Adapter popularity: id = floor(n * U^(1/alpha)); 1 = uniform");
 ABSL_FLAG(uint64_t, seed, 1, "Workload seed");
+ABSL_FLAG(int, system_prompt_len, 0,
+          "Start every prompt with its adapter's own system prompt of this many tokens (the same for every "
+          "request of one adapter; 0 = none)");
 ABSL_FLAG(int, inject_prompt_len, 0, "Also send one request with a prompt this long (0 = none)");
 ABSL_FLAG(double, inject_at_s, 2.0, "Seconds into the run at which the injected request starts");
 ABSL_FLAG(bool, classify, false, "Send Classify RPCs (the prompts only; gRPC) instead of generation");
@@ -303,6 +307,25 @@ int main(int argc, char** argv) {
     if (absl::GetFlag(FLAGS_rate) > 0) {
       t += std::exponential_distribution<double>(absl::GetFlag(FLAGS_rate))(rng);
       arrivals[i] = t;
+    }
+  }
+
+  // System prompts: drawn from their own generator, seeded by the adapter's
+  // id, so the workload above is the same with and without them.
+  if (const int n = absl::GetFlag(FLAGS_system_prompt_len); n > 0) {
+    std::map<std::string, std::vector<uint32_t>> system;
+    for (auto& r : reqs) {
+      auto [it, fresh] = system.try_emplace(r.adapter_id());
+      if (fresh) {
+        std::mt19937_64 g(absl::GetFlag(FLAGS_seed) ^ std::hash<std::string>()(r.adapter_id()));
+        for (int j = 0; j < n; ++j) {
+          it->second.push_back(std::uniform_int_distribution<uint32_t>(3, absl::GetFlag(FLAGS_vocab) - 1)(g));
+        }
+      }
+      std::vector<uint32_t> ids(it->second);
+      ids.insert(ids.end(), r.prompt_token_ids().begin(), r.prompt_token_ids().end());
+      r.clear_prompt_token_ids();
+      for (uint32_t id : ids) r.add_prompt_token_ids(id);
     }
   }
 
