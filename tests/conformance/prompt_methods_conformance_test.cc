@@ -186,6 +186,58 @@ TEST_F(PromptMethodsConformanceTest, ServerMatchesPeft) {
   }
 }
 
+// The prefix cache as an operator sees it: a repeated prompt shows as hit
+// tokens in /metrics (adapterd's and vLLM's names), and an adapter that is
+// unloaded and loaded again from the same files starts with nothing cached,
+// yet gives the same tokens.
+TEST_F(PromptMethodsConformanceTest, PrefixCacheHitsShowInMetricsAndAReloadStartsCold) {
+  const std::string d = *dir_ + "/llama";
+  auto server = testing::ServerProcess::Start({"--model=" + d + "/base", "--prefix_caching=true"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto admin = v1::Admin::NewStub(channel);
+  auto inference = v1::Inference::NewStub(channel);
+  auto hits = [&](const char* name) {
+    auto text = testing::HttpGet((*server)->metrics_address(), "/metrics");
+    EXPECT_TRUE(text.ok()) << text.status();
+    auto v = testing::MetricSum(text.ok() ? *text : "", name);
+    EXPECT_TRUE(v.ok()) << name << ": " << v.status();
+    return v.ok() ? *v : -1.0;
+  };
+  auto generate = [&] {
+    v1::GenerateRequest req;
+    req.set_adapter_id("a");
+    for (int i = 0; i < 40; ++i) req.add_prompt_token_ids(static_cast<uint32_t>(3 + (i * 29) % 250));
+    req.mutable_sampling()->set_max_new_tokens(8);
+    req.mutable_sampling()->set_ignore_eos(true);
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status st = inference->Generate(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return std::vector<uint32_t>(resp.token_ids().begin(), resp.token_ids().end());
+  };
+  v1::AdapterInfo info;
+  ASSERT_TRUE(testing::LoadAdapterByPath(*admin, "a", d + "/lora", &info).ok());
+  const std::vector<uint32_t> first = generate();
+  EXPECT_EQ(hits("adapterd_prefix_cache_hit_tokens_total"), 0);
+  EXPECT_GE(hits("adapterd_prefix_cache_queried_tokens_total"), 40);
+  EXPECT_EQ(generate(), first);
+  EXPECT_EQ(hits("adapterd_prefix_cache_hit_tokens_total"), 32);  // two full blocks of 16
+  EXPECT_EQ(hits("vllm:prefix_cache_hits_total"), 32);
+  {
+    grpc::ClientContext ctx;
+    v1::UnloadAdapterRequest req;
+    req.set_adapter_id("a");
+    v1::UnloadAdapterResponse resp;
+    ASSERT_TRUE(admin->UnloadAdapter(&ctx, req, &resp).ok());
+  }
+  ASSERT_TRUE(testing::LoadAdapterByPath(*admin, "a", d + "/lora", &info).ok());
+  EXPECT_EQ(generate(), first);
+  EXPECT_EQ(hits("adapterd_prefix_cache_hit_tokens_total"), 32);  // nothing served from the old load
+  EXPECT_EQ(generate(), first);
+  EXPECT_EQ(hits("adapterd_prefix_cache_hit_tokens_total"), 64);
+}
+
 // One engine, every kind at once: the rows' decode steps mix the base,
 // prefix tuning (two prefixes), LLaMA-Adapter (two depths), LoRA, prompt
 // tuning and a composition of two LoRAs, and each row still gets PEFT's
