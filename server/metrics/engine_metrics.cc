@@ -40,12 +40,12 @@ EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels, con
       prefix_hits_(AddCounter(r, "adapterd_prefix_cache_hit_tokens_total",
                               "Prompt tokens whose keys and values the prefix cache held")),
       vllm_prefix_queries_(&prometheus::BuildCounter()
-                                .Name("vllm:prefix_cache_queries")
+                                .Name("vllm:prefix_cache_queries_total")
                                 .Help("vLLM-compatible: prefix cache queries, in queried tokens")
                                 .Register(r)
                                 .Add({{"model_name", model_name}, {"engine", "0"}})),
       vllm_prefix_hits_(&prometheus::BuildCounter()
-                             .Name("vllm:prefix_cache_hits")
+                             .Name("vllm:prefix_cache_hits_total")
                              .Help("vLLM-compatible: prefix cache hits, in hit tokens")
                              .Register(r)
                              .Add({{"model_name", model_name}, {"engine", "0"}})),
