@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -74,9 +75,16 @@ using testing::ToVector;
 
 class PromptMethodsConformanceTest : public ::testing::Test {
  protected:
+  // The fixtures are made once per ctest run (a setup test removes them
+  // first; see tests/CMakeLists.txt) and reused by this file's other tests,
+  // which ctest runs one process each.
   static void SetUpTestSuite() {
-    dir_ = new std::string(testing::MakeTempDir("prompt-methods"));
     ref_error_ = new std::string();
+    const std::string shared = testing::BinaryDir() + "/tests/prompt-methods-fixtures";
+    dir_ = new std::string(shared);
+    if (std::filesystem::exists(shared + "/complete")) return;
+    std::filesystem::remove_all(shared);
+    std::filesystem::create_directories(shared);
     auto py = testing::ReferencePython();
     if (!py.ok()) return;
     {
@@ -105,6 +113,7 @@ class PromptMethodsConformanceTest : public ::testing::Test {
                                                 kNewTokens));
       if (!r.ok()) return void(*ref_error_ = absl::StrCat(arch, " reference: ", r.status().ToString()));
     }
+    std::ofstream(shared + "/complete") << "ok\n";
   }
 
   void SetUp() override {
