@@ -168,4 +168,17 @@ at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorIn
   return src.to(opts.device, opts.dtype);
 }
 
+absl::StatusOr<const model::StTensorInfo*> SoleTensor(const model::SafetensorsFile& f, const std::string& name,
+                                                      const std::string& kind) {
+  const model::StTensorInfo* t = f.Find(name);
+  if (t == nullptr) return absl::InvalidArgumentError(absl::StrCat(f.label(), ": missing tensor '", name, "'"));
+  for (const model::StTensorInfo& other : f.tensors()) {
+    if (other.name != name) {
+      return absl::InvalidArgumentError(absl::StrCat(f.label(), ": unexpected tensor '", other.name, "' (", kind,
+                                                     " holds only '", name, "')"));
+    }
+  }
+  return t;
+}
+
 }  // namespace adapterd::adapters

@@ -33,6 +33,12 @@ absl::StatusOr<int64_t> ParseLayerIndex(const model::SafetensorsFile& f, const m
 // once per tensor, on the loader thread, before building anything.
 absl::Status CheckFloatTensor(const model::SafetensorsFile& f, const model::StTensorInfo& t);
 
+// INVALID_ARGUMENT unless `name` is the file's only tensor ("missing
+// tensor", or "unexpected tensor" naming the first other one and saying
+// that `kind` holds only `name`). Returns it.
+absl::StatusOr<const model::StTensorInfo*> SoleTensor(const model::SafetensorsFile& f, const std::string& name,
+                                                      const std::string& kind);
+
 // FAILED_PRECONDITION "<file>: tensor '<name>': shape [..], expected [..]"
 // unless the shape is `want`.
 absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorInfo& t,

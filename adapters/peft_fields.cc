@@ -117,4 +117,24 @@ absl::Status ParseSelector(const OrderedJson& v, const std::string& label, const
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> ParsePromptLearning(const OrderedJson& j, const std::string& label, int64_t max_positions) {
+  if (IsSet(j, "modules_to_save")) {
+    return ConfigError(label, absl::StrCat("'modules_to_save' is not supported (", j["modules_to_save"].dump(), ")"));
+  }
+  if (auto s = j.find("num_transformer_submodules"); s != j.end() && !s->is_null() && *s != 1) {
+    return ConfigError(label, absl::StrCat("'num_transformer_submodules' is ", s->dump(),
+                                           "; only 1 (decoder-only models) is supported"));
+  }
+  auto v = j.find("num_virtual_tokens");
+  if (v == j.end() || !v->is_number_integer() || v->get<int64_t>() < 1) {
+    return ConfigError(label, "'num_virtual_tokens' must be a positive integer");
+  }
+  const int64_t n = v->get<int64_t>();
+  if (n >= max_positions) {
+    return absl::FailedPreconditionError(absl::StrCat(label, ": 'num_virtual_tokens' ", n,
+                                                      " leaves no room in the context length ", max_positions));
+  }
+  return n;
+}
+
 }  // namespace adapterd::adapters

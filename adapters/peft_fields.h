@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 
 namespace adapterd::adapters {
@@ -19,6 +20,13 @@ absl::Status ConfigError(const std::string& label, const std::string& what);
 // Whether `key` is present with a value that turns a feature on (true, a
 // non-empty list/object/string, or any number).
 bool IsSet(const OrderedJson& j, const char* key);
+
+// The config keys prompt tuning and prefix tuning share: no
+// modules_to_save, num_transformer_submodules 1 (decoder-only) when given,
+// and num_virtual_tokens, a positive integer that leaves room in a context
+// of `max_positions` (FAILED_PRECONDITION otherwise). Returns the number of
+// virtual tokens; errors name `label` and the key.
+absl::StatusOr<int64_t> ParsePromptLearning(const OrderedJson& j, const std::string& label, int64_t max_positions);
 
 // A PEFT module selection such as target_modules: a list of names that match
 // a module when equal to it or to its last dotted components, or one

@@ -27,40 +27,22 @@ absl::StatusOr<LoadedAdapter> LoadPrefixTuning(const AdapterFiles& files, const 
   const std::string label = files.label + "/" + kConfigFile;
   OrderedJson j = OrderedJson::parse(files.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError(label, "not a valid JSON object");
-  if (IsSet(j, "modules_to_save")) {
-    return ConfigError(label, absl::StrCat("'modules_to_save' is not supported (", j["modules_to_save"].dump(), ")"));
-  }
   const model::ModelConfig& mc = base.config();
-  absl::StatusOr<int64_t> nvt = OptionalInt(j, "num_virtual_tokens", 0, label);
+  absl::StatusOr<int64_t> nvt = ParsePromptLearning(j, label, mc.max_position_embeddings);
   if (!nvt.ok()) return nvt.status();
-  if (*nvt < 1) return ConfigError(label, "'num_virtual_tokens' must be a positive integer");
-  if (*nvt >= mc.max_position_embeddings) {
-    return absl::FailedPreconditionError(absl::StrCat(label, ": 'num_virtual_tokens' ", *nvt,
-                                                      " leaves no room in the context length ",
-                                                      mc.max_position_embeddings));
-  }
   absl::StatusOr<int64_t> layers = OptionalInt(j, "num_layers", mc.num_layers, label);
   if (!layers.ok()) return layers.status();
   if (*layers != mc.num_layers) {
     return absl::FailedPreconditionError(absl::StrCat(label, ": 'num_layers' is ", *layers,
                                                       " but the base model has ", mc.num_layers, " layers"));
   }
-  if (auto s = j.find("num_transformer_submodules"); s != j.end() && !s->is_null() && *s != 1) {
-    return ConfigError(label, absl::StrCat("'num_transformer_submodules' is ", s->dump(),
-                                           "; only 1 (decoder-only models) is supported"));
-  }
   // PEFT sizes each layer's prefix by the key/value width (num_key_value_heads
   // * head_dim), whatever token_dim the config records.
   const int64_t width = mc.num_kv_heads * mc.head_dim;
   const model::SafetensorsFile& f = *files.weights;
-  const model::StTensorInfo* t = f.Find(kTensor);
-  if (t == nullptr) return absl::InvalidArgumentError(absl::StrCat(f.label(), ": missing tensor '", kTensor, "'"));
-  for (const model::StTensorInfo& other : f.tensors()) {
-    if (other.name != kTensor) {
-      return absl::InvalidArgumentError(absl::StrCat(f.label(), ": unexpected tensor '", other.name,
-                                                     "' (prefix tuning holds only '", kTensor, "')"));
-    }
-  }
+  absl::StatusOr<const model::StTensorInfo*> sole = SoleTensor(f, kTensor, "prefix tuning");
+  if (!sole.ok()) return sole.status();
+  const model::StTensorInfo* t = *sole;
   if (absl::Status s = CheckFloatTensor(f, *t); !s.ok()) return s;
   if (absl::Status s = CheckShape(f, *t, {*nvt, mc.num_layers * 2 * width}); !s.ok()) return s;
   LoadedAdapter out;

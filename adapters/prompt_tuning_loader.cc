@@ -19,39 +19,20 @@ absl::StatusOr<LoadedAdapter> LoadPromptTuning(const AdapterFiles& files, const 
   const std::string label = files.label + "/" + kConfigFile;
   OrderedJson j = OrderedJson::parse(files.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError(label, "not a valid JSON object");
-  if (IsSet(j, "modules_to_save")) {
-    return ConfigError(label, absl::StrCat("'modules_to_save' is not supported (", j["modules_to_save"].dump(), ")"));
-  }
   const model::ModelConfig& mc = base.config();
-  auto v = j.find("num_virtual_tokens");
-  if (v == j.end() || !v->is_number_integer() || v->get<int64_t>() < 1) {
-    return ConfigError(label, "'num_virtual_tokens' must be a positive integer");
-  }
-  const int64_t num_virtual = v->get<int64_t>();
-  if (num_virtual >= mc.max_position_embeddings) {
-    return absl::FailedPreconditionError(absl::StrCat(label, ": 'num_virtual_tokens' ", num_virtual,
-                                                      " leaves no room in the context length ",
-                                                      mc.max_position_embeddings));
-  }
+  absl::StatusOr<int64_t> parsed = ParsePromptLearning(j, label, mc.max_position_embeddings);
+  if (!parsed.ok()) return parsed.status();
+  const int64_t num_virtual = *parsed;
   if (auto d = j.find("token_dim"); d != j.end() && !d->is_null()) {
     if (!d->is_number_integer() || d->get<int64_t>() != mc.hidden_size) {
       return absl::FailedPreconditionError(absl::StrCat(label, ": 'token_dim' is ", d->dump(),
                                                         " but the base model's hidden size is ", mc.hidden_size));
     }
   }
-  if (auto s = j.find("num_transformer_submodules"); s != j.end() && !s->is_null() && *s != 1) {
-    return ConfigError(label, absl::StrCat("'num_transformer_submodules' is ", s->dump(),
-                                           "; only 1 (decoder-only models) is supported"));
-  }
   const model::SafetensorsFile& f = *files.weights;
-  const model::StTensorInfo* t = f.Find(kTensor);
-  if (t == nullptr) return absl::InvalidArgumentError(absl::StrCat(f.label(), ": missing tensor '", kTensor, "'"));
-  for (const model::StTensorInfo& other : f.tensors()) {
-    if (other.name != kTensor) {
-      return absl::InvalidArgumentError(absl::StrCat(f.label(), ": unexpected tensor '", other.name,
-                                                     "' (prompt tuning holds only '", kTensor, "')"));
-    }
-  }
+  absl::StatusOr<const model::StTensorInfo*> sole = SoleTensor(f, kTensor, "prompt tuning");
+  if (!sole.ok()) return sole.status();
+  const model::StTensorInfo* t = *sole;
   if (absl::Status s = CheckFloatTensor(f, *t); !s.ok()) return s;
   if (absl::Status s = CheckShape(f, *t, {num_virtual, mc.hidden_size}); !s.ok()) return s;
   LoadedAdapter out;
