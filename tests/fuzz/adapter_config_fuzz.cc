@@ -1,5 +1,6 @@
-// libFuzzer target: the adapter config parsers (PEFT LoRA/DoRA and AdapterHub
-// bottleneck) on arbitrary text. Each must accept or reject with a status,
+// libFuzzer target: the adapter config parsers (PEFT LoRA/DoRA, the keys
+// prompt and prefix tuning share, and AdapterHub bottleneck) on arbitrary
+// text. Each must accept or reject with a status,
 // never crash, hang or read out of bounds.
 #include <cstddef>
 #include <cstdint>
@@ -7,6 +8,7 @@
 
 #include "adapters/bottleneck_config.h"
 #include "adapters/lora_config.h"
+#include "adapters/peft_fields.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
@@ -22,5 +24,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   (void)adapterd::adapters::BottleneckConfig::FromJson(text, "fuzz/adapter_config.json");
+  const auto j = adapterd::adapters::OrderedJson::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_discarded() && j.is_object()) {
+    (void)adapterd::adapters::ParsePromptLearning(j, "fuzz/adapter_config.json", 2048);
+  }
   return 0;
 }
