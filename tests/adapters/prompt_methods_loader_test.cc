@@ -58,10 +58,13 @@ float F32At(const testing::FakeTensor& t, int64_t i) {
   return f;
 }
 
-void ExpectError(const absl::Status& st, absl::StatusCode code, const std::vector<std::string>& words) {
-  EXPECT_EQ(st.code(), code) << st;
-  for (const std::string& w : words) EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(w));
-}
+// A save the loader must refuse, with the status code and the words its message names.
+struct BadCase {
+  const char* what;
+  FakeAdapter a;
+  absl::StatusCode code;
+  std::vector<std::string> words;
+};
 
 class PromptMethodsLoaderTest : public testing::DemoModelTest {
  protected:
@@ -70,6 +73,15 @@ class PromptMethodsLoaderTest : public testing::DemoModelTest {
         AdapterFilesFromUpload({{kConfigFile, a.config.dump()}, {kWeightsFile, a.Weights()}});
     if (!files.ok()) return files.status();
     return LoadAdapter(*files, *base_);
+  }
+
+  static void ExpectAllRefused(const std::vector<BadCase>& cases) {
+    for (const BadCase& c : cases) {
+      SCOPED_TRACE(c.what);
+      const absl::Status st = Load(c.a).status();
+      EXPECT_EQ(st.code(), c.code) << st;
+      for (const std::string& w : c.words) EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(w));
+    }
   }
 };
 
@@ -96,13 +108,7 @@ TEST_F(PromptMethodsLoaderTest, PrefixTuningKeepsPeftsPerLayerKeysAndValues) {
 }
 
 TEST_F(PromptMethodsLoaderTest, PrefixTuningRefusesWhatDoesNotFitTheBase) {
-  struct Case {
-    const char* what;
-    FakeAdapter a;
-    absl::StatusCode code;
-    std::vector<std::string> words;
-  };
-  std::vector<Case> cases;
+  std::vector<BadCase> cases;
   {
     FakeAdapter a = Prefix();
     a.config["num_layers"] = 3;
@@ -138,10 +144,7 @@ TEST_F(PromptMethodsLoaderTest, PrefixTuningRefusesWhatDoesNotFitTheBase) {
     testing::SetElement(a.tensors[0], 9, NAN);
     cases.push_back({"NaN", a, absl::StatusCode::kInvalidArgument, {"prompt_embeddings", "NaN at index 9"}});
   }
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.what);
-    ExpectError(Load(c.a).status(), c.code, c.words);
-  }
+  ExpectAllRefused(cases);
 }
 
 TEST_F(PromptMethodsLoaderTest, LlamaAdapterProjectsItsPromptThroughTheBaseOnce) {
@@ -173,13 +176,7 @@ TEST_F(PromptMethodsLoaderTest, LlamaAdapterProjectsItsPromptThroughTheBaseOnce)
 }
 
 TEST_F(PromptMethodsLoaderTest, LlamaAdapterRefusesMalformedSaves) {
-  struct Case {
-    const char* what;
-    FakeAdapter a;
-    absl::StatusCode code;
-    std::vector<std::string> words;
-  };
-  std::vector<Case> cases;
+  std::vector<BadCase> cases;
   {
     FakeAdapter a = Adaption();
     a.config["adapter_layers"] = 5;
@@ -222,10 +219,7 @@ TEST_F(PromptMethodsLoaderTest, LlamaAdapterRefusesMalformedSaves) {
     testing::SetElement(a.tensors[1], 0, INFINITY);
     cases.push_back({"infinite gate", a, absl::StatusCode::kInvalidArgument, {"adaption_gate", "+Inf at index 0"}});
   }
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.what);
-    ExpectError(Load(c.a).status(), c.code, c.words);
-  }
+  ExpectAllRefused(cases);
 }
 
 }  // namespace
