@@ -24,6 +24,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -329,6 +330,7 @@ class Cluster:
         # prometheus.yml reads its file_sd targets and rule files relative to its own
         # directory: the shipped files are linked into pdir, the targets written there.
         pdir = os.path.join(self.workdir, "prometheus")
+        shutil.rmtree(os.path.join(pdir, "data"), ignore_errors=True)  # no series of an earlier run
         os.makedirs(os.path.join(pdir, "targets"), exist_ok=True)
         for name in ("prometheus.yml", "alerts.yml"):
             link = os.path.join(pdir, name)
