@@ -6,6 +6,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "adapters/adapter_files.h"
 #include "adapters/adapter_loader.h"
@@ -42,7 +43,7 @@ AdapterInfo Adapter::info() const {
 
 AdapterRegistry::AdapterRegistry(const model::LlamaModel* base, AdapterStore* store,
                                  AdapterCacheOptions cache, metrics::AdapterMetrics* metrics)
-    : base_(base), store_(store), cache_(base, cache, metrics) {
+    : base_(base), store_(store), metrics_(metrics), cache_(base, cache, metrics) {
   loader_ = std::thread([this] { LoaderLoop(); });
 }
 
@@ -65,7 +66,7 @@ absl::Status AdapterRegistry::ValidateId(const std::string& id) {
 }
 
 absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bool replace,
-                                        LoadDone done, bool persist, bool pin) {
+                                        LoadDone done, bool persist, bool pin, std::string store_stamp) {
   if (absl::Status s = ValidateId(id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -87,7 +88,8 @@ absl::Status AdapterRegistry::StartLoad(std::string id, AdapterSource source, bo
     e.source = std::holds_alternative<PathSource>(source) ? std::get<PathSource>(source).dir : "upload";
     entries_.emplace(id, std::move(e));
   }
-  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done), persist, pin});
+  tasks_.push_back(Task{std::move(id), std::move(source), std::move(done), persist, pin, replace,
+                        std::move(store_stamp)});
   return absl::OkStatus();
 }
 
@@ -108,13 +110,14 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(const Task
   info.bytes = loaded->weights->bytes();
   info.loaded_at = absl::Now();
   info.load_duration = info.loaded_at - start;
+  info.store_stamp = task.store_stamp;
   // Where the cache can read it back: the directory of a path load (held,
   // in case it is a store version directory that a replace supersedes). An
   // upload has only its host copy until the store has written its version.
   std::optional<DiskCopy> disk;
   std::shared_ptr<const UploadSource> host;
   if (path != nullptr) {
-    disk = DiskCopy{path->dir, store_ != nullptr ? store_->Hold(path->dir) : nullptr};
+    disk = DiskCopy{path->dir, store_ != nullptr ? store_->Hold(path->dir) : nullptr, task.store_stamp};
   } else {
     host = std::make_shared<const UploadSource>(std::get<UploadSource>(task.source));
   }
@@ -123,8 +126,9 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Build(const Task
   if (!slot.ok()) return slot.status();
   // Durable before acknowledged: a load the store cannot record fails.
   if (task.persist && store_ != nullptr) {
-    absl::StatusOr<DiskCopy> stored = store_->Put(task.id, task.source, task.pin);
+    absl::StatusOr<DiskCopy> stored = store_->Put(task.id, task.source, task.pin, task.replace);
     if (!stored.ok()) return stored.status();
+    info.store_stamp = stored->stamp;
     if (path == nullptr) cache_.AttachDisk(**slot, *std::move(stored));
   }
   return std::make_shared<const Adapter>(std::move(info), *std::move(slot), &cache_);
@@ -181,12 +185,20 @@ void AdapterRegistry::LoaderLoop() {
   }
 }
 
-absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
+absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk, bool delete_from_store) {
   std::shared_ptr<const Adapter> released;
+  bool only_in_store = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(id);
-    if (it == entries_.end() || it->second.state == AdapterState::kUnloading) {
+    if (it == entries_.end() && !keep_on_disk && delete_from_store && store_ != nullptr && store_->shared() &&
+        ValidateId(id).ok()) {
+      // Held by other servers only: the id stays taken while its entry goes.
+      Entry e;
+      e.state = AdapterState::kUnloading;
+      it = entries_.emplace(id, std::move(e)).first;
+      only_in_store = true;
+    } else if (it == entries_.end() || it->second.state == AdapterState::kUnloading) {
       return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
     }
     if (it->second.state == AdapterState::kLoading || it->second.replacing) {
@@ -201,12 +213,22 @@ absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk) {
     // until the store entry is gone, so no load of the same id can record
     // itself in the store before this unload deletes the entry. The adapter
     // is gone when the last running request drops its reference.
-    it->second.state = AdapterState::kUnloading;
-    released = std::move(it->second.adapter);
+    if (!only_in_store) {
+      it->second.state = AdapterState::kUnloading;
+      released = std::move(it->second.adapter);
+    }
+  }
+  if (only_in_store) {
+    absl::StatusOr<StoredAdapter> stored = store_->Find(id);
+    absl::Status removed = stored.ok() || !absl::IsNotFound(stored.status()) ? store_->Remove(id) : stored.status();
+    absl::MutexLock lock(&mu_);
+    entries_.erase(id);
+    if (absl::IsNotFound(removed)) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
+    return removed;
   }
   LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1 << " other references remain)";
   released.reset();
-  absl::Status removed = store_ != nullptr ? store_->Remove(id) : absl::OkStatus();
+  absl::Status removed = store_ != nullptr && delete_from_store ? store_->Remove(id) : absl::OkStatus();
   {
     absl::MutexLock lock(&mu_);
     entries_.erase(id);
@@ -227,6 +249,58 @@ absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::Lookup(const std
     return absl::UnavailableError(absl::StrCat("adapter_id '", id, "' is still loading; retry"));
   }
   return it->second.adapter;
+}
+
+absl::StatusOr<std::shared_ptr<const Adapter>> AdapterRegistry::LookupOrLoad(const std::string& id,
+                                                                             absl::Time deadline) {
+  absl::StatusOr<std::shared_ptr<const Adapter>> found = Lookup(id);
+  if (found.ok() || store_ == nullptr || !store_->shared()) return found;
+  if (!absl::IsNotFound(found.status()) && !absl::IsUnavailable(found.status())) return found;
+  struct Result {
+    absl::Notification done;
+    absl::Status status;
+  };
+  std::shared_ptr<Result> mine;
+  if (absl::IsNotFound(found.status())) {
+    if (!ValidateId(id).ok()) return found;
+    absl::StatusOr<StoredAdapter> stored = store_->Find(id);
+    if (!stored.ok()) {
+      if (absl::IsNotFound(stored.status())) return found;
+      return absl::NotFoundError(absl::StrCat("adapter_id '", id, "' is in the adapter store but damaged: ",
+                                              stored.status().message()));
+    }
+    mine = std::make_shared<Result>();
+    absl::Status st = StartLoad(
+        id, std::move(stored->source), /*replace=*/false,
+        [mine](absl::StatusOr<AdapterInfo> r) {
+          mine->status = r.status();
+          mine->done.Notify();
+        },
+        /*persist=*/false, stored->pinned, stored->stamp);
+    if (!st.ok()) mine.reset();  // loaded or loading meanwhile: wait for that below
+  }
+  if (metrics_ != nullptr) metrics_->RecordStoreMiss();
+  if (mine != nullptr) {
+    if (!mine->done.WaitForNotificationWithDeadline(deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat("adapter_id '", id, "' is still loading from the adapter store"));
+    }
+    if (metrics_ != nullptr) metrics_->RecordStoreLoad(mine->status.ok() ? "loaded" : "failed");
+    if (!mine->status.ok() && !absl::IsAlreadyExists(mine->status)) {
+      return absl::NotFoundError(absl::StrCat("adapter_id '", id, "' could not be loaded from the adapter store: ",
+                                              mine->status.message()));
+    }
+  } else {
+    auto settled = [this, &id]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      auto it = entries_.find(id);
+      return it == entries_.end() || it->second.adapter != nullptr || it->second.state == AdapterState::kUnloading;
+    };
+    const bool in_time = mu_.ReaderLockWhenWithDeadline(absl::Condition(&settled), deadline);
+    mu_.ReaderUnlock();
+    if (!in_time) {
+      return absl::DeadlineExceededError(absl::StrCat("adapter_id '", id, "' is still loading from the adapter store"));
+    }
+  }
+  return Lookup(id);
 }
 
 absl::StatusOr<AdapterInfo> AdapterRegistry::Get(const std::string& id) const {

@@ -48,6 +48,9 @@ struct AdapterInfo {
   int64_t tokens_generated = 0;
   Tier tier = Tier::kDisk;  // where it is now (ready adapters)
   bool pinned = false;
+  // The adapter store's stamp of the entry version this is (empty when the
+  // adapter is not in the store, e.g. the demo adapters).
+  std::string store_stamp;
 };
 
 // A ready (registered) adapter version. Its weights live in the
@@ -110,19 +113,35 @@ class AdapterRegistry {
   // load out of the store (for start-up's restore and the demo adapters).
   // `pin` keeps the adapter on the device tier (RESOURCE_EXHAUSTED when the
   // tier cannot make room).
+  // `store_stamp` names the store entry version that a load with `persist`
+  // false reads (see AdapterInfo::store_stamp). With a store, a load that
+  // is not a `replace` also fails with ALREADY_EXISTS when the store has
+  // the id (another server sharing it wrote it).
   absl::Status StartLoad(std::string id, AdapterSource source, bool replace, LoadDone done,
-                         bool persist = true, bool pin = false) ABSL_LOCKS_EXCLUDED(mu_);
+                         bool persist = true, bool pin = false, std::string store_stamp = "")
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Stops new requests from finding the adapter at once (NOT_FOUND); running
   // requests keep their reference. Returns once the store entry is deleted;
   // until then a load of the same id is refused. NOT_FOUND if absent,
   // FAILED_PRECONDITION while it is still loading. With `keep_on_disk` the adapter instead stays
   // registered and leaves the device and host tiers (once no request uses
   // it); the next request loads it again from disk. FAILED_PRECONDITION
-  // then when it has no copy on disk or is pinned.
-  absl::Status Unload(const std::string& id, bool keep_on_disk = false) ABSL_LOCKS_EXCLUDED(mu_);
+  // then when it has no copy on disk or is pinned. With a shared store, an
+  // id this server does not hold but the store does is deleted from the
+  // store. `delete_from_store` false unloads it here only (a sync applying
+  // another server's unload).
+  absl::Status Unload(const std::string& id, bool keep_on_disk = false, bool delete_from_store = true)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The ready adapter `id`: NOT_FOUND if unknown, UNAVAILABLE while its first
   // load is in progress.
   absl::StatusOr<std::shared_ptr<const Adapter>> Lookup(const std::string& id) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Lookup(), but with a shared store an id this server does not hold and
+  // the store does is loaded from it (waiting for a load already under way
+  // too), and returned once ready. Waits at most until `deadline`
+  // (DEADLINE_EXCEEDED). NOT_FOUND when the store has no such entry either,
+  // or its load failed (the message says why).
+  absl::StatusOr<std::shared_ptr<const Adapter>> LookupOrLoad(const std::string& id, absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<AdapterInfo> Get(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<AdapterInfo> List() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -131,6 +150,7 @@ class AdapterRegistry {
   // adapters that running requests still hold.
   int64_t live_bytes() const { return cache_.GetStats().device_bytes; }
   const AdapterCache& cache() const { return cache_; }
+  AdapterStore* store() const { return store_; }
 
  private:
   struct Entry {
@@ -145,12 +165,15 @@ class AdapterRegistry {
     LoadDone done;
     bool persist = true;
     bool pin = false;
+    bool replace = false;
+    std::string store_stamp;
   };
   void LoaderLoop() ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::shared_ptr<const Adapter>> Build(const Task& task);
 
   const model::LlamaModel* const base_;
   AdapterStore* const store_;
+  metrics::AdapterMetrics* const metrics_;  // may be null
   AdapterCache cache_;
   mutable absl::Mutex mu_ ABSL_ACQUIRED_BEFORE(cache_.mu_);
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);

@@ -26,6 +26,10 @@ using AdapterSource = std::variant<PathSource, UploadSource>;
 struct DiskCopy {
   std::string dir;
   std::shared_ptr<const void> hold;
+  // The adapter store's stamp of the entry version written (empty when the
+  // copy is not a store entry): unique per write, so that replicas sharing
+  // the store can tell one version from another.
+  std::string stamp;
 };
 
 }  // namespace adapterd::adapters

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,9 +14,12 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/crc/crc32c.h"
 #include "absl/log/log.h"
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "server/common/file_util.h"
 
@@ -27,6 +31,25 @@ constexpr char kManifest[] = "manifest.json";
 constexpr char kFormat[] = "adapterd-store/2";
 constexpr char kFormatV1[] = "adapterd-store/1";  // files in the entry itself; read, never written
 constexpr char kTempPrefix[] = ".tmp-";
+constexpr char kLockFile[] = ".lock";
+
+// Unique per write across the processes sharing a store: pid, time and
+// random bits.
+std::string NewStamp() {
+  static absl::Mutex mu(absl::kConstInit);
+  static absl::BitGen* gen ABSL_GUARDED_BY(mu) = new absl::BitGen();
+  absl::MutexLock lock(&mu);
+  return absl::StrFormat("%x-%x-%016x", getpid(), absl::ToUnixMicros(absl::Now()), absl::Uniform<uint64_t>(*gen));
+}
+
+// How long ago `path` was last modified (infinite when it cannot be read).
+absl::Duration Age(const std::string& path) {
+  std::error_code ec;
+  const auto t = fs::last_write_time(path, ec);
+  if (ec) return absl::InfiniteDuration();
+  const auto now = fs::file_time_type::clock::now();
+  return absl::FromChrono(now - t);
+}
 
 absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(absl::StrCat("adapter store: ", what, " ", path, ": ", std::strerror(errno)));
@@ -131,7 +154,23 @@ struct AdapterStore::Holds {
   }
 };
 
-AdapterStore::AdapterStore(std::string dir) : dir_(std::move(dir)), holds_(std::make_shared<Holds>()) {}
+AdapterStore::AdapterStore(std::string dir, AdapterStoreOptions options)
+    : dir_(std::move(dir)), options_(options), holds_(std::make_shared<Holds>()) {}
+
+AdapterStore::~AdapterStore() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+absl::StatusOr<std::shared_ptr<void>> AdapterStore::LockWriters() {
+  if (lock_fd_ < 0) return std::shared_ptr<void>();
+  int rc;
+  do {
+    rc = ::flock(lock_fd_, LOCK_EX);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) return Errno("cannot lock", dir_ + "/" + kLockFile);
+  const int fd = lock_fd_;
+  return std::shared_ptr<void>(nullptr, [fd](void*) { ::flock(fd, LOCK_UN); });
+}
 
 std::shared_ptr<const void> AdapterStore::Hold(const std::string& dir) {
   {
@@ -146,7 +185,8 @@ std::shared_ptr<const void> AdapterStore::Hold(const std::string& dir) {
   });
 }
 
-absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::string& dir,
+                                                                 AdapterStoreOptions options) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::FailedPreconditionError(absl::StrCat("--adapter_store ", dir, ": ", ec.message()));
@@ -154,9 +194,19 @@ absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::stri
     return absl::FailedPreconditionError(absl::StrCat("--adapter_store ", dir, " is not a directory"));
   }
   if (::access(dir.c_str(), W_OK) != 0) return Errno("--adapter_store is not writable:", dir);
+  std::unique_ptr<AdapterStore> store(new AdapterStore(dir, options));
+  if (options.shared) {
+    store->lock_fd_ = ::open((dir + "/" + kLockFile).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (store->lock_fd_ < 0) return Errno("cannot open", dir + "/" + kLockFile);
+  }
+  // Another server sharing the store may be writing right now: only its
+  // leftovers older than the grace period are a crash's.
+  auto leftover = [&](const fs::path& p) { return !options.shared || Age(p.string()) > options.superseded_grace; };
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
+    if (name == kLockFile) continue;
     if (absl::StartsWith(name, kTempPrefix)) {
+      if (!leftover(e.path())) continue;
       LOG(WARNING) << "adapter store: removing " << e.path() << ", left by an interrupted write";
       fs::remove_all(e.path(), ec);
       continue;
@@ -164,22 +214,24 @@ absl::StatusOr<std::unique_ptr<AdapterStore>> AdapterStore::Open(const std::stri
     // Inside an entry: interrupted writes, and versions a crash kept from
     // being deleted (nothing holds them at start-up).
     const int64_t current = ManifestVersion(e.path().string());
+    const bool superseded_long_ago = leftover(e.path() / kManifest);
     std::error_code inner;
     for (const auto& c : fs::directory_iterator(e.path(), inner)) {
       const std::string child = c.path().filename().string();
       const bool old_version = current > 0 && child.size() > 1 && child[0] == 'v' && child != VersionName(current) &&
-                               c.is_directory(inner);
-      if (absl::StartsWith(child, kTempPrefix) || old_version) fs::remove_all(c.path(), inner);
+                               c.is_directory(inner) && superseded_long_ago;
+      if ((absl::StartsWith(child, kTempPrefix) && leftover(c.path())) || old_version) fs::remove_all(c.path(), inner);
     }
   }
   if (ec) return absl::InternalError(absl::StrCat("adapter store: cannot list ", dir, ": ", ec.message()));
-  return std::unique_ptr<AdapterStore>(new AdapterStore(dir));
+  return store;
 }
 
 absl::StatusOr<std::string> AdapterStore::WriteVersion(const std::string& target, const std::string& id,
                                                       const AdapterSource& source, bool pinned, int64_t version,
-                                                      bool fresh) {
-  nlohmann::json manifest = {{"format", kFormat}, {"id", id}, {"pinned", pinned}, {"version", version}};
+                                                      bool fresh, const std::string& stamp) {
+  nlohmann::json manifest = {
+      {"format", kFormat}, {"id", id}, {"pinned", pinned}, {"version", version}, {"stamp", stamp}};
   std::string version_dir;
   if (const auto* path = std::get_if<PathSource>(&source)) {
     manifest["source"] = "path";
@@ -224,6 +276,8 @@ absl::StatusOr<std::string> AdapterStore::WriteVersion(const std::string& target
 
 void AdapterStore::DropOldVersions(const std::string& entry, const std::string& keep) {
   std::error_code ec;
+  // Another server may still read a version it has not synced away from.
+  if (options_.shared && Age(entry + "/" + kManifest) <= options_.superseded_grace) return;
   const bool entry_held = holds_->HeldOrSupersede(entry);  // a version 1 entry read from its own root
   for (const auto& c : fs::directory_iterator(entry, ec)) {
     const std::string name = c.path().filename().string();
@@ -236,20 +290,38 @@ void AdapterStore::DropOldVersions(const std::string& entry, const std::string& 
   }
 }
 
-absl::StatusOr<DiskCopy> AdapterStore::Put(const std::string& id, const AdapterSource& source, bool pinned) {
+absl::StatusOr<DiskCopy> AdapterStore::Put(const std::string& id, const AdapterSource& source, bool pinned,
+                                           bool replace) {
   absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::shared_ptr<void>> writers = LockWriters();
+  if (!writers.ok()) return writers.status();
   const std::string entry = absl::StrCat(dir_, "/", id);
+  const std::string stamp = NewStamp();
   std::error_code ec;
   absl::StatusOr<std::string> version_dir;
-  if (!fs::exists(entry, ec)) {
+  const bool exists = fs::exists(entry, ec);
+  if (exists && !replace) {
+    return absl::AlreadyExistsError(absl::StrCat("adapter '", id, "' is already in the adapter store ", dir_,
+                                                 " (loaded here or by another server sharing it); set replace "
+                                                 "to swap it for the new version"));
+  }
+  if (!exists) {
     const std::string tmp = absl::StrCat(dir_, "/", kTempPrefix, id, "-", getpid(), "-", ++counter_);
     fs::remove_all(tmp, ec);
     if (!fs::create_directory(tmp, ec)) {
       return absl::InternalError(absl::StrCat("adapter store: cannot create ", tmp, ": ", ec.message()));
     }
-    version_dir = WriteVersion(tmp, id, source, pinned, 1, /*fresh=*/true);
+    version_dir = WriteVersion(tmp, id, source, pinned, 1, /*fresh=*/true, stamp);
     if (version_dir.ok()) {
-      if (absl::Status st = RenameSynced(tmp, entry, dir_); !st.ok()) version_dir = st;
+      // rename(2) never replaces a non-empty directory: a writer that does
+      // not honour the lock cannot make a mixed entry either.
+      if (::rename(tmp.c_str(), entry.c_str()) != 0) {
+        version_dir = (errno == EEXIST || errno == ENOTEMPTY)
+                          ? absl::AlreadyExistsError(absl::StrCat("adapter '", id, "' was written to the adapter store by another server at the same time; retry with replace"))
+                          : Errno("cannot rename into", entry);
+      } else if (absl::Status st = FsyncPath(dir_, true); !st.ok()) {
+        version_dir = st;
+      }
     }
     if (!version_dir.ok()) {
       fs::remove_all(tmp, ec);
@@ -257,17 +329,19 @@ absl::StatusOr<DiskCopy> AdapterStore::Put(const std::string& id, const AdapterS
     }
   } else {
     const int64_t version = std::max(ManifestVersion(entry), HighestVersionDir(entry)) + 1;
-    version_dir = WriteVersion(entry, id, source, pinned, version, /*fresh=*/false);
+    version_dir = WriteVersion(entry, id, source, pinned, version, /*fresh=*/false, stamp);
     if (!version_dir.ok()) return version_dir.status();
     DropOldVersions(entry, *version_dir);
   }
-  if (const auto* path = std::get_if<PathSource>(&source)) return DiskCopy{path->dir, nullptr};
+  if (const auto* path = std::get_if<PathSource>(&source)) return DiskCopy{path->dir, nullptr, stamp};
   const std::string dir = absl::StrCat(entry, "/", *version_dir);
-  return DiskCopy{dir, Hold(dir)};
+  return DiskCopy{dir, Hold(dir), stamp};
 }
 
 absl::Status AdapterStore::Remove(const std::string& id) {
   absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::shared_ptr<void>> writers = LockWriters();
+  if (!writers.ok()) return writers.status();
   const std::string final_dir = absl::StrCat(dir_, "/", id);
   std::error_code ec;
   if (!fs::exists(final_dir, ec)) return absl::OkStatus();
@@ -282,7 +356,11 @@ absl::Status AdapterStore::Remove(const std::string& id) {
 absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) const {
   const std::string entry = absl::StrCat(dir_, "/", id);
   absl::StatusOr<std::string> text = ReadFile(entry + "/" + kManifest);
-  if (!text.ok()) return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": no readable ", kManifest));
+  if (!text.ok()) {
+    std::error_code ec;
+    if (!fs::exists(entry, ec)) return absl::NotFoundError(absl::StrCat("adapter store has no entry ", entry));
+    return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": no readable ", kManifest));
+  }
   const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": ", why));
@@ -292,7 +370,9 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     return bad(absl::StrCat(kManifest, " is not an ", kFormat, " manifest"));
   }
   if (!m["id"].is_string() || m["id"].get<std::string>() != id) return bad("the manifest's id does not match the directory");
-  StoredAdapter out{id, PathSource{}};
+  StoredAdapter out;
+  out.id = id;
+  if (m.contains("stamp") && m["stamp"].is_string()) out.stamp = m["stamp"].get<std::string>();
   out.pinned = m.contains("pinned") && m["pinned"].is_boolean() && m["pinned"].get<bool>();
   std::string files_dir = entry;
   if (format == kFormat) {
@@ -353,6 +433,41 @@ StoreScan AdapterStore::Scan() const {
     }
   }
   return scan;
+}
+
+absl::StatusOr<StoredAdapter> AdapterStore::Find(const std::string& id) const {
+  if (id.empty() || id[0] == '.' || id.find('/') != std::string::npos) {
+    return absl::NotFoundError(absl::StrCat("adapter store has no entry '", id, "'"));
+  }
+  absl::MutexLock lock(&mu_);
+  return ReadEntry(id);
+}
+
+std::vector<std::pair<std::string, std::string>> AdapterStore::Stamps() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (absl::StartsWith(name, ".")) continue;
+    absl::StatusOr<std::string> text = ReadFile(e.path().string() + "/" + kManifest);
+    if (!text.ok()) continue;
+    const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    if (!m.is_object()) continue;
+    out.emplace_back(name, m.contains("stamp") && m["stamp"].is_string() ? m["stamp"].get<std::string>() : "");
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void AdapterStore::SweepSuperseded() {
+  absl::MutexLock lock(&mu_);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (absl::StartsWith(name, ".") || !e.is_directory(ec)) continue;
+    const int64_t current = ManifestVersion(e.path().string());
+    if (current > 0) DropOldVersions(e.path().string(), VersionName(current));
+  }
 }
 
 }  // namespace adapterd::adapters

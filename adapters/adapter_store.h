@@ -5,12 +5,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "adapters/adapter_source.h"
 
 namespace adapterd::adapters {
@@ -23,6 +25,17 @@ struct StoredAdapter {
   bool upload = false;
   bool pinned = false;  // kept on the device tier
   int64_t version = 0;
+  std::string stamp;  // unique per write (see DiskCopy::stamp)
+};
+
+struct AdapterStoreOptions {
+  // Several servers share the directory (a ReadWriteMany volume). Writers
+  // of any process are then serialized by an advisory lock on the store's
+  // .lock file, and a superseded version directory is kept for
+  // `superseded_grace` after the replace (another server may still read it
+  // until it syncs), then deleted by SweepSuperseded().
+  bool shared = false;
+  absl::Duration superseded_grace = absl::Seconds(60);
 };
 
 // What Scan() found: the intact entries, and one error per entry skipped.
@@ -47,24 +60,44 @@ struct StoreScan {
 // Hold() keeps it, so that an adapter version still being served can be
 // read back from disk while a newer one replaces it.
 //
-// Thread-safe: Put and Remove are serialized. Subclasses (test fakes) may
+// Every manifest carries a stamp, unique per write, so that servers sharing
+// the directory can tell whether the version they hold is still current
+// (Stamps()) without reading any adapter file.
+//
+// Thread-safe: Put and Remove are serialized, within the process by a
+// mutex and, for a shared store, across processes by flock(2) on .lock
+// (Linux maps it to POSIX locks on NFS). Subclasses (test fakes) may
 // intercept Put and Remove.
 class AdapterStore {
  public:
-  // Creates `dir` if needed and removes leftovers of interrupted writes.
-  static absl::StatusOr<std::unique_ptr<AdapterStore>> Open(const std::string& dir);
-  virtual ~AdapterStore() = default;
+  // Creates `dir` if needed and removes leftovers of interrupted writes
+  // (for a shared store, only those older than the grace period: another
+  // server may be writing them).
+  static absl::StatusOr<std::unique_ptr<AdapterStore>> Open(const std::string& dir,
+                                                             AdapterStoreOptions options = {});
+  virtual ~AdapterStore();
 
-  // Records `id` (replacing any entry for it) durably before returning.
-  // Returns where the version just written can be read back, held.
-  virtual absl::StatusOr<DiskCopy> Put(const std::string& id, const AdapterSource& source, bool pinned = false)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Records `id` durably before returning, replacing any entry for it unless
+  // `replace` is false: then ALREADY_EXISTS when the store has it (written by
+  // this server or another one sharing the store). Returns where the version
+  // just written can be read back, held, and its stamp.
+  virtual absl::StatusOr<DiskCopy> Put(const std::string& id, const AdapterSource& source, bool pinned = false,
+                                       bool replace = true) ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes the entry, every version included; OK when there is none.
   virtual absl::Status Remove(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Checks every entry, reading one file at a time. An entry whose manifest
   // is missing or unreadable, or whose files do not match it, is reported in
   // `skipped` and left on disk for the operator; it never fails the scan.
   StoreScan Scan() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The intact entry `id`, its files checked against the manifest:
+  // NOT_FOUND when there is none, DATA_LOSS when it is damaged.
+  absl::StatusOr<StoredAdapter> Find(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
+  // The stamp of every entry's current version, read from the manifests
+  // only (entries with no readable manifest are left out).
+  std::vector<std::pair<std::string, std::string>> Stamps() const;
+  // Deletes version directories superseded longer than the grace period
+  // ago that this process does not hold (shared stores; see Options).
+  void SweepSuperseded() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Keeps `dir` (a version directory) from being deleted by a later Put
   // until the result is let go of. Any other directory is never deleted by
@@ -72,9 +105,10 @@ class AdapterStore {
   std::shared_ptr<const void> Hold(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
+  bool shared() const { return options_.shared; }
 
  protected:
-  explicit AdapterStore(std::string dir);
+  explicit AdapterStore(std::string dir, AdapterStoreOptions options = {});
 
  private:
   struct Holds;
@@ -82,13 +116,18 @@ class AdapterStore {
   // Writes `id`'s entry as version `version` into `target` (a temporary
   // directory for a new entry, or the existing entry).
   absl::StatusOr<std::string> WriteVersion(const std::string& entry, const std::string& id,
-                                           const AdapterSource& source, bool pinned, int64_t version, bool fresh)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                           const AdapterSource& source, bool pinned, int64_t version, bool fresh,
+                                           const std::string& stamp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Deletes the entry's version directories other than `keep`, except held
   // ones, which are deleted when their last hold goes.
   void DropOldVersions(const std::string& entry, const std::string& keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the cross-process writers' lock of a shared store (a no-op
+  // otherwise); released by the returned object.
+  absl::StatusOr<std::shared_ptr<void>> LockWriters() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string dir_;
+  const AdapterStoreOptions options_;
+  int lock_fd_ = -1;  // .lock of a shared store
   const std::shared_ptr<Holds> holds_;
   mutable absl::Mutex mu_;
   int64_t counter_ ABSL_GUARDED_BY(mu_) = 0;

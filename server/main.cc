@@ -95,6 +95,10 @@ ABSL_FLAG(std::vector<std::string>, adapter_roots, {},
 ABSL_FLAG(std::string, adapter_store, "",
           "Directory where loaded adapters are recorded (uploads copied, path loads by path) and "
           "from which they are loaded again at start-up; empty keeps adapters in memory only");
+ABSL_FLAG(double, adapter_store_sync_seconds, 0,
+          "> 0: several replicas share --adapter_store. Adapters another replica wrote load on the first "
+          "request that names them, and other replicas' unloads and replaces apply here within this many "
+          "seconds (each entry's version stamp is checked on this timer and on every miss)");
 ABSL_FLAG(int64_t, adapter_device_bytes, 0,
           "Byte budget for adapter weights on the device tier (built, ready to run); least recently "
           "used idle adapters are evicted past it. 0 = no limit");
@@ -244,6 +248,14 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   o.cache.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
   o.cache.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
   o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
+  const double sync = absl::GetFlag(FLAGS_adapter_store_sync_seconds);
+  if (!(sync >= 0 && sync <= 86400)) {
+    return absl::InvalidArgumentError("--adapter_store_sync_seconds must be between 0 and 86400");
+  }
+  if (sync > 0 && absl::GetFlag(FLAGS_adapter_store).empty()) {
+    return absl::InvalidArgumentError("--adapter_store_sync_seconds needs --adapter_store (the shared directory)");
+  }
+  o.adapter_store_sync = absl::Seconds(sync);
   o.adapter_roots = absl::GetFlag(FLAGS_adapter_roots);
   o.max_adapters_per_request = absl::GetFlag(FLAGS_max_adapters_per_request);
   o.metrics_max_adapter_labels = absl::GetFlag(FLAGS_metrics_max_adapter_labels);

@@ -85,8 +85,8 @@ int Admin(const std::string& cmd, const std::shared_ptr<grpc::Channel>& channel)
   auto stub = adapterd::v1::Admin::NewStub(channel);
   grpc::ClientContext ctx;
   SetDeadline(ctx);
-  Authenticate(ctx);
   const std::string id = absl::GetFlag(FLAGS_id);
+  Authenticate(ctx, id);
   if (cmd == "list") {
     adapterd::v1::ListAdaptersResponse resp;
     grpc::Status st = stub->ListAdapters(&ctx, {}, &resp);

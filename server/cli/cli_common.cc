@@ -63,8 +63,9 @@ const std::string& Token() {
 
 }  // namespace
 
-void Authenticate(grpc::ClientContext& ctx) {
+void Authenticate(grpc::ClientContext& ctx, const std::string& adapter_id) {
   if (!Token().empty()) ctx.AddMetadata("authorization", "Bearer " + Token());
+  if (!adapter_id.empty()) ctx.AddMetadata("x-adapter-id", adapter_id);
 }
 
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {

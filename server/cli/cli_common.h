@@ -24,7 +24,10 @@ std::string ReadFileOrDie(const std::string& path, const char* flag);
 // A channel to `addr`, plaintext or TLS as the flags say.
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
 // Adds the bearer token (--token_file or $ADAPTERD_TOKEN), if any.
-void Authenticate(grpc::ClientContext& ctx);
+// Also sends `adapter_id` (when not empty) as the x-adapter-id metadata,
+// the key a router in front of several replicas hashes on (it cannot read
+// the protobuf body).
+void Authenticate(grpc::ClientContext& ctx, const std::string& adapter_id = "");
 // Sets the deadline from --timeout_seconds.
 void SetDeadline(grpc::ClientContext& ctx);
 // 0 for OK; otherwise prints the error with the request id and returns 1.

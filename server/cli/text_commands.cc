@@ -34,6 +34,13 @@ ABSL_FLAG(std::string, system, "", "chat: a system message to start the conversa
 namespace adapterd::cli {
 namespace {
 
+// The adapter a router should send `req` to: its adapter, or the first of
+// a composition.
+std::string RoutingKey(const adapterd::v1::GenerateRequest& req) {
+  if (!req.adapter_id().empty() || req.adapters().empty()) return req.adapter_id();
+  return req.adapters(0).adapter_id();
+}
+
 // Fills sampling and adapter from the flags; false (after printing why) on a bad flag.
 bool FillRequest(adapterd::v1::GenerateRequest& req, uint32_t max_new_tokens) {
   req.set_adapter_id(absl::GetFlag(FLAGS_adapter));
@@ -77,7 +84,7 @@ void PrintFinish(const adapterd::v1::FinishReason reason, const adapterd::v1::Us
 int Stream(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateRequest& req, bool print_text,
            std::ostream& out, std::string* text, bool report_finish) {
   grpc::ClientContext ctx;
-  Authenticate(ctx);
+  Authenticate(ctx, RoutingKey(req));
   SetDeadline(ctx);
   const absl::Time start = absl::Now();
   auto reader = stub.GenerateStream(&ctx, req);
@@ -117,7 +124,7 @@ int GenerateCommand(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = adapterd::v1::Inference::NewStub(channel);
   if (!absl::GetFlag(FLAGS_unary)) return Stream(*stub, req, print_text, std::cout, nullptr, true);
   grpc::ClientContext ctx;
-  Authenticate(ctx);
+  Authenticate(ctx, RoutingKey(req));
   SetDeadline(ctx);
   const absl::Time start = absl::Now();
   adapterd::v1::GenerateResponse resp;
@@ -193,7 +200,7 @@ int ClassifyCommand(const std::shared_ptr<grpc::Channel>& channel) {
     return 2;
   }
   grpc::ClientContext ctx;
-  Authenticate(ctx);
+  Authenticate(ctx, req.adapter_id());
   SetDeadline(ctx);
   adapterd::v1::ClassifyResponse resp;
   if (int rc = Report(stub->Classify(&ctx, req, &resp), ctx); rc != 0) return rc;

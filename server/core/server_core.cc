@@ -106,7 +106,11 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   engine_metrics_->SetCacheConfig(options.engine.kv_block_size, engine_->GetStats().kv_total_blocks,
                                   DtypeName(options.model.dtype), options.engine.prefix_caching);
   if (!options.adapter_store.empty()) {
-    absl::StatusOr<std::unique_ptr<adapters::AdapterStore>> s = adapters::AdapterStore::Open(options.adapter_store);
+    adapters::AdapterStoreOptions store_options;
+    store_options.shared = options.adapter_store_sync > absl::ZeroDuration();
+    store_options.superseded_grace = std::max(absl::Seconds(60), 3 * options.adapter_store_sync);
+    absl::StatusOr<std::unique_ptr<adapters::AdapterStore>> s =
+        adapters::AdapterStore::Open(options.adapter_store, store_options);
     if (!s.ok()) return s.status();
     store_ = *std::move(s);
   }
@@ -115,6 +119,10 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   registry_ = std::make_unique<adapters::AdapterRegistry>(engine_->model(), store_.get(), options.cache,
                                                           adapter_metrics_.get());
   if (absl::Status st = Restore(options); !st.ok()) return st;
+  if (store_ != nullptr && store_->shared()) {
+    store_sync_ = std::make_unique<adapters::StoreSync>(registry_.get(), store_.get(), options.adapter_store_sync,
+                                                        adapter_metrics_.get());
+  }
   PublishAdapterGauges();
   started_at_ = absl::Now();
   return absl::OkStatus();
@@ -122,7 +130,8 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
 
 absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
   // Loads one adapter and waits for it, without recording it in the store.
-  auto load_now = [this](const std::string& id, adapters::AdapterSource source, bool pin) {
+  auto load_now = [this](const std::string& id, adapters::AdapterSource source, bool pin,
+                         std::string stamp = "") {
     absl::Notification loaded;
     absl::Status result;
     absl::Status st = registry_->StartLoad(
@@ -131,7 +140,7 @@ absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
           result = r.status();
           loaded.Notify();
         },
-        /*persist=*/false, pin);
+        /*persist=*/false, pin, std::move(stamp));
     if (st.ok()) loaded.WaitForNotification();
     return st.ok() ? result : st;
   };
@@ -141,14 +150,16 @@ absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
     for (const absl::Status& skipped : scan.skipped) LOG(WARNING) << "skipped: " << skipped.message();
     int restored = 0;
     for (auto& entry : scan.adapters) {
-      if (absl::Status st = load_now(entry.id, std::move(entry.source), entry.pinned); st.ok()) {
+      // A shared store's entries load when a request names them.
+      if (store_->shared() && !entry.pinned) continue;
+      if (absl::Status st = load_now(entry.id, std::move(entry.source), entry.pinned, entry.stamp); st.ok()) {
         ++restored;
       } else {
         LOG(WARNING) << "adapter store: " << entry.id << " was not restored: " << st;
       }
     }
-    LOG(INFO) << "adapter store " << store_->dir() << ": restored " << restored << " of "
-              << scan.adapters.size() + scan.skipped.size() << " entries in "
+    LOG(INFO) << "adapter store " << store_->dir() << (store_->shared() ? " (shared)" : "") << ": restored "
+              << restored << " of " << scan.adapters.size() + scan.skipped.size() << " entries in "
               << absl::FormatDuration(absl::Now() - start);
   }
   if (!demo_ || !options.demo_adapters) return absl::OkStatus();
@@ -211,7 +222,7 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(cons
     request.engine.adapter = std::move(composed->lease);
     adapter = std::move(composed->first);
   } else if (!adapter_id.empty()) {
-    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = registry_->Lookup(adapter_id);
+    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> a = Lookup(adapter_id, request.engine.deadline);
     if (!a.ok()) return a.status();
     adapter = *std::move(a);
     if (adapter->summary().classifier()) {
@@ -250,7 +261,7 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Classify(cons
     return absl::FailedPreconditionError("the base model is a causal LM with no classification head; Classify "
                                          "needs adapter_id to name a sequence-classification (SEQ_CLS) adapter");
   }
-  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = registry_->Lookup(adapter_id);
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = Lookup(adapter_id, r.deadline);
   if (!adapter.ok()) return adapter.status();
   const adapters::AdapterSummary& summary = (*adapter)->summary();
   if (!summary.classifier()) {
@@ -345,8 +356,23 @@ std::vector<adapters::AdapterInfo> ServerCore::ListAdapters() const {
   return out;
 }
 
-absl::StatusOr<adapters::AdapterInfo> ServerCore::GetAdapter(const std::string& id) const {
-  return registry_->Get(id);
+absl::StatusOr<adapters::AdapterInfo> ServerCore::GetAdapter(const std::string& id) {
+  absl::StatusOr<adapters::AdapterInfo> info = registry_->Get(id);
+  if (!absl::IsNotFound(info.status()) || store_ == nullptr || !store_->shared()) return info;
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = Lookup(id, absl::InfiniteFuture());
+  if (!adapter.ok()) return adapter.status();
+  PublishAdapterGauges();
+  return (*adapter)->info();
+}
+
+absl::StatusOr<std::shared_ptr<const adapters::Adapter>> ServerCore::Lookup(const std::string& id,
+                                                                           absl::Time deadline) {
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> held = registry_->Lookup(id);
+  if (held.ok() || store_ == nullptr || !store_->shared()) return held;
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> loaded =
+      registry_->LookupOrLoad(id, std::min(deadline, absl::Now() + options_.store_load_timeout));
+  PublishAdapterGauges();
+  return loaded;
 }
 
 void ServerCore::BeginShutdown(absl::Duration grace) { engine_->BeginShutdown(grace); }

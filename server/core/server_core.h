@@ -15,6 +15,7 @@
 #include "adapters/adapter_registry.h"
 #include "adapters/adapter_source.h"
 #include "adapters/adapter_store.h"
+#include "adapters/store_sync.h"
 #include "adapters/path_policy.h"
 #include "prometheus/registry.h"
 #include "server/core/classify_request.h"
@@ -51,6 +52,15 @@ struct ServerCoreOptions {
   // Where loaded adapters are recorded and restored from at start-up;
   // empty keeps adapters in memory only.
   std::string adapter_store;
+  // > 0: several servers share `adapter_store`. Each write is then locked
+  // across processes; an adapter this server does not hold is loaded from
+  // the store when a request names it (not at start-up, pinned ones
+  // excepted); and every this often the adapters held are checked against
+  // the store, so that other servers' unloads and replaces apply here.
+  absl::Duration adapter_store_sync = absl::ZeroDuration();
+  // How long the first load of an adapter from a shared store may hold a
+  // request up (at most the request's own deadline).
+  absl::Duration store_load_timeout = absl::Seconds(60);
   // Directories that path loads may read; empty refuses path loads.
   std::vector<std::string> adapter_roots;
   // Adapter ids that get their own metric label.
@@ -130,7 +140,8 @@ class ServerCore {
   // See AdapterRegistry::Unload.
   absl::Status UnloadAdapter(const std::string& id, bool keep_on_disk);
   std::vector<adapters::AdapterInfo> ListAdapters() const;
-  absl::StatusOr<adapters::AdapterInfo> GetAdapter(const std::string& id) const;
+  // With a shared store, an id this server does not hold is loaded from it.
+  absl::StatusOr<adapters::AdapterInfo> GetAdapter(const std::string& id);
 
   // Starts the drain (see the class comment); idempotent.
   void BeginShutdown(absl::Duration grace);
@@ -157,6 +168,8 @@ class ServerCore {
   // Loads every adapter the store recorded, and the demo adapters.
   absl::Status Restore(const ServerCoreOptions& options);
   void StartLoad(std::string id, adapters::AdapterSource source, bool replace, bool pin, LoadDone done);
+  // The registry's LookupOrLoad with the store-load timeout and `deadline`.
+  absl::StatusOr<std::shared_ptr<const adapters::Adapter>> Lookup(const std::string& id, absl::Time deadline);
   void RecordLoadResult(const absl::StatusOr<adapters::AdapterInfo>& result);
   void PublishAdapterGauges();
 
@@ -174,7 +187,8 @@ class ServerCore {
   std::unique_ptr<metrics::AdapterMetrics> adapter_metrics_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<adapters::AdapterStore> store_;
-  std::unique_ptr<adapters::AdapterRegistry> registry_;  // declared last: destroyed first
+  std::unique_ptr<adapters::AdapterRegistry> registry_;
+  std::unique_ptr<adapters::StoreSync> store_sync_;  // declared last: destroyed first
 };
 
 }  // namespace adapterd::core

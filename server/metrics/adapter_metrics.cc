@@ -20,6 +20,15 @@ AdapterMetrics::AdapterMetrics(prometheus::Registry& r, AdapterLabels* labels)
                              "Generated tokens by adapter (bounded like adapter_requests_total)")),
       adapter_load_failures_(Family(prometheus::BuildCounter(), r, "adapterd_adapter_load_failures_total",
                                     "Adapter loads that failed, by gRPC status code")),
+      store_loads_(Family(prometheus::BuildCounter(), r, "adapterd_adapter_store_loads_total",
+                          "Adapters loaded from the shared adapter store because a request named one this "
+                          "server did not hold, by result (loaded, failed)")),
+      store_misses_(AddCounter(r, "adapterd_adapter_store_misses_total",
+                               "Requests whose adapter this server did not hold and that waited for it to "
+                               "be loaded from the shared adapter store")),
+      store_sync_changes_(Family(prometheus::BuildCounter(), r, "adapterd_adapter_store_sync_changes_total",
+                                 "Changes made by other servers to the shared adapter store that this server "
+                                 "applied, by change (unloaded, replaced)")),
       adapter_load_seconds_(AddHistogram(r, "adapterd_adapter_load_seconds",
                                          "Time to read, validate and build an adapter", LatencyBuckets())),
       adapters_loaded_(AddGauge(r, "adapterd_adapters_loaded", "Adapters ready to serve")),
@@ -54,6 +63,16 @@ void AdapterMetrics::RecordAdapterRequest(const std::string& adapter_id, int64_t
 
 void AdapterMetrics::RecordAdapterLoadFailure(std::string_view reason) {
   adapter_load_failures_->Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void AdapterMetrics::RecordStoreLoad(std::string_view result) {
+  store_loads_->Add({{"result", std::string(result)}}).Increment();
+}
+
+void AdapterMetrics::RecordStoreMiss() { store_misses_->Increment(); }
+
+void AdapterMetrics::RecordStoreSyncChange(std::string_view change) {
+  store_sync_changes_->Add({{"change", std::string(change)}}).Increment();
 }
 
 void AdapterMetrics::SetTierUsage(std::string_view tier, int64_t adapters, int64_t bytes, int64_t budget_bytes) {

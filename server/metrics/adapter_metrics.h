@@ -32,6 +32,12 @@ class AdapterMetrics {
   void RecordAdapterRequest(const std::string& adapter_id, int64_t generated_tokens);
   // A load that failed; `reason` is a status code name.
   void RecordAdapterLoadFailure(std::string_view reason);
+  // A shared adapter store: a load of an adapter this server did not hold
+  // ("loaded" or "failed"), a request that waited for one, and a change a
+  // sync applied ("unloaded" or "replaced").
+  void RecordStoreLoad(std::string_view result);
+  void RecordStoreMiss();
+  void RecordStoreSyncChange(std::string_view change);
   // Residency tiers ("device", "host", "disk"): adapters and bytes in one,
   // and its budget (0 = none): adapterd_adapter_tier_{adapters,bytes,budget_bytes}{tier}.
   void SetTierUsage(std::string_view tier, int64_t adapters, int64_t bytes, int64_t budget_bytes);
@@ -59,6 +65,9 @@ class AdapterMetrics {
   prometheus::Family<prometheus::Counter>* adapter_requests_;
   prometheus::Family<prometheus::Counter>* adapter_tokens_;
   prometheus::Family<prometheus::Counter>* adapter_load_failures_;
+  prometheus::Family<prometheus::Counter>* store_loads_;
+  prometheus::Counter* store_misses_;
+  prometheus::Family<prometheus::Counter>* store_sync_changes_;
   prometheus::Histogram* adapter_load_seconds_;
   prometheus::Gauge* adapters_loaded_;
   prometheus::Gauge* adapter_bytes_;

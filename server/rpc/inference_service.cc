@@ -35,6 +35,20 @@ FinishReason ToProto(engine::FinishReason r) {
   return adapterd::v1::FINISH_REASON_UNSPECIFIED;
 }
 
+// A router in front of several replicas hashes on the x-adapter-id
+// metadata, since it cannot read the protobuf body; a call whose metadata
+// names another adapter than its body would be routed by the wrong key.
+absl::Status CheckRoutingKey(const grpc::CallbackServerContext& ctx, const std::string& adapter) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("x-adapter-id");
+  if (it == md.end()) return absl::OkStatus();
+  const std::string sent(it->second.data(), it->second.size());
+  if (sent == adapter) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the x-adapter-id metadata ('", sent, "') names another adapter than the request ('", adapter,
+      "'); routers hash on the metadata, so it must be the request's adapter_id (for adapters, the first one)"));
+}
+
 // What every call needs from the service.
 struct Deps {
   core::ServerCore* core;
@@ -52,6 +66,9 @@ class CallCore {
   absl::Status Submit(const GenerateRequest& req, const grpc::CallbackServerContext& ctx,
                       std::shared_ptr<core::GenerateSink> sink) {
     if (absl::Status st = AuthorizeCall(deps_.auth, ctx, Role::kInference); !st.ok()) return st;
+    const std::string& key =
+        req.adapter_id().empty() && req.adapters_size() > 0 ? req.adapters(0).adapter_id() : req.adapter_id();
+    if (absl::Status st = CheckRoutingKey(ctx, key); !st.ok()) return st;
     absl::StatusOr<core::GenerateRequest> r = TranslateGenerateRequest(req);
     if (!r.ok()) return r.status();
     r->engine.id = id_;
@@ -64,6 +81,7 @@ class CallCore {
   absl::Status Submit(const adapterd::v1::ClassifyRequest& req, const grpc::CallbackServerContext& ctx,
                       std::shared_ptr<core::ClassifySink> sink) {
     if (absl::Status st = AuthorizeCall(deps_.auth, ctx, Role::kInference); !st.ok()) return st;
+    if (absl::Status st = CheckRoutingKey(ctx, req.adapter_id()); !st.ok()) return st;
     core::ClassifyRequest r = TranslateClassifyRequest(req);
     r.id = id_;
     if (const auto deadline = ctx.deadline(); deadline != std::chrono::system_clock::time_point::max()) {

@@ -25,9 +25,9 @@ class HookedStore : public adapters::AdapterStore {
   std::function<void(const std::string& id)> before_put, after_put, before_remove;
 
   absl::StatusOr<adapters::DiskCopy> Put(const std::string& id, const adapters::AdapterSource& source,
-                                         bool pinned) override {
+                                         bool pinned, bool replace) override {
     if (before_put) before_put(id);
-    absl::StatusOr<adapters::DiskCopy> r = AdapterStore::Put(id, source, pinned);
+    absl::StatusOr<adapters::DiskCopy> r = AdapterStore::Put(id, source, pinned, replace);
     if (after_put) after_put(id);
     return r;
   }
