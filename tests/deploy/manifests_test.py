@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Static checks of deploy/: the kustomize base and GPU overlay build and are
+valid Kubernetes 1.32 objects (strict schemas, offline), promtool accepts the
+Prometheus config and rules, the Grafana dashboard is well formed, and HAProxy
+accepts haproxy.cfg in every mode its header documents.
+
+    manifests_test.py --source SOURCE_DIR --ref_python PYTHON
+
+PYTHON is the reference venv's interpreter, which has kubernetes_validate
+($ADAPTERD_REF_PYTHON overrides it). A missing tool is a failure, never a skip.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ARGS = None
+
+
+def run(argv, env=None, cwd=None):
+    """Runs argv; fails the test with its output unless it exits 0. Returns stdout."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    except FileNotFoundError:
+        raise AssertionError("%s is not installed (needed by this test)" % argv[0])
+    if p.returncode != 0:
+        raise AssertionError("%s exited %d:\n%s%s" % (" ".join(argv), p.returncode, p.stdout,
+                                                      p.stderr))
+    return p.stdout
+
+
+def tool(name):
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError("%s is not on PATH (needed by this test)" % name)
+    return path
+
+
+class ManifestsTest(unittest.TestCase):
+    def deploy(self, *parts):
+        return os.path.join(ARGS.source, "deploy", *parts)
+
+    def test_kustomize_builds_validate_strictly(self):
+        py = os.environ.get("ADAPTERD_REF_PYTHON") or ARGS.ref_python
+        self.assertTrue(py and os.path.exists(py),
+                        "the reference python (with kubernetes_validate) is missing: %r" % py)
+        run([py, "-c", "import kubernetes_validate"])
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("base", "overlays/gpu"):
+                out = run([tool("kustomize"), "build", self.deploy("kubernetes", name)])
+                path = os.path.join(tmp, name.replace("/", "-") + ".yaml")
+                with open(path, "w") as f:
+                    f.write(out)
+                # --quiet: only failures and warnings; a warning (e.g. an unknown kind) fails too.
+                report = run([py, "-m", "kubernetes_validate", "--kubernetes-version", "1.32.0",
+                              "--strict", "--quiet", path])
+                self.assertEqual(report.strip(), "", "%s:\n%s" % (name, report))
+                kinds = {line.split(":", 1)[1].strip() for line in out.splitlines()
+                         if line.startswith("kind:")}
+                self.assertTrue({"Deployment", "Service", "PersistentVolumeClaim",
+                                 "PodDisruptionBudget", "ConfigMap"} <= kinds, kinds)
+                if name == "overlays/gpu":
+                    self.assertIn("nvidia.com/gpu: 1", out)
+
+    def test_promtool(self):
+        promtool = tool("promtool")
+        run([promtool, "check", "config", "prometheus.yml"], cwd=self.deploy("prometheus"))
+        run([promtool, "check", "rules", "alerts.yml"], cwd=self.deploy("prometheus"))
+
+    def test_grafana_dashboard(self):
+        with open(self.deploy("grafana", "adapterd.json")) as f:
+            dash = json.load(f)
+        names = [v["name"] for v in dash["templating"]["list"]]
+        self.assertIn("datasource", names)
+        self.assertTrue(dash["panels"])
+        for panel in dash["panels"]:
+            self.assertEqual(panel["datasource"]["uid"], "${datasource}", panel["title"])
+            self.assertTrue(panel["targets"], panel["title"])
+            for target in panel["targets"]:
+                self.assertTrue(target.get("expr", "").strip(),
+                                "%s/%s has no expr" % (panel["title"], target.get("refId")))
+
+    def test_haproxy_accepts_every_mode(self):
+        haproxy = tool("haproxy")
+        fixed = {}
+        for n in (1, 2, 3):
+            fixed["ADAPTERD_REPLICA_%d_GRPC" % n] = "127.0.0.1:%d" % (50050 + n)
+            fixed["ADAPTERD_REPLICA_%d_HTTP" % n] = "127.0.0.1:%d" % (8000 + n)
+            fixed["ADAPTERD_REPLICA_%d_HTTP_PORT" % n] = str(8000 + n)
+        service = {"ADAPTERD_SERVICE": "adapterd-replicas.default.svc.cluster.local"}
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("ADAPTERD_REPLICA_") and k != "ADAPTERD_SERVICE"}
+        for routing in ("affinity", "roundrobin"):
+            for replicas in (fixed, service):
+                env = dict(base, ADAPTERD_ROUTING=routing, **replicas)
+                with self.subTest(routing=routing, service="ADAPTERD_SERVICE" in replicas):
+                    run([haproxy, "-c", "-f", self.deploy("haproxy", "haproxy.cfg")], env=env)
+
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--ref_python", default="")
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()
