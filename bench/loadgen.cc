@@ -96,6 +96,8 @@ Result RunOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::GenerateR
   Result r;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
+  // A router in front of several replicas hashes on it.
+  if (!req.adapter_id().empty()) ctx.AddMetadata("x-adapter-id", req.adapter_id());
   const absl::Time start = absl::Now();
   absl::Time last = start;
   auto reader = stub.GenerateStream(&ctx, req);
@@ -126,6 +128,7 @@ Result ClassifyOne(adapterd::v1::Inference::Stub& stub, const adapterd::v1::Gene
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
   adapterd::v1::ClassifyRequest c;
   c.set_adapter_id(req.adapter_id());
+  if (!req.adapter_id().empty()) ctx.AddMetadata("x-adapter-id", req.adapter_id());
   *c.mutable_prompt_token_ids() = req.prompt_token_ids();
   adapterd::v1::ClassifyResponse resp;
   const absl::Time start = absl::Now();

@@ -26,8 +26,9 @@ std::string NotComposableReason(const adapters::AdapterSummary& s) {
   return "";
 }
 
-absl::StatusOr<LeasedComposition> LeaseComposition(const adapters::AdapterRegistry& registry,
-                                                   std::span<const WeightedAdapter> adapters, int max_adapters) {
+absl::StatusOr<LeasedComposition> LeaseComposition(
+    absl::FunctionRef<absl::StatusOr<std::shared_ptr<const adapters::Adapter>>(const std::string&)> lookup,
+    std::span<const WeightedAdapter> adapters, int max_adapters) {
   if (static_cast<int64_t>(adapters.size()) > max_adapters) {
     return absl::InvalidArgumentError(absl::StrCat("adapters names ", adapters.size(),
                                                    " adapters; the limit (--max_adapters_per_request) is ",
@@ -43,7 +44,7 @@ absl::StatusOr<LeasedComposition> LeaseComposition(const adapters::AdapterRegist
       return absl::InvalidArgumentError(
           absl::StrCat(field, ".weight (adapter '", a.id, "') must be a finite float32 number, not ", a.weight));
     }
-    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = registry.Lookup(a.id);
+    absl::StatusOr<std::shared_ptr<const adapters::Adapter>> adapter = lookup(a.id);
     if (absl::IsNotFound(adapter.status())) {
       return absl::InvalidArgumentError(absl::StrCat(field, ": adapter '", a.id, "' is not loaded"));
     }

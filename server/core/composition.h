@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/functional/function_ref.h"
 #include "adapters/adapter_registry.h"
 #include "server/core/generate_request.h"
 #include "server/model/adapter_lease.h"
@@ -36,9 +37,11 @@ std::string NotComposableReason(const adapters::AdapterSummary& summary);
 // registry before its weights are resident). An adapter whose first load
 // is still running is UNAVAILABLE, as for a single adapter. The same id may
 // come more than once: its deltas add up, as in PEFT. `adapters` must not
-// be empty. Thread-safe (the registry is).
-absl::StatusOr<LeasedComposition> LeaseComposition(const adapters::AdapterRegistry& registry,
-                                                   std::span<const WeightedAdapter> adapters, int max_adapters);
+// be empty. `lookup` finds a ready adapter (the registry's Lookup, or
+// LookupOrLoad with a shared store). Thread-safe if `lookup` is.
+absl::StatusOr<LeasedComposition> LeaseComposition(
+    absl::FunctionRef<absl::StatusOr<std::shared_ptr<const adapters::Adapter>>(const std::string&)> lookup,
+    std::span<const WeightedAdapter> adapters, int max_adapters);
 
 }  // namespace adapterd::core
 

@@ -217,7 +217,8 @@ absl::StatusOr<std::shared_ptr<engine::RequestHandle>> ServerCore::Generate(cons
                                                      "or compose several in adapters over the base model"));
     }
     absl::StatusOr<LeasedComposition> composed =
-        LeaseComposition(*registry_, request.adapters, options_.max_adapters_per_request);
+        LeaseComposition([&](const std::string& id) { return Lookup(id, request.engine.deadline); },
+                         request.adapters, options_.max_adapters_per_request);
     if (!composed.ok()) return composed.status();
     request.engine.adapter = std::move(composed->lease);
     adapter = std::move(composed->first);

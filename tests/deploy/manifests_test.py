@@ -13,9 +13,11 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 ARGS = None
@@ -99,6 +101,64 @@ class ManifestsTest(unittest.TestCase):
                 env = dict(base, ADAPTERD_ROUTING=routing, **replicas)
                 with self.subTest(routing=routing, service="ADAPTERD_SERVICE" in replicas):
                     run([haproxy, "-c", "-f", self.deploy("haproxy", "haproxy.cfg")], env=env)
+
+    def test_haproxy_health_checks_go_to_each_replicas_http_port(self):
+        """Every server, gRPC ones included, is checked on its replica's HTTP
+        listener (GET /health over HTTP/1.1), read from HAProxy's own state
+        through a stats socket that a second config file adds. An unquoted
+        ${VAR} is not expanded (check port 0: the gRPC port itself). A gRPC
+        server line without check-proto h1 would check over HTTP/2, which the
+        HTTP listener refuses: the live tests catch that (no server comes UP)."""
+        haproxy = tool("haproxy")
+        with tempfile.TemporaryDirectory() as work:
+            sock = os.path.join(work, "stats.sock")
+            extra = os.path.join(work, "stats.cfg")
+            with open(extra, "w") as f:
+                f.write("global\n  stats socket %s level admin\n" % sock)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTERD_")}
+            ports = {}
+            for n in (1, 2, 3):
+                ports[n] = (41000 + n, 42000 + n)  # nothing listens: the checks fail, the state is what counts
+                env["ADAPTERD_REPLICA_%d_GRPC" % n] = "127.0.0.1:%d" % ports[n][0]
+                env["ADAPTERD_REPLICA_%d_HTTP" % n] = "127.0.0.1:%d" % ports[n][1]
+                env["ADAPTERD_REPLICA_%d_HTTP_PORT" % n] = str(ports[n][1])
+            for k, port in (("GRPC", 43001), ("HTTP", 43002), ("STATS", 43003)):
+                env["ADAPTERD_ROUTER_" + k] = "127.0.0.1:%d" % port
+            proc = subprocess.Popen([haproxy, "-db", "-n", "1000", "-f", self.deploy("haproxy", "haproxy.cfg"),
+                                     "-f", extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                state = self._servers_state(sock, proc)
+            finally:
+                proc.kill()
+                proc.wait()
+        header = state[0].lstrip("# ").split()
+        rows = [dict(zip(header, line.split())) for line in state[1:]]
+        checked = {(r["be_name"], r["srv_name"]): int(r["srv_check_port"]) for r in rows}
+        expect = {}
+        for n, (_, http) in ports.items():
+            expect[("adapterd_grpc", "r%d" % n)] = http
+            expect[("adapterd_http", "r%d" % n)] = 0  # 0: the server's own port, the HTTP listener
+        self.assertEqual(checked, expect)
+
+    @staticmethod
+    def _servers_state(sock, proc):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sock)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("haproxy did not open its stats socket")
+                time.sleep(0.05)
+        with s:
+            s.sendall(b"show servers state\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        lines = [l for l in out.decode().splitlines() if l.strip()]
+        return lines[1:]  # the first line is the state file's version
 
 
 def main():
