@@ -21,6 +21,7 @@ adapters move between tiers: the cache-miss, eviction and tier-load series
 then exist. Bounded: about a minute, three at most.
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -41,8 +42,8 @@ ARGS = None
 MAY_BE_EMPTY = {
     "adapterd_requests_total": "gRPC calls by code: this test sends HTTP only",
     "adapterd_adapter_load_failures_total": "exists once a load has failed",
-    "adapterd_adapter_store_loads_total": "exists once a replica has loaded an adapter from the "
-                                          "store on demand (and only in builds that count them)",
+    "adapterd_adapter_store_sync_changes_total": "exists once another replica has unloaded or "
+                                                 "replaced an adapter that this one holds",
 }
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m", "${__rate_interval}": "1m", "$__interval": "15s",
@@ -97,8 +98,9 @@ class Traffic:
             t.join(60)
 
     def _run(self, offset):
-        # A cycle of five: round robin over three replicas then gives each replica every model.
-        cycle = [self.models[0], self.models[1], self.models[0], self.models[1], self.models[2]]
+        # A cycle of seven: round robin over three replicas then gives each replica every model.
+        m = self.models
+        cycle = [m[0], m[1], m[0], m[1], m[2], m[3], m[3]]
         i = offset
         while not self._stop.is_set():
             model = cycle[i % len(cycle)]
@@ -122,7 +124,8 @@ class ObservabilityTest(unittest.TestCase):
         shutil.rmtree(ARGS.workdir, ignore_errors=True)
         c = cluster.Cluster(ARGS.adapterd, ARGS.source, ARGS.workdir, replicas=3,
                             routing="roundrobin", haproxy_cfg=ARGS.haproxy_cfg or None,
-                            replica_args=["--demo_trained=false",
+                            replica_args=["--demo_trained=false", "--adapter_store_sync_seconds=1",
+                                          "--adapter_roots=" + ARGS.workdir,
                                           "--adapter_device_bytes=%d" % DEVICE_BYTES])
         with c:
             try:
@@ -137,6 +140,17 @@ class ObservabilityTest(unittest.TestCase):
         self.assertEqual(len(base), 1, models)
         served = ["demo-qv-r4", "demo-all-r8", base[0]]
         self.assertTrue(set(served) <= {m["id"] for m in models}, models)
+        # An adapter loaded through the first replica only: the others load it from the
+        # shared store when the traffic first names it (adapterd_adapter_store_*).
+        demo = sorted(glob.glob(os.path.join(ARGS.workdir, "cache", "**", "adapter_config.json"), recursive=True))
+        self.assertTrue(demo, "no demo adapter under the cache")
+        req = urllib.request.Request("http://%s/v1/load_lora_adapter" % c.replicas[0].http, method="POST",
+                                     data=json.dumps({"lora_name": "shared-lora",
+                                                      "lora_path": os.path.dirname(demo[0])}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.status, 200)
+        served.append("shared-lora")
 
         with Traffic(c.router_http, served) as traffic:
             self.wait_scraped(c, deadline)
