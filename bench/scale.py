@@ -5,13 +5,15 @@ hashing against round robin, side by side in one run.
 --adapters PEFT LoRAs (rank --rank on q/k/v/o of the demo model) are made
 once and uploaded once through the router into a store both clusters share;
 each replica has --device-mib of device budget. adapterd_loadgen sends a
-Zipf-skewed closed-loop workload (--alpha) through the router's gRPC
-frontend, with the x-adapter-id metadata the router hashes on. Each routing
-mode runs on freshly started replicas (nothing resident), runs alternate,
-and medians are reported: throughput, TTFT p50/p99, and adapter loads per
-request (loads from the shared store plus loads onto the device tier from
-host or disk, summed over the replicas' metrics).
+skewed closed-loop workload (--alpha) through the router's gRPC frontend,
+with the x-adapter-id metadata the router hashes on. Each routing mode runs
+on freshly started replicas: --warmup-requests fill the tiers, then the
+measured requests follow. Runs alternate, and medians are reported:
+throughput, TTFT p50/p99, and adapter loads per measured request (loads from
+the shared store plus loads onto the device tier from host or disk, summed
+over the replicas' metrics).
 """
+import json
 import os
 import statistics
 import sys
@@ -33,9 +35,11 @@ def add_parser(sub, cpus):
     p.add_argument("--alpha", type=float, default=0.25,
                    help="loadgen skew: adapter = floor(n * U^(1/alpha)); below 1 favours low ids")
     p.add_argument("--concurrency", type=int, default=12)
+    p.add_argument("--warmup-requests", type=int, default=2000,
+                   help="sent first on fresh replicas, not measured (fills the tiers)")
     p.add_argument("--requests", type=int, default=1500)
-    p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--runs", type=int, default=2)
 
 
 def loads(replica):
@@ -54,13 +58,15 @@ def one_run(a, build, work, routing, store, ids):
                       "--log_level=warning", "--threads=1",
                       "--adapter_device_bytes=%d" % (a.device_mib << 20),
                       "--adapter_host_bytes=%d" % (a.host_mib << 20)])
+    workload = dict(concurrency=a.concurrency, warmup=0, adapters=",".join(ids), alpha=a.alpha, prompt_min=16,
+                    prompt_max=16, output_min=a.new_tokens, output_max=a.new_tokens)
     with cl:
-        r = loadgen(build, cl.router_grpc, concurrency=a.concurrency, requests=a.requests, warmup=0,
-                    adapters=",".join(ids), alpha=a.alpha, prompt_min=16, prompt_max=16,
-                    output_min=a.new_tokens, output_max=a.new_tokens, seed=7)
-        per = [loads(rep) for rep in cl.replicas]
-    r["loads_per_request"] = sum(p[0] for p in per) / a.requests
-    r["store_loads"] = sum(p[1] for p in per)
+        loadgen(build, cl.router_grpc, requests=a.warmup_requests, seed=6, **workload)
+        before = [loads(rep) for rep in cl.replicas]
+        r = loadgen(build, cl.router_grpc, requests=a.requests, seed=7, **workload)
+        after = [loads(rep) for rep in cl.replicas]
+    r["loads_per_request"] = sum(x[0] - y[0] for x, y in zip(after, before)) / a.requests
+    r["store_loads"] = sum(x[1] - y[1] for x, y in zip(after, before))
     return r
 
 
@@ -97,9 +103,10 @@ def cmd_scale(a):
     print(f"Scale-out: 3 replicas behind HAProxy (deploy/haproxy/haproxy.cfg), one shared adapter store of "
           f"{a.adapters} rank-{a.rank} LoRAs on q/k/v/o of the demo model ({size / 2**20:.2f} MiB each), "
           f"--adapter_device_bytes {a.device_mib} MiB and --adapter_host_bytes {a.host_mib} MiB per replica "
-          f"(--threads=1 each), adapterd_loadgen through the router: {a.requests} requests, concurrency "
-          f"{a.concurrency}, prompt 16, {a.new_tokens} new tokens, alpha {a.alpha}; replicas started fresh for "
-          f"every run, median of {a.runs} alternating runs:\n")
+          f"(--threads=1 each), adapterd_loadgen through the router: {a.warmup_requests} warm-up requests "
+          f"(not measured), then {a.requests} measured ones, concurrency {a.concurrency}, prompt 16, "
+          f"{a.new_tokens} new tokens, alpha {a.alpha} (adapter = floor(n * U^(1/alpha))); replicas started "
+          f"fresh for every run, median of {a.runs} alternating runs:\n")
     print("| routing | tok/s | TTFT p50 (ms) | TTFT p99 (ms) | adapter loads / request |")
     print("|---|---|---|---|---|")
     med = {}
@@ -112,3 +119,4 @@ def cmd_scale(a):
     print(f"\naffinity / round robin: throughput {med['affinity']['throughput_tok_s'] / med['roundrobin']['throughput_tok_s']:.2f}x, "
           f"TTFT p99 {med['roundrobin']['ttft_p99_s'] / med['affinity']['ttft_p99_s']:.2f}x lower, loads per request "
           f"{med['roundrobin']['loads_per_request'] / max(med['affinity']['loads_per_request'], 1e-9):.1f}x fewer\n")
+    print("Per-run values:\n\n```json\n" + json.dumps({"medians": med, "runs": res}) + "\n```")
