@@ -7,7 +7,8 @@
   ./x bench http   [--adapters 64] [--concurrency 32] [--runs 5]   (bench/http_bench.py)
   ./x bench heads  [--adapters 8] [--requests 256] [--runs 3]        (bench/heads.py)
   ./x bench prefix [--adapters 64] [--system-tokens 1000] [--runs 3] (bench/prefix.py)
-  ./x bench scale [--adapters 2000] [--device-mib 256] [--runs 3] (bench/scale.py)
+  ./x bench scale [--adapters 2000] [--device-mib 256] [--runs 2] (bench/scale.py)
+  ./x bench step [--batches 1,8,32,64] [--dtypes fp32,bf16] [--runs 3] (bench/step.py)
 
 `decode`: single-stream greedy decode tokens/s of the demo model and of a
 ~100M-parameter Llama-shaped random checkpoint, for adapterd (over gRPC, via
@@ -32,6 +33,7 @@ import heads  # noqa: E402
 import http_bench  # noqa: E402
 import prefix  # noqa: E402
 import scale  # noqa: E402
+import step  # noqa: E402
 import tiers  # noqa: E402
 from common import (MODEL_100M, Server, dump_workload, ensure_model, load_config, loadgen,  # noqa: E402
                     log, make_peft_loras, work_dir, write_bottleneck, write_lora)
@@ -440,6 +442,7 @@ def main():
     heads.add_parser(sub, os.cpu_count())
     prefix.add_parser(sub, os.cpu_count())
     scale.add_parser(sub, os.cpu_count())
+    step.add_parser(sub, os.cpu_count())
     a = p.parse_args()
     if a.cmd == "http":
         http_bench.cmd_http(a)
@@ -452,6 +455,9 @@ def main():
         return
     if a.cmd == "scale":
         scale.cmd_scale(a)
+        return
+    if a.cmd == "step":
+        step.cmd_step(a)
         return
     if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
         {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,

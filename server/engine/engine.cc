@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <chrono>
 #include <set>
 #include <functional>
 #include <map>
@@ -413,6 +414,9 @@ void Engine::Step() {
   Admit();
   PublishStats();  // admitted requests show as running during a long forward
   if (running_.empty()) return;
+  const auto step_start = std::chrono::steady_clock::now();
+  model::StepProfile profile;
+  double sampling = 0;
 
   // Decode tokens first, then prompt chunks, within the step's token budget.
   struct Pick {
@@ -485,13 +489,17 @@ void Engine::Step() {
     metrics_->tokens_per_step().Observe(static_cast<double>(batch.token_ids.size()));
   }
 
+  batch.profile = &profile;
   absl::StatusOr<model::ForwardOutput> out = model_->Run(batch, *kv_);
   if (!out.ok()) {
     LOG(ERROR) << "forward step failed: " << out.status();
     for (Sequence* s : in_batch) FinishSequence(*s, FinishReason::kError, out.status());
   } else {
     const absl::Time now = absl::Now();
-    int64_t row = 0, scored = 0;
+    int64_t scored = 0;
+    // Rows of out->logits, in order: the sequences that generate a token.
+    std::vector<Sequence*> generating;
+    std::vector<Sampler*> samplers;
     for (size_t i = 0; i < in_batch.size(); ++i) {
       Sequence& s = *in_batch[i];
       s.num_computed += batch.seqs[i].num_tokens;
@@ -503,10 +511,21 @@ void Engine::Step() {
         FinishSequence(s, FinishReason::kLength, absl::OkStatus());
         continue;
       }
-      EmitToken(s, out->logits.select(0, row++), now);
+      generating.push_back(&s);
+      samplers.push_back(&s.sampler);
     }
+    std::vector<Sampler::Choice> choices;
+    {
+      model::ScopedTimer timer(&sampling);
+      choices = Sampler::SampleRows(out->logits, samplers);
+    }
+    for (size_t i = 0; i < generating.size(); ++i) EmitToken(*generating[i], choices[i], now);
   }
   std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
+  if (metrics_ != nullptr && out.ok()) {
+    const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    metrics_->RecordStep(total, profile.gemm, profile.attention, profile.adapters, sampling);
+  }
   PublishStats();
 }
 
@@ -523,8 +542,7 @@ absl::Status Engine::CheckHead(const Sequence& seq) const {
                                                     "Classify needs a SEQ_CLS adapter"));
 }
 
-void Engine::EmitToken(Sequence& s, const at::Tensor& logits, absl::Time now) {
-  Sampler::Choice choice = s.sampler.Sample(logits);
+void Engine::EmitToken(Sequence& s, const Sampler::Choice& choice, absl::Time now) {
   s.tokens.push_back(choice.token);
   ++s.generated;
   if (metrics_ != nullptr) {

@@ -16,6 +16,7 @@
 #include "absl/functional/any_invocable.h"
 #include "server/engine/block_manager.h"
 #include "server/engine/request.h"
+#include "server/engine/sampler.h"
 #include "server/metrics/engine_metrics.h"
 #include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
@@ -208,9 +209,9 @@ class Engine {
   // FAILED_PRECONDITION naming the adapter when a classification request's
   // adapter has no classification head, or a generation request's has one.
   absl::Status CheckHead(const Sequence& seq) const;
-  // Samples `logits` for `s`, hands the token to its sink and finishes the
-  // sequence when it stops.
-  void EmitToken(Sequence& s, const at::Tensor& logits, absl::Time now);
+  // Hands the token chosen for `s` to its sink and finishes the sequence
+  // when it stops.
+  void EmitToken(Sequence& s, const Sampler::Choice& choice, absl::Time now);
   void ReleaseQueued(int64_t n) ABSL_LOCKS_EXCLUDED(inbox_->mu);
   void PublishStats();
 

@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "server/engine/request.h"
 
@@ -25,10 +27,19 @@ class Sampler {
   };
   // `logits` is a float32 [vocab] row on the CPU.
   Choice Sample(const at::Tensor& logits);
+  // What Sample() gives each row of `logits` [rows, vocab] (float32, CPU)
+  // with samplers[i] for row i, but batched: the greedy rows take one
+  // argmax over all of them, and the log-probabilities of the rows that
+  // return them one log_softmax and one gather, each read once; only rows
+  // that draw at random run on their own, each from its own generator.
+  static std::vector<Choice> SampleRows(const at::Tensor& logits, std::span<Sampler* const> samplers);
 
   uint64_t seed() const { return seed_; }
 
  private:
+  // A random draw from one row after temperature, top-k and top-p.
+  int64_t Draw(const at::Tensor& logits);
+
   SamplingParams params_;
   uint64_t seed_;
   at::Generator generator_;

@@ -1,5 +1,7 @@
 #include "server/metrics/engine_metrics.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "server/metrics/metric_buckets.h"
 
@@ -12,6 +14,21 @@ prometheus::Gauge* VllmGauge(prometheus::Registry& r, const char* name, const ch
                              const std::string& model_name) {
   return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add(
       {{"model_name", model_name}, {"engine", "0"}});
+}
+
+}  // namespace
+
+namespace {
+
+// One part of adapterd_step_seconds_total (the family is registered once).
+prometheus::Counter* StepPart(prometheus::Registry& r, const std::string& part) {
+  return &prometheus::BuildCounter()
+              .Name("adapterd_step_seconds_total")
+              .Help("Time of forward steps by part: gemm (the base's matrix products and LM head), attention "
+                    "(RoPE, KV cache writes and reads), adapters (adapter deltas), sampling, other (the rest: "
+                    "scheduling, norms, activations, emitting tokens)")
+              .Register(r)
+              .Add({{"part", part}});
 }
 
 }  // namespace
@@ -49,6 +66,12 @@ EngineMetrics::EngineMetrics(prometheus::Registry& r, AdapterLabels* labels, con
                              .Help("vLLM-compatible: prefix cache hits, in hit tokens")
                              .Register(r)
                              .Add({{"model_name", model_name}, {"engine", "0"}})),
+      step_gemm_(StepPart(r, "gemm")),
+      step_attention_(StepPart(r, "attention")),
+      step_adapters_(StepPart(r, "adapters")),
+      step_sampling_(StepPart(r, "sampling")),
+      step_other_(StepPart(r, "other")),
+      steps_(AddCounter(r, "adapterd_steps_total", "Forward steps run")),
       adapter_running_(&prometheus::BuildGauge()
                             .Name("adapterd_adapter_requests_running")
                             .Help("Running requests by adapter (bounded labels; base = \"base\")")
@@ -90,6 +113,15 @@ void EngineMetrics::SetSchedulerState(int64_t running, int64_t waiting, double k
   vllm_waiting_->Set(static_cast<double>(waiting));
   vllm_kv_usage_->Set(kv_usage);
   vllm_gpu_cache_usage_->Set(kv_usage);
+}
+
+void EngineMetrics::RecordStep(double total, double gemm, double attention, double adapters, double sampling) {
+  step_gemm_->Increment(gemm);
+  step_attention_->Increment(attention);
+  step_adapters_->Increment(adapters);
+  step_sampling_->Increment(sampling);
+  step_other_->Increment(std::max(0.0, total - gemm - attention - adapters - sampling));
+  steps_->Increment();
 }
 
 void EngineMetrics::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {

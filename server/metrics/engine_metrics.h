@@ -53,6 +53,10 @@ class EngineMetrics {
   // vllm:prefix_cache_{queries,hits}_total); the counters advance by the
   // difference from the last call. Called from the engine thread only.
   void SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens);
+  // One step that ran a forward pass: its total time and the parts of it
+  // spent in the base's matrix products, attention, adapter work and
+  // sampling (adapterd_step_seconds_total{part}; "other" is the rest).
+  void RecordStep(double total, double gemm, double attention, double adapters, double sampling);
 
   prometheus::Histogram& time_to_first_token() { return *ttft_; }
   prometheus::Histogram& time_per_output_token() { return *tpot_; }
@@ -85,6 +89,13 @@ class EngineMetrics {
   prometheus::Counter* prefix_hits_;
   prometheus::Counter* vllm_prefix_queries_;
   prometheus::Counter* vllm_prefix_hits_;
+  // adapterd_step_seconds_total{part}: gemm, attention, adapters, sampling, other.
+  prometheus::Counter* step_gemm_;
+  prometheus::Counter* step_attention_;
+  prometheus::Counter* step_adapters_;
+  prometheus::Counter* step_sampling_;
+  prometheus::Counter* step_other_;
+  prometheus::Counter* steps_;
   int64_t last_prefix_queried_ = 0;  // engine thread only
   int64_t last_prefix_hits_ = 0;
   prometheus::Family<prometheus::Gauge>* adapter_running_;

@@ -266,18 +266,32 @@ void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, cons
 }  // namespace
 
 at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                               int64_t layer, Proj p, const std::vector<Segment>& segments) const {
-  if (segments.empty()) return at::linear(x, w, Opt(bias));
+                               int64_t layer, Proj p, const std::vector<Segment>& segments,
+                               StepProfile* prof) const {
+  double* const gemm_time = prof != nullptr ? &prof->gemm : nullptr;
+  double* const adapter_time = prof != nullptr ? &prof->adapters : nullptr;
+  if (segments.empty()) {
+    ScopedTimer timer(gemm_time);
+    return at::linear(x, w, Opt(bias));
+  }
   // IA3 on a feed-forward module scales its segment's input rows, on any
   // other module its output rows; the base product still runs once.
   at::Tensor in = x;
-  for (const Segment& s : segments) {
-    const Ia3Module* m = s.adapter->FindIa3(layer, p);
-    if (m == nullptr || !m->scales_input) continue;
-    if (in.is_same(x)) in = x.clone();
-    in.narrow(0, s.start, s.rows).mul_(m->scale);
+  {
+    ScopedTimer timer(adapter_time);
+    for (const Segment& s : segments) {
+      const Ia3Module* m = s.adapter->FindIa3(layer, p);
+      if (m == nullptr || !m->scales_input) continue;
+      if (in.is_same(x)) in = x.clone();
+      in.narrow(0, s.start, s.rows).mul_(m->scale);
+    }
   }
-  at::Tensor y = at::linear(in, w, Opt(bias));
+  at::Tensor y;
+  {
+    ScopedTimer timer(gemm_time);
+    y = at::linear(in, w, Opt(bias));
+  }
+  ScopedTimer timer(adapter_time);
   for (const Segment& s : segments) {
     const Ia3Module* m = s.adapter->FindIa3(layer, p);
     if (m != nullptr && !m->scales_input) y.narrow(0, s.start, s.rows).mul_(m->scale);
@@ -328,8 +342,10 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
 }
 
 at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer,
-                               BottleneckLocation loc, const std::vector<Segment>& segments) const {
+                               BottleneckLocation loc, const std::vector<Segment>& segments,
+                               StepProfile* prof) const {
   at::Tensor out = x + h;
+  ScopedTimer timer(prof != nullptr && !segments.empty() ? &prof->adapters : nullptr);
   for (const Segment& s : segments) {
     const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
     if (m == nullptr) continue;
@@ -431,13 +447,15 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       start += sc.num_tokens;
     }
   }
+  StepProfile* const prof = batch.profile;
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const int64_t L = static_cast<int64_t>(li);
-    at::Tensor q = Project(h, l.q, l.q_b, L, Proj::kQ, segments).view({T, c.num_heads, c.head_dim});
-    at::Tensor k = Project(h, l.k, l.k_b, L, Proj::kK, segments).view({T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = Project(h, l.v, l.v_b, L, Proj::kV, segments).view({T, c.num_kv_heads, c.head_dim});
+    at::Tensor q = Project(h, l.q, l.q_b, L, Proj::kQ, segments, prof).view({T, c.num_heads, c.head_dim});
+    at::Tensor k = Project(h, l.k, l.k_b, L, Proj::kK, segments, prof).view({T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = Project(h, l.v, l.v_b, L, Proj::kV, segments, prof).view({T, c.num_kv_heads, c.head_dim});
+    std::optional<ScopedTimer> attention_timer(std::in_place, prof != nullptr ? &prof->attention : nullptr);
     q = ApplyRope(q, cos, sin);
     k = ApplyRope(k, cos, sin);
     at::Tensor& kc = kv.k(static_cast<int64_t>(li));
@@ -458,29 +476,35 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
       off += sc.num_tokens;
     }
+    attention_timer.reset();
     // LLaMA-Adapter: PEFT adds o_proj(gated prompt attention) to o_proj(attention);
     // o_proj is linear, so the sum goes through it once (its bias once more below).
     std::vector<const Segment*> adapted;
+    std::optional<ScopedTimer> adapter_timer(std::in_place, prof != nullptr && !segments.empty() ? &prof->adapters : nullptr);
     for (const Segment& s : segments) {
       const AdaptionPromptModule* m = s.adapter->FindAdaptionPrompt(L);
       if (m == nullptr) continue;
       attn.narrow(0, s.start, s.rows).add_(AdaptionPromptAttention(*m, q.narrow(0, s.start, s.rows), scale));
       adapted.push_back(&s);
     }
-    at::Tensor attn_out = Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments);
+    adapter_timer.reset();
+    at::Tensor attn_out =
+        Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments, prof);
     if (l.o_b.defined()) {
       for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o_b);
     }
-    x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments);
+    x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
-    at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments)) *
-                     Project(h, l.up, l.up_b, L, Proj::kUp, segments);
-    x = Residual(x, Project(act, l.down, l.down_b, L, Proj::kDown, segments), L,
-                 BottleneckLocation::kOutput, segments);
+    at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments, prof)) *
+                     Project(h, l.up, l.up_b, L, Proj::kUp, segments, prof);
+    x = Residual(x, Project(act, l.down, l.down_b, L, Proj::kDown, segments, prof), L,
+                 BottleneckLocation::kOutput, segments, prof);
   }
   if (logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));
-  return ApplyHeads(RmsNorm(last, final_norm_, c.rms_norm_eps), lm_head_, heads);
+  at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
+  ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
+  return ApplyHeads(normed, lm_head_, heads);
 }
 
 }  // namespace adapterd::model

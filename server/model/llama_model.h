@@ -14,6 +14,7 @@
 #include "server/model/adapter_heads.h"
 #include "server/model/adapter_weights.h"
 #include "server/model/kv_cache.h"
+#include "server/model/step_profile.h"
 #include "server/model/model_config.h"
 
 namespace adapterd::model {
@@ -44,6 +45,8 @@ struct ForwardBatch {
   std::vector<int64_t> token_ids;
   std::vector<SequenceChunk> seqs;
   std::vector<const AdapterWeights*> adapters;
+  // When set, the pass adds where its time went (see StepProfile).
+  StepProfile* profile = nullptr;
 };
 
 // Weights of the base model, loaded once and shared read-only by every
@@ -86,12 +89,13 @@ class LlamaModel {
   LlamaModel() = default;
   // base(x) plus every segment's adapter delta (LoRA) or rescaling (IA3)
   // for projection `p` of `layer`.
+  // `prof` (may be null) gets the base product's time and the adapters'.
   at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                     int64_t layer, Proj p, const std::vector<Segment>& segments) const;
+                     int64_t layer, Proj p, const std::vector<Segment>& segments, StepProfile* prof) const;
   // x + h after a sublayer, or for segments with a bottleneck adapter at
   // `loc`, that adapter's output.
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
-                      const std::vector<Segment>& segments) const;
+                      const std::vector<Segment>& segments, StepProfile* prof) const;
   ForwardOutput ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
 
   ModelConfig config_;

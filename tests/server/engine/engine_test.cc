@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <memory>
 #include <thread>
@@ -12,6 +13,9 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "server/metrics/adapter_labels.h"
+#include "server/metrics/engine_metrics.h"
 #include "server/model/adapter_lease.h"
 #include "server/model/demo_checkpoint.h"
 #include "tests/support/test_env.h"
@@ -383,6 +387,40 @@ TEST(EngineTest, ClassificationAndGenerationRefuseEachOthersAdapters) {
   EXPECT_THAT(c2->finish.status.message(), HasSubstr("'cls' is a sequence-classification adapter"));
   EXPECT_TRUE(c2->tokens.empty());
   WaitForFreeKv(*e);
+}
+
+// Every step that runs a forward pass is counted, and its time split into
+// parts (adapterd_step_seconds_total{part}); a base-only request spends
+// time in the matrix products and attention, none in adapters.
+TEST(EngineTest, StepsAreTimedByPart) {
+  prometheus::Registry registry;
+  metrics::AdapterLabels labels(10);
+  metrics::EngineMetrics engine_metrics(registry, &labels, "demo");
+  auto m = model::LlamaModel::Load(DemoDir(), {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto e = Engine::Create(*std::move(m), {}, &engine_metrics);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(RunAlone(**e, Greedy({1, 2, 3, 4}, 6)).size(), 6u);
+  std::map<std::string, double> parts;
+  double steps = -1;
+  auto collect = [&] {
+    for (const prometheus::MetricFamily& f : registry.Collect()) {
+      for (const prometheus::ClientMetric& c : f.metric) {
+        if (f.name == "adapterd_step_seconds_total") parts[c.label.at(0).value] = c.counter.value;
+        if (f.name == "adapterd_steps_total") steps = c.counter.value;
+      }
+    }
+    return steps >= 6;
+  };
+  // The last step is counted once it has handed its tokens out.
+  EXPECT_TRUE(testing::PollUntil(collect, "six steps counted"));
+  EXPECT_EQ(steps, 6) << "one prefill step and five decode steps";
+  EXPECT_EQ(parts.size(), 5u);
+  EXPECT_GT(parts["gemm"], 0);
+  EXPECT_GT(parts["attention"], 0);
+  EXPECT_GT(parts["sampling"], 0);
+  EXPECT_GE(parts["other"], 0);
+  EXPECT_EQ(parts["adapters"], 0) << "no adapter ran";
 }
 
 }  // namespace

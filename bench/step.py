@@ -1,0 +1,181 @@
+"""`./x bench step` (bench/step.py): the batched step against the machine's
+own ceilings, measured in the same run.
+
+Ceilings, with the LibTorch build adapterd links (Debian's python3-torch
+wraps the same libtorch), on --threads threads, for each dtype:
+  - matmul: one forward's linear layers of the ~100M Llama (q, k, v, o, gate,
+    up, down per layer, and the LM head) at batch 64, as GFLOP/s;
+  - GEMV: the same products at batch 1, as GB/s of weights streamed.
+Then adapterd on the same model and dtype: closed-loop decode at batch 1, 8,
+32 and 64 (prompt 16, --new-tokens new tokens, each stream through the base
+or through its own rank-16 LoRA on all projections), as tok/s and as a share
+of the ceiling: model FLOPs per token times tok/s against the matmul
+ceiling, and at batch 1 weight bytes per token times tok/s against the GEMV
+rate. Each run's step breakdown comes from the server's
+adapterd_step_seconds_total{part} (gemm, attention, adapters, sampling,
+other), read before and after the run.
+"""
+import json
+import os
+import statistics
+import time
+import urllib.request
+
+from common import MODEL_100M, Server, ensure_model, load_config, loadgen, log, work_dir, write_lora
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+PARTS = ("gemm", "attention", "adapters", "sampling", "other")
+
+
+def add_parser(sub, cpus):
+    p = sub.add_parser("step", help="matmul/GEMV ceilings, then decode at batch 1-64 as a share of them")
+    p.add_argument("--threads", type=int, default=cpus)
+    p.add_argument("--batches", default="1,8,32,64")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--adapters", type=int, default=64)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--runs", type=int, default=3)
+
+
+def linear_shapes(cfg):
+    """[(out, in)] of one forward's linear layers, the LM head included."""
+    h, i = cfg["hidden_size"], cfg["intermediate_size"]
+    hd = h // cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
+    layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
+    return layer * cfg["num_hidden_layers"] + [(cfg["vocab_size"], h)]
+
+
+def ceilings(cfg, dtype, threads, reps=5):
+    """(matmul GFLOP/s at batch 64, GEMV GB/s at batch 1) over the model's own shapes."""
+    import torch
+    torch.set_num_threads(threads)
+    dt = getattr(torch, DTYPES[dtype])
+    shapes = linear_shapes(cfg)
+    weights = [torch.randn(o, i, dtype=dt) * 0.02 for o, i in shapes]
+    out = {}
+    for batch in (64, 1):
+        xs = [torch.randn(batch, i, dtype=dt) for _, i in shapes]
+        with torch.inference_mode():
+            for x, w in zip(xs, weights):  # warm-up
+                torch.nn.functional.linear(x, w)
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for x, w in zip(xs, weights):
+                    torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - t0)
+        if batch == 64:
+            out["matmul_gflops"] = sum(2 * 64 * o * i for o, i in shapes) / best / 1e9
+        else:
+            out["gemv_gbs"] = sum(w.numel() * w.element_size() for w in weights) / best / 1e9
+    return out
+
+
+def model_cost(cfg, dtype, context):
+    """(FLOPs per generated token, weight bytes read per step) of the linear layers and attention."""
+    shapes = linear_shapes(cfg)
+    flops = sum(2 * o * i for o, i in shapes)
+    flops += 4 * cfg["num_hidden_layers"] * cfg["hidden_size"] * context  # q.k and p.v
+    per = 4 if dtype == "fp32" else 2
+    return flops, sum(o * i for o, i in shapes) * per
+
+
+def step_seconds(metrics_addr):
+    """{part: seconds} of adapterd_step_seconds_total, and the step count."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    parts, steps = {}, 0.0
+    for line in text.splitlines():
+        if line.startswith("adapterd_step_seconds_total{"):
+            part = line.split('part="', 1)[1].split('"', 1)[0]
+            parts[part] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("adapterd_steps_total "):
+            steps = float(line.rsplit(" ", 1)[1])
+    return parts, steps
+
+
+def metrics_address(server):
+    with open(os.path.join(server.tmp, "ready.json")) as f:
+        return json.load(f)["metrics"]
+
+
+def serve_runs(a, base, cfg, dtype, dirs):
+    """{(batch, kind): [run results]} for one dtype's server."""
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--dtype={DTYPES[dtype]}",
+                              "--max_batch_size=64", "--kv_cache_mb=512"])
+    metrics = metrics_address(server)
+    res = {}
+    try:
+        server.register(dirs, prefix="s")
+        names = [f"s{i}" for i in range(len(dirs))]
+        common = dict(warmup=0, vocab=cfg["vocab_size"], prompt_min=16, prompt_max=16,
+                      output_min=a.new_tokens, output_max=a.new_tokens)
+        loadgen(a.build, server.addr, requests=8, concurrency=8, **dict(common, output_min=4, output_max=4))
+        for run in range(a.runs):
+            for b in [int(x) for x in a.batches.split(",")]:
+                for kind in ("base", "adapters"):
+                    extra = {"adapters": ",".join(names[:max(b, 1)]), "round_robin": "true"} if kind == "adapters" else {}
+                    before, steps0 = step_seconds(metrics)
+                    r = loadgen(a.build, server.addr, requests=b, concurrency=b, seed=run + 1, **extra, **common)
+                    after, steps1 = step_seconds(metrics)
+                    r["parts"] = {p: after.get(p, 0) - before.get(p, 0) for p in PARTS}
+                    r["steps"] = steps1 - steps0
+                    res.setdefault((b, kind), []).append(r)
+                    log(f"{dtype} run {run} batch {b} {kind}: {r['throughput_tok_s']:.1f} tok/s, "
+                        f"{r['steps']:.0f} steps")
+    finally:
+        server.stop()
+    return res
+
+
+def report(a, cfg, dtype, ceil, res):
+    flops, weight_bytes = model_cost(cfg, dtype, 16 + a.new_tokens // 2)
+    print(f"\n{dtype}: matmul ceiling {ceil['matmul_gflops']:.1f} GFLOP/s at batch 64, GEMV "
+          f"{ceil['gemv_gbs']:.2f} GB/s at batch 1 (the model's own shapes, {a.threads} threads)\n")
+    print("| batch | streams through | tok/s | share of ceiling | adapters / base | gemm | attention | "
+          "adapters | sampling | other |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = {}
+    for (b, kind), runs in sorted(res.items()):
+        tok_s = statistics.median(r["throughput_tok_s"] for r in runs)
+        if b == 1:
+            share = tok_s * weight_bytes / 1e9 / ceil["gemv_gbs"]
+        else:
+            share = tok_s * flops / 1e9 / ceil["matmul_gflops"]
+        parts = {p: sum(r["parts"][p] for r in runs) for p in PARTS}
+        total = sum(parts.values()) or 1.0
+        rows[(b, kind)] = dict(tok_s=tok_s, share=share, parts={p: v / total for p, v in parts.items()})
+        ratio = f"{tok_s / rows[(b, 'base')]['tok_s']:.2f}" if kind == "adapters" else ""
+        print(f"| {b} | {f'{b} distinct rank-{a.rank} LoRAs' if kind == 'adapters' else 'base'} | "
+              f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | {ratio} | "
+              + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + " |")
+    return rows
+
+
+def cmd_step(a):
+    work = work_dir()
+    base = ensure_model(work, "llama-100m", a.build)
+    cfg = load_config(base)
+    dirs = [write_lora(os.path.join(work, f"step-r{a.rank}-{i}"), cfg, a.rank, 7000 + i)
+            for i in range(a.adapters)]
+    out = {}
+    for dtype in a.dtypes.split(","):
+        ceil = ceilings(cfg, dtype, a.threads)
+        log(f"{dtype} ceilings: {ceil}")
+        res = serve_runs(a, base, cfg, dtype, dirs)
+        out[dtype] = dict(ceiling=ceil, runs={f"{b}-{k}": v for (b, k), v in res.items()})
+        out[dtype]["rows"] = {f"{b}-{k}": v for (b, k), v in report(a, cfg, dtype, ceil, res).items()}
+    print(f"\nThe ~100M Llama ({MODEL_100M['layers']} layers, hidden {MODEL_100M['hidden']}), prompt 16, "
+          f"{a.new_tokens} new tokens, closed loop with as many streams as the batch, {a.threads} threads, "
+          f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
+          f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; the step "
+          f"breakdown sums adapterd_step_seconds_total over the runs.")
+    if "fp32" in out and "bf16" in out:
+        f, b = out["fp32"], out["bf16"]
+        mm = b["ceiling"]["matmul_gflops"] / f["ceiling"]["matmul_gflops"]
+        serve = b["rows"]["64-base"]["tok_s"] / f["rows"]["64-base"]["tok_s"]
+        print(f"\nbf16 / fp32 at batch 64: matmul ceiling {mm:.2f}x, serving {serve:.2f}x "
+              f"(target: serving at least 0.6 x the ceiling ratio where it exceeds 1, i.e. {0.6 * mm:.2f}x)")
+    print("\nPer-run values:\n\n```json\n" + json.dumps(out) + "\n```")
