@@ -7,7 +7,9 @@ one adapter store, on the demo model, through the Python client:
                each replica's metrics; the same run in round robin is lower.
   failover     kill -9 of one replica mid-run: retrying clients finish every
                request, every acknowledged adapter is still there through
-               each survivor, and the restarted replica rejoins and serves.
+               each survivor, and the restarted replica rejoins and serves;
+               right after a kill, clients that do not retry get every
+               answer too (HAProxy retries refused connections elsewhere).
   store        an upload on A is served by B; an unload on A is NOT_FOUND on
                B within --adapter_store_sync_seconds; concurrent uploads of
                one id to A and B leave one whole version, served by both.
@@ -131,6 +133,14 @@ def test_failover(cl, ids, weights):
                 except client_mod.NotFoundError:
                     missing.append(i)
             assert not missing, "replica %d lost acknowledged adapters %s" % (r.index, missing[:5])
+    victim.restart()
+    cl.wait_router_up(timeout=30)
+    # The router itself retries what never reached an engine: right after a
+    # kill, before any health check has noticed, clients that do not retry
+    # still get every answer (HAProxy redispatches the refused connections).
+    victim.kill9()
+    errors = run_load(cl.router_grpc, ids, [1.0] * len(ids), 64, workers=1, retries=0, seed=6)
+    assert not errors, "the router did not retry on another replica: %s" % errors[:3]
     victim.restart()
     cl.wait_router_up(timeout=30)
     before = counters(victim)[1]
