@@ -138,7 +138,7 @@ def report(a, cfg, dtype, ceil, res):
           "adapters | sampling | other |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
-    for (b, kind), runs in sorted(res.items()):
+    for (b, kind), runs in sorted(res.items(), key=lambda kv: (kv[0][0], kv[0][1] != "base")):
         tok_s = statistics.median(r["throughput_tok_s"] for r in runs)
         if b == 1:
             share = tok_s * weight_bytes / 1e9 / ceil["gemv_gbs"]
