@@ -18,6 +18,7 @@
 #include "server/model/adapter_ops.h"
 #include "server/model/checkpoint.h"
 #include "server/model/lora_row_kernel.h"
+#include "server/model/paged_attention.h"
 
 namespace adapterd::model {
 
@@ -376,6 +377,11 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   std::vector<int64_t> positions, write_slots, logit_rows;
   std::vector<HeadRow> heads;
   std::vector<at::Tensor> read_slots;
+  std::vector<DecodeRow> decode_rows;
+  // Decode rows read the cache in place (PagedDecodeAttention) on the CPU
+  // in float32 and bfloat16; elsewhere every row gathers its context.
+  const at::Tensor& k0 = kv.k(0);
+  const bool paged_decode = k0.device().is_cpu() && (k0.scalar_type() == at::kFloat || k0.scalar_type() == at::kBFloat16);
   positions.reserve(T);
   write_slots.reserve(T);
   int64_t offset = 0;
@@ -390,7 +396,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       positions.push_back(s.context_len + i);
       write_slots.push_back(ctx_slots[s.context_len + i]);
     }
-    read_slots.push_back(SlotsTensor(ctx_slots).to(options_.device));
+    if (s.num_tokens == 1) decode_rows.push_back({s.block_table, s.context_len + 1, offset});
+    read_slots.push_back(s.num_tokens == 1 && paged_decode ? at::Tensor() : SlotsTensor(ctx_slots).to(options_.device));
     offset += s.num_tokens;
     if (s.wants_logits) {
       logit_rows.push_back(offset - 1);
@@ -464,9 +471,20 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     vc.index_copy_(0, wslots, v);
 
     at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
+    // Decode rows read the cache in place, all at once; prompt chunks gather
+    // their context for one attention call each.
+    const bool paged = paged_decode && !decode_rows.empty();
+    if (paged) {
+      const at::Tensor qc = q.contiguous();
+      PagedDecodeAttention(qc, kc, vc, decode_rows, bs, scale, attn);
+    }
     int64_t off = 0;
     for (size_t s = 0; s < batch.seqs.size(); ++s) {
       const SequenceChunk& sc = batch.seqs[s];
+      if (paged && sc.num_tokens == 1) {
+        off += 1;
+        continue;
+      }
       at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);  // [nh, n, hd]
       at::Tensor ks = kc.index_select(0, read_slots[s]).transpose(0, 1);  // [nkv, L, hd]
       at::Tensor vs = vc.index_select(0, read_slots[s]).transpose(0, 1);

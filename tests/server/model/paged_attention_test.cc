@@ -1,0 +1,84 @@
+// PagedDecodeAttention against gather-then-attention (ATen's
+// scaled_dot_product_attention over the same context gathered from the
+// blocks): GQA, contexts of one position up to several blocks, scattered
+// block tables, float32 and bfloat16.
+#include "server/model/paged_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace adapterd::model {
+namespace {
+
+struct Case {
+  int64_t heads, kv_heads, head_dim, block_size;
+};
+
+void Check(const Case& c, at::ScalarType dtype, double tolerance) {
+  at::manual_seed(11);
+  std::mt19937 rng(5);
+  const int64_t blocks = 40, slots = blocks * c.block_size;
+  const at::Tensor k = at::randn({slots, c.kv_heads, c.head_dim}).to(dtype);
+  const at::Tensor v = at::randn({slots, c.kv_heads, c.head_dim}).to(dtype);
+  const std::vector<int64_t> lengths = {1, 2, c.block_size - 1, c.block_size, c.block_size + 1, 3 * c.block_size + 5};
+  // Each row's blocks are a random choice of the pool's, in random order.
+  std::vector<std::vector<int32_t>> tables;
+  for (int64_t len : lengths) {
+    std::vector<int32_t> all(blocks);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    all.resize(static_cast<size_t>((len + c.block_size - 1) / c.block_size));
+    tables.push_back(all);
+  }
+  const int64_t rows = static_cast<int64_t>(lengths.size()) + 1;  // the last row is left alone
+  const at::Tensor q = at::randn({rows, c.heads, c.head_dim}).to(dtype);
+  at::Tensor out = at::full({rows, c.heads, c.head_dim}, 7.0).to(dtype);
+  std::vector<DecodeRow> decode;
+  for (size_t i = 0; i < lengths.size(); ++i) decode.push_back({&tables[i], lengths[i], static_cast<int64_t>(i)});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  PagedDecodeAttention(q, k, v, decode, c.block_size, scale, out);
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    std::vector<int64_t> slot;
+    for (int64_t p = 0; p < lengths[i]; ++p) slot.push_back(tables[i][p / c.block_size] * c.block_size + p % c.block_size);
+    const at::Tensor idx = at::tensor(slot, at::kLong);
+    const at::Tensor ks = k.index_select(0, idx).to(at::kFloat).transpose(0, 1);  // [nkv, L, hd]
+    const at::Tensor vs = v.index_select(0, idx).to(at::kFloat).transpose(0, 1);
+    const at::Tensor qs = q.select(0, static_cast<int64_t>(i)).to(at::kFloat).unsqueeze(1);  // [nh, 1, hd]
+    const at::Tensor want = at::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, false, scale,
+                                                             /*enable_gqa=*/c.heads != c.kv_heads)
+                                .squeeze(1);
+    const at::Tensor got = out.select(0, static_cast<int64_t>(i)).to(at::kFloat);
+    const double diff = (got - want).abs().max().item<double>();
+    EXPECT_LE(diff, tolerance) << "row " << i << " length " << lengths[i] << " heads " << c.heads << "/"
+                               << c.kv_heads << " dtype " << at::toString(dtype);
+  }
+  EXPECT_TRUE(out.select(0, rows - 1).to(at::kFloat).eq(7.0).all().item<bool>()) << "a row not named was written";
+}
+
+TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat32) {
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 4, 16, 8}, Case{6, 1, 8, 4}}) {
+    Check(c, at::kFloat, 1e-5);
+  }
+}
+
+TEST(PagedAttentionTest, MatchesGatheredAttentionInBfloat16) {
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}}) Check(c, at::kBFloat16, 2e-2);
+}
+
+TEST(PagedAttentionTest, RefusesMixedDtypes) {
+  const at::Tensor k = at::zeros({4, 1, 8});
+  const at::Tensor q = at::zeros({1, 2, 8}, at::kBFloat16);
+  at::Tensor out = at::zeros({1, 2, 8}, at::kBFloat16);
+  std::vector<int32_t> table = {0};
+  const DecodeRow row{&table, 1, 0};
+  EXPECT_THROW(PagedDecodeAttention(q, k, k, std::span<const DecodeRow>(&row, 1), 4, 1.0, out), c10::Error);
+}
+
+}  // namespace
+}  // namespace adapterd::model
