@@ -213,6 +213,9 @@ constexpr int64_t kSmallSegmentRows = 8;
 // fp32 base); nullopt when it cannot.
 std::optional<LoraWeightType> RowWeightType(const LoraModule& m) {
   if (!m.a_t.device().is_cpu() || m.b_t.scalar_type() != m.a_t.scalar_type()) return std::nullopt;
+  if (m.dora_scale.defined() && (m.dora_scale.scalar_type() != at::kFloat || !m.dora_scale.is_contiguous())) {
+    return std::nullopt;
+  }
   switch (m.a_t.scalar_type()) {
     case at::kFloat: return LoraWeightType::kF32;
     case at::kHalf: return LoraWeightType::kF16;
@@ -264,6 +267,56 @@ void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, cons
   }
 }
 
+// A segment of at most kSmallSegmentRows rows and the LoRA modules its
+// adapter applies at one projection (one, or one per component of a
+// composite).
+struct SmallSegment {
+  const AdapterSegment* segment;
+  std::span<const LoraModule> modules;
+};
+
+// y (+)= every small segment's deltas, row by row with LoraRow. Segments own
+// disjoint rows, so they run in parallel without locks. x and y are float32,
+// or bfloat16 widened to float32 one row at a time and rounded back once
+// after all of the row's modules.
+void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias,
+                      const std::vector<SmallSegment>& small) {
+  const int64_t in = x.size(1), out = y.size(1);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tmp, delta(static_cast<size_t>(out));
+    std::vector<float> xrow(bf16 ? static_cast<size_t>(in) : 0), yrow(bf16 ? static_cast<size_t>(out) : 0);
+    for (int64_t i = begin; i < end; ++i) {
+      const AdapterSegment& s = *small[i].segment;
+      for (int64_t row = s.start; row < s.start + s.rows; ++row) {
+        const float* xr = nullptr;
+        float* yr = nullptr;
+        if (bf16) {
+          const c10::BFloat16* xs = x.data_ptr<c10::BFloat16>() + row * in;
+          const c10::BFloat16* ys = y.data_ptr<c10::BFloat16>() + row * out;
+          for (int64_t k = 0; k < in; ++k) xrow[k] = static_cast<float>(xs[k]);
+          for (int64_t k = 0; k < out; ++k) yrow[k] = static_cast<float>(ys[k]);
+          xr = xrow.data();
+          yr = yrow.data();
+        } else {
+          xr = x.data_ptr<float>() + row * in;
+          yr = y.data_ptr<float>() + row * out;
+        }
+        for (const LoraModule& m : small[i].modules) {
+          tmp.resize(static_cast<size_t>(m.rank()));
+          LoraRow(xr, yr, in, out, m, *RowWeightType(m), bp, tmp.data(), delta.data());
+        }
+        if (bf16) {
+          c10::BFloat16* yd = y.data_ptr<c10::BFloat16>() + row * out;
+          for (int64_t k = 0; k < out; ++k) yd[k] = c10::BFloat16(yrow[k]);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
@@ -299,14 +352,12 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
     // Trained biases: the base's bias is in y, the adapter's difference is added.
     if (const at::Tensor* d = s.adapter->FindBiasDelta(layer, p)) y.narrow(0, s.start, s.rows).add_(*d);
   }
-  const bool direct = x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+  // Small segments take the direct row loop (AddSmallSegments).
+  const bool direct = x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+                      x.is_contiguous() &&
                       y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
   // Each segment adds the delta of every LoRA module its adapter applies
   // here: one for an adapter, one per component for a composite.
-  struct SmallSegment {
-    const Segment* segment;
-    std::span<const LoraModule> modules;
-  };
   std::vector<SmallSegment> small;
   for (const Segment& s : segments) {
     const std::span<const LoraModule> modules = s.adapter->Loras(layer, p);
@@ -319,26 +370,7 @@ at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const a
       AddLoraDelta(x.narrow(0, s.start, s.rows), y.narrow(0, s.start, s.rows), m, bias);
     }
   }
-  if (!small.empty()) {
-    const int64_t in = x.size(1), out = y.size(1);
-    const float* xp = x.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-    // Segments own disjoint rows, so they run in parallel without locks.
-    at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> tmp, delta(static_cast<size_t>(out));
-      for (int64_t i = begin; i < end; ++i) {
-        const Segment& s = *small[i].segment;
-        for (const LoraModule& m : small[i].modules) {
-          const LoraWeightType type = *RowWeightType(m);
-          tmp.resize(static_cast<size_t>(m.rank()));
-          for (int64_t row = s.start; row < s.start + s.rows; ++row) {
-            LoraRow(xp + row * in, yp + row * out, in, out, m, type, bp, tmp.data(), delta.data());
-          }
-        }
-      }
-    });
-  }
+  if (!small.empty()) AddSmallSegments(x, y, bias, small);
   return y;
 }
 
