@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "prometheus/registry.h"
+#include "server/common/compute_threads.h"
 #include "server/core/server_core.h"
 #include "server/http/http_server.h"
 #include "server/http/metrics_service.h"
@@ -332,7 +333,8 @@ int main(int argc, char** argv) {
   const int threads = absl::GetFlag(FLAGS_threads) > 0
                           ? absl::GetFlag(FLAGS_threads)
                           : static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(threads);
+  // One budget for every compute pool: ATen's (our kernels included) and OpenBLAS's.
+  adapterd::SetComputeThreads(threads);
 
   absl::StatusOr<adapterd::core::ServerCoreOptions> options = CoreOptions();
   if (!options.ok()) return Fail(options.status());

@@ -15,6 +15,11 @@ GetThreads BlasGetter() { return reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT
 
 }  // namespace
 
+void SetComputeThreads(int threads) {
+  at::set_num_threads(threads);
+  if (SetThreads set = BlasSetter(); set != nullptr) set(threads);
+}
+
 ScopedComputeThreads::ScopedComputeThreads(int threads) {
   aten_before_ = at::get_num_threads();
   at::set_num_threads(threads);

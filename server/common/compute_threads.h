@@ -4,6 +4,12 @@
 
 namespace adapterd {
 
+// Sets the threads LibTorch computes with, for the rest of the process:
+// ATen's intra-op threads (which also run adapterd's own kernels, through
+// at::parallel_for) and OpenBLAS's, which ATen's setting does not reach.
+// Call once at start-up, before anything computes.
+void SetComputeThreads(int threads);
+
 // ScopedComputeThreads sets the threads LibTorch computes with, for its
 // lifetime: ATen's intra-op threads and, when the BLAS that LibTorch calls
 // is OpenBLAS (Debian's), OpenBLAS's own threads, which ATen's setting does
