@@ -219,11 +219,10 @@ absl::Status AdapterRegistry::Unload(const std::string& id, bool keep_on_disk, b
     }
   }
   if (only_in_store) {
-    absl::StatusOr<StoredAdapter> stored = store_->Find(id);
-    absl::Status removed = stored.ok() || !absl::IsNotFound(stored.status()) ? store_->Remove(id) : stored.status();
+    const bool stored = store_->Has(id);
+    absl::Status removed = stored ? store_->Remove(id) : absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
     absl::MutexLock lock(&mu_);
     entries_.erase(id);
-    if (absl::IsNotFound(removed)) return absl::NotFoundError(absl::StrCat("adapter '", id, "' is not loaded"));
     return removed;
   }
   LOG(INFO) << "adapter " << id << " unloaded (" << released.use_count() - 1 << " other references remain)";

@@ -443,8 +443,8 @@ absl::StatusOr<StoredAdapter> AdapterStore::Find(const std::string& id) const {
   return ReadEntry(id);
 }
 
-std::vector<std::pair<std::string, std::string>> AdapterStore::Stamps() const {
-  std::vector<std::pair<std::string, std::string>> out;
+std::vector<ManifestEntry> AdapterStore::Manifests() const {
+  std::vector<ManifestEntry> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
@@ -453,10 +453,19 @@ std::vector<std::pair<std::string, std::string>> AdapterStore::Stamps() const {
     if (!text.ok()) continue;
     const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
     if (!m.is_object()) continue;
-    out.emplace_back(name, m.contains("stamp") && m["stamp"].is_string() ? m["stamp"].get<std::string>() : "");
+    ManifestEntry entry{name};
+    if (m.contains("stamp") && m["stamp"].is_string()) entry.stamp = m["stamp"].get<std::string>();
+    entry.pinned = m.contains("pinned") && m["pinned"].is_boolean() && m["pinned"].get<bool>();
+    out.push_back(std::move(entry));
   }
-  std::sort(out.begin(), out.end());
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
+}
+
+bool AdapterStore::Has(const std::string& id) const {
+  if (id.empty() || id[0] == '.' || id.find('/') != std::string::npos) return false;
+  std::error_code ec;
+  return fs::exists(absl::StrCat(dir_, "/", id, "/", kManifest), ec);
 }
 
 void AdapterStore::SweepSuperseded() {

@@ -28,6 +28,13 @@ struct StoredAdapter {
   std::string stamp;  // unique per write (see DiskCopy::stamp)
 };
 
+// What a manifest alone says about an entry (see AdapterStore::Manifests).
+struct ManifestEntry {
+  std::string id;
+  std::string stamp;
+  bool pinned = false;
+};
+
 struct AdapterStoreOptions {
   // Several servers share the directory (a ReadWriteMany volume). Writers
   // of any process are then serialized by an advisory lock on the store's
@@ -62,7 +69,7 @@ struct StoreScan {
 //
 // Every manifest carries a stamp, unique per write, so that servers sharing
 // the directory can tell whether the version they hold is still current
-// (Stamps()) without reading any adapter file.
+// (Manifests()) without reading any adapter file.
 //
 // Thread-safe: Put and Remove are serialized, within the process by a
 // mutex and, for a shared store, across processes by flock(2) on .lock
@@ -92,9 +99,12 @@ class AdapterStore {
   // The intact entry `id`, its files checked against the manifest:
   // NOT_FOUND when there is none, DATA_LOSS when it is damaged.
   absl::StatusOr<StoredAdapter> Find(const std::string& id) const ABSL_LOCKS_EXCLUDED(mu_);
-  // The stamp of every entry's current version, read from the manifests
-  // only (entries with no readable manifest are left out).
-  std::vector<std::pair<std::string, std::string>> Stamps() const;
+  // Every entry's id, the stamp of its current version and whether it is
+  // pinned, read from the manifests only (entries with no readable manifest
+  // are left out), sorted by id.
+  std::vector<ManifestEntry> Manifests() const;
+  // Whether the store has an entry `id` (its manifest exists); reads no file.
+  bool Has(const std::string& id) const;
   // Deletes version directories superseded longer than the grace period
   // ago that this process does not hold (shared stores; see Options).
   void SweepSuperseded() ABSL_LOCKS_EXCLUDED(mu_);

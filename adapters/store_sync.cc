@@ -26,7 +26,7 @@ StoreSync::~StoreSync() {
 SyncChanges StoreSync::SyncOnce() {
   SyncChanges changes;
   absl::flat_hash_map<std::string, std::string> stamps;
-  for (auto& [id, stamp] : store_->Stamps()) stamps.emplace(std::move(id), std::move(stamp));
+  for (ManifestEntry& m : store_->Manifests()) stamps.emplace(std::move(m.id), std::move(m.stamp));
   for (const AdapterInfo& info : registry_->List()) {
     if (info.state != AdapterState::kReady || info.store_stamp.empty()) continue;
     auto it = stamps.find(info.id);

@@ -144,22 +144,36 @@ absl::Status ServerCore::Restore(const ServerCoreOptions& options) {
     if (st.ok()) loaded.WaitForNotification();
     return st.ok() ? result : st;
   };
-  if (store_ != nullptr) {
+  if (store_ != nullptr && store_->shared()) {
+    // A shared store's entries load when a request names them; only the
+    // pinned ones load now. Only their files are read and checked.
+    int pinned = 0;
+    for (const adapters::ManifestEntry& m : store_->Manifests()) {
+      if (!m.pinned) continue;
+      absl::StatusOr<adapters::StoredAdapter> entry = store_->Find(m.id);
+      absl::Status st = entry.ok() ? load_now(m.id, std::move(entry->source), true, entry->stamp) : entry.status();
+      if (st.ok()) {
+        ++pinned;
+      } else {
+        LOG(WARNING) << "adapter store: pinned " << m.id << " was not restored: " << st;
+      }
+    }
+    LOG(INFO) << "adapter store " << store_->dir() << " (shared): " << pinned
+              << " pinned entries loaded; the others load when a request names them";
+  } else if (store_ != nullptr) {
     const absl::Time start = absl::Now();
     adapters::StoreScan scan = store_->Scan();
     for (const absl::Status& skipped : scan.skipped) LOG(WARNING) << "skipped: " << skipped.message();
     int restored = 0;
     for (auto& entry : scan.adapters) {
-      // A shared store's entries load when a request names them.
-      if (store_->shared() && !entry.pinned) continue;
       if (absl::Status st = load_now(entry.id, std::move(entry.source), entry.pinned, entry.stamp); st.ok()) {
         ++restored;
       } else {
         LOG(WARNING) << "adapter store: " << entry.id << " was not restored: " << st;
       }
     }
-    LOG(INFO) << "adapter store " << store_->dir() << (store_->shared() ? " (shared)" : "") << ": restored "
-              << restored << " of " << scan.adapters.size() + scan.skipped.size() << " entries in "
+    LOG(INFO) << "adapter store " << store_->dir() << ": restored " << restored << " of "
+              << scan.adapters.size() + scan.skipped.size() << " entries in "
               << absl::FormatDuration(absl::Now() - start);
   }
   if (!demo_ || !options.demo_adapters) return absl::OkStatus();

@@ -419,17 +419,20 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   int64_t offset = 0;
   for (const SequenceChunk& s : batch.seqs) {
     const std::vector<int32_t>& table = *s.block_table;
-    std::vector<int64_t> ctx_slots;
-    ctx_slots.reserve(s.context_len + s.num_tokens);
-    for (int64_t p = 0; p < s.context_len + s.num_tokens; ++p) {
-      ctx_slots.push_back(static_cast<int64_t>(table[p / bs]) * bs + p % bs);
-    }
+    auto slot = [&](int64_t p) { return static_cast<int64_t>(table[p / bs]) * bs + p % bs; };
     for (int64_t i = 0; i < s.num_tokens; ++i) {
       positions.push_back(s.context_len + i);
-      write_slots.push_back(ctx_slots[s.context_len + i]);
+      write_slots.push_back(slot(s.context_len + i));
     }
     if (s.num_tokens == 1) decode_rows.push_back({s.block_table, s.context_len + 1, offset});
-    read_slots.push_back(s.num_tokens == 1 && paged_decode ? at::Tensor() : SlotsTensor(ctx_slots).to(options_.device));
+    if (s.num_tokens == 1 && paged_decode) {
+      read_slots.emplace_back();  // read in place: nothing gathered
+    } else {
+      std::vector<int64_t> ctx_slots;
+      ctx_slots.reserve(s.context_len + s.num_tokens);
+      for (int64_t p = 0; p < s.context_len + s.num_tokens; ++p) ctx_slots.push_back(slot(p));
+      read_slots.push_back(SlotsTensor(ctx_slots).to(options_.device));
+    }
     offset += s.num_tokens;
     if (s.wants_logits) {
       logit_rows.push_back(offset - 1);

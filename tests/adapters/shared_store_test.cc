@@ -105,9 +105,9 @@ TEST(SharedStoreTest, ConcurrentReplacesLeaveOneWholeVersion) {
   const std::string final_weights = StoredWeights(*b, "x");
   EXPECT_NE(std::find(written.begin(), written.end(), final_weights), written.end())
       << "the entry holds none of the versions written whole (" << final_weights.size() << " bytes)";
-  const auto current = a->Stamps();
+  const std::vector<ManifestEntry> current = a->Manifests();
   ASSERT_EQ(current.size(), 1u);
-  EXPECT_EQ(stamps.count(current[0].second), 1u);
+  EXPECT_EQ(stamps.count(current[0].stamp), 1u);
 }
 
 TEST(SharedStoreTest, SupersededVersionsOutliveTheGracePeriodOnly) {
@@ -142,9 +142,16 @@ TEST(SharedStoreTest, FindAndStampsSeeOtherServersWrites) {
   absl::StatusOr<DiskCopy> second = a->Put("x", Upload("two"));
   ASSERT_TRUE(second.ok());
   EXPECT_NE(second->stamp, first->stamp);
-  EXPECT_THAT(b->Stamps(), ::testing::ElementsAre(::testing::Pair("x", second->stamp)));
+  const std::vector<ManifestEntry> seen_twice = b->Manifests();
+  ASSERT_EQ(seen_twice.size(), 1u);
+  EXPECT_EQ(seen_twice[0].id, "x");
+  EXPECT_EQ(seen_twice[0].stamp, second->stamp);
+  EXPECT_FALSE(seen_twice[0].pinned);
+  EXPECT_TRUE(b->Has("x"));
   ASSERT_TRUE(a->Remove("x").ok());
-  EXPECT_TRUE(b->Stamps().empty());
+  EXPECT_TRUE(b->Manifests().empty());
+  EXPECT_FALSE(b->Has("x"));
+  EXPECT_FALSE(b->Has("../x"));
 }
 
 // Two servers' registries on one base model and one shared directory.
