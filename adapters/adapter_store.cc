@@ -453,7 +453,8 @@ std::vector<ManifestEntry> AdapterStore::Manifests() const {
     if (!text.ok()) continue;
     const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
     if (!m.is_object()) continue;
-    ManifestEntry entry{name};
+    ManifestEntry entry;
+    entry.id = name;
     if (m.contains("stamp") && m["stamp"].is_string()) entry.stamp = m["stamp"].get<std::string>();
     entry.pinned = m.contains("pinned") && m["pinned"].is_boolean() && m["pinned"].get<bool>();
     out.push_back(std::move(entry));
