@@ -453,18 +453,12 @@ def main():
     if a.cmd == "prefix":
         prefix.cmd_prefix(a)
         return
-    if a.cmd == "scale":
-        scale.cmd_scale(a)
-        return
-    if a.cmd == "step":
-        step.cmd_step(a)
-        return
     if a.cmd in ("tiers", "loader-nice", "tiers-pair"):
         {"tiers": tiers.cmd_tiers, "loader-nice": tiers.cmd_loader_nice,
          "tiers-pair": tiers.cmd_tiers_pair}[a.cmd](a)
         return
     {"decode": cmd_decode, "lora": cmd_lora, "serving": cmd_serving, "kinds": cmd_kinds,
-     "text": cmd_text}[a.cmd](a)
+     "text": cmd_text, "scale": scale.cmd_scale, "step": step.cmd_step}[a.cmd](a)
 
 
 if __name__ == "__main__":
