@@ -5,6 +5,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numbers>
 #include <optional>
@@ -16,18 +17,26 @@
 #include "absl/time/clock.h"
 #include "server/common/torch_call.h"
 #include "server/model/adapter_ops.h"
+#include "server/model/aten_delta_backend.h"
 #include "server/model/checkpoint.h"
-#include "server/model/lora_row_kernel.h"
 #include "server/model/paged_attention.h"
 
 namespace adapterd::model {
 
+// Projections that share their input run as one GEMM over weights
+// concatenated at load: q/k/v and gate/up.
+struct LlamaModel::ProjGroup {
+  at::Tensor w;  // [sum of widths, in]
+  at::Tensor b;  // [sum of widths]; undefined when the base has no bias here
+  std::vector<ProjSlice> slices;
+};
+
 struct LlamaModel::Layer {
   at::Tensor input_norm, post_attention_norm;
-  at::Tensor q, k, v, o;           // projection weights [out, in]
-  at::Tensor q_b, k_b, v_b, o_b;   // biases; undefined when absent
-  at::Tensor gate, up, down;
-  at::Tensor gate_b, up_b, down_b;
+  ProjGroup qkv, o, gate_up, down;
+  // Each projection's weight [out, in] and bias [out] (undefined when
+  // absent): row views of its group's, never copies.
+  std::array<at::Tensor, kNumProj> w, b;
 };
 
 LlamaModel::~LlamaModel() = default;
@@ -98,6 +107,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
   model->config_ = *config;
   model->options_ = options;
+  model->delta_backend_ = MakeDeltaBackend(options.device);
   const ModelConfig& c = model->config_;
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
@@ -124,24 +134,33 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     Layer l;
     l.input_norm = get(p + "input_layernorm.weight", {H});
     l.post_attention_norm = get(p + "post_attention_layernorm.weight", {H});
-    l.q = get(p + "self_attn.q_proj.weight", {q_out, H});
-    l.k = get(p + "self_attn.k_proj.weight", {kv_out, H});
-    l.v = get(p + "self_attn.v_proj.weight", {kv_out, H});
-    l.o = get(p + "self_attn.o_proj.weight", {H, q_out});
-    if (c.attention_bias) {
-      l.q_b = get(p + "self_attn.q_proj.bias", {q_out});
-      l.k_b = get(p + "self_attn.k_proj.bias", {kv_out});
-      l.v_b = get(p + "self_attn.v_proj.bias", {kv_out});
-    }
-    if (c.o_proj_bias) l.o_b = get(p + "self_attn.o_proj.bias", {H});
-    l.gate = get(p + "mlp.gate_proj.weight", {I, H});
-    l.up = get(p + "mlp.up_proj.weight", {I, H});
-    l.down = get(p + "mlp.down_proj.weight", {H, I});
-    if (c.mlp_bias) {
-      l.gate_b = get(p + "mlp.gate_proj.bias", {I});
-      l.up_b = get(p + "mlp.up_proj.bias", {I});
-      l.down_b = get(p + "mlp.down_proj.bias", {H});
-    }
+    // Reads one group's weights (and biases, where `bias`) and concatenates them.
+    auto group = [&](std::initializer_list<std::tuple<Proj, int64_t, int64_t>> projs, bool bias) {
+      ProjGroup g;
+      std::vector<at::Tensor> ws, bs;
+      int64_t col = 0;
+      for (const auto& [proj, out, in] : projs) {
+        const std::string name = p + std::string(ProjPath(proj));
+        ws.push_back(get(name + ".weight", {out, in}));
+        if (bias) bs.push_back(get(name + ".bias", {out}));
+        g.slices.push_back({proj, col, out});
+        col += out;
+      }
+      if (!status.ok()) return g;
+      g.w = ws.size() == 1 ? ws[0] : at::cat(ws, 0);
+      if (bias) g.b = bs.size() == 1 ? bs[0] : at::cat(bs, 0);
+      for (const ProjSlice& s : g.slices) {
+        l.w[static_cast<int>(s.proj)] = g.w.narrow(0, s.col, s.width);
+        if (bias) l.b[static_cast<int>(s.proj)] = g.b.narrow(0, s.col, s.width);
+      }
+      return g;
+    };
+    status.Update(TorchCall(absl::StrCat("concatenating the projections of layer ", i), [&] {
+      l.qkv = group({{Proj::kQ, q_out, H}, {Proj::kK, kv_out, H}, {Proj::kV, kv_out, H}}, c.attention_bias);
+      l.o = group({{Proj::kO, H, q_out}}, c.o_proj_bias);
+      l.gate_up = group({{Proj::kGate, I, H}, {Proj::kUp, I, H}}, c.mlp_bias);
+      l.down = group({{Proj::kDown, H, I}}, c.mlp_bias);
+    }));
     model->layers_.push_back(std::move(l));
   }
   if (!status.ok()) return status;
@@ -165,213 +184,73 @@ int64_t LlamaModel::weight_bytes() const {
   int64_t total = embed_tokens_.nbytes() + final_norm_.nbytes();
   if (!lm_head_.is_same(embed_tokens_)) total += lm_head_.nbytes();
   for (const Layer& l : layers_) {
-    for (const at::Tensor* t : {&l.input_norm, &l.post_attention_norm, &l.q, &l.k, &l.v, &l.o,
-                                &l.q_b, &l.k_b, &l.v_b, &l.o_b, &l.gate, &l.up, &l.down,
-                                &l.gate_b, &l.up_b, &l.down_b}) {
-      if (t->defined()) total += t->nbytes();
+    total += l.input_norm.nbytes() + l.post_attention_norm.nbytes();
+    for (const ProjGroup* g : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
+      total += g->w.nbytes() + (g->b.defined() ? g->b.nbytes() : 0);
     }
   }
   return total;
 }
 
 const at::Tensor& LlamaModel::ProjBias(int64_t layer, Proj p) const {
-  const Layer& l = layers_[layer];
-  switch (p) {
-    case Proj::kQ: return l.q_b;
-    case Proj::kK: return l.k_b;
-    case Proj::kV: return l.v_b;
-    case Proj::kO: return l.o_b;
-    case Proj::kGate: return l.gate_b;
-    case Proj::kUp: return l.up_b;
-    case Proj::kDown: return l.down_b;
-  }
-  return l.q_b;
+  return layers_[layer].b[static_cast<int>(p)];
 }
 
 const at::Tensor& LlamaModel::ProjWeight(int64_t layer, Proj p) const {
-  const Layer& l = layers_[layer];
-  switch (p) {
-    case Proj::kQ: return l.q;
-    case Proj::kK: return l.k;
-    case Proj::kV: return l.v;
-    case Proj::kO: return l.o;
-    case Proj::kGate: return l.gate;
-    case Proj::kUp: return l.up;
-    case Proj::kDown: return l.down;
-  }
-  return l.q;
+  return layers_[layer].w[static_cast<int>(p)];
 }
 
-namespace {
-
-// Rows at or below this count per segment take the direct loop below rather
-// than two ATen matmuls: in decode steps each segment is one or a few rows,
-// where per-call overhead, not arithmetic, dominates.
-constexpr int64_t kSmallSegmentRows = 8;
-
-// How LoraRow reads the module's weights (fp32, or half precision kept on a
-// fp32 base); nullopt when it cannot.
-std::optional<LoraWeightType> RowWeightType(const LoraModule& m) {
-  if (!m.a_t.device().is_cpu() || m.b_t.scalar_type() != m.a_t.scalar_type()) return std::nullopt;
-  if (m.dora_scale.defined() && (m.dora_scale.scalar_type() != at::kFloat || !m.dora_scale.is_contiguous())) {
-    return std::nullopt;
-  }
-  switch (m.a_t.scalar_type()) {
-    case at::kFloat: return LoraWeightType::kF32;
-    case at::kHalf: return LoraWeightType::kF16;
-    case at::kBFloat16: return LoraWeightType::kBF16;
-    default: return std::nullopt;
-  }
-}
-
-// y_row (+)= delta for one row, where delta = scale * (x_row A^T) B^T, with
-// A^T = a_t [in, r] and B^T = b_t [r, out] contiguous (see lora_row_kernel.h).
-// With DoRA,
-// y_row = y_row + (m - 1) (y_row - bias) + m * delta. `tmp` holds r floats,
-// `delta` out floats.
-void LoraRow(const float* x, float* y, int64_t in, int64_t out, const LoraModule& m,
-             LoraWeightType type, const float* bias, float* tmp, float* delta) {
-  const int64_t r = m.rank();
-  LoraShrinkRow(x, m.a_t.data_ptr(), type, in, r, static_cast<float>(m.scale), tmp);
-  if (!m.dora_scale.defined()) {
-    LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, y);
-    return;
-  }
-  std::fill(delta, delta + out, 0.0f);
-  LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, delta);
-  const float* mag = m.dora_scale.data_ptr<float>();
-  for (int64_t o = 0; o < out; ++o) {
-    const float base = bias != nullptr ? y[o] - bias[o] : y[o];
-    y[o] += (mag[o] - 1.0f) * base + mag[o] * delta[o];
-  }
-}
-
-// Whether every module can take the direct row loop.
-bool RowCapable(std::span<const LoraModule> modules) {
-  return std::all_of(modules.begin(), modules.end(),
-                     [](const LoraModule& m) { return RowWeightType(m).has_value(); });
-}
-
-// ys (+)= m's delta for the rows xs, with two ATen matmuls (see LoraRow).
-void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, const at::Tensor& bias) {
-  // Weights kept in half precision on a fp32 base are widened (exactly).
-  const auto widened = [&](const at::Tensor& w) {
-    return w.scalar_type() == xs.scalar_type() ? w : w.to(xs.scalar_type());
-  };
-  at::Tensor delta = at::mm(at::mm(xs, widened(m.a_t)), widened(m.b_t));
-  if (m.dora_scale.defined()) {
-    at::Tensor base = bias.defined() ? ys - bias : ys;
-    ys.add_((m.dora_scale - 1) * base + m.dora_scale * (delta * m.scale));
-  } else {
-    ys.add_(delta, m.scale);
-  }
-}
-
-// A segment of at most kSmallSegmentRows rows and the LoRA modules its
-// adapter applies at one projection (one, or one per component of a
-// composite).
-struct SmallSegment {
-  const AdapterSegment* segment;
-  std::span<const LoraModule> modules;
-};
-
-// y (+)= every small segment's deltas, row by row with LoraRow. Segments own
-// disjoint rows, so they run in parallel without locks. x and y are float32,
-// or bfloat16 widened to float32 one row at a time and rounded back once
-// after all of the row's modules.
-void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias,
-                      const std::vector<SmallSegment>& small) {
-  const int64_t in = x.size(1), out = y.size(1);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> tmp, delta(static_cast<size_t>(out));
-    std::vector<float> xrow(bf16 ? static_cast<size_t>(in) : 0), yrow(bf16 ? static_cast<size_t>(out) : 0);
-    for (int64_t i = begin; i < end; ++i) {
-      const AdapterSegment& s = *small[i].segment;
-      for (int64_t row = s.start; row < s.start + s.rows; ++row) {
-        const float* xr = nullptr;
-        float* yr = nullptr;
-        if (bf16) {
-          const c10::BFloat16* xs = x.data_ptr<c10::BFloat16>() + row * in;
-          const c10::BFloat16* ys = y.data_ptr<c10::BFloat16>() + row * out;
-          for (int64_t k = 0; k < in; ++k) xrow[k] = static_cast<float>(xs[k]);
-          for (int64_t k = 0; k < out; ++k) yrow[k] = static_cast<float>(ys[k]);
-          xr = xrow.data();
-          yr = yrow.data();
-        } else {
-          xr = x.data_ptr<float>() + row * in;
-          yr = y.data_ptr<float>() + row * out;
-        }
-        for (const LoraModule& m : small[i].modules) {
-          tmp.resize(static_cast<size_t>(m.rank()));
-          LoraRow(xr, yr, in, out, m, *RowWeightType(m), bp, tmp.data(), delta.data());
-        }
-        if (bf16) {
-          c10::BFloat16* yd = y.data_ptr<c10::BFloat16>() + row * out;
-          for (int64_t k = 0; k < out; ++k) yd[k] = c10::BFloat16(yrow[k]);
-        }
-      }
-    }
-  });
-}
-
-}  // namespace
-
-at::Tensor LlamaModel::Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                               int64_t layer, Proj p, const std::vector<Segment>& segments,
-                               StepProfile* prof) const {
+std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup& g, int64_t layer,
+                                            const std::vector<Segment>& segments, StepProfile* prof) const {
   double* const gemm_time = prof != nullptr ? &prof->gemm : nullptr;
   double* const adapter_time = prof != nullptr ? &prof->adapters : nullptr;
+  // The group's output, one column view per projection.
+  auto split = [&](const at::Tensor& y) {
+    std::vector<at::Tensor> outs;
+    for (const ProjSlice& s : g.slices) outs.push_back(g.slices.size() == 1 ? y : y.narrow(1, s.col, s.width));
+    return outs;
+  };
   if (segments.empty()) {
     ScopedTimer timer(gemm_time);
-    return at::linear(x, w, Opt(bias));
+    return split(at::linear(x, g.w, Opt(g.b)));
   }
-  // IA3 on a feed-forward module scales its segment's input rows, on any
-  // other module its output rows; the base product still runs once.
-  at::Tensor in = x;
+  // IA3 on a feed-forward module scales its segment's input rows; a group
+  // in which some projection sees a rescaled input runs projection by
+  // projection (the base product still once per projection).
+  std::vector<at::Tensor> inputs;
+  bool rescaled = false;
   {
     ScopedTimer timer(adapter_time);
-    for (const Segment& s : segments) {
-      const Ia3Module* m = s.adapter->FindIa3(layer, p);
-      if (m == nullptr || !m->scales_input) continue;
-      if (in.is_same(x)) in = x.clone();
-      in.narrow(0, s.start, s.rows).mul_(m->scale);
+    for (const ProjSlice& s : g.slices) {
+      inputs.push_back(delta_backend_->ScaleInputs(x, layer, s.proj, segments));
+      rescaled = rescaled || !inputs.back().is_same(x);
     }
   }
-  at::Tensor y;
-  {
-    ScopedTimer timer(gemm_time);
-    y = at::linear(in, w, Opt(bias));
-  }
-  ScopedTimer timer(adapter_time);
-  for (const Segment& s : segments) {
-    const Ia3Module* m = s.adapter->FindIa3(layer, p);
-    if (m != nullptr && !m->scales_input) y.narrow(0, s.start, s.rows).mul_(m->scale);
-    // Trained biases: the base's bias is in y, the adapter's difference is added.
-    if (const at::Tensor* d = s.adapter->FindBiasDelta(layer, p)) y.narrow(0, s.start, s.rows).add_(*d);
-  }
-  // Small segments take the direct row loop (AddSmallSegments).
-  const bool direct = x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-                      x.is_contiguous() &&
-                      y.is_contiguous() && (!bias.defined() || bias.is_contiguous());
-  // Each segment adds the delta of every LoRA module its adapter applies
-  // here: one for an adapter, one per component for a composite.
-  std::vector<SmallSegment> small;
-  for (const Segment& s : segments) {
-    const std::span<const LoraModule> modules = s.adapter->Loras(layer, p);
-    if (modules.empty()) continue;
-    if (direct && s.rows <= kSmallSegmentRows && RowCapable(modules)) {
-      small.push_back({&s, modules});
-      continue;
+  if (!rescaled || g.slices.size() == 1) {
+    at::Tensor y;
+    {
+      ScopedTimer timer(gemm_time);
+      y = at::linear(inputs[0], g.w, Opt(g.b));
     }
-    for (const LoraModule& m : modules) {
-      AddLoraDelta(x.narrow(0, s.start, s.rows), y.narrow(0, s.start, s.rows), m, bias);
-    }
+    ScopedTimer timer(adapter_time);
+    delta_backend_->AddDeltas(x, y, g.b, layer, g.slices, segments);
+    return split(y);
   }
-  if (!small.empty()) AddSmallSegments(x, y, bias, small);
-  return y;
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < g.slices.size(); ++i) {
+    const ProjSlice one{g.slices[i].proj, 0, g.slices[i].width};
+    const at::Tensor& w = ProjWeight(layer, one.proj);
+    const at::Tensor& b = ProjBias(layer, one.proj);
+    at::Tensor y;
+    {
+      ScopedTimer timer(gemm_time);
+      y = at::linear(inputs[i], w, Opt(b));
+    }
+    ScopedTimer timer(adapter_time);
+    delta_backend_->AddDeltas(x, y, b, layer, std::span<const ProjSlice>(&one, 1), segments);
+    outs.push_back(std::move(y));
+  }
+  return outs;
 }
 
 at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer,
@@ -411,9 +290,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   std::vector<at::Tensor> read_slots;
   std::vector<DecodeRow> decode_rows;
   // Decode rows read the cache in place (PagedDecodeAttention) on the CPU
-  // in float32 and bfloat16; elsewhere every row gathers its context.
-  const at::Tensor& k0 = kv.k(0);
-  const bool paged_decode = k0.device().is_cpu() && (k0.scalar_type() == at::kFloat || k0.scalar_type() == at::kBFloat16);
+  // in float32, bfloat16 and float16; elsewhere every row gathers its context.
+  const bool paged_decode = PagedAttentionSupports(kv.k(0));
   positions.reserve(T);
   write_slots.reserve(T);
   int64_t offset = 0;
@@ -494,9 +372,10 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     const Layer& l = layers_[li];
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const int64_t L = static_cast<int64_t>(li);
-    at::Tensor q = Project(h, l.q, l.q_b, L, Proj::kQ, segments, prof).view({T, c.num_heads, c.head_dim});
-    at::Tensor k = Project(h, l.k, l.k_b, L, Proj::kK, segments, prof).view({T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = Project(h, l.v, l.v_b, L, Proj::kV, segments, prof).view({T, c.num_kv_heads, c.head_dim});
+    const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, prof);
+    at::Tensor q = qkv[0].view({T, c.num_heads, c.head_dim});
+    at::Tensor k = qkv[1].view({T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = qkv[2].view({T, c.num_kv_heads, c.head_dim});
     std::optional<ScopedTimer> attention_timer(std::in_place, prof != nullptr ? &prof->attention : nullptr);
     q = ApplyRope(q, cos, sin);
     k = ApplyRope(k, cos, sin);
@@ -541,17 +420,15 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       adapted.push_back(&s);
     }
     adapter_timer.reset();
-    at::Tensor attn_out =
-        Project(attn.view({T, c.num_heads * c.head_dim}), l.o, l.o_b, L, Proj::kO, segments, prof);
-    if (l.o_b.defined()) {
-      for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o_b);
+    at::Tensor attn_out = Project(attn.view({T, c.num_heads * c.head_dim}), l.o, L, segments, prof)[0];
+    if (l.o.b.defined()) {
+      for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o.b);
     }
     x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
-    at::Tensor act = at::silu(Project(h, l.gate, l.gate_b, L, Proj::kGate, segments, prof)) *
-                     Project(h, l.up, l.up_b, L, Proj::kUp, segments, prof);
-    x = Residual(x, Project(act, l.down, l.down_b, L, Proj::kDown, segments, prof), L,
-                 BottleneckLocation::kOutput, segments, prof);
+    const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, prof);
+    at::Tensor act = at::silu(gate_up[0]) * gate_up[1];
+    x = Residual(x, Project(act, l.down, L, segments, prof)[0], L, BottleneckLocation::kOutput, segments, prof);
   }
   if (logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "server/model/adapter_heads.h"
 #include "server/model/adapter_weights.h"
+#include "server/model/delta_backend.h"
 #include "server/model/kv_cache.h"
 #include "server/model/step_profile.h"
 #include "server/model/model_config.h"
@@ -84,14 +85,17 @@ class LlamaModel {
   absl::StatusOr<at::Tensor> Forward(const ForwardBatch& batch, KvCache& kv) const;
 
  private:
+  struct ProjGroup;
   struct Layer;
   using Segment = AdapterSegment;
   LlamaModel() = default;
-  // base(x) plus every segment's adapter delta (LoRA) or rescaling (IA3)
-  // for projection `p` of `layer`.
-  // `prof` (may be null) gets the base product's time and the adapters'.
-  at::Tensor Project(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                     int64_t layer, Proj p, const std::vector<Segment>& segments, StepProfile* prof) const;
+  // base(x) plus every segment's adapter effect (DeltaBackend) for each
+  // projection of group `g` of `layer`, as one GEMM where the inputs are
+  // shared: one output per projection, in the group's order (column views
+  // of one product). `prof` (may be null) gets the base product's time and
+  // the adapters'.
+  std::vector<at::Tensor> Project(const at::Tensor& x, const ProjGroup& g, int64_t layer,
+                                  const std::vector<Segment>& segments, StepProfile* prof) const;
   // x + h after a sublayer, or for segments with a bottleneck adapter at
   // `loc`, that adapter's output.
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
@@ -106,6 +110,7 @@ class LlamaModel {
   at::Tensor rope_cos_;      // [max_positions, head_dim]
   at::Tensor rope_sin_;
   std::vector<Layer> layers_;
+  std::unique_ptr<DeltaBackend> delta_backend_;
 };
 
 }  // namespace adapterd::model

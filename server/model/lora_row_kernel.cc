@@ -66,6 +66,35 @@ ADAPTERD_INLINE void Shrink(const float* __restrict x, const void* a, int64_t in
   }
 }
 
+// M modules of rank R over one input: M * R accumulators in registers.
+template <class W, int R, int M>
+ADAPTERD_INLINE void ShrinkMultiFixed(const float* __restrict x, const void* const* a, int64_t in,
+                                      const float* scales, float* __restrict tmp) {
+  const typename W::T* a_t[M];
+  for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
+  float acc[M][R] = {};
+  for (int64_t i = 0; i < in; ++i) {
+    const float xi = x[i];
+    for (int m = 0; m < M; ++m) {
+      const typename W::T* row = a_t[m] + i * R;
+      for (int k = 0; k < R; ++k) acc[m][k] += xi * W::Load(row + k);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int k = 0; k < R; ++k) tmp[m * R + k] = acc[m][k] * scales[m];
+  }
+}
+
+template <class W>
+ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, const void* const* a, int64_t count, int64_t in,
+                                 int64_t r, const float* scales, float* __restrict tmp) {
+  if (count == 2 && r == 8) return ShrinkMultiFixed<W, 8, 2>(x, a, in, scales, tmp);
+  if (count == 2 && r == 16) return ShrinkMultiFixed<W, 16, 2>(x, a, in, scales, tmp);
+  if (count == 3 && r == 8) return ShrinkMultiFixed<W, 8, 3>(x, a, in, scales, tmp);
+  if (count == 3 && r == 16) return ShrinkMultiFixed<W, 16, 3>(x, a, in, scales, tmp);
+  for (int64_t m = 0; m < count; ++m) Shrink<W>(x, a[m], in, r, scales[m], tmp + m * r);
+}
+
 template <class W>
 ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
                             float* __restrict y) {
@@ -99,6 +128,16 @@ void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType ty
     case LoraWeightType::kF32: return Shrink<F32>(x, a_t, in, r, scale, tmp);
     case LoraWeightType::kF16: return Shrink<F16>(x, a_t, in, r, scale, tmp);
     case LoraWeightType::kBF16: return Shrink<BF16>(x, a_t, in, r, scale, tmp);
+  }
+}
+
+ADAPTERD_CLONES
+void LoraShrinkRowMulti(const float* __restrict x, const void* const* a_ts, int64_t count, LoraWeightType type,
+                        int64_t in, int64_t r, const float* scales, float* __restrict tmp) {
+  switch (type) {
+    case LoraWeightType::kF32: return ShrinkMulti<F32>(x, a_ts, count, in, r, scales, tmp);
+    case LoraWeightType::kF16: return ShrinkMulti<F16>(x, a_ts, count, in, r, scales, tmp);
+    case LoraWeightType::kBF16: return ShrinkMulti<BF16>(x, a_ts, count, in, r, scales, tmp);
   }
 }
 

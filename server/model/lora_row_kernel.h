@@ -27,6 +27,13 @@ enum class LoraWeightType { kF32, kF16, kBF16 };
 void LoraShrinkRow(const float* x, const void* a_t, LoraWeightType type, int64_t in, int64_t r,
                    float scale, float* tmp);
 
+// The shrinks of `count` modules that share the input (a group's q, k and
+// v, or gate and up), in one pass over x: tmp[m * r + k] = scales[m] *
+// sum_i x[i] * a_ts[m][i * r + k] for m < count, k < r. Every module has
+// rank r and elements of `type`.
+void LoraShrinkRowMulti(const float* x, const void* const* a_ts, int64_t count, LoraWeightType type,
+                        int64_t in, int64_t r, const float* scales, float* tmp);
+
 // y[o] += sum_k tmp[k] * b_t[k * out + o] for o < out. `b_t` is [r, out]
 // elements of `type`.
 void LoraExpandRow(const float* tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,

@@ -24,11 +24,14 @@ struct DecodeRow {
 // Keys and values are read where they sit in the cache's blocks: nothing
 // is gathered or copied, and all rows and KV heads of a step run in one
 // parallel loop. q and out are [rows, heads, head_dim]; k_cache and v_cache
-// [slots, kv_heads, head_dim], contiguous, on the CPU, all float32 or all
-// bfloat16; scores, softmax and sums are float32. Rows not named are left
-// as they are.
+// [slots, kv_heads, head_dim], contiguous, on the CPU, all float32, all
+// bfloat16 or all float16; scores, softmax and sums are float32. Rows not
+// named are left as they are.
 void PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                           std::span<const DecodeRow> rows, int64_t block_size, double scale, at::Tensor& out);
+
+// Whether PagedDecodeAttention can read a cache of this dtype and device.
+bool PagedAttentionSupports(const at::Tensor& cache);
 
 }  // namespace adapterd::model
 

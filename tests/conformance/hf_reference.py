@@ -6,7 +6,7 @@ C++ tests compare against, computed live with `transformers`:
 
   make-model  build a tiny, randomly initialised Llama / Qwen2 checkpoint
               (safetensors, optionally sharded) with a fixed seed.
-  reference   load a checkpoint in float32 and, for each prompt (batch 1, no
+  reference   load a checkpoint in float32 (or --dtype) and, for each prompt (batch 1, no
               padding), record the full-prompt logits, greedy generation and
               the raw per-step logits of that generation, as JSON or as a
               .safetensors file (keys r{i}.prompt, r{i}.last_logits,
@@ -94,8 +94,8 @@ def cmd_make_model(a):
     model.save_pretrained(a.out, safe_serialization=True, **kwargs)
 
 
-def compute_reference(model_dir, prompts, new_tokens):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # = torch_dtype
+def compute_reference(model_dir, prompts, new_tokens, dtype="float32"):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype])  # = torch_dtype
     model.eval()
     # Greedy must never stop at EOS; drop it from the model defaults as well.
     model.generation_config.eos_token_id = None
@@ -160,7 +160,7 @@ def cmd_reference(a):
     if not os.path.isfile(os.path.join(a.model, "config.json")):
         fail(f"{a.model} has no config.json")
     fmt = a.format or ("safetensors" if a.out.endswith(".safetensors") else "json")
-    results = compute_reference(a.model, load_prompts(a.prompts), a.new_tokens)
+    results = compute_reference(a.model, load_prompts(a.prompts), a.new_tokens, a.dtype)
     gap = min_top2_gap(results)
     if gap < 1e-3:
         print(f"hf_reference.py: warning: near-tie in greedy logits (gap {gap:.3g})",
@@ -226,6 +226,8 @@ def parser():
     r.add_argument("--prompts", required=True, help="JSON [[token ids], ...]")
     r.add_argument("--out", required=True)
     r.add_argument("--new-tokens", type=int, default=32)
+    r.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="the dtype transformers computes in (logits are written as float32)")
     r.add_argument("--format", choices=["json", "safetensors"],
                    help="default: safetensors if --out ends with .safetensors, else json")
     r.set_defaults(func=cmd_reference)

@@ -1,0 +1,244 @@
+#include "server/model/aten_delta_backend.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "server/model/lora_row_kernel.h"
+
+namespace adapterd::model {
+namespace {
+
+// How the row kernels read the module's weights (fp32, or half precision
+// kept on a fp32 base); nullopt when they cannot.
+std::optional<LoraWeightType> RowWeightType(const LoraModule& m) {
+  if (!m.a_t.device().is_cpu() || m.b_t.scalar_type() != m.a_t.scalar_type()) return std::nullopt;
+  if (m.dora_scale.defined() && (m.dora_scale.scalar_type() != at::kFloat || !m.dora_scale.is_contiguous())) {
+    return std::nullopt;
+  }
+  switch (m.a_t.scalar_type()) {
+    case at::kFloat: return LoraWeightType::kF32;
+    case at::kHalf: return LoraWeightType::kF16;
+    case at::kBFloat16: return LoraWeightType::kBF16;
+    default: return std::nullopt;
+  }
+}
+
+bool RowCapable(std::span<const LoraModule> modules) {
+  return std::all_of(modules.begin(), modules.end(),
+                     [](const LoraModule& m) { return RowWeightType(m).has_value(); });
+}
+
+// ys (+)= m's delta for the rows xs, with two ATen products: scale * (xs
+// A^T) B^T, or with DoRA ys + (mag - 1) (ys - bias) + mag * delta.
+void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, const at::Tensor& bias) {
+  // Weights kept in half precision on a fp32 base are widened (exactly).
+  const auto widened = [&](const at::Tensor& w) {
+    return w.scalar_type() == xs.scalar_type() ? w : w.to(xs.scalar_type());
+  };
+  at::Tensor delta = at::mm(at::mm(xs, widened(m.a_t)), widened(m.b_t));
+  if (m.dora_scale.defined()) {
+    at::Tensor base = bias.defined() ? ys - bias : ys;
+    ys.add_((m.dora_scale - 1) * base + m.dora_scale * (delta * m.scale));
+  } else {
+    ys.add_(delta, m.scale);
+  }
+}
+
+// y_row (+)= one module's delta, with tmp = scale * x_row A^T already
+// computed. `delta` holds `out` floats (DoRA's scratch).
+void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule& m, LoraWeightType type,
+               const float* bias, float* delta) {
+  const int64_t r = m.rank();
+  if (!m.dora_scale.defined()) {
+    LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, y);
+    return;
+  }
+  std::fill(delta, delta + out, 0.0f);
+  LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, delta);
+  const float* mag = m.dora_scale.data_ptr<float>();
+  for (int64_t o = 0; o < out; ++o) {
+    const float base = bias != nullptr ? y[o] - bias[o] : y[o];
+    y[o] += (mag[o] - 1.0f) * base + mag[o] * delta[o];
+  }
+}
+
+// One LoRA module a small segment applies at one projection of the group.
+struct RowModule {
+  const LoraModule* module;
+  const ProjSlice* slice;
+  LoraWeightType type;
+};
+
+// A segment of at most kSmallSegmentRows rows and every module it applies
+// in the group (one per projection, or one per component of a composite).
+struct SmallSegment {
+  const AdapterSegment* segment;
+  std::vector<RowModule> modules;
+};
+
+// Row `row` of a float32, bfloat16 or float16 matrix with row stride `ld`,
+// widened to float32 (n elements).
+void LoadRow(const at::Tensor& t, int64_t row, int64_t n, float* dst) {
+  const int64_t ld = t.stride(0);
+  switch (t.scalar_type()) {
+    case at::kBFloat16: {
+      const c10::BFloat16* src = t.data_ptr<c10::BFloat16>() + row * ld;
+      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(src[k]);
+      return;
+    }
+    case at::kHalf: {
+      const c10::Half* src = t.data_ptr<c10::Half>() + row * ld;
+      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(src[k]);
+      return;
+    }
+    default: {
+      const float* src = t.data_ptr<float>() + row * ld;
+      std::copy(src, src + n, dst);
+    }
+  }
+}
+
+void StoreRow(const float* src, int64_t n, at::Tensor& t, int64_t row) {
+  const int64_t ld = t.stride(0);
+  if (t.scalar_type() == at::kBFloat16) {
+    c10::BFloat16* dst = t.data_ptr<c10::BFloat16>() + row * ld;
+    for (int64_t k = 0; k < n; ++k) dst[k] = c10::BFloat16(src[k]);
+  } else {
+    c10::Half* dst = t.data_ptr<c10::Half>() + row * ld;
+    for (int64_t k = 0; k < n; ++k) dst[k] = c10::Half(src[k]);
+  }
+}
+
+// All of one row's modules: when they share type and rank (a group's q, k
+// and v of one adapter), their shrinks in one pass over x; then each
+// module's expand into its projection's columns.
+void ApplyRow(const float* xr, float* yr, int64_t in, const std::vector<RowModule>& modules, const float* bias,
+              std::vector<float>& tmp, std::vector<float>& delta) {
+  constexpr size_t kMaxShared = 8;
+  const RowModule& first = modules.front();
+  const int64_t r = first.module->rank();
+  const bool shared = modules.size() > 1 && modules.size() <= kMaxShared &&
+                      std::all_of(modules.begin(), modules.end(), [&](const RowModule& m) {
+                        return m.type == first.type && m.module->rank() == r;
+                      });
+  if (shared) {
+    const void* a_ts[kMaxShared];
+    float scales[kMaxShared];
+    for (size_t i = 0; i < modules.size(); ++i) {
+      a_ts[i] = modules[i].module->a_t.data_ptr();
+      scales[i] = static_cast<float>(modules[i].module->scale);
+    }
+    tmp.resize(modules.size() * static_cast<size_t>(r));
+    LoraShrinkRowMulti(xr, a_ts, static_cast<int64_t>(modules.size()), first.type, in, r, scales, tmp.data());
+  }
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const RowModule& m = modules[i];
+    const float* t = nullptr;
+    if (shared) {
+      t = tmp.data() + i * static_cast<size_t>(r);
+    } else {
+      tmp.resize(static_cast<size_t>(m.module->rank()));
+      LoraShrinkRow(xr, m.module->a_t.data_ptr(), m.type, in, m.module->rank(),
+                    static_cast<float>(m.module->scale), tmp.data());
+      t = tmp.data();
+    }
+    ExpandRow(t, yr + m.slice->col, m.slice->width, *m.module, m.type,
+              bias != nullptr ? bias + m.slice->col : nullptr, delta.data());
+  }
+}
+
+// y (+)= every small segment's deltas, row by row. Segments own disjoint
+// rows, so they run in parallel without locks. Half-precision rows are
+// widened to float32 once and rounded back once after all their modules.
+void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias,
+                      const std::vector<SmallSegment>& small) {
+  const int64_t in = x.size(1), out = y.size(1);
+  const bool wide = y.scalar_type() == at::kFloat;
+  const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tmp, delta(static_cast<size_t>(out));
+    std::vector<float> xrow(wide ? 0 : static_cast<size_t>(in)), yrow(wide ? 0 : static_cast<size_t>(out));
+    for (int64_t i = begin; i < end; ++i) {
+      const AdapterSegment& s = *small[i].segment;
+      for (int64_t row = s.start; row < s.start + s.rows; ++row) {
+        const float* xr = nullptr;
+        float* yr = nullptr;
+        if (wide) {
+          xr = x.data_ptr<float>() + row * x.stride(0);
+          yr = y.data_ptr<float>() + row * y.stride(0);
+        } else {
+          LoadRow(x, row, in, xrow.data());
+          LoadRow(y, row, out, yrow.data());
+          xr = xrow.data();
+          yr = yrow.data();
+        }
+        ApplyRow(xr, yr, in, small[i].modules, bp, tmp, delta);
+        if (!wide) StoreRow(yrow.data(), out, y, row);
+      }
+    }
+  });
+}
+
+bool RowLoopDtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+}  // namespace
+
+at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
+                                         std::span<const AdapterSegment> segments) const {
+  at::Tensor in = x;
+  for (const AdapterSegment& s : segments) {
+    const Ia3Module* m = s.adapter->FindIa3(layer, p);
+    if (m == nullptr || !m->scales_input) continue;
+    if (in.is_same(x)) in = x.clone();
+    in.narrow(0, s.start, s.rows).mul_(m->scale);
+  }
+  return in;
+}
+
+void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
+                                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const {
+  for (const AdapterSegment& s : segments) {
+    for (const ProjSlice& slice : group) {
+      at::Tensor ys = y.narrow(1, slice.col, slice.width).narrow(0, s.start, s.rows);
+      const Ia3Module* m = s.adapter->FindIa3(layer, slice.proj);
+      if (m != nullptr && !m->scales_input) ys.mul_(m->scale);
+      // Trained biases: the base's bias is in y, the adapter's difference is added.
+      if (const at::Tensor* d = s.adapter->FindBiasDelta(layer, slice.proj)) ys.add_(*d);
+    }
+  }
+  const bool direct = x.device().is_cpu() && RowLoopDtype(x.scalar_type()) && y.scalar_type() == x.scalar_type() &&
+                      x.is_contiguous() && y.stride(1) == 1 && (!bias.defined() || bias.is_contiguous());
+  std::vector<SmallSegment> small;
+  for (const AdapterSegment& s : segments) {
+    SmallSegment row_work{&s, {}};
+    bool row_capable = direct && s.rows <= kSmallSegmentRows;
+    for (const ProjSlice& slice : group) {
+      const std::span<const LoraModule> modules = s.adapter->Loras(layer, slice.proj);
+      if (modules.empty()) continue;
+      if (row_capable && RowCapable(modules)) {
+        for (const LoraModule& m : modules) row_work.modules.push_back({&m, &slice, *RowWeightType(m)});
+        continue;
+      }
+      const at::Tensor slice_bias = bias.defined() ? bias.narrow(0, slice.col, slice.width) : at::Tensor();
+      for (const LoraModule& m : modules) {
+        AddLoraDelta(x.narrow(0, s.start, s.rows), y.narrow(1, slice.col, slice.width).narrow(0, s.start, s.rows), m,
+                     slice_bias);
+      }
+    }
+    if (!row_work.modules.empty()) small.push_back(std::move(row_work));
+  }
+  if (!small.empty()) AddSmallSegments(x, y, bias, small);
+}
+
+std::unique_ptr<DeltaBackend> MakeDeltaBackend(c10::Device device) {
+  return std::make_unique<AtenDeltaBackend>();
+}
+
+}  // namespace adapterd::model

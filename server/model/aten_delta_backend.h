@@ -1,0 +1,32 @@
+// Adapter deltas with ATen products, and direct row kernels for the small
+// segments of decode steps on the CPU.
+#ifndef ADAPTERD_SERVER_MODEL_ATEN_DELTA_BACKEND_H_
+#define ADAPTERD_SERVER_MODEL_ATEN_DELTA_BACKEND_H_
+
+#include "server/model/delta_backend.h"
+
+namespace adapterd::model {
+
+// The DeltaBackend of every device today. A segment of up to
+// kSmallSegmentRows rows whose modules the row kernels can read (on the
+// CPU, activations in float32, bfloat16 or float16) takes a direct loop
+// over its rows (lora_row_kernel.h): one pass over the shared input for all
+// of a group's LoRA shrinks, then each projection's expand, segments in
+// parallel. Larger segments, and every segment on other devices, take two
+// ATen products per module. Stateless and immutable: safe from any thread.
+class AtenDeltaBackend : public DeltaBackend {
+ public:
+  // Rows at or below this count per segment take the direct row loop: in
+  // decode steps each segment is one or a few rows, where per-call
+  // overhead, not arithmetic, dominates.
+  static constexpr int64_t kSmallSegmentRows = 8;
+
+  at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
+                         std::span<const AdapterSegment> segments) const override;
+  void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
+                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const override;
+};
+
+}  // namespace adapterd::model
+
+#endif  // ADAPTERD_SERVER_MODEL_ATEN_DELTA_BACKEND_H_

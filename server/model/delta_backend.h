@@ -1,0 +1,62 @@
+// The seam between the base model's step and the adapter math at its
+// projections.
+#ifndef ADAPTERD_SERVER_MODEL_DELTA_BACKEND_H_
+#define ADAPTERD_SERVER_MODEL_DELTA_BACKEND_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "server/model/adapter_heads.h"
+#include "server/model/adapter_weights.h"
+
+namespace adapterd::model {
+
+// One projection inside a group of projections that share their input and
+// run as one GEMM (q/k/v, gate/up; o and down are groups of one): its
+// output is columns [col, col + width) of the group's output.
+struct ProjSlice {
+  Proj proj = Proj::kQ;
+  int64_t col = 0;
+  int64_t width = 0;
+};
+
+// A DeltaBackend applies the adapters of a step's rows at the base model's
+// projections: IA3 rescaling, trained bias deltas, and LoRA (DoRA
+// included) deltas, for every row segment through its own adapter. The base
+// product itself is the model's; a backend never sees it computed, only
+// adds to it. One backend is chosen when the model is created, for the
+// model's device; nothing above the model knows which.
+//
+// A backend holds no per-step state: both calls may be made from the
+// model's one forward thread, and an implementation may use parallel loops
+// inside a call.
+class DeltaBackend {
+ public:
+  virtual ~DeltaBackend() = default;
+
+  // `x` [T, in] with the rows of every segment whose adapter scales the
+  // input of `p` (IA3 on a feed-forward module) rescaled; `x` itself (the
+  // same tensor) when no segment does.
+  virtual at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
+                                 std::span<const AdapterSegment> segments) const = 0;
+
+  // `y` [T, sum of widths] holds the group's base products for the input
+  // `x` [T, in] (each projection's bias included; `bias` is the group's
+  // [sum of widths] bias, undefined when the base has none). Adds each
+  // segment's adapter effect at every projection of `group`, in place.
+  // `y` may be a column view (row stride larger than its width).
+  virtual void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
+                         std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const = 0;
+};
+
+// The backend for a model on `device`: today ATen on any device, with
+// direct row kernels for small segments on the CPU (AtenDeltaBackend).
+std::unique_ptr<DeltaBackend> MakeDeltaBackend(c10::Device device);
+
+}  // namespace adapterd::model
+
+#endif  // ADAPTERD_SERVER_MODEL_DELTA_BACKEND_H_
