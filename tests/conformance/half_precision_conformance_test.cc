@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,7 +40,7 @@ constexpr int64_t kMinComparedTokens = 16;
 
 std::vector<std::vector<int64_t>> Prompts() {
   std::vector<std::vector<int64_t>> prompts;
-  for (int len : {1, 7, 23, 41}) {
+  for (int len : {1, 3, 7, 12, 23, 30, 41, 50}) {
     std::vector<int64_t> p;
     for (int i = 0; i < len; ++i) p.push_back((len * 29 + i * 13 + 5) % 250);
     prompts.push_back(p);
@@ -160,6 +161,7 @@ TEST_P(HalfPrecisionConformanceTest, MatchesTransformersInTheSameDtype) {
           << c.name << " prompt " << i << " step " << s << " (first near-tie at step " << agree << ")";
     }
     compared += agree;
+    std::cout << c.name << " prompt " << i << ": " << agree << " greedy tokens before the first near-tie\n";
   }
   EXPECT_GE(compared, kMinComparedTokens) << "too few greedy tokens before a near-tie to compare";
 }

@@ -1,5 +1,5 @@
-// The direct LoRA row kernels against ATen's products, for every stored
-// dtype, the ranks with a fixed-size path (8, 16, 32) and others, and widths
+// The direct LoRA row kernels against ATen's products (one module, and
+// several sharing one input), for every stored dtype, the ranks with a fixed-size path (8, 16, 32) and others, and widths
 // that are not multiples of a vector.
 #include "server/model/lora_row_kernel.h"
 
@@ -41,6 +41,24 @@ TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
   LoraShrinkRow(x.data_ptr<float>(), a_t.data_ptr(), c.type, in, r, scale, tmp.data());
   const at::Tensor got_tmp = at::from_blob(tmp.data(), {r}, at::kFloat);
   EXPECT_TRUE(at::allclose(got_tmp, want_tmp, 1e-5, 1e-4)) << (got_tmp - want_tmp).abs().max();
+
+  // Two, three and four modules sharing x (a group's q/k/v), in one pass:
+  // module m's result is its own shrink with its own scale.
+  std::vector<at::Tensor> as = {a_t};
+  for (int m = 1; m < 4; ++m) as.push_back((at::randn({in, r}) / 4).to(c.dtype).contiguous());
+  const float scales[4] = {1.5f, -0.5f, 2.0f, 0.25f};
+  for (int64_t count = 2; count <= 4; ++count) {
+    std::vector<const void*> ptrs;
+    for (int64_t m = 0; m < count; ++m) ptrs.push_back(as[m].data_ptr());
+    std::vector<float> multi(static_cast<size_t>(count * r), -1.0f);
+    LoraShrinkRowMulti(x.data_ptr<float>(), ptrs.data(), count, c.type, in, r, scales, multi.data());
+    for (int64_t m = 0; m < count; ++m) {
+      const at::Tensor want = at::mv(as[m].to(at::kFloat).t(), x) * scales[m];
+      const at::Tensor got = at::from_blob(multi.data() + m * r, {r}, at::kFloat);
+      EXPECT_TRUE(at::allclose(got, want, 1e-5, 1e-4)) << "count " << count << " module " << m << ": "
+                                                       << (got - want).abs().max();
+    }
+  }
 
   at::Tensor y = y0.clone();
   LoraExpandRow(want_tmp.data_ptr<float>(), b_t.data_ptr(), c.type, r, out, y.data_ptr<float>());

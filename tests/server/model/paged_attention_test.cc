@@ -62,13 +62,18 @@ void Check(const Case& c, at::ScalarType dtype, double tolerance) {
 }
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat32) {
-  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 4, 16, 8}, Case{6, 1, 8, 4}}) {
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 4, 16, 8}, Case{6, 1, 8, 4},
+                        Case{4, 2, 40, 8}}) {
     Check(c, at::kFloat, 1e-5);
   }
 }
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInBfloat16) {
   for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}}) Check(c, at::kBFloat16, 2e-2);
+}
+
+TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat16) {
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}}) Check(c, at::kHalf, 2e-3);
 }
 
 TEST(PagedAttentionTest, RefusesMixedDtypes) {
