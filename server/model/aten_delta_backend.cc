@@ -206,11 +206,16 @@ void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
                                  std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const {
   for (const AdapterSegment& s : segments) {
     for (const ProjSlice& slice : group) {
-      at::Tensor ys = y.narrow(1, slice.col, slice.width).narrow(0, s.start, s.rows);
+      // Views only where there is work: a step holds many segments, and
+      // each ATen view costs more than a decode row's arithmetic here.
       const Ia3Module* m = s.adapter->FindIa3(layer, slice.proj);
-      if (m != nullptr && !m->scales_input) ys.mul_(m->scale);
+      const at::Tensor* d = s.adapter->FindBiasDelta(layer, slice.proj);
+      const bool scales_output = m != nullptr && !m->scales_input;
+      if (!scales_output && d == nullptr) continue;
+      at::Tensor ys = y.narrow(1, slice.col, slice.width).narrow(0, s.start, s.rows);
+      if (scales_output) ys.mul_(m->scale);
       // Trained biases: the base's bias is in y, the adapter's difference is added.
-      if (const at::Tensor* d = s.adapter->FindBiasDelta(layer, slice.proj)) ys.add_(*d);
+      if (d != nullptr) ys.add_(*d);
     }
   }
   const bool direct = x.device().is_cpu() && RowLoopDtype(x.scalar_type()) && y.scalar_type() == x.scalar_type() &&

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -148,6 +149,20 @@ std::vector<std::string> Checkpoint::UnusedNames() const {
     if (!used_.contains(name)) out.push_back(name);
   }
   return out;
+}
+
+void Checkpoint::Release(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) return;
+  const SafetensorsFile& file = *files_[it->second];
+  if (!file.mapped()) return;
+  std::span<const std::byte> data = file.Data(*file.Find(name));
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data.data()) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data.data()) + data.size()) / page * page;
+  // Only pages wholly inside the tensor; an unchanged private page is read
+  // again from the file if touched, so this can never change what is read.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 void Checkpoint::Prefault() const {

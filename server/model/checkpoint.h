@@ -33,6 +33,13 @@ class Checkpoint {
                                  c10::ScalarType dtype, c10::Device device);
   bool Has(const std::string& name) const { return where_.contains(name); }
 
+  // Tells the checkpoint that tensor `name` was copied and its bytes in the
+  // file will not be read again (the model concatenated it): the whole
+  // pages it covers leave the process's resident memory (they are read
+  // again from the file if anything ever touches them). Other tensors that
+  // alias the mapping are unaffected. A no-op for unknown names and for
+  // files not mapped from disk.
+  void Release(const std::string& name) const;
   // Names that no Get() has asked for so far.
   std::vector<std::string> UnusedNames() const;
   // Reads every page of every file once, logging file, bytes and rate, so that

@@ -20,6 +20,7 @@
 #include "server/model/aten_delta_backend.h"
 #include "server/model/checkpoint.h"
 #include "server/model/paged_attention.h"
+#include "server/model/rms_norm.h"
 
 namespace adapterd::model {
 
@@ -45,14 +46,6 @@ namespace {
 
 std::optional<at::Tensor> Opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
-// LlamaRMSNorm / Qwen2RMSNorm: normalise in float32, scale in the model dtype.
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  at::Tensor h = x.to(at::kFloat);
-  at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
-  h = h * at::rsqrt(var + eps);
-  return weight * h.to(x.scalar_type());
 }
 
 // Inverse frequencies exactly as transformers computes them (float32 ops).
@@ -149,6 +142,10 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
       if (!status.ok()) return g;
       g.w = ws.size() == 1 ? ws[0] : at::cat(ws, 0);
       if (bias) g.b = bs.size() == 1 ? bs[0] : at::cat(bs, 0);
+      if (ws.size() > 1) {  // the file's copies of the weights are not read again
+        ws.clear();
+        for (const auto& [proj, out, in] : projs) (*ckpt)->Release(p + std::string(ProjPath(proj)) + ".weight");
+      }
       for (const ProjSlice& s : g.slices) {
         l.w[static_cast<int>(s.proj)] = g.w.narrow(0, s.col, s.width);
         if (bias) l.b[static_cast<int>(s.proj)] = g.b.narrow(0, s.col, s.width);

@@ -594,6 +594,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
         addr, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
     file->base_ = static_cast<const std::byte*>(addr);
     file->size_ = size;
+    file->mapped_ = true;
   }
   ::close(fd);  // the mapping stays valid
   if (absl::Status s = file->Parse(limits); !s.ok()) return s;

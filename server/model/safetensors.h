@@ -74,6 +74,9 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::span<const std::byte> Data(const StTensorInfo& info) const;
   uint64_t size_bytes() const { return size_; }
+  // Whether the bytes are a read-only private mapping of the file (Open), so
+  // that pages nobody reads any more can be dropped and read again on demand.
+  bool mapped() const { return mapped_; }
   // Keeps the underlying bytes alive; share it with tensors that alias them.
   std::shared_ptr<const void> data_owner() const { return owner_; }
 
@@ -85,6 +88,7 @@ class SafetensorsFile {
   std::shared_ptr<const void> owner_;
   const std::byte* base_ = nullptr;
   uint64_t size_ = 0;
+  bool mapped_ = false;
   const std::byte* buffer_ = nullptr;  // start of the data buffer
   uint64_t buffer_size_ = 0;
   std::vector<StTensorInfo> tensors_;

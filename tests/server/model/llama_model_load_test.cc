@@ -227,6 +227,37 @@ TEST_F(LlamaModelLoadTest, CheckpointF32GetAliasesTheMapping) {
   EXPECT_EQ(std::count(unused.begin(), unused.end(), std::string(kUpProj1)), 0);
 }
 
+TEST_F(LlamaModelLoadTest, ReleasedPagesReadTheFileAgain) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(demo());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  absl::StatusOr<at::Tensor> a = (*ckpt)->Get(kUpProj1, {688, 256}, at::kFloat, at::kCPU);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string before(Bytes(*a));
+  (*ckpt)->Release(kUpProj1);
+  (*ckpt)->Release("no.such.tensor");
+  EXPECT_EQ(Bytes(*a), before) << "an alias of released pages must still read the file's bytes";
+}
+
+TEST_F(LlamaModelLoadTest, FusedProjectionsAreTheFilesWeights) {
+  absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(demo(), {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
+      SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
+  ASSERT_TRUE(f.ok()) << f.status();
+  for (int64_t layer = 0; layer < (*m)->config().num_layers; ++layer) {
+    for (int p = 0; p < kNumProj; ++p) {
+      const std::string name =
+          absl::StrCat("model.layers.", layer, ".") + std::string(ProjPath(static_cast<Proj>(p))) + ".weight";
+      const StTensorInfo* info = (*f)->Find(name);
+      ASSERT_NE(info, nullptr) << name;
+      const at::Tensor& w = (*m)->ProjWeight(layer, static_cast<Proj>(p));
+      EXPECT_TRUE(w.is_contiguous()) << name;
+      EXPECT_EQ(w.sizes().vec(), info->shape) << name;
+      EXPECT_EQ(Bytes(w), Bytes((*f)->Data(*info))) << name;
+    }
+  }
+}
+
 // ------------------------------------------------------ missing tensor -----
 
 TEST_F(LlamaModelLoadTest, MissingTensor) {
