@@ -83,6 +83,18 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
+// Whether a prompt chunk's attention takes SDPA's blocked (flash) kernel,
+// whose memory is linear in the context, rather than its math path, which
+// materialises [heads, n, context] scores. In float32 always: the two agree
+// to rounding. In bfloat16 and float16 the math path is what transformers
+// runs (its GQA call), and the blocked kernel's different rounding moves
+// logits by a few percent, so half precision takes it only where the
+// scores would pass 16 MiB (a long prompt's chunks).
+bool BlockedPrefill(at::ScalarType dtype, int64_t heads, int64_t n, int64_t context) {
+  constexpr int64_t kMaxHalfScores = int64_t{4} << 20;  // float32 scores
+  return dtype == at::kFloat || heads * n * context > kMaxHalfScores;
+}
+
 at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
   return at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong));
 }
@@ -396,12 +408,26 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
         off += 1;
         continue;
       }
-      at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);  // [nh, n, hd]
+      at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);   // [nh, n, hd]
       at::Tensor ks = kc.index_select(0, read_slots[s]).transpose(0, 1);  // [nkv, L, hd]
       at::Tensor vs = vc.index_select(0, read_slots[s]).transpose(0, 1);
       const bool causal = sc.num_tokens > 1 && sc.context_len == 0;
-      at::Tensor o = at::scaled_dot_product_attention(qs, ks, vs, masks[s], 0.0, causal, scale,
-                                                      /*enable_gqa=*/c.num_heads != c.num_kv_heads);
+      at::Tensor o;
+      if (BlockedPrefill(q.scalar_type(), c.num_heads, sc.num_tokens, ks.size(1))) {
+        // Four dimensions and as many KV heads as query heads are what
+        // SDPA's blocked (flash) kernel takes; its memory is linear in L.
+        const int64_t group = c.num_heads / c.num_kv_heads;
+        if (group > 1) {
+          ks = ks.repeat_interleave(group, 0);
+          vs = vs.repeat_interleave(group, 0);
+        }
+        o = at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), masks[s], 0.0,
+                                             causal, scale)
+                .squeeze(0);
+      } else {
+        o = at::scaled_dot_product_attention(qs, ks, vs, masks[s], 0.0, causal, scale,
+                                             /*enable_gqa=*/c.num_heads != c.num_kv_heads);
+      }
       attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
       off += sc.num_tokens;
     }
