@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "server/model/adapter_ops.h"
 #include "server/model/lora_row_kernel.h"
 
 namespace adapterd::model {
@@ -240,6 +241,16 @@ void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
     if (!row_work.modules.empty()) small.push_back(std::move(row_work));
   }
   if (!small.empty()) AddSmallSegments(x, y, bias, small);
+}
+
+void AtenDeltaBackend::ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
+                                        BottleneckLocation loc, std::span<const AdapterSegment> segments) const {
+  for (const AdapterSegment& s : segments) {
+    const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
+    if (m == nullptr) continue;
+    out.narrow(0, s.start, s.rows)
+        .copy_(BottleneckForward(*m, h.narrow(0, s.start, s.rows), x.narrow(0, s.start, s.rows)));
+  }
 }
 
 std::unique_ptr<DeltaBackend> MakeDeltaBackend(c10::Device device) {

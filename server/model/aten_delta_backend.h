@@ -13,7 +13,9 @@ namespace adapterd::model {
 // over its rows (lora_row_kernel.h): one pass over the shared input for all
 // of a group's LoRA shrinks, then each projection's expand, segments in
 // parallel. Larger segments, and every segment on other devices, take two
-// ATen products per module. Stateless and immutable: safe from any thread.
+// ATen products per module. Bottleneck adapters are ATen operations per
+// segment (BottleneckForward). Stateless and immutable: safe from any
+// thread.
 class AtenDeltaBackend : public DeltaBackend {
  public:
   // Rows at or below this count per segment take the direct row loop: in
@@ -25,6 +27,8 @@ class AtenDeltaBackend : public DeltaBackend {
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
                  std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const override;
+  void ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
+                        BottleneckLocation loc, std::span<const AdapterSegment> segments) const override;
 };
 
 }  // namespace adapterd::model

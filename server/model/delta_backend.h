@@ -25,8 +25,9 @@ struct ProjSlice {
 };
 
 // A DeltaBackend applies the adapters of a step's rows at the base model's
-// projections: IA3 rescaling, trained bias deltas, and LoRA (DoRA
-// included) deltas, for every row segment through its own adapter. The base
+// projections (IA3 rescaling, trained bias deltas, and LoRA deltas, DoRA
+// included) and at its residual connections (bottleneck adapters), for
+// every row segment through its own adapter. The base
 // product itself is the model's; a backend never sees it computed, only
 // adds to it. One backend is chosen when the model is created, for the
 // model's device; nothing above the model knows which.
@@ -51,6 +52,13 @@ class DeltaBackend {
   // `y` may be a column view (row stride larger than its width).
   virtual void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
                          std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const = 0;
+
+  // Bottleneck adapters at `loc` of `layer`: `out` [T, hidden] holds x + h
+  // for every row (h the sublayer's output, x its residual input); the rows
+  // of each segment whose adapter has a module there are replaced by the
+  // module's output (AdapterHub's placement, see BottleneckForward).
+  virtual void ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
+                                BottleneckLocation loc, std::span<const AdapterSegment> segments) const = 0;
 };
 
 // The backend for a model on `device`: today ATen on any device, with

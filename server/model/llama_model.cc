@@ -267,12 +267,7 @@ at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_
                                StepProfile* prof) const {
   at::Tensor out = x + h;
   ScopedTimer timer(prof != nullptr && !segments.empty() ? &prof->adapters : nullptr);
-  for (const Segment& s : segments) {
-    const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
-    if (m == nullptr) continue;
-    out.narrow(0, s.start, s.rows)
-        .copy_(BottleneckForward(*m, h.narrow(0, s.start, s.rows), x.narrow(0, s.start, s.rows)));
-  }
+  delta_backend_->ApplyBottlenecks(x, h, out, layer, loc, segments);
   return out;
 }
 
