@@ -3,15 +3,11 @@
 #include <algorithm>
 #include <bit>
 
+#include "server/model/cpu_clones.h"
+
 namespace adapterd::model {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTERD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define ADAPTERD_CLONES
-#endif
-#define ADAPTERD_INLINE inline __attribute__((always_inline))
 
 // Stored element -> fp32, exactly.
 struct F32 {

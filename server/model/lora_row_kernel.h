@@ -16,9 +16,9 @@ namespace adapterd::model {
 // are widened exactly on load, so the arithmetic is the fp32 product of the
 // stored values.
 //
-// The file is compiled at -O3 and each function is cloned for x86-64-v3
-// (AVX2 + FMA + F16C) with a baseline fallback chosen at load time, so the
-// binary still runs on any x86-64.
+// The file is compiled at -O3 and each function is cloned for AVX-512 and
+// AVX2 + FMA + F16C with a baseline fallback chosen at load time
+// (cpu_clones.h), so the binary still runs on any x86-64.
 
 enum class LoraWeightType { kF32, kF16, kBF16 };
 

@@ -10,18 +10,10 @@
 #include <cmath>
 #include <limits>
 
+#include "server/model/cpu_clones.h"
+
 namespace adapterd::model {
 
-// The per-(row, KV head) body, cloned for AVX-512 and AVX2 with a baseline
-// fallback chosen at load time (the build targets any x86-64). Dot products
-// keep 16 independent partial sums, so they vectorise without reassociating
-// a single sum.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTERD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define ADAPTERD_CLONES
-#endif
-#define ADAPTERD_INLINE inline __attribute__((always_inline))
 
 enum class CacheType { kF32, kBF16, kF16 };
 
@@ -114,7 +106,9 @@ ADAPTERD_INLINE void RowHead(const typename W::T* q, const typename W::T* k_cach
 
 }  // namespace
 
-// Rows [begin, end) of the flattened (row, KV head) work list.
+// Rows [begin, end) of the flattened (row, KV head) work list; the loop
+// that is cloned per instruction set (cpu_clones.h). Dot products keep 16
+// independent partial sums, so they vectorise without reassociating one sum.
 void PagedAttentionRange(CacheType type, const void* q, const void* k_cache, const void* v_cache,
                          std::span<const DecodeRow> rows, int64_t begin, int64_t end, int64_t heads,
                          int64_t kv_heads, int64_t hd, int64_t block_size, float scale, void* out,

@@ -7,13 +7,10 @@
 
 #include <cmath>
 
+#include "server/model/cpu_clones.h"
+
 namespace adapterd::model {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ADAPTERD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define ADAPTERD_CLONES
-#endif
 
 enum class NormType { kF32, kBF16, kF16 };
 

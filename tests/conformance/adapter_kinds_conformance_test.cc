@@ -128,12 +128,7 @@ class AdapterKindsConformanceTest : public ::testing::Test {
       if (!r.ok()) return void(*ref_error_ = absl::StrCat(k.name, ": ", r.status().ToString()));
       (k.script == "peft_reference.py" ? peft : hub).push_back(absl::StrCat(k.name, "=", *dir_, "/", k.name));
     }
-    {
-      std::ofstream p(*dir_ + "/prompts.json");
-      std::vector<std::string> rows;
-      for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-      p << "[" << absl::StrJoin(rows, ",") << "]";
-    }
+    testing::WritePrompts(*dir_ + "/prompts.json", Prompts());
     for (auto [script, list, out] : {std::tuple{"adapters_reference.py", &hub, "hub.safetensors"},
                                      std::tuple{"peft_reference.py", &peft, "peft.safetensors"}}) {
       auto r = testing::RunCommand(absl::StrCat(*py, " ", testing::SourceDir(), "/tests/conformance/", script,

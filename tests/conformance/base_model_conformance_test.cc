@@ -59,12 +59,7 @@ TEST_P(BaseModelConformanceTest, MatchesTransformers) {
   const std::string model_dir = dir + "/model";
   auto made = testing::RunReference(absl::StrCat("make-model --out ", model_dir, " ", c.make_args));
   ASSERT_TRUE(made.ok()) << made.status();
-  {
-    std::ofstream p(dir + "/prompts.json");
-    std::vector<std::string> rows;
-    for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-    p << "[" << absl::StrJoin(rows, ",") << "]";
-  }
+  testing::WritePrompts(dir + "/prompts.json", Prompts());
   auto ref_run = testing::RunReference(absl::StrCat("reference --model ", model_dir, " --prompts ",
                                                     dir, "/prompts.json --out ", dir,
                                                     "/ref.safetensors --new-tokens ", kNewTokens));

@@ -97,12 +97,7 @@ class ComposeConformanceTest : public ::testing::TestWithParam<ComposeSetup> {
       ASSERT_TRUE(r.ok()) << r.status();
       adapter_args.push_back(absl::StrCat(a.name, "=", dir_, "/", a.name));
     }
-    {
-      std::ofstream p(dir_ + "/prompts.json");
-      std::vector<std::string> rows;
-      for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-      p << "[" << absl::StrJoin(rows, ",") << "]";
-    }
+    testing::WritePrompts(dir_ + "/prompts.json", Prompts());
     auto ref_run = testing::RunCommand(absl::StrCat(
         py, " ", scripts, "compose_reference.py reference --model ", base_dir_, " --adapters ",
         absl::StrJoin(adapter_args, ","), " --prompts ", dir_, "/prompts.json --out ", dir_,

@@ -147,12 +147,7 @@ const Made& MakeOnce(const HeadsSetup& setup) {
     if (!r.ok()) return m->error = absl::StrCat(a.name, ": ", r.status().ToString()), *m;
     list.push_back(absl::StrCat(a.name, "=", m->dir, "/", a.name));
   }
-  {
-    std::ofstream p(m->dir + "/prompts.json");
-    std::vector<std::string> rows;
-    for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-    p << "[" << absl::StrJoin(rows, ",") << "]";
-  }
+  testing::WritePrompts(m->dir + "/prompts.json", Prompts());
   auto r = testing::RunCommand(absl::StrCat(script, "reference --model ", base, " --adapters ",
                                             absl::StrJoin(list, ","), " --prompts ", m->dir, "/prompts.json --out ",
                                             m->dir, "/ref.safetensors --new-tokens ", kNewTokens));

@@ -73,12 +73,7 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
     ASSERT_TRUE(r.ok()) << r.status();
     adapter_args.push_back(absl::StrCat(a.name, "=", dir, "/", a.name));
   }
-  {
-    std::ofstream p(dir + "/prompts.json");
-    std::vector<std::string> rows;
-    for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-    p << "[" << absl::StrJoin(rows, ",") << "]";
-  }
+  testing::WritePrompts(dir + "/prompts.json", Prompts());
   auto ref_run = testing::RunCommand(absl::StrCat(
       *testing::ReferencePython(), " ", testing::SourceDir(), "/tests/conformance/peft_reference.py reference --model ",
       base_dir, " --adapters ", absl::StrJoin(adapter_args, ","), " --prompts ", dir,

@@ -87,12 +87,7 @@ class PromptMethodsConformanceTest : public ::testing::Test {
     std::filesystem::create_directories(shared);
     auto py = testing::ReferencePython();
     if (!py.ok()) return;
-    {
-      std::ofstream p(*dir_ + "/prompts.json");
-      std::vector<std::string> rows;
-      for (const auto& prompt : Prompts()) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
-      p << "[" << absl::StrJoin(rows, ",") << "]";
-    }
+    testing::WritePrompts(*dir_ + "/prompts.json", Prompts());
     int seed = 500;
     for (const std::string arch : {"llama", "qwen2"}) {
       const std::string d = *dir_ + "/" + arch;

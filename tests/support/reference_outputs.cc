@@ -5,9 +5,20 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 
 namespace adapterd::testing {
+
+void WritePrompts(const std::string& path, const std::vector<std::vector<int64_t>>& prompts) {
+  std::vector<std::string> rows;
+  for (const auto& prompt : prompts) rows.push_back(absl::StrCat("[", absl::StrJoin(prompt, ","), "]"));
+  std::ofstream out(path);
+  out << "[" << absl::StrJoin(rows, ",") << "]";
+  out.close();
+  if (!out) ADD_FAILURE() << "cannot write " << path;
+}
 
 at::Tensor ReadReference(const model::SafetensorsFile& f, const std::string& name) {
   const model::StTensorInfo* info = f.Find(name);

@@ -1,5 +1,5 @@
-// Helpers the conformance tests share: reading reference tensors written by
-// the Python reference scripts, loading adapters over the Admin API, and a
+// Helpers the conformance tests share: writing the prompts the Python
+// reference scripts read and reading the tensors they write, loading adapters over the Admin API, and a
 // ResultSink that collects one request's tokens.
 #ifndef ADAPTERD_TESTS_SUPPORT_REFERENCE_OUTPUTS_H_
 #define ADAPTERD_TESTS_SUPPORT_REFERENCE_OUTPUTS_H_
@@ -21,6 +21,10 @@ namespace adapterd::testing {
 // An owned copy of tensor `name` (F32 or I64); a test failure and zeros if
 // the file lacks it.
 at::Tensor ReadReference(const model::SafetensorsFile& f, const std::string& name);
+
+// Writes `prompts` as the JSON list of token id lists that the reference
+// scripts read (`--prompts`); a test failure if it cannot.
+void WritePrompts(const std::string& path, const std::vector<std::vector<int64_t>>& prompts);
 
 // The elements of an int64 tensor.
 std::vector<int64_t> ToVector(const at::Tensor& t);
