@@ -89,10 +89,13 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // to rounding. In bfloat16 and float16 the math path is what transformers
 // runs (its GQA call), and the blocked kernel's different rounding moves
 // logits by a few percent, so half precision takes it only where the
-// scores would pass 16 MiB (a long prompt's chunks).
+// scores would pass 16 MiB (a long prompt's chunks). A single query row
+// (a decode row that is not read in place) never does: its scores are
+// already linear in the context, and repeating GQA's KV heads would only
+// copy them.
 bool BlockedPrefill(at::ScalarType dtype, int64_t heads, int64_t n, int64_t context) {
   constexpr int64_t kMaxHalfScores = int64_t{4} << 20;  // float32 scores
-  return dtype == at::kFloat || heads * n * context > kMaxHalfScores;
+  return n > 1 && (dtype == at::kFloat || heads * n * context > kMaxHalfScores);
 }
 
 at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
