@@ -1,7 +1,7 @@
 #include "server/model/aten_delta_backend.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include "server/common/parallel.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
