@@ -1,7 +1,6 @@
 #include "server/model/aten_delta_backend.h"
 
 #include <ATen/ATen.h>
-#include "server/common/parallel.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -9,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "server/common/parallel.h"
 #include "server/model/adapter_ops.h"
 #include "server/model/lora_row_kernel.h"
 
@@ -83,37 +83,22 @@ struct SmallSegment {
   std::vector<RowModule> modules;
 };
 
+LoraWeightType RowType(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? LoraWeightType::kBF16
+         : t.scalar_type() == at::kHalf   ? LoraWeightType::kF16
+                                          : LoraWeightType::kF32;
+}
+
 // Row `row` of a float32, bfloat16 or float16 matrix with row stride `ld`,
-// widened to float32 (n elements).
+// widened to float32 (n elements), and back.
 void LoadRow(const at::Tensor& t, int64_t row, int64_t n, float* dst) {
-  const int64_t ld = t.stride(0);
-  switch (t.scalar_type()) {
-    case at::kBFloat16: {
-      const c10::BFloat16* src = t.data_ptr<c10::BFloat16>() + row * ld;
-      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(src[k]);
-      return;
-    }
-    case at::kHalf: {
-      const c10::Half* src = t.data_ptr<c10::Half>() + row * ld;
-      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(src[k]);
-      return;
-    }
-    default: {
-      const float* src = t.data_ptr<float>() + row * ld;
-      std::copy(src, src + n, dst);
-    }
-  }
+  const auto* base = static_cast<const char*>(t.data_ptr());
+  WidenRow(base + row * t.stride(0) * t.element_size(), RowType(t), n, dst);
 }
 
 void StoreRow(const float* src, int64_t n, at::Tensor& t, int64_t row) {
-  const int64_t ld = t.stride(0);
-  if (t.scalar_type() == at::kBFloat16) {
-    c10::BFloat16* dst = t.data_ptr<c10::BFloat16>() + row * ld;
-    for (int64_t k = 0; k < n; ++k) dst[k] = c10::BFloat16(src[k]);
-  } else {
-    c10::Half* dst = t.data_ptr<c10::Half>() + row * ld;
-    for (int64_t k = 0; k < n; ++k) dst[k] = c10::Half(src[k]);
-  }
+  auto* base = static_cast<char*>(t.data_ptr());
+  NarrowRow(src, n, RowType(t), base + row * t.stride(0) * t.element_size());
 }
 
 // All of one row's modules: when they share type and rank (a group's q, k

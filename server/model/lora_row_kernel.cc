@@ -115,7 +115,45 @@ ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t 
   }
 }
 
+template <class W>
+ADAPTERD_INLINE void Widen(const void* src, int64_t n, float* __restrict dst) {
+  const auto* s = static_cast<const typename W::T*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = W::Load(s + i);
+}
+
 }  // namespace
+
+ADAPTERD_CLONES
+void WidenRow(const void* src, LoraWeightType type, int64_t n, float* __restrict dst) {
+  switch (type) {
+    case LoraWeightType::kF32: return Widen<F32>(src, n, dst);
+    case LoraWeightType::kF16: return Widen<F16>(src, n, dst);
+    case LoraWeightType::kBF16: return Widen<BF16>(src, n, dst);
+  }
+}
+
+ADAPTERD_CLONES
+void NarrowRow(const float* __restrict src, int64_t n, LoraWeightType type, void* dst) {
+  switch (type) {
+    case LoraWeightType::kF32:
+      std::copy(src, src + n, static_cast<float*>(dst));
+      return;
+    case LoraWeightType::kF16: {
+      auto* d = static_cast<_Float16*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = static_cast<_Float16>(src[i]);
+      return;
+    }
+    case LoraWeightType::kBF16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t u = std::bit_cast<uint32_t>(src[i]);
+        const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        d[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+      }
+      return;
+    }
+  }
+}
 
 ADAPTERD_CLONES
 void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType type, int64_t in,

@@ -39,6 +39,13 @@ void LoraShrinkRowMulti(const float* x, const void* const* a_ts, int64_t count, 
 void LoraExpandRow(const float* tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
                    float* y);
 
+// Half-precision activation rows for the kernels above: dst[0, n) = src's
+// n elements of `type` widened to fp32 (exactly), and back, rounded to the
+// nearest with ties to even as c10::BFloat16 and c10::Half round (a NaN
+// becomes bfloat16's quiet NaN 0x7FC0).
+void WidenRow(const void* src, LoraWeightType type, int64_t n, float* dst);
+void NarrowRow(const float* src, int64_t n, LoraWeightType type, void* dst);
+
 }  // namespace adapterd::model
 
 #endif  // ADAPTERD_SERVER_MODEL_LORA_ROW_KERNEL_H_

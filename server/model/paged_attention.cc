@@ -1,7 +1,6 @@
 #include "server/model/paged_attention.h"
 
 #include <ATen/ATen.h>
-#include "server/common/parallel.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -10,6 +9,7 @@
 #include <cmath>
 #include <limits>
 
+#include "server/common/parallel.h"
 #include "server/model/cpu_clones.h"
 
 namespace adapterd::model {
@@ -167,7 +167,14 @@ void PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const 
   const void* vp = v_cache.data_ptr();
   void* op = out.data_ptr();
   const int64_t work = static_cast<int64_t>(rows.size()) * kv_heads;
-  at::parallel_for(0, work, 1, [&](int64_t begin, int64_t end) {
+  // Threads only where the step reads enough of the cache to pay for waking
+  // them: one short row is microseconds of work.
+  constexpr int64_t kElementsPerThread = int64_t{1} << 16;
+  int64_t context = 0;
+  for (const DecodeRow& r : rows) context += r.length;
+  const int64_t per_item = std::max<int64_t>(1, context * heads * hd / work);
+  const int64_t grain = std::max<int64_t>(1, kElementsPerThread / per_item);
+  at::parallel_for(0, work, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch;
     PagedAttentionRange(type, qp, kp, vp, rows, begin, end, heads, kv_heads, hd, block_size,
                         static_cast<float>(scale), op, scratch);

@@ -1,12 +1,13 @@
 #include "server/model/rms_norm.h"
 
 #include <ATen/ATen.h>
-#include "server/common/parallel.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "server/common/parallel.h"
 #include "server/model/cpu_clones.h"
 
 namespace adapterd::model {
@@ -87,7 +88,11 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const void* xp = x.data_ptr();
   const void* wp = weight.data_ptr();
   void* op = out.data_ptr();
-  at::parallel_for(0, x.size(0), 16, [&](int64_t begin, int64_t end) {
+  // Threads only where each gets enough rows to pay for waking it: a decode
+  // step's few rows are microseconds of work.
+  constexpr int64_t kElementsPerThread = int64_t{1} << 16;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerThread / std::max<int64_t>(n, 1));
+  at::parallel_for(0, x.size(0), grain, [&](int64_t begin, int64_t end) {
     RmsNormRows(type, xp, wp, begin, end, n, static_cast<float>(eps), op);
   });
   return out;

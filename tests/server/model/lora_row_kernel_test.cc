@@ -5,7 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <bit>
 #include <cstdint>
+#include <limits>
 #include <ostream>
 #include <string>
 #include <tuple>
@@ -63,6 +65,39 @@ TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
   at::Tensor y = y0.clone();
   LoraExpandRow(want_tmp.data_ptr<float>(), b_t.data_ptr(), c.type, r, out, y.data_ptr<float>());
   EXPECT_TRUE(at::allclose(y, want_y, 1e-5, 1e-4)) << (y - want_y).abs().max();
+}
+
+// Activation rows round-trip as ATen converts them: widening is exact, and
+// narrowing rounds as to(dtype) does, ties to even, infinities and NaNs
+// included, over lengths that end in a vector's tail.
+TEST(LoraRowConversionTest, RowsConvertAsAtenDoes) {
+  at::manual_seed(3);
+  for (const Case c : {Case{at::kBFloat16, LoraWeightType::kBF16}, Case{at::kHalf, LoraWeightType::kF16}}) {
+    for (const int64_t n : {int64_t{1}, int64_t{17}, int64_t{4099}}) {
+      at::Tensor src = at::randn({n}) * 1000;
+      // Exact ties between two bfloat16 values, and values past float16's range.
+      if (n > 8) {
+        src[0] = std::bit_cast<float>(uint32_t{0x3F808000});
+        src[1] = std::bit_cast<float>(uint32_t{0x3F818000});
+        src[2] = std::numeric_limits<float>::infinity();
+        src[3] = -std::numeric_limits<float>::quiet_NaN();
+        src[4] = 70000.0f;
+        src[5] = -1e-8f;
+      }
+      const at::Tensor want = src.to(c.dtype);
+      at::Tensor got = at::empty({n}, c.dtype);
+      NarrowRow(src.data_ptr<float>(), n, c.type, got.data_ptr());
+      const at::Tensor want_bits = want.view(at::kShort), got_bits = got.view(at::kShort);
+      const at::Tensor nan = want.isnan();
+      EXPECT_TRUE(at::equal(got.isnan(), nan)) << c.dtype << " n=" << n;
+      EXPECT_TRUE(at::equal(got_bits.masked_fill(nan, 0), want_bits.masked_fill(nan, 0))) << c.dtype << " n=" << n;
+
+      std::vector<float> wide(static_cast<size_t>(n));
+      WidenRow(want.data_ptr(), c.type, n, wide.data());
+      const at::Tensor widened = at::from_blob(wide.data(), {n}, at::kFloat);
+      EXPECT_TRUE(at::equal(widened.nan_to_num(0), want.to(at::kFloat).nan_to_num(0))) << c.dtype << " n=" << n;
+    }
+  }
 }
 
 std::string CaseName(const ::testing::TestParamInfo<std::tuple<Case, int64_t, int64_t>>& info) {
