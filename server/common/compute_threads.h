@@ -2,24 +2,13 @@
 #ifndef ADAPTERD_SERVER_COMMON_COMPUTE_THREADS_H_
 #define ADAPTERD_SERVER_COMMON_COMPUTE_THREADS_H_
 
-#include <cstdint>
-
 namespace adapterd {
 
 // Sets the threads LibTorch computes with, for the rest of the process:
 // ATen's intra-op threads (which also run adapterd's own kernels, through
 // at::parallel_for) and OpenBLAS's, which ATen's setting does not reach.
-// Where OpenBLAS can hand its parallel jobs to the caller (0.3.27 and
-// later), they run on ATen's pool from then on, so the process computes on
-// one pool of `threads` threads. Call once at start-up, before anything
-// computes.
+// Call once at start-up, before anything computes.
 void SetComputeThreads(int threads);
-
-// Whether SetComputeThreads put OpenBLAS's jobs on ATen's pool.
-bool BlasRunsOnAtenPool();
-
-// OpenBLAS calls so far whose jobs (more than one) ran there.
-int64_t BlasParallelCalls();
 
 // ScopedComputeThreads sets the threads LibTorch computes with, for its
 // lifetime: ATen's intra-op threads and, when the BLAS that LibTorch calls
