@@ -2,7 +2,6 @@
 #ifndef ADAPTERD_SERVER_ENGINE_SAMPLER_H_
 #define ADAPTERD_SERVER_ENGINE_SAMPLER_H_
 
-#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -15,8 +14,10 @@ namespace adapterd::engine {
 
 // Chooses the next token of one sequence from its logits: greedy when
 // temperature is 0, else temperature, top-k and top-p filtering followed by a
-// draw from the sequence's own generator, so that a seeded request gives the
-// same tokens whatever else is in the batch. Not thread-safe.
+// draw. The draw reads one uniform number made from the sequence's seed and
+// its count of draws (no generator object, nothing on the device), so a
+// seeded request gives the same tokens whatever else is in the batch and
+// on whatever device its logits are. Not thread-safe.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
@@ -25,24 +26,25 @@ class Sampler {
     int64_t token = 0;
     float logprob = 0;  // log_softmax of the raw logits; set when return_logprobs
   };
-  // `logits` is a float32 [vocab] row on the CPU.
+  // `logits` is one [vocab] row, on any device.
   Choice Sample(const at::Tensor& logits);
-  // What Sample() gives each row of `logits` [rows, vocab] (float32, CPU)
-  // with samplers[i] for row i, but batched: the greedy rows take one
-  // argmax over all of them, and the log-probabilities of the rows that
-  // return them one log_softmax and one gather, each read once; only rows
-  // that draw at random run on their own, each from its own generator.
+  // What Sample() gives each row of `logits` [rows, vocab] (any device and
+  // floating dtype) with samplers[i] for row i, batched: one argmax for the
+  // greedy rows, one pass of each filter for the rows that draw, one
+  // log_softmax and gather for the rows that return log-probabilities, and
+  // one copy of the step's tokens to the host (a second for the
+  // log-probabilities, when any row asks). Nothing runs per row.
   static std::vector<Choice> SampleRows(const at::Tensor& logits, std::span<Sampler* const> samplers);
 
   uint64_t seed() const { return seed_; }
 
  private:
-  // A random draw from one row after temperature, top-k and top-p.
-  int64_t Draw(const at::Tensor& logits);
+  // The uniform number in (0, 1) of this sequence's next draw.
+  double NextUniform();
 
   SamplingParams params_;
   uint64_t seed_;
-  at::Generator generator_;
+  uint64_t draws_ = 0;
 };
 
 }  // namespace adapterd::engine

@@ -22,7 +22,10 @@ Structural rules, for server/ and adapters/:
   - nothing sleeps to wait for something (SleepFor, sleep_for, usleep,
     nanosleep): waits are notifications;
   - nothing includes torch/torch.h (headers that only pass tensors include
-    ATen/core/Tensor.h; math .cc files include ATen/ATen.h).
+    ATen/core/Tensor.h; math .cc files include ATen/ATen.h);
+  - nothing a serving step runs (server/engine/, and server/model/ but its
+    trainers) reads one tensor element back with .item(): a step copies
+    what the host needs once, for all rows.
 
 Exits 1 and names every offending line.
 """
@@ -42,6 +45,12 @@ RANK = {
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 SLEEP = re.compile(r"\b(SleepFor|sleep_for|usleep|nanosleep)\s*\(")
 SOURCE_EXT = (".h", ".cc", ".cu", ".cuh")
+ITEM = re.compile(r"\.item\s*(<[^>]*>)?\s*\(")
+NOT_A_STEP = ("server/model/lm_trainer.cc", "server/model/demo_trainer.cc", "server/model/trainable_llama.cc")
+
+
+def in_step(path):
+    return path.startswith(("server/engine/", "server/model/")) and path not in NOT_A_STEP
 
 
 def layer_of(path):
@@ -99,6 +108,8 @@ def check(root):
                             dst = layer_of(target) if "/" in target else None
                             if not allowed(src, dst):
                                 errors.append(f"{path}:{n}: layer '{src}' includes {target} of layer '{dst}'")
+                        if in_step(path) and ITEM.search(line.split("//")[0]):
+                            errors.append(f"{path}:{n}: reads an element back per call ({line.strip()})")
                         if top in ("server", "adapters") and SLEEP.search(line.split("//")[0]):
                             errors.append(f"{path}:{n}: sleeps ({line.strip()}); wait on a notification instead")
     return files, errors

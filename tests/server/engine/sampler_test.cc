@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <set>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -154,6 +157,119 @@ TEST(SamplerTest, SampleRowsMatchesSamplePerRow) {
     logits = logits.roll(1, 1);
   }
   EXPECT_EQ(Sampler::SampleRows(logits.narrow(0, 0, 0), {}).size(), 0u);
+}
+
+// One row's distribution after temperature, top-k (ties with the k-th
+// kept) and top-p (the most likely tokens, in order, until their mass
+// reaches p), computed here in double with plain loops.
+std::vector<double> Filtered(const std::vector<float>& logits, const SamplingParams& p) {
+  const size_t vocab = logits.size();
+  std::vector<double> l(vocab);
+  for (size_t i = 0; i < vocab; ++i) l[i] = logits[i] / p.temperature;
+  std::vector<size_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return l[a] > l[b]; });
+  std::vector<bool> keep(vocab, true);
+  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < vocab) {
+    const double kth = l[order[p.top_k - 1]];
+    for (size_t i = 0; i < vocab; ++i) keep[i] = l[i] >= kth;
+  }
+  const auto normalised = [&] {
+    std::vector<double> w(vocab, 0.0);
+    double sum = 0;
+    for (size_t i = 0; i < vocab; ++i) sum += keep[i] ? std::exp(l[i]) : 0.0;
+    for (size_t i = 0; i < vocab; ++i) w[i] = keep[i] ? std::exp(l[i]) / sum : 0.0;
+    return w;
+  };
+  if (p.top_p > 0 && p.top_p < 1) {
+    const std::vector<double> w = normalised();
+    double before = 0;
+    for (size_t j : order) {
+      if (!keep[j]) continue;
+      if (before >= p.top_p) keep[j] = false;
+      before += w[j];
+    }
+  }
+  return normalised();
+}
+
+// Rows with different filters, drawn together step after step: each row's
+// tokens follow its own filtered distribution (every frequency within five
+// standard deviations), and filtered-out tokens never come.
+TEST(SamplerTest, BatchedDrawsFollowEachRowsDistribution) {
+  const std::vector<float> logits = {2.0f, 1.0f, 0.5f, 0.5f, -1.0f, 0.0f};
+  std::vector<SamplingParams> params(4);
+  params[0].temperature = 1.0;
+  params[1].temperature = 0.5;
+  params[1].top_k = 3;
+  params[2].temperature = 1.5;
+  params[2].top_p = 0.8;
+  params[3].temperature = 1.0;
+  params[3].top_k = 4;
+  params[3].top_p = 0.6;
+  std::vector<Sampler> samplers;
+  std::vector<Sampler*> ptrs;
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].seed = 500 + i;
+    samplers.emplace_back(params[i]);
+  }
+  for (Sampler& s : samplers) ptrs.push_back(&s);
+  const int64_t rows = static_cast<int64_t>(params.size()), vocab = static_cast<int64_t>(logits.size());
+  const at::Tensor batch = at::tensor(logits, at::kFloat).unsqueeze(0).expand({rows, vocab}).contiguous();
+  const int n = 3000;
+  std::vector<std::vector<int>> counts(params.size(), std::vector<int>(logits.size(), 0));
+  for (int step = 0; step < n; ++step) {
+    const std::vector<Sampler::Choice> got = Sampler::SampleRows(batch, ptrs);
+    for (size_t r = 0; r < got.size(); ++r) {
+      ASSERT_GE(got[r].token, 0);
+      ASSERT_LT(got[r].token, vocab);
+      ++counts[r][got[r].token];
+    }
+  }
+  for (size_t r = 0; r < params.size(); ++r) {
+    const std::vector<double> want = Filtered(logits, params[r]);
+    for (size_t t = 0; t < logits.size(); ++t) {
+      const double freq = static_cast<double>(counts[r][t]) / n;
+      if (want[t] == 0) {
+        EXPECT_EQ(counts[r][t], 0) << "row " << r << " token " << t << " is filtered out";
+        continue;
+      }
+      EXPECT_NEAR(freq, want[t], 5 * std::sqrt(want[t] * (1 - want[t]) / n)) << "row " << r << " token " << t;
+    }
+  }
+}
+
+// Half-precision logits (as a bf16 model's head gives them) are filtered
+// and drawn from in float32: the same tokens as from their float32 copy.
+TEST(SamplerTest, HalfPrecisionLogitsDrawAsTheirFloatCopy) {
+  at::manual_seed(5);
+  const at::Tensor logits = (at::randn({6, 40}) * 2).to(at::kBFloat16);
+  std::vector<SamplingParams> params(6);
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i].temperature = i % 2 == 0 ? 0.7 : 0;
+    params[i].top_k = i == 2 ? 10 : 0;
+    params[i].top_p = i == 4 ? 0.9 : 0;
+    params[i].seed = 70 + i;
+    params[i].return_logprobs = true;
+  }
+  std::vector<Sampler> half, full;
+  for (const SamplingParams& p : params) {
+    half.emplace_back(p);
+    full.emplace_back(p);
+  }
+  std::vector<Sampler*> hp, fp;
+  for (size_t i = 0; i < params.size(); ++i) {
+    hp.push_back(&half[i]);
+    fp.push_back(&full[i]);
+  }
+  for (int step = 0; step < 20; ++step) {
+    const std::vector<Sampler::Choice> a = Sampler::SampleRows(logits, hp);
+    const std::vector<Sampler::Choice> b = Sampler::SampleRows(logits.to(at::kFloat), fp);
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(a[i].token, b[i].token) << "row " << i << " step " << step;
+      EXPECT_FLOAT_EQ(a[i].logprob, b[i].logprob) << "row " << i << " step " << step;
+    }
+  }
 }
 
 }  // namespace
