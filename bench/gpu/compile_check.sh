@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Compiles the CUDA sources (server/gpu/ and the kernel check) with nvcc for
+# the device's architecture, on a machine without a GPU, so that they never
+# rot between device runs. Nothing runs: a GPU is not needed, nvcc is.
+#
+#   bash bench/gpu/compile_check.sh [OUT_DIR]   # default build-cuda-compile/
+#
+# NVCC and ARCH override the compiler and the architecture (sm_90). Exits
+# non-zero when nvcc is missing or any file fails to compile.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+ARCH=${ARCH:-sm_90}
+OUT=${1:-build-cuda-compile}
+if [ ! -x "$NVCC" ]; then
+  echo "compile_check: no nvcc (looked for \$NVCC, nvcc on PATH, /usr/local/cuda/bin/nvcc)" >&2
+  exit 1
+fi
+mkdir -p "$OUT"
+for src in server/gpu/*.cu bench/gpu/*.cu; do
+  obj="$OUT/$(basename "${src%.cu}").o"
+  "$NVCC" -std=c++20 -O3 -arch="$ARCH" -Werror all-warnings -I. -c "$src" -o "$obj"
+  echo "compile_check: $src -> $obj"
+done
+"$NVCC" -arch="$ARCH" -o "$OUT/lora_kernels_check" "$OUT/lora_kernels_check.o" "$OUT/lora_kernels.o"
+echo "compile_check: linked $OUT/lora_kernels_check ($("$NVCC" --version | tail -1))"
