@@ -15,6 +15,7 @@
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/common/compute_threads.h"
 #include "server/common/torch_call.h"
 #include "server/model/adapter_ops.h"
 #include "server/model/aten_delta_backend.h"
@@ -419,6 +420,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
           ks = ks.repeat_interleave(group, 0);
           vs = vs.repeat_interleave(group, 0);
         }
+        // The kernel's GEMMs run inside its parallel region: one thread each.
+        ScopedSerialBlas serial_blas;
         o = at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), masks[s], 0.0,
                                              causal, scale)
                 .squeeze(0);
