@@ -52,7 +52,7 @@ class Counter : public ResultSink {
 
 class LoadJoinTest : public ::testing::Test {
  protected:
-  void Start(double load_join_wait) {
+  void Start(double load_join_wait, int64_t max_tokens_per_step = 512) {
     auto dir = model::EnsureDemoCheckpoint(testing::MakeTempDir("load-join-demo"));
     ASSERT_TRUE(dir.ok()) << dir.status();
     auto m = model::LlamaModel::Load(*dir, {});
@@ -60,6 +60,7 @@ class LoadJoinTest : public ::testing::Test {
     EngineOptions opts;
     opts.max_batch_size = 4;
     opts.load_join_wait = load_join_wait;
+    opts.max_tokens_per_step = max_tokens_per_step;
     auto e = Engine::Create(*std::move(m), opts, nullptr);
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = *std::move(e);
@@ -85,11 +86,22 @@ class LoadJoinTest : public ::testing::Test {
 };
 
 TEST_F(LoadJoinTest, ANewRequestWhoseAdapterArrivesDuringTheWaitJoinsTheNextStep) {
-  Start(1.0);
+  Start(1.0, /*max_tokens_per_step=*/128);
   auto a = std::make_shared<Counter>();
   ASSERT_TRUE(engine_->Submit(Greedy(2000), a).ok());
-  // A few steps, so the engine knows how long one takes.
   ASSERT_TRUE(a->progress.AwaitAtLeast(4, "request a's first 4 tokens"));
+  // A long prompt in prefill beside a's decode row makes every step take
+  // milliseconds: a decode row alone on this tiny model steps in well under
+  // one, less than the arriving load's thread may need to be scheduled.
+  GenerationRequest c;
+  c.id = "c";
+  for (int64_t i = 0; i < 1800; ++i) c.prompt.push_back(1 + (i * 7) % 500);
+  c.sampling.max_new_tokens = 1;
+  auto c_sink = std::make_shared<Counter>();
+  ASSERT_TRUE(engine_->Submit(std::move(c), c_sink).ok());
+  // A few such steps, so the engine knows how long one takes.
+  const int64_t a_before_c = a->tokens.load();
+  ASSERT_TRUE(a->progress.AwaitAtLeast(a_before_c + 3, "request a's tokens beside c's prefill"));
 
   auto lease = std::make_shared<FakeLease>(weights_.get(), Arrival::kOnFirstCheck);
   auto b = std::make_shared<Counter>();
@@ -107,6 +119,7 @@ TEST_F(LoadJoinTest, ANewRequestWhoseAdapterArrivesDuringTheWaitJoinsTheNextStep
   // most the step under way when b was submitted, and the one b joined.
   // Without the wait, b would join the step after that.
   EXPECT_LE(a_at_first - a_at_submit, 2);
+  EXPECT_FALSE(c_sink->done.HasBeenNotified()) << "c's prefill ended before b joined: the steps were not long";
   engine_->Shutdown(absl::ZeroDuration());
 }
 
