@@ -2,7 +2,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -21,6 +23,7 @@
 #include "absl/log/initialize.h"
 #include "absl/log/log.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -126,12 +129,20 @@ ABSL_FLAG(int, metrics_max_adapter_labels, 100,
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address, plaintext HTTP (host:port; port 0 = any; empty disables)");
 ABSL_FLAG(int, threads, 0, "Compute threads for the model (0 = number of cores)");
-ABSL_FLAG(std::string, dtype, "float32", "Weight and activation dtype: float32, bfloat16, float16");
+ABSL_FLAG(std::string, device, "cpu",
+          "Where the model, its KV cache and the adapters' device tier live: cpu, or cuda / cuda:N (needs a "
+          "LibTorch built with CUDA)");
+ABSL_FLAG(std::string, dtype, "",
+          "Weight and activation dtype: float32, bfloat16, float16 (default: float32 on cpu, bfloat16 on cuda)");
+ABSL_FLAG(int64_t, max_weight_bytes, 0,
+          "Byte budget for the base model's weights on --device: start-up fails, before loading, for a "
+          "checkpoint that needs more (0 = no budget)");
 ABSL_FLAG(int64_t, max_batch_size, 64, "Sequences in one forward step");
 ABSL_FLAG(int64_t, max_tokens_per_step, 512, "Token budget of one forward step (chunked prefill)");
 ABSL_FLAG(int64_t, max_waiting, 1024, "Queued requests before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per KV cache block");
-ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache budget in MiB");
+ABSL_FLAG(int64_t, kv_cache_mb, 256, "KV cache budget in MiB (see --kv_cache_bytes)");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes; 0 takes --kv_cache_mb");
 ABSL_FLAG(bool, prefix_caching, false,
           "Keep computed KV blocks, keyed by adapter and tokens, and reuse them for prompts that start the same way");
 ABSL_FLAG(int, max_message_mb, 4, "Largest gRPC message accepted or sent, in MiB");
@@ -215,10 +226,34 @@ absl::StatusOr<std::unique_ptr<adapterd::auth::CallAuthenticator>> MakeAuthentic
   return std::make_unique<adapterd::auth::CallAuthenticator>(std::move(o));
 }
 
+// --device: "cpu", "cuda" or "cuda:N", on a LibTorch that has that device.
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::DeviceType::CPU);
+  int index = 0;
+  const bool cuda = name == "cuda" || (absl::StartsWith(name, "cuda:") &&
+                                       absl::SimpleAtoi(name.substr(5), &index) && index >= 0 && index < 64);
+  if (!cuda) return absl::InvalidArgumentError(absl::StrCat("--device must be cpu, cuda or cuda:N, not \"", name, "\""));
+  if (!at::hasCUDA()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device=", name, ": this build's LibTorch has no CUDA; serve with --device=cpu, or build adapterd "
+        "against a LibTorch built with CUDA"));
+  }
+  const int64_t devices = at::detail::getCUDAHooks().getNumGPUs();
+  if (index >= devices) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device=", name, ": this machine has ", devices, " CUDA device(s)"));
+  }
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+}
+
 // The core's options from the flags; errors name the flag.
 absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   adapterd::core::ServerCoreOptions o;
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  absl::StatusOr<c10::Device> device = ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) return device.status();
+  o.model.device = *device;
+  std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype.empty()) dtype = device->is_cuda() ? "bfloat16" : "float32";
   if (dtype == "float32") {
     o.model.dtype = c10::ScalarType::Float;
   } else if (dtype == "bfloat16") {
@@ -240,7 +275,13 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   e.max_adapters_per_batch = absl::GetFlag(FLAGS_max_adapters_per_batch);
   e.load_join_wait = absl::GetFlag(FLAGS_load_join_wait);
   e.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
-  e.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  const int64_t kv_bytes = absl::GetFlag(FLAGS_kv_cache_bytes), kv_mb = absl::GetFlag(FLAGS_kv_cache_mb);
+  if (kv_bytes < 0 || kv_mb <= 0) {
+    return absl::InvalidArgumentError("--kv_cache_bytes must be >= 0 and --kv_cache_mb > 0");
+  }
+  e.kv_cache_bytes = kv_bytes > 0 ? kv_bytes : kv_mb << 20;
+  o.max_weight_bytes = absl::GetFlag(FLAGS_max_weight_bytes);
+  if (o.max_weight_bytes < 0) return absl::InvalidArgumentError("--max_weight_bytes must be >= 0");
   e.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   e.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   e.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <utility>
 
+#include <c10/core/ScalarType.h>
+
 #include "absl/log/log.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -14,9 +16,24 @@
 #include "server/core/request_output.h"
 #include "server/core/trained_demo.h"
 #include "server/model/demo_checkpoint.h"
+#include "server/model/model_config.h"
 
 namespace adapterd::core {
 namespace {
+
+// The weight budget, checked from config.json before anything is loaded.
+absl::Status CheckWeightBudget(const std::string& model_dir, const ServerCoreOptions& options) {
+  if (options.max_weight_bytes <= 0) return absl::OkStatus();
+  absl::StatusOr<model::ModelConfig> config = model::ModelConfig::FromDirectory(model_dir);
+  if (!config.ok()) return config.status();
+  const int64_t params = config->NumParameters();
+  const int64_t need = params * static_cast<int64_t>(c10::elementSize(options.model.dtype));
+  if (need <= options.max_weight_bytes) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the base model's weights need ", need, " bytes (", params, " parameters in ",
+      c10::toString(options.model.dtype), "), over the weight budget of ", options.max_weight_bytes,
+      " bytes (--max_weight_bytes) on ", options.model.device.str()));
+}
 
 std::string StatusCodeName(const absl::Status& s) { return absl::StatusCodeToString(s.code()); }
 
@@ -88,6 +105,7 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   if (!prompts.ok()) return prompts.status();
   prompts_ = *std::move(prompts);
 
+  if (absl::Status budget = CheckWeightBudget(model_dir_, options); !budget.ok()) return budget;
   const absl::Time load_start = absl::Now();
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> model = model::LlamaModel::Load(model_dir_, options.model);
   if (!model.ok()) return model.status();

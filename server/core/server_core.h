@@ -35,6 +35,10 @@ struct ServerCoreOptions {
   // `demo_adapters`.
   std::string model_dir;
   std::string cache_dir;
+  // Bytes the base's weights may take in `model.dtype` on `model.device`;
+  // Create() fails before loading a checkpoint whose config needs more.
+  // 0: no budget.
+  int64_t max_weight_bytes = 0;
   bool demo_adapters = true;
   // The demo model served: the one trained at first start on the project's
   // documentation, with a tokenizer and chat template (EnsureTrainedDemo;

@@ -81,7 +81,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<model::Ll
   absl::StatusOr<std::unique_ptr<model::KvCache>> kv = model::KvCache::Create(
       model->config(), options.kv_block_size, options.kv_cache_bytes, model->options().dtype,
       model->options().device);
-  if (!kv.ok()) return kv.status();
+  if (!kv.ok()) {
+    return absl::Status(kv.status().code(), absl::StrCat("the KV cache budget (--kv_cache_bytes / --kv_cache_mb) on ",
+                                                         model->options().device.str(), ": ", kv.status().message()));
+  }
   LOG(INFO) << "kv cache: " << (*kv)->num_blocks() << " blocks of " << options.kv_block_size
             << " tokens (" << (*kv)->num_blocks() * options.kv_block_size << " tokens)";
   return std::unique_ptr<Engine>(new Engine(std::move(model), *std::move(kv), options, metrics));

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "server/common/torch_call.h"
@@ -27,13 +28,14 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
         "kv cache budget of ", budget_bytes, " bytes is below one block (", per_block,
         " bytes for block size ", block_size, ")"));
   }
+  if (blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache budget of ", budget_bytes, " bytes is ", blocks,
+                                                   " blocks, more than block ids can number (2^31 - 1)"));
+  }
   auto cache = std::unique_ptr<KvCache>(new KvCache());
-  cache->block_size_ = block_size;
-  cache->num_blocks_ = blocks;
-  cache->free_.reserve(blocks);
-  for (int64_t b = blocks - 1; b >= 0; --b) cache->free_.push_back(static_cast<int32_t>(b));
-  cache->refs_.assign(static_cast<size_t>(blocks), 0);
-  absl::Status st = TorchCall("allocating the kv cache", [&] {
+  // The tensors first: a budget the device cannot hold fails here, with
+  // LibTorch's out-of-memory message, before any bookkeeping is sized.
+  absl::Status st = TorchCall(absl::StrCat("allocating the kv cache's ", budget_bytes, " bytes"), [&] {
     auto opts = at::TensorOptions().dtype(dtype).device(device);
     for (int64_t l = 0; l < config.num_layers; ++l) {
       cache->k_.push_back(at::zeros({blocks * block_size, config.num_kv_heads, config.head_dim}, opts));
@@ -41,6 +43,11 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
     }
   });
   if (!st.ok()) return st;
+  cache->block_size_ = block_size;
+  cache->num_blocks_ = blocks;
+  cache->free_.reserve(blocks);
+  for (int64_t b = blocks - 1; b >= 0; --b) cache->free_.push_back(static_cast<int32_t>(b));
+  cache->refs_.assign(static_cast<size_t>(blocks), 0);
   return cache;
 }
 
