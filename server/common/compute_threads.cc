@@ -23,9 +23,16 @@ using BlasJob = void (*)(int job, void* data, int arg);
 using BlasJobRunner = void (*)(int sync, BlasJob job, int jobs, size_t size, void* data, int arg);
 using SetBlasJobRunner = void (*)(BlasJobRunner);
 
-// OpenBLAS's thread controls, when the process has OpenBLAS loaded.
-SetThreads BlasSetter() { return reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")); }
-GetThreads BlasGetter() { return reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads")); }
+// OpenBLAS's thread controls, when the process has OpenBLAS loaded; looked
+// up once (ScopedSerialBlas runs on every long prompt chunk's attention).
+SetThreads BlasSetter() {
+  static const SetThreads set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  return set;
+}
+GetThreads BlasGetter() {
+  static const GetThreads get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get;
+}
 SetBlasJobRunner BlasJobRunnerSetter() {
   return reinterpret_cast<SetBlasJobRunner>(dlsym(RTLD_DEFAULT, "openblas_set_threads_callback_function"));
 }

@@ -37,11 +37,11 @@ struct Draws {
 // reaches p), then the token at which the filtered distribution's
 // cumulative mass passes the row's uniform number: one pass of each over
 // all rows, on the logits' device.
-at::Tensor DrawRows(const at::Tensor& logits, const Draws& d) {
+// `rows` holds d.rows on the logits' device.
+at::Tensor DrawRows(const at::Tensor& logits, const at::Tensor& rows, const Draws& d) {
   const c10::Device dev = logits.device();
   const int64_t vocab = logits.size(1);
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  const at::Tensor rows = HostTensor(d.rows, at::kLong, dev);
   at::Tensor l = logits.index_select(0, rows).to(at::kFloat) * HostTensor(d.inv_temperature, at::kFloat, dev).unsqueeze(1);
   if (d.any_top_k || d.any_top_p) {
     auto [sorted, order] = l.sort(/*dim=*/1, /*descending=*/true);
@@ -101,7 +101,10 @@ std::vector<Sampler::Choice> Sampler::SampleRows(const at::Tensor& logits, std::
   // Greedy rows take the first maximum; drawn rows overwrite theirs.
   at::Tensor tokens = static_cast<int64_t>(d.rows.size()) == n ? at::empty({n}, logits.options().dtype(at::kLong))
                                                                : logits.argmax(1);
-  if (!d.rows.empty()) tokens.index_copy_(0, HostTensor(d.rows, at::kLong, logits.device()), DrawRows(logits, d));
+  if (!d.rows.empty()) {
+    const at::Tensor rows = HostTensor(d.rows, at::kLong, logits.device());
+    tokens.index_copy_(0, rows, DrawRows(logits, rows, d));
+  }
   // One copy of the step's tokens to the host.
   const at::Tensor host = tokens.to(at::kCPU).contiguous();
   const int64_t* t = host.data_ptr<int64_t>();
