@@ -20,6 +20,7 @@
 #include "server/model/adapter_ops.h"
 #include "server/model/aten_delta_backend.h"
 #include "server/model/checkpoint.h"
+#include "server/model/gathered_attention.h"
 #include "server/model/paged_attention.h"
 #include "server/model/rms_norm.h"
 
@@ -298,8 +299,10 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   std::vector<at::Tensor> read_slots;
   std::vector<DecodeRow> decode_rows;
   // Decode rows read the cache in place (PagedDecodeAttention) on the CPU
-  // in float32, bfloat16 and float16; elsewhere every row gathers its context.
-  const bool paged_decode = PagedAttentionSupports(kv.k(0));
+  // in float32, bfloat16 and float16; elsewhere they are gathered, all rows
+  // in one batch (GatheredDecodeAttention).
+  const bool paged_decode =
+      options_.decode_attention == DecodeAttention::kAuto && PagedAttentionSupports(kv.k(0));
   positions.reserve(T);
   write_slots.reserve(T);
   int64_t offset = 0;
@@ -311,8 +314,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       write_slots.push_back(slot(s.context_len + i));
     }
     if (s.num_tokens == 1) decode_rows.push_back({s.block_table, s.context_len + 1, offset});
-    if (s.num_tokens == 1 && paged_decode) {
-      read_slots.emplace_back();  // read in place: nothing gathered
+    if (s.num_tokens == 1) {
+      read_slots.emplace_back();  // a decode row: attended with all the others
     } else {
       std::vector<int64_t> ctx_slots;
       ctx_slots.reserve(s.context_len + s.num_tokens);
@@ -393,17 +396,18 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     vc.index_copy_(0, wslots, v);
 
     at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
-    // Decode rows read the cache in place, all at once; prompt chunks gather
-    // their context for one attention call each.
-    const bool paged = paged_decode && !decode_rows.empty();
-    if (paged) {
+    // Decode rows attend all at once; prompt chunks gather their context for
+    // one attention call each.
+    if (paged_decode && !decode_rows.empty()) {
       const at::Tensor qc = q.contiguous();
       PagedDecodeAttention(qc, kc, vc, decode_rows, bs, scale, attn);
+    } else {
+      GatheredDecodeAttention(q, kc, vc, decode_rows, bs, scale, attn);
     }
     int64_t off = 0;
     for (size_t s = 0; s < batch.seqs.size(); ++s) {
       const SequenceChunk& sc = batch.seqs[s];
-      if (paged && sc.num_tokens == 1) {
+      if (sc.num_tokens == 1) {
         off += 1;
         continue;
       }

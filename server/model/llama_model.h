@@ -20,9 +20,20 @@
 
 namespace adapterd::model {
 
+// How decode rows attend to the paged KV cache.
+enum class DecodeAttention {
+  // In place (PagedDecodeAttention) where the cache's device and dtype
+  // allow it, the CPU; gathered elsewhere.
+  kAuto,
+  // Always gathered (GatheredDecodeAttention), the path of devices without
+  // the in-place kernel; on the CPU, to test that path.
+  kGathered,
+};
+
 struct ModelOptions {
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   c10::ScalarType dtype = c10::ScalarType::Float;
+  DecodeAttention decode_attention = DecodeAttention::kAuto;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow

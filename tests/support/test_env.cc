@@ -15,12 +15,15 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -33,12 +36,49 @@ namespace fs = std::filesystem;
 std::string SourceDir() { return ADAPTERD_SOURCE_DIR; }
 std::string BinaryDir() { return ADAPTERD_BINARY_DIR; }
 
+namespace {
+
+// The directories MakeTempDir made in this process, removed when the
+// process exits after every test passed (kept for a look otherwise, or
+// when ADAPTERD_KEEP_TEST_TMP is set). Only the process that made them
+// removes them: a forked child's exit never does.
+class TempDirs {
+ public:
+  ~TempDirs() {
+    if (getpid() != owner_ || std::getenv("ADAPTERD_KEEP_TEST_TMP") != nullptr) return;
+    if (!::testing::UnitTest::GetInstance()->Passed()) return;
+    absl::MutexLock lock(&mu_);
+    for (const fs::path& p : dirs_) {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  }
+
+  void Add(fs::path p) {
+    absl::MutexLock lock(&mu_);
+    dirs_.push_back(std::move(p));
+  }
+
+ private:
+  const pid_t owner_ = getpid();
+  absl::Mutex mu_;
+  std::vector<fs::path> dirs_ ABSL_GUARDED_BY(mu_);
+};
+
+TempDirs& MadeTempDirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& name) {
   static std::atomic<int> counter{0};
   fs::path p = fs::path(::testing::TempDir()) /
                absl::StrCat("adapterd-", getpid(), "-", counter++, "-", name);
   fs::remove_all(p);
   fs::create_directories(p);
+  MadeTempDirs().Add(p);
   return p.string();
 }
 

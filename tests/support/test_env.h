@@ -16,7 +16,9 @@ namespace adapterd::testing {
 
 std::string SourceDir();
 std::string BinaryDir();
-// A fresh, empty directory under the test temp dir.
+// A fresh, empty directory under the test temp dir, removed when the test
+// binary exits with every test passed (kept after a failure, or with
+// ADAPTERD_KEEP_TEST_TMP set).
 std::string MakeTempDir(const std::string& name);
 
 // Runs a shell command; returns its combined stdout+stderr, or an error with

@@ -2,7 +2,8 @@
 // single-token rows (paged attention over the cache's blocks, LoRA deltas
 // row by row) gives each row the logits that prefilling its whole sequence
 // at once gives (gathered attention, LoRA through matrix products), for rows
-// of two adapters and of the base in one step, in float32 and bfloat16.
+// of two adapters and of the base in one step, in float32 and bfloat16; and
+// so does the batched gathered decode attention of other devices.
 #include <ATen/ATen.h>
 
 #include <map>
@@ -41,11 +42,12 @@ std::unique_ptr<KvCache> Cache(const LlamaModel& m, at::ScalarType dtype) {
   return kv.ok() ? *std::move(kv) : nullptr;
 }
 
-void Check(at::ScalarType dtype, double relative) {
+void Check(at::ScalarType dtype, double relative, DecodeAttention attention = DecodeAttention::kAuto) {
   absl::StatusOr<std::string> dir = EnsureDemoCheckpoint(testing::MakeTempDir("decode-path"));
   ASSERT_TRUE(dir.ok()) << dir.status();
   ModelOptions options;
   options.dtype = dtype;
+  options.decode_attention = attention;
   absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(*dir, options);
   ASSERT_TRUE(m.ok()) << m.status();
   const LlamaModel& base = **m;
@@ -96,6 +98,15 @@ void Check(at::ScalarType dtype, double relative) {
 TEST(DecodePathTest, DecodeRowsMatchWholeSequencePrefillInFloat32) { Check(at::kFloat, 1e-5); }
 
 TEST(DecodePathTest, DecodeRowsMatchWholeSequencePrefillInBfloat16) { Check(at::kBFloat16, 2e-2); }
+
+// The gathered path, the one devices without the in-place kernel take.
+TEST(DecodePathTest, GatheredDecodeRowsMatchWholeSequencePrefillInFloat32) {
+  Check(at::kFloat, 1e-5, DecodeAttention::kGathered);
+}
+
+TEST(DecodePathTest, GatheredDecodeRowsMatchWholeSequencePrefillInBfloat16) {
+  Check(at::kBFloat16, 2e-2, DecodeAttention::kGathered);
+}
 
 }  // namespace
 }  // namespace adapterd::model
