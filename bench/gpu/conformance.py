@@ -85,8 +85,11 @@ def reference_model(base, kind, adapter, dtype, device):
     elif kind == "adapters":
         import adapters
         adapters.init(model)
-        name = model.load_adapter(adapter)
-        model.set_active_adapters(name)
+        info = {}
+        model.load_adapter(adapter, load_as="bn", with_head=False, use_safetensors=True, loading_info=info)
+        if info.get("missing_keys") or info.get("unexpected_keys"):
+            raise ValueError(f"the adapter in {adapter} does not fit the model: {info}")
+        model.set_active_adapters("bn")
     return model.to(device=device, dtype=dt).eval()
 
 
