@@ -49,7 +49,10 @@ libs = {f"torch/lib/{n}" for n in ("libtorch.so", "libtorch_cpu.so", "libc10.so"
                                     "libc10_cuda.so")}
 with zipfile.ZipFile(wheel) as z:
     for m in z.namelist():
-        if m.startswith("torch/include/") or m in libs or m == "torch/version.py":
+        # Its copy of protobuf's headers is left out: the server compiles
+        # against Debian's protobuf, the version its gRPC was built with.
+        header = m.startswith("torch/include/") and not m.startswith("torch/include/google/")
+        if (header and not m.endswith("/")) or m in libs or m == "torch/version.py":
             dest = os.path.join(root, m[len("torch/"):])
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with z.open(m) as src, open(dest, "wb") as out:
@@ -67,7 +70,8 @@ cmake --build "$BUILD" --target adapterd adapterctl adapterd_loadgen
 stage="$BUILD/stage/adapterd-gpu"
 rm -rf "$BUILD/stage"
 mkdir -p "$stage/server" "$stage/bench" "$stage/lib/glibc" "$stage/pywheels"
-for b in server/adapterd server/adapterctl bench/adapterd_loadgen; do
+# The SentencePiece shim is opened at run time from beside the executable.
+for b in server/adapterd server/adapterctl bench/adapterd_loadgen server/libadapterd_sentencepiece.so; do
   strip -o "$stage/$b" "$BUILD/$b"
 done
 if [ -x "$BUILD/cuda/lora_kernels_check" ]; then
@@ -78,7 +82,7 @@ fi
 # Every library the binaries load, but LibTorch's (the device's PyTorch has
 # them) and CUDA's (not found here, found there). The C library itself goes
 # in lib/glibc/, used only when the device's glibc is older than ours.
-for b in server/adapterd server/adapterctl bench/adapterd_loadgen; do
+for b in server/adapterd server/adapterctl bench/adapterd_loadgen server/libadapterd_sentencepiece.so; do
   ldd "$stage/$b" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }'
 done | sort -u | while read -r lib; do
   name=$(basename "$lib")

@@ -15,7 +15,8 @@
 # cuda, tiny on cpu). PYTHON overrides the interpreter (default: the
 # device's /opt/torch/.venv, else $ADAPTERD_REF_PYTHON, else python3);
 # TORCH_LIB the LibTorch directory a bundle runs with (default: that
-# Python's torch/lib).
+# Python's torch/lib); BUNDLE_LOADER=always starts the bundle's binaries
+# through its own loader whatever the glibc (to rehearse that path).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SRC=$(pwd)
@@ -84,7 +85,8 @@ EOF
 # device's glibc is older than the bundle's, the binaries start through the
 # bundle's own loader.
 unpack() {
-  "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE" "$WORK" || return 1
+  "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+    "$BUNDLE" "$WORK" || return 1
   BUILD="$WORK/adapterd-gpu"
   local torch_lib=${TORCH_LIB:-}
   [ -n "$torch_lib" ] ||
@@ -93,13 +95,13 @@ unpack() {
   echo "LibTorch from $torch_lib"
   export LD_LIBRARY_PATH="$BUILD/lib:$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local have; have=$(ldd --version 2>&1 | head -1 | grep -oE '[0-9]+\.[0-9]+$')
-  if [ "$(printf '%s\n2.41\n' "$have" | sort -V | head -1)" != 2.41 ]; then
-    echo "glibc $have is older than the bundle's 2.41: starting the binaries through the bundle's loader"
+  if [ "${BUNDLE_LOADER:-}" = always ] || [ "$(printf '%s\n2.41\n' "$have" | sort -V | head -1)" != 2.41 ]; then
+    echo "starting the binaries through the bundle's loader (glibc here $have, the bundle's 2.41)"
     local b
     for b in server/adapterd server/adapterctl bench/adapterd_loadgen; do
       mv "$BUILD/$b" "$BUILD/$b.bin"
-      printf '#!/bin/sh\nexec "%s/lib/glibc/ld-linux-x86-64.so.2" --library-path "%s/lib/glibc:%s" "%s.bin" "$@"\n' \
-        "$BUILD" "$BUILD" "$LD_LIBRARY_PATH" "$BUILD/$b" > "$BUILD/$b"
+      printf '#!/bin/sh\nADAPTERD_SENTENCEPIECE_LIB="%s" exec "%s/lib/glibc/ld-linux-x86-64.so.2" --library-path "%s/lib/glibc:%s" "%s.bin" "$@"\n' \
+        "$BUILD/server/libadapterd_sentencepiece.so" "$BUILD" "$BUILD" "$LD_LIBRARY_PATH" "$BUILD/$b" > "$BUILD/$b"
       chmod +x "$BUILD/$b"
     done
   fi
