@@ -6,6 +6,7 @@ $ADAPTERD_CACHE_DIR/bench, and reused while they exist.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,8 +76,11 @@ class Server:
             self.ctl("load", f"--id={prefix}{i}", f"--path={d}")
 
     def stop(self):
+        """Stops the server; its temporary directory (log included) goes with it."""
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def loadgen(build, addr, **flags):
