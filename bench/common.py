@@ -93,6 +93,30 @@ def loadgen(build, addr, **flags):
     return json.loads(proc.stdout)
 
 
+def device_sync(device):
+    """Waits for the work queued on `device` (a no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def peft_batch_rate(model, prompts, names, new_tokens, device="cpu"):
+    """Tokens/s of one batched greedy generate over `prompts` (equal lengths)
+    on `device`, through PEFT's adapter_names when `names` is given."""
+    import torch
+    ids = torch.tensor(prompts, dtype=torch.long, device=device)
+    kwargs = {"adapter_names": names} if names else {}
+    device_sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             eos_token_id=None, pad_token_id=0, **kwargs)
+    device_sync(device)
+    elapsed = time.perf_counter() - start
+    return (out.shape[1] - ids.shape[1]) * ids.shape[0] / elapsed
+
+
 def dump_workload(build, **flags):
     """The requests adapterd_loadgen would send with `flags`, one dict each."""
     cmd = [os.path.join(build, "bench", "adapterd_loadgen"), "--dump_workload"]

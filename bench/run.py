@@ -35,7 +35,7 @@ import prefix  # noqa: E402
 import scale  # noqa: E402
 import step  # noqa: E402
 import tiers  # noqa: E402
-from common import (MODEL_100M, Server, dump_workload, ensure_model, load_config, loadgen,  # noqa: E402
+from common import (MODEL_100M, Server, dump_workload, ensure_model, load_config, loadgen, peft_batch_rate,  # noqa: E402
                     log, make_peft_loras, work_dir, write_bottleneck, write_lora)
 
 
@@ -108,19 +108,6 @@ def cmd_decode(a):
         print(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['adapterd']:.1f} | "
               f"{r['transformers']:.1f} | {r['ratio']:.2f}x |")
     print("\n" + json.dumps(rows))
-
-
-def peft_batch_rate(model, prompts, names, new_tokens):
-    """Tokens/s of one batched greedy generate over `prompts` (equal lengths)."""
-    ids = torch.tensor(prompts, dtype=torch.long)
-    kwargs = {"adapter_names": names} if names else {}
-    start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             eos_token_id=None, pad_token_id=0, **kwargs)
-    elapsed = time.perf_counter() - start
-    return (out.shape[1] - ids.shape[1]) * ids.shape[0] / elapsed
 
 
 def cmd_lora(a):

@@ -37,11 +37,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "conformance"))
-from common import Server, loadgen, log, write_lora  # noqa: E402
+from common import MODEL_100M, Server, device_sync, loadgen, log, peft_batch_rate, write_lora  # noqa: E402
 
 SIZES = {
     "1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=32000, max_pos=2048),
-    "100m": dict(hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000, max_pos=2048),
+    "100m": MODEL_100M,
     "tiny": dict(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=512, max_pos=512),
 }
 PROMPT = 16
@@ -53,20 +53,14 @@ def copy_bandwidth(device, mib=1024, reps=10):
     src = torch.empty(mib << 20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    sync(device)
+    device_sync(device)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         dst.copy_(src)
-        sync(device)
+        device_sync(device)
         times.append(time.perf_counter() - start)
     return 2 * src.numel() / statistics.median(times)
-
-
-def sync(device):
-    import torch
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def make_checkpoint(path, size, dtype):
@@ -112,20 +106,10 @@ def peft_rate(base, dirs, dtype, device, batch, new_tokens):
         model.load_adapter(d, adapter_name=n)
     model = model.to(device=device, dtype=dt).eval()
     vocab = model.config.vocab_size
-    ids = torch.tensor([[(7 * i + 13 * r + 3) % vocab for i in range(PROMPT)] for r in range(batch)],
-                       device=device)
+    prompts = [[(7 * i + 13 * r + 3) % vocab for i in range(PROMPT)] for r in range(batch)]
     rows = [names[r % len(names)] for r in range(batch)]
-
-    def once(n):
-        sync(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                                 min_new_tokens=n, eos_token_id=None, pad_token_id=0, adapter_names=rows)
-        sync(device)
-        return (out.shape[1] - PROMPT) * batch / (time.perf_counter() - start)
-    once(4)
-    rate = once(new_tokens)
+    peft_batch_rate(model, prompts, rows, 4, device)  # warm-up
+    rate = peft_batch_rate(model, prompts, rows, new_tokens, device)
     del model
     return rate
 

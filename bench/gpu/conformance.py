@@ -141,8 +141,9 @@ def compare(ref, got_tokens, got_lps, dtype):
     return True, compared, worst, ""
 
 
-def run_model(work, arch, dtype, a):
-    base, cases, errors = make_fixtures(work, arch)
+def run_model(fixtures, arch, dtype, a):
+    base, cases, errors = fixtures
+    cases, errors = dict(cases), dict(errors)
     refs = {}
     for case, (kind, adapter) in list(cases.items()):
         try:
@@ -193,10 +194,15 @@ def main():
     results, errors = [], []
     with tempfile.TemporaryDirectory(prefix="adapterd-gpu-conf-") as work:
         for arch in ("llama", "qwen2"):
+            try:
+                fixtures = make_fixtures(work, arch)  # the same files for every dtype
+            except Exception as e:  # noqa: BLE001 - a model that cannot be made is a failure, reported
+                errors.append(f"{arch}: {type(e).__name__}: {e}")
+                continue
             for dtype in a.dtypes.split(","):
                 try:
-                    results += run_model(work, arch, dtype, a)
-                except Exception as e:  # a case that cannot run is a failure, reported
+                    results += run_model(fixtures, arch, dtype, a)
+                except Exception as e:  # noqa: BLE001 - a case that cannot run is a failure, reported
                     errors.append(f"{arch} {dtype}: {type(e).__name__}: {e}")
     for r in results:
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['arch']:6} {r['dtype']:9} {r['case']:10} prompt {r['prompt']} "

@@ -35,6 +35,7 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/adapterd-gpu-run-XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 REPORT="$OUT/report.md"
+: > "$REPORT"
 STEPS="$WORK/steps.jsonl"
 : > "$STEPS"
 if [ -z "${PYTHON:-}" ]; then

@@ -352,6 +352,9 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   at::Tensor wslots = SlotsTensor(write_slots).to(options_.device);
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
 
+  // Without the in-place kernel, the decode rows' gather indices, once for all layers.
+  const GatheredDecodeRows gathered =
+      paged_decode ? GatheredDecodeRows{} : GatherDecodeRows(decode_rows, bs, options_.device);
   // Causal masks for chunks that follow cached context ([n, ctx + n], bottom-right aligned).
   std::vector<std::optional<at::Tensor>> masks(batch.seqs.size());
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
@@ -401,8 +404,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     if (paged_decode && !decode_rows.empty()) {
       const at::Tensor qc = q.contiguous();
       PagedDecodeAttention(qc, kc, vc, decode_rows, bs, scale, attn);
-    } else {
-      GatheredDecodeAttention(q, kc, vc, decode_rows, bs, scale, attn);
+    } else if (!paged_decode) {
+      GatheredDecodeAttention(q, kc, vc, gathered, scale, attn);
     }
     int64_t off = 0;
     for (size_t s = 0; s < batch.seqs.size(); ++s) {

@@ -49,7 +49,7 @@ void Check(const Case& c, at::ScalarType dtype, double tolerance) {
   at::Tensor want = at::full({rows, c.heads, c.head_dim}, 7.0).to(dtype);
   at::Tensor got = want.clone();
   PagedDecodeAttention(q, k, v, decode, c.block_size, scale, want);
-  GatheredDecodeAttention(q, k, v, decode, c.block_size, scale, got);
+  GatheredDecodeAttention(q, k, v, GatherDecodeRows(decode, c.block_size, q.device()), scale, got);
   for (size_t i = 0; i < lengths.size(); ++i) {
     const int64_t r = perm[i];
     const double diff = (got.select(0, r).to(at::kFloat) - want.select(0, r).to(at::kFloat)).abs().max().item<double>();
@@ -76,7 +76,9 @@ TEST(GatheredAttentionTest, MatchesPagedAttentionInFloat16) {
 TEST(GatheredAttentionTest, NoRowsIsNothing) {
   const at::Tensor k = at::zeros({4, 1, 8});
   at::Tensor out = at::full({1, 2, 8}, 3.0);
-  GatheredDecodeAttention(at::zeros({1, 2, 8}), k, k, {}, 4, 1.0, out);
+  const GatheredDecodeRows none = GatherDecodeRows({}, 4, at::kCPU);
+  EXPECT_EQ(none.rows, 0);
+  GatheredDecodeAttention(at::zeros({1, 2, 8}), k, k, none, 1.0, out);
   EXPECT_TRUE(out.eq(3.0).all().item<bool>());
 }
 
