@@ -1,6 +1,7 @@
 #include "server/gpu/lora_kernels.h"
 
 #include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
 
 namespace adapterd::gpu {
 namespace {
@@ -40,6 +41,7 @@ template <typename T, int ROWS>
 __device__ void ShrinkRows(const ShrinkArgs& a, int row0, int nrows, int slot) {
   __shared__ float red[ROWS][kThreads];
   const int r = a.rank[slot];
+  if (r <= 0) return;  // the whole block: no module for this slot
   const int chunks = kThreads / r;
   const int k = threadIdx.x % r, c = threadIdx.x / r;
   const T* x = static_cast<const T*>(a.x);
@@ -99,6 +101,7 @@ __device__ void ExpandRows(const ExpandArgs& a, int row0, int nrows, int slot, i
       continue;
     }
     const int r = sl.rank[slot], off = sl.offset[slot];
+    if (r <= 0) return;  // the whole block: no module for this slot here
     for (int i = threadIdx.x; i < ROWS * r; i += kThreads) {
       const int j = i / r, k = i % r;
       t[j][k] = j < nrows ? a.tmp[static_cast<int64_t>(row0 + j) * a.ld_tmp + off + k] : 0.f;
@@ -144,8 +147,9 @@ int TotalTiles(const ExpandArgs& a) {
 
 }  // namespace
 
-cudaError_t BgmvShrink(const ShrinkArgs& a, const int* row_slot, int rows, cudaStream_t stream) {
+int BgmvShrink(const ShrinkArgs& a, const int* row_slot, int rows, Stream stream_handle) {
   if (rows == 0) return cudaSuccess;
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
   if (a.dtype == DType::kF32) {
     BgmvShrinkKernel<float><<<rows, kThreads, 0, stream>>>(a, row_slot);
   } else {
@@ -154,8 +158,9 @@ cudaError_t BgmvShrink(const ShrinkArgs& a, const int* row_slot, int rows, cudaS
   return cudaGetLastError();
 }
 
-cudaError_t SgmvShrink(const ShrinkArgs& a, const Segment* segs, int n, int max_rows, cudaStream_t stream) {
+int SgmvShrink(const ShrinkArgs& a, const Segment* segs, int n, int max_rows, Stream stream_handle) {
   if (n == 0) return cudaSuccess;
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
   const dim3 grid(n, (max_rows + kTileRows - 1) / kTileRows);
   if (a.dtype == DType::kF32) {
     SgmvShrinkKernel<float><<<grid, kThreads, 0, stream>>>(a, segs);
@@ -165,8 +170,9 @@ cudaError_t SgmvShrink(const ShrinkArgs& a, const Segment* segs, int n, int max_
   return cudaGetLastError();
 }
 
-cudaError_t BgmvExpand(const ExpandArgs& a, const int* row_slot, int rows, cudaStream_t stream) {
+int BgmvExpand(const ExpandArgs& a, const int* row_slot, int rows, Stream stream_handle) {
   if (rows == 0) return cudaSuccess;
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
   const dim3 grid(rows, TotalTiles(a));
   if (a.dtype == DType::kF32) {
     BgmvExpandKernel<float><<<grid, kThreads, 0, stream>>>(a, row_slot);
@@ -176,8 +182,9 @@ cudaError_t BgmvExpand(const ExpandArgs& a, const int* row_slot, int rows, cudaS
   return cudaGetLastError();
 }
 
-cudaError_t SgmvExpand(const ExpandArgs& a, const Segment* segs, int n, int max_rows, cudaStream_t stream) {
+int SgmvExpand(const ExpandArgs& a, const Segment* segs, int n, int max_rows, Stream stream_handle) {
   if (n == 0) return cudaSuccess;
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
   const dim3 grid(n, TotalTiles(a), (max_rows + kTileRows - 1) / kTileRows);
   if (a.dtype == DType::kF32) {
     SgmvExpandKernel<float><<<grid, kThreads, 0, stream>>>(a, segs);
@@ -186,5 +193,7 @@ cudaError_t SgmvExpand(const ExpandArgs& a, const Segment* segs, int n, int max_
   }
   return cudaGetLastError();
 }
+
+const char* ErrorString(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
 
 }  // namespace adapterd::gpu

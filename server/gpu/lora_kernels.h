@@ -13,13 +13,17 @@
 // concatenated A (rank = sum of ranks) and one expand launch over up to
 // kMaxSlices output slices.
 //
-// Built only with -DADAPTERD_CUDA=ON; the CPU build never includes this file.
-// All functions enqueue on `stream` and return without synchronising; the
-// pointer tables live in device memory and must outlive the launch.
+// A slot whose rank is 0 in a table leaves its rows alone (no module there).
+//
+// The declarations need no CUDA header, so that host code (the launchers of
+// lora_launcher.h) compiles without the toolkit; only lora_kernels.cu needs
+// nvcc. A `Stream` is a cudaStream_t (null: the legacy default stream, which
+// is LibTorch's default current stream), and each function returns a
+// int as an int (0 = success). All functions enqueue on `stream`
+// and return without synchronising; the pointer tables live in device
+// memory and must outlive the launch.
 #ifndef ADAPTERD_SERVER_GPU_LORA_KERNELS_H_
 #define ADAPTERD_SERVER_GPU_LORA_KERNELS_H_
-
-#include <cuda_runtime_api.h>
 
 #include <cstdint>
 
@@ -30,6 +34,8 @@ enum class Act { kIdentity, kRelu, kGelu, kGeluTanh, kSilu, kTanh, kSigmoid };
 
 inline constexpr int kMaxSlices = 3;
 inline constexpr int kMaxRank = 256;
+
+using Stream = void*;
 
 // Rows of one adapter: [start, start + rows) of the batch, using `slot`.
 struct Segment {
@@ -71,14 +77,17 @@ struct ExpandArgs {
 };
 
 // Per-row launches: `row_slot[r]` is the slot of row r, or -1 for none.
-cudaError_t BgmvShrink(const ShrinkArgs& a, const int* row_slot, int rows, cudaStream_t stream);
-cudaError_t BgmvExpand(const ExpandArgs& a, const int* row_slot, int rows, cudaStream_t stream);
+int BgmvShrink(const ShrinkArgs& a, const int* row_slot, int rows, Stream stream);
+int BgmvExpand(const ExpandArgs& a, const int* row_slot, int rows, Stream stream);
 // Per-segment launches over `segments` (device array) of which the largest
 // has `max_rows` rows.
-cudaError_t SgmvShrink(const ShrinkArgs& a, const Segment* segments, int num_segments, int max_rows,
-                       cudaStream_t stream);
-cudaError_t SgmvExpand(const ExpandArgs& a, const Segment* segments, int num_segments, int max_rows,
-                       cudaStream_t stream);
+int SgmvShrink(const ShrinkArgs& a, const Segment* segments, int num_segments, int max_rows,
+                       Stream stream);
+int SgmvExpand(const ExpandArgs& a, const Segment* segments, int num_segments, int max_rows,
+                       Stream stream);
+
+// The CUDA runtime's text for an error these functions returned.
+const char* ErrorString(int error);
 
 // Segments longer than a few rows amortise their weight reads: use SGMV.
 inline bool ChooseSgmv(int max_segment_rows) { return max_segment_rows > 4; }

@@ -190,6 +190,12 @@ at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
 
 void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
                                  std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const {
+  ScaleOutputsAndAddBiasDeltas(y, layer, group, segments);
+  AddLoraDeltas(x, y, bias, layer, group, segments);
+}
+
+void AtenDeltaBackend::ScaleOutputsAndAddBiasDeltas(at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
+                                                    std::span<const AdapterSegment> segments) {
   for (const AdapterSegment& s : segments) {
     for (const ProjSlice& slice : group) {
       // Views only where there is work: a step holds many segments, and
@@ -204,6 +210,10 @@ void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
       if (d != nullptr) ys.add_(*d);
     }
   }
+}
+
+void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
+                                     std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) {
   const bool direct = x.device().is_cpu() && RowLoopDtype(x.scalar_type()) && y.scalar_type() == x.scalar_type() &&
                       x.is_contiguous() && y.stride(1) == 1 && (!bias.defined() || bias.is_contiguous());
   std::vector<SmallSegment> small;
@@ -236,10 +246,6 @@ void AtenDeltaBackend::ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h
     out.narrow(0, s.start, s.rows)
         .copy_(BottleneckForward(*m, h.narrow(0, s.start, s.rows), x.narrow(0, s.start, s.rows)));
   }
-}
-
-std::unique_ptr<DeltaBackend> MakeDeltaBackend(c10::Device device) {
-  return std::make_unique<AtenDeltaBackend>();
 }
 
 }  // namespace adapterd::model

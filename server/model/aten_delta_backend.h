@@ -7,7 +7,7 @@
 
 namespace adapterd::model {
 
-// The DeltaBackend of every device today. A segment of up to
+// The DeltaBackend of the CPU, and of devices without kernels of ours. A segment of up to
 // kSmallSegmentRows rows whose modules the row kernels can read (on the
 // CPU, activations in float32, bfloat16 or float16) takes a direct loop
 // over its rows (lora_row_kernel.h): one pass over the shared input for all
@@ -29,6 +29,13 @@ class AtenDeltaBackend : public DeltaBackend {
                  std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const override;
   void ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
                         BottleneckLocation loc, std::span<const AdapterSegment> segments) const override;
+
+  // AddDeltas() in two halves, for backends that run only the second
+  // differently: IA3 output scaling and bias deltas, then the LoRA deltas.
+  static void ScaleOutputsAndAddBiasDeltas(at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
+                                           std::span<const AdapterSegment> segments);
+  static void AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
+                            std::span<const ProjSlice> group, std::span<const AdapterSegment> segments);
 };
 
 }  // namespace adapterd::model

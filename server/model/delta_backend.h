@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 
+#include "absl/status/statusor.h"
 #include "server/model/adapter_heads.h"
 #include "server/model/adapter_weights.h"
 
@@ -61,9 +62,19 @@ class DeltaBackend {
                                 BottleneckLocation loc, std::span<const AdapterSegment> segments) const = 0;
 };
 
-// The backend for a model on `device`: today ATen on any device, with
-// direct row kernels for small segments on the CPU (AtenDeltaBackend).
-std::unique_ptr<DeltaBackend> MakeDeltaBackend(c10::Device device);
+// Which DeltaBackend a model uses (ModelOptions::delta_backend).
+//  - kAuto: the segmented kernels on a CUDA device when the build has them
+//    (SgmvDeltaBackend with gpu::MakeCudaLoraLauncher), else ATen products
+//    and, on the CPU, direct row kernels (AtenDeltaBackend).
+//  - kAten: AtenDeltaBackend on any device.
+//  - kSgmv: SgmvDeltaBackend: on CUDA with the CUDA kernels (an error when
+//    the build lacks them), on the CPU with the kernels' host version
+//    (gpu::HostLoraLauncher; for tests: exact, not fast).
+enum class DeltaBackendKind { kAuto, kAten, kSgmv };
+
+// The backend of `kind` for a model on `device`; FailedPrecondition when
+// `kind` cannot run there, naming both.
+absl::StatusOr<std::unique_ptr<DeltaBackend>> MakeDeltaBackend(c10::Device device, DeltaBackendKind kind);
 
 }  // namespace adapterd::model
 

@@ -18,7 +18,6 @@
 #include "server/common/compute_threads.h"
 #include "server/common/torch_call.h"
 #include "server/model/adapter_ops.h"
-#include "server/model/aten_delta_backend.h"
 #include "server/model/checkpoint.h"
 #include "server/model/gathered_attention.h"
 #include "server/model/paged_attention.h"
@@ -117,7 +116,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
   model->config_ = *config;
   model->options_ = options;
-  model->delta_backend_ = MakeDeltaBackend(options.device);
+  absl::StatusOr<std::unique_ptr<DeltaBackend>> backend = MakeDeltaBackend(options.device, options.delta_backend);
+  if (!backend.ok()) return backend.status();
+  model->delta_backend_ = *std::move(backend);
   const ModelConfig& c = model->config_;
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const int64_t q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;

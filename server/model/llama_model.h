@@ -34,6 +34,9 @@ struct ModelOptions {
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   c10::ScalarType dtype = c10::ScalarType::Float;
   DecodeAttention decode_attention = DecodeAttention::kAuto;
+  // How adapter deltas are computed (delta_backend.h); kAuto takes the
+  // CUDA kernels on a GPU that has them.
+  DeltaBackendKind delta_backend = DeltaBackendKind::kAuto;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow

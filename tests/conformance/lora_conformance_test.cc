@@ -132,10 +132,12 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   EXPECT_TRUE(any_differs);
   EXPECT_EQ((*server)->Stop(SIGTERM), 0);
 
-  // --- In process: logits through the same loader, single rows and one mixed batch.
-  auto base = model::LlamaModel::Load(base_dir, {});
-  ASSERT_TRUE(base.ok()) << base.status();
-  adapters::AdapterRegistry registry(base->get());
+  // --- In process: logits through the same loader, single rows and one mixed
+  //     batch, with each of the CPU's delta backends: ATen products and row
+  //     kernels, and the segmented kernels' tables run by their host version.
+  auto loader_base = model::LlamaModel::Load(base_dir, {});
+  ASSERT_TRUE(loader_base.ok()) << loader_base.status();
+  adapters::AdapterRegistry registry(loader_base->get());
   std::map<std::string, std::shared_ptr<const adapters::Adapter>> loaded;
   for (const AdapterSpec& a : setup.adapters) {
     absl::Notification done;
@@ -147,91 +149,98 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
     EXPECT_TRUE(testing::Await(done, "done"));
     loaded[a.name] = *registry.Lookup(a.name);
   }
-  auto kv = model::KvCache::Create((*base)->config(), 16, 32 << 20, at::kFloat, at::kCPU);
-  ASSERT_TRUE(kv.ok());
-  auto weights_of = [&](const std::string& name) -> const model::AdapterWeights* {
-    return name == "__base__" ? nullptr : &testing::ResidentWeights(*loaded.at(name));
-  };
-  std::vector<std::string> names = {"__base__"};
-  for (const AdapterSpec& a : setup.adapters) names.push_back(a.name);
-  for (const std::string& name : names) {
+  for (model::DeltaBackendKind kind : {model::DeltaBackendKind::kAten, model::DeltaBackendKind::kSgmv}) {
+    SCOPED_TRACE(kind == model::DeltaBackendKind::kAten ? "aten delta backend" : "sgmv delta backend");
+    model::ModelOptions options;
+    options.delta_backend = kind;
+    auto base = model::LlamaModel::Load(base_dir, options);
+    ASSERT_TRUE(base.ok()) << base.status();
+    auto kv = model::KvCache::Create((*base)->config(), 16, 32 << 20, at::kFloat, at::kCPU);
+    ASSERT_TRUE(kv.ok());
+    auto weights_of = [&](const std::string& name) -> const model::AdapterWeights* {
+      return name == "__base__" ? nullptr : &testing::ResidentWeights(*loaded.at(name));
+    };
+    std::vector<std::string> names = {"__base__"};
+    for (const AdapterSpec& a : setup.adapters) names.push_back(a.name);
+    for (const std::string& name : names) {
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        std::vector<int32_t> blocks;
+        ASSERT_TRUE((*kv)->Reserve(blocks, static_cast<int64_t>(prompts[i].size())));
+        model::ForwardBatch b;
+        b.token_ids = prompts[i];
+        b.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &blocks, true});
+        b.adapters.push_back(weights_of(name));
+        auto logits = (*base)->Forward(b, **kv);
+        ASSERT_TRUE(logits.ok());
+        EXPECT_LE((logits->select(0, 0) - Read(**ref, absl::StrCat(name, ".r", i, ".last_logits")))
+                      .abs().max().item<double>(), kTol) << name << " prompt " << i;
+        (*kv)->Free(blocks);
+      }
+    }
+    // One step holding every row of the mixed setup, adapters interleaved.
+    std::vector<std::vector<int32_t>> blocks(prompts.size());
+    model::ForwardBatch mixed;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      std::vector<int32_t> blocks;
-      ASSERT_TRUE((*kv)->Reserve(blocks, static_cast<int64_t>(prompts[i].size())));
-      model::ForwardBatch b;
-      b.token_ids = prompts[i];
-      b.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &blocks, true});
-      b.adapters.push_back(weights_of(name));
-      auto logits = (*base)->Forward(b, **kv);
-      ASSERT_TRUE(logits.ok());
-      EXPECT_LE((logits->select(0, 0) - Read(**ref, absl::StrCat(name, ".r", i, ".last_logits")))
-                    .abs().max().item<double>(), kTol) << name << " prompt " << i;
-      (*kv)->Free(blocks);
+      ASSERT_TRUE((*kv)->Reserve(blocks[i], static_cast<int64_t>(prompts[i].size())));
+      mixed.token_ids.insert(mixed.token_ids.end(), prompts[i].begin(), prompts[i].end());
+      mixed.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &blocks[i], true});
+      mixed.adapters.push_back(weights_of(setup.mixed[i]));
     }
-  }
-  // One step holding every row of the mixed setup, adapters interleaved.
-  std::vector<std::vector<int32_t>> blocks(prompts.size());
-  model::ForwardBatch mixed;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE((*kv)->Reserve(blocks[i], static_cast<int64_t>(prompts[i].size())));
-    mixed.token_ids.insert(mixed.token_ids.end(), prompts[i].begin(), prompts[i].end());
-    mixed.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &blocks[i], true});
-    mixed.adapters.push_back(weights_of(setup.mixed[i]));
-  }
-  auto logits = (*base)->Forward(mixed, **kv);
-  ASSERT_TRUE(logits.ok());
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    at::Tensor row = logits->select(0, static_cast<int64_t>(i));
-    EXPECT_LE((row - Read(**ref, absl::StrCat(setup.mixed[i], ".r", i, ".last_logits"))).abs().max().item<double>(), kTol)
-        << "mixed row " << i << " vs its single-row result";
-    EXPECT_LE((row - Read(**ref, absl::StrCat("mixed.r", i, ".last_logits"))).abs().max().item<double>(), kTol)
-        << "mixed row " << i << " vs PEFT adapter_names";
-  }
-  for (auto& b : blocks) (*kv)->Free(b);
+    auto logits = (*base)->Forward(mixed, **kv);
+    ASSERT_TRUE(logits.ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      at::Tensor row = logits->select(0, static_cast<int64_t>(i));
+      EXPECT_LE((row - Read(**ref, absl::StrCat(setup.mixed[i], ".r", i, ".last_logits"))).abs().max().item<double>(), kTol)
+          << "mixed row " << i << " vs its single-row result";
+      EXPECT_LE((row - Read(**ref, absl::StrCat("mixed.r", i, ".last_logits"))).abs().max().item<double>(), kTol)
+          << "mixed row " << i << " vs PEFT adapter_names";
+    }
+    for (auto& b : blocks) (*kv)->Free(b);
 
-  // Every adapter (DoRA included, which PEFT cannot mix) and the base in one
-  // step, against their single-row references.
-  {
-    std::vector<std::vector<int32_t>> bl(names.size());
-    model::ForwardBatch all;
-    for (size_t k = 0; k < names.size(); ++k) {
-      const size_t i = k % prompts.size();
-      ASSERT_TRUE((*kv)->Reserve(bl[k], static_cast<int64_t>(prompts[i].size())));
-      all.token_ids.insert(all.token_ids.end(), prompts[i].begin(), prompts[i].end());
-      all.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &bl[k], true});
-      all.adapters.push_back(weights_of(names[k]));
+    // Every adapter (DoRA included, which PEFT cannot mix) and the base in one
+    // step, against their single-row references.
+    {
+      std::vector<std::vector<int32_t>> bl(names.size());
+      model::ForwardBatch all;
+      for (size_t k = 0; k < names.size(); ++k) {
+        const size_t i = k % prompts.size();
+        ASSERT_TRUE((*kv)->Reserve(bl[k], static_cast<int64_t>(prompts[i].size())));
+        all.token_ids.insert(all.token_ids.end(), prompts[i].begin(), prompts[i].end());
+        all.seqs.push_back({static_cast<int64_t>(prompts[i].size()), 0, &bl[k], true});
+        all.adapters.push_back(weights_of(names[k]));
+      }
+      auto l = (*base)->Forward(all, **kv);
+      ASSERT_TRUE(l.ok());
+      for (size_t k = 0; k < names.size(); ++k) {
+        const size_t i = k % prompts.size();
+        EXPECT_LE((l->select(0, static_cast<int64_t>(k)) -
+                   Read(**ref, absl::StrCat(names[k], ".r", i, ".last_logits"))).abs().max().item<double>(), kTol)
+            << "row " << k << " (" << names[k] << ") in a batch of every adapter";
+      }
+      for (auto& b : bl) (*kv)->Free(b);
     }
-    auto l = (*base)->Forward(all, **kv);
-    ASSERT_TRUE(l.ok());
-    for (size_t k = 0; k < names.size(); ++k) {
-      const size_t i = k % prompts.size();
-      EXPECT_LE((l->select(0, static_cast<int64_t>(k)) -
-                 Read(**ref, absl::StrCat(names[k], ".r", i, ".last_logits"))).abs().max().item<double>(), kTol)
-          << "row " << k << " (" << names[k] << ") in a batch of every adapter";
-    }
-    for (auto& b : bl) (*kv)->Free(b);
-  }
 
-  // Mixed greedy generation through the engine equals PEFT's batched generate.
-  auto engine_model = model::LlamaModel::Load(base_dir, {});
-  ASSERT_TRUE(engine_model.ok());
-  auto eng = engine::Engine::Create(*std::move(engine_model), {}, nullptr);
-  ASSERT_TRUE(eng.ok());
-  using Sink = testing::CollectingSink;
-  std::vector<std::shared_ptr<Sink>> sinks;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    engine::GenerationRequest r;
-    r.prompt = prompts[i];
-    r.sampling.max_new_tokens = kNewTokens;
-    r.sampling.ignore_eos = true;
-    // Adapters were validated against an identical copy of the base.
-    if (setup.mixed[i] != "__base__") r.adapter = loaded.at(setup.mixed[i])->Lease();
-    sinks.push_back(std::make_shared<Sink>());
-    ASSERT_TRUE((*eng)->Submit(r, sinks.back()).ok());
-  }
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT_TRUE(testing::Await(sinks[i]->done, "sinks[i]->done"));
-    EXPECT_EQ(sinks[i]->tokens, ToVector(Read(**ref, absl::StrCat("mixed.r", i, ".greedy")))) << "row " << i;
+    // Mixed greedy generation through the engine equals PEFT's batched generate.
+    auto engine_model = model::LlamaModel::Load(base_dir, options);
+    ASSERT_TRUE(engine_model.ok());
+    auto eng = engine::Engine::Create(*std::move(engine_model), {}, nullptr);
+    ASSERT_TRUE(eng.ok()) << eng.status();
+    using Sink = testing::CollectingSink;
+    std::vector<std::shared_ptr<Sink>> sinks;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      engine::GenerationRequest r;
+      r.prompt = prompts[i];
+      r.sampling.max_new_tokens = kNewTokens;
+      r.sampling.ignore_eos = true;
+      // Adapters were validated against an identical copy of the base.
+      if (setup.mixed[i] != "__base__") r.adapter = loaded.at(setup.mixed[i])->Lease();
+      sinks.push_back(std::make_shared<Sink>());
+      ASSERT_TRUE((*eng)->Submit(r, sinks.back()).ok());
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_TRUE(testing::Await(sinks[i]->done, "sinks[i]->done"));
+      EXPECT_EQ(sinks[i]->tokens, ToVector(Read(**ref, absl::StrCat("mixed.r", i, ".greedy")))) << "row " << i;
+    }
   }
 }
 

@@ -4,9 +4,9 @@
 Layers, lowest first (docs/architecture.md, "Layers"):
 
   common, metrics          server/common, server/metrics
-  model | text | template | gpu | auth
-                           server/model, server/text, server/template, server/gpu,
-                           server/auth
+  gpu                      server/gpu (the adapter kernels and their launchers)
+  model | text | template | auth
+                           server/model, server/text, server/template, server/auth
   adapters | engine        adapters/, server/engine
   core                     server/core
   rpc | http               server/rpc, server/http (the transports)
@@ -35,12 +35,13 @@ import sys
 
 RANK = {
     "common": 0, "metrics": 0,
-    "model": 1, "text": 1, "template": 1, "gpu": 1, "auth": 1,
-    "adapters": 2, "engine": 2,
-    "core": 3,
-    "rpc": 4, "http": 4,
-    "main": 5,
-    "top": 6,
+    "gpu": 1,
+    "model": 2, "text": 2, "template": 2, "auth": 2,
+    "adapters": 3, "engine": 3,
+    "core": 4,
+    "rpc": 5, "http": 5,
+    "main": 6,
+    "top": 7,
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 SLEEP = re.compile(r"\b(SleepFor|sleep_for|usleep|nanosleep)\s*\(")
