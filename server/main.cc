@@ -134,6 +134,10 @@ ABSL_FLAG(std::string, device, "cpu",
           "LibTorch built with CUDA)");
 ABSL_FLAG(std::string, dtype, "",
           "Weight and activation dtype: float32, bfloat16, float16 (default: float32 on cpu, bfloat16 on cuda)");
+ABSL_FLAG(std::string, delta_backend, "auto",
+          "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
+          "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "
+          "slow host version)");
 ABSL_FLAG(int64_t, max_weight_bytes, 0,
           "Byte budget for the base model's weights on --device: start-up fails, before loading, for a "
           "checkpoint that needs more (0 = no budget)");
@@ -262,6 +266,16 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
     o.model.dtype = c10::ScalarType::Half;
   } else {
     return absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16");
+  }
+  const std::string backend = absl::GetFlag(FLAGS_delta_backend);
+  if (backend == "auto") {
+    o.model.delta_backend = adapterd::model::DeltaBackendKind::kAuto;
+  } else if (backend == "aten") {
+    o.model.delta_backend = adapterd::model::DeltaBackendKind::kAten;
+  } else if (backend == "sgmv") {
+    o.model.delta_backend = adapterd::model::DeltaBackendKind::kSgmv;
+  } else {
+    return absl::InvalidArgumentError("--delta_backend must be auto, aten or sgmv");
   }
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);

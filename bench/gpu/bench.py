@@ -158,6 +158,16 @@ def main():
         bound = b * bw / step_bytes(cfg, a.dtype, b, a.new_tokens)
         report[f"base_b{b}"] = dict(tok_s=med[f"base_b{b}"], bound_tok_s=bound, share=med[f"base_b{b}"] / bound)
     report["lora32_b32"] = dict(tok_s=med["lora32_b32"], vs_base=med["lora32_b32"] / med["base_b32"])
+    # The same 32 adapters with the deltas as LibTorch products (no kernels of ours).
+    server = Server(a.build, common + ["--delta_backend=aten"])
+    try:
+        server.register(dirs, prefix="a")
+        decode_rate(a.build, server, cfg, 8, 8, names[:8])  # warm-up
+        runs["lora32_b32_aten"] = [decode_rate(a.build, server, cfg, 32, a.new_tokens, names) for _ in range(a.runs)]
+    finally:
+        server.stop()
+    aten = statistics.median(runs["lora32_b32_aten"])
+    report["lora32_b32_aten"] = dict(tok_s=aten, vs_base=aten / med["base_b32"])
 
     server = Server(a.build, common + [f"--adapter_device_bytes={a.device_budget_mb << 20}"])
     try:
@@ -188,6 +198,8 @@ def main():
               f"({r['bound_tok_s']:.1f}) |")
     print(f"| 32 distinct rank-16 LoRAs, batch 32 | {med['lora32_b32']:.1f} | "
           f"{report['lora32_b32']['vs_base']:.2f}x the base |")
+    print(f"| the same, deltas as LibTorch products (--delta_backend=aten) | {aten:.1f} | "
+          f"{report['lora32_b32_aten']['vs_base']:.2f}x the base |")
     print(f"| 8 -> {a.many} adapters, batch 32, device tier {a.device_budget_mb} MiB | {m8:.1f} -> {mn:.1f} | "
           f"drop {100 * (1 - mn / m8):.1f}% |")
     print(f"| PEFT generate(adapter_names), 32 adapters, batch 32 | {peft:.1f} | adapterd "

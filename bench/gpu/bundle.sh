@@ -11,9 +11,10 @@
 # $ADAPTERD_CACHE_DIR/wheels (with pip, at bundle time; nothing downloads at
 # run time), unpacks its headers and five libraries, configures build-gpu/
 # (Release, no tests, -DADAPTERD_TORCH_ROOT), builds the three binaries,
-# strips them, and writes build-gpu/adapterd-gpu-bundle.tar.xz. The kernel
-# check (build-gpu/cuda/lora_kernels_check, made by compile_check.sh with
-# the host's nvcc) goes in when present. Fails when the bundle exceeds
+# strips them, and writes build-gpu/adapterd-gpu-bundle.tar.xz. The adapter
+# kernels and the kernel check (build-gpu/cuda/, made by compile_check.sh
+# with the host's nvcc) must be there: the kernels are linked into the
+# server (-DADAPTERD_CUDA_KERNELS), the check goes into the bundle. Fails when the bundle exceeds
 # 60 MiB (a device call carries at most 64 MiB).
 #
 # The reference libraries the conformance run needs in the versions CI pins
@@ -63,8 +64,15 @@ fi
 say "reference wheels: ${REF_PINS[*]}"
 download "${REF_PINS[@]}"
 
+# The adapter kernels, compiled by the host's nvcc (compile_check.sh), are
+# linked into the server with the static CUDA runtime.
+KERNELS="$PWD/$BUILD/cuda"
+for f in lora_kernels.o libcudart_static.a; do
+  [ -f "$KERNELS/$f" ] || { say "no $KERNELS/$f: run bench/gpu/compile_check.sh $BUILD/cuda first (./x gpu-bundle does)"; exit 1; }
+done
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DADAPTERD_BUILD_TESTS=OFF \
-  -DADAPTERD_TORCH_ROOT="$TORCH_ROOT" -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
+  -DADAPTERD_TORCH_ROOT="$TORCH_ROOT" -DADAPTERD_CUDA_KERNELS="$KERNELS" \
+  -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
 cmake --build "$BUILD" --target adapterd adapterctl adapterd_loadgen
 
 stage="$BUILD/stage/adapterd-gpu"

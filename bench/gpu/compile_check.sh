@@ -19,8 +19,17 @@ fi
 mkdir -p "$OUT"
 for src in server/gpu/*.cu bench/gpu/*.cu; do
   obj="$OUT/$(basename "${src%.cu}").o"
-  "$NVCC" -std=c++20 -O3 -arch="$ARCH" -Werror all-warnings -I. -c "$src" -o "$obj"
+  "$NVCC" -std=c++20 -O3 -arch="$ARCH" -Werror all-warnings -Xcompiler -fPIC -I. -c "$src" -o "$obj"
   echo "compile_check: $src -> $obj"
 done
 "$NVCC" -arch="$ARCH" -o "$OUT/lora_kernels_check" "$OUT/lora_kernels_check.o" "$OUT/lora_kernels.o"
 echo "compile_check: linked $OUT/lora_kernels_check ($("$NVCC" --version | tail -1))"
+# The static CUDA runtime beside the kernels, for a server build that links
+# them (-DADAPTERD_CUDA_KERNELS=$OUT, bench/gpu/bundle.sh).
+cudart=$(dirname "$(dirname "$(readlink -f "$NVCC")")")/lib64/libcudart_static.a
+if [ -f "$cudart" ]; then
+  cp "$cudart" "$OUT/"
+  echo "compile_check: $cudart -> $OUT/"
+else
+  echo "compile_check: no $cudart; a server build cannot link the kernels from $OUT" >&2
+fi

@@ -156,7 +156,8 @@ def run_model(fixtures, arch, dtype, a):
     results = [dict(arch=arch, dtype=dtype, case=c, prompt=-1, mode="-", ok=False, compared_steps=0,
                     worst_error=0.0, message=msg) for c, msg in errors.items()]
     server = Server(a.build, [f"--model={base}", f"--device={a.device}", f"--dtype={dtype}",
-                              f"--threads={a.threads}", "--http_listen=127.0.0.1:0"])
+                              f"--threads={a.threads}", "--http_listen=127.0.0.1:0",
+                              f"--delta_backend={a.delta_backend}"])
     try:
         for case, (_, adapter) in cases.items():
             if adapter:
@@ -186,6 +187,7 @@ def main():
     p.add_argument("--device", default="cuda", help="adapterd's --device")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--delta-backend", default="auto", help="adapterd's --delta_backend (auto: the CUDA kernels on a GPU)")
     p.add_argument("--out", required=True, help="JSON report")
     a = p.parse_args()
     a.ref_device = a.device
@@ -209,9 +211,11 @@ def main():
               f"{r['mode']:5} steps {r['compared_steps']} worst {r['worst_error']:.2e} {r['message']}")
     for e in errors:
         print(f"FAIL {e}")
+    print(f"adapterd --delta_backend={a.delta_backend}")
     passed = not errors and all(r["ok"] for r in results) and results
     with open(a.out, "w") as f:
-        json.dump({"device": a.device, "torch": torch.__version__, "passed": bool(passed),
+        json.dump({"device": a.device, "delta_backend": a.delta_backend, "torch": torch.__version__,
+                   "passed": bool(passed),
                    "errors": errors, "cases": results}, f, indent=1)
     sys.exit(0 if passed else 1)
 

@@ -16,7 +16,9 @@
 # device's /opt/torch/.venv, else $ADAPTERD_REF_PYTHON, else python3);
 # TORCH_LIB the LibTorch directory a bundle runs with (default: that
 # Python's torch/lib); BUNDLE_LOADER=always starts the bundle's binaries
-# through its own loader whatever the glibc (to rehearse that path).
+# through its own loader whatever the glibc (to rehearse that path);
+# DELTA_BACKEND the server's --delta_backend in conformance (default auto:
+# the CUDA kernels on a GPU; the rehearsal takes sgmv, their host version).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SRC=$(pwd)
@@ -144,7 +146,7 @@ BUILD=$(cd "${BUILD:-build}" && pwd)
 step reference_libs 120 reference_libs
 step kernel_check 120 kernel_check
 step conformance 300 "$PYTHON" bench/gpu/conformance.py --build "$BUILD" --device "$DEVICE" \
-  --out "$WORK/conformance.json"
+  --delta-backend "${DELTA_BACKEND:-auto}" --out "$WORK/conformance.json"
 if [ "$GPU" = 1 ]; then
   step bench 330 "$PYTHON" bench/gpu/bench.py --build "$BUILD" --device "$DEVICE" --size "$SIZE" \
     --work "$WORK/bench-work" --out "$WORK/bench.json"

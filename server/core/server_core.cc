@@ -112,7 +112,8 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   const model::ModelConfig& config = (*model)->config();
   LOG(INFO) << "model " << config.architecture_name << ": " << config.num_layers << " layers, hidden "
             << config.hidden_size << ", vocab " << config.vocab_size << ", " << (*model)->weight_bytes()
-            << " weight bytes, loaded in " << absl::FormatDuration(absl::Now() - load_start);
+            << " weight bytes, loaded in " << absl::FormatDuration(absl::Now() - load_start) << "; adapter deltas: "
+            << (*model)->delta_backend_name();
 
   labels_ = std::make_unique<metrics::AdapterLabels>(options.metrics_max_adapter_labels);
   engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get(), served_model_name_);

@@ -23,6 +23,7 @@ class AtenDeltaBackend : public DeltaBackend {
   // overhead, not arithmetic, dominates.
   static constexpr int64_t kSmallSegmentRows = 8;
 
+  const char* name() const override { return "aten"; }
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,

@@ -40,6 +40,9 @@ class DeltaBackend {
  public:
   virtual ~DeltaBackend() = default;
 
+  // What computes the deltas, for logs: "aten", "sgmv-cuda", "sgmv-host".
+  virtual const char* name() const = 0;
+
   // `x` [T, in] with the rows of every segment whose adapter scales the
   // input of `p` (IA3 on a feed-forward module) rescaled; `x` itself (the
   // same tensor) when no segment does.

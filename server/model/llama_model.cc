@@ -207,6 +207,8 @@ int64_t LlamaModel::weight_bytes() const {
   return total;
 }
 
+const char* LlamaModel::delta_backend_name() const { return delta_backend_->name(); }
+
 const at::Tensor& LlamaModel::ProjBias(int64_t layer, Proj p) const {
   return layers_[layer].b[static_cast<int>(p)];
 }

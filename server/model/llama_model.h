@@ -80,6 +80,8 @@ class LlamaModel {
 
   const ModelConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
+  // Which DeltaBackend computes the adapter deltas (DeltaBackend::name()).
+  const char* delta_backend_name() const;
   // Bytes held by the weights (aliases of the checkpoint mapping included).
   int64_t weight_bytes() const;
   // The frozen weight [out, in] of one projection (adapters validate against it).

@@ -34,6 +34,7 @@ class SgmvDeltaBackend : public DeltaBackend {
  public:
   explicit SgmvDeltaBackend(std::unique_ptr<gpu::LoraLauncher> launcher);
 
+  const char* name() const override { return launcher_->host_memory() ? "sgmv-host" : "sgmv-cuda"; }
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,

@@ -40,6 +40,10 @@ TEST_F(StartupFlagsTest, DeviceTheBuildCannotUse) {
   EXPECT_THAT(Refusal("--device=cuda:x"), HasSubstr("--device must be cpu, cuda or cuda:N"));
 }
 
+TEST_F(StartupFlagsTest, DeltaBackendThatIsNotOne) {
+  EXPECT_THAT(Refusal("--delta_backend=punica"), HasSubstr("--delta_backend must be auto, aten or sgmv"));
+}
+
 TEST_F(StartupFlagsTest, WeightBudgetBelowTheCheckpoint) {
   const std::string out = Refusal("--max_weight_bytes=1000");
   EXPECT_THAT(out, HasSubstr("the base model's weights need"));
