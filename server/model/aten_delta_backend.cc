@@ -189,7 +189,8 @@ at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
 }
 
 void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
-                                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const {
+                                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
+                                 const DeltaStep* /*step*/) const {
   ScaleOutputsAndAddBiasDeltas(y, layer, group, segments);
   AddLoraDeltas(x, y, bias, layer, group, segments);
 }

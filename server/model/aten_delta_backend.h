@@ -27,7 +27,8 @@ class AtenDeltaBackend : public DeltaBackend {
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
-                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const override;
+                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
+                 const DeltaStep* step = nullptr) const override;
   void ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
                         BottleneckLocation loc, std::span<const AdapterSegment> segments) const override;
 

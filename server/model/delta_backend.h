@@ -4,6 +4,7 @@
 #define ADAPTERD_SERVER_MODEL_DELTA_BACKEND_H_
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 #include <c10/core/Device.h>
 
 #include <cstdint>
@@ -25,6 +26,14 @@ struct ProjSlice {
   int64_t width = 0;
 };
 
+// What a DeltaBackend prepares once per forward step for all of the
+// step's calls (the segments do not change within a step): opaque to the
+// model, which only passes it back.
+class DeltaStep {
+ public:
+  virtual ~DeltaStep() = default;
+};
+
 // A DeltaBackend applies the adapters of a step's rows at the base model's
 // projections (IA3 rescaling, trained bias deltas, and LoRA deltas, DoRA
 // included) and at its residual connections (bottleneck adapters), for
@@ -33,15 +42,27 @@ struct ProjSlice {
 // adds to it. One backend is chosen when the model is created, for the
 // model's device; nothing above the model knows which.
 //
-// A backend holds no per-step state: both calls may be made from the
-// model's one forward thread, and an implementation may use parallel loops
-// inside a call.
+// A backend holds no per-step state of its own: what a step shares lives in
+// the DeltaStep that BeginStep() returns and the model passes to the
+// step's AddDeltas() calls. The calls may be made from the model's one
+// forward thread, and an implementation may use parallel loops inside a
+// call.
 class DeltaBackend {
  public:
   virtual ~DeltaBackend() = default;
 
   // What computes the deltas, for logs: "aten", "sgmv-cuda", "sgmv-host".
   virtual const char* name() const = 0;
+
+  // Called once per step that has adapter segments, before its other
+  // calls: `rows` rows of activations in `dtype` on `device`, through
+  // `segments`, in every one of `num_layers` layers. Null when the backend
+  // prepares nothing. May throw (called inside the forward's TorchCall).
+  virtual std::unique_ptr<DeltaStep> BeginStep(std::span<const AdapterSegment> segments, int64_t rows,
+                                               int64_t num_layers, c10::Device device,
+                                               at::ScalarType dtype) const {
+    return nullptr;
+  }
 
   // `x` [T, in] with the rows of every segment whose adapter scales the
   // input of `p` (IA3 on a feed-forward module) rescaled; `x` itself (the
@@ -53,9 +74,11 @@ class DeltaBackend {
   // `x` [T, in] (each projection's bias included; `bias` is the group's
   // [sum of widths] bias, undefined when the base has none). Adds each
   // segment's adapter effect at every projection of `group`, in place.
-  // `y` may be a column view (row stride larger than its width).
+  // `y` may be a column view (row stride larger than its width). `step` is
+  // what BeginStep() gave for these segments (null: prepared by the call).
   virtual void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
-                         std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const = 0;
+                         std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
+                         const DeltaStep* step = nullptr) const = 0;
 
   // Bottleneck adapters at `loc` of `layer`: `out` [T, hidden] holds x + h
   // for every row (h the sublayer's output, x its residual input); the rows

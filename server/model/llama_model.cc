@@ -218,7 +218,8 @@ const at::Tensor& LlamaModel::ProjWeight(int64_t layer, Proj p) const {
 }
 
 std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup& g, int64_t layer,
-                                            const std::vector<Segment>& segments, StepProfile* prof) const {
+                                            const std::vector<Segment>& segments, const DeltaStep* step,
+                                            StepProfile* prof) const {
   double* const gemm_time = prof != nullptr ? &prof->gemm : nullptr;
   double* const adapter_time = prof != nullptr ? &prof->adapters : nullptr;
   // The group's output, one column view per projection.
@@ -250,7 +251,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
       y = at::linear(inputs[0], g.w, Opt(g.b));
     }
     ScopedTimer timer(adapter_time);
-    delta_backend_->AddDeltas(x, y, g.b, layer, g.slices, segments);
+    delta_backend_->AddDeltas(x, y, g.b, layer, g.slices, segments, step);
     return split(y);
   }
   std::vector<at::Tensor> outs;
@@ -264,7 +265,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
       y = at::linear(inputs[i], w, Opt(b));
     }
     ScopedTimer timer(adapter_time);
-    delta_backend_->AddDeltas(x, y, b, layer, std::span<const ProjSlice>(&one, 1), segments);
+    delta_backend_->AddDeltas(x, y, b, layer, std::span<const ProjSlice>(&one, 1), segments, step);
     outs.push_back(std::move(y));
   }
   return outs;
@@ -385,11 +386,18 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     }
   }
   StepProfile* const prof = batch.profile;
+  // What every layer's adapter calls share this step (the slot and row tables).
+  std::unique_ptr<DeltaStep> delta_step;
+  if (!segments.empty()) {
+    ScopedTimer timer(prof != nullptr ? &prof->adapters : nullptr);
+    delta_step = delta_backend_->BeginStep(segments, T, static_cast<int64_t>(layers_.size()), options_.device,
+                                           options_.dtype);
+  }
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const int64_t L = static_cast<int64_t>(li);
-    const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, prof);
+    const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, delta_step.get(), prof);
     at::Tensor q = qkv[0].view({T, c.num_heads, c.head_dim});
     at::Tensor k = qkv[1].view({T, c.num_kv_heads, c.head_dim});
     at::Tensor v = qkv[2].view({T, c.num_kv_heads, c.head_dim});
@@ -454,15 +462,17 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       adapted.push_back(&s);
     }
     adapter_timer.reset();
-    at::Tensor attn_out = Project(attn.view({T, c.num_heads * c.head_dim}), l.o, L, segments, prof)[0];
+    at::Tensor attn_out =
+        Project(attn.view({T, c.num_heads * c.head_dim}), l.o, L, segments, delta_step.get(), prof)[0];
     if (l.o.b.defined()) {
       for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o.b);
     }
     x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
-    const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, prof);
+    const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, delta_step.get(), prof);
     at::Tensor act = at::silu(gate_up[0]) * gate_up[1];
-    x = Residual(x, Project(act, l.down, L, segments, prof)[0], L, BottleneckLocation::kOutput, segments, prof);
+    x = Residual(x, Project(act, l.down, L, segments, delta_step.get(), prof)[0], L, BottleneckLocation::kOutput,
+                 segments, prof);
   }
   if (logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
   at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));

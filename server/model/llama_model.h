@@ -111,7 +111,8 @@ class LlamaModel {
   // of one product). `prof` (may be null) gets the base product's time and
   // the adapters'.
   std::vector<at::Tensor> Project(const at::Tensor& x, const ProjGroup& g, int64_t layer,
-                                  const std::vector<Segment>& segments, StepProfile* prof) const;
+                                  const std::vector<Segment>& segments, const DeltaStep* step,
+                                  StepProfile* prof) const;
   // x + h after a sublayer, or for segments with a bottleneck adapter at
   // `loc`, that adapter's output.
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,

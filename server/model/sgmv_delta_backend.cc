@@ -20,27 +20,14 @@ std::optional<gpu::DType> KernelDType(at::ScalarType t) {
   return std::nullopt;
 }
 
-// Whether the kernels read `m` for activations `x`.
-bool Readable(const LoraModule& m, const at::Tensor& x) {
-  return !m.dora_scale.defined() && m.a_t.scalar_type() == x.scalar_type() &&
-         m.b_t.scalar_type() == x.scalar_type() && m.a_t.device() == x.device() && m.b_t.device() == x.device() &&
-         m.a_t.is_contiguous() && m.b_t.is_contiguous() && m.rank() > 0 && m.rank() <= gpu::kMaxRank;
+// Whether the kernels read `m` for activations in `dtype` on `device`.
+bool Readable(const LoraModule& m, c10::Device device, at::ScalarType dtype) {
+  return !m.dora_scale.defined() && m.a_t.scalar_type() == dtype && m.b_t.scalar_type() == dtype &&
+         m.a_t.device() == device && m.b_t.device() == device && m.a_t.is_contiguous() && m.b_t.is_contiguous() &&
+         m.rank() > 0 && m.rank() <= gpu::kMaxRank;
 }
 
-// One adapter of a call: its module at each projection of the group (null
-// where it has none there).
-struct Slot {
-  const AdapterWeights* adapter = nullptr;
-  std::array<const LoraModule*, gpu::kMaxSlices> modules{};
-};
-
-// A segment the kernels take, and its slot.
-struct KernelSegment {
-  const AdapterSegment* segment;
-  int slot;
-};
-
-// The host bytes of one call's tables, each at an 8-byte aligned offset.
+// Host bytes of tables, each at an 8-byte aligned offset.
 class TableBuffer {
  public:
   template <typename T>
@@ -50,101 +37,165 @@ class TableBuffer {
     if (!v.empty()) std::memcpy(bytes_.data() + off, v.data(), v.size() * sizeof(T));
     return off;
   }
-  // The tables in the launcher's memory: the buffer itself on the host; on a
-  // device, one copy from pinned memory, enqueued without a
-  // synchronisation (the copy keeps the pinned block until it is done).
-  // `keep` holds the device copy.
-  const char* Place(bool host, const c10::Device& device, at::Tensor& keep) {
-    if (host) return bytes_.data();
-    at::Tensor pinned = at::empty({static_cast<int64_t>(bytes_.size())},
-                                  at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-    std::memcpy(pinned.data_ptr(), bytes_.data(), bytes_.size());
-    keep = pinned.to(device, /*non_blocking=*/true);
-    return static_cast<const char*>(keep.data_ptr());
-  }
+  std::vector<char>& bytes() { return bytes_; }
 
  private:
   std::vector<char> bytes_;
+};
+
+// The tables of one step, for layers [first_layer, first_layer + layers):
+// per layer and projection, every slot's A^T and B^T pointers, rank (0:
+// the kernels leave the slot's rows alone there) and scale; each output
+// slice's tmp column per slot; the segments and the row -> slot map. Held
+// in host memory and, for a device launcher, in one device copy made from
+// pinned memory without a synchronisation.
+class SgmvStep : public DeltaStep {
+ public:
+  int64_t first_layer = 0, layers = 0;
+  int slots = 0;
+  int max_rank = 0;  // R: slice j's tmp columns start at j * R
+  size_t num_segments = 0;
+  std::vector<int> slot_of;  // per segment
+  std::vector<int> ranks;    // host copy of the rank tables [layers][kNumProj][slots]
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  at::ScalarType dtype = at::kFloat;
+  gpu::LaunchRows rows;
+
+  int Rank(int64_t layer, Proj p, int slot) const { return ranks[Index(layer, p) + slot]; }
+  bool AnyRank(int64_t layer, Proj p) const {
+    const auto* r = ranks.data() + Index(layer, p);
+    return std::any_of(r, r + slots, [](int v) { return v > 0; });
+  }
+  const void* const* ATs(int64_t layer, Proj p) const { return Table<const void*>(a_off, layer, p); }
+  const void* const* BTs(int64_t layer, Proj p) const { return Table<const void*>(b_off, layer, p); }
+  const int* RankTable(int64_t layer, Proj p) const { return Table<int>(rank_off, layer, p); }
+  const float* Scales(int64_t layer, Proj p) const { return Table<float>(scale_off, layer, p); }
+  const int* Columns(int slice) const {
+    return reinterpret_cast<const int*>(base + col_off) + static_cast<size_t>(slice) * slots;
+  }
+
+  const char* base = nullptr;
+  size_t a_off = 0, b_off = 0, rank_off = 0, scale_off = 0, col_off = 0;
+  std::vector<char> host;
+  at::Tensor device_copy;
+
+ private:
+  size_t Index(int64_t layer, Proj p) const {
+    return (static_cast<size_t>(layer - first_layer) * kNumProj + static_cast<size_t>(p)) * slots;
+  }
+  template <typename T>
+  const T* Table(size_t off, int64_t layer, Proj p) const {
+    return reinterpret_cast<const T*>(base + off) + Index(layer, p);
+  }
 };
 
 void ThrowIfError(const absl::Status& s) {
   if (!s.ok()) throw std::runtime_error(std::string(s.message()));
 }
 
-// The kernel launches of one call: the taken segments' LoRA deltas added to y.
-void Launch(const gpu::LoraLauncher& launcher, gpu::DType dtype, const at::Tensor& x, at::Tensor& y,
-            std::span<const ProjSlice> group, const std::vector<Slot>& slots,
-            const std::vector<KernelSegment>& taken) {
-  const int S = static_cast<int>(group.size()), n = static_cast<int>(slots.size());
-  const int64_t T = x.size(0);
-  int R = 0;
-  for (const Slot& s : slots) {
-    for (int j = 0; j < S; ++j) {
-      if (s.modules[j] != nullptr) R = std::max(R, static_cast<int>(s.modules[j]->rank()));
+std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegment> segments, int64_t rows,
+                                   int64_t first_layer, int64_t layers, c10::Device device, at::ScalarType dtype) {
+  auto step = std::make_unique<SgmvStep>();
+  step->first_layer = first_layer;
+  step->layers = layers;
+  step->device = device;
+  step->dtype = dtype;
+  step->num_segments = segments.size();
+  std::vector<const AdapterWeights*> adapters;
+  for (const AdapterSegment& s : segments) {
+    auto it = std::find(adapters.begin(), adapters.end(), s.adapter);
+    if (it == adapters.end()) it = adapters.insert(adapters.end(), s.adapter);
+    step->slot_of.push_back(static_cast<int>(it - adapters.begin()));
+  }
+  const int n = static_cast<int>(adapters.size());
+  step->slots = n;
+  const size_t cells = static_cast<size_t>(layers) * kNumProj * n;
+  std::vector<const void*> a_ts(cells, nullptr), b_ts(cells, nullptr);
+  std::vector<float> scales(cells, 0.0f);
+  step->ranks.assign(cells, 0);
+  size_t cell = 0;
+  for (int64_t l = first_layer; l < first_layer + layers; ++l) {
+    for (int p = 0; p < kNumProj; ++p) {
+      for (int i = 0; i < n; ++i, ++cell) {
+        const std::span<const LoraModule> modules = adapters[i]->Loras(l, static_cast<Proj>(p));
+        if (modules.size() != 1 || !Readable(modules[0], device, dtype)) continue;
+        const LoraModule& m = modules[0];
+        a_ts[cell] = m.a_t.data_ptr();
+        b_ts[cell] = m.b_t.data_ptr();
+        step->ranks[cell] = static_cast<int>(m.rank());
+        scales[cell] = static_cast<float>(m.scale);
+        step->max_rank = std::max(step->max_rank, step->ranks[cell]);
+      }
     }
   }
-  // Per projection j: every slot's A^T, B^T, rank, tmp column and scale.
-  TableBuffer buf;
-  std::array<size_t, gpu::kMaxSlices> a_off{}, b_off{}, rank_off{}, col_off{}, scale_off{};
-  std::array<bool, gpu::kMaxSlices> used{};
-  for (int j = 0; j < S; ++j) {
-    std::vector<const void*> a_ts(n, nullptr), b_ts(n, nullptr);
-    std::vector<int> ranks(n, 0), cols(n, j * R);
-    std::vector<float> scales(n, 0.0f);
-    for (int i = 0; i < n; ++i) {
-      const LoraModule* m = slots[i].modules[j];
-      if (m == nullptr) continue;
-      used[j] = true;
-      a_ts[i] = m->a_t.data_ptr();
-      b_ts[i] = m->b_t.data_ptr();
-      ranks[i] = static_cast<int>(m->rank());
-      scales[i] = static_cast<float>(m->scale);
-    }
-    a_off[j] = buf.Add(a_ts);
-    b_off[j] = buf.Add(b_ts);
-    rank_off[j] = buf.Add(ranks);
-    col_off[j] = buf.Add(cols);
-    scale_off[j] = buf.Add(scales);
-  }
+  std::vector<int> cols(static_cast<size_t>(gpu::kMaxSlices) * n);
+  for (int j = 0; j < gpu::kMaxSlices; ++j) std::fill_n(cols.begin() + j * n, n, j * step->max_rank);
   std::vector<gpu::Segment> segs;
-  std::vector<int> row_slot(static_cast<size_t>(T), -1);
+  std::vector<int> row_slot(static_cast<size_t>(rows), -1);
   int max_rows = 0;
-  for (const KernelSegment& k : taken) {
-    const auto start = static_cast<int>(k.segment->start), rows = static_cast<int>(k.segment->rows);
-    segs.push_back({start, rows, k.slot});
-    std::fill(row_slot.begin() + start, row_slot.begin() + start + rows, k.slot);
-    max_rows = std::max(max_rows, rows);
+  for (size_t k = 0; k < segments.size(); ++k) {
+    const auto start = static_cast<int>(segments[k].start), len = static_cast<int>(segments[k].rows);
+    segs.push_back({start, len, step->slot_of[k]});
+    std::fill(row_slot.begin() + start, row_slot.begin() + start + len, step->slot_of[k]);
+    max_rows = std::max(max_rows, len);
   }
+  TableBuffer buf;
+  step->a_off = buf.Add(a_ts);
+  step->b_off = buf.Add(b_ts);
+  step->rank_off = buf.Add(step->ranks);
+  step->scale_off = buf.Add(scales);
+  step->col_off = buf.Add(cols);
   const size_t seg_off = buf.Add(segs), row_off = buf.Add(row_slot);
-  at::Tensor tables;
-  const char* base = buf.Place(launcher.host_memory(), x.device(), tables);
-  auto at_off = [&](size_t off) { return static_cast<const void*>(base + off); };
-
-  gpu::LaunchRows rows;
-  rows.sgmv = gpu::ChooseSgmv(max_rows);
-  if (rows.sgmv) {
-    rows.segments = static_cast<const gpu::Segment*>(at_off(seg_off));
-    rows.num_segments = static_cast<int>(segs.size());
-    rows.max_rows = max_rows;
+  step->host = std::move(buf.bytes());
+  if (host_memory) {
+    step->base = step->host.data();
   } else {
-    rows.row_slot = static_cast<const int*>(at_off(row_off));
-    rows.rows = static_cast<int>(T);
+    at::Tensor pinned = at::empty({static_cast<int64_t>(step->host.size())},
+                                  at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(pinned.data_ptr(), step->host.data(), step->host.size());
+    // The copy keeps the pinned block until it has run.
+    step->device_copy = pinned.to(device, /*non_blocking=*/true);
+    step->base = static_cast<const char*>(step->device_copy.data_ptr());
   }
+  gpu::LaunchRows& r = step->rows;
+  r.sgmv = gpu::ChooseSgmv(max_rows);
+  if (r.sgmv) {
+    r.segments = reinterpret_cast<const gpu::Segment*>(step->base + seg_off);
+    r.num_segments = static_cast<int>(segs.size());
+    r.max_rows = max_rows;
+  } else {
+    r.row_slot = reinterpret_cast<const int*>(step->base + row_off);
+    r.rows = static_cast<int>(rows);
+  }
+  return step;
+}
+
+// One shrink per projection of `group` that some slot has a module at, then
+// one expand for the group: every readable module's delta added to y.
+void Launch(const gpu::LoraLauncher& launcher, const SgmvStep& step, const at::Tensor& x, at::Tensor& y,
+            int64_t layer, std::span<const ProjSlice> group) {
+  const int S = static_cast<int>(group.size()), R = step.max_rank;
+  std::array<bool, gpu::kMaxSlices> used{};
+  bool any = false;
+  for (int j = 0; j < S; ++j) any |= used[j] = step.AnyRank(layer, group[j].proj);
+  if (!any) return;
+  const gpu::DType dtype = *KernelDType(step.dtype);
   const int ld_tmp = S * R;
-  at::Tensor tmp = at::empty({T, ld_tmp}, x.options().dtype(at::kFloat));
+  at::Tensor tmp = at::empty({x.size(0), ld_tmp}, x.options().dtype(at::kFloat));
   for (int j = 0; j < S; ++j) {
     if (!used[j]) continue;
+    const Proj p = group[j].proj;
     gpu::ShrinkArgs a;
     a.dtype = dtype;
     a.x = x.data_ptr();
     a.ldx = x.stride(0);
     a.in = static_cast<int>(x.size(1));
-    a.a_t = static_cast<const void* const*>(at_off(a_off[j]));
-    a.rank = static_cast<const int*>(at_off(rank_off[j]));
-    a.scale = static_cast<const float*>(at_off(scale_off[j]));
+    a.a_t = step.ATs(layer, p);
+    a.rank = step.RankTable(layer, p);
+    a.scale = step.Scales(layer, p);
     a.tmp = tmp.data_ptr<float>() + static_cast<int64_t>(j) * R;
     a.ld_tmp = ld_tmp;
-    ThrowIfError(launcher.Shrink(a, rows));
+    ThrowIfError(launcher.Shrink(a, step.rows));
   }
   gpu::ExpandArgs e;
   e.dtype = dtype;
@@ -153,19 +204,26 @@ void Launch(const gpu::LoraLauncher& launcher, gpu::DType dtype, const at::Tenso
   e.num_slices = S;
   for (int j = 0; j < S; ++j) {
     gpu::ExpandSlice& sl = e.slices[j];
-    sl.b_t = static_cast<const void* const*>(at_off(b_off[j]));
-    sl.rank = static_cast<const int*>(at_off(rank_off[j]));
-    sl.offset = static_cast<const int*>(at_off(col_off[j]));
+    sl.b_t = step.BTs(layer, group[j].proj);
+    sl.rank = step.RankTable(layer, group[j].proj);
+    sl.offset = step.Columns(j);
     sl.y = static_cast<char*>(y.data_ptr()) + group[j].col * y.element_size();
     sl.ldy = y.stride(0);
     sl.out = static_cast<int>(group[j].width);
   }
-  ThrowIfError(launcher.Expand(e, rows));
+  ThrowIfError(launcher.Expand(e, step.rows));
 }
 
 }  // namespace
 
 SgmvDeltaBackend::SgmvDeltaBackend(std::unique_ptr<gpu::LoraLauncher> launcher) : launcher_(std::move(launcher)) {}
+
+std::unique_ptr<DeltaStep> SgmvDeltaBackend::BeginStep(std::span<const AdapterSegment> segments, int64_t rows,
+                                                       int64_t num_layers, c10::Device device,
+                                                       at::ScalarType dtype) const {
+  if (!KernelDType(dtype).has_value() || device.is_cpu() != launcher_->host_memory()) return nullptr;
+  return MakeStep(launcher_->host_memory(), segments, rows, 0, num_layers, device, dtype);
+}
 
 at::Tensor SgmvDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                                          std::span<const AdapterSegment> segments) const {
@@ -173,40 +231,34 @@ at::Tensor SgmvDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
 }
 
 void SgmvDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
-                                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const {
+                                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
+                                 const DeltaStep* step_in) const {
   AtenDeltaBackend::ScaleOutputsAndAddBiasDeltas(y, layer, group, segments);
-  const std::optional<gpu::DType> dtype = KernelDType(x.scalar_type());
-  const bool kernels = dtype.has_value() && y.scalar_type() == x.scalar_type() && y.device() == x.device() &&
-                       x.dim() == 2 && x.stride(1) == 1 && y.stride(1) == 1 &&
+  const auto* step = dynamic_cast<const SgmvStep*>(step_in);
+  std::unique_ptr<SgmvStep> own;
+  const bool kernels = KernelDType(x.scalar_type()).has_value() && y.scalar_type() == x.scalar_type() &&
+                       y.device() == x.device() && x.dim() == 2 && x.stride(1) == 1 && y.stride(1) == 1 &&
                        group.size() <= static_cast<size_t>(gpu::kMaxSlices) &&
                        x.device().is_cpu() == launcher_->host_memory();
-  std::vector<AdapterSegment> others;
-  std::vector<Slot> slots;
-  std::vector<KernelSegment> taken;
-  for (const AdapterSegment& s : segments) {
-    Slot slot{s.adapter, {}};
-    bool any = false, readable = kernels;
-    for (size_t j = 0; j < group.size(); ++j) {
-      const std::span<const LoraModule> modules = s.adapter->Loras(layer, group[j].proj);
-      if (modules.empty()) continue;
-      any = true;
-      if (modules.size() != 1 || !Readable(modules[0], x)) {
-        readable = false;
-      } else {
-        slot.modules[j] = &modules[0];
-      }
-    }
-    if (!any) continue;
-    if (!readable) {
-      others.push_back(s);
-      continue;
-    }
-    auto it = std::find_if(slots.begin(), slots.end(), [&](const Slot& o) { return o.adapter == s.adapter; });
-    if (it == slots.end()) it = slots.insert(slots.end(), slot);
-    taken.push_back({&s, static_cast<int>(it - slots.begin())});
+  if (kernels && (step == nullptr || step->num_segments != segments.size() || step->dtype != x.scalar_type() ||
+                  layer < step->first_layer || layer >= step->first_layer + step->layers)) {
+    own = MakeStep(launcher_->host_memory(), segments, x.size(0), layer, 1, x.device(), x.scalar_type());
+    step = own.get();
   }
-  if (!others.empty()) AtenDeltaBackend::AddLoraDeltas(x, y, bias, layer, group, others);
-  if (!taken.empty()) Launch(*launcher_, *dtype, x, y, group, slots, taken);
+  if (!kernels) {
+    AtenDeltaBackend::AddLoraDeltas(x, y, bias, layer, group, segments);
+    return;
+  }
+  // Modules the kernels do not read, projection by projection.
+  for (const ProjSlice& slice : group) {
+    std::vector<AdapterSegment> others;
+    for (size_t k = 0; k < segments.size(); ++k) {
+      if (segments[k].adapter->Loras(layer, slice.proj).empty()) continue;
+      if (step->Rank(layer, slice.proj, step->slot_of[k]) == 0) others.push_back(segments[k]);
+    }
+    if (!others.empty()) AtenDeltaBackend::AddLoraDeltas(x, y, bias, layer, std::span(&slice, 1), others);
+  }
+  Launch(*launcher_, *step, x, y, layer, group);
 }
 
 void SgmvDeltaBackend::ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,

@@ -11,14 +11,18 @@
 namespace adapterd::model {
 
 // A SgmvDeltaBackend adds the LoRA deltas of a projection group with the
-// kernels of lora_kernels.h, through its LoraLauncher: for every segment
-// whose modules the kernels can read, one shrink launch per projection of
-// the group (x read once per launch, every segment's own A^T) and one
-// expand launch for all of the group's projections, BGMV when the
-// segments are single rows, SGMV when they are longer. The per-slot
-// pointer, rank and scale tables of a call are built on the host and
-// reach the launcher's memory in one copy (from pinned memory, without a
-// synchronisation, on a device).
+// kernels of lora_kernels.h, through its LoraLauncher: one shrink launch
+// per projection of the group that some adapter of the step has a module
+// at (x read once per launch, every slot's own A^T) and one expand launch
+// for all of the group's projections, BGMV when the segments are single
+// rows, SGMV when they are longer.
+//
+// The tables the kernels read are made once per step (BeginStep): a slot
+// per distinct adapter, the row -> slot map and the segments, and for
+// every layer and projection each slot's A^T and B^T pointers, rank and
+// scale. They are built on the host and reach the launcher's memory in one
+// copy per step (on a device, from pinned memory without a
+// synchronisation). A call without a step makes its own.
 //
 // The kernels read a module when it is plain LoRA (no DoRA), alone at its
 // projection (not a composite's), with A^T and B^T in the activations'
@@ -35,10 +39,13 @@ class SgmvDeltaBackend : public DeltaBackend {
   explicit SgmvDeltaBackend(std::unique_ptr<gpu::LoraLauncher> launcher);
 
   const char* name() const override { return launcher_->host_memory() ? "sgmv-host" : "sgmv-cuda"; }
+  std::unique_ptr<DeltaStep> BeginStep(std::span<const AdapterSegment> segments, int64_t rows, int64_t num_layers,
+                                       c10::Device device, at::ScalarType dtype) const override;
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
-                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) const override;
+                 std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
+                 const DeltaStep* step = nullptr) const override;
   void ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
                         BottleneckLocation loc, std::span<const AdapterSegment> segments) const override;
 

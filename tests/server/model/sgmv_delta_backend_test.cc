@@ -109,10 +109,15 @@ TEST_P(SgmvDeltaBackendTest, AddsWhatAtenAdds) {
   int launches = 0;
   const SgmvDeltaBackend sgmv(std::make_unique<CountingLauncher>(&launches));
   const AtenDeltaBackend aten;
-  for (int64_t l = 0; l < kLayers; ++l) {
+  // The tables of a whole step, made once; and calls that make their own.
+  const std::unique_ptr<DeltaStep> step = sgmv.BeginStep(segments, T, kLayers, at::kCPU, dt);
+  ASSERT_NE(step, nullptr);
+  for (int64_t i = 0; i < 2 * kLayers; ++i) {
+    const int64_t l = i % kLayers;
+    const DeltaStep* shared = i < kLayers ? step.get() : nullptr;
     at::Tensor want = y0.clone(), got = y0.clone();
     aten.AddDeltas(x, want, bias, l, group, segments);
-    sgmv.AddDeltas(x, got, bias, l, group, segments);
+    sgmv.AddDeltas(x, got, bias, l, group, segments, shared);
     const double tol = dt == at::kFloat ? 1e-5 : 2e-2;
     const at::Tensor err = (got.to(at::kFloat) - want.to(at::kFloat)).abs() / (want.to(at::kFloat).abs() + 1);
     EXPECT_LE(err.max().item<double>(), tol) << "layer " << l;
@@ -123,13 +128,13 @@ TEST_P(SgmvDeltaBackendTest, AddsWhatAtenAdds) {
     at::Tensor yo = y0.narrow(1, 0, kQ).clone(), wo = yo.clone();
     const std::vector<ProjSlice> q_only = {{Proj::kQ, 0, kQ}};
     aten.AddDeltas(x, wo, at::Tensor(), l, q_only, segments);
-    sgmv.AddDeltas(x, yo, at::Tensor(), l, q_only, segments);
+    sgmv.AddDeltas(x, yo, at::Tensor(), l, q_only, segments, shared);
     EXPECT_LE(((yo.to(at::kFloat) - wo.to(at::kFloat)).abs() / (wo.to(at::kFloat).abs() + 1)).max().item<double>(),
               tol);
   }
   // q, k and v shrinks and one expand per group call, q and an expand per
   // single-projection call, in each layer.
-  EXPECT_EQ(launches, kLayers * (4 + 2));
+  EXPECT_EQ(launches, 2 * kLayers * (4 + 2));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SgmvDeltaBackendTest,
