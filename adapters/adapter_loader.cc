@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "adapters/kind_loaders.h"
 #include "adapters/peft_fields.h"
+#include "server/model/device_upload.h"
 
 namespace adapterd::adapters {
 namespace {
@@ -58,7 +59,10 @@ absl::StatusOr<std::string> KindOf(const AdapterFiles& files, const OrderedJson&
 
 }  // namespace
 
-absl::StatusOr<LoadedAdapter> LoadAdapter(const AdapterFiles& files, const model::LlamaModel& base) {
+namespace {
+
+// LoadAdapter() on the calling thread's current stream.
+absl::StatusOr<LoadedAdapter> LoadOnThisStream(const AdapterFiles& files, const model::LlamaModel& base) {
   const std::string label = files.label + "/" + kConfigFile;
   OrderedJson j = OrderedJson::parse(files.config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError(label, "not a valid JSON object");
@@ -71,6 +75,18 @@ absl::StatusOr<LoadedAdapter> LoadAdapter(const AdapterFiles& files, const model
   }
   return ConfigError(label, absl::StrCat("'peft_type' ", j["peft_type"].dump(), " is not supported (", PeftTypes(),
                                          ")"));
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedAdapter> LoadAdapter(const AdapterFiles& files, const model::LlamaModel& base) {
+  // On a GPU, the weights are copied on a stream of their own: a load never
+  // stalls the step that is running.
+  model::DeviceUploadScope upload(base.options().device);
+  absl::StatusOr<LoadedAdapter> loaded = LoadOnThisStream(files, base);
+  if (!loaded.ok()) return loaded;
+  if (absl::Status done = upload.Finish(); !done.ok()) return done;
+  return loaded;
 }
 
 }  // namespace adapterd::adapters

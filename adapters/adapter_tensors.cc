@@ -12,6 +12,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+#include "server/model/device_upload.h"
 #include "server/model/finite_check.h"
 
 namespace adapterd::adapters {
@@ -155,9 +156,20 @@ at::Tensor CopyColumnMajor(const model::SafetensorsFile& f, const model::StTenso
 
 }  // namespace
 
+namespace {
+
+// `src` (host memory) on the model's device in its dtype: on a GPU from
+// pinned memory, without blocking (DeviceUploadScope waits for the copies).
+at::Tensor ToDevice(const at::Tensor& src, const model::ModelOptions& opts) {
+  if (!model::PinnedForDevice(opts.device)) return src.to(opts.device, opts.dtype);
+  return src.pin_memory().to(opts.device, opts.dtype, /*non_blocking=*/true);
+}
+
+}  // namespace
+
 at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                     const model::ModelOptions& opts) {
-  return Copy(f, info).to(opts.device, opts.dtype);
+  return ToDevice(Copy(f, info), opts);
 }
 
 at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
@@ -165,7 +177,7 @@ at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorIn
   at::Tensor src = info.shape.size() == 2 ? CopyColumnMajor(f, info) : Copy(f, info);
   const bool half = src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16;
   if (half && opts.dtype == at::kFloat && opts.device.is_cpu()) return src;
-  return src.to(opts.device, opts.dtype);
+  return ToDevice(src, opts);
 }
 
 absl::StatusOr<const model::StTensorInfo*> SoleTensor(const model::SafetensorsFile& f, const std::string& name,
