@@ -53,13 +53,13 @@ absl::Status CheckShape(const model::SafetensorsFile& f, const model::StTensorIn
 
 namespace {
 
-// An owned CPU copy in the file's dtype.
-at::Tensor Copy(const model::SafetensorsFile& f, const model::StTensorInfo& info) {
+// An owned CPU copy in the file's dtype; in pinned memory when `pinned`.
+at::Tensor Copy(const model::SafetensorsFile& f, const model::StTensorInfo& info, bool pinned) {
   auto data = f.Data(info);
   c10::ScalarType t = info.dtype == model::StDType::kF32    ? at::kFloat
                       : info.dtype == model::StDType::kF16  ? at::kHalf
                                                             : at::kBFloat16;
-  at::Tensor src = at::empty(info.shape, at::dtype(t));
+  at::Tensor src = at::empty(info.shape, at::dtype(t).pinned_memory(pinned));
   std::memcpy(src.data_ptr(), data.data(), data.size());
   return src;
 }
@@ -139,13 +139,13 @@ void TransposeInto(const std::byte* src, int64_t rows, int64_t cols, T* dst) {
 #endif
 
 // An owned CPU copy of a 2-D tensor in the file's dtype, laid out
-// column-major: its t() is contiguous.
-at::Tensor CopyColumnMajor(const model::SafetensorsFile& f, const model::StTensorInfo& info) {
+// column-major: its t() is contiguous. In pinned memory when `pinned`.
+at::Tensor CopyColumnMajor(const model::SafetensorsFile& f, const model::StTensorInfo& info, bool pinned) {
   auto data = f.Data(info);
   const int64_t rows = info.shape[0], cols = info.shape[1];
   const bool f32 = info.dtype == model::StDType::kF32;
   c10::ScalarType t = f32 ? at::kFloat : info.dtype == model::StDType::kF16 ? at::kHalf : at::kBFloat16;
-  at::Tensor transposed = at::empty({cols, rows}, at::dtype(t));
+  at::Tensor transposed = at::empty({cols, rows}, at::dtype(t).pinned_memory(pinned));
   if (f32) {
     TransposeInto(data.data(), rows, cols, static_cast<uint32_t*>(transposed.data_ptr()));
   } else {
@@ -154,27 +154,24 @@ at::Tensor CopyColumnMajor(const model::SafetensorsFile& f, const model::StTenso
   return transposed.t();
 }
 
-}  // namespace
-
-namespace {
-
-// `src` (host memory) on the model's device in its dtype: on a GPU from
-// pinned memory, without blocking (DeviceUploadScope waits for the copies).
+// `src`, made by Copy or CopyColumnMajor with pinned = PinnedForDevice, on
+// the model's device in its dtype: on a GPU without blocking
+// (DeviceUploadScope waits for the copies).
 at::Tensor ToDevice(const at::Tensor& src, const model::ModelOptions& opts) {
-  if (!model::PinnedForDevice(opts.device)) return src.to(opts.device, opts.dtype);
-  return src.pin_memory().to(opts.device, opts.dtype, /*non_blocking=*/true);
+  return src.to(opts.device, opts.dtype, /*non_blocking=*/model::PinnedForDevice(opts.device));
 }
 
 }  // namespace
 
 at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                     const model::ModelOptions& opts) {
-  return ToDevice(Copy(f, info), opts);
+  return ToDevice(Copy(f, info, model::PinnedForDevice(opts.device)), opts);
 }
 
 at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                         const model::ModelOptions& opts) {
-  at::Tensor src = info.shape.size() == 2 ? CopyColumnMajor(f, info) : Copy(f, info);
+  const bool pinned = model::PinnedForDevice(opts.device);
+  at::Tensor src = info.shape.size() == 2 ? CopyColumnMajor(f, info, pinned) : Copy(f, info, pinned);
   const bool half = src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16;
   if (half && opts.dtype == at::kFloat && opts.device.is_cpu()) return src;
   return ToDevice(src, opts);

@@ -74,10 +74,10 @@ class SgmvStep : public DeltaStep {
     return reinterpret_cast<const int*>(base + col_off) + static_cast<size_t>(slice) * slots;
   }
 
-  const char* base = nullptr;
+  const char* base = nullptr;  // the tables: in `host` or in `device_copy`
   size_t a_off = 0, b_off = 0, rank_off = 0, scale_off = 0, col_off = 0;
-  std::vector<char> host;
-  at::Tensor device_copy;
+  std::vector<char> host;  // for a host launcher
+  at::Tensor device_copy;  // for a device launcher
 
  private:
   size_t Index(int64_t layer, Proj p) const {
@@ -146,13 +146,14 @@ std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegm
   step->scale_off = buf.Add(scales);
   step->col_off = buf.Add(cols);
   const size_t seg_off = buf.Add(segs), row_off = buf.Add(row_slot);
-  step->host = std::move(buf.bytes());
   if (host_memory) {
+    step->host = std::move(buf.bytes());
     step->base = step->host.data();
   } else {
-    at::Tensor pinned = at::empty({static_cast<int64_t>(step->host.size())},
+    const std::vector<char>& bytes = buf.bytes();
+    at::Tensor pinned = at::empty({static_cast<int64_t>(bytes.size())},
                                   at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-    std::memcpy(pinned.data_ptr(), step->host.data(), step->host.size());
+    std::memcpy(pinned.data_ptr(), bytes.data(), bytes.size());
     // The copy keeps the pinned block until it has run.
     step->device_copy = pinned.to(device, /*non_blocking=*/true);
     step->base = static_cast<const char*>(step->device_copy.data_ptr());
