@@ -85,6 +85,13 @@ absl::StatusOr<LoadedAdapter> LoadAdapter(const AdapterFiles& files, const model
   model::DeviceUploadScope upload(base.options().device);
   absl::StatusOr<LoadedAdapter> loaded = LoadOnThisStream(files, base);
   if (!loaded.ok()) return loaded;
+  // With a slot pool, the LoRA weights move into a slot (copied on the same
+  // stream, so Finish() waits for that too).
+  if (model::LoraSlotPool* pool = base.lora_slot_pool(); pool != nullptr && loaded->weights != nullptr) {
+    if (absl::StatusOr<model::LoraSlotPool::Placement> placed = pool->Place(*loaded->weights); !placed.ok()) {
+      return placed.status();
+    }
+  }
   if (absl::Status done = upload.Finish(); !done.ok()) return done;
   return loaded;
 }

@@ -106,6 +106,12 @@ ABSL_FLAG(double, adapter_store_sync_seconds, 0,
 ABSL_FLAG(int64_t, adapter_device_bytes, 0,
           "Byte budget for adapter weights on the device tier (built, ready to run); least recently "
           "used idle adapters are evicted past it. 0 = no limit");
+ABSL_FLAG(int64_t, adapter_slots, 0,
+          "> 0: preallocate this many slots on --device for resident adapters' LoRA weights, each holding "
+          "one adapter of rank up to --adapter_slot_rank at every layer and projection, so that loads "
+          "never allocate device memory; adapters that do not fit a slot, or find none free, keep their "
+          "own tensors. 0 = no pool");
+ABSL_FLAG(int64_t, adapter_slot_rank, 16, "Highest LoRA rank a slot of --adapter_slots holds");
 ABSL_FLAG(int64_t, adapter_host_bytes, 0,
           "Byte budget for adapter files kept in host memory (the tier between device and disk); "
           "0 = no limit");
@@ -302,6 +308,10 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   e.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);
   o.cache.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
   o.cache.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
+  o.model.adapter_slots = absl::GetFlag(FLAGS_adapter_slots);
+  o.model.adapter_slot_rank = absl::GetFlag(FLAGS_adapter_slot_rank);
+  if (o.model.adapter_slots < 0) return absl::InvalidArgumentError("--adapter_slots must be >= 0");
+  if (o.model.adapter_slot_rank < 1) return absl::InvalidArgumentError("--adapter_slot_rank must be >= 1");
   o.cache.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
   o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
   const double sync = absl::GetFlag(FLAGS_adapter_store_sync_seconds);

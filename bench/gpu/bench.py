@@ -85,6 +85,15 @@ def step_bytes(cfg, dtype, batch, new_tokens):
     return weights + kv_bytes
 
 
+def lora_bytes(cfg, rank, dtype):
+    """Bytes of a LoRA of `rank` on all 7 projections of every layer."""
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    hd = h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    in_out = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + inter) + (inter + h)
+    return cfg["num_hidden_layers"] * rank * in_out * (4 if dtype == "float32" else 2)
+
+
 def decode_rate(build, server, cfg, batch, new_tokens, names=None, requests=None):
     flags = dict(concurrency=batch, requests=requests or batch, warmup=0, vocab=cfg["vocab_size"],
                  prompt_min=PROMPT, prompt_max=PROMPT, output_min=new_tokens, output_max=new_tokens)
@@ -169,7 +178,10 @@ def main():
     aten = statistics.median(runs["lora32_b32_aten"])
     report["lora32_b32_aten"] = dict(tok_s=aten, vs_base=aten / med["base_b32"])
 
-    server = Server(a.build, common + [f"--adapter_device_bytes={a.device_budget_mb << 20}"])
+    # The LoRA slot pool holds as many rank-16 adapters as the budget does.
+    slots = max(1, (a.device_budget_mb << 20) // lora_bytes(cfg, 16, a.dtype))
+    server = Server(a.build, common + [f"--adapter_device_bytes={a.device_budget_mb << 20}",
+                                       f"--adapter_slots={slots}", "--adapter_slot_rank=16"])
     try:
         ids = [f"m{i}" for i in range(a.many)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -184,7 +196,7 @@ def main():
         server.stop()
     m8, mn = statistics.median(many["8"]), statistics.median(many[str(a.many)])
     report["many_adapters_b32"] = {"adapters_8_tok_s": m8, f"adapters_{a.many}_tok_s": mn, "drop": 1 - mn / m8,
-                                   "device_budget_mb": a.device_budget_mb}
+                                   "device_budget_mb": a.device_budget_mb, "adapter_slots": slots}
     peft = peft_rate(base, dirs, a.dtype, a.device, 32, a.new_tokens)
     report["peft_lora32_b32"] = dict(tok_s=peft, adapterd_over_peft=med["lora32_b32"] / peft)
     report["runs"] = {**runs, **{f"many_{k}": v for k, v in many.items()}}
@@ -200,7 +212,8 @@ def main():
           f"{report['lora32_b32']['vs_base']:.2f}x the base |")
     print(f"| the same, deltas as LibTorch products (--delta_backend=aten) | {aten:.1f} | "
           f"{report['lora32_b32_aten']['vs_base']:.2f}x the base |")
-    print(f"| 8 -> {a.many} adapters, batch 32, device tier {a.device_budget_mb} MiB | {m8:.1f} -> {mn:.1f} | "
+    print(f"| 8 -> {a.many} adapters, batch 32, device tier {a.device_budget_mb} MiB in {slots} slots | "
+          f"{m8:.1f} -> {mn:.1f} | "
           f"drop {100 * (1 - mn / m8):.1f}% |")
     print(f"| PEFT generate(adapter_names), 32 adapters, batch 32 | {peft:.1f} | adapterd "
           f"{report['peft_lora32_b32']['adapterd_over_peft']:.2f}x |")

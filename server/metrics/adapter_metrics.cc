@@ -41,6 +41,8 @@ AdapterMetrics::AdapterMetrics(prometheus::Registry& r, AdapterLabels* labels)
                          "Bytes used in each tier: device = adapter tensors, host and disk = adapter files")),
       tier_budget_(Family(prometheus::BuildGauge(), r, "adapterd_adapter_tier_budget_bytes",
                           "Byte budget of each tier (0 = no limit)")),
+      slots_(Family(prometheus::BuildGauge(), r, "adapterd_adapter_slots",
+                    "Slots of the LoRA slot pool (--adapter_slots), used or free")),
       cache_hits_(AddCounter(r, "adapterd_adapter_cache_hits_total",
                              "Requests whose adapter was on the device tier when they arrived")),
       cache_misses_(Family(prometheus::BuildCounter(), r, "adapterd_adapter_cache_misses_total",
@@ -80,6 +82,11 @@ void AdapterMetrics::SetTierUsage(std::string_view tier, int64_t adapters, int64
   tier_adapters_->Add({{"tier", t}}).Set(static_cast<double>(adapters));
   tier_bytes_->Add({{"tier", t}}).Set(static_cast<double>(bytes));
   tier_budget_->Add({{"tier", t}}).Set(static_cast<double>(budget_bytes));
+}
+
+void AdapterMetrics::SetSlotUsage(int64_t used, int64_t total) {
+  slots_->Add({{"state", "used"}}).Set(static_cast<double>(used));
+  slots_->Add({{"state", "free"}}).Set(static_cast<double>(total - used));
 }
 
 void AdapterMetrics::RecordAdapterCacheHit() { cache_hits_->Increment(); }

@@ -41,6 +41,9 @@ class AdapterMetrics {
   // Residency tiers ("device", "host", "disk"): adapters and bytes in one,
   // and its budget (0 = none): adapterd_adapter_tier_{adapters,bytes,budget_bytes}{tier}.
   void SetTierUsage(std::string_view tier, int64_t adapters, int64_t bytes, int64_t budget_bytes);
+  // The LoRA slot pool (--adapter_slots): slots held by adapters and slots
+  // free: adapterd_adapter_slots{state="used"|"free"}.
+  void SetSlotUsage(int64_t used, int64_t total);
   // A request found its adapter on the device tier (hit), or had to wait for
   // it to come from `source_tier` (miss).
   void RecordAdapterCacheHit();
@@ -74,6 +77,7 @@ class AdapterMetrics {
   prometheus::Family<prometheus::Gauge>* tier_adapters_;
   prometheus::Family<prometheus::Gauge>* tier_bytes_;
   prometheus::Family<prometheus::Gauge>* tier_budget_;
+  prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Counter* cache_hits_;
   prometheus::Family<prometheus::Counter>* cache_misses_;
   prometheus::Family<prometheus::Counter>* evictions_;

@@ -236,10 +236,24 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   int64_t num_labels() const { return classifier_.defined() ? classifier_.size(0) : 0; }
 
   // Bytes held by the adapter's tensors; a composite's modules are views of
-  // its components' tensors and are not counted.
+  // its components' tensors and are not counted. The same whether or not
+  // the LoRA modules sit in a slot of a LoraSlotPool.
   int64_t bytes() const;
 
+  // The LoraSlotPool slot the LoRA modules are views of, or -1 when they
+  // hold their own tensors. KeepSlot() is the pool's: `handle` gives the
+  // slot back when these weights are destroyed.
+  int64_t pool_slot() const { return pool_slot_; }
+  void KeepSlot(std::shared_ptr<const void> handle, int64_t slot) {
+    slot_handle_ = std::move(handle);
+    pool_slot_ = slot;
+  }
+
  private:
+  // Declared first, so destroyed last: the slot goes back to the pool after
+  // the modules that view it are gone.
+  std::shared_ptr<const void> slot_handle_;
+  int64_t pool_slot_ = -1;
   AdapterKind kind_;
   uint64_t instance_id_;
   std::vector<std::array<LoraModule, kNumProj>> modules_;

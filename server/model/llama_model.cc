@@ -192,6 +192,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     model->rope_sin_ = emb.sin().to(options.device, options.dtype);
   });
   if (!status.ok()) return status;
+  if (options.adapter_slots > 0) {  // after the base, which needs its memory first
+    absl::StatusOr<std::unique_ptr<LoraSlotPool>> pool =
+        LoraSlotPool::Create(c, options.adapter_slots, options.adapter_slot_rank, options.device, options.dtype);
+    if (!pool.ok()) return pool.status();
+    model->slot_pool_ = *std::move(pool);
+  }
   return model;
 }
 

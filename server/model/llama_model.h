@@ -15,6 +15,7 @@
 #include "server/model/adapter_weights.h"
 #include "server/model/delta_backend.h"
 #include "server/model/kv_cache.h"
+#include "server/model/lora_slot_pool.h"
 #include "server/model/step_profile.h"
 #include "server/model/model_config.h"
 
@@ -37,6 +38,11 @@ struct ModelOptions {
   // How adapter deltas are computed (delta_backend.h); kAuto takes the
   // CUDA kernels on a GPU that has them.
   DeltaBackendKind delta_backend = DeltaBackendKind::kAuto;
+  // With adapter_slots > 0, a LoraSlotPool of that many slots of rank up to
+  // adapter_slot_rank is allocated at load, and adapter loads place their
+  // LoRA weights there (lora_slot_pool.h).
+  int64_t adapter_slots = 0;
+  int64_t adapter_slot_rank = 16;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow
@@ -82,6 +88,9 @@ class LlamaModel {
   const ModelOptions& options() const { return options_; }
   // Which DeltaBackend computes the adapter deltas (DeltaBackend::name()).
   const char* delta_backend_name() const;
+  // The slot pool adapter loads place LoRA weights in; null without one
+  // (ModelOptions::adapter_slots == 0). Thread-safe.
+  LoraSlotPool* lora_slot_pool() const { return slot_pool_.get(); }
   // Bytes held by the weights (aliases of the checkpoint mapping included).
   int64_t weight_bytes() const;
   // The frozen weight [out, in] of one projection (adapters validate against it).
@@ -128,6 +137,7 @@ class LlamaModel {
   at::Tensor rope_sin_;
   std::vector<Layer> layers_;
   std::unique_ptr<DeltaBackend> delta_backend_;
+  std::unique_ptr<LoraSlotPool> slot_pool_;
 };
 
 }  // namespace adapterd::model

@@ -135,7 +135,12 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   // --- In process: logits through the same loader, single rows and one mixed
   //     batch, with each of the CPU's delta backends: ATen products and row
   //     kernels, and the segmented kernels' tables run by their host version.
-  auto loader_base = model::LlamaModel::Load(base_dir, {});
+  //     The loader's model has a slot pool with fewer slots than adapters, so
+  //     the rows read weights in slots and weights of their own side by side.
+  model::ModelOptions loader_options;
+  loader_options.adapter_slots = 3;
+  loader_options.adapter_slot_rank = 8;
+  auto loader_base = model::LlamaModel::Load(base_dir, loader_options);
   ASSERT_TRUE(loader_base.ok()) << loader_base.status();
   adapters::AdapterRegistry registry(loader_base->get());
   std::map<std::string, std::shared_ptr<const adapters::Adapter>> loaded;
@@ -149,6 +154,10 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
     EXPECT_TRUE(testing::Await(done, "done"));
     loaded[a.name] = *registry.Lookup(a.name);
   }
+  int pooled = 0;
+  for (const auto& [name, adapter] : loaded) pooled += testing::ResidentWeights(*adapter).pool_slot() >= 0 ? 1 : 0;
+  EXPECT_GE(pooled, 1) << "no adapter was placed in a slot";
+  EXPECT_LT(pooled, static_cast<int>(loaded.size())) << "every adapter was placed in a slot";
   for (model::DeltaBackendKind kind : {model::DeltaBackendKind::kAten, model::DeltaBackendKind::kSgmv}) {
     SCOPED_TRACE(kind == model::DeltaBackendKind::kAten ? "aten delta backend" : "sgmv delta backend");
     model::ModelOptions options;

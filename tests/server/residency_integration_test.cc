@@ -161,5 +161,52 @@ TEST(ResidencyTest, BudgetsTiersOffloadPinsAndRestart) {
   }
 }
 
+// Adapters in a slot pool give the tokens they give with tensors of their
+// own, through evictions and loads back from host memory, and the pool's
+// gauge counts what holds a slot.
+TEST(ResidencyTest, SlotPoolGivesTheSameTokensThroughEvictions) {
+  auto tokens_of = [](const std::vector<std::string>& flags, std::map<std::string, std::vector<uint32_t>>& out,
+                      std::string* metrics) {
+    auto server = StartServer(flags);
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto ch = testing::Connect((*server)->grpc_address());
+    auto admin = v1::Admin::NewStub(ch);
+    auto inf = v1::Inference::NewStub(ch);
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(testing::UploadFiles(*admin, absl::StrCat("s", i), testing::QvLora(60 + i).Files()).ok());
+    }
+    for (int round = 0; round < 2; ++round) {
+      for (int i = 0; i < 4; ++i) {
+        const std::string id = absl::StrCat("s", i);
+        StreamResult r = testing::StreamTokens(*inf, testing::GreedyRequest(id, kPrompt, 8));
+        ASSERT_TRUE(r.status.ok()) << id << ": " << r.status.error_message();
+        if (round == 0) out[id] = r.tokens;
+        EXPECT_EQ(r.tokens, out[id]) << id << " in round " << round;
+      }
+    }
+    if (metrics != nullptr) {
+      auto m = testing::HttpGet((*server)->metrics_address(), "/metrics");
+      ASSERT_TRUE(m.ok());
+      *metrics = *m;
+    }
+    ASSERT_EQ((*server)->Stop(SIGTERM), 0);
+  };
+  const std::string budget = absl::StrCat("--adapter_device_bytes=", 2 * kQvBytes);
+  std::map<std::string, std::vector<uint32_t>> own, pooled;
+  tokens_of({budget}, own, nullptr);
+  std::string m;
+  tokens_of({budget, "--adapter_slots=2", "--adapter_slot_rank=8"}, pooled, &m);
+  EXPECT_EQ(pooled, own);
+  EXPECT_NE(own["s0"], own["s1"]);
+  absl::StatusOr<double> used = testing::MetricSum(m, "adapterd_adapter_slots{state=\"used\"}");
+  absl::StatusOr<double> free = testing::MetricSum(m, "adapterd_adapter_slots{state=\"free\"}");
+  ASSERT_TRUE(used.ok() && free.ok()) << m;
+  EXPECT_EQ(*used + *free, 2);
+  EXPECT_GE(*used, 1);  // the adapters loaded back from host memory took the free slots
+  absl::StatusOr<double> evictions = testing::MetricSum(m, "adapterd_adapter_evictions_total{from_tier=\"device\"}");
+  ASSERT_TRUE(evictions.ok());
+  EXPECT_GE(*evictions, 4);
+}
+
 }  // namespace
 }  // namespace adapterd

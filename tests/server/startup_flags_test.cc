@@ -44,6 +44,16 @@ TEST_F(StartupFlagsTest, DeltaBackendThatIsNotOne) {
   EXPECT_THAT(Refusal("--delta_backend=punica"), HasSubstr("--delta_backend must be auto, aten or sgmv"));
 }
 
+TEST_F(StartupFlagsTest, AdapterSlotPoolTheMachineCannotHold) {
+  // 10^12 slots of the demo model: petabytes, which the allocator refuses.
+  const std::string out = Refusal("--adapter_slots=1000000000000");
+  EXPECT_THAT(out, HasSubstr("--adapter_slots=1000000000000 with --adapter_slot_rank=16 needs"));
+  EXPECT_THAT(out, HasSubstr("bytes on cpu, which could not be allocated"));
+  EXPECT_THAT(Refusal("--adapter_slots=4611686018427387904"), HasSubstr("more bytes than a device can address"));
+  EXPECT_THAT(Refusal("--adapter_slots=-1"), HasSubstr("--adapter_slots must be >= 0"));
+  EXPECT_THAT(Refusal("--adapter_slots=2 --adapter_slot_rank=0"), HasSubstr("--adapter_slot_rank must be >= 1"));
+}
+
 TEST_F(StartupFlagsTest, WeightBudgetBelowTheCheckpoint) {
   const std::string out = Refusal("--max_weight_bytes=1000");
   EXPECT_THAT(out, HasSubstr("the base model's weights need"));
