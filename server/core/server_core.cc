@@ -46,6 +46,14 @@ std::string DtypeName(c10::ScalarType dtype) {
   }
 }
 
+// Logs the LoRA slot pool's size and keeps adapterd_adapter_slots current.
+void ReportSlotPool(model::LoraSlotPool* pool, metrics::AdapterMetrics* m) {
+  if (pool == nullptr) return;
+  LOG(INFO) << "adapter slot pool: " << pool->num_slots() << " slots of rank up to " << pool->max_rank() << ", "
+            << pool->bytes() << " bytes";
+  pool->SetUsageListener([m](int64_t used, int64_t total) { m->SetSlotUsage(used, total); });
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerCore>> ServerCore::Create(ServerCoreOptions options,
@@ -118,11 +126,7 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   labels_ = std::make_unique<metrics::AdapterLabels>(options.metrics_max_adapter_labels);
   engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get(), served_model_name_);
   adapter_metrics_ = std::make_unique<metrics::AdapterMetrics>(metrics, labels_.get());
-  if (model::LoraSlotPool* pool = (*model)->lora_slot_pool(); pool != nullptr) {
-    LOG(INFO) << "adapter slot pool: " << pool->num_slots() << " slots of rank up to " << pool->max_rank() << ", "
-              << pool->bytes() << " bytes";
-    pool->SetUsageListener([m = adapter_metrics_.get()](int64_t used, int64_t total) { m->SetSlotUsage(used, total); });
-  }
+  ReportSlotPool((*model)->lora_slot_pool(), adapter_metrics_.get());
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
       engine::Engine::Create(*std::move(model), options.engine, engine_metrics_.get());
   if (!engine.ok()) return engine.status();

@@ -138,7 +138,7 @@ TEST_P(LoraConformanceTest, MatchesPeft) {
   //     The loader's model has a slot pool with fewer slots than adapters, so
   //     the rows read weights in slots and weights of their own side by side.
   model::ModelOptions loader_options;
-  loader_options.adapter_slots = 3;
+  loader_options.adapter_slots = static_cast<int64_t>(setup.adapters.size()) - 1;
   loader_options.adapter_slot_rank = 8;
   auto loader_base = model::LlamaModel::Load(base_dir, loader_options);
   ASSERT_TRUE(loader_base.ok()) << loader_base.status();
