@@ -63,7 +63,8 @@ class LoraSlotPool {
   int64_t used_slots() const;
   // Called with (used, total) slots whenever a slot is taken or given back,
   // on the thread that did it, with no lock held. Set it once, before any
-  // Place().
+  // Place(); it must outlive every AdapterWeights placed (slots are given
+  // back when they are destroyed, which may be after the pool).
   void SetUsageListener(std::function<void(int64_t used, int64_t total)> listener);
 
  private:
