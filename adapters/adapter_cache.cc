@@ -89,7 +89,8 @@ CacheSlot::~CacheSlot() { cache_->Forget(this); }
 
 AdapterCache::AdapterCache(const model::LlamaModel* base, AdapterCacheOptions options,
                            metrics::AdapterMetrics* metrics)
-    : base_(base), options_(options), metrics_(metrics) {
+    : base_(base), options_(options), metrics_(metrics),
+      pool_(base != nullptr ? base->lora_slot_pool() : nullptr) {
   {
     absl::MutexLock lock(&mu_);
     PublishTiersLocked();
@@ -202,6 +203,28 @@ bool AdapterCache::MakeDeviceRoomLocked(int64_t bytes, const SlotState* except,
   return true;
 }
 
+int64_t AdapterCache::FreePoolSlotsLocked() const {
+  if (pool_ == nullptr) return 0;
+  int64_t held = slot_reserved_ ? 1 : 0;
+  for (const auto& [slot, st] : slots_) held += st.device != nullptr && st.device->pool_slot() >= 0 ? 1 : 0;
+  return pool_->num_slots() - held;
+}
+
+bool AdapterCache::MakeSlotRoomLocked(const SlotState* except, std::vector<std::shared_ptr<const void>>& released) {
+  if (FreePoolSlotsLocked() > 0) return true;
+  SlotState* lru = nullptr;
+  for (auto& [slot, st] : slots_) {
+    if (&st == except || st.device == nullptr || st.device->pool_slot() < 0 || st.leases > 0 || st.pinned) continue;
+    if (lru == nullptr || st.last_use < lru->last_use) lru = &st;
+  }
+  if (lru == nullptr) return false;
+  DropDeviceLocked(*lru, released);
+  ++counters_.evictions_device;
+  if (metrics_ != nullptr) metrics_->RecordAdapterEviction("device");
+  PublishLocked(*lru);
+  return true;
+}
+
 bool AdapterCache::MakeHostRoomLocked(int64_t bytes, const SlotState* except,
                                       std::vector<std::shared_ptr<const void>>& released) {
   const int64_t budget = options_.host_bytes;
@@ -241,7 +264,9 @@ absl::StatusOr<std::shared_ptr<CacheSlot>> AdapterCache::Insert(
     return absl::InternalError(absl::StrCat("adapter '", id, "' has neither files nor a directory"));
   }
   const int64_t virtual_tokens = weights->num_virtual_tokens();
-  auto slot = std::shared_ptr<CacheSlot>(new CacheSlot(this, id, device_bytes, host_bytes, virtual_tokens));
+  const bool wants_pool_slot = pool_ != nullptr && pool_->Fits(*weights);
+  auto slot = std::shared_ptr<CacheSlot>(
+      new CacheSlot(this, id, device_bytes, host_bytes, virtual_tokens, wants_pool_slot));
   std::vector<std::shared_ptr<const void>> released;  // freed after the lock
   absl::MutexLock lock(&mu_);
   if (!disk.has_value() && !MakeHostRoomLocked(host_bytes, nullptr, released)) {
@@ -419,6 +444,7 @@ std::shared_ptr<CacheSlot> AdapterCache::NextLoadLocked(std::vector<std::shared_
     if (MakeDeviceRoomLocked(s->device_bytes(), st, released)) {
       load_queue_.erase(it);
       device_reserved_ += s->device_bytes();
+      slot_reserved_ = s->wants_pool_slot() && MakeSlotRoomLocked(st, released);
       NotePeaksLocked();
       PublishTiersLocked();
       return s;
@@ -435,6 +461,7 @@ void AdapterCache::FinishLoadLocked(SlotState& st, absl::StatusOr<std::shared_pt
                                     std::vector<std::shared_ptr<const void>>& released, Settled& settled) {
   const CacheSlot& slot = *st.slot;
   device_reserved_ -= slot.device_bytes();
+  slot_reserved_ = false;
   st.loading = false;
   ++changes_;
   if (built.ok()) {
@@ -525,6 +552,9 @@ void AdapterCache::LoaderLoop() {
         if (st.disk.has_value()) dir = st.disk->dir;
       }
     }
+    // What was evicted for this load goes before it is built: its pool slot
+    // is then free for it.
+    released.clear();
     RunAll(settled);
     if (slot == nullptr) continue;
     const Tier source = host != nullptr ? Tier::kHost : Tier::kDisk;

@@ -53,19 +53,22 @@ class CacheSlot : public std::enable_shared_from_this<CacheSlot> {
   const std::string& id() const { return id_; }
   int64_t device_bytes() const { return device_bytes_; }
   int64_t host_bytes() const { return host_bytes_; }
+  // Whether its weights go in a slot of the model's LoraSlotPool.
+  bool wants_pool_slot() const { return wants_pool_slot_; }
 
  private:
   friend class AdapterCache;
   CacheSlot(AdapterCache* cache, std::string id, int64_t device_bytes, int64_t host_bytes,
-            int64_t num_virtual_tokens)
+            int64_t num_virtual_tokens, bool wants_pool_slot)
       : cache_(cache), id_(std::move(id)), device_bytes_(device_bytes), host_bytes_(host_bytes),
-        num_virtual_tokens_(num_virtual_tokens) {}
+        num_virtual_tokens_(num_virtual_tokens), wants_pool_slot_(wants_pool_slot) {}
 
   AdapterCache* const cache_;
   const std::string id_;
   const int64_t device_bytes_;
   const int64_t host_bytes_;
   const int64_t num_virtual_tokens_;
+  const bool wants_pool_slot_;
 };
 
 // Keeps registered adapters within byte budgets on the device tier and the
@@ -82,6 +85,14 @@ class CacheSlot : public std::enable_shared_from_this<CacheSlot> {
 // adapters: device -> host (if the host copy is kept) -> disk. An adapter
 // with a lease or a pin is never evicted. Reading from disk keeps a host
 // copy when the host budget allows.
+//
+// With a LoraSlotPool on the model, slots are part of the device tier's
+// room: a load of an adapter that fits a slot, when every slot is taken,
+// first evicts the least recently used idle adapter that holds one. When
+// running or pinned adapters hold every slot, it loads into tensors of its
+// own instead of waiting. Registrations are built before they are inserted,
+// so one that finds every slot taken keeps its own tensors until its next
+// load.
 //
 // An adapter with no directory to read it back from (an upload without an
 // adapter store, or one whose store entry is still being written) keeps its
@@ -185,6 +196,12 @@ class AdapterCache {
   bool MakeDeviceRoomLocked(int64_t bytes, const SlotState* except,
                             std::vector<std::shared_ptr<const void>>& released)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pool slots no resident adapter holds and no load has reserved.
+  int64_t FreePoolSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts the least recently used idle adapter that holds a pool slot when
+  // no slot is free; false when no slot is free and none can be freed.
+  bool MakeSlotRoomLocked(const SlotState* except, std::vector<std::shared_ptr<const void>>& released)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool MakeHostRoomLocked(int64_t bytes, const SlotState* except,
                           std::vector<std::shared_ptr<const void>>& released)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -220,6 +237,8 @@ class AdapterCache {
   uint64_t changes_ ABSL_GUARDED_BY(mu_) = 0;  // bumped whenever room may have appeared
   int64_t device_used_ ABSL_GUARDED_BY(mu_) = 0, host_used_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t device_reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  model::LoraSlotPool* const pool_;                  // the base's; null without one
+  bool slot_reserved_ ABSL_GUARDED_BY(mu_) = false;  // by the load in progress
   Stats counters_ ABSL_GUARDED_BY(mu_);  // the counting fields only
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread loader_;  // runs LoaderLoop(); started and joined by the constructor and destructor

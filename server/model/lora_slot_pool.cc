@@ -117,7 +117,7 @@ int64_t LoraSlotPool::used_slots() const {
   return free_->used;
 }
 
-bool LoraSlotPool::Eligible(const AdapterWeights& w) const {
+bool LoraSlotPool::Fits(const AdapterWeights& w) const {
   if (w.kind() != AdapterKind::kLora || w.composed() || w.num_layers() != num_layers_) return false;
   bool any = false;
   for (int64_t l = 0; l < num_layers_; ++l) {
@@ -136,7 +136,7 @@ bool LoraSlotPool::Eligible(const AdapterWeights& w) const {
 }
 
 absl::StatusOr<LoraSlotPool::Placement> LoraSlotPool::Place(AdapterWeights& w) {
-  if (!Eligible(w)) return Placement::kNotEligible;
+  if (!Fits(w)) return Placement::kNotEligible;
   int64_t slot = -1;
   free_->Take(slot);
   if (slot < 0) return Placement::kFull;

@@ -54,6 +54,11 @@ class LoraSlotPool {
   // weights are used.
   absl::StatusOr<Placement> Place(AdapterWeights& w);
 
+  // Whether Place() would put `w` in a slot were one free: a LoRA, not a
+  // composite, every module of the model's shapes, dtype and device and of
+  // rank at most max_rank().
+  bool Fits(const AdapterWeights& w) const;
+
   int64_t num_slots() const { return num_slots_; }
   int64_t max_rank() const { return max_rank_; }
   // Bytes of one slot, and of the whole pool.
@@ -74,7 +79,6 @@ class LoraSlotPool {
   };
   struct FreeList;
   LoraSlotPool() = default;
-  bool Eligible(const AdapterWeights& w) const;
   const Region& RegionOf(int64_t layer, Proj p) const { return regions_[layer * kNumProj + static_cast<int>(p)]; }
 
   int64_t num_slots_ = 0;
