@@ -108,9 +108,9 @@ ABSL_FLAG(int64_t, adapter_device_bytes, 0,
           "used idle adapters are evicted past it. 0 = no limit");
 ABSL_FLAG(int64_t, adapter_slots, 0,
           "> 0: preallocate this many slots on --device for resident adapters' LoRA weights, each holding "
-          "one adapter of rank up to --adapter_slot_rank at every layer and projection, so that loads "
-          "never allocate device memory; adapters that do not fit a slot, or find none free, keep their "
-          "own tensors. 0 = no pool");
+          "one adapter of rank up to --adapter_slot_rank at every layer and projection; a load copies the "
+          "adapter into a slot and frees its own copy, so resident adapters hold no allocations of their "
+          "own; adapters that do not fit a slot, or find none free, keep their own tensors. 0 = no pool");
 ABSL_FLAG(int64_t, adapter_slot_rank, 16, "Highest LoRA rank a slot of --adapter_slots holds");
 ABSL_FLAG(int64_t, adapter_host_bytes, 0,
           "Byte budget for adapter files kept in host memory (the tier between device and disk); "

@@ -17,12 +17,13 @@
 namespace adapterd::model {
 
 // A LoraSlotPool holds `num_slots` slots in one allocation on the model's
-// device, made once at start-up, so that adapters coming and going never
-// allocate device memory for their LoRA matrices nor fragment it. A slot
-// has room for one adapter's A^T and B^T at every layer and projection, up
-// to `max_rank`: the region of (layer, projection) holds A^T [in, r] at its
-// start and B^T [r, out] at its second half's start, each contiguous, in
-// the model's dtype.
+// device, made once at start-up, so that the LoRA matrices of resident
+// adapters hold no allocations of their own (a load still builds its
+// tensors first, and frees them once Place() has copied them). A slot has
+// room for one adapter's A^T and B^T at every layer and projection, up to
+// `max_rank`: the region of (layer, projection) holds A^T [in, r] at its
+// start and B^T [r, out] after room for A^T of rank max_rank, each
+// contiguous and 64-byte aligned, in the model's dtype.
 //
 // Place() copies an adapter's LoRA modules into a free slot and points the
 // modules at it; the kernels and the ATen path then read the slot as they
