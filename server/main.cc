@@ -144,6 +144,10 @@ ABSL_FLAG(std::string, delta_backend, "auto",
           "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
           "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "
           "slow host version)");
+ABSL_FLAG(std::string, cuda_graphs, "auto",
+          "Decode steps replayed from CUDA graphs captured per batch-size bucket: auto (on a CUDA device when "
+          "the build has them), on (start-up fails where they cannot be used), off (every step launched as it "
+          "comes)");
 ABSL_FLAG(int64_t, max_weight_bytes, 0,
           "Byte budget for the base model's weights on --device: start-up fails, before loading, for a "
           "checkpoint that needs more (0 = no budget)");
@@ -282,6 +286,16 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
     o.model.delta_backend = adapterd::model::DeltaBackendKind::kSgmv;
   } else {
     return absl::InvalidArgumentError("--delta_backend must be auto, aten or sgmv");
+  }
+  const std::string graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  if (graphs == "auto") {
+    o.model.decode_steps = adapterd::model::DecodeSteps::kAuto;
+  } else if (graphs == "on") {
+    o.model.decode_steps = adapterd::model::DecodeSteps::kGraphs;
+  } else if (graphs == "off") {
+    o.model.decode_steps = adapterd::model::DecodeSteps::kEager;
+  } else {
+    return absl::InvalidArgumentError("--cuda_graphs must be auto, on or off");
   }
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);

@@ -16,8 +16,10 @@ bandwidth bound and against PEFT, measured in the same run.
     files loaded under many ids, each id its own adapter to the server).
   - PEFT: `generate(adapter_names=...)` on the same 32-adapter batch, on the
     same device and dtype.
-  - CUDA graphs: adapterd does not capture graphs yet; the report says so
-    rather than printing a number for them.
+  - CUDA graphs: the runs above serve with --cuda_graphs=auto (decode
+    steps replayed from graphs per batch bucket on a CUDA device of a build
+    that has them); base at batch 1 and 32 and the 32 LoRAs at batch 32 are
+    measured again with --cuda_graphs=off, and the report gives both.
 
 --size picks the checkpoint: `1b` (Llama-shaped, ~1.1B parameters, made
 here from a fixed seed) for the device, `100m` or `tiny` for a rehearsal on
@@ -146,7 +148,7 @@ def main():
     bw = copy_bandwidth(a.device)
     log(f"copy bandwidth {bw / 1e9:.1f} GB/s")
     report = {"device": a.device, "dtype": a.dtype, "size": a.size, "new_tokens": a.new_tokens,
-              "copy_bandwidth_gb_s": bw / 1e9, "cuda_graphs": "not implemented: adapterd does not capture graphs yet"}
+              "copy_bandwidth_gb_s": bw / 1e9}
     common = [f"--model={base}", f"--device={a.device}", f"--dtype={a.dtype}", f"--threads={a.threads}",
               "--max_batch_size=64"]
     server = Server(a.build, common)
@@ -177,6 +179,22 @@ def main():
         server.stop()
     aten = statistics.median(runs["lora32_b32_aten"])
     report["lora32_b32_aten"] = dict(tok_s=aten, vs_base=aten / med["base_b32"])
+    # The same runs with every decode step launched as it comes (no graphs).
+    server = Server(a.build, common + ["--cuda_graphs=off"])
+    off = {"base_b1": [], "base_b32": [], "lora32_b32": []}
+    try:
+        server.register(dirs, prefix="a")
+        decode_rate(a.build, server, cfg, 8, 8)  # warm-up
+        for _ in range(a.runs):
+            off["base_b1"].append(decode_rate(a.build, server, cfg, 1, a.new_tokens))
+            off["base_b32"].append(decode_rate(a.build, server, cfg, 32, a.new_tokens))
+            off["lora32_b32"].append(decode_rate(a.build, server, cfg, 32, a.new_tokens, names))
+            log({f"{k} graphs off": round(v[-1], 1) for k, v in off.items()})
+    finally:
+        server.stop()
+    report["cuda_graphs"] = {k: dict(auto_tok_s=med[k], off_tok_s=statistics.median(v),
+                                     auto_over_off=med[k] / statistics.median(v)) for k, v in off.items()}
+    runs.update({f"{k}_graphs_off": v for k, v in off.items()})
 
     # The LoRA slot pool holds as many rank-16 adapters as the budget does.
     slots = max(1, (a.device_budget_mb << 20) // lora_bytes(cfg, 16, a.dtype))
@@ -217,7 +235,11 @@ def main():
           f"drop {100 * (1 - mn / m8):.1f}% |")
     print(f"| PEFT generate(adapter_names), 32 adapters, batch 32 | {peft:.1f} | adapterd "
           f"{report['peft_lora32_b32']['adapterd_over_peft']:.2f}x |")
-    print(f"| CUDA graphs on / off | - | {report['cuda_graphs']} |")
+    for k, label in (("base_b1", "base, batch 1"), ("base_b32", "base, batch 32"),
+                     ("lora32_b32", "32 distinct rank-16 LoRAs, batch 32")):
+        r = report["cuda_graphs"][k]
+        print(f"| {label}, --cuda_graphs=off | {r['off_tok_s']:.1f} | --cuda_graphs=auto "
+              f"{r['auto_over_off']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,10 @@ if [ -f "$cudart" ]; then
 else
   echo "compile_check: no $cudart; a server build cannot link the kernels from $OUT" >&2
 fi
+# The toolkit's headers, for the server's CUDA graph code (server/gpu/
+# cuda_step_graph.cc), which the bundle build compiles against LibTorch's
+# CUDA headers where no toolkit is installed.
+cuda_include=$(readlink -f "$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include")
+rm -rf "$OUT/include"
+cp -r "$cuda_include" "$OUT/include"
+echo "compile_check: $cuda_include -> $OUT/include"

@@ -121,7 +121,10 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
   LOG(INFO) << "model " << config.architecture_name << ": " << config.num_layers << " layers, hidden "
             << config.hidden_size << ", vocab " << config.vocab_size << ", " << (*model)->weight_bytes()
             << " weight bytes, loaded in " << absl::FormatDuration(absl::Now() - load_start) << "; adapter deltas: "
-            << (*model)->delta_backend_name();
+            << (*model)->delta_backend_name() << "; decode steps: "
+            << ((*model)->options().decode_steps == model::DecodeSteps::kGraphs    ? "CUDA graphs per batch bucket"
+                : (*model)->options().decode_steps == model::DecodeSteps::kBuckets ? "fixed shapes per batch bucket"
+                                                                                   : "eager");
 
   labels_ = std::make_unique<metrics::AdapterLabels>(options.metrics_max_adapter_labels);
   engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get(), served_model_name_);

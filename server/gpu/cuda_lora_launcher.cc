@@ -17,13 +17,13 @@ class CudaLoraLauncher : public LoraLauncher {
  public:
   bool host_memory() const override { return false; }
   absl::Status Shrink(const ShrinkArgs& a, const LaunchRows& rows) const override {
-    return Check(rows.sgmv ? SgmvShrink(a, rows.segments, rows.num_segments, rows.max_rows, nullptr)
-                           : BgmvShrink(a, rows.row_slot, rows.rows, nullptr),
+    return Check(rows.sgmv ? SgmvShrink(a, rows.segments, rows.num_segments, rows.max_rows, rows.stream)
+                           : BgmvShrink(a, rows.row_slot, rows.rows, rows.stream),
                  "shrink");
   }
   absl::Status Expand(const ExpandArgs& a, const LaunchRows& rows) const override {
-    return Check(rows.sgmv ? SgmvExpand(a, rows.segments, rows.num_segments, rows.max_rows, nullptr)
-                           : BgmvExpand(a, rows.row_slot, rows.rows, nullptr),
+    return Check(rows.sgmv ? SgmvExpand(a, rows.segments, rows.num_segments, rows.max_rows, rows.stream)
+                           : BgmvExpand(a, rows.row_slot, rows.rows, rows.stream),
                  "expand");
   }
 };

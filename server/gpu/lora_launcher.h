@@ -18,6 +18,10 @@ struct LaunchRows {
   const Segment* segments = nullptr;
   int num_segments = 0;
   int max_rows = 0;  // rows of the largest segment
+  // Where a device launcher enqueues: the stream LibTorch's operations use
+  // (CurrentStream() of step_graph.h), so that launches are ordered with
+  // them and captured with them in a graph. Ignored by the host launcher.
+  Stream stream = nullptr;
 };
 
 // A LoraLauncher runs the shrink and expand kernels of lora_kernels.h with

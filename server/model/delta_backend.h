@@ -34,6 +34,22 @@ class DeltaStep {
   virtual ~DeltaStep() = default;
 };
 
+// The tables of decode steps of one fixed shape (decode_graphs.h): `rows`
+// rows, each through one adapter or the base, at addresses that never
+// change, so that work captured once over AddTableDeltas() (a CUDA graph)
+// computes whatever the last Fill() wrote. Made by a DeltaBackend; used
+// from the model's forward thread only.
+class DeltaTables : public DeltaStep {
+ public:
+  // Whether the tables can carry every effect of `a` at the projections.
+  virtual bool Takes(const AdapterWeights& a) const = 0;
+  // Writes the tables for a step: row i through `row_adapters[i]` (null:
+  // the base), one entry per row, each of which Takes(). The copy to the
+  // device is enqueued on the current stream; the adapters must outlive
+  // the steps that use the tables.
+  virtual void Fill(std::span<const AdapterWeights* const> row_adapters) = 0;
+};
+
 // A DeltaBackend applies the adapters of a step's rows at the base model's
 // projections (IA3 rescaling, trained bias deltas, and LoRA deltas, DoRA
 // included) and at its residual connections (bottleneck adapters), for
@@ -63,6 +79,19 @@ class DeltaBackend {
                                                at::ScalarType dtype) const {
     return nullptr;
   }
+
+  // Tables for decode steps of `rows` rows of activations in `dtype` on
+  // `device` (DeltaTables); null when the backend has none, and then only
+  // steps of base rows take the fixed-shape path.
+  virtual std::unique_ptr<DeltaTables> MakeTables(int64_t rows, int64_t num_layers, c10::Device device,
+                                                  at::ScalarType dtype) const {
+    return nullptr;
+  }
+  // Adds every row's LoRA deltas at each projection of `group` to `y` (as
+  // AddDeltas), as `tables` say. The work enqueued is the same whatever
+  // the tables hold, so it may be captured once and replayed.
+  virtual void AddTableDeltas(const at::Tensor& x, at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
+                              const DeltaTables& tables) const {}
 
   // `x` [T, in] with the rows of every segment whose adapter scales the
   // input of `p` (IA3 on a feed-forward module) rescaled; `x` itself (the

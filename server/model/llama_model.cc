@@ -17,8 +17,10 @@
 #include "absl/time/clock.h"
 #include "server/common/compute_threads.h"
 #include "server/common/torch_call.h"
+#include "server/gpu/step_graph.h"
 #include "server/model/adapter_ops.h"
 #include "server/model/checkpoint.h"
+#include "server/model/decode_graphs.h"
 #include "server/model/gathered_attention.h"
 #include "server/model/paged_attention.h"
 #include "server/model/rms_norm.h"
@@ -198,6 +200,22 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     if (!pool.ok()) return pool.status();
     model->slot_pool_ = *std::move(pool);
   }
+  const bool graphs = options.device.is_cuda() && gpu::StepGraphsBuilt();
+  DecodeSteps steps = options.decode_steps;
+  if (steps == DecodeSteps::kAuto) steps = graphs ? DecodeSteps::kGraphs : DecodeSteps::kEager;
+  if (steps == DecodeSteps::kGraphs && !graphs) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CUDA graphs for decode steps (--cuda_graphs=on) on ", options.device.str(), ": ",
+        options.device.is_cuda() ? "this build has none (build against a CUDA LibTorch, bench/gpu/bundle.sh)"
+                                 : "not a CUDA device"));
+  }
+  model->options_.decode_steps = steps;
+  if (steps != DecodeSteps::kEager) {
+    const LlamaModel* m = model.get();
+    model->decode_graphs_ = std::make_unique<DecodeGraphs>(
+        steps, *model->delta_backend_, c.num_layers, options.device, options.dtype,
+        [m](const FixedDecodeInputs& in, KvCache& kv) { return m->FixedDecodeStep(in, kv); });
+  }
   return model;
 }
 
@@ -298,6 +316,9 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(const ForwardBatch& batch, KvCach
 
 ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) const {
   c10::InferenceMode inference_mode;
+  if (decode_graphs_ != nullptr && decode_graphs_->Takes(batch)) {
+    return ForwardOutput{decode_graphs_->Run(batch, kv), {}};
+  }
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t bs = kv.block_size();
@@ -485,6 +506,53 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
   ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
   return ApplyHeads(normed, lm_head_, heads);
+}
+
+std::vector<at::Tensor> LlamaModel::FixedProject(const at::Tensor& x, const ProjGroup& g, int64_t layer,
+                                                 const DeltaTables* tables) const {
+  at::Tensor y = at::linear(x, g.w, Opt(g.b));
+  if (tables != nullptr) delta_backend_->AddTableDeltas(x, y, layer, g.slices, *tables);
+  std::vector<at::Tensor> outs;
+  for (const ProjSlice& s : g.slices) outs.push_back(g.slices.size() == 1 ? y : y.narrow(1, s.col, s.width));
+  return outs;
+}
+
+// The decode rows of ForwardImpl() at the shapes of `in`: the same
+// operations (gathered attention, LoRA through the backend's tables) with
+// nothing read back to the host, so that a CUDA graph can capture them.
+at::Tensor LlamaModel::FixedDecodeStep(const FixedDecodeInputs& in, KvCache& kv) const {
+  c10::InferenceMode inference_mode;
+  const ModelConfig& c = config_;
+  const int64_t B = in.rows;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  GatheredDecodeRows rows;
+  rows.rows = B;
+  rows.longest = in.context;
+  rows.slots = in.read_slots;
+  rows.mask = at::arange(in.context, in.lengths.options()).unsqueeze(0).lt(in.lengths.unsqueeze(1)).view(
+      {B, 1, 1, in.context});
+  rows.q_rows = at::arange(B, in.lengths.options());
+  const at::Tensor cos = rope_cos_.index_select(0, in.positions), sin = rope_sin_.index_select(0, in.positions);
+  at::Tensor x = embed_tokens_.index_select(0, in.ids);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& l = layers_[li];
+    const int64_t L = static_cast<int64_t>(li);
+    at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
+    const std::vector<at::Tensor> qkv = FixedProject(h, l.qkv, L, in.tables);
+    const at::Tensor q = ApplyRope(qkv[0].view({B, c.num_heads, c.head_dim}), cos, sin);
+    const at::Tensor k = ApplyRope(qkv[1].view({B, c.num_kv_heads, c.head_dim}), cos, sin);
+    at::Tensor& kc = kv.k(L);
+    at::Tensor& vc = kv.v(L);
+    kc.index_copy_(0, in.write_slots, k);
+    vc.index_copy_(0, in.write_slots, qkv[2].view({B, c.num_kv_heads, c.head_dim}));
+    at::Tensor attn = at::empty({B, c.num_heads, c.head_dim}, q.options());
+    GatheredDecodeAttention(q, kc, vc, rows, scale, attn);
+    x = x + FixedProject(attn.view({B, c.num_heads * c.head_dim}), l.o, L, in.tables)[0];
+    h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
+    const std::vector<at::Tensor> gate_up = FixedProject(h, l.gate_up, L, in.tables);
+    x = x + FixedProject(at::silu(gate_up[0]) * gate_up[1], l.down, L, in.tables)[0];
+  }
+  return at::linear(RmsNorm(x, final_norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
 }
 
 }  // namespace adapterd::model

@@ -21,6 +21,9 @@
 
 namespace adapterd::model {
 
+class DecodeGraphs;
+struct FixedDecodeInputs;
+
 // How decode rows attend to the paged KV cache.
 enum class DecodeAttention {
   // In place (PagedDecodeAttention) where the cache's device and dtype
@@ -29,6 +32,20 @@ enum class DecodeAttention {
   // Always gathered (GatheredDecodeAttention), the path of devices without
   // the in-place kernel; on the CPU, to test that path.
   kGathered,
+};
+
+// How steps whose every row decodes one token run (decode_graphs.h).
+enum class DecodeSteps {
+  // kGraphs on a CUDA device of a build that has graphs; kEager elsewhere.
+  kAuto,
+  // As they come, each step at its own shapes.
+  kEager,
+  // At fixed shapes per bucket, eagerly: the graphs' step without the
+  // capture (on the CPU, to test it).
+  kBuckets,
+  // At fixed shapes, replayed from a CUDA graph per bucket; loading fails
+  // where the build or the device has none.
+  kGraphs,
 };
 
 struct ModelOptions {
@@ -43,6 +60,7 @@ struct ModelOptions {
   // LoRA weights there (lora_slot_pool.h).
   int64_t adapter_slots = 0;
   int64_t adapter_slot_rank = 16;
+  DecodeSteps decode_steps = DecodeSteps::kAuto;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow
@@ -85,12 +103,15 @@ class LlamaModel {
   ~LlamaModel();
 
   const ModelConfig& config() const { return config_; }
+  // As given to Load(), with decode_steps resolved (never kAuto).
   const ModelOptions& options() const { return options_; }
   // Which DeltaBackend computes the adapter deltas (DeltaBackend::name()).
   const char* delta_backend_name() const;
   // The slot pool adapter loads place LoRA weights in; null without one
   // (ModelOptions::adapter_slots == 0). Thread-safe.
   LoraSlotPool* lora_slot_pool() const { return slot_pool_.get(); }
+  // The fixed-shape decode steps (decode_graphs.h); null in DecodeSteps::kEager.
+  const DecodeGraphs* decode_graphs() const { return decode_graphs_.get(); }
   // Bytes held by the weights (aliases of the checkpoint mapping included).
   int64_t weight_bytes() const;
   // The frozen weight [out, in] of one projection (adapters validate against it).
@@ -127,6 +148,11 @@ class LlamaModel {
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
                       const std::vector<Segment>& segments, StepProfile* prof) const;
   ForwardOutput ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
+  // The step DecodeGraphs runs (and captures): float32 logits [B, vocab].
+  at::Tensor FixedDecodeStep(const FixedDecodeInputs& in, KvCache& kv) const;
+  // Project() for a fixed-shape step: the adapters' deltas through `tables` (may be null).
+  std::vector<at::Tensor> FixedProject(const at::Tensor& x, const ProjGroup& g, int64_t layer,
+                                       const DeltaTables* tables) const;
 
   ModelConfig config_;
   ModelOptions options_;
@@ -138,6 +164,7 @@ class LlamaModel {
   std::vector<Layer> layers_;
   std::unique_ptr<DeltaBackend> delta_backend_;
   std::unique_ptr<LoraSlotPool> slot_pool_;
+  std::unique_ptr<DecodeGraphs> decode_graphs_;  // written only by the forward thread
 };
 
 }  // namespace adapterd::model

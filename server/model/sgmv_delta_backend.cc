@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "server/gpu/step_graph.h"
+
 namespace adapterd::model {
 namespace {
 
@@ -26,6 +28,45 @@ bool Readable(const LoraModule& m, c10::Device device, at::ScalarType dtype) {
          m.a_t.device() == device && m.b_t.device() == device && m.a_t.is_contiguous() && m.b_t.is_contiguous() &&
          m.rank() > 0 && m.rank() <= gpu::kMaxRank;
 }
+
+// Per layer, projection and slot (in that order, `slots` slots): each
+// slot's A^T and B^T pointers, rank (0 where the kernels do not read a
+// module there) and scale.
+struct ModuleTables {
+  ModuleTables(int64_t layers, int slots)
+      : slots(slots),
+        cells(static_cast<size_t>(layers) * kNumProj * static_cast<size_t>(slots)),
+        a_ts(cells, nullptr),
+        b_ts(cells, nullptr),
+        ranks(cells, 0),
+        scales(cells, 0.0f) {}
+  // Slot i through adapters[i], for layers from `first_layer`.
+  void Fill(const std::vector<const AdapterWeights*>& adapters, int64_t first_layer, c10::Device device,
+            at::ScalarType dtype) {
+    const int64_t layers = static_cast<int64_t>(cells / kNumProj / static_cast<size_t>(slots));
+    for (int64_t l = 0; l < layers; ++l) {
+      for (int p = 0; p < kNumProj; ++p) {
+        const size_t row = (static_cast<size_t>(l) * kNumProj + static_cast<size_t>(p)) * slots;
+        for (size_t i = 0; i < adapters.size(); ++i) {
+          const std::span<const LoraModule> modules = adapters[i]->Loras(first_layer + l, static_cast<Proj>(p));
+          if (modules.size() != 1 || !Readable(modules[0], device, dtype)) continue;
+          const LoraModule& m = modules[0];
+          a_ts[row + i] = m.a_t.data_ptr();
+          b_ts[row + i] = m.b_t.data_ptr();
+          ranks[row + i] = static_cast<int>(m.rank());
+          scales[row + i] = static_cast<float>(m.scale);
+          max_rank = std::max(max_rank, ranks[row + i]);
+        }
+      }
+    }
+  }
+  int slots;
+  size_t cells;
+  std::vector<const void*> a_ts, b_ts;
+  std::vector<int> ranks;
+  std::vector<float> scales;
+  int max_rank = 0;
+};
 
 // Host bytes of tables, each at an 8-byte aligned offset.
 class TableBuffer {
@@ -109,25 +150,10 @@ std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegm
   }
   const int n = static_cast<int>(adapters.size());
   step->slots = n;
-  const size_t cells = static_cast<size_t>(layers) * kNumProj * n;
-  std::vector<const void*> a_ts(cells, nullptr), b_ts(cells, nullptr);
-  std::vector<float> scales(cells, 0.0f);
-  step->ranks.assign(cells, 0);
-  size_t cell = 0;
-  for (int64_t l = first_layer; l < first_layer + layers; ++l) {
-    for (int p = 0; p < kNumProj; ++p) {
-      for (int i = 0; i < n; ++i, ++cell) {
-        const std::span<const LoraModule> modules = adapters[i]->Loras(l, static_cast<Proj>(p));
-        if (modules.size() != 1 || !Readable(modules[0], device, dtype)) continue;
-        const LoraModule& m = modules[0];
-        a_ts[cell] = m.a_t.data_ptr();
-        b_ts[cell] = m.b_t.data_ptr();
-        step->ranks[cell] = static_cast<int>(m.rank());
-        scales[cell] = static_cast<float>(m.scale);
-        step->max_rank = std::max(step->max_rank, step->ranks[cell]);
-      }
-    }
-  }
+  ModuleTables t(layers, n);
+  t.Fill(adapters, first_layer, device, dtype);
+  step->ranks = t.ranks;
+  step->max_rank = t.max_rank;
   std::vector<int> cols(static_cast<size_t>(gpu::kMaxSlices) * n);
   for (int j = 0; j < gpu::kMaxSlices; ++j) std::fill_n(cols.begin() + j * n, n, j * step->max_rank);
   std::vector<gpu::Segment> segs;
@@ -140,10 +166,10 @@ std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegm
     max_rows = std::max(max_rows, len);
   }
   TableBuffer buf;
-  step->a_off = buf.Add(a_ts);
-  step->b_off = buf.Add(b_ts);
-  step->rank_off = buf.Add(step->ranks);
-  step->scale_off = buf.Add(scales);
+  step->a_off = buf.Add(t.a_ts);
+  step->b_off = buf.Add(t.b_ts);
+  step->rank_off = buf.Add(t.ranks);
+  step->scale_off = buf.Add(t.scales);
   step->col_off = buf.Add(cols);
   const size_t seg_off = buf.Add(segs), row_off = buf.Add(row_slot);
   if (host_memory) {
@@ -173,13 +199,17 @@ std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegm
 
 // One shrink per projection of `group` that some slot has a module at, then
 // one expand for the group: every readable module's delta added to y.
+// With `every_projection` (fixed tables), every projection is launched,
+// whatever the tables hold.
 void Launch(const gpu::LoraLauncher& launcher, const SgmvStep& step, const at::Tensor& x, at::Tensor& y,
-            int64_t layer, std::span<const ProjSlice> group) {
+            int64_t layer, std::span<const ProjSlice> group, bool every_projection = false) {
   const int S = static_cast<int>(group.size()), R = step.max_rank;
   std::array<bool, gpu::kMaxSlices> used{};
   bool any = false;
-  for (int j = 0; j < S; ++j) any |= used[j] = step.AnyRank(layer, group[j].proj);
+  for (int j = 0; j < S; ++j) any |= used[j] = every_projection || step.AnyRank(layer, group[j].proj);
   if (!any) return;
+  gpu::LaunchRows rows = step.rows;
+  rows.stream = gpu::CurrentStream(x.device());
   const gpu::DType dtype = *KernelDType(step.dtype);
   const int ld_tmp = S * R;
   at::Tensor tmp = at::empty({x.size(0), ld_tmp}, x.options().dtype(at::kFloat));
@@ -196,7 +226,7 @@ void Launch(const gpu::LoraLauncher& launcher, const SgmvStep& step, const at::T
     a.scale = step.Scales(layer, p);
     a.tmp = tmp.data_ptr<float>() + static_cast<int64_t>(j) * R;
     a.ld_tmp = ld_tmp;
-    ThrowIfError(launcher.Shrink(a, step.rows));
+    ThrowIfError(launcher.Shrink(a, rows));
   }
   gpu::ExpandArgs e;
   e.dtype = dtype;
@@ -212,8 +242,101 @@ void Launch(const gpu::LoraLauncher& launcher, const SgmvStep& step, const at::T
     sl.ldy = y.stride(0);
     sl.out = static_cast<int>(group[j].width);
   }
-  ThrowIfError(launcher.Expand(e, step.rows));
+  ThrowIfError(launcher.Expand(e, rows));
 }
+
+// Fixed tables (DeltaTables): a slot per row, the largest rank the kernels
+// take as every slice's tmp width, and per-row launches, so that nothing
+// the launches are given depends on the adapters a step holds.
+class SgmvTables : public DeltaTables {
+ public:
+  SgmvTables(bool host_memory, int64_t rows, int64_t layers, c10::Device device, at::ScalarType dtype)
+      : host_memory_(host_memory), rows_(rows) {
+    step_.layers = layers;
+    step_.slots = static_cast<int>(rows);
+    step_.max_rank = gpu::kMaxRank;
+    step_.device = device;
+    step_.dtype = dtype;
+    size_t row_off = 0;
+    std::vector<char> bytes = Build(std::vector<const AdapterWeights*>(static_cast<size_t>(rows)), &row_off);
+    if (host_memory_) {
+      step_.host = std::move(bytes);
+      step_.base = step_.host.data();
+    } else {
+      step_.device_copy = at::empty({static_cast<int64_t>(bytes.size())}, at::TensorOptions().dtype(at::kByte).device(device));
+      step_.base = static_cast<const char*>(step_.device_copy.data_ptr());
+      Copy(bytes);
+    }
+    step_.rows.row_slot = reinterpret_cast<const int*>(step_.base + row_off);
+    step_.rows.rows = static_cast<int>(rows);
+  }
+
+  bool Takes(const AdapterWeights& a) const override {
+    if (a.kind() != AdapterKind::kLora || a.composed() || a.num_layers() != step_.layers) return false;
+    for (int64_t l = 0; l < step_.layers; ++l) {
+      for (int p = 0; p < kNumProj; ++p) {
+        const Proj proj = static_cast<Proj>(p);
+        const std::span<const LoraModule> m = a.Loras(l, proj);
+        if (m.size() > 1 || (m.size() == 1 && !Readable(m[0], step_.device, step_.dtype))) return false;
+        if (a.FindBiasDelta(l, proj) != nullptr || a.FindIa3(l, proj) != nullptr) return false;
+      }
+    }
+    return true;
+  }
+
+  void Fill(std::span<const AdapterWeights* const> row_adapters) override {
+    if (static_cast<int64_t>(row_adapters.size()) != rows_) {
+      throw std::invalid_argument("DeltaTables::Fill: " + std::to_string(row_adapters.size()) + " rows for tables of " +
+                                  std::to_string(rows_));
+    }
+    size_t row_off = 0;
+    const std::vector<char> bytes = Build(row_adapters, &row_off);
+    if (host_memory_) {
+      std::memcpy(step_.host.data(), bytes.data(), bytes.size());
+    } else {
+      Copy(bytes);
+    }
+  }
+
+  const SgmvStep& step() const { return step_; }
+
+ private:
+  // The tables' bytes for `row_adapters`, at offsets that depend only on
+  // the row and layer counts.
+  std::vector<char> Build(std::span<const AdapterWeights* const> row_adapters, size_t* row_off) {
+    std::vector<const AdapterWeights*> adapters;
+    std::vector<int> row_slot(static_cast<size_t>(rows_), -1);
+    for (size_t i = 0; i < row_adapters.size(); ++i) {
+      if (row_adapters[i] == nullptr) continue;
+      auto it = std::find(adapters.begin(), adapters.end(), row_adapters[i]);
+      if (it == adapters.end()) it = adapters.insert(adapters.end(), row_adapters[i]);
+      row_slot[i] = static_cast<int>(it - adapters.begin());
+    }
+    ModuleTables t(step_.layers, step_.slots);
+    t.Fill(adapters, 0, step_.device, step_.dtype);
+    std::vector<int> cols(static_cast<size_t>(gpu::kMaxSlices) * step_.slots);
+    for (int j = 0; j < gpu::kMaxSlices; ++j) std::fill_n(cols.begin() + j * step_.slots, step_.slots, j * gpu::kMaxRank);
+    TableBuffer buf;
+    step_.a_off = buf.Add(t.a_ts);
+    step_.b_off = buf.Add(t.b_ts);
+    step_.rank_off = buf.Add(t.ranks);
+    step_.scale_off = buf.Add(t.scales);
+    step_.col_off = buf.Add(cols);
+    *row_off = buf.Add(row_slot);
+    return std::move(buf.bytes());
+  }
+  // Into the device copy, from pinned memory, on the current stream.
+  void Copy(const std::vector<char>& bytes) {
+    at::Tensor pinned = at::empty({static_cast<int64_t>(bytes.size())},
+                                  at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(pinned.data_ptr(), bytes.data(), bytes.size());
+    step_.device_copy.copy_(pinned, /*non_blocking=*/true);
+  }
+
+  bool host_memory_;
+  int64_t rows_;
+  SgmvStep step_;
+};
 
 }  // namespace
 
@@ -224,6 +347,23 @@ std::unique_ptr<DeltaStep> SgmvDeltaBackend::BeginStep(std::span<const AdapterSe
                                                        at::ScalarType dtype) const {
   if (!KernelDType(dtype).has_value() || device.is_cpu() != launcher_->host_memory()) return nullptr;
   return MakeStep(launcher_->host_memory(), segments, rows, 0, num_layers, device, dtype);
+}
+
+std::unique_ptr<DeltaTables> SgmvDeltaBackend::MakeTables(int64_t rows, int64_t num_layers, c10::Device device,
+                                                        at::ScalarType dtype) const {
+  if (rows <= 0 || !KernelDType(dtype).has_value() || device.is_cpu() != launcher_->host_memory()) return nullptr;
+  return std::make_unique<SgmvTables>(launcher_->host_memory(), rows, num_layers, device, dtype);
+}
+
+void SgmvDeltaBackend::AddTableDeltas(const at::Tensor& x, at::Tensor& y, int64_t layer,
+                                      std::span<const ProjSlice> group, const DeltaTables& tables) const {
+  const auto* t = dynamic_cast<const SgmvTables*>(&tables);
+  if (t == nullptr || x.scalar_type() != t->step().dtype || y.scalar_type() != x.scalar_type() || x.dim() != 2 ||
+      x.size(0) != t->step().rows.rows || x.stride(1) != 1 || y.stride(1) != 1 ||
+      group.size() > static_cast<size_t>(gpu::kMaxSlices)) {
+    throw std::invalid_argument("SgmvDeltaBackend::AddTableDeltas: the activations do not fit the tables");
+  }
+  Launch(*launcher_, t->step(), x, y, layer, group, /*every_projection=*/true);
 }
 
 at::Tensor SgmvDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,

@@ -41,6 +41,14 @@ class SgmvDeltaBackend : public DeltaBackend {
   const char* name() const override { return launcher_->host_memory() ? "sgmv-host" : "sgmv-cuda"; }
   std::unique_ptr<DeltaStep> BeginStep(std::span<const AdapterSegment> segments, int64_t rows, int64_t num_layers,
                                        c10::Device device, at::ScalarType dtype) const override;
+  // Tables of a slot per row (at most `rows` distinct adapters), for
+  // modules of rank up to gpu::kMaxRank the kernels read, launched per row
+  // (BGMV) for every projection; null for a dtype the kernels lack or
+  // memory the launcher cannot address.
+  std::unique_ptr<DeltaTables> MakeTables(int64_t rows, int64_t num_layers, c10::Device device,
+                                          at::ScalarType dtype) const override;
+  void AddTableDeltas(const at::Tensor& x, at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
+                      const DeltaTables& tables) const override;
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
                          std::span<const AdapterSegment> segments) const override;
   void AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,

@@ -44,6 +44,12 @@ TEST_F(StartupFlagsTest, DeltaBackendThatIsNotOne) {
   EXPECT_THAT(Refusal("--delta_backend=punica"), HasSubstr("--delta_backend must be auto, aten or sgmv"));
 }
 
+TEST_F(StartupFlagsTest, CudaGraphsWhereTheyCannotBeUsed) {
+  EXPECT_THAT(Refusal("--cuda_graphs=on"),
+              HasSubstr("CUDA graphs for decode steps (--cuda_graphs=on) on cpu: not a CUDA device"));
+  EXPECT_THAT(Refusal("--cuda_graphs=yes"), HasSubstr("--cuda_graphs must be auto, on or off"));
+}
+
 TEST_F(StartupFlagsTest, AdapterSlotPoolTheMachineCannotHold) {
   // 10^12 slots of the demo model: petabytes, which the allocator refuses.
   const std::string out = Refusal("--adapter_slots=1000000000000");
