@@ -40,3 +40,8 @@ cuda_include=$(readlink -f "$(dirname "$(dirname "$(readlink -f "$NVCC")")")/inc
 rm -rf "$OUT/include"
 cp -r "$cuda_include" "$OUT/include"
 echo "compile_check: $cuda_include -> $OUT/include"
+# The one generated header of LibTorch's CUDA headers that Debian's
+# libtorch-dev leaves out (it says c10_cuda is a shared library), so that
+# the CPU build can compile the CUDA graph code against Debian's headers.
+mkdir -p "$OUT/shim/c10/cuda/impl"
+echo '#define C10_CUDA_BUILD_SHARED_LIBS' > "$OUT/shim/c10/cuda/impl/cuda_cmake_macros.h"
