@@ -21,6 +21,8 @@ class CudaStepGraph : public StepGraph {
     graph_.replay();
   }
   at::cuda::CUDAGraph& graph() { return graph_; }
+  // The memory pool of its temporaries, once captured.
+  at::cuda::MempoolId_t pool{0, 0};
 
  private:
   c10::Device device_;
@@ -31,7 +33,8 @@ class CudaStepGraph : public StepGraph {
 
 bool StepGraphsBuilt() { return true; }
 
-absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>& body) {
+absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>& body,
+                                                            const StepGraph* share_memory_with) {
   if (!device.is_cuda()) {
     return absl::UnimplementedError(absl::StrCat("CUDA graphs on ", device.str(), ": not a CUDA device"));
   }
@@ -45,10 +48,12 @@ absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, 
     current.synchronize();
     {
       c10::cuda::CUDAStreamGuard on_side(side);
-      g->graph().capture_begin();
+      const auto* other = dynamic_cast<const CudaStepGraph*>(share_memory_with);
+      g->graph().capture_begin(other != nullptr ? other->pool : at::cuda::MempoolId_t{0, 0});
       body();
       g->graph().capture_end();
     }
+    g->pool = g->graph().pool();
     return std::unique_ptr<StepGraph>(std::move(g));
   });
   if (!out.ok()) return absl::InternalError(absl::StrCat("CUDA graph capture failed: ", out.status().message()));

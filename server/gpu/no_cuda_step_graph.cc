@@ -7,7 +7,8 @@ namespace adapterd::gpu {
 
 bool StepGraphsBuilt() { return false; }
 
-absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>&) {
+absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>&,
+                                                            const StepGraph*) {
   return absl::UnimplementedError(
       absl::StrCat("CUDA graphs on ", device.str(), ": this build has none (build against a CUDA LibTorch, "
                    "bench/gpu/bundle.sh)"));

@@ -36,7 +36,14 @@ bool StepGraphsBuilt();
 // from pageable host memory or read a tensor's value on the host.
 // UNIMPLEMENTED when the build has no graphs or `device` is not CUDA;
 // INTERNAL naming the failure when the capture fails.
-absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>& body);
+//
+// With `share_memory_with`, the new graph's temporaries come from that
+// graph's pool: graphs that share one take the memory of the largest,
+// not of all of them together. That is safe when they are replayed one at
+// a time on one stream and what a replay writes outside its inputs is
+// read before the next replay of any of them.
+absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, const std::function<void()>& body,
+                                                            const StepGraph* share_memory_with = nullptr);
 
 // The stream LibTorch's operations on `device` use now (the capture's side
 // stream while a capture runs): the stream our own kernels must launch on

@@ -115,6 +115,7 @@ at::Tensor DecodeGraphs::Run(const ForwardBatch& batch, KvCache& kv) {
   const bool adapters =
       std::any_of(batch.adapters.begin(), batch.adapters.end(), [](const AdapterWeights* a) { return a != nullptr; });
   if (kv.k(0).data_ptr() != cache_) {
+    first_graph_ = nullptr;
     buckets_.clear();
     cache_ = kv.k(0).data_ptr();
   }
@@ -129,10 +130,13 @@ at::Tensor DecodeGraphs::Run(const ForwardBatch& batch, KvCache& kv) {
     logits = body_(b.inputs, kv);
     ++stats_.eager;
     if (mode_ == DecodeSteps::kGraphs && !b.eager_only) {
+      // Every bucket's graph shares the first one's memory: replays run one
+      // at a time, and each one's logits are copied out before the next.
       absl::StatusOr<std::unique_ptr<gpu::StepGraph>> g =
-          gpu::CaptureStepGraph(device_, [&] { b.out = body_(b.inputs, kv); });
+          gpu::CaptureStepGraph(device_, [&] { b.out = body_(b.inputs, kv); }, first_graph_);
       if (g.ok()) {
         b.graph = *std::move(g);
+        if (first_graph_ == nullptr) first_graph_ = b.graph.get();
         ++stats_.captures;
       } else {
         b.eager_only = true;

@@ -47,6 +47,8 @@ using FixedDecodeBody = std::function<at::Tensor(const FixedDecodeInputs&, KvCac
 // In mode kGraphs the first step of a bucket runs eagerly and is then
 // captured (gpu::CaptureStepGraph); later steps only write the inputs and
 // replay. A capture that fails is logged once and the bucket stays eager.
+// All graphs share the first one's memory pool, so their temporaries take
+// the memory of the largest step, not of every bucket together.
 // Graphs hold the addresses of one KvCache; a step with another cache
 // drops them all. In mode kBuckets the same fixed-shape step runs eagerly
 // every time (the graphs' step without the capture: how the CPU tests it).
@@ -96,6 +98,7 @@ class DecodeGraphs {
   std::unique_ptr<DeltaTables> probe_;  // one row: what Takes() asks
   std::map<std::tuple<int64_t, int64_t, bool>, std::unique_ptr<Bucket>> buckets_;
   const void* cache_ = nullptr;  // the KvCache the graphs write (its first key tensor)
+  const gpu::StepGraph* first_graph_ = nullptr;  // whose memory pool every graph shares
   bool capture_failure_logged_ = false;
   Stats stats_;
 };
