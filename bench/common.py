@@ -75,6 +75,12 @@ class Server:
         for i, d in enumerate(dirs):
             self.ctl("load", f"--id={prefix}{i}", f"--path={d}")
 
+    def log_lines(self, text):
+        """The lines of the server's log so far that contain `text`."""
+        self.log.flush()
+        with open(self.log.name, errors="replace") as f:
+            return [line.rstrip("\n") for line in f if text in line]
+
     def stop(self):
         """Stops the server; its temporary directory (log included) goes with it."""
         self.proc.terminate()

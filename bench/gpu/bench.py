@@ -162,6 +162,8 @@ def main():
             runs["base_b32"].append(decode_rate(a.build, server, cfg, 32, a.new_tokens))
             runs["lora32_b32"].append(decode_rate(a.build, server, cfg, 32, a.new_tokens, names))
             log({k: round(v[-1], 1) for k, v in runs.items()})
+        # A capture that failed left the steps eager and said so once.
+        graph_failures = server.log_lines("decode steps run without CUDA graphs")
     finally:
         server.stop()
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -194,6 +196,7 @@ def main():
         server.stop()
     report["cuda_graphs"] = {k: dict(auto_tok_s=med[k], off_tok_s=statistics.median(v),
                                      auto_over_off=med[k] / statistics.median(v)) for k, v in off.items()}
+    report["cuda_graphs"]["capture_failures"] = graph_failures
     runs.update({f"{k}_graphs_off": v for k, v in off.items()})
 
     # The LoRA slot pool holds as many rank-16 adapters as the budget does.
@@ -240,6 +243,8 @@ def main():
         r = report["cuda_graphs"][k]
         print(f"| {label}, --cuda_graphs=off | {r['off_tok_s']:.1f} | --cuda_graphs=auto "
               f"{r['auto_over_off']:.2f}x |")
+    if graph_failures:
+        print(f"| CUDA graph capture failed, steps ran eagerly | - | {graph_failures[0]} |")
 
 
 if __name__ == "__main__":
