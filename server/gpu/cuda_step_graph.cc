@@ -50,7 +50,16 @@ absl::StatusOr<std::unique_ptr<StepGraph>> CaptureStepGraph(c10::Device device, 
       c10::cuda::CUDAStreamGuard on_side(side);
       const auto* other = dynamic_cast<const CudaStepGraph*>(share_memory_with);
       g->graph().capture_begin(other != nullptr ? other->pool : at::cuda::MempoolId_t{0, 0});
-      body();
+      try {
+        body();
+      } catch (...) {
+        // End the capture, so that the side stream is usable again.
+        try {
+          g->graph().capture_end();
+        } catch (...) {
+        }
+        throw;
+      }
       g->graph().capture_end();
     }
     g->pool = g->graph().pool();
