@@ -29,22 +29,30 @@ at::Tensor Activate(const at::Tensor& x, Activation act) {
   return x;
 }
 
-at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x) {
+BottleneckInput BottleneckPrepare(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x) {
   const at::Tensor z = m.parallel ? x : (m.original_ln_before ? h + x : h);
-  const at::Tensor& res = m.residual_before_ln ? h : z;
-  at::Tensor down = Activate(at::addmm(m.down_b, MaybeLayerNorm(z, m.ln_before_w, m.ln_before_b), m.down_t), m.act);
-  at::Tensor o = at::addmm(m.up_b, down, m.up_t);
-  o = m.scaling_t.defined() ? o * m.scaling_t : o * m.scaling;
+  return {MaybeLayerNorm(z, m.ln_before_w, m.ln_before_b), m.residual_before_ln ? h : z};
+}
+
+at::Tensor BottleneckFinish(const BottleneckModule& m, const at::Tensor& up, const at::Tensor& h, const at::Tensor& x,
+                            const at::Tensor& residual) {
+  at::Tensor o = m.scaling_t.defined() ? up * m.scaling_t : up * m.scaling;
   if (m.parallel) {
     o = MaybeLayerNorm(o, m.ln_after_w, m.ln_after_b) + h;
     return m.original_ln_after ? o + x : o;
   }
   if (m.adapter_residual_before_ln) {
-    o = MaybeLayerNorm(o + res, m.ln_after_w, m.ln_after_b);
+    o = MaybeLayerNorm(o + residual, m.ln_after_w, m.ln_after_b);
   } else {
-    o = MaybeLayerNorm(o, m.ln_after_w, m.ln_after_b) + res;
+    o = MaybeLayerNorm(o, m.ln_after_w, m.ln_after_b) + residual;
   }
   return m.original_ln_after ? o + x : o;
+}
+
+at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x) {
+  const BottleneckInput in = BottleneckPrepare(m, h, x);
+  const at::Tensor down = Activate(at::addmm(m.down_b, in.input, m.down_t), m.act);
+  return BottleneckFinish(m, at::addmm(m.up_b, down, m.up_t), h, x, in.residual);
 }
 
 at::Tensor AdaptionPromptAttention(const AdaptionPromptModule& m, const at::Tensor& q, double scale) {

@@ -14,6 +14,19 @@ namespace adapterd::model {
 // BottleneckModule for the formula. Pure; safe from any thread.
 at::Tensor BottleneckForward(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x);
 
+// BottleneckForward in two halves around the module's two products, for a
+// backend that computes the products itself: Prepare gives the down
+// projection's input (LN_before(z)) and the residual the output adds;
+// Finish takes `up` = up(act(down(input))), before the scaling, and gives
+// what BottleneckForward gives.
+struct BottleneckInput {
+  at::Tensor input;
+  at::Tensor residual;
+};
+BottleneckInput BottleneckPrepare(const BottleneckModule& m, const at::Tensor& h, const at::Tensor& x);
+at::Tensor BottleneckFinish(const BottleneckModule& m, const at::Tensor& up, const at::Tensor& h, const at::Tensor& x,
+                            const at::Tensor& residual);
+
 // LLaMA-Adapter's gated attention over the adaption prompt for one
 // segment's queries `q` [n, num_heads, head_dim] (RoPE applied):
 // gate * softmax(q k^T * scale) v, the softmax in float32 over the prompt

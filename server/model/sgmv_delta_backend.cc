@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "server/gpu/step_graph.h"
+#include "server/model/adapter_ops.h"
 
 namespace adapterd::model {
 namespace {
@@ -83,6 +85,24 @@ class TableBuffer {
  private:
   std::vector<char> bytes_;
 };
+
+// Where a launcher reads `buf`: the bytes themselves, moved into `host`
+// (a host launcher), or a device copy made from pinned memory without a
+// synchronisation, in `device_copy`. Returns the tables' base address.
+const char* Place(bool host_memory, TableBuffer& buf, c10::Device device, std::vector<char>& host,
+                  at::Tensor& device_copy) {
+  if (host_memory) {
+    host = std::move(buf.bytes());
+    return host.data();
+  }
+  const std::vector<char>& bytes = buf.bytes();
+  at::Tensor pinned =
+      at::empty({static_cast<int64_t>(bytes.size())}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(pinned.data_ptr(), bytes.data(), bytes.size());
+  // The copy keeps the pinned block until it has run.
+  device_copy = pinned.to(device, /*non_blocking=*/true);
+  return static_cast<const char*>(device_copy.data_ptr());
+}
 
 // The tables of one step, for layers [first_layer, first_layer + layers):
 // per layer and projection, every slot's A^T and B^T pointers, rank (0:
@@ -172,18 +192,7 @@ std::unique_ptr<SgmvStep> MakeStep(bool host_memory, std::span<const AdapterSegm
   step->scale_off = buf.Add(t.scales);
   step->col_off = buf.Add(cols);
   const size_t seg_off = buf.Add(segs), row_off = buf.Add(row_slot);
-  if (host_memory) {
-    step->host = std::move(buf.bytes());
-    step->base = step->host.data();
-  } else {
-    const std::vector<char>& bytes = buf.bytes();
-    at::Tensor pinned = at::empty({static_cast<int64_t>(bytes.size())},
-                                  at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-    std::memcpy(pinned.data_ptr(), bytes.data(), bytes.size());
-    // The copy keeps the pinned block until it has run.
-    step->device_copy = pinned.to(device, /*non_blocking=*/true);
-    step->base = static_cast<const char*>(step->device_copy.data_ptr());
-  }
+  step->base = Place(host_memory, buf, device, step->host, step->device_copy);
   gpu::LaunchRows& r = step->rows;
   r.sgmv = gpu::ChooseSgmv(max_rows);
   if (r.sgmv) {
@@ -243,6 +252,138 @@ void Launch(const gpu::LoraLauncher& launcher, const SgmvStep& step, const at::T
     sl.out = static_cast<int>(group[j].width);
   }
   ThrowIfError(launcher.Expand(e, rows));
+}
+
+std::optional<gpu::Act> KernelAct(Activation a) {
+  switch (a) {
+    case Activation::kRelu: return gpu::Act::kRelu;
+    case Activation::kGelu: return gpu::Act::kGelu;
+    case Activation::kGeluTanh: return gpu::Act::kGeluTanh;
+    case Activation::kSilu: return gpu::Act::kSilu;
+    case Activation::kTanh: return gpu::Act::kTanh;
+    case Activation::kSigmoid: return gpu::Act::kSigmoid;
+    case Activation::kIdentity: return gpu::Act::kIdentity;
+    case Activation::kLeakyRelu: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// Whether the kernels read the two products of `m` for activations in
+// `dtype` on `device`.
+bool Readable(const BottleneckModule& m, c10::Device device, at::ScalarType dtype) {
+  for (const at::Tensor* t : {&m.down_t, &m.down_b, &m.up_t, &m.up_b}) {
+    if (!t->defined() || t->scalar_type() != dtype || t->device() != device || !t->is_contiguous()) return false;
+  }
+  return m.bottleneck() > 0 && m.bottleneck() <= gpu::kMaxRank;
+}
+
+// The per-slot tables and per-row inputs of the bottleneck launches of
+// `segs` at `loc` of `layer` (see LaunchBottlenecks).
+struct BottleneckBatch {
+  std::vector<const BottleneckModule*> modules;  // per slot
+  std::vector<const void*> down, down_b, up, up_b;
+  std::vector<int> ranks, offsets, row_slot;
+  std::vector<gpu::Segment> segs;
+  at::Tensor input;  // [T, hidden]: each segment's LN_before(z); rows outside `segs` are not read
+  std::vector<at::Tensor> residuals;  // per segment
+  int max_rank = 0, max_rows = 0;
+};
+
+BottleneckBatch PrepareBottlenecks(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
+                                   std::span<const AdapterSegment> segs) {
+  BottleneckBatch b;
+  b.row_slot.assign(static_cast<size_t>(h.size(0)), -1);
+  b.input = at::empty_like(h);
+  for (const AdapterSegment& s : segs) {
+    const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
+    auto it = std::find(b.modules.begin(), b.modules.end(), m);
+    if (it == b.modules.end()) {
+      it = b.modules.insert(b.modules.end(), m);
+      b.down.push_back(m->down_t.data_ptr());
+      b.down_b.push_back(m->down_b.data_ptr());
+      b.up.push_back(m->up_t.data_ptr());
+      b.up_b.push_back(m->up_b.data_ptr());
+      b.ranks.push_back(static_cast<int>(m->bottleneck()));
+      b.offsets.push_back(0);
+      b.max_rank = std::max(b.max_rank, b.ranks.back());
+    }
+    const int slot = static_cast<int>(it - b.modules.begin());
+    const auto start = static_cast<int>(s.start), rows = static_cast<int>(s.rows);
+    b.segs.push_back({start, rows, slot});
+    std::fill_n(b.row_slot.begin() + start, rows, slot);
+    b.max_rows = std::max(b.max_rows, rows);
+    BottleneckInput in = BottleneckPrepare(*m, h.narrow(0, s.start, s.rows), x.narrow(0, s.start, s.rows));
+    b.input.narrow(0, s.start, s.rows).copy_(in.input);
+    b.residuals.push_back(std::move(in.residual));
+  }
+  return b;
+}
+
+// The bottleneck adapters of `segs` (all with nonlinearity `act`) at `loc`
+// of `layer`: the norms and residuals around them as AdapterHub computes
+// them (BottleneckPrepare/Finish, per segment), the down projection (bias
+// and nonlinearity included) as one shrink and the up projection as one
+// expand over every segment's rows, each through its own adapter's slot.
+void LaunchBottlenecks(const gpu::LoraLauncher& launcher, const at::Tensor& x, const at::Tensor& h,
+                       at::Tensor& out, int64_t layer, BottleneckLocation loc, std::span<const AdapterSegment> segs,
+                       gpu::Act act) {
+  const int64_t T = h.size(0), H = h.size(1);
+  BottleneckBatch b = PrepareBottlenecks(x, h, layer, loc, segs);
+  TableBuffer buf;
+  const size_t down_off = buf.Add(b.down), down_b_off = buf.Add(b.down_b), up_off = buf.Add(b.up),
+               up_b_off = buf.Add(b.up_b), rank_off = buf.Add(b.ranks), offset_off = buf.Add(b.offsets),
+               seg_off = buf.Add(b.segs), row_off = buf.Add(b.row_slot);
+  std::vector<char> host;
+  at::Tensor device_copy;
+  const char* base = Place(launcher.host_memory(), buf, h.device(), host, device_copy);
+  auto table = [&](size_t off) { return reinterpret_cast<const void* const*>(base + off); };
+  gpu::LaunchRows rows;
+  rows.sgmv = gpu::ChooseSgmv(b.max_rows);
+  if (rows.sgmv) {
+    rows.segments = reinterpret_cast<const gpu::Segment*>(base + seg_off);
+    rows.num_segments = static_cast<int>(b.segs.size());
+    rows.max_rows = b.max_rows;
+  } else {
+    rows.row_slot = reinterpret_cast<const int*>(base + row_off);
+    rows.rows = static_cast<int>(T);
+  }
+  rows.stream = gpu::CurrentStream(h.device());
+  const gpu::DType dtype = *KernelDType(h.scalar_type());
+  at::Tensor tmp = at::empty({T, b.max_rank}, h.options().dtype(at::kFloat));
+  gpu::ShrinkArgs a;
+  a.dtype = dtype;
+  a.x = b.input.data_ptr();
+  a.ldx = b.input.stride(0);
+  a.in = static_cast<int>(H);
+  a.a_t = table(down_off);
+  a.bias = table(down_b_off);
+  a.rank = reinterpret_cast<const int*>(base + rank_off);
+  a.act = act;
+  a.tmp = tmp.data_ptr<float>();
+  a.ld_tmp = b.max_rank;
+  ThrowIfError(launcher.Shrink(a, rows));
+  at::Tensor projected = at::zeros_like(h);  // up(act(down(input))), the expand adds into it
+  gpu::ExpandArgs e;
+  e.dtype = dtype;
+  e.tmp = tmp.data_ptr<float>();
+  e.ld_tmp = b.max_rank;
+  e.num_slices = 1;
+  gpu::ExpandSlice& sl = e.slices[0];
+  sl.b_t = table(up_off);
+  sl.bias = table(up_b_off);
+  sl.rank = reinterpret_cast<const int*>(base + rank_off);
+  sl.offset = reinterpret_cast<const int*>(base + offset_off);
+  sl.y = projected.data_ptr();
+  sl.ldy = projected.stride(0);
+  sl.out = static_cast<int>(H);
+  ThrowIfError(launcher.Expand(e, rows));
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const AdapterSegment& s = segs[i];
+    const BottleneckModule& m = *b.modules[static_cast<size_t>(b.segs[i].slot)];
+    out.narrow(0, s.start, s.rows)
+        .copy_(BottleneckFinish(m, projected.narrow(0, s.start, s.rows), h.narrow(0, s.start, s.rows),
+                                x.narrow(0, s.start, s.rows), b.residuals[i]));
+  }
 }
 
 // Fixed tables (DeltaTables): a slot per row, the largest rank the kernels
@@ -404,7 +545,23 @@ void SgmvDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
 
 void SgmvDeltaBackend::ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
                                         BottleneckLocation loc, std::span<const AdapterSegment> segments) const {
-  aten_.ApplyBottlenecks(x, h, out, layer, loc, segments);
+  const bool kernels = KernelDType(out.scalar_type()).has_value() && h.scalar_type() == out.scalar_type() &&
+                       h.device() == out.device() && out.device().is_cpu() == launcher_->host_memory() &&
+                       h.dim() == 2 && h.is_contiguous() && out.is_contiguous();
+  std::vector<AdapterSegment> others;
+  std::map<gpu::Act, std::vector<AdapterSegment>> by_act;  // one launch pair per nonlinearity
+  for (const AdapterSegment& s : segments) {
+    const BottleneckModule* m = s.adapter->FindBottleneck(layer, loc);
+    if (m == nullptr) continue;
+    const std::optional<gpu::Act> act = KernelAct(m->act);
+    if (kernels && act.has_value() && Readable(*m, out.device(), out.scalar_type())) {
+      by_act[*act].push_back(s);
+    } else {
+      others.push_back(s);
+    }
+  }
+  if (!others.empty()) aten_.ApplyBottlenecks(x, h, out, layer, loc, others);
+  for (const auto& [act, segs] : by_act) LaunchBottlenecks(*launcher_, x, h, out, layer, loc, segs, act);
 }
 
 }  // namespace adapterd::model

@@ -27,9 +27,12 @@ namespace adapterd::model {
 // The kernels read a module when it is plain LoRA (no DoRA), alone at its
 // projection (not a composite's), with A^T and B^T in the activations'
 // dtype (float32 or bfloat16) and memory, and of rank at most
-// gpu::kMaxRank. Every other adapter effect (IA3, bias deltas, DoRA,
-// composites, mixed dtypes, bottleneck adapters) goes through
-// AtenDeltaBackend, so the results are the same for every adapter.
+// gpu::kMaxRank. Bottleneck adapters run their down projection (bias and
+// nonlinearity included) as one shrink and their up projection as one
+// expand per nonlinearity over every segment's rows, the norms and
+// residuals around them on ATen. Every other adapter effect (IA3, bias
+// deltas, DoRA, composites, mixed dtypes, a leaky ReLU bottleneck) goes
+// through AtenDeltaBackend, so the results are the same for every adapter.
 //
 // Owns its launcher. Holds no per-step state; the calls are made from the
 // model's forward thread. Launch errors are thrown (the forward's
