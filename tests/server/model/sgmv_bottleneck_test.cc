@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/gpu/host_lora_launcher.h"
 #include "server/model/aten_delta_backend.h"
 #include "server/model/sgmv_delta_backend.h"
+#include "tests/fakes/counting_lora_launcher.h"
 
 namespace adapterd::model {
 namespace {
@@ -25,23 +25,7 @@ namespace {
 constexpr int64_t kHidden = 40;
 constexpr BottleneckLocation kLoc = BottleneckLocation::kOutput;
 
-class CountingLauncher : public gpu::LoraLauncher {
- public:
-  explicit CountingLauncher(int* launches) : launches_(launches) {}
-  bool host_memory() const override { return true; }
-  absl::Status Shrink(const gpu::ShrinkArgs& a, const gpu::LaunchRows& rows) const override {
-    ++*launches_;
-    return host_.Shrink(a, rows);
-  }
-  absl::Status Expand(const gpu::ExpandArgs& a, const gpu::LaunchRows& rows) const override {
-    ++*launches_;
-    return host_.Expand(a, rows);
-  }
-
- private:
-  int* launches_;
-  gpu::HostLoraLauncher host_;
-};
+using CountingLauncher = testing::CountingLoraLauncher;
 
 struct Shape {
   at::ScalarType dtype;

@@ -15,32 +15,15 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/gpu/host_lora_launcher.h"
 #include "server/model/aten_delta_backend.h"
+#include "tests/fakes/counting_lora_launcher.h"
 
 namespace adapterd::model {
 namespace {
 
 constexpr int64_t kIn = 48, kQ = 32, kKv = 16, kLayers = 2;
 
-// Counts the launches it passes on to the host version.
-class CountingLauncher : public gpu::LoraLauncher {
- public:
-  explicit CountingLauncher(int* launches) : launches_(launches) {}
-  bool host_memory() const override { return true; }
-  absl::Status Shrink(const gpu::ShrinkArgs& a, const gpu::LaunchRows& rows) const override {
-    ++*launches_;
-    return host_.Shrink(a, rows);
-  }
-  absl::Status Expand(const gpu::ExpandArgs& a, const gpu::LaunchRows& rows) const override {
-    ++*launches_;
-    return host_.Expand(a, rows);
-  }
-
- private:
-  int* launches_;
-  gpu::HostLoraLauncher host_;
-};
+using CountingLauncher = testing::CountingLoraLauncher;
 
 int64_t Width(Proj p) { return p == Proj::kQ ? kQ : kKv; }
 
