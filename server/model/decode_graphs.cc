@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -80,7 +79,12 @@ DecodeGraphs::Bucket& DecodeGraphs::GetBucket(int64_t rows, int64_t context, boo
 void DecodeGraphs::WriteInputs(const ForwardBatch& batch, int64_t block_size, Bucket& b) {
   const int64_t B = b.inputs.rows, C = b.inputs.context;
   const int64_t n = static_cast<int64_t>(batch.seqs.size());
-  std::vector<int64_t> host(static_cast<size_t>(B * (4 + C)), 0);
+  // Written where the step reads it on the CPU; elsewhere in pinned memory,
+  // copied once without a synchronisation.
+  const at::Tensor staging =
+      device_.is_cpu() ? b.buffer : at::empty({B * (4 + C)}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* const host = staging.data_ptr<int64_t>();
+  std::fill_n(host, B * (4 + C), 0);
   std::vector<const AdapterWeights*> row_adapters(static_cast<size_t>(B), nullptr);
   for (int64_t r = 0; r < B; ++r) {
     // Rows past the batch repeat its last row.
@@ -89,22 +93,15 @@ void DecodeGraphs::WriteInputs(const ForwardBatch& batch, int64_t block_size, Bu
     const std::vector<int32_t>& table = *s.block_table;
     auto slot = [&](int64_t p) { return int64_t{table[static_cast<size_t>(p / block_size)]} * block_size + p % block_size; };
     const int64_t length = s.context_len + 1;
-    host[static_cast<size_t>(r)] = batch.token_ids[static_cast<size_t>(i)];
-    host[static_cast<size_t>(B + r)] = s.context_len;
-    host[static_cast<size_t>(2 * B + r)] = slot(s.context_len);
-    host[static_cast<size_t>(3 * B + r)] = length;
-    int64_t* read = host.data() + 4 * B + r * C;
+    host[r] = batch.token_ids[static_cast<size_t>(i)];
+    host[B + r] = s.context_len;
+    host[2 * B + r] = slot(s.context_len);
+    host[3 * B + r] = length;
+    int64_t* read = host + 4 * B + r * C;
     for (int64_t p = 0; p < length; ++p) read[p] = slot(p);
     if (!batch.adapters.empty()) row_adapters[static_cast<size_t>(r)] = batch.adapters[static_cast<size_t>(i)];
   }
-  const at::Tensor src = at::from_blob(host.data(), {static_cast<int64_t>(host.size())}, at::kLong);
-  if (device_.is_cpu()) {
-    b.buffer.copy_(src);
-  } else {
-    at::Tensor pinned = at::empty_like(src, at::TensorOptions().pinned_memory(true));
-    pinned.copy_(src);
-    b.buffer.copy_(pinned, /*non_blocking=*/true);
-  }
+  if (!device_.is_cpu()) b.buffer.copy_(staging, /*non_blocking=*/true);
   if (b.tables != nullptr) b.tables->Fill(row_adapters);
 }
 
@@ -121,32 +118,30 @@ at::Tensor DecodeGraphs::Run(const ForwardBatch& batch, KvCache& kv) {
   }
   Bucket& b = GetBucket(RowBucket(n), ContextBucket(longest), adapters);
   WriteInputs(batch, kv.block_size(), b);
-  at::Tensor logits;
   if (b.graph != nullptr) {
     b.graph->Replay();
     ++stats_.replays;
-    logits = b.out;
-  } else {
-    logits = body_(b.inputs, kv);
-    ++stats_.eager;
-    if (mode_ == DecodeSteps::kGraphs && !b.eager_only) {
-      // Every bucket's graph shares the first one's memory: replays run one
-      // at a time, and each one's logits are copied out before the next.
-      absl::StatusOr<std::unique_ptr<gpu::StepGraph>> g =
-          gpu::CaptureStepGraph(device_, [&] { b.out = body_(b.inputs, kv); }, first_graph_);
-      if (g.ok()) {
-        b.graph = *std::move(g);
-        if (first_graph_ == nullptr) first_graph_ = b.graph.get();
-        ++stats_.captures;
-      } else {
-        b.eager_only = true;
-        if (!capture_failure_logged_) LOG(WARNING) << "decode steps run without CUDA graphs: " << g.status();
-        capture_failure_logged_ = true;
-      }
+    // A copy: the next replay rewrites the graph's output.
+    return b.out.narrow(0, 0, n).clone();
+  }
+  at::Tensor logits = body_(b.inputs, kv);
+  ++stats_.eager;
+  if (mode_ == DecodeSteps::kGraphs && !b.eager_only) {
+    // Every bucket's graph shares the first one's memory: replays run one
+    // at a time, and each one's logits are copied out before the next.
+    absl::StatusOr<std::unique_ptr<gpu::StepGraph>> g =
+        gpu::CaptureStepGraph(device_, [&] { b.out = body_(b.inputs, kv); }, first_graph_);
+    if (g.ok()) {
+      b.graph = *std::move(g);
+      if (first_graph_ == nullptr) first_graph_ = b.graph.get();
+      ++stats_.captures;
+    } else {
+      b.eager_only = true;
+      if (!capture_failure_logged_) LOG(WARNING) << "decode steps run without CUDA graphs: " << g.status();
+      capture_failure_logged_ = true;
     }
   }
-  // A copy: the next replay rewrites the graph's output.
-  return logits.narrow(0, 0, n).clone();
+  return logits.narrow(0, 0, n);
 }
 
 }  // namespace adapterd::model
