@@ -36,9 +36,17 @@ fi
 # The toolkit's headers, for the server's CUDA graph code (server/gpu/
 # cuda_step_graph.cc), which the bundle build compiles against LibTorch's
 # CUDA headers where no toolkit is installed.
-cuda_include=$(readlink -f "$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include")
+# nvcc may be a wrapper script outside the toolkit (a /usr/local/bin/nvcc
+# whose neighbouring include/ holds absolute links into the toolkit, which
+# do not resolve inside the build's root filesystem), so the folder is found
+# through the header itself, and copied with links followed.
+cuda_include=$(dirname "$(readlink -f "$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include/cuda_runtime_api.h")")
+if [ ! -f "$cuda_include/cuda_runtime_api.h" ]; then
+  echo "compile_check: no cuda_runtime_api.h beside $NVCC (looked in $cuda_include)" >&2
+  exit 1
+fi
 rm -rf "$OUT/include"
-cp -r "$cuda_include" "$OUT/include"
+cp -rL "$cuda_include" "$OUT/include"
 echo "compile_check: $cuda_include -> $OUT/include"
 # The one generated header of LibTorch's CUDA headers that Debian's
 # libtorch-dev leaves out (it says c10_cuda is a shared library), so that
