@@ -54,7 +54,8 @@ at::Tensor ToTensor(const model::SafetensorsFile& f, const model::StTensorInfo& 
 // weights exactly as it reads them, so the result is the same while the
 // adapter holds, and each step reads, half the bytes. A 2-D tensor comes
 // back column-major (its t() is contiguous), the layout LoraModule keeps, so
-// building the module copies nothing more. May throw.
+// building the module copies nothing more. With opts.lora_dtype set, on the
+// CPU the tensor is in that dtype whatever the file's. May throw.
 at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorInfo& info,
                         const model::ModelOptions& opts);
 

@@ -120,7 +120,7 @@ def cmd_lora(a):
     vocab = MODEL_100M["vocab"]
     prompts = [[(7 * i + 13 * r + 3) % vocab for i in range(16)] for r in range(a.adapters)]
 
-    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}"])
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--lora_dtype={a.lora_dtype}"])
     server.register(dirs, prefix="a")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
@@ -198,7 +198,7 @@ def cmd_serving(a):
     dirs = [write_lora(os.path.join(work, f"fast-{a.model}-r{a.rank}-{i}"), cfg, a.rank, 5000 + i)
             for i in range(max(counts + peft_counts))]
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}",
-                              f"--max_batch_size={a.concurrency}"])
+                              f"--max_batch_size={a.concurrency}", f"--lora_dtype={a.lora_dtype}"])
     server.register(dirs[:max(counts)])
     common = dict(requests=a.requests, warmup=0, vocab=cfg["vocab_size"], prompt_min=a.prompt_min,
                   prompt_max=a.prompt_max, output_min=a.output_min, output_max=a.output_max)
@@ -388,6 +388,8 @@ def main():
     lo.add_argument("--rank", type=int, default=16)
     lo.add_argument("--new-tokens", type=int, default=128)
     lo.add_argument("--threads", type=int, default=os.cpu_count())
+    lo.add_argument("--lora-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
+                    help="the server's --lora_dtype (bfloat16: float32 adapters kept rounded, half the bytes)")
     sv = sub.add_parser("serving", help="S-LoRA-style workload: n adapters, popularity, arrivals")
     sv.add_argument("--model", default="llama-100m", choices=["demo", "llama-100m"])
     sv.add_argument("--adapters", default="1,8,64,256")
@@ -411,6 +413,8 @@ def main():
     sv.add_argument("--output-max", type=int, default=64)
     sv.add_argument("--runs", type=int, default=3)
     sv.add_argument("--threads", type=int, default=os.cpu_count())
+    sv.add_argument("--lora-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
+                    help="the server's --lora_dtype (bfloat16: float32 adapters kept rounded, half the bytes)")
     k = sub.add_parser("kinds", help="bottleneck adapters vs LoRA at about equal parameter count")
     k.add_argument("--runs", type=int, default=3)
     k.add_argument("--adapters", type=int, default=8)

@@ -34,6 +34,10 @@ def add_parser(sub, cpus):
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--adapters", type=int, default=64)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--adapter-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the adapters' files are saved in")
+    p.add_argument("--lora-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
+                   help="the server's --lora_dtype (applies to the fp32 server only)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
 
@@ -103,8 +107,9 @@ def metrics_address(server):
 
 def serve_runs(a, base, cfg, dtype, dirs):
     """{(batch, kind): [run results]} for one dtype's server."""
+    lora_dtype = a.lora_dtype if dtype == "fp32" else "auto"
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--dtype={DTYPES[dtype]}",
-                              "--max_batch_size=64", "--kv_cache_mb=512"])
+                              "--max_batch_size=64", "--kv_cache_mb=512", f"--lora_dtype={lora_dtype}"])
     metrics = metrics_address(server)
     res = {}
     try:
@@ -158,7 +163,9 @@ def cmd_step(a):
     work = work_dir()
     base = ensure_model(work, "llama-100m", a.build)
     cfg = load_config(base)
-    dirs = [write_lora(os.path.join(work, f"step-r{a.rank}-{i}"), cfg, a.rank, 7000 + i)
+    suffix = "" if a.adapter_dtype == "float32" else f"-{a.adapter_dtype}"
+    dirs = [write_lora(os.path.join(work, f"step-r{a.rank}-{i}{suffix}"), cfg, a.rank, 7000 + i,
+                       dtype=a.adapter_dtype)
             for i in range(a.adapters)]
     out = {}
     for dtype in a.dtypes.split(","):
@@ -169,6 +176,7 @@ def cmd_step(a):
         out[dtype]["rows"] = {f"{b}-{k}": v for (b, k), v in report(a, cfg, dtype, ceil, res).items()}
     print(f"\nThe ~100M Llama ({MODEL_100M['layers']} layers, hidden {MODEL_100M['hidden']}), prompt 16, "
           f"{a.new_tokens} new tokens, closed loop with as many streams as the batch, {a.threads} threads, "
+          f"adapters saved in {a.adapter_dtype} (fp32 server: --lora_dtype={a.lora_dtype}), "
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
           f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; the step "
           f"breakdown sums adapterd_step_seconds_total over the runs.")

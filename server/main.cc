@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -140,6 +141,10 @@ ABSL_FLAG(std::string, device, "cpu",
           "LibTorch built with CUDA)");
 ABSL_FLAG(std::string, dtype, "",
           "Weight and activation dtype: float32, bfloat16, float16 (default: float32 on cpu, bfloat16 on cuda)");
+ABSL_FLAG(std::string, lora_dtype, "auto",
+          "dtype LoRA and DoRA A and B matrices are kept in: auto (as saved on a float32 cpu model, half "
+          "precision read widened; the model's dtype elsewhere), or bfloat16 / float16 on a float32 cpu model, "
+          "which rounds float32 adapters as if saved so: half the bytes held and read per step");
 ABSL_FLAG(std::string, delta_backend, "auto",
           "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
           "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "
@@ -260,43 +265,59 @@ absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
   return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
 }
 
-// The core's options from the flags; errors name the flag.
-absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
-  adapterd::core::ServerCoreOptions o;
+// "float32", "bfloat16" or "float16"; nullopt for anything else.
+std::optional<c10::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "float32") return c10::ScalarType::Float;
+  if (name == "bfloat16") return c10::ScalarType::BFloat16;
+  if (name == "float16") return c10::ScalarType::Half;
+  return std::nullopt;
+}
+
+// The model's options from the flags; errors name the flag.
+absl::Status ModelFlags(adapterd::model::ModelOptions& m) {
   absl::StatusOr<c10::Device> device = ParseDevice(absl::GetFlag(FLAGS_device));
   if (!device.ok()) return device.status();
-  o.model.device = *device;
+  m.device = *device;
   std::string dtype = absl::GetFlag(FLAGS_dtype);
   if (dtype.empty()) dtype = device->is_cuda() ? "bfloat16" : "float32";
-  if (dtype == "float32") {
-    o.model.dtype = c10::ScalarType::Float;
-  } else if (dtype == "bfloat16") {
-    o.model.dtype = c10::ScalarType::BFloat16;
-  } else if (dtype == "float16") {
-    o.model.dtype = c10::ScalarType::Half;
-  } else {
-    return absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16");
-  }
+  std::optional<c10::ScalarType> parsed = ParseDtype(dtype);
+  if (!parsed) return absl::InvalidArgumentError("--dtype must be float32, bfloat16 or float16");
+  m.dtype = *parsed;
+  const std::string lora_dtype = absl::GetFlag(FLAGS_lora_dtype);
+  parsed = lora_dtype == "auto" ? std::optional(c10::ScalarType::Undefined) : ParseDtype(lora_dtype);
+  if (!parsed) return absl::InvalidArgumentError("--lora_dtype must be auto, float32, bfloat16 or float16");
+  m.lora_dtype = *parsed;
   const std::string backend = absl::GetFlag(FLAGS_delta_backend);
   if (backend == "auto") {
-    o.model.delta_backend = adapterd::model::DeltaBackendKind::kAuto;
+    m.delta_backend = adapterd::model::DeltaBackendKind::kAuto;
   } else if (backend == "aten") {
-    o.model.delta_backend = adapterd::model::DeltaBackendKind::kAten;
+    m.delta_backend = adapterd::model::DeltaBackendKind::kAten;
   } else if (backend == "sgmv") {
-    o.model.delta_backend = adapterd::model::DeltaBackendKind::kSgmv;
+    m.delta_backend = adapterd::model::DeltaBackendKind::kSgmv;
   } else {
     return absl::InvalidArgumentError("--delta_backend must be auto, aten or sgmv");
   }
   const std::string graphs = absl::GetFlag(FLAGS_cuda_graphs);
   if (graphs == "auto") {
-    o.model.decode_steps = adapterd::model::DecodeSteps::kAuto;
+    m.decode_steps = adapterd::model::DecodeSteps::kAuto;
   } else if (graphs == "on") {
-    o.model.decode_steps = adapterd::model::DecodeSteps::kGraphs;
+    m.decode_steps = adapterd::model::DecodeSteps::kGraphs;
   } else if (graphs == "off") {
-    o.model.decode_steps = adapterd::model::DecodeSteps::kEager;
+    m.decode_steps = adapterd::model::DecodeSteps::kEager;
   } else {
     return absl::InvalidArgumentError("--cuda_graphs must be auto, on or off");
   }
+  m.adapter_slots = absl::GetFlag(FLAGS_adapter_slots);
+  m.adapter_slot_rank = absl::GetFlag(FLAGS_adapter_slot_rank);
+  if (m.adapter_slots < 0) return absl::InvalidArgumentError("--adapter_slots must be >= 0");
+  if (m.adapter_slot_rank < 1) return absl::InvalidArgumentError("--adapter_slot_rank must be >= 1");
+  return absl::OkStatus();
+}
+
+// The core's options from the flags; errors name the flag.
+absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
+  adapterd::core::ServerCoreOptions o;
+  if (absl::Status s = ModelFlags(o.model); !s.ok()) return s;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);
   if (o.cache_dir.empty()) o.cache_dir = DefaultCacheDir();
@@ -322,10 +343,6 @@ absl::StatusOr<adapterd::core::ServerCoreOptions> CoreOptions() {
   e.max_stop_token_ids = absl::GetFlag(FLAGS_max_stop_token_ids);
   o.cache.device_bytes = absl::GetFlag(FLAGS_adapter_device_bytes);
   o.cache.host_bytes = absl::GetFlag(FLAGS_adapter_host_bytes);
-  o.model.adapter_slots = absl::GetFlag(FLAGS_adapter_slots);
-  o.model.adapter_slot_rank = absl::GetFlag(FLAGS_adapter_slot_rank);
-  if (o.model.adapter_slots < 0) return absl::InvalidArgumentError("--adapter_slots must be >= 0");
-  if (o.model.adapter_slot_rank < 1) return absl::InvalidArgumentError("--adapter_slot_rank must be >= 1");
   o.cache.loader_nice = absl::GetFlag(FLAGS_adapter_loader_nice);
   o.adapter_store = absl::GetFlag(FLAGS_adapter_store);
   const double sync = absl::GetFlag(FLAGS_adapter_store_sync_seconds);

@@ -105,6 +105,23 @@ at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
   return at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong));
 }
 
+// ModelOptions::lora_dtype against the model's device and dtype.
+absl::Status CheckLoraDtype(const ModelOptions& o) {
+  const c10::ScalarType t = o.lora_dtype;
+  if (t == c10::ScalarType::Undefined || t == o.dtype) return absl::OkStatus();
+  const bool half = t == c10::ScalarType::BFloat16 || t == c10::ScalarType::Half;
+  if (half && o.dtype == c10::ScalarType::Float && o.device.is_cpu()) return absl::OkStatus();
+  auto name = [](c10::ScalarType d) {
+    return d == c10::ScalarType::Float      ? "float32"
+           : d == c10::ScalarType::BFloat16 ? "bfloat16"
+           : d == c10::ScalarType::Half     ? "float16"
+                                            : c10::toString(d);
+  };
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--lora_dtype=", name(t), " on a ", name(o.dtype), " model on ", o.device.str(),
+      ": LoRA weights take the model's dtype there (bfloat16 or float16 only on a float32 model on cpu)"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir,
@@ -115,6 +132,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   if (!ckpt.ok()) return ckpt.status();
   (*ckpt)->Prefault();
 
+  if (absl::Status s = CheckLoraDtype(options); !s.ok()) return s;
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
   model->config_ = *config;
   model->options_ = options;

@@ -61,6 +61,13 @@ struct ModelOptions {
   int64_t adapter_slots = 0;
   int64_t adapter_slot_rank = 16;
   DecodeSteps decode_steps = DecodeSteps::kAuto;
+  // The dtype LoRA and DoRA A and B matrices are kept in, whatever their
+  // file's dtype: Undefined keeps the file's on a float32 CPU base (half
+  // precision is read widened) and takes the model's elsewhere. BFloat16 or
+  // Half on a float32 CPU base rounds a float32 adapter as if it had been
+  // saved so: half the bytes held and half the bytes each step reads.
+  // Otherwise only the model's dtype is accepted.
+  c10::ScalarType lora_dtype = c10::ScalarType::Undefined;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow

@@ -50,6 +50,12 @@ TEST_F(StartupFlagsTest, CudaGraphsWhereTheyCannotBeUsed) {
   EXPECT_THAT(Refusal("--cuda_graphs=yes"), HasSubstr("--cuda_graphs must be auto, on or off"));
 }
 
+TEST_F(StartupFlagsTest, LoraDtypeTheModelCannotTake) {
+  EXPECT_THAT(Refusal("--lora_dtype=int8"), HasSubstr("--lora_dtype must be auto, float32, bfloat16 or float16"));
+  EXPECT_THAT(Refusal("--dtype=bfloat16 --lora_dtype=float16"),
+              HasSubstr("--lora_dtype=float16 on a bfloat16 model on cpu: LoRA weights take the model's dtype"));
+}
+
 TEST_F(StartupFlagsTest, AdapterSlotPoolTheMachineCannotHold) {
   // 10^12 slots of the demo model: petabytes, which the allocator refuses.
   const std::string out = Refusal("--adapter_slots=1000000000000");
