@@ -23,7 +23,9 @@
 #include "server/model/decode_graphs.h"
 #include "server/model/gathered_attention.h"
 #include "server/model/paged_attention.h"
+#include "server/model/prompt_attention.h"
 #include "server/model/rms_norm.h"
+#include "server/model/step_layout.h"
 
 namespace adapterd::model {
 
@@ -86,23 +88,25 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
-// Whether a prompt chunk's attention takes SDPA's blocked (flash) kernel,
-// whose memory is linear in the context, rather than its math path, which
-// materialises [heads, n, context] scores. In float32 always: the two agree
-// to rounding. In bfloat16 and float16 the math path is what transformers
-// runs (its GQA call), and the blocked kernel's different rounding moves
-// logits by a few percent, so half precision takes it only where the
-// scores would pass 16 MiB (a long prompt's chunks). A single query row
-// (a decode row that is not read in place) never does: its scores are
-// already linear in the context, and repeating GQA's KV heads would only
-// copy them.
-bool BlockedPrefill(at::ScalarType dtype, int64_t heads, int64_t n, int64_t context) {
-  constexpr int64_t kMaxHalfScores = int64_t{4} << 20;  // float32 scores
-  return n > 1 && (dtype == at::kFloat || heads * n * context > kMaxHalfScores);
-}
-
 at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
   return at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong));
+}
+
+// Prompt tuning: a sequence's first positions take its adapter's virtual
+// token embeddings in `x` [T, H] instead of the placeholder ids the engine
+// put there.
+void InjectVirtualTokens(const ForwardBatch& batch, at::Tensor& x) {
+  if (batch.adapters.empty()) return;
+  int64_t start = 0;
+  for (size_t i = 0; i < batch.seqs.size(); ++i) {
+    const SequenceChunk& sc = batch.seqs[i];
+    const AdapterWeights* a = batch.adapters[i];
+    if (a != nullptr && a->prompt().defined() && sc.context_len < a->num_virtual_tokens()) {
+      const int64_t n = std::min(sc.num_tokens, a->num_virtual_tokens() - sc.context_len);
+      x.narrow(0, start, n).copy_(a->prompt().narrow(0, sc.context_len, n));
+    }
+    start += sc.num_tokens;
+  }
 }
 
 // ModelOptions::lora_dtype against the model's device and dtype.
@@ -341,95 +345,23 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t bs = kv.block_size();
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-
-  // Per-token positions and cache slots; per-sequence slots of the whole context.
-  std::vector<int64_t> positions, write_slots, logit_rows;
-  std::vector<HeadRow> heads;
-  std::vector<at::Tensor> read_slots;
-  std::vector<DecodeRow> decode_rows;
+  const StepLayout lay = StepLayout::Build(batch, bs, options_.device);
+  const std::vector<Segment>& segments = lay.segments;
   // Decode rows read the cache in place (PagedDecodeAttention) on the CPU
   // in float32, bfloat16 and float16; elsewhere they are gathered, all rows
-  // in one batch (GatheredDecodeAttention).
+  // in one batch (GatheredDecodeAttention), with indices made once for all
+  // layers.
   const bool paged_decode =
       options_.decode_attention == DecodeAttention::kAuto && PagedAttentionSupports(kv.k(0));
-  positions.reserve(T);
-  write_slots.reserve(T);
-  int64_t offset = 0;
-  for (const SequenceChunk& s : batch.seqs) {
-    const std::vector<int32_t>& table = *s.block_table;
-    auto slot = [&](int64_t p) { return static_cast<int64_t>(table[p / bs]) * bs + p % bs; };
-    for (int64_t i = 0; i < s.num_tokens; ++i) {
-      positions.push_back(s.context_len + i);
-      write_slots.push_back(slot(s.context_len + i));
-    }
-    if (s.num_tokens == 1) decode_rows.push_back({s.block_table, s.context_len + 1, offset});
-    if (s.num_tokens == 1) {
-      read_slots.emplace_back();  // a decode row: attended with all the others
-    } else {
-      std::vector<int64_t> ctx_slots;
-      ctx_slots.reserve(s.context_len + s.num_tokens);
-      for (int64_t p = 0; p < s.context_len + s.num_tokens; ++p) ctx_slots.push_back(slot(p));
-      read_slots.push_back(SlotsTensor(ctx_slots).to(options_.device));
-    }
-    offset += s.num_tokens;
-    if (s.wants_logits) {
-      logit_rows.push_back(offset - 1);
-      const size_t i = read_slots.size() - 1;
-      heads.push_back({batch.adapters.empty() ? nullptr : batch.adapters[i], s.classify});
-    }
-  }
-  // Row ranges that run through the same adapter.
-  std::vector<Segment> segments;
-  if (!batch.adapters.empty()) {
-    int64_t row = 0;
-    for (size_t i = 0; i < batch.seqs.size(); ++i) {
-      const AdapterWeights* a = batch.adapters[i];
-      if (a != nullptr) {
-        if (!segments.empty() && segments.back().adapter == a &&
-            segments.back().start + segments.back().rows == row) {
-          segments.back().rows += batch.seqs[i].num_tokens;
-        } else {
-          segments.push_back({row, batch.seqs[i].num_tokens, a});
-        }
-      }
-      row += batch.seqs[i].num_tokens;
-    }
-  }
-  const auto dev = at::TensorOptions().device(options_.device);
+  const GatheredDecodeRows gathered =
+      paged_decode ? GatheredDecodeRows{} : GatherDecodeRows(lay.decode_rows, bs, options_.device);
   at::Tensor ids = SlotsTensor(batch.token_ids).to(options_.device);
-  at::Tensor pos = SlotsTensor(positions).to(options_.device);
-  at::Tensor wslots = SlotsTensor(write_slots).to(options_.device);
+  at::Tensor pos = SlotsTensor(lay.positions).to(options_.device);
+  at::Tensor wslots = SlotsTensor(lay.write_slots).to(options_.device);
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
 
-  // Without the in-place kernel, the decode rows' gather indices, once for all layers.
-  const GatheredDecodeRows gathered =
-      paged_decode ? GatheredDecodeRows{} : GatherDecodeRows(decode_rows, bs, options_.device);
-  // Causal masks for chunks that follow cached context ([n, ctx + n], bottom-right aligned).
-  std::vector<std::optional<at::Tensor>> masks(batch.seqs.size());
-  for (size_t s = 0; s < batch.seqs.size(); ++s) {
-    const SequenceChunk& sc = batch.seqs[s];
-    if (sc.num_tokens > 1 && sc.context_len > 0) {
-      at::Tensor q_pos = at::arange(sc.num_tokens, dev.dtype(at::kLong)).unsqueeze(1) + sc.context_len;
-      at::Tensor k_pos = at::arange(sc.context_len + sc.num_tokens, dev.dtype(at::kLong)).unsqueeze(0);
-      masks[s] = k_pos <= q_pos;
-    }
-  }
-
   at::Tensor x = EmbedTokens(embed_tokens_, ids, batch.token_ids, segments);  // [T, H]
-  // Prompt tuning: a sequence's first positions take its adapter's virtual
-  // token embeddings instead of the placeholder ids the engine put there.
-  if (!batch.adapters.empty()) {
-    int64_t start = 0;
-    for (size_t i = 0; i < batch.seqs.size(); ++i) {
-      const SequenceChunk& sc = batch.seqs[i];
-      const AdapterWeights* a = batch.adapters[i];
-      if (a != nullptr && a->prompt().defined() && sc.context_len < a->num_virtual_tokens()) {
-        const int64_t n = std::min(sc.num_tokens, a->num_virtual_tokens() - sc.context_len);
-        x.narrow(0, start, n).copy_(a->prompt().narrow(0, sc.context_len, n));
-      }
-      start += sc.num_tokens;
-    }
-  }
+  InjectVirtualTokens(batch, x);
   StepProfile* const prof = batch.profile;
   // What every layer's adapter calls share this step (the slot and row tables).
   std::unique_ptr<DeltaStep> delta_step;
@@ -440,78 +372,25 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   }
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
-    at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const int64_t L = static_cast<int64_t>(li);
+    at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, delta_step.get(), prof);
-    at::Tensor q = qkv[0].view({T, c.num_heads, c.head_dim});
-    at::Tensor k = qkv[1].view({T, c.num_kv_heads, c.head_dim});
-    at::Tensor v = qkv[2].view({T, c.num_kv_heads, c.head_dim});
     std::optional<ScopedTimer> attention_timer(std::in_place, prof != nullptr ? &prof->attention : nullptr);
-    q = ApplyRope(q, cos, sin);
-    k = ApplyRope(k, cos, sin);
-    at::Tensor& kc = kv.k(static_cast<int64_t>(li));
-    at::Tensor& vc = kv.v(static_cast<int64_t>(li));
+    at::Tensor q = ApplyRope(qkv[0].view({T, c.num_heads, c.head_dim}), cos, sin);
+    at::Tensor k = ApplyRope(qkv[1].view({T, c.num_kv_heads, c.head_dim}), cos, sin);
+    at::Tensor& kc = kv.k(L);
+    at::Tensor& vc = kv.v(L);
     kc.index_copy_(0, wslots, k);
-    vc.index_copy_(0, wslots, v);
-
+    vc.index_copy_(0, wslots, qkv[2].view({T, c.num_kv_heads, c.head_dim}));
     at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
-    // Decode rows attend all at once; prompt chunks gather their context for
-    // one attention call each.
-    if (paged_decode && !decode_rows.empty()) {
-      const at::Tensor qc = q.contiguous();
-      PagedDecodeAttention(qc, kc, vc, decode_rows, bs, scale, attn);
+    if (paged_decode && !lay.decode_rows.empty()) {
+      PagedDecodeAttention(q.contiguous(), kc, vc, lay.decode_rows, bs, scale, attn);
     } else if (!paged_decode) {
       GatheredDecodeAttention(q, kc, vc, gathered, scale, attn);
     }
-    int64_t off = 0;
-    for (size_t s = 0; s < batch.seqs.size(); ++s) {
-      const SequenceChunk& sc = batch.seqs[s];
-      if (sc.num_tokens == 1) {
-        off += 1;
-        continue;
-      }
-      at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);   // [nh, n, hd]
-      at::Tensor ks = kc.index_select(0, read_slots[s]).transpose(0, 1);  // [nkv, L, hd]
-      at::Tensor vs = vc.index_select(0, read_slots[s]).transpose(0, 1);
-      const bool causal = sc.num_tokens > 1 && sc.context_len == 0;
-      at::Tensor o;
-      if (BlockedPrefill(q.scalar_type(), c.num_heads, sc.num_tokens, ks.size(1))) {
-        // Four dimensions and as many KV heads as query heads are what
-        // SDPA's blocked (flash) kernel takes; its memory is linear in L.
-        const int64_t group = c.num_heads / c.num_kv_heads;
-        if (group > 1) {
-          ks = ks.repeat_interleave(group, 0);
-          vs = vs.repeat_interleave(group, 0);
-        }
-        // The kernel's GEMMs run inside its parallel region: one thread each.
-        ScopedSerialBlas serial_blas;
-        o = at::scaled_dot_product_attention(qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), masks[s], 0.0,
-                                             causal, scale)
-                .squeeze(0);
-      } else {
-        o = at::scaled_dot_product_attention(qs, ks, vs, masks[s], 0.0, causal, scale,
-                                             /*enable_gqa=*/c.num_heads != c.num_kv_heads);
-      }
-      attn.narrow(0, off, sc.num_tokens).copy_(o.transpose(0, 1));
-      off += sc.num_tokens;
-    }
+    PromptChunkAttention(q, kc, vc, batch, lay, c.num_kv_heads, scale, attn);
     attention_timer.reset();
-    // LLaMA-Adapter: PEFT adds o_proj(gated prompt attention) to o_proj(attention);
-    // o_proj is linear, so the sum goes through it once (its bias once more below).
-    std::vector<const Segment*> adapted;
-    std::optional<ScopedTimer> adapter_timer(std::in_place, prof != nullptr && !segments.empty() ? &prof->adapters : nullptr);
-    for (const Segment& s : segments) {
-      const AdaptionPromptModule* m = s.adapter->FindAdaptionPrompt(L);
-      if (m == nullptr) continue;
-      attn.narrow(0, s.start, s.rows).add_(AdaptionPromptAttention(*m, q.narrow(0, s.start, s.rows), scale));
-      adapted.push_back(&s);
-    }
-    adapter_timer.reset();
-    at::Tensor attn_out =
-        Project(attn.view({T, c.num_heads * c.head_dim}), l.o, L, segments, delta_step.get(), prof)[0];
-    if (l.o.b.defined()) {
-      for (const Segment* s : adapted) attn_out.narrow(0, s->start, s->rows).add_(l.o.b);
-    }
+    at::Tensor attn_out = AttentionOutput(attn, q, l, L, segments, delta_step.get(), prof);
     x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
     const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, delta_step.get(), prof);
@@ -519,11 +398,36 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     x = Residual(x, Project(act, l.down, L, segments, delta_step.get(), prof)[0], L, BottleneckLocation::kOutput,
                  segments, prof);
   }
-  if (logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
-  at::Tensor last = x.index_select(0, SlotsTensor(logit_rows).to(options_.device));
+  if (lay.logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
+  at::Tensor last = x.index_select(0, SlotsTensor(lay.logit_rows).to(options_.device));
   at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
   ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
-  return ApplyHeads(normed, lm_head_, heads);
+  return ApplyHeads(normed, lm_head_, lay.heads);
+}
+
+at::Tensor LlamaModel::AttentionOutput(at::Tensor& attn, const at::Tensor& q, const Layer& l, int64_t layer,
+                                       const std::vector<Segment>& segments, const DeltaStep* delta_step,
+                                       StepProfile* prof) const {
+  const ModelConfig& c = config_;
+  const int64_t T = attn.size(0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  // LLaMA-Adapter: PEFT adds o_proj(gated prompt attention) to o_proj(attention);
+  // o_proj is linear, so the sum goes through it once (its bias once more below).
+  std::vector<const Segment*> adapted;
+  std::optional<ScopedTimer> adapter_timer(std::in_place,
+                                           prof != nullptr && !segments.empty() ? &prof->adapters : nullptr);
+  for (const Segment& s : segments) {
+    const AdaptionPromptModule* m = s.adapter->FindAdaptionPrompt(layer);
+    if (m == nullptr) continue;
+    attn.narrow(0, s.start, s.rows).add_(AdaptionPromptAttention(*m, q.narrow(0, s.start, s.rows), scale));
+    adapted.push_back(&s);
+  }
+  adapter_timer.reset();
+  at::Tensor out = Project(attn.view({T, c.num_heads * c.head_dim}), l.o, layer, segments, delta_step, prof)[0];
+  if (l.o.b.defined()) {
+    for (const Segment* s : adapted) out.narrow(0, s->start, s->rows).add_(l.o.b);
+  }
+  return out;
 }
 
 std::vector<at::Tensor> LlamaModel::FixedProject(const at::Tensor& x, const ProjGroup& g, int64_t layer,

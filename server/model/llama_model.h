@@ -155,6 +155,12 @@ class LlamaModel {
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
                       const std::vector<Segment>& segments, StepProfile* prof) const;
   ForwardOutput ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
+  // o_proj of a layer's attention `attn` [T, heads, head_dim], with the
+  // LLaMA-Adapter segments' gated prompt attention (over their rows of `q`)
+  // added first.
+  at::Tensor AttentionOutput(at::Tensor& attn, const at::Tensor& q, const Layer& l, int64_t layer,
+                             const std::vector<Segment>& segments, const DeltaStep* delta_step,
+                             StepProfile* prof) const;
   // The step DecodeGraphs runs (and captures): float32 logits [B, vocab].
   at::Tensor FixedDecodeStep(const FixedDecodeInputs& in, KvCache& kv) const;
   // Project() for a fixed-shape step: the adapters' deltas through `tables` (may be null).
