@@ -400,6 +400,97 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+// Starts the Prometheus endpoint (--metrics_listen); null when disabled.
+absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> StartMetrics(adapterd::http::MetricsService* service,
+                                                                         adapterd::metrics::HttpMetrics* metrics) {
+  const std::string addr = absl::GetFlag(FLAGS_metrics_listen);
+  if (addr.empty()) return nullptr;
+  adapterd::http::HttpServerOptions o = HttpOptions(addr, metrics);
+  o.name = "metrics";
+  o.threads = 1;
+  o.plaintext = true;  // Prometheus scrapes, as before the HTTP API existed
+  return adapterd::http::HttpServer::Start(o, service);
+}
+
+// Starts the OpenAI-compatible API (--http_listen); null when disabled.
+absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> StartOpenAiHttp(
+    adapterd::http::OpenAiService* openai, const adapterd::auth::CallAuthenticator& auth,
+    adapterd::metrics::HttpMetrics* metrics) {
+  const std::string addr = absl::GetFlag(FLAGS_http_listen);
+  if (addr.empty()) return nullptr;
+  if (auth.admin_open() && !adapterd::rpc::IsLoopbackAddress(addr)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--http_listen=", addr, " is not a loopback address and --admin_auth=none would open its LoRA "
+        "load/unload endpoints to anyone who reaches it: configure an admin token or client names"));
+  }
+  return adapterd::http::HttpServer::Start(HttpOptions(addr, metrics), openai);
+}
+
+// The gRPC listener's options from the flags; errors name the flag.
+absl::StatusOr<adapterd::rpc::GrpcServerOptions> GrpcOptions() {
+  adapterd::rpc::GrpcServerOptions o;
+  o.listen_address = absl::GetFlag(FLAGS_listen);
+  o.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  o.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  o.plaintext = absl::GetFlag(FLAGS_plaintext);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  if (absl::GetFlag(FLAGS_admin_listen).empty() && !adapterd::rpc::IsLoopbackAddress(o.listen_address)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--listen=", o.listen_address,
+        " is not a loopback address and the Admin API would share it: set --admin_listen (for "
+        "example 127.0.0.1:50052)"));
+  }
+  return o;
+}
+
+struct Addresses {
+  std::string grpc, admin, metrics, http;  // http empty when disabled
+};
+
+// Writes --ready_file (atomically) and logs and prints where the server listens.
+void AnnounceReady(const Addresses& a, const adapterd::core::ServerCore& core) {
+  if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
+    const std::string tmp = f + ".tmp";
+    std::ofstream(tmp) << absl::StrFormat(
+                              R"({"grpc": "%s", "admin": "%s", "metrics": "%s", "http": "%s", "pid": %d})",
+                              a.grpc, a.admin, a.metrics, a.http, getpid())
+                       << "\n";
+    std::rename(tmp.c_str(), f.c_str());
+  }
+  LOG(INFO) << "ready: grpc " << a.grpc << ", admin " << a.admin << ", metrics http://" << a.metrics << "/metrics"
+            << (a.http.empty() ? "" : ", http " + a.http) << ", model \"" << core.served_model_name() << "\"";
+  const std::string scheme = absl::GetFlag(FLAGS_plaintext) ? "http" : "https";
+  std::cout << "adapterd ready\n  gRPC:    " << a.grpc << "\n  admin:   " << a.admin
+            << (a.http.empty() ? ""
+                               : "\n  HTTP:    " + scheme + "://" + a.http + "/v1 (model \"" +
+                                     core.served_model_name() + "\")")
+            << "\n  metrics: http://" << a.metrics << "/metrics\n"
+            << TryHint(a.grpc, core.demo(), absl::GetFlag(FLAGS_demo_trained), absl::GetFlag(FLAGS_demo_adapters))
+            << std::flush;
+}
+
+// After a signal. Drain first: the engine refuses new calls with
+// UNAVAILABLE (retryable) and health says NOT_SERVING while accepted
+// requests finish; HTTP mirrors it (new requests get 503, /health says 503,
+// and responses ask clients to close their connections) while streams run
+// on. Only then do the transports shut down, so that clients meet their own
+// shutdown race (CANCELLED) only in the last moment, not for the whole
+// grace. The admin, http and metrics servers may be null.
+void ShutDown(adapterd::core::ServerCore* core, adapterd::rpc::GrpcServer* grpc, adapterd::rpc::GrpcServer* admin,
+              adapterd::http::HttpServer* http, adapterd::http::HttpServer* metrics, absl::Duration grace) {
+  const absl::Time deadline = absl::Now() + grace;
+  core->BeginShutdown(grace);
+  grpc->MarkNotServing();
+  if (http != nullptr) http->BeginDrain();
+  if (admin != nullptr) admin->Shutdown(absl::ZeroDuration());
+  core->AwaitStopped(deadline + absl::Seconds(1));
+  if (http != nullptr) http->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
+  grpc->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
+  if (metrics != nullptr) metrics->Shutdown(absl::ZeroDuration());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -437,19 +528,10 @@ int main(int argc, char** argv) {
   auto registry = std::make_shared<prometheus::Registry>();
   adapterd::metrics::HttpMetrics http_metrics(*registry);
   adapterd::http::MetricsService metrics_service(registry.get(), &http_metrics);
-  std::unique_ptr<adapterd::http::HttpServer> metrics_server;
-  std::string metrics_address = "disabled";
-  if (const std::string addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    adapterd::http::HttpServerOptions o = HttpOptions(addr, &http_metrics);
-    o.name = "metrics";
-    o.threads = 1;
-    o.plaintext = true;  // Prometheus scrapes, as before the HTTP API existed
-    absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> m =
-        adapterd::http::HttpServer::Start(o, &metrics_service);
-    if (!m.ok()) return Fail(m.status());
-    metrics_server = *std::move(m);
-    metrics_address = metrics_server->address();
-  }
+  absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> metrics_server =
+      StartMetrics(&metrics_service, &http_metrics);
+  if (!metrics_server.ok()) return Fail(metrics_server.status());
+  const std::string metrics_address = *metrics_server != nullptr ? (*metrics_server)->address() : "disabled";
   absl::StatusOr<std::unique_ptr<adapterd::core::ServerCore>> core =
       adapterd::core::ServerCore::Create(*std::move(options), *registry);
   if (!core.ok()) return Fail(core.status());
@@ -464,21 +546,10 @@ int main(int argc, char** argv) {
   admin_options.auth = auth->get();
   adapterd::rpc::AdminService admin(core->get(), &rpc_metrics, admin_options);
 
-  adapterd::rpc::GrpcServerOptions grpc_options;
-  grpc_options.listen_address = absl::GetFlag(FLAGS_listen);
-  grpc_options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
-  grpc_options.max_send_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
-  grpc_options.plaintext = absl::GetFlag(FLAGS_plaintext);
-  grpc_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
-  grpc_options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
-  grpc_options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  absl::StatusOr<adapterd::rpc::GrpcServerOptions> grpc_flags = GrpcOptions();
+  if (!grpc_flags.ok()) return Fail(grpc_flags.status());
+  adapterd::rpc::GrpcServerOptions& grpc_options = *grpc_flags;
   const std::string admin_listen = absl::GetFlag(FLAGS_admin_listen);
-  if (admin_listen.empty() && !adapterd::rpc::IsLoopbackAddress(grpc_options.listen_address)) {
-    return Fail(absl::FailedPreconditionError(absl::StrCat(
-        "--listen=", grpc_options.listen_address,
-        " is not a loopback address and the Admin API would share it: set --admin_listen (for "
-        "example 127.0.0.1:50052)")));
-  }
   std::vector<grpc::Service*> services = {&inference};
   grpc_options.health_services = {"adapterd.v1.Inference"};
   if (admin_listen.empty()) {
@@ -507,60 +578,19 @@ int main(int argc, char** argv) {
   openai_options.metrics = &http_metrics;
   openai_options.max_pending_bytes = absl::GetFlag(FLAGS_http_max_pending_bytes);
   adapterd::http::OpenAiService openai(core->get(), openai_options);
-  std::unique_ptr<adapterd::http::HttpServer> http_server;
-  std::string http_address;
-  if (const std::string addr = absl::GetFlag(FLAGS_http_listen); !addr.empty()) {
-    if ((*auth)->admin_open() && !adapterd::rpc::IsLoopbackAddress(addr)) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat(
-          "--http_listen=", addr, " is not a loopback address and --admin_auth=none would open its LoRA "
-          "load/unload endpoints to anyone who reaches it: configure an admin token or client names")));
-    }
-    absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> h =
-        adapterd::http::HttpServer::Start(HttpOptions(addr, &http_metrics), &openai);
-    if (!h.ok()) return Fail(h.status());
-    http_server = *std::move(h);
-    http_address = http_server->address();
-  }
+  absl::StatusOr<std::unique_ptr<adapterd::http::HttpServer>> http_server =
+      StartOpenAiHttp(&openai, **auth, &http_metrics);
+  if (!http_server.ok()) return Fail(http_server.status());
+  const std::string http_address = *http_server != nullptr ? (*http_server)->address() : "";
 
-  if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
-    const std::string tmp = f + ".tmp";
-    std::ofstream(tmp) << absl::StrFormat(
-                              R"({"grpc": "%s", "admin": "%s", "metrics": "%s", "http": "%s", "pid": %d})",
-                              (*server)->address(), admin_address, metrics_address, http_address, getpid())
-                       << "\n";
-    std::rename(tmp.c_str(), f.c_str());
-  }
-  LOG(INFO) << "ready: grpc " << (*server)->address() << ", admin " << admin_address
-            << ", metrics http://" << metrics_address << "/metrics"
-            << (http_address.empty() ? "" : ", http " + http_address) << ", model \""
-            << (*core)->served_model_name() << "\"";
-  std::cout << "adapterd ready\n  gRPC:    " << (*server)->address() << "\n  admin:   "
-            << admin_address << (http_address.empty() ? "" : "\n  HTTP:    http" + std::string(absl::GetFlag(FLAGS_plaintext) ? "" : "s") + "://" + http_address + "/v1 (model \"" + (*core)->served_model_name() + "\")")
-            << "\n  metrics: http://" << metrics_address << "/metrics\n"
-            << TryHint((*server)->address(), (*core)->demo(), absl::GetFlag(FLAGS_demo_trained),
-                       absl::GetFlag(FLAGS_demo_adapters))
-            << std::flush;
+  AnnounceReady({(*server)->address(), admin_address, metrics_address, http_address}, **core);
 
   int sig = 0;
   sigwait(&signals, &sig);
   const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   LOG(INFO) << "received signal " << sig << ": shutting down (grace "
             << absl::FormatDuration(grace) << ")";
-  // Drain first: the engine refuses new calls with UNAVAILABLE (retryable)
-  // and health says NOT_SERVING while accepted requests finish. Only then
-  // does the transport shut down, so that clients meet its own shutdown
-  // race (CANCELLED) only in the last moment, not for the whole grace.
-  const absl::Time deadline = absl::Now() + grace;
-  // HTTP mirrors it: new requests get 503, /health says 503, and responses
-  // ask clients to close their connections, while streams run on.
-  (*core)->BeginShutdown(grace);
-  (*server)->MarkNotServing();
-  if (http_server != nullptr) http_server->BeginDrain();
-  if (admin_server != nullptr) admin_server->Shutdown(absl::ZeroDuration());
-  (*core)->AwaitStopped(deadline + absl::Seconds(1));
-  if (http_server != nullptr) http_server->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
-  (*server)->Shutdown(std::max(deadline - absl::Now(), absl::Seconds(1)));
-  if (metrics_server != nullptr) metrics_server->Shutdown(absl::ZeroDuration());
+  ShutDown(core->get(), server->get(), admin_server.get(), http_server->get(), metrics_server->get(), grace);
   core->reset();
   LOG(INFO) << "shut down cleanly";
   return 0;
