@@ -172,14 +172,15 @@ at::Tensor ToLoraTensor(const model::SafetensorsFile& f, const model::StTensorIn
                         const model::ModelOptions& opts) {
   const bool pinned = model::PinnedForDevice(opts.device);
   at::Tensor src = info.shape.size() == 2 ? CopyColumnMajor(f, info, pinned) : Copy(f, info, pinned);
-  if (opts.lora_dtype != at::ScalarType::Undefined && opts.device.is_cpu()) {
-    // As if the file had been saved in lora_dtype (torch's rounding), in
-    // the same layout. Elsewhere lora_dtype is the model's (LlamaModel::Load).
-    return src.scalar_type() == opts.lora_dtype ? src : src.to(opts.lora_dtype);
-  }
   const bool half = src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16;
-  if (half && opts.dtype == at::kFloat && opts.device.is_cpu()) return src;
-  return ToDevice(src, opts);
+  at::ScalarType want = opts.dtype;
+  if (opts.device.is_cpu() && opts.lora_dtype != at::ScalarType::Undefined) {
+    want = opts.lora_dtype;  // as if saved so (torch's rounding); off the CPU it is the model's
+  } else if (opts.device.is_cpu() && half && opts.dtype == at::kFloat) {
+    want = src.scalar_type();
+  }
+  // The layout is kept (column-major for 2-D); no copy when nothing changes.
+  return src.to(opts.device, want, /*non_blocking=*/model::PinnedForDevice(opts.device));
 }
 
 absl::StatusOr<const model::StTensorInfo*> SoleTensor(const model::SafetensorsFile& f, const std::string& name,

@@ -127,9 +127,7 @@ absl::Status ServerCore::Start(ServerCoreOptions options, prometheus::Registry& 
                                                                                    : "eager")
             << "; LoRA weights: "
             << (options.model.lora_dtype != c10::ScalarType::Undefined ? DtypeName(options.model.lora_dtype)
-                : options.model.dtype == c10::ScalarType::Float && options.model.device.is_cpu()
-                    ? std::string("as saved")
-                    : DtypeName(options.model.dtype));
+                                                                       : std::string("auto (--lora_dtype)"));
 
   labels_ = std::make_unique<metrics::AdapterLabels>(options.metrics_max_adapter_labels);
   engine_metrics_ = std::make_unique<metrics::EngineMetrics>(metrics, labels_.get(), served_model_name_);

@@ -88,9 +88,6 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
-at::Tensor SlotsTensor(const std::vector<int64_t>& slots) {
-  return at::tensor(at::ArrayRef<int64_t>(slots), at::TensorOptions().dtype(at::kLong));
-}
 
 // Prompt tuning: a sequence's first positions take its adapter's virtual
 // token embeddings in `x` [T, H] instead of the placeholder ids the engine
@@ -355,9 +352,9 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       options_.decode_attention == DecodeAttention::kAuto && PagedAttentionSupports(kv.k(0));
   const GatheredDecodeRows gathered =
       paged_decode ? GatheredDecodeRows{} : GatherDecodeRows(lay.decode_rows, bs, options_.device);
-  at::Tensor ids = SlotsTensor(batch.token_ids).to(options_.device);
-  at::Tensor pos = SlotsTensor(lay.positions).to(options_.device);
-  at::Tensor wslots = SlotsTensor(lay.write_slots).to(options_.device);
+  at::Tensor ids = LongTensor(batch.token_ids).to(options_.device);
+  at::Tensor pos = LongTensor(lay.positions).to(options_.device);
+  at::Tensor wslots = LongTensor(lay.write_slots).to(options_.device);
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
 
   at::Tensor x = EmbedTokens(embed_tokens_, ids, batch.token_ids, segments);  // [T, H]
@@ -399,7 +396,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
                  segments, prof);
   }
   if (lay.logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
-  at::Tensor last = x.index_select(0, SlotsTensor(lay.logit_rows).to(options_.device));
+  at::Tensor last = x.index_select(0, LongTensor(lay.logit_rows).to(options_.device));
   at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
   ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
   return ApplyHeads(normed, lm_head_, lay.heads);

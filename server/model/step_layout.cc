@@ -3,11 +3,12 @@
 #include <ATen/ATen.h>
 
 namespace adapterd::model {
-namespace {
 
 at::Tensor LongTensor(const std::vector<int64_t>& v) {
   return at::tensor(at::ArrayRef<int64_t>(v), at::TensorOptions().dtype(at::kLong));
 }
+
+namespace {
 
 std::vector<AdapterSegment> Segments(const ForwardBatch& batch) {
   std::vector<AdapterSegment> segments;

@@ -39,6 +39,9 @@ struct StepLayout {
   static StepLayout Build(const ForwardBatch& batch, int64_t block_size, c10::Device device);
 };
 
+// A CPU int64 tensor holding `v` (a copy).
+at::Tensor LongTensor(const std::vector<int64_t>& v);
+
 }  // namespace adapterd::model
 
 #endif  // ADAPTERD_SERVER_MODEL_STEP_LAYOUT_H_
