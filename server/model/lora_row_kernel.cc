@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
+#include <type_traits>
 
 #include "server/model/cpu_clones.h"
 
@@ -9,38 +11,153 @@ namespace adapterd::model {
 namespace {
 
 
-// Stored element -> fp32, exactly.
+// Vectors of N fp32 lanes (and of N 32-bit or 16-bit words), lowered by
+// each clone to the registers it has: a 16-lane vector is one AVX-512
+// register, two AVX2 ones or four SSE ones.
+template <int N>
+struct Vec;
+template <>
+struct Vec<4> {
+  typedef float F __attribute__((vector_size(16)));
+  typedef uint32_t U __attribute__((vector_size(16)));
+  typedef _Float16 H __attribute__((vector_size(8)));
+};
+template <>
+struct Vec<8> {
+  typedef float F __attribute__((vector_size(32)));
+  typedef uint32_t U __attribute__((vector_size(32)));
+  typedef _Float16 H __attribute__((vector_size(16)));
+};
+template <>
+struct Vec<16> {
+  typedef float F __attribute__((vector_size(64)));
+  typedef uint32_t U __attribute__((vector_size(64)));
+  typedef _Float16 H __attribute__((vector_size(32)));
+};
+using V16 = Vec<16>::F;
+using U16 = Vec<16>::U;
+
+// Reads ahead of a stream of weights, kPrefetchBytes on: the row kernels read
+// each module's weights once per step, from memory, in short runs that
+// the hardware prefetcher alone starts too late.
+constexpr int64_t kPrefetchBytes = 512;
+ADAPTERD_INLINE void Prefetch(const void* p, int64_t bytes_on) {
+  __builtin_prefetch(static_cast<const char*>(p) + bytes_on, 0, 3);
+}
+
+template <class V>
+ADAPTERD_INLINE V LoadBytes(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <class V>
+ADAPTERD_INLINE void StoreBytes(void* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// A stored element type: one element to fp32, exactly, and N of them (the
+// N consecutive elements at p, into lanes 0..N-1).
 struct F32 {
   using T = float;
   static ADAPTERD_INLINE float Load(const T* p) { return *p; }
-};
-struct BF16 {
-  using T = uint16_t;
-  static ADAPTERD_INLINE float Load(const T* p) {
-    return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16);
+  template <int N>
+  static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
+    return LoadBytes<typename Vec<N>::F>(p);
   }
 };
 struct F16 {
   using T = _Float16;
   static ADAPTERD_INLINE float Load(const T* p) { return static_cast<float>(*p); }
+  template <int N>
+  static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
+    return __builtin_convertvector(LoadBytes<typename Vec<N>::H>(p), typename Vec<N>::F);
+  }
+};
+// bfloat16 is read in pairs, without a shuffle: the 2N elements at p as N
+// 32-bit words, element 2j (the low half of word j) into lane j of `even`
+// and element 2j + 1 into lane j of `odd`.
+struct BF16 {
+  using T = uint16_t;
+  static ADAPTERD_INLINE float Load(const T* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
+  template <int N>
+  static ADAPTERD_INLINE void LoadPairs(const T* p, typename Vec<N>::F& even, typename Vec<N>::F& odd) {
+    const auto w = LoadBytes<typename Vec<N>::U>(p);
+    even = reinterpret_cast<typename Vec<N>::F>(w << 16);
+    odd = reinterpret_cast<typename Vec<N>::F>(w & 0xFFFF0000u);
+  }
 };
 
-// With the rank known at compile time the accumulators stay in registers.
-template <class W, int R>
-ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const typename W::T* __restrict a_t,
-                                 int64_t in, float scale, float* __restrict tmp) {
-  float acc[R] = {};
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = x[i];
-    const typename W::T* row = a_t + i * R;
-    for (int k = 0; k < R; ++k) acc[k] += xi * W::Load(row + k);
+// Lanes of `even` and `odd` interleaved: lo = e0 o0 e1 o1 ... e7 o7,
+// hi = e8 o8 ... e15 o15.
+ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
+#if defined(__clang__)
+  lo = __builtin_shufflevector(even, odd, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  hi = __builtin_shufflevector(even, odd, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+#else
+  lo = __builtin_shuffle(even, odd, U16{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
+  hi = __builtin_shuffle(even, odd, U16{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
+#endif
+}
+
+// sums += xi * one row of A^T (R elements at `row`), as C vectors of N
+// lanes; bfloat16 as C vectors of N word pairs, even ranks in sums[c][0]
+// and odd ones in sums[c][1].
+template <class W, int R, int N, int C, class F, int P>
+ADAPTERD_INLINE void ShrinkRow(const typename W::T* row, float xi, F (&sums)[C][P]) {
+  for (int c = 0; c < C; ++c) {
+    if constexpr (std::is_same_v<W, BF16>) {
+      F even, odd;
+      W::template LoadPairs<N>(row + c * 2 * N, even, odd);
+      sums[c][0] += xi * even;
+      sums[c][1] += xi * odd;
+    } else {
+      sums[c][0] += xi * W::template LoadN<N>(row + c * N);
+    }
   }
-  for (int k = 0; k < R; ++k) tmp[k] = acc[k] * scale;
+}
+
+// M modules of rank R (8, 16 or 32) over one input, in one pass over x:
+// tmp[m * R + k] = scales[m] * sum_i x[i] a_t[m][i * R + k]. A row of A^T
+// is C vectors of N lanes (bfloat16: C vectors of N word pairs), and two
+// rows are in flight so that no accumulator waits on its own last FMA.
+template <class W, int R, int M>
+ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a, int64_t in, const float* scales,
+                                 float* __restrict tmp) {
+  constexpr bool kPairs = std::is_same_v<W, BF16>;
+  constexpr int kLanes = kPairs ? R / 2 : R;  // fp32 lanes per row and half (bfloat16: per parity)
+  constexpr int N = std::min(kLanes, 16), C = kLanes / N, P = kPairs ? 2 : 1;
+  constexpr int64_t U = 2, kRowBytes = R * sizeof(typename W::T);
+  using F = typename Vec<N>::F;
+  const typename W::T* a_t[M];
+  for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
+  F acc[M][U][C][P] = {};
+  int64_t i = 0;
+  for (; i + U <= in; i += U) {
+    for (int m = 0; m < M; ++m) {
+      for (int64_t off = 0; off < U * kRowBytes; off += 64) Prefetch(a_t[m] + i * R, kPrefetchBytes + off);
+    }
+    for (int64_t u = 0; u < U; ++u) {
+      for (int m = 0; m < M; ++m) ShrinkRow<W, R, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
+    }
+  }
+  for (; i < in; ++i) {
+    for (int m = 0; m < M; ++m) ShrinkRow<W, R, N, C>(a_t[m] + i * R, x[i], acc[m][0]);
+  }
+  for (int m = 0; m < M; ++m) {
+    for (int c = 0; c < C; ++c) {
+      for (int p = 0; p < P; ++p) {
+        F s = acc[m][0][c][p];
+        for (int64_t u = 1; u < U; ++u) s += acc[m][u][c][p];
+        for (int j = 0; j < N; ++j) tmp[m * R + (c * N + j) * P + p] = s[j] * scales[m];
+      }
+    }
+  }
 }
 
 template <class W>
-ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* __restrict a_t,
-                               int64_t in, int64_t r, float scale, float* __restrict tmp) {
+ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* __restrict a_t, int64_t in,
+                               int64_t r, float scale, float* __restrict tmp) {
   std::fill(tmp, tmp + r, 0.0f);
   for (int64_t i = 0; i < in; ++i) {
     const float xi = x[i];
@@ -50,68 +167,82 @@ ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* _
   for (int64_t k = 0; k < r; ++k) tmp[k] *= scale;
 }
 
-template <class W>
-ADAPTERD_INLINE void Shrink(const float* __restrict x, const void* a, int64_t in, int64_t r,
-                            float scale, float* __restrict tmp) {
-  const auto* a_t = static_cast<const typename W::T*>(a);
+// Returns false where no fixed-size path covers rank r.
+template <class W, int M>
+ADAPTERD_INLINE bool ShrinkRanked(const float* __restrict x, const void* const* a, int64_t in, int64_t r,
+                                  const float* scales, float* __restrict tmp) {
   switch (r) {
-    case 8: return ShrinkFixed<W, 8>(x, a_t, in, scale, tmp);
-    case 16: return ShrinkFixed<W, 16>(x, a_t, in, scale, tmp);
-    case 32: return ShrinkFixed<W, 32>(x, a_t, in, scale, tmp);
-    default: return ShrinkAny<W>(x, a_t, in, r, scale, tmp);
-  }
-}
-
-// M modules of rank R over one input: M * R accumulators in registers.
-template <class W, int R, int M>
-ADAPTERD_INLINE void ShrinkMultiFixed(const float* __restrict x, const void* const* a, int64_t in,
-                                      const float* scales, float* __restrict tmp) {
-  const typename W::T* a_t[M];
-  for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
-  float acc[M][R] = {};
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = x[i];
-    for (int m = 0; m < M; ++m) {
-      const typename W::T* row = a_t[m] + i * R;
-      for (int k = 0; k < R; ++k) acc[m][k] += xi * W::Load(row + k);
-    }
-  }
-  for (int m = 0; m < M; ++m) {
-    for (int k = 0; k < R; ++k) tmp[m * R + k] = acc[m][k] * scales[m];
+    case 8: ShrinkFixed<W, 8, M>(x, a, in, scales, tmp); return true;
+    case 16: ShrinkFixed<W, 16, M>(x, a, in, scales, tmp); return true;
+    case 32: ShrinkFixed<W, 32, M>(x, a, in, scales, tmp); return true;
+    default: return false;
   }
 }
 
 template <class W>
 ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, const void* const* a, int64_t count, int64_t in,
                                  int64_t r, const float* scales, float* __restrict tmp) {
-  if (count == 2 && r == 8) return ShrinkMultiFixed<W, 8, 2>(x, a, in, scales, tmp);
-  if (count == 2 && r == 16) return ShrinkMultiFixed<W, 16, 2>(x, a, in, scales, tmp);
-  if (count == 3 && r == 8) return ShrinkMultiFixed<W, 8, 3>(x, a, in, scales, tmp);
-  if (count == 3 && r == 16) return ShrinkMultiFixed<W, 16, 3>(x, a, in, scales, tmp);
-  for (int64_t m = 0; m < count; ++m) Shrink<W>(x, a[m], in, r, scales[m], tmp + m * r);
+  if (count == 2 && ShrinkRanked<W, 2>(x, a, in, r, scales, tmp)) return;
+  if (count == 3 && ShrinkRanked<W, 3>(x, a, in, r, scales, tmp)) return;
+  for (int64_t m = 0; m < count; ++m) {
+    if (!ShrinkRanked<W, 1>(x, a + m, in, r, scales + m, tmp + m * r)) {
+      ShrinkAny<W>(x, static_cast<const typename W::T*>(a[m]), in, r, scales[m], tmp + m * r);
+    }
+  }
+}
+
+constexpr int64_t kMaxVectorRank = 64;
+
+// y[o] += sum_k tmp[k] b_t[k][o], a block of outputs at a time with every
+// rank row's slice of it in four partial sums, so that y is read and
+// written once and each row of B^T streams in order.
+template <class W>
+ADAPTERD_INLINE int64_t ExpandBlocks(const float* __restrict tmp, const typename W::T* b_t, int64_t r,
+                                     int64_t out, float* __restrict y) {
+  constexpr int64_t kPerLine = 64 / sizeof(typename W::T);
+  int64_t o = 0;
+  for (; o + 16 <= out; o += 16) {
+    if (o % kPerLine == 0) {
+      for (int64_t k = 0; k < r; ++k) Prefetch(b_t + k * out + o, kPrefetchBytes);
+    }
+    V16 s[4] = {LoadBytes<V16>(y + o), V16{}, V16{}, V16{}};
+    for (int64_t k = 0; k < r; ++k) s[k & 3] += tmp[k] * W::template LoadN<16>(b_t + k * out + o);
+    StoreBytes(y + o, (s[0] + s[1]) + (s[2] + s[3]));
+  }
+  return o;
+}
+
+// bfloat16: 32 outputs (a line of each row) at a time, as word pairs.
+template <>
+ADAPTERD_INLINE int64_t ExpandBlocks<BF16>(const float* __restrict tmp, const uint16_t* b_t, int64_t r, int64_t out,
+                                           float* __restrict y) {
+  int64_t o = 0;
+  for (; o + 32 <= out; o += 32) {
+    for (int64_t k = 0; k < r; ++k) Prefetch(b_t + k * out + o, kPrefetchBytes);
+    V16 even[2] = {}, odd[2] = {};
+    for (int64_t k = 0; k < r; ++k) {
+      V16 e, d;
+      BF16::LoadPairs<16>(b_t + k * out + o, e, d);
+      even[k & 1] += tmp[k] * e;
+      odd[k & 1] += tmp[k] * d;
+    }
+    V16 lo, hi;
+    Interleave(even[0] + even[1], odd[0] + odd[1], lo, hi);
+    StoreBytes(y + o, LoadBytes<V16>(y + o) + lo);
+    StoreBytes(y + o + 16, LoadBytes<V16>(y + o + 16) + hi);
+  }
+  return o;
 }
 
 template <class W>
 ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
                             float* __restrict y) {
   const auto* b_t = static_cast<const typename W::T*>(b);
-  // Four rank rows per sweep over y: a quarter of the loads and stores of y.
-  int64_t k = 0;
-  for (; k + 4 <= r; k += 4) {
-    const float t0 = tmp[k], t1 = tmp[k + 1], t2 = tmp[k + 2], t3 = tmp[k + 3];
-    const typename W::T* b0 = b_t + k * out;
-    const typename W::T* b1 = b0 + out;
-    const typename W::T* b2 = b1 + out;
-    const typename W::T* b3 = b2 + out;
-    for (int64_t o = 0; o < out; ++o) {
-      y[o] += t0 * W::Load(b0 + o) + t1 * W::Load(b1 + o) + t2 * W::Load(b2 + o) +
-              t3 * W::Load(b3 + o);
-    }
-  }
-  for (; k < r; ++k) {
-    const float t = tmp[k];
-    const typename W::T* bk = b_t + k * out;
-    for (int64_t o = 0; o < out; ++o) y[o] += t * W::Load(bk + o);
+  const int64_t done = r <= kMaxVectorRank ? ExpandBlocks<W>(tmp, b_t, r, out, y) : 0;
+  for (int64_t o = done; o < out; ++o) {
+    float v = 0.0f;
+    for (int64_t k = 0; k < r; ++k) v += tmp[k] * W::Load(b_t + k * out + o);
+    y[o] += v;
   }
 }
 
@@ -156,13 +287,9 @@ void NarrowRow(const float* __restrict src, int64_t n, LoraWeightType type, void
 }
 
 ADAPTERD_CLONES
-void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType type, int64_t in,
-                   int64_t r, float scale, float* __restrict tmp) {
-  switch (type) {
-    case LoraWeightType::kF32: return Shrink<F32>(x, a_t, in, r, scale, tmp);
-    case LoraWeightType::kF16: return Shrink<F16>(x, a_t, in, r, scale, tmp);
-    case LoraWeightType::kBF16: return Shrink<BF16>(x, a_t, in, r, scale, tmp);
-  }
+void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType type, int64_t in, int64_t r,
+                   float scale, float* __restrict tmp) {
+  LoraShrinkRowMulti(x, &a_t, 1, type, in, r, &scale, tmp);
 }
 
 ADAPTERD_CLONES
@@ -176,8 +303,8 @@ void LoraShrinkRowMulti(const float* __restrict x, const void* const* a_ts, int6
 }
 
 ADAPTERD_CLONES
-void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType type, int64_t r,
-                   int64_t out, float* __restrict y) {
+void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
+                   float* __restrict y) {
   switch (type) {
     case LoraWeightType::kF32: return Expand<F32>(tmp, b_t, r, out, y);
     case LoraWeightType::kF16: return Expand<F16>(tmp, b_t, r, out, y);
