@@ -10,7 +10,6 @@
 namespace adapterd::model {
 namespace {
 
-
 // Vectors of N fp32 lanes (and of N 32-bit or 16-bit words), lowered by
 // each clone to the registers it has: a 16-lane vector is one AVX-512
 // register, two AVX2 ones or four SSE ones.
@@ -36,14 +35,6 @@ struct Vec<16> {
 };
 using V16 = Vec<16>::F;
 using U16 = Vec<16>::U;
-
-// Reads ahead of a stream of weights, kPrefetchBytes on: the row kernels read
-// each module's weights once per step, from memory, in short runs that
-// the hardware prefetcher alone starts too late.
-constexpr int64_t kPrefetchBytes = 512;
-ADAPTERD_INLINE void Prefetch(const void* p, int64_t bytes_on) {
-  __builtin_prefetch(static_cast<const char*>(p) + bytes_on, 0, 3);
-}
 
 template <class V>
 ADAPTERD_INLINE V LoadBytes(const void* p) {
@@ -127,16 +118,13 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a
   constexpr bool kPairs = std::is_same_v<W, BF16>;
   constexpr int kLanes = kPairs ? R / 2 : R;  // fp32 lanes per row and half (bfloat16: per parity)
   constexpr int N = std::min(kLanes, 16), C = kLanes / N, P = kPairs ? 2 : 1;
-  constexpr int64_t U = 2, kRowBytes = R * sizeof(typename W::T);
+  constexpr int64_t U = 2;
   using F = typename Vec<N>::F;
   const typename W::T* a_t[M];
   for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
   F acc[M][U][C][P] = {};
   int64_t i = 0;
   for (; i + U <= in; i += U) {
-    for (int m = 0; m < M; ++m) {
-      for (int64_t off = 0; off < U * kRowBytes; off += 64) Prefetch(a_t[m] + i * R, kPrefetchBytes + off);
-    }
     for (int64_t u = 0; u < U; ++u) {
       for (int m = 0; m < M; ++m) ShrinkRow<W, R, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
     }
@@ -191,20 +179,14 @@ ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, const void* const* a
   }
 }
 
-constexpr int64_t kMaxVectorRank = 64;
-
 // y[o] += sum_k tmp[k] b_t[k][o], a block of outputs at a time with every
 // rank row's slice of it in four partial sums, so that y is read and
 // written once and each row of B^T streams in order.
 template <class W>
 ADAPTERD_INLINE int64_t ExpandBlocks(const float* __restrict tmp, const typename W::T* b_t, int64_t r,
                                      int64_t out, float* __restrict y) {
-  constexpr int64_t kPerLine = 64 / sizeof(typename W::T);
   int64_t o = 0;
   for (; o + 16 <= out; o += 16) {
-    if (o % kPerLine == 0) {
-      for (int64_t k = 0; k < r; ++k) Prefetch(b_t + k * out + o, kPrefetchBytes);
-    }
     V16 s[4] = {LoadBytes<V16>(y + o), V16{}, V16{}, V16{}};
     for (int64_t k = 0; k < r; ++k) s[k & 3] += tmp[k] * W::template LoadN<16>(b_t + k * out + o);
     StoreBytes(y + o, (s[0] + s[1]) + (s[2] + s[3]));
@@ -218,7 +200,6 @@ ADAPTERD_INLINE int64_t ExpandBlocks<BF16>(const float* __restrict tmp, const ui
                                            float* __restrict y) {
   int64_t o = 0;
   for (; o + 32 <= out; o += 32) {
-    for (int64_t k = 0; k < r; ++k) Prefetch(b_t + k * out + o, kPrefetchBytes);
     V16 even[2] = {}, odd[2] = {};
     for (int64_t k = 0; k < r; ++k) {
       V16 e, d;
@@ -238,7 +219,7 @@ template <class W>
 ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
                             float* __restrict y) {
   const auto* b_t = static_cast<const typename W::T*>(b);
-  const int64_t done = r <= kMaxVectorRank ? ExpandBlocks<W>(tmp, b_t, r, out, y) : 0;
+  const int64_t done = ExpandBlocks<W>(tmp, b_t, r, out, y);
   for (int64_t o = done; o < out; ++o) {
     float v = 0.0f;
     for (int64_t k = 0; k < r; ++k) v += tmp[k] * W::Load(b_t + k * out + o);

@@ -20,8 +20,7 @@ namespace adapterd::model {
 // are written for bandwidth: ranks 8, 16 and 32 keep their sums in vector
 // registers with two rows in flight, bfloat16 is widened as word pairs
 // (no shuffles), the expand writes each block of y once while every rank
-// row streams in order, and the loops prefetch ahead of the hardware.
-// Other ranks take a plain loop. The file is compiled at -O3 and each
+// row streams in order. Other ranks take a plain loop. The file is compiled at -O3 and each
 // function is cloned for AVX-512 and AVX2 + FMA + F16C with a baseline
 // fallback chosen at load time (cpu_clones.h), so the binary still runs on
 // any x86-64.
