@@ -1,0 +1,171 @@
+// The direct LoRA row kernels (server/model/lora_row_kernel.h) against the
+// machine's memory bandwidth, measured in the same run.
+//
+// The workload is one decode step's adapter rows on the ~100M bench model
+// (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64): --adapters
+// distinct rank-16 LoRAs on all seven projections, one row each, in the
+// order the step runs them (per layer: q/k/v as one shared shrink, o,
+// gate/up as one shared shrink, down), each group's rows split over the
+// threads as AtenDeltaBackend splits segments. Before each group the
+// threads stream --flush_mb of other memory, as the base's weights pass
+// through the caches between two groups in a step, so the adapters' weights
+// come from memory. Each adapter's tensors are allocated one by one, as the
+// loader allocates them.
+//
+// The ceiling is a plain read of a 1 GiB buffer on the same threads. The
+// printed figures are medians over --reps steps.
+//
+//   ./x run "build/bench/adapterd_lora_row_bench --adapters 32 --dtype bfloat16"
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "server/common/parallel.h"
+#include "server/model/cpu_clones.h"
+#include "server/model/lora_row_kernel.h"
+
+ABSL_FLAG(int, adapters, 32, "distinct adapters, one row each");
+ABSL_FLAG(std::string, dtype, "float32", "stored A and B: float32, bfloat16 or float16");
+ABSL_FLAG(int, threads, 2, "compute threads");
+ABSL_FLAG(int, flush_mb, 50, "MiB streamed before each group (the base's weights)");
+ABSL_FLAG(int, reps, 15, "steps measured");
+
+namespace adapterd::model {
+namespace {
+
+struct Module {
+  int64_t in, out;
+};
+// q, k, v, o, gate, up, down.
+constexpr Module kModules[7] = {{768, 768}, {768, 256}, {768, 256}, {768, 768},
+                                {768, 2048}, {768, 2048}, {2048, 768}};
+constexpr int kLayers = 8, kRank = 16;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The sum of p[0, n), n a multiple of 16, in sixteen running sums.
+ADAPTERD_CLONES
+float SumRange(const float* __restrict p, int64_t n) {
+  float s[16] = {};
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+    for (int k = 0; k < 16; ++k) s[k] += p[i + k];
+  }
+  float t = 0;
+  for (float v : s) t += v;
+  return t;
+}
+
+// Bytes per second of a plain read of `buf` over the compute threads.
+double ReadRate(const at::Tensor& buf) {
+  const int64_t n = buf.numel();
+  const float* p = buf.data_ptr<float>();
+  std::vector<double> rates;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<float> sums(static_cast<size_t>(at::get_num_threads()), 0.0f);
+    at::parallel_for(0, n, n / at::get_num_threads(), [&](int64_t begin, int64_t end) {
+      sums[static_cast<size_t>(at::get_thread_num())] += SumRange(p + begin, end - begin);
+    });
+    rates.push_back(static_cast<double>(n) * 4 / Seconds(start));
+    if (sums[0] == -1.0f) std::printf(" ");  // keeps the sums live
+  }
+  return Median(rates);
+}
+
+int Run() {
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
+  at::ScalarType dtype = at::kFloat;
+  LoraWeightType type = LoraWeightType::kF32;
+  if (dtype_name == "bfloat16") {
+    dtype = at::kBFloat16;
+    type = LoraWeightType::kBF16;
+  } else if (dtype_name == "float16") {
+    dtype = at::kHalf;
+    type = LoraWeightType::kF16;
+  } else if (dtype_name != "float32") {
+    std::fprintf(stderr, "--dtype must be float32, bfloat16 or float16, not %s\n", dtype_name.c_str());
+    return 2;
+  }
+  const int adapters = absl::GetFlag(FLAGS_adapters);
+  // [adapter][layer][module]: A^T [in, r] and B^T [r, out], one allocation each.
+  std::vector<at::Tensor> a_t, b_t;
+  int64_t bytes = 0;
+  for (int a = 0; a < adapters * kLayers; ++a) {
+    for (const Module& m : kModules) {
+      a_t.push_back((at::randn({m.in, kRank}) / 30).to(dtype));
+      b_t.push_back((at::randn({kRank, m.out}) / 30).to(dtype));
+      bytes += (a_t.back().numel() + b_t.back().numel()) * a_t.back().element_size();
+    }
+  }
+  const at::Tensor x = at::randn({adapters, 2048});
+  at::Tensor y = at::zeros({adapters, 2048});
+  const at::Tensor flush = at::ones({int64_t{absl::GetFlag(FLAGS_flush_mb)} << 18});
+  const at::Tensor big = at::ones({int64_t{1} << 28});
+  const double ceiling = ReadRate(big);
+
+  std::vector<double> steps;
+  for (int rep = 0; rep < absl::GetFlag(FLAGS_reps) + 1; ++rep) {
+    double step = 0;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int group = 0; group < 4; ++group) {
+        volatile float sink = flush.sum().item<float>();
+        (void)sink;
+        const auto start = std::chrono::steady_clock::now();
+        at::parallel_for(0, adapters, 1, [&](int64_t begin, int64_t end) {
+          float tmp[3 * kRank];
+          for (int64_t a = begin; a < end; ++a) {
+            const size_t base = (static_cast<size_t>(a) * kLayers + l) * 7;
+            const float* xr = x.data_ptr<float>() + a * 2048;
+            float* yr = y.data_ptr<float>() + a * 2048;
+            const float scales[3] = {2.0f, 2.0f, 2.0f};
+            // The group's modules: q/k/v, o, gate/up, down.
+            static constexpr int kFirst[4] = {0, 3, 4, 6}, kCount[4] = {3, 1, 2, 1};
+            const int first = kFirst[group], count = kCount[group];
+            const void* as[3];
+            for (int m = 0; m < count; ++m) as[m] = a_t[base + first + m].data_ptr();
+            LoraShrinkRowMulti(xr, as, count, type, kModules[first].in, kRank, scales, tmp);
+            for (int m = 0; m < count; ++m) {
+              LoraExpandRow(tmp + m * kRank, b_t[base + first + m].data_ptr(), type, kRank,
+                            kModules[first + m].out, yr);
+            }
+          }
+        });
+        step += Seconds(start);
+      }
+    }
+    if (rep > 0) steps.push_back(step);  // the first step warms up
+  }
+  const double step = Median(steps);
+  std::printf(
+      "%d distinct rank-16 LoRAs on all 7 projections of the ~100M model, %s, one row each, %d threads, "
+      "%d MiB streamed between groups; median of %zu steps:\n\n",
+      adapters, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb), steps.size());
+  std::printf("| adapter bytes per step | ms per step | GB/s | read ceiling GB/s | share of ceiling |\n");
+  std::printf("|---|---|---|---|---|\n");
+  std::printf("| %.1f MB | %.2f | %.1f | %.1f | %.0f%% |\n", bytes / 1e6, step * 1e3, bytes / step / 1e9, ceiling / 1e9,
+              100.0 * bytes / step / ceiling);
+  return 0;
+}
+
+}  // namespace
+}  // namespace adapterd::model
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return adapterd::model::Run();
+}
