@@ -87,7 +87,6 @@ double ReadRate(const at::Tensor& buf) {
 }
 
 int Run() {
-  at::set_num_threads(absl::GetFlag(FLAGS_threads));
   const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
   at::ScalarType dtype = at::kFloat;
   LoraWeightType type = LoraWeightType::kF32;
@@ -102,6 +101,12 @@ int Run() {
     return 2;
   }
   const int adapters = absl::GetFlag(FLAGS_adapters);
+  if (adapters < 1 || absl::GetFlag(FLAGS_reps) < 1 || absl::GetFlag(FLAGS_threads) < 1 ||
+      absl::GetFlag(FLAGS_flush_mb) < 0) {
+    std::fprintf(stderr, "--adapters, --reps and --threads must be at least 1, --flush_mb at least 0\n");
+    return 2;
+  }
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
   // [adapter][layer][module]: A^T [in, r] and B^T [r, out], one allocation each.
   std::vector<at::Tensor> a_t, b_t;
   int64_t bytes = 0;

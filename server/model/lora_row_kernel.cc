@@ -68,6 +68,7 @@ struct F16 {
 // bfloat16 is read in pairs, without a shuffle: the 2N elements at p as N
 // 32-bit words, element 2j (the low half of word j) into lane j of `even`
 // and element 2j + 1 into lane j of `odd`.
+static_assert(std::endian::native == std::endian::little, "BF16::LoadPairs reads element 2j as the low half");
 struct BF16 {
   using T = uint16_t;
   static ADAPTERD_INLINE float Load(const T* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
