@@ -81,7 +81,8 @@ double ReadRate(const at::Tensor& buf) {
       sums[static_cast<size_t>(at::get_thread_num())] += SumRange(p + begin, end - begin);
     });
     rates.push_back(static_cast<double>(n) * 4 / Seconds(start));
-    if (sums[0] == -1.0f) std::printf(" ");  // keeps the sums live
+    volatile float sink = sums[0];  // keeps the sums live
+    (void)sink;
   }
   return Median(rates);
 }

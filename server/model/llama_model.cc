@@ -88,7 +88,6 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
-
 // Prompt tuning: a sequence's first positions take its adapter's virtual
 // token embeddings in `x` [T, H] instead of the placeholder ids the engine
 // put there.

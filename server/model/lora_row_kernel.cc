@@ -16,10 +16,9 @@ namespace {
 template <int N>
 struct Vec;
 template <>
-struct Vec<4> {
+struct Vec<4> {  // bfloat16 rank 8: four word pairs per row
   typedef float F __attribute__((vector_size(16)));
   typedef uint32_t U __attribute__((vector_size(16)));
-  typedef _Float16 H __attribute__((vector_size(8)));
 };
 template <>
 struct Vec<8> {
@@ -92,10 +91,10 @@ ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
 #endif
 }
 
-// sums += xi * one row of A^T (R elements at `row`), as C vectors of N
+// sums += xi * one row of A^T (the elements at `row`), as C vectors of N
 // lanes; bfloat16 as C vectors of N word pairs, even ranks in sums[c][0]
 // and odd ones in sums[c][1].
-template <class W, int R, int N, int C, class F, int P>
+template <class W, int N, int C, class F, int P>
 ADAPTERD_INLINE void ShrinkRow(const typename W::T* row, float xi, F (&sums)[C][P]) {
   for (int c = 0; c < C; ++c) {
     if constexpr (std::is_same_v<W, BF16>) {
@@ -127,11 +126,11 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a
   int64_t i = 0;
   for (; i + U <= in; i += U) {
     for (int64_t u = 0; u < U; ++u) {
-      for (int m = 0; m < M; ++m) ShrinkRow<W, R, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
+      for (int m = 0; m < M; ++m) ShrinkRow<W, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
     }
   }
   for (; i < in; ++i) {
-    for (int m = 0; m < M; ++m) ShrinkRow<W, R, N, C>(a_t[m] + i * R, x[i], acc[m][0]);
+    for (int m = 0; m < M; ++m) ShrinkRow<W, N, C>(a_t[m] + i * R, x[i], acc[m][0]);
   }
   for (int m = 0; m < M; ++m) {
     for (int c = 0; c < C; ++c) {
