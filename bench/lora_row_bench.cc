@@ -27,8 +27,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "bench/read_ceiling.h"
 #include "server/common/parallel.h"
-#include "server/model/cpu_clones.h"
 #include "server/model/lora_row_kernel.h"
 
 ABSL_FLAG(int, adapters, 32, "distinct adapters, one row each");
@@ -40,6 +40,9 @@ ABSL_FLAG(int, reps, 15, "steps measured");
 namespace adapterd::model {
 namespace {
 
+using bench::Median;
+using bench::ReadRate;
+
 struct Module {
   int64_t in, out;
 };
@@ -47,45 +50,6 @@ struct Module {
 constexpr Module kModules[7] = {{768, 768}, {768, 256}, {768, 256}, {768, 768},
                                 {768, 2048}, {768, 2048}, {2048, 768}};
 constexpr int kLayers = 8, kRank = 16;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-// The sum of p[0, n), n a multiple of 16, in sixteen running sums.
-ADAPTERD_CLONES
-float SumRange(const float* __restrict p, int64_t n) {
-  float s[16] = {};
-  for (int64_t i = 0; i + 16 <= n; i += 16) {
-    for (int k = 0; k < 16; ++k) s[k] += p[i + k];
-  }
-  float t = 0;
-  for (float v : s) t += v;
-  return t;
-}
-
-// Bytes per second of a plain read of `buf` over the compute threads.
-double ReadRate(const at::Tensor& buf) {
-  const int64_t n = buf.numel();
-  const float* p = buf.data_ptr<float>();
-  std::vector<double> rates;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<float> sums(static_cast<size_t>(at::get_num_threads()), 0.0f);
-    at::parallel_for(0, n, n / at::get_num_threads(), [&](int64_t begin, int64_t end) {
-      sums[static_cast<size_t>(at::get_thread_num())] += SumRange(p + begin, end - begin);
-    });
-    rates.push_back(static_cast<double>(n) * 4 / Seconds(start));
-    volatile float sink = sums[0];  // keeps the sums live
-    (void)sink;
-  }
-  return Median(rates);
-}
 
 int Run() {
   const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
@@ -151,7 +115,7 @@ int Run() {
             }
           }
         });
-        step += Seconds(start);
+        step += bench::SecondsSince(start);
       }
     }
     if (rep > 0) steps.push_back(step);  // the first step warms up

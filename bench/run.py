@@ -120,7 +120,8 @@ def cmd_lora(a):
     vocab = MODEL_100M["vocab"]
     prompts = [[(7 * i + 13 * r + 3) % vocab for i in range(16)] for r in range(a.adapters)]
 
-    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--lora_dtype={a.lora_dtype}"])
+    server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--lora_dtype={a.lora_dtype}",
+                              f"--skinny_gemm_rows={a.skinny_gemm_rows}"])
     server.register(dirs, prefix="a")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
@@ -147,6 +148,7 @@ def cmd_lora(a):
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"Batch of {a.adapters} concurrent greedy requests, each with its own rank-{a.rank} LoRA on "
           f"all 7 projections (base alone for comparison), ~100M Llama, fp32, {a.threads} threads, "
+          f"--lora_dtype={a.lora_dtype}, --skinny_gemm_rows={a.skinny_gemm_rows}, "
           f"prompt 16, {a.new_tokens} new tokens; median of {a.runs} alternating runs:\n")
     print("| system | base alone tok/s | 8 distinct adapters tok/s | adapters / base |")
     print("|---|---|---|---|")
@@ -390,6 +392,8 @@ def main():
     lo.add_argument("--threads", type=int, default=os.cpu_count())
     lo.add_argument("--lora-dtype", default="auto", choices=["auto", "bfloat16", "float16"],
                     help="the server's --lora_dtype (bfloat16: float32 adapters kept rounded, half the bytes)")
+    lo.add_argument("--skinny-gemm-rows", type=int, default=-1,
+                    help="the server's --skinny_gemm_rows (0: LibTorch for every base product)")
     sv = sub.add_parser("serving", help="S-LoRA-style workload: n adapters, popularity, arrivals")
     sv.add_argument("--model", default="llama-100m", choices=["demo", "llama-100m"])
     sv.add_argument("--adapters", default="1,8,64,256")

@@ -145,6 +145,10 @@ ABSL_FLAG(std::string, lora_dtype, "auto",
           "dtype LoRA and DoRA A and B matrices are kept in: auto (as saved on a float32 cpu model, half "
           "precision read widened; the model's dtype elsewhere), or bfloat16 / float16 on a float32 cpu model, "
           "which rounds float32 adapters as if saved so: half the bytes held and read per step");
+ABSL_FLAG(int, skinny_gemm_rows, -1,
+          "Base products of at most this many rows (decode steps of a few streams) read each weight row once "
+          "through adapterd's own kernel on a float32 or bfloat16 cpu model; 0 = LibTorch for every product, "
+          "-1 = by dtype and CPU (float32 32; bfloat16 8 with AMX, else 32)");
 ABSL_FLAG(std::string, delta_backend, "auto",
           "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
           "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "
@@ -287,6 +291,10 @@ absl::Status ModelFlags(adapterd::model::ModelOptions& m) {
   parsed = lora_dtype == "auto" ? std::optional(c10::ScalarType::Undefined) : ParseDtype(lora_dtype);
   if (!parsed) return absl::InvalidArgumentError("--lora_dtype must be auto, float32, bfloat16 or float16");
   m.lora_dtype = *parsed;
+  if (absl::GetFlag(FLAGS_skinny_gemm_rows) < -1) {
+    return absl::InvalidArgumentError("--skinny_gemm_rows must be -1 (by dtype and CPU), 0 (off) or a row count");
+  }
+  m.skinny_rows = absl::GetFlag(FLAGS_skinny_gemm_rows);
   const std::string backend = absl::GetFlag(FLAGS_delta_backend);
   if (backend == "auto") {
     m.delta_backend = adapterd::model::DeltaBackendKind::kAuto;

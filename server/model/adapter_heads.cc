@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "server/model/linear.h"
+
 namespace adapterd::model {
 namespace {
 
@@ -50,7 +52,8 @@ at::Tensor EmbedTokens(const at::Tensor& embed, const at::Tensor& ids, const std
   return x;
 }
 
-ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows) {
+ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows,
+                         int64_t skinny_rows) {
   ForwardOutput out;
   const int64_t n = static_cast<int64_t>(rows.size());
   std::vector<int64_t> shared, shared_pos;  // rows on the base head, and their logits rows
@@ -73,12 +76,13 @@ ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, co
   }
   const at::Device device = hidden.device();
   if (plain) {
-    out.logits = at::linear(hidden, lm_head).to(at::kFloat);
+    out.logits = Linear(hidden, lm_head, at::Tensor(), skinny_rows).to(at::kFloat);
   } else {
     out.logits = at::empty({generating, lm_head.size(0)}, hidden.options().dtype(at::kFloat));
     if (!shared.empty()) {
       out.logits.index_copy_(0, Index(shared_pos, device),
-                             at::linear(hidden.index_select(0, Index(shared, device)), lm_head).to(at::kFloat));
+                             Linear(hidden.index_select(0, Index(shared, device)), lm_head, at::Tensor(), skinny_rows)
+                                 .to(at::kFloat));
     }
     // Own heads: each run of rows sharing an adapter is one product.
     for (int64_t i = 0; i < n;) {
@@ -93,7 +97,8 @@ ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, co
         at_pos.push_back(pos[i]);
       }
       out.logits.index_copy_(0, Index(at_pos, device),
-                             at::linear(hidden.index_select(0, Index(idx, device)), a->lm_head()).to(at::kFloat));
+                             Linear(hidden.index_select(0, Index(idx, device)), a->lm_head(), at::Tensor(), skinny_rows)
+                                 .to(at::kFloat));
     }
   }
   for (int64_t i = 0; i < n; ++i) {

@@ -51,8 +51,10 @@ struct ForwardOutput {
 // of that product; an adapter with its own LM head is applied to its rows
 // only. A classification row applies its adapter's classifier, which it
 // must have. With no classification rows and no adapter head, this is
-// exactly the base model's one product. May throw.
-ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows);
+// exactly the base model's one product. The LM head products take
+// Linear()'s few-row path up to `skinny_rows` rows (linear.h). May throw.
+ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows,
+                         int64_t skinny_rows);
 
 }  // namespace adapterd::model
 

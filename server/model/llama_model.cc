@@ -22,6 +22,7 @@
 #include "server/model/checkpoint.h"
 #include "server/model/decode_graphs.h"
 #include "server/model/gathered_attention.h"
+#include "server/model/linear.h"
 #include "server/model/paged_attention.h"
 #include "server/model/prompt_attention.h"
 #include "server/model/rms_norm.h"
@@ -48,10 +49,6 @@ struct LlamaModel::Layer {
 LlamaModel::~LlamaModel() = default;
 
 namespace {
-
-std::optional<at::Tensor> Opt(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
 
 // Inverse frequencies exactly as transformers computes them (float32 ops).
 at::Tensor InverseFrequencies(const ModelConfig& c) {
@@ -136,6 +133,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
   model->config_ = *config;
   model->options_ = options;
+  if (options.skinny_rows < 0) model->options_.skinny_rows = DefaultSkinnyRows(options.dtype);
   absl::StatusOr<std::unique_ptr<DeltaBackend>> backend = MakeDeltaBackend(options.device, options.delta_backend);
   if (!backend.ok()) return backend.status();
   model->delta_backend_ = *std::move(backend);
@@ -272,7 +270,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
   };
   if (segments.empty()) {
     ScopedTimer timer(gemm_time);
-    return split(at::linear(x, g.w, Opt(g.b)));
+    return split(Linear(x, g.w, g.b, options_.skinny_rows));
   }
   // IA3 on a feed-forward module scales its segment's input rows; a group
   // in which some projection sees a rescaled input runs projection by
@@ -290,7 +288,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
     at::Tensor y;
     {
       ScopedTimer timer(gemm_time);
-      y = at::linear(inputs[0], g.w, Opt(g.b));
+      y = Linear(inputs[0], g.w, g.b, options_.skinny_rows);
     }
     ScopedTimer timer(adapter_time);
     delta_backend_->AddDeltas(x, y, g.b, layer, g.slices, segments, step);
@@ -304,7 +302,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
     at::Tensor y;
     {
       ScopedTimer timer(gemm_time);
-      y = at::linear(inputs[i], w, Opt(b));
+      y = Linear(inputs[i], w, b, options_.skinny_rows);
     }
     ScopedTimer timer(adapter_time);
     delta_backend_->AddDeltas(x, y, b, layer, std::span<const ProjSlice>(&one, 1), segments, step);
@@ -398,7 +396,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   at::Tensor last = x.index_select(0, LongTensor(lay.logit_rows).to(options_.device));
   at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
   ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
-  return ApplyHeads(normed, lm_head_, lay.heads);
+  return ApplyHeads(normed, lm_head_, lay.heads, options_.skinny_rows);
 }
 
 at::Tensor LlamaModel::AttentionOutput(at::Tensor& attn, const at::Tensor& q, const Layer& l, int64_t layer,
@@ -428,7 +426,7 @@ at::Tensor LlamaModel::AttentionOutput(at::Tensor& attn, const at::Tensor& q, co
 
 std::vector<at::Tensor> LlamaModel::FixedProject(const at::Tensor& x, const ProjGroup& g, int64_t layer,
                                                  const DeltaTables* tables) const {
-  at::Tensor y = at::linear(x, g.w, Opt(g.b));
+  at::Tensor y = Linear(x, g.w, g.b, options_.skinny_rows);
   if (tables != nullptr) delta_backend_->AddTableDeltas(x, y, layer, g.slices, *tables);
   std::vector<at::Tensor> outs;
   for (const ProjSlice& s : g.slices) outs.push_back(g.slices.size() == 1 ? y : y.narrow(1, s.col, s.width));
@@ -470,7 +468,8 @@ at::Tensor LlamaModel::FixedDecodeStep(const FixedDecodeInputs& in, KvCache& kv)
     const std::vector<at::Tensor> gate_up = FixedProject(h, l.gate_up, L, in.tables);
     x = x + FixedProject(at::silu(gate_up[0]) * gate_up[1], l.down, L, in.tables)[0];
   }
-  return at::linear(RmsNorm(x, final_norm_, c.rms_norm_eps), lm_head_).to(at::kFloat);
+  const at::Tensor normed = RmsNorm(x, final_norm_, c.rms_norm_eps);
+  return Linear(normed, lm_head_, at::Tensor(), options_.skinny_rows).to(at::kFloat);
 }
 
 }  // namespace adapterd::model

@@ -68,6 +68,11 @@ struct ModelOptions {
   // saved so: half the bytes held and half the bytes each step reads.
   // Otherwise only the model's dtype is accepted.
   c10::ScalarType lora_dtype = c10::ScalarType::Undefined;
+  // Base products of up to this many rows (decode steps of a few streams)
+  // read each weight row once through SkinnyGemm on a CPU base (linear.h);
+  // 0 sends every product to ATen, and a negative value takes
+  // DefaultSkinnyRows(dtype) (options() then holds the value taken).
+  int64_t skinny_rows = -1;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow

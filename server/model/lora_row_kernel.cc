@@ -1,83 +1,22 @@
 #include "server/model/lora_row_kernel.h"
 
 #include <algorithm>
-#include <bit>
-#include <cstring>
 #include <type_traits>
 
 #include "server/model/cpu_clones.h"
+#include "server/model/cpu_vec.h"
 
 namespace adapterd::model {
 namespace {
 
-// Vectors of N fp32 lanes (and of N 32-bit or 16-bit words), lowered by
-// each clone to the registers it has: a 16-lane vector is one AVX-512
-// register, two AVX2 ones or four SSE ones.
-template <int N>
-struct Vec;
-template <>
-struct Vec<4> {  // bfloat16 rank 8: four word pairs per row
-  typedef float F __attribute__((vector_size(16)));
-  typedef uint32_t U __attribute__((vector_size(16)));
-};
-template <>
-struct Vec<8> {
-  typedef float F __attribute__((vector_size(32)));
-  typedef uint32_t U __attribute__((vector_size(32)));
-  typedef _Float16 H __attribute__((vector_size(16)));
-};
-template <>
-struct Vec<16> {
-  typedef float F __attribute__((vector_size(64)));
-  typedef uint32_t U __attribute__((vector_size(64)));
-  typedef _Float16 H __attribute__((vector_size(32)));
-};
-using V16 = Vec<16>::F;
-using U16 = Vec<16>::U;
-
-template <class V>
-ADAPTERD_INLINE V LoadBytes(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <class V>
-ADAPTERD_INLINE void StoreBytes(void* p, V v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// A stored element type: one element to fp32, exactly, and N of them (the
-// N consecutive elements at p, into lanes 0..N-1).
-struct F32 {
-  using T = float;
-  static ADAPTERD_INLINE float Load(const T* p) { return *p; }
-  template <int N>
-  static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
-    return LoadBytes<typename Vec<N>::F>(p);
-  }
-};
-struct F16 {
-  using T = _Float16;
-  static ADAPTERD_INLINE float Load(const T* p) { return static_cast<float>(*p); }
-  template <int N>
-  static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
-    return __builtin_convertvector(LoadBytes<typename Vec<N>::H>(p), typename Vec<N>::F);
-  }
-};
-// bfloat16 is read in pairs, without a shuffle: the 2N elements at p as N
-// 32-bit words, element 2j (the low half of word j) into lane j of `even`
-// and element 2j + 1 into lane j of `odd`.
-static_assert(std::endian::native == std::endian::little, "BF16::LoadPairs reads element 2j as the low half");
-struct BF16 {
-  using T = uint16_t;
-  static ADAPTERD_INLINE float Load(const T* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
-  template <int N>
-  static ADAPTERD_INLINE void LoadPairs(const T* p, typename Vec<N>::F& even, typename Vec<N>::F& odd) {
-    const auto w = LoadBytes<typename Vec<N>::U>(p);
-    even = reinterpret_cast<typename Vec<N>::F>(w << 16);
-    odd = reinterpret_cast<typename Vec<N>::F>(w & 0xFFFF0000u);
-  }
-};
+using cpu::BF16;
+using cpu::F16;
+using cpu::F32;
+using cpu::LoadBytes;
+using cpu::StoreBytes;
+using cpu::U16;
+using cpu::V16;
+using cpu::Vec;
 
 // Lanes of `even` and `odd` interleaved: lo = e0 o0 e1 o1 ... e7 o7,
 // hi = e8 o8 ... e15 o15.
@@ -257,11 +196,7 @@ void NarrowRow(const float* __restrict src, int64_t n, LoraWeightType type, void
     }
     case LoraWeightType::kBF16: {
       auto* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t u = std::bit_cast<uint32_t>(src[i]);
-        const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-        d[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
-      }
+      for (int64_t i = 0; i < n; ++i) d[i] = BF16::Round(src[i]);
       return;
     }
   }

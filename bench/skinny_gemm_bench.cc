@@ -1,0 +1,111 @@
+// The few-row base product (server/model/linear.h, SkinnyGemm) against
+// LibTorch's at::linear, side by side in one run, and both against the
+// machine's memory read rate measured in the same run.
+//
+// The workload is one decode step's base products on the ~100M bench model
+// (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64, vocabulary
+// 32000), with the server's fused groups: per layer q/k/v [1280, 768], o
+// [768, 768], gate/up [4096, 768] and down [768, 2048], then the LM head
+// [32000, 768]: 75M weights, more than the caches hold, so every step reads
+// them from memory. For each row count of --rows, the two paths alternate
+// step by step; the printed figures are medians over --reps steps each.
+//
+//   ./x run "build/bench/adapterd_skinny_gemm_bench --dtype bfloat16"
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/read_ceiling.h"
+#include "server/common/compute_threads.h"
+#include "server/model/linear.h"
+
+ABSL_FLAG(std::string, dtype, "float32", "weights and activations: float32 or bfloat16");
+ABSL_FLAG(std::string, rows, "1,2,4,8,12,16,24,32", "row counts (comma-separated, each 1 to 64)");
+ABSL_FLAG(int, threads, 2, "compute threads");
+ABSL_FLAG(int, reps, 9, "steps measured per path and row count");
+
+namespace adapterd::model {
+namespace {
+
+struct Shape {
+  int64_t out, in;
+};
+
+int Run() {
+  const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
+  at::ScalarType dtype = at::kFloat;
+  if (dtype_name == "bfloat16") {
+    dtype = at::kBFloat16;
+  } else if (dtype_name != "float32") {
+    std::fprintf(stderr, "--dtype must be float32 or bfloat16, not %s\n", dtype_name.c_str());
+    return 2;
+  }
+  std::vector<int64_t> rows;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_rows), ',')) {
+    int64_t m = 0;
+    if (!absl::SimpleAtoi(part, &m) || m < 1 || m > 64) {
+      std::fprintf(stderr, "--rows must be a comma-separated list of numbers from 1 to 64\n");
+      return 2;
+    }
+    rows.push_back(m);
+  }
+  if (absl::GetFlag(FLAGS_reps) < 1 || absl::GetFlag(FLAGS_threads) < 1) {
+    std::fprintf(stderr, "--reps and --threads must be at least 1\n");
+    return 2;
+  }
+  // As the server does: one pool of --threads threads for ATen, OpenBLAS and our kernels.
+  SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  c10::InferenceMode inference;
+  std::vector<Shape> shapes;
+  for (int l = 0; l < 8; ++l) shapes.insert(shapes.end(), {{1280, 768}, {768, 768}, {4096, 768}, {768, 2048}});
+  shapes.push_back({32000, 768});
+  std::vector<at::Tensor> weights;
+  int64_t bytes = 0;
+  for (const Shape& s : shapes) {
+    weights.push_back((at::randn({s.out, s.in}) / 30).to(dtype));
+    bytes += weights.back().numel() * weights.back().element_size();
+  }
+  const double ceiling = bench::ReadRate(at::ones({int64_t{1} << 28}));
+  std::printf(
+      "One decode step's base products of the ~100M model (%.1f MB of %s weights), %d threads, LibTorch's "
+      "at::linear against adapterd's SkinnyGemm, alternating, median of %d steps each; plain read ceiling "
+      "%.1f GB/s measured in the same run:\n\n",
+      bytes / 1e6, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_reps), ceiling / 1e9);
+  std::printf("| rows | at::linear ms | SkinnyGemm ms | speed-up | at::linear GB/s | SkinnyGemm GB/s | "
+              "SkinnyGemm share of read ceiling |\n|---|---|---|---|---|---|---|\n");
+  for (const int64_t m : rows) {
+    std::vector<at::Tensor> xs;
+    for (const Shape& s : shapes) xs.push_back(at::randn({m, s.in}).to(dtype));
+    std::vector<double> aten, skinny;
+    for (int rep = 0; rep < absl::GetFlag(FLAGS_reps) + 1; ++rep) {
+      for (const int64_t limit : {int64_t{0}, int64_t{64}}) {
+        const auto start = std::chrono::steady_clock::now();
+        for (size_t i = 0; i < shapes.size(); ++i) Linear(xs[i], weights[i], at::Tensor(), limit);
+        const double t = bench::SecondsSince(start);
+        if (rep > 0) (limit == 0 ? aten : skinny).push_back(t);  // the first step warms up
+      }
+    }
+    const double a = bench::Median(aten), s = bench::Median(skinny);
+    std::printf("| %ld | %.2f | %.2f | %.2fx | %.1f | %.1f | %.0f%% |\n", static_cast<long>(m), a * 1e3, s * 1e3,
+                a / s, bytes / a / 1e9, bytes / s / 1e9, 100.0 * bytes / s / ceiling);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace adapterd::model
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return adapterd::model::Run();
+}

@@ -1,0 +1,82 @@
+// Linear() against at::linear: the few-row path where it applies (and a
+// check that it did apply), and at::linear's own result everywhere else.
+#include "server/model/linear.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <cstdint>
+
+#include "gtest/gtest.h"
+
+namespace adapterd::model {
+namespace {
+
+constexpr int64_t kRows = 16;
+
+TEST(LinearTest, FewRowsMatchAtenInFloat32AndBfloat16) {
+  c10::NoGradGuard no_grad;
+  at::manual_seed(11);
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t m : {int64_t{1}, int64_t{8}, kRows}) {
+      const at::Tensor x = at::randn({m, 96}).to(dtype);
+      const at::Tensor w = (at::randn({130, 96}) / 8).to(dtype);
+      const at::Tensor b = at::randn({130}).to(dtype);
+      for (const bool bias : {false, true}) {
+        const at::Tensor bb = bias ? b : at::Tensor();
+        ASSERT_TRUE(TakesSkinnyPath(x, w, bb, kRows)) << dtype << " rows " << m;
+        const at::Tensor got = Linear(x, w, bb, kRows);
+        const at::Tensor want = bias ? at::linear(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat))
+                                     : at::linear(x.to(at::kFloat), w.to(at::kFloat));
+        EXPECT_EQ(got.scalar_type(), dtype);
+        EXPECT_EQ(got.sizes(), want.sizes());
+        // bfloat16: one rounding of the fp32 sum, as at::linear rounds.
+        const double tol = dtype == at::kFloat ? 1e-5 : 1e-2;
+        EXPECT_TRUE(at::allclose(got.to(at::kFloat), want, tol, tol))
+            << dtype << " rows " << m << " bias " << bias << ": " << (got.to(at::kFloat) - want).abs().max();
+      }
+    }
+  }
+}
+
+// A view whose rows are further apart than their length (a narrow of the
+// columns) is packed first; the result is the same.
+TEST(LinearTest, StridedRowsMatchContiguousOnes) {
+  c10::NoGradGuard no_grad;
+  at::manual_seed(12);
+  const at::Tensor wide = at::randn({4, 70});
+  const at::Tensor x = wide.narrow(1, 3, 64);
+  const at::Tensor w = at::randn({20, 64});
+  ASSERT_TRUE(TakesSkinnyPath(x, w, at::Tensor(), kRows));
+  EXPECT_TRUE(at::allclose(Linear(x, w, at::Tensor(), kRows), at::linear(x, w), 1e-5, 1e-5));
+}
+
+// Every case the kernel does not take goes to at::linear unchanged.
+TEST(LinearTest, OtherProductsGoToAten) {
+  at::manual_seed(13);
+  const at::Tensor w = at::randn({24, 32});
+  const at::Tensor few = at::randn({3, 32});
+  const at::Tensor many = at::randn({kRows + 1, 32});
+  EXPECT_FALSE(TakesSkinnyPath(few, w, at::Tensor(), 0));
+  EXPECT_FALSE(TakesSkinnyPath(many, w, at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few.to(at::kHalf), w.to(at::kHalf), at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few, w.to(at::kBFloat16), at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few, w.t().contiguous().t(), at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few.t().contiguous().t(), w, at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few.unsqueeze(0), w, at::Tensor(), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(few, w, at::randn({24}).to(at::kBFloat16), kRows));
+  EXPECT_FALSE(TakesSkinnyPath(at::randn({0, 32}), w, at::Tensor(), kRows));
+  {
+    // Autograd needs ATen's graph.
+    c10::AutoGradMode grad(true);
+    const at::Tensor wg = w.clone().requires_grad_();
+    EXPECT_FALSE(TakesSkinnyPath(few, wg, at::Tensor(), kRows));
+    const at::Tensor y = Linear(few, wg, at::Tensor(), kRows);
+    EXPECT_TRUE(y.requires_grad());
+  }
+  EXPECT_TRUE(at::equal(Linear(many, w, at::Tensor(), kRows), at::linear(many, w)));
+  EXPECT_TRUE(at::equal(Linear(few, w, at::Tensor(), 0), at::linear(few, w)));
+}
+
+}  // namespace
+}  // namespace adapterd::model
