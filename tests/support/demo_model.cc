@@ -20,7 +20,7 @@ absl::StatusOr<std::unique_ptr<model::LlamaModel>> LoadDemoModel() {
 at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter) {
   static const std::vector<int64_t> prompt = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
   absl::StatusOr<std::unique_ptr<model::KvCache>> kv =
-      model::KvCache::Create(base.config(), 16, int64_t{32} << 20, at::kFloat, at::kCPU);
+      model::KvCache::Create(base.config(), 16, int64_t{32} << 20, base.options().dtype, at::kCPU);
   EXPECT_TRUE(kv.ok()) << kv.status();
   if (!kv.ok()) return at::Tensor();
   const int64_t n = static_cast<int64_t>(prompt.size());

@@ -19,7 +19,7 @@ namespace adapterd::testing {
 absl::StatusOr<std::unique_ptr<model::LlamaModel>> LoadDemoModel();
 
 // Last-token logits [1, vocab] of a fixed 11-token prompt through `base`
-// with `adapter` (null: the base alone). A failure fails the test and gives
+// with `adapter` (null: the base alone), with a KV cache in the model's dtype. A failure fails the test and gives
 // an undefined tensor.
 at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter);
 

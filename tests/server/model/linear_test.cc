@@ -8,6 +8,10 @@
 #include <cstdint>
 
 #include "gtest/gtest.h"
+#include "server/model/demo_checkpoint.h"
+#include "server/model/llama_model.h"
+#include "tests/support/demo_model.h"
+#include "tests/support/test_env.h"
 
 namespace adapterd::model {
 namespace {
@@ -76,6 +80,38 @@ TEST(LinearTest, OtherProductsGoToAten) {
   }
   EXPECT_TRUE(at::equal(Linear(many, w, at::Tensor(), kRows), at::linear(many, w)));
   EXPECT_TRUE(at::equal(Linear(few, w, at::Tensor(), 0), at::linear(few, w)));
+}
+
+// The whole model through the kernel against the model through LibTorch
+// alone: the demo model's prompt logits (11 rows in every product) in
+// float32 and bfloat16; and the default cut-off is the one documented.
+TEST(LinearTest, ModelLogitsMatchTheModelThroughAten) {
+  absl::StatusOr<std::string> dir = EnsureDemoCheckpoint(testing::MakeTempDir("skinny-model"));
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(::testing::Message() << dtype);
+    ModelOptions options;
+    options.dtype = dtype;
+    absl::StatusOr<std::unique_ptr<LlamaModel>> by_default = LlamaModel::Load(*dir, options);
+    ASSERT_TRUE(by_default.ok()) << by_default.status();
+    EXPECT_EQ((*by_default)->options().skinny_rows, DefaultSkinnyRows(dtype));
+    options.skinny_rows = 0;
+    absl::StatusOr<std::unique_ptr<LlamaModel>> aten = LlamaModel::Load(*dir, options);
+    options.skinny_rows = kRows;
+    absl::StatusOr<std::unique_ptr<LlamaModel>> skinny = LlamaModel::Load(*dir, options);
+    ASSERT_TRUE(aten.ok() && skinny.ok());
+    const at::Tensor want = testing::PromptLogits(**aten, nullptr);
+    const at::Tensor got = testing::PromptLogits(**skinny, nullptr);
+    ASSERT_TRUE(want.defined() && got.defined());
+    // fp32: summation order only. bfloat16: every layer's outputs are
+    // rounded, so one rounding apart anywhere moves the logits a little.
+    const double scale = want.abs().max().item<double>();
+    const double tol = dtype == at::kFloat ? 1e-5 : 3e-2;
+    EXPECT_LE(testing::MaxDiff(got, want), tol * scale);
+    EXPECT_GT(testing::MaxDiff(got, want), 0.0) << "the two models took the same path";
+  }
+  EXPECT_EQ(DefaultSkinnyRows(at::kFloat), 32);
+  EXPECT_EQ(DefaultSkinnyRows(at::kHalf), 0);
 }
 
 }  // namespace
