@@ -4,7 +4,6 @@
 #include <ATen/cpu/Utils.h>
 #include <c10/core/GradMode.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "server/common/parallel.h"
@@ -50,12 +49,15 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   }
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   const SkinnyType type = x.scalar_type() == at::kFloat ? SkinnyType::kF32 : SkinnyType::kBF16;
-  at::Tensor y = at::empty({m, n}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor y = at::empty({m, n}, x.options());
   const void* xp = x.const_data_ptr();
-  std::vector<float> staged;
+  // bfloat16 (and strided) rows are staged once per product, in a buffer
+  // each calling thread keeps, so that a decode step's products allocate
+  // nothing (a fresh one of 32 rows of 2048 would be mapped and unmapped).
+  thread_local std::vector<float> staged;
   const float* packed = static_cast<const float*>(xp);
   if (type != SkinnyType::kF32 || x.stride(0) != k) {
-    staged.resize(static_cast<size_t>(m * k));
+    if (staged.size() < static_cast<size_t>(m * k)) staged.resize(static_cast<size_t>(m * k));
     SkinnyPackRows(xp, type, m, k, x.stride(0), staged.data());
     packed = staged.data();
   }
