@@ -1,8 +1,6 @@
 #include "server/model/paged_attention.h"
 
 #include <ATen/ATen.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <bit>
@@ -11,6 +9,7 @@
 
 #include "server/common/parallel.h"
 #include "server/model/cpu_clones.h"
+#include "server/model/cpu_vec.h"
 
 namespace adapterd::model {
 
@@ -19,23 +18,48 @@ enum class CacheType { kF32, kBF16, kF16 };
 
 namespace {
 
-struct F32 {
-  using T = float;
-  static ADAPTERD_INLINE float Load(const T* p) { return *p; }
+using cpu::V16;
+
+// A stored element type, as the generic loop reads it (one element at a
+// time) and as the vector loop reads it: 32 consecutive elements into two
+// 16-lane vectors, in an order of its own (bfloat16 as word pairs, even
+// elements in `a` and odd ones in `b`; the others in order). Dot products
+// do not depend on that order as long as both sides share it, so queries
+// are loaded the same way, and Element() says where lane `l` of `a`
+// (half 0) or `b` (half 1) came from when the sums are stored.
+struct F32 : cpu::F32 {
   static ADAPTERD_INLINE void Store(T* p, float v) { *p = v; }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
+    a = LoadN<16>(p);
+    b = LoadN<16>(p + 16);
+  }
+  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
 };
-struct BF16 {
-  using T = uint16_t;
-  static ADAPTERD_INLINE float Load(const T* p) { return std::bit_cast<float>(static_cast<uint32_t>(*p) << 16); }
-  static ADAPTERD_INLINE void Store(T* p, float v) { *reinterpret_cast<c10::BFloat16*>(p) = c10::BFloat16(v); }
+struct BF16 : cpu::BF16 {
+  static ADAPTERD_INLINE void Store(T* p, float v) { *p = Round(v); }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) { LoadPairs<16>(p, a, b); }
+  static constexpr int Element(int half, int lane) { return 2 * lane + half; }
 };
-struct F16 {
-  using T = _Float16;
-  static ADAPTERD_INLINE float Load(const T* p) { return static_cast<float>(*p); }
+struct F16 : cpu::F16 {
   static ADAPTERD_INLINE void Store(T* p, float v) { *p = static_cast<_Float16>(v); }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
+    a = LoadN<16>(p);
+    b = LoadN<16>(p + 16);
+  }
+  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
 };
 
 constexpr int kLanes = 16;
+
+// The sum of v's lanes, pairwise (a fixed order, whatever the clone).
+ADAPTERD_INLINE float Sum(V16 v) {
+  using V8 = cpu::Vec<8>::F;
+  using V4 = cpu::Vec<4>::F;
+  const V8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V4 f = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (f[0] + f[2]) + (f[1] + f[3]);
+}
 
 template <class W>
 ADAPTERD_INLINE float Dot(const float* __restrict q, const typename W::T* __restrict k, int64_t n) {
@@ -55,8 +79,27 @@ ADAPTERD_INLINE void Axpy(float w, const typename W::T* __restrict v, float* __r
   for (int64_t d = 0; d < n; ++d) a[d] += w * W::Load(v + d);
 }
 
-// One row and one KV head: the `group` query heads that read it. `scratch`
-// holds group * (length + 2 * head_dim + 2) floats.
+// Where position p of a row's context sits in the cache, in slots.
+ADAPTERD_INLINE int64_t Slot(const std::vector<int32_t>& table, int64_t p, int64_t block_size) {
+  return static_cast<int64_t>(table[static_cast<size_t>(p / block_size)]) * block_size + p % block_size;
+}
+
+// Exponentiates each row of scores [rows, n] against its maximum and
+// returns the sums in `sums`.
+ADAPTERD_INLINE void Softmax(float* scores, const float* maxes, float* sums, int64_t rows, int64_t n) {
+  for (int64_t j = 0; j < rows; ++j) {
+    float sum = 0;
+    for (int64_t p = 0; p < n; ++p) {
+      const float e = std::exp(scores[j * n + p] - maxes[j]);
+      scores[j * n + p] = e;
+      sum += e;
+    }
+    sums[j] = sum;
+  }
+}
+
+// One row and one KV head: the `group` query heads that read it, for any
+// head_dim. `scratch` holds group * (length + 2 * head_dim + 2) floats.
 template <class W>
 ADAPTERD_INLINE void RowHead(const typename W::T* q, const typename W::T* k_cache, const typename W::T* v_cache,
                              const DecodeRow& r, int64_t g, int64_t heads, int64_t kv_heads, int64_t hd,
@@ -72,29 +115,20 @@ ADAPTERD_INLINE void RowHead(const typename W::T* q, const typename W::T* k_cach
     const typename W::T* qh = q + (r.row * heads + g * group + j) * hd;
     for (int64_t d = 0; d < hd; ++d) qf[j * hd + d] = W::Load(qh + d) * scale;
     maxes[j] = -std::numeric_limits<float>::infinity();
-    sums[j] = 0;
   }
   std::fill(acc, acc + group * hd, 0.0f);
   const std::vector<int32_t>& table = *r.block_table;
   for (int64_t p = 0; p < n; ++p) {
-    const int64_t slot = static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-    const typename W::T* k = k_cache + (slot * kv_heads + g) * hd;
+    const typename W::T* k = k_cache + (Slot(table, p, block_size) * kv_heads + g) * hd;
     for (int64_t j = 0; j < group; ++j) {
       const float s = Dot<W>(qf + j * hd, k, hd);
       scores[j * n + p] = s;
       maxes[j] = std::max(maxes[j], s);
     }
   }
-  for (int64_t j = 0; j < group; ++j) {
-    for (int64_t p = 0; p < n; ++p) {
-      const float e = std::exp(scores[j * n + p] - maxes[j]);
-      scores[j * n + p] = e;
-      sums[j] += e;
-    }
-  }
+  Softmax(scores, maxes, sums, group, n);
   for (int64_t p = 0; p < n; ++p) {
-    const int64_t slot = static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-    const typename W::T* v = v_cache + (slot * kv_heads + g) * hd;
+    const typename W::T* v = v_cache + (Slot(table, p, block_size) * kv_heads + g) * hd;
     for (int64_t j = 0; j < group; ++j) Axpy<W>(scores[j * n + p], v, acc + j * hd, hd);
   }
   for (int64_t j = 0; j < group; ++j) {
@@ -104,11 +138,128 @@ ADAPTERD_INLINE void RowHead(const typename W::T* q, const typename W::T* k_cach
   }
 }
 
+// Asks for the cache lines of `bytes` at p, ahead of their use.
+ADAPTERD_INLINE void Prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
+// One row and KV heads [g0, g1) together, for head_dim a multiple of 32.
+// Each position's keys (then values) of those heads are adjacent in the
+// cache, so the loop reads them in order, one position after the other,
+// and asks for the next positions' lines while it sums this one's. Each
+// key is read once from memory for all `group` query heads. `scratch` holds
+// (g1 - g0) * group * (length + 2 * head_dim + 2) floats.
+template <class W>
+ADAPTERD_INLINE void RowHeads(const typename W::T* q, const typename W::T* k_cache, const typename W::T* v_cache,
+                              const DecodeRow& r, int64_t g0, int64_t g1, int64_t heads, int64_t kv_heads,
+                              int64_t hd, int64_t block_size, float scale, typename W::T* out, float* scratch) {
+  constexpr int64_t kAhead = 4;  // positions prefetched ahead
+  const int64_t group = heads / kv_heads;
+  const int64_t nh = (g1 - g0) * group;  // query heads done here, from head g0 * group
+  const int64_t chunks = hd / 32;
+  const int64_t n = r.length;
+  float* scores = scratch;           // [nh, n]
+  float* qf = scores + nh * n;       // [nh, hd], in Load32's order
+  float* acc = qf + nh * hd;         // [nh, hd], likewise
+  float* maxes = acc + nh * hd;      // [nh]
+  float* sums = maxes + nh;          // [nh]
+  const V16 vscale = V16{} + scale;
+  for (int64_t j = 0; j < nh; ++j) {
+    const typename W::T* qh = q + (r.row * heads + g0 * group + j) * hd;
+    for (int64_t c = 0; c < chunks; ++c) {
+      V16 a, b;
+      W::Load32(qh + 32 * c, a, b);
+      cpu::StoreBytes(qf + j * hd + 32 * c, a * vscale);
+      cpu::StoreBytes(qf + j * hd + 32 * c + 16, b * vscale);
+    }
+    maxes[j] = -std::numeric_limits<float>::infinity();
+  }
+  std::fill(acc, acc + nh * hd, 0.0f);
+  const std::vector<int32_t>& table = *r.block_table;
+  const int64_t span = (g1 - g0) * hd;  // elements of one position's heads
+  for (int64_t p = 0; p < n; ++p) {
+    if (p + kAhead < n) Prefetch(k_cache + (Slot(table, p + kAhead, block_size) * kv_heads + g0) * hd,
+                                 span * static_cast<int64_t>(sizeof(typename W::T)));
+    const typename W::T* k = k_cache + (Slot(table, p, block_size) * kv_heads + g0) * hd;
+    for (int64_t j = 0; j < nh; ++j) {
+      const typename W::T* kh = k + (j / group) * hd;
+      const float* qj = qf + j * hd;
+      V16 s{};
+      for (int64_t c = 0; c < chunks; ++c) {
+        V16 a, b;
+        W::Load32(kh + 32 * c, a, b);
+        s += a * cpu::LoadBytes<V16>(qj + 32 * c) + b * cpu::LoadBytes<V16>(qj + 32 * c + 16);
+      }
+      const float dot = Sum(s);
+      scores[j * n + p] = dot;
+      maxes[j] = std::max(maxes[j], dot);
+    }
+  }
+  Softmax(scores, maxes, sums, nh, n);
+  for (int64_t p = 0; p < n; ++p) {
+    if (p + kAhead < n) Prefetch(v_cache + (Slot(table, p + kAhead, block_size) * kv_heads + g0) * hd,
+                                 span * static_cast<int64_t>(sizeof(typename W::T)));
+    const typename W::T* v = v_cache + (Slot(table, p, block_size) * kv_heads + g0) * hd;
+    for (int64_t j = 0; j < nh; ++j) {
+      const typename W::T* vh = v + (j / group) * hd;
+      const V16 w = V16{} + scores[j * n + p];
+      float* aj = acc + j * hd;
+      for (int64_t c = 0; c < chunks; ++c) {
+        V16 a, b;
+        W::Load32(vh + 32 * c, a, b);
+        cpu::StoreBytes(aj + 32 * c, cpu::LoadBytes<V16>(aj + 32 * c) + w * a);
+        cpu::StoreBytes(aj + 32 * c + 16, cpu::LoadBytes<V16>(aj + 32 * c + 16) + w * b);
+      }
+    }
+  }
+  for (int64_t j = 0; j < nh; ++j) {
+    typename W::T* o = out + (r.row * heads + g0 * group + j) * hd;
+    const float inv = 1.0f / sums[j];
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int half = 0; half < 2; ++half) {
+        for (int l = 0; l < kLanes; ++l) {
+          W::Store(o + 32 * c + W::Element(half, l), acc[j * hd + 32 * c + 16 * half + l] * inv);
+        }
+      }
+    }
+  }
+}
+
+template <class W>
+ADAPTERD_INLINE void Range(const void* q, const void* k_cache, const void* v_cache, std::span<const DecodeRow> rows,
+                           int64_t begin, int64_t end, int64_t heads, int64_t kv_heads, int64_t hd,
+                           int64_t block_size, float scale, void* out, std::vector<float>& scratch) {
+  using T = typename W::T;
+  const T* qp = static_cast<const T*>(q);
+  const T* kp = static_cast<const T*>(k_cache);
+  const T* vp = static_cast<const T*>(v_cache);
+  T* op = static_cast<T*>(out);
+  const int64_t group = heads / kv_heads;
+  for (int64_t i = begin; i < end;) {
+    const DecodeRow& r = rows[static_cast<size_t>(i / kv_heads)];
+    const int64_t g0 = i % kv_heads;
+    if (hd % 32 != 0) {
+      scratch.resize(static_cast<size_t>(group * (r.length + 2 * hd + 2)));
+      RowHead<W>(qp, kp, vp, r, g0, heads, kv_heads, hd, block_size, scale, op, scratch.data());
+      ++i;
+      continue;
+    }
+    // This row's KV heads that fall in [begin, end), together.
+    const int64_t g1 = std::min(kv_heads, g0 + (end - i));
+    scratch.resize(static_cast<size_t>((g1 - g0) * group * (r.length + 2 * hd + 2)));
+    RowHeads<W>(qp, kp, vp, r, g0, g1, heads, kv_heads, hd, block_size, scale, op, scratch.data());
+    i += g1 - g0;
+  }
+}
+
 }  // namespace
 
-// Rows [begin, end) of the flattened (row, KV head) work list; the loop
-// that is cloned per instruction set (cpu_clones.h). Dot products keep 16
-// independent partial sums, so they vectorise without reassociating one sum.
+// Items [begin, end) of the flattened (row, KV head) work list; the loop
+// that is cloned per instruction set (cpu_clones.h). Where head_dim is a
+// multiple of 32, a row's KV heads in the range go together in vectors of
+// 16 lanes (RowHeads); elsewhere one KV head at a time, with dot products
+// in 16 independent partial sums (RowHead).
 void PagedAttentionRange(CacheType type, const void* q, const void* k_cache, const void* v_cache,
                          std::span<const DecodeRow> rows, int64_t begin, int64_t end, int64_t heads,
                          int64_t kv_heads, int64_t hd, int64_t block_size, float scale, void* out,
@@ -118,28 +269,16 @@ void PagedAttentionRange(CacheType type, const void* q, const void* k_cache, con
                          std::span<const DecodeRow> rows, int64_t begin, int64_t end, int64_t heads,
                          int64_t kv_heads, int64_t hd, int64_t block_size, float scale, void* out,
                          std::vector<float>& scratch) {
-  const int64_t group = heads / kv_heads;
-  for (int64_t i = begin; i < end; ++i) {
-    const DecodeRow& r = rows[static_cast<size_t>(i / kv_heads)];
-    scratch.resize(static_cast<size_t>(group * (r.length + 2 * hd + 2)));
-    const int64_t g = i % kv_heads;
-    switch (type) {
-      case CacheType::kF32:
-        RowHead<F32>(static_cast<const float*>(q), static_cast<const float*>(k_cache),
-                     static_cast<const float*>(v_cache), r, g, heads, kv_heads, hd, block_size, scale,
-                     static_cast<float*>(out), scratch.data());
-        break;
-      case CacheType::kBF16:
-        RowHead<BF16>(static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k_cache),
-                      static_cast<const uint16_t*>(v_cache), r, g, heads, kv_heads, hd, block_size, scale,
-                      static_cast<uint16_t*>(out), scratch.data());
-        break;
-      case CacheType::kF16:
-        RowHead<F16>(static_cast<const _Float16*>(q), static_cast<const _Float16*>(k_cache),
-                     static_cast<const _Float16*>(v_cache), r, g, heads, kv_heads, hd, block_size, scale,
-                     static_cast<_Float16*>(out), scratch.data());
-        break;
-    }
+  switch (type) {
+    case CacheType::kF32:
+      Range<F32>(q, k_cache, v_cache, rows, begin, end, heads, kv_heads, hd, block_size, scale, out, scratch);
+      break;
+    case CacheType::kBF16:
+      Range<BF16>(q, k_cache, v_cache, rows, begin, end, heads, kv_heads, hd, block_size, scale, out, scratch);
+      break;
+    case CacheType::kF16:
+      Range<F16>(q, k_cache, v_cache, rows, begin, end, heads, kv_heads, hd, block_size, scale, out, scratch);
+      break;
   }
 }
 

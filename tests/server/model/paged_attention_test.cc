@@ -1,10 +1,13 @@
 // PagedDecodeAttention against gather-then-attention (ATen's
 // scaled_dot_product_attention over the same context gathered from the
 // blocks): GQA, contexts of one position up to several blocks, scattered
-// block tables, float32 and bfloat16.
+// block tables, head sizes that take the vector loop (multiples of 32) and
+// the generic one, rows whose KV heads are split between threads, float32,
+// bfloat16 and float16.
 #include "server/model/paged_attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <numeric>
@@ -20,13 +23,17 @@ struct Case {
   int64_t heads, kv_heads, head_dim, block_size;
 };
 
-void Check(const Case& c, at::ScalarType dtype, double tolerance) {
+void Check(const Case& c, at::ScalarType dtype, double tolerance, std::vector<int64_t> lengths = {}) {
   at::manual_seed(11);
   std::mt19937 rng(5);
-  const int64_t blocks = 40, slots = blocks * c.block_size;
+  if (lengths.empty()) {
+    lengths = {1, 2, c.block_size - 1, c.block_size, c.block_size + 1, 3 * c.block_size + 5};
+  }
+  int64_t blocks = 40;
+  for (int64_t len : lengths) blocks = std::max(blocks, 2 * ((len + c.block_size - 1) / c.block_size));
+  const int64_t slots = blocks * c.block_size;
   const at::Tensor k = at::randn({slots, c.kv_heads, c.head_dim}).to(dtype);
   const at::Tensor v = at::randn({slots, c.kv_heads, c.head_dim}).to(dtype);
-  const std::vector<int64_t> lengths = {1, 2, c.block_size - 1, c.block_size, c.block_size + 1, 3 * c.block_size + 5};
   // Each row's blocks are a random choice of the pool's, in random order.
   std::vector<std::vector<int32_t>> tables;
   for (int64_t len : lengths) {
@@ -63,17 +70,32 @@ void Check(const Case& c, at::ScalarType dtype, double tolerance) {
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat32) {
   for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 4, 16, 8}, Case{6, 1, 8, 4},
-                        Case{4, 2, 40, 8}}) {
+                        Case{4, 2, 40, 8}, Case{4, 2, 128, 16}, Case{6, 3, 96, 8}}) {
     Check(c, at::kFloat, 1e-5);
   }
 }
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInBfloat16) {
-  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}}) Check(c, at::kBFloat16, 2e-2);
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 2, 128, 16}, Case{4, 4, 16, 8}}) {
+    Check(c, at::kBFloat16, 2e-2);
+  }
 }
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat16) {
-  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}}) Check(c, at::kHalf, 2e-3);
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 2, 128, 16}, Case{4, 4, 16, 8}}) {
+    Check(c, at::kHalf, 2e-3);
+  }
+}
+
+// Long contexts make each (row, KV head) item worth a thread of its own, so
+// with two threads the nine items of three rows of three KV heads split
+// within a row; each part of a row must still see all of that row's context.
+TEST(PagedAttentionTest, RowsSplitBetweenThreads) {
+  at::set_num_threads(2);
+  ASSERT_EQ(at::get_num_threads(), 2);
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    Check(Case{6, 3, 64, 16}, dtype, dtype == at::kFloat ? 1e-5 : 2e-2, {700, 900, 1100});
+  }
 }
 
 TEST(PagedAttentionTest, RefusesMixedDtypes) {
