@@ -24,6 +24,7 @@
 #include "server/model/gathered_attention.h"
 #include "server/model/linear.h"
 #include "server/model/paged_attention.h"
+#include "server/model/rope_cache.h"
 #include "server/model/prompt_attention.h"
 #include "server/model/rms_norm.h"
 #include "server/model/step_layout.h"
@@ -370,12 +371,17 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, delta_step.get(), prof);
     std::optional<ScopedTimer> attention_timer(std::in_place, prof != nullptr ? &prof->attention : nullptr);
-    at::Tensor q = ApplyRope(qkv[0].view({T, c.num_heads, c.head_dim}), cos, sin);
-    at::Tensor k = ApplyRope(qkv[1].view({T, c.num_kv_heads, c.head_dim}), cos, sin);
     at::Tensor& kc = kv.k(L);
     at::Tensor& vc = kv.v(L);
-    kc.index_copy_(0, wslots, k);
-    vc.index_copy_(0, wslots, qkv[2].view({T, c.num_kv_heads, c.head_dim}));
+    at::Tensor q;
+    if (RopeCacheSupports(qkv[0], qkv[1], qkv[2], cos, sin, kc, vc)) {
+      q = at::empty({T, c.num_heads, c.head_dim}, qkv[0].options());
+      RopeAndWriteCache(qkv[0], qkv[1], qkv[2], cos, sin, lay.write_slots, q, kc, vc);
+    } else {
+      q = ApplyRope(qkv[0].view({T, c.num_heads, c.head_dim}), cos, sin);
+      kc.index_copy_(0, wslots, ApplyRope(qkv[1].view({T, c.num_kv_heads, c.head_dim}), cos, sin));
+      vc.index_copy_(0, wslots, qkv[2].view({T, c.num_kv_heads, c.head_dim}));
+    }
     at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
     if (paged_decode && !lay.decode_rows.empty()) {
       PagedDecodeAttention(q.contiguous(), kc, vc, lay.decode_rows, bs, scale, attn);
