@@ -32,10 +32,12 @@ template <>
 struct Vec<16> {
   typedef float F __attribute__((vector_size(64)));
   typedef uint32_t U __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
   typedef _Float16 H __attribute__((vector_size(32)));
 };
 using V16 = Vec<16>::F;
 using U16 = Vec<16>::U;
+using I16 = Vec<16>::I;
 
 template <class V>
 ADAPTERD_INLINE V LoadBytes(const void* p) {
@@ -49,22 +51,48 @@ ADAPTERD_INLINE void StoreBytes(void* p, V v) {
 }
 
 // A stored element type: one element to fp32, exactly, and N of them (the
-// N consecutive elements at p, into lanes 0..N-1).
+// N consecutive elements at p, into lanes 0..N-1). Round() is fp32 to the
+// type, to the nearest with ties to even. Load32() reads 32 consecutive
+// elements into two 16-lane vectors in an order of the type's own (see
+// BF16), Element(half, lane) says which of the 32 lane `lane` of `a` (half
+// 0) or `b` (half 1) holds, and Store32() writes two vectors back in that
+// order: elementwise loops, and dot products whose two sides are read the
+// same way, need no shuffles.
 struct F32 {
   using T = float;
   static ADAPTERD_INLINE float Load(const T* p) { return *p; }
+  static ADAPTERD_INLINE T Round(float v) { return v; }
   template <int N>
   static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
     return LoadBytes<typename Vec<N>::F>(p);
   }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
+    a = LoadN<16>(p);
+    b = LoadN<16>(p + 16);
+  }
+  static ADAPTERD_INLINE void Store32(T* p, V16 a, V16 b) {
+    StoreBytes(p, a);
+    StoreBytes(p + 16, b);
+  }
+  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
 };
 struct F16 {
   using T = _Float16;
   static ADAPTERD_INLINE float Load(const T* p) { return static_cast<float>(*p); }
+  static ADAPTERD_INLINE T Round(float v) { return static_cast<_Float16>(v); }
   template <int N>
   static ADAPTERD_INLINE typename Vec<N>::F LoadN(const T* p) {
     return __builtin_convertvector(LoadBytes<typename Vec<N>::H>(p), typename Vec<N>::F);
   }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
+    a = LoadN<16>(p);
+    b = LoadN<16>(p + 16);
+  }
+  static ADAPTERD_INLINE void Store32(T* p, V16 a, V16 b) {
+    StoreBytes(p, __builtin_convertvector(a, Vec<16>::H));
+    StoreBytes(p + 16, __builtin_convertvector(b, Vec<16>::H));
+  }
+  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
 };
 // bfloat16 is read in pairs, without a shuffle: the 2N elements at p as N
 // 32-bit words, element 2j (the low half of word j) into lane j of `even`
@@ -86,7 +114,36 @@ struct BF16 {
     const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     return static_cast<T>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
   }
+  // Round() on 16 lanes, each result in the low half of its word.
+  static ADAPTERD_INLINE U16 RoundN(V16 v) {
+    const U16 u = reinterpret_cast<U16>(v);
+    const U16 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? U16{} + 0x7FC0u : rounded;
+  }
+  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) { LoadPairs<16>(p, a, b); }
+  static ADAPTERD_INLINE void Store32(T* p, V16 a, V16 b) { StoreBytes(p, RoundN(a) | (RoundN(b) << 16)); }
+  static constexpr int Element(int half, int lane) { return 2 * lane + half; }
 };
+
+// e^x on 16 lanes, within a few ulp of expf over [-87, 88]: 2^n times a
+// degree-6 polynomial of the remainder (the Cephes expf scheme). Inputs are
+// clamped to [-87.3, 88.7], so the result is never 0 or infinite.
+ADAPTERD_INLINE V16 Exp(V16 x) {
+  x = x < -87.3f ? V16{} - 87.3f : x;
+  x = x > 88.7f ? V16{} + 88.7f : x;
+  // n = round(x / ln 2), by the 1.5 * 2^23 trick (exact for |n| < 2^22).
+  const V16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const V16 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  V16 y = V16{} + 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const I16 e = (__builtin_convertvector(n, I16) + 127) << 23;
+  return y * reinterpret_cast<V16>(e);
+}
 
 }  // namespace adapterd::model::cpu
 

@@ -25,6 +25,7 @@
 #include "server/model/linear.h"
 #include "server/model/paged_attention.h"
 #include "server/model/rope_cache.h"
+#include "server/model/swiglu.h"
 #include "server/model/prompt_attention.h"
 #include "server/model/rms_norm.h"
 #include "server/model/step_layout.h"
@@ -394,7 +395,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
     h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
     const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, delta_step.get(), prof);
-    at::Tensor act = at::silu(gate_up[0]) * gate_up[1];
+    at::Tensor act = SwiGluSupports(gate_up[0], gate_up[1]) ? SwiGlu(gate_up[0], gate_up[1])
+                                                             : at::silu(gate_up[0]) * gate_up[1];
     x = Residual(x, Project(act, l.down, L, segments, delta_step.get(), prof)[0], L, BottleneckLocation::kOutput,
                  segments, prof);
   }

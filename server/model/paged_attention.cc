@@ -20,34 +20,12 @@ namespace {
 
 using cpu::V16;
 
-// A stored element type, as the generic loop reads it (one element at a
-// time) and as the vector loop reads it: 32 consecutive elements into two
-// 16-lane vectors, in an order of its own (bfloat16 as word pairs, even
-// elements in `a` and odd ones in `b`; the others in order). Dot products
-// do not depend on that order as long as both sides share it, so queries
-// are loaded the same way, and Element() says where lane `l` of `a`
-// (half 0) or `b` (half 1) came from when the sums are stored.
-struct F32 : cpu::F32 {
-  static ADAPTERD_INLINE void Store(T* p, float v) { *p = v; }
-  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
-    a = LoadN<16>(p);
-    b = LoadN<16>(p + 16);
-  }
-  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
-};
-struct BF16 : cpu::BF16 {
-  static ADAPTERD_INLINE void Store(T* p, float v) { *p = Round(v); }
-  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) { LoadPairs<16>(p, a, b); }
-  static constexpr int Element(int half, int lane) { return 2 * lane + half; }
-};
-struct F16 : cpu::F16 {
-  static ADAPTERD_INLINE void Store(T* p, float v) { *p = static_cast<_Float16>(v); }
-  static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) {
-    a = LoadN<16>(p);
-    b = LoadN<16>(p + 16);
-  }
-  static constexpr int Element(int half, int lane) { return half * 16 + lane; }
-};
+// Element types as cpu_vec.h reads them: the vector loop reads queries,
+// keys and values with Load32, whose order does not matter to a dot product
+// as long as both sides share it, and stores its sums through Element().
+using cpu::BF16;
+using cpu::F16;
+using cpu::F32;
 
 constexpr int kLanes = 16;
 
@@ -134,7 +112,7 @@ ADAPTERD_INLINE void RowHead(const typename W::T* q, const typename W::T* k_cach
   for (int64_t j = 0; j < group; ++j) {
     typename W::T* o = out + (r.row * heads + g * group + j) * hd;
     const float inv = 1.0f / sums[j];
-    for (int64_t d = 0; d < hd; ++d) W::Store(o + d, acc[j * hd + d] * inv);
+    for (int64_t d = 0; d < hd; ++d) o[d] = W::Round(acc[j * hd + d] * inv);
   }
 }
 
@@ -219,7 +197,7 @@ ADAPTERD_INLINE void RowHeads(const typename W::T* q, const typename W::T* k_cac
     for (int64_t c = 0; c < chunks; ++c) {
       for (int half = 0; half < 2; ++half) {
         for (int l = 0; l < kLanes; ++l) {
-          W::Store(o + 32 * c + W::Element(half, l), acc[j * hd + 32 * c + 16 * half + l] * inv);
+          o[32 * c + W::Element(half, l)] = W::Round(acc[j * hd + 32 * c + 16 * half + l] * inv);
         }
       }
     }

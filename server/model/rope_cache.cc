@@ -15,13 +15,9 @@ enum class RopeType { kF32, kBF16, kF16 };
 
 namespace {
 
-struct F32 : cpu::F32 {
-  static ADAPTERD_INLINE T Round(float v) { return v; }
-};
-struct BF16 : cpu::BF16 {};
-struct F16 : cpu::F16 {
-  static ADAPTERD_INLINE T Round(float v) { return static_cast<_Float16>(v); }
-};
+using cpu::BF16;
+using cpu::F16;
+using cpu::F32;
 
 // What one call moves: the pointers and the strides in elements.
 struct RopeArgs {
