@@ -5,6 +5,8 @@
 #include <limits>
 #include <random>
 
+#include "server/model/row_argmax.h"
+
 namespace adapterd::engine {
 namespace {
 
@@ -20,6 +22,12 @@ template <class T>
 at::Tensor HostTensor(const std::vector<T>& v, at::ScalarType type, c10::Device device) {
   return at::from_blob(const_cast<T*>(v.data()), {static_cast<int64_t>(v.size())}, type).to(device, /*non_blocking=*/false,
                                                                                               /*copy=*/true);
+}
+
+// Each row's greedy token: our vectorised argmax where it takes the logits
+// (float32 on the CPU), at::argmax elsewhere; the same indices.
+at::Tensor Argmax(const at::Tensor& logits) {
+  return model::RowArgmaxSupports(logits) ? model::RowArgmax(logits) : logits.argmax(1);
 }
 
 // What the rows that draw at random need, one entry per such row.
@@ -100,7 +108,7 @@ std::vector<Sampler::Choice> Sampler::SampleRows(const at::Tensor& logits, std::
   }
   // Greedy rows take the first maximum; drawn rows overwrite theirs.
   at::Tensor tokens = static_cast<int64_t>(d.rows.size()) == n ? at::empty({n}, logits.options().dtype(at::kLong))
-                                                               : logits.argmax(1);
+                                                               : Argmax(logits);
   if (!d.rows.empty()) {
     const at::Tensor rows = HostTensor(d.rows, at::kLong, logits.device());
     tokens.index_copy_(0, rows, DrawRows(logits, rows, d));
