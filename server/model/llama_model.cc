@@ -341,7 +341,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t bs = kv.block_size();
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-  const StepLayout lay = StepLayout::Build(batch, bs, options_.device);
+  const StepLayout lay = StepLayout::Build(batch, bs, options_.device, options_.in_place_prompt_positions);
   const std::vector<Segment>& segments = lay.segments;
   // Decode rows read the cache in place (PagedDecodeAttention) on the CPU
   // in float32, bfloat16 and float16; elsewhere they are gathered, all rows

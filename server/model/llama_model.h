@@ -73,6 +73,12 @@ struct ModelOptions {
   // 0 sends every product to ATen, and a negative value takes
   // DefaultSkinnyRows(dtype) (options() then holds the value taken).
   int64_t skinny_rows = -1;
+  // On the CPU, a prompt chunk whose rows read at most this many positions
+  // of keys and values in all (n * context + n * (n + 1) / 2 for n new
+  // tokens after `context` cached ones) attends in place, each token as a
+  // decode row with its causal context (step_layout.h); longer chunks go
+  // through SDPA. 0 sends every chunk to SDPA.
+  int64_t in_place_prompt_positions = 1024;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow

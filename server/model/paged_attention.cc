@@ -62,15 +62,22 @@ ADAPTERD_INLINE int64_t Slot(const std::vector<int32_t>& table, int64_t p, int64
   return static_cast<int64_t>(table[static_cast<size_t>(p / block_size)]) * block_size + p % block_size;
 }
 
-// Exponentiates each row of scores [rows, n] against its maximum and
-// returns the sums in `sums`.
+// Exponentiates each row of scores [rows, n] against its maximum, 16 lanes
+// at a time, and returns the sums in `sums`.
 ADAPTERD_INLINE void Softmax(float* scores, const float* maxes, float* sums, int64_t rows, int64_t n) {
   for (int64_t j = 0; j < rows; ++j) {
-    float sum = 0;
-    for (int64_t p = 0; p < n; ++p) {
-      const float e = std::exp(scores[j * n + p] - maxes[j]);
-      scores[j * n + p] = e;
-      sum += e;
+    float* s = scores + j * n;
+    V16 vsum{};
+    int64_t p = 0;
+    for (; p + kLanes <= n; p += kLanes) {
+      const V16 e = cpu::Exp(cpu::LoadBytes<V16>(s + p) - maxes[j]);
+      cpu::StoreBytes(s + p, e);
+      vsum += e;
+    }
+    float sum = Sum(vsum);
+    for (; p < n; ++p) {
+      s[p] = std::exp(s[p] - maxes[j]);
+      sum += s[p];
     }
     sums[j] = sum;
   }

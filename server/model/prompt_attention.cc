@@ -33,8 +33,8 @@ void PromptChunkAttention(const at::Tensor& q, const at::Tensor& k_cache, const 
   int64_t off = 0;
   for (size_t s = 0; s < batch.seqs.size(); ++s) {
     const SequenceChunk& sc = batch.seqs[s];
-    if (sc.num_tokens == 1) {
-      off += 1;
+    if (!layout.read_slots[s].defined()) {  // attended in place, with the decode rows
+      off += sc.num_tokens;
       continue;
     }
     at::Tensor qs = q.narrow(0, off, sc.num_tokens).transpose(0, 1);                // [nh, n, hd]

@@ -28,9 +28,23 @@ std::vector<AdapterSegment> Segments(const ForwardBatch& batch) {
   return segments;
 }
 
+// Whether a prompt chunk attends in place, each of its tokens as a decode
+// row whose context ends at that token (the causal mask, bottom-right
+// aligned after cached context), rather than through SDPA over its
+// gathered context. In place, the chunk reads n * context + n * (n + 1) / 2
+// positions of keys and values, against SDPA's one gather of context + n
+// and its fixed cost per call, so in place wins for short chunks (a
+// 16-token prompt reads 136 positions). On the CPU only, where the paged
+// kernel runs.
+bool AttendsInPlace(const SequenceChunk& s, c10::Device device, int64_t max_positions) {
+  const int64_t n = s.num_tokens;
+  return device.is_cpu() && n * s.context_len + n * (n + 1) / 2 <= max_positions;
+}
+
 }  // namespace
 
-StepLayout StepLayout::Build(const ForwardBatch& batch, int64_t block_size, c10::Device device) {
+StepLayout StepLayout::Build(const ForwardBatch& batch, int64_t block_size, c10::Device device,
+                             int64_t in_place_prompt_positions) {
   StepLayout l;
   const int64_t bs = block_size;
   l.positions.reserve(batch.token_ids.size());
@@ -43,9 +57,11 @@ StepLayout StepLayout::Build(const ForwardBatch& batch, int64_t block_size, c10:
       l.positions.push_back(s.context_len + i);
       l.write_slots.push_back(slot(s.context_len + i));
     }
-    if (s.num_tokens == 1) {
-      l.decode_rows.push_back({s.block_table, s.context_len + 1, offset});
-      l.read_slots.emplace_back();  // a decode row: attended with all the others
+    if (s.num_tokens == 1 || AttendsInPlace(s, device, in_place_prompt_positions)) {
+      for (int64_t i = 0; i < s.num_tokens; ++i) {
+        l.decode_rows.push_back({s.block_table, s.context_len + i + 1, offset + i});
+      }
+      l.read_slots.emplace_back();  // attended with the decode rows
       l.masks.emplace_back();
     } else {
       std::vector<int64_t> ctx_slots;

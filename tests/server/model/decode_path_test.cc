@@ -1,9 +1,12 @@
 // The decode path against the prompt path, inside the model: a step of
 // single-token rows (paged attention over the cache's blocks, LoRA deltas
 // row by row) gives each row the logits that prefilling its whole sequence
-// at once gives (gathered attention, LoRA through matrix products), for rows
-// of two adapters and of the base in one step, in float32 and bfloat16; and
-// so does the batched gathered decode attention of other devices.
+// at once through SDPA gives (a model with in_place_prompt_positions = 0,
+// LoRA through matrix products), for rows of two adapters and of the base in
+// one step, in float32 and bfloat16; and so does the batched gathered decode
+// attention of other devices. The prompts before that step are prefilled
+// with the default options: the short ones attend in place, token by token
+// as decode rows, and the 50-token one through SDPA.
 #include <ATen/ATen.h>
 
 #include <map>
@@ -23,8 +26,14 @@
 namespace adapterd::model {
 namespace {
 
+std::vector<int64_t> Counting(int64_t first, int64_t n) {
+  std::vector<int64_t> ids = {1};
+  for (int64_t i = 0; i + 1 < n; ++i) ids.push_back(first + 37 * i % 1100);  // below the demo vocabulary of 2048
+  return ids;
+}
+
 const std::vector<std::vector<int64_t>> kPrompts = {
-    {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047}, {1, 5, 9, 300, 77}, {1, 900, 901, 902, 903, 904, 905, 906, 907}};
+    {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047}, {1, 5, 9, 300, 77}, Counting(900, 50)};
 constexpr int64_t kNext = 5;
 
 std::shared_ptr<const AdapterWeights> Lora(const LlamaModel& base, uint32_t seed) {
@@ -51,6 +60,9 @@ void Check(at::ScalarType dtype, double relative, DecodeAttention attention = De
   absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(*dir, options);
   ASSERT_TRUE(m.ok()) << m.status();
   const LlamaModel& base = **m;
+  options.in_place_prompt_positions = 0;
+  absl::StatusOr<std::unique_ptr<LlamaModel>> sdpa = LlamaModel::Load(*dir, options);
+  ASSERT_TRUE(sdpa.ok()) << sdpa.status();
   const auto a = Lora(base, 1), b = Lora(base, 2);
   ASSERT_TRUE(a && b);
   const std::vector<const AdapterWeights*> adapters = {a.get(), nullptr, b.get()};
@@ -65,7 +77,8 @@ void Check(at::ScalarType dtype, double relative, DecodeAttention attention = De
     prefill.token_ids = kPrompts[i];
     prefill.seqs.push_back(SequenceChunk{n, 0, &tables[i], true});
     prefill.adapters = {adapters[i]};
-    ASSERT_TRUE(base.Forward(prefill, *kv).ok());
+    const absl::StatusOr<at::Tensor> prefilled = base.Forward(prefill, *kv);
+    ASSERT_TRUE(prefilled.ok()) << prefilled.status();
   }
   ForwardBatch decode;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
@@ -86,7 +99,7 @@ void Check(at::ScalarType dtype, double relative, DecodeAttention attention = De
     once.token_ids = whole;
     once.seqs.push_back(SequenceChunk{n, 0, &table, true});
     once.adapters = {adapters[i]};
-    absl::StatusOr<at::Tensor> want = base.Forward(once, *fresh);
+    absl::StatusOr<at::Tensor> want = (*sdpa)->Forward(once, *fresh);
     ASSERT_TRUE(want.ok()) << want.status();
     const at::Tensor w = want->select(0, 0).to(at::kFloat), g = got->select(0, static_cast<int64_t>(i)).to(at::kFloat);
     const double diff = (g - w).abs().max().item<double>(), scale = w.abs().max().item<double>();
