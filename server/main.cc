@@ -148,7 +148,11 @@ ABSL_FLAG(std::string, lora_dtype, "auto",
 ABSL_FLAG(int, skinny_gemm_rows, -1,
           "Base products of at most this many rows (decode steps of a few streams) read each weight row once "
           "through adapterd's own kernel on a float32 or bfloat16 cpu model; 0 = LibTorch for every product, "
-          "-1 = by dtype and CPU (float32 32; bfloat16 8 with AMX, else 32)");
+          "-1 = by dtype and CPU (float32 32; bfloat16 with AMX 0 with --prepack_weights and 8 without, else 32)");
+ABSL_FLAG(bool, prepack_weights, true,
+          "On a float32 or bfloat16 cpu model, keep a second copy of the base's projection and LM head weights in "
+          "oneDNN's blocked layout, made at load, so that batched products skip the per-call reorder (the size "
+          "of those weights again in memory)");
 ABSL_FLAG(std::string, delta_backend, "auto",
           "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
           "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "
@@ -295,6 +299,7 @@ absl::Status ModelFlags(adapterd::model::ModelOptions& m) {
     return absl::InvalidArgumentError("--skinny_gemm_rows must be -1 (by dtype and CPU), 0 (off) or a row count");
   }
   m.skinny_rows = absl::GetFlag(FLAGS_skinny_gemm_rows);
+  m.prepack_weights = absl::GetFlag(FLAGS_prepack_weights);
   const std::string backend = absl::GetFlag(FLAGS_delta_backend);
   if (backend == "auto") {
     m.delta_backend = adapterd::model::DeltaBackendKind::kAuto;

@@ -53,7 +53,7 @@ at::Tensor EmbedTokens(const at::Tensor& embed, const at::Tensor& ids, const std
 }
 
 ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows,
-                         int64_t skinny_rows) {
+                         int64_t skinny_rows, const at::Tensor& lm_head_packed) {
   ForwardOutput out;
   const int64_t n = static_cast<int64_t>(rows.size());
   std::vector<int64_t> shared, shared_pos;  // rows on the base head, and their logits rows
@@ -76,12 +76,13 @@ ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, co
   }
   const at::Device device = hidden.device();
   if (plain) {
-    out.logits = Linear(hidden, lm_head, at::Tensor(), skinny_rows).to(at::kFloat);
+    out.logits = Linear(hidden, lm_head, at::Tensor(), skinny_rows, lm_head_packed).to(at::kFloat);
   } else {
     out.logits = at::empty({generating, lm_head.size(0)}, hidden.options().dtype(at::kFloat));
     if (!shared.empty()) {
       out.logits.index_copy_(0, Index(shared_pos, device),
-                             Linear(hidden.index_select(0, Index(shared, device)), lm_head, at::Tensor(), skinny_rows)
+                             Linear(hidden.index_select(0, Index(shared, device)), lm_head, at::Tensor(), skinny_rows,
+                                    lm_head_packed)
                                  .to(at::kFloat));
     }
     // Own heads: each run of rows sharing an adapter is one product.

@@ -51,10 +51,11 @@ struct ForwardOutput {
 // of that product; an adapter with its own LM head is applied to its rows
 // only. A classification row applies its adapter's classifier, which it
 // must have. With no classification rows and no adapter head, this is
-// exactly the base model's one product. The LM head products take
-// Linear()'s few-row path up to `skinny_rows` rows (linear.h). May throw.
+// exactly the base model's one product. The LM head products go through
+// Linear() (linear.h) with `skinny_rows`, and the base head's with
+// `lm_head_packed` (PackLinearWeight(lm_head), or undefined). May throw.
 ForwardOutput ApplyHeads(const at::Tensor& hidden, const at::Tensor& lm_head, const std::vector<HeadRow>& rows,
-                         int64_t skinny_rows);
+                         int64_t skinny_rows, const at::Tensor& lm_head_packed = at::Tensor());
 
 }  // namespace adapterd::model
 

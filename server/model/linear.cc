@@ -1,9 +1,13 @@
 #include "server/model/linear.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/core/GradMode.h>
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "server/common/parallel.h"
@@ -19,12 +23,69 @@ bool SkinnyDtype(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
 }
 
+bool AutogradOn(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));
+}
+
+// LibTorch's oneDNN operator, where this build registers it.
+std::optional<c10::OperatorHandle> OneDnnOp(const char* name) {
+  return c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
+}
+
+// The batch size oneDNN chooses the packed layout for: a decode step of
+// many streams, where the GEMM's cost is. Every batch size is accepted.
+constexpr int64_t kPackedForRows = 64;
+
+bool TakesPackedPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& packed) {
+  if (!packed.defined() || !x.device().is_cpu() || x.dim() != 2 || x.size(0) < 1 || x.size(1) != w.size(1)) {
+    return false;
+  }
+  if (x.scalar_type() != w.scalar_type() || x.is_conj() || x.is_neg()) return false;
+  if (b.defined() && (b.dim() != 1 || b.scalar_type() != x.scalar_type() || !b.device().is_cpu())) return false;
+  return !AutogradOn(x, w, b);
+}
+
+at::Tensor PackedLinear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& b) {
+  static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_linear_pointwise");
+  TORCH_CHECK(op.has_value(), "packed linear: this LibTorch has no mkldnn::_linear_pointwise");
+  torch::jit::Stack stack;
+  stack.emplace_back(x.contiguous());
+  stack.emplace_back(packed);
+  stack.emplace_back(b.defined() ? std::optional<at::Tensor>(b.contiguous()) : std::nullopt);
+  stack.emplace_back(std::string("none"));
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back(std::optional<std::string>());
+  op->callBoxed(&stack);
+  return std::move(stack.back()).toTensor();
+}
+
 }  // namespace
 
-int64_t DefaultSkinnyRows(at::ScalarType dtype) {
+at::Tensor PackLinearWeight(const at::Tensor& w) {
+  if (!w.device().is_cpu() || w.dim() != 2 || !SkinnyDtype(w) || w.numel() == 0) return {};
+  static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_reorder_linear_weight");
+  if (!op.has_value()) return {};
+  torch::jit::Stack stack;
+  stack.emplace_back(w.contiguous());
+  stack.emplace_back(std::optional<int64_t>(kPackedForRows));
+  op->callBoxed(&stack);
+  return std::move(stack.back()).toTensor();
+}
+
+int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed) {
   if (dtype == at::kFloat) return 32;
-  if (dtype == at::kBFloat16) return at::cpu::is_amx_tile_supported() ? 8 : 32;
+  if (dtype == at::kBFloat16) {
+    if (!at::cpu::is_amx_tile_supported()) return 32;
+    return packed ? 0 : 8;
+  }
   return 0;
+}
+
+LinearPath ChooseLinearPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t skinny_rows,
+                            const at::Tensor& packed) {
+  if (TakesSkinnyPath(x, w, b, skinny_rows)) return LinearPath::kSkinny;
+  if (TakesPackedPath(x, w, b, packed)) return LinearPath::kPacked;
+  return LinearPath::kAten;
 }
 
 bool TakesSkinnyPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t skinny_rows) {
@@ -38,14 +99,18 @@ bool TakesSkinnyPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                       !b.device().is_cpu() || !b.is_contiguous())) {
     return false;
   }
-  const bool grad = c10::GradMode::is_enabled() &&
-                    (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));
-  return !grad;
+  return !AutogradOn(x, w, b);
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t skinny_rows) {
-  if (!TakesSkinnyPath(x, w, b, skinny_rows)) {
-    return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t skinny_rows,
+                  const at::Tensor& packed) {
+  switch (ChooseLinearPath(x, w, b, skinny_rows, packed)) {
+    case LinearPath::kSkinny:
+      break;
+    case LinearPath::kPacked:
+      return PackedLinear(x, packed, b);
+    case LinearPath::kAten:
+      return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
   }
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   const SkinnyType type = x.scalar_type() == at::kFloat ? SkinnyType::kF32 : SkinnyType::kBF16;

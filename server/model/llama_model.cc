@@ -35,7 +35,8 @@ namespace adapterd::model {
 // Projections that share their input run as one GEMM over weights
 // concatenated at load: q/k/v and gate/up.
 struct LlamaModel::ProjGroup {
-  at::Tensor w;  // [sum of widths, in]
+  at::Tensor w;       // [sum of widths, in]
+  at::Tensor packed;  // PackLinearWeight(w) with ModelOptions::prepack_weights, or undefined
   at::Tensor b;  // [sum of widths]; undefined when the base has no bias here
   std::vector<ProjSlice> slices;
 };
@@ -135,7 +136,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel());
   model->config_ = *config;
   model->options_ = options;
-  if (options.skinny_rows < 0) model->options_.skinny_rows = DefaultSkinnyRows(options.dtype);
   absl::StatusOr<std::unique_ptr<DeltaBackend>> backend = MakeDeltaBackend(options.device, options.delta_backend);
   if (!backend.ok()) return backend.status();
   model->delta_backend_ = *std::move(backend);
@@ -199,6 +199,18 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
     model->layers_.push_back(std::move(l));
   }
   if (!status.ok()) return status;
+  if (options.prepack_weights) {
+    status = TorchCall("packing the base's weights for oneDNN", [&] {
+      for (Layer& l : model->layers_) {
+        for (ProjGroup* g : {&l.qkv, &l.o, &l.gate_up, &l.down}) g->packed = PackLinearWeight(g->w);
+      }
+      model->lm_head_packed_ = PackLinearWeight(model->lm_head_);
+    });
+    if (!status.ok()) return status;
+  }
+  if (options.skinny_rows < 0) {
+    model->options_.skinny_rows = DefaultSkinnyRows(options.dtype, model->lm_head_packed_.defined());
+  }
   for (const std::string& name : (*ckpt)->UnusedNames()) {
     LOG(WARNING) << dir << ": ignoring tensor '" << name << "' that the model does not use";
   }
@@ -240,10 +252,11 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
 int64_t LlamaModel::weight_bytes() const {
   int64_t total = embed_tokens_.nbytes() + final_norm_.nbytes();
   if (!lm_head_.is_same(embed_tokens_)) total += lm_head_.nbytes();
+  if (lm_head_packed_.defined()) total += lm_head_.nbytes();  // as many elements, blocked
   for (const Layer& l : layers_) {
     total += l.input_norm.nbytes() + l.post_attention_norm.nbytes();
     for (const ProjGroup* g : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
-      total += g->w.nbytes() + (g->b.defined() ? g->b.nbytes() : 0);
+      total += g->w.nbytes() * (g->packed.defined() ? 2 : 1) + (g->b.defined() ? g->b.nbytes() : 0);
     }
   }
   return total;
@@ -272,7 +285,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
   };
   if (segments.empty()) {
     ScopedTimer timer(gemm_time);
-    return split(Linear(x, g.w, g.b, options_.skinny_rows));
+    return split(Linear(x, g.w, g.b, options_.skinny_rows, g.packed));
   }
   // IA3 on a feed-forward module scales its segment's input rows; a group
   // in which some projection sees a rescaled input runs projection by
@@ -290,7 +303,7 @@ std::vector<at::Tensor> LlamaModel::Project(const at::Tensor& x, const ProjGroup
     at::Tensor y;
     {
       ScopedTimer timer(gemm_time);
-      y = Linear(inputs[0], g.w, g.b, options_.skinny_rows);
+      y = Linear(inputs[0], g.w, g.b, options_.skinny_rows, g.packed);
     }
     ScopedTimer timer(adapter_time);
     delta_backend_->AddDeltas(x, y, g.b, layer, g.slices, segments, step);
@@ -404,7 +417,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   at::Tensor last = x.index_select(0, LongTensor(lay.logit_rows).to(options_.device));
   at::Tensor normed = RmsNorm(last, final_norm_, c.rms_norm_eps);
   ScopedTimer head_timer(prof != nullptr ? &prof->gemm : nullptr);
-  return ApplyHeads(normed, lm_head_, lay.heads, options_.skinny_rows);
+  return ApplyHeads(normed, lm_head_, lay.heads, options_.skinny_rows, lm_head_packed_);
 }
 
 at::Tensor LlamaModel::AttentionOutput(at::Tensor& attn, const at::Tensor& q, const Layer& l, int64_t layer,
@@ -434,7 +447,7 @@ at::Tensor LlamaModel::AttentionOutput(at::Tensor& attn, const at::Tensor& q, co
 
 std::vector<at::Tensor> LlamaModel::FixedProject(const at::Tensor& x, const ProjGroup& g, int64_t layer,
                                                  const DeltaTables* tables) const {
-  at::Tensor y = Linear(x, g.w, g.b, options_.skinny_rows);
+  at::Tensor y = Linear(x, g.w, g.b, options_.skinny_rows, g.packed);
   if (tables != nullptr) delta_backend_->AddTableDeltas(x, y, layer, g.slices, *tables);
   std::vector<at::Tensor> outs;
   for (const ProjSlice& s : g.slices) outs.push_back(g.slices.size() == 1 ? y : y.narrow(1, s.col, s.width));
@@ -477,7 +490,7 @@ at::Tensor LlamaModel::FixedDecodeStep(const FixedDecodeInputs& in, KvCache& kv)
     x = x + FixedProject(at::silu(gate_up[0]) * gate_up[1], l.down, L, in.tables)[0];
   }
   const at::Tensor normed = RmsNorm(x, final_norm_, c.rms_norm_eps);
-  return Linear(normed, lm_head_, at::Tensor(), options_.skinny_rows).to(at::kFloat);
+  return Linear(normed, lm_head_, at::Tensor(), options_.skinny_rows, lm_head_packed_).to(at::kFloat);
 }
 
 }  // namespace adapterd::model

@@ -79,6 +79,13 @@ struct ModelOptions {
   // decode row with its causal context (step_layout.h); longer chunks go
   // through SDPA. 0 sends every chunk to SDPA.
   int64_t in_place_prompt_positions = 1024;
+  // On the CPU in float32 and bfloat16, keep a second copy of the base's
+  // projection and LM head weights in oneDNN's blocked layout, made once at
+  // load (PackLinearWeight, linear.h), for the products that SkinnyGemm does
+  // not take: they then skip the reorder that at::linear does on every call.
+  // Costs the size of those weights again in memory. Ignored where LibTorch
+  // has no oneDNN.
+  bool prepack_weights = true;
 };
 
 // One sequence's share of a forward step: `num_tokens` new tokens that follow
@@ -130,7 +137,8 @@ class LlamaModel {
   LoraSlotPool* lora_slot_pool() const { return slot_pool_.get(); }
   // The fixed-shape decode steps (decode_graphs.h); null in DecodeSteps::kEager.
   const DecodeGraphs* decode_graphs() const { return decode_graphs_.get(); }
-  // Bytes held by the weights (aliases of the checkpoint mapping included).
+  // Bytes held by the weights (aliases of the checkpoint mapping included;
+  // packed copies counted at their plain size).
   int64_t weight_bytes() const;
   // The frozen weight [out, in] of one projection (adapters validate against it).
   const at::Tensor& ProjWeight(int64_t layer, Proj p) const;
@@ -183,6 +191,7 @@ class LlamaModel {
   at::Tensor embed_tokens_;  // [vocab, hidden]
   at::Tensor final_norm_;    // [hidden]
   at::Tensor lm_head_;       // [vocab, hidden]; the embedding itself when tied
+  at::Tensor lm_head_packed_;  // PackLinearWeight(lm_head_), or undefined
   at::Tensor rope_cos_;      // [max_positions, head_dim]
   at::Tensor rope_sin_;
   std::vector<Layer> layers_;
