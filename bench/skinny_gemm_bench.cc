@@ -1,6 +1,7 @@
-// The few-row base product (server/model/linear.h, SkinnyGemm) against
-// LibTorch's at::linear, side by side in one run, and both against the
-// machine's memory read rate measured in the same run.
+// The few-row base product (server/model/linear.h, SkinnyGemm) and oneDNN's
+// GEMM on packed weights (PackLinearWeight) against LibTorch's at::linear,
+// side by side in one run, and SkinnyGemm against the machine's memory read
+// rate measured in the same run.
 //
 // The workload is one decode step's base products on the ~100M bench model
 // (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64, vocabulary
@@ -30,7 +31,7 @@
 #include "server/model/linear.h"
 
 ABSL_FLAG(std::string, dtype, "float32", "weights and activations: float32 or bfloat16");
-ABSL_FLAG(std::string, rows, "1,2,4,8,12,16,24,32", "row counts (comma-separated, each 1 to 64)");
+ABSL_FLAG(std::string, rows, "1,2,4,8,12,16,24,32,48,64", "row counts (comma-separated, each 1 to 64)");
 ABSL_FLAG(int, threads, 2, "compute threads");
 ABSL_FLAG(int, reps, 9, "steps measured per path and row count");
 
@@ -69,35 +70,44 @@ int Run() {
   std::vector<Shape> shapes;
   for (int l = 0; l < 8; ++l) shapes.insert(shapes.end(), {{1280, 768}, {768, 768}, {4096, 768}, {768, 2048}});
   shapes.push_back({32000, 768});
-  std::vector<at::Tensor> weights;
+  std::vector<at::Tensor> weights, packed;
   int64_t bytes = 0;
   for (const Shape& s : shapes) {
     weights.push_back((at::randn({s.out, s.in}) / 30).to(dtype));
+    packed.push_back(PackLinearWeight(weights.back()));
     bytes += weights.back().numel() * weights.back().element_size();
+  }
+  if (!packed.front().defined()) {
+    std::fprintf(stderr, "this LibTorch has no oneDNN: no packed weights to compare\n");
+    return 2;
   }
   const double ceiling = bench::ReadRate(at::ones({int64_t{1} << 28}));
   std::printf(
       "One decode step's base products of the ~100M model (%.1f MB of %s weights), %d threads, LibTorch's "
-      "at::linear against adapterd's SkinnyGemm, alternating, median of %d steps each; plain read ceiling "
-      "%.1f GB/s measured in the same run:\n\n",
+      "at::linear against adapterd's SkinnyGemm and oneDNN on packed weights (--prepack_weights), "
+      "alternating, median of %d steps each; plain read ceiling %.1f GB/s measured in the same run:\n\n",
       bytes / 1e6, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_reps), ceiling / 1e9);
-  std::printf("| rows | at::linear ms | SkinnyGemm ms | speed-up | at::linear GB/s | SkinnyGemm GB/s | "
-              "SkinnyGemm share of read ceiling |\n|---|---|---|---|---|---|---|\n");
+  std::printf("| rows | at::linear ms | SkinnyGemm ms | packed ms | SkinnyGemm speed-up | packed speed-up | "
+              "SkinnyGemm GB/s | SkinnyGemm share of read ceiling |\n|---|---|---|---|---|---|---|---|\n");
   for (const int64_t m : rows) {
     std::vector<at::Tensor> xs;
     for (const Shape& s : shapes) xs.push_back(at::randn({m, s.in}).to(dtype));
-    std::vector<double> aten, skinny;
+    std::vector<double> aten, skinny, pack;
     for (int rep = 0; rep < absl::GetFlag(FLAGS_reps) + 1; ++rep) {
-      for (const int64_t limit : {int64_t{0}, int64_t{64}}) {
+      for (const LinearPath path : {LinearPath::kAten, LinearPath::kSkinny, LinearPath::kPacked}) {
+        const int64_t limit = path == LinearPath::kSkinny ? 64 : 0;
         const auto start = std::chrono::steady_clock::now();
-        for (size_t i = 0; i < shapes.size(); ++i) Linear(xs[i], weights[i], at::Tensor(), limit);
+        for (size_t i = 0; i < shapes.size(); ++i) {
+          Linear(xs[i], weights[i], at::Tensor(), limit, path == LinearPath::kPacked ? packed[i] : at::Tensor());
+        }
         const double t = bench::SecondsSince(start);
-        if (rep > 0) (limit == 0 ? aten : skinny).push_back(t);  // the first step warms up
+        if (rep == 0) continue;  // the first step warms up
+        (path == LinearPath::kAten ? aten : path == LinearPath::kSkinny ? skinny : pack).push_back(t);
       }
     }
-    const double a = bench::Median(aten), s = bench::Median(skinny);
-    std::printf("| %ld | %.2f | %.2f | %.2fx | %.1f | %.1f | %.0f%% |\n", static_cast<long>(m), a * 1e3, s * 1e3,
-                a / s, bytes / a / 1e9, bytes / s / 1e9, 100.0 * bytes / s / ceiling);
+    const double a = bench::Median(aten), s = bench::Median(skinny), p = bench::Median(pack);
+    std::printf("| %ld | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.1f | %.0f%% |\n", static_cast<long>(m), a * 1e3,
+                s * 1e3, p * 1e3, a / s, a / p, bytes / s / 1e9, 100.0 * bytes / s / ceiling);
   }
   return 0;
 }

@@ -40,6 +40,8 @@ def add_parser(sub, cpus):
                    help="the server's --lora_dtype (applies to the fp32 server only)")
     p.add_argument("--skinny-gemm-rows", type=int, default=-1,
                    help="the server's --skinny_gemm_rows (0: LibTorch for every base product)")
+    p.add_argument("--prepack-weights", choices=["true", "false"], default="true",
+                   help="the server's --prepack_weights (false: no packed copy of the base's weights)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
 
@@ -112,7 +114,8 @@ def serve_runs(a, base, cfg, dtype, dirs):
     lora_dtype = a.lora_dtype if dtype == "fp32" else "auto"
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--dtype={DTYPES[dtype]}",
                               "--max_batch_size=64", "--kv_cache_mb=512", f"--lora_dtype={lora_dtype}",
-                              f"--skinny_gemm_rows={a.skinny_gemm_rows}"])
+                              f"--skinny_gemm_rows={a.skinny_gemm_rows}",
+                              f"--prepack_weights={a.prepack_weights}"])
     metrics = metrics_address(server)
     res = {}
     try:
@@ -180,7 +183,7 @@ def cmd_step(a):
     print(f"\nThe ~100M Llama ({MODEL_100M['layers']} layers, hidden {MODEL_100M['hidden']}), prompt 16, "
           f"{a.new_tokens} new tokens, closed loop with as many streams as the batch, {a.threads} threads, "
           f"adapters saved in {a.adapter_dtype} (fp32 server: --lora_dtype={a.lora_dtype}), "
-          f"--skinny_gemm_rows={a.skinny_gemm_rows}, "
+          f"--skinny_gemm_rows={a.skinny_gemm_rows}, --prepack_weights={a.prepack_weights}, "
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
           f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; the step "
           f"breakdown sums adapterd_step_seconds_total over the runs.")

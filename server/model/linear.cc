@@ -62,7 +62,7 @@ at::Tensor PackedLinear(const at::Tensor& x, const at::Tensor& packed, const at:
 }  // namespace
 
 at::Tensor PackLinearWeight(const at::Tensor& w) {
-  if (!w.device().is_cpu() || w.dim() != 2 || !SkinnyDtype(w) || w.numel() == 0) return {};
+  if (!w.device().is_cpu() || w.dim() != 2 || w.scalar_type() != at::kFloat || w.numel() == 0) return {};
   static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_reorder_linear_weight");
   if (!op.has_value()) return {};
   torch::jit::Stack stack;
@@ -73,11 +73,8 @@ at::Tensor PackLinearWeight(const at::Tensor& w) {
 }
 
 int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed) {
-  if (dtype == at::kFloat) return 32;
-  if (dtype == at::kBFloat16) {
-    if (!at::cpu::is_amx_tile_supported()) return 32;
-    return packed ? 0 : 8;
-  }
+  if (dtype == at::kFloat) return packed ? 16 : 32;
+  if (dtype == at::kBFloat16) return at::cpu::is_amx_tile_supported() ? 8 : 32;
   return 0;
 }
 

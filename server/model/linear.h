@@ -7,12 +7,16 @@
 
 namespace adapterd::model {
 
-// oneDNN's copy of a base weight w [out, in], in the blocked layout its
-// GEMM reads, made once at load (LibTorch's mkldnn::_reorder_linear_weight)
-// so that products do not reorder w on every call, as at::linear does.
+// oneDNN's copy of a float32 base weight w [out, in], in the blocked layout
+// its GEMM reads, made once at load (LibTorch's
+// mkldnn::_reorder_linear_weight): products on it skip the packing that
+// LibTorch's float32 GEMM (OpenBLAS) does on every call, 1.2-1.5x faster
+// from 24 to 64 rows (adapterd_skinny_gemm_bench, docs/benchmarks.md).
 // Undefined where LibTorch was built without oneDNN or w is not a float32
-// or bfloat16 CPU matrix: callers then pass it on as it is. The copy is as
-// large as w and independent of it. May throw c10::Error.
+// CPU matrix: bfloat16 is not packed, as LibTorch's bfloat16 GEMM (oneDNN
+// already) measured no faster on a packed copy. Callers pass an undefined
+// result on as it is. The copy is as large as w and independent of it. May
+// throw c10::Error.
 at::Tensor PackLinearWeight(const at::Tensor& w);
 
 // Which product Linear() computes for its arguments.
@@ -40,12 +44,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 LinearPath ChooseLinearPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t skinny_rows,
                             const at::Tensor& packed = at::Tensor());
 
-// The most rows at which SkinnyGemm beats LibTorch's GEMM in `dtype` on
-// this CPU, as adapterd_skinny_gemm_bench measured them (docs/benchmarks.md):
-// float32 32; bfloat16 8 where LibTorch's bfloat16 GEMM runs on AMX tiles
-// and 32 where it does not, but 0 on AMX when the weights are packed
-// (`packed`: oneDNN's GEMM on packed bfloat16 weights is as fast at one row
-// and faster from a few); 0 for other dtypes.
+// The most rows at which SkinnyGemm beats the GEMM it stands in for in
+// `dtype` on this CPU, as adapterd_skinny_gemm_bench measured them
+// (docs/benchmarks.md): float32 32 against LibTorch's GEMM and 16 against
+// oneDNN on packed weights (`packed`); bfloat16 8 where LibTorch's bfloat16
+// GEMM runs on AMX tiles and 32 where it does not; 0 for other dtypes.
 int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed = false);
 
 // Whether Linear() takes the SkinnyGemm path for these arguments.

@@ -79,12 +79,12 @@ struct ModelOptions {
   // decode row with its causal context (step_layout.h); longer chunks go
   // through SDPA. 0 sends every chunk to SDPA.
   int64_t in_place_prompt_positions = 1024;
-  // On the CPU in float32 and bfloat16, keep a second copy of the base's
-  // projection and LM head weights in oneDNN's blocked layout, made once at
-  // load (PackLinearWeight, linear.h), for the products that SkinnyGemm does
-  // not take: they then skip the reorder that at::linear does on every call.
-  // Costs the size of those weights again in memory. Ignored where LibTorch
-  // has no oneDNN.
+  // On a float32 CPU model, keep a second copy of the base's projection and
+  // LM head weights in oneDNN's blocked layout, made once at load
+  // (PackLinearWeight, linear.h), for the products that SkinnyGemm does not
+  // take: they then skip the packing that at::linear does on every call.
+  // Costs the size of those weights again in memory. Ignored in other
+  // dtypes and where LibTorch has no oneDNN.
   bool prepack_weights = true;
 };
 
