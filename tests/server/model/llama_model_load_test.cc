@@ -31,6 +31,13 @@
 namespace adapterd::model {
 namespace {
 
+// The bytes of the float32 copies --prepack_weights keeps: every projection
+// and the LM head.
+int64_t PackedBytes(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  return 4 * (c.num_layers * (H * (q + 2 * kv) + q * H + 3 * c.intermediate_size * H) + c.vocab_size * H);
+}
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::testing::AnyOf;
@@ -144,8 +151,9 @@ TEST_F(LlamaModelLoadTest, LoadsDemoCheckpoint) {
   EXPECT_EQ((*m)->options().dtype, at::kFloat);
   EXPECT_TRUE((*m)->options().device.is_cpu());
   EXPECT_GT((*m)->weight_bytes(), 0);
-  // Every weight is float32 and none is tied, so the bytes are 4 per parameter.
-  EXPECT_EQ((*m)->weight_bytes(), c.NumParameters() * 4);
+  // Every weight is float32 and none is tied, so the bytes are 4 per
+  // parameter, and 4 per element of the packed copies.
+  EXPECT_EQ((*m)->weight_bytes(), c.NumParameters() * 4 + PackedBytes(c));
 
   absl::StatusOr<at::Tensor> logits = Logits(**m, Prompt());
   ASSERT_TRUE(logits.ok()) << logits.status();
@@ -597,8 +605,8 @@ TEST_F(LlamaModelLoadTest, Bf16CheckpointLoadsAsFloat32) {
   absl::StatusOr<std::unique_ptr<LlamaModel>> bf16 = LlamaModel::Load(dir, {});
   ASSERT_TRUE(bf16.ok()) << bf16.status();
   EXPECT_EQ((*bf16)->options().dtype, at::kFloat);
-  // Converted to float32 on load: 4 bytes per parameter.
-  EXPECT_EQ((*bf16)->weight_bytes(), (*bf16)->config().NumParameters() * 4);
+  // Converted to float32 on load: 4 bytes per parameter (and packed).
+  EXPECT_EQ((*bf16)->weight_bytes(), (*bf16)->config().NumParameters() * 4 + PackedBytes((*bf16)->config()));
   absl::StatusOr<std::unique_ptr<LlamaModel>> f32 = LlamaModel::Load(demo(), {});
   ASSERT_TRUE(f32.ok()) << f32.status();
 
