@@ -117,17 +117,17 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   // each calling thread keeps, so that a decode step's products allocate
   // nothing (a fresh one of 32 rows of 2048 would be mapped and unmapped).
   thread_local std::vector<float> staged;
-  const float* packed = static_cast<const float*>(xp);
+  const float* rows = static_cast<const float*>(xp);
   if (type != SkinnyType::kF32 || x.stride(0) != k) {
     if (staged.size() < static_cast<size_t>(m * k)) staged.resize(static_cast<size_t>(m * k));
     SkinnyPackRows(xp, type, m, k, x.stride(0), staged.data());
-    packed = staged.data();
+    rows = staged.data();
   }
   const void* wp = w.const_data_ptr();
   const void* bp = b.defined() ? b.const_data_ptr() : nullptr;
   void* yp = y.mutable_data_ptr();
   at::parallel_for(0, n, kGrainRows, [&](int64_t n0, int64_t n1) {
-    SkinnyGemm(packed, m, k, wp, bp, type, n0, n1, yp, n);
+    SkinnyGemm(rows, m, k, wp, bp, type, n0, n1, yp, n);
   });
   return y;
 }
