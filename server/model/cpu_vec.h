@@ -75,6 +75,10 @@ struct F32 {
     StoreBytes(p + 16, b);
   }
   static constexpr int Element(int half, int lane) { return half * 16 + lane; }
+  // v rounded to the type and widened back: what an ATen op on tensors of
+  // the type hands the next op.
+  static ADAPTERD_INLINE float Narrow(float v) { return v; }
+  static ADAPTERD_INLINE V16 NarrowN(V16 v) { return v; }
 };
 struct F16 {
   using T = _Float16;
@@ -93,6 +97,10 @@ struct F16 {
     StoreBytes(p + 16, __builtin_convertvector(b, Vec<16>::H));
   }
   static constexpr int Element(int half, int lane) { return half * 16 + lane; }
+  static ADAPTERD_INLINE float Narrow(float v) { return static_cast<float>(static_cast<_Float16>(v)); }
+  static ADAPTERD_INLINE V16 NarrowN(V16 v) {
+    return __builtin_convertvector(__builtin_convertvector(v, Vec<16>::H), V16);
+  }
 };
 // bfloat16 is read in pairs, without a shuffle: the 2N elements at p as N
 // 32-bit words, element 2j (the low half of word j) into lane j of `even`
@@ -123,6 +131,8 @@ struct BF16 {
   static ADAPTERD_INLINE void Load32(const T* p, V16& a, V16& b) { LoadPairs<16>(p, a, b); }
   static ADAPTERD_INLINE void Store32(T* p, V16 a, V16 b) { StoreBytes(p, RoundN(a) | (RoundN(b) << 16)); }
   static constexpr int Element(int half, int lane) { return 2 * lane + half; }
+  static ADAPTERD_INLINE float Narrow(float v) { return std::bit_cast<float>(static_cast<uint32_t>(Round(v)) << 16); }
+  static ADAPTERD_INLINE V16 NarrowN(V16 v) { return reinterpret_cast<V16>(RoundN(v) << 16); }
 };
 
 // e^x on 16 lanes, within a few ulp of expf over [-87, 88]: 2^n times a

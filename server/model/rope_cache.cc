@@ -43,9 +43,11 @@ ADAPTERD_INLINE void RotateHeads(const typename W::T* x, const typename W::T* c,
     const typename W::T* xh = x + h * hd;
     typename W::T* oh = out + h * hd;
     for (int64_t d = 0; d < half; ++d) {
+      // Each product and the sum rounded to the dtype, as transformers'
+      // three ATen ops round them (exact in float32).
       const float x1 = W::Load(xh + d), x2 = W::Load(xh + half + d);
-      oh[d] = W::Round(x1 * W::Load(c + d) - x2 * W::Load(s + d));
-      oh[half + d] = W::Round(x2 * W::Load(c + half + d) + x1 * W::Load(s + half + d));
+      oh[d] = W::Round(W::Narrow(x1 * W::Load(c + d)) + W::Narrow(-x2 * W::Load(s + d)));
+      oh[half + d] = W::Round(W::Narrow(x2 * W::Load(c + half + d)) + W::Narrow(x1 * W::Load(s + half + d)));
     }
   }
 }

@@ -19,12 +19,11 @@ bool RopeCacheSupports(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 // For each token t of a step: q_out[t] = rope(q[t]), k_cache[write_slots[t]]
 // = rope(k[t]) and v_cache[write_slots[t]] = v[t], where rope(x) is Llama's
 // x * cos[t] + rotate_half(x) * sin[t] per head (rotate_half(x) = [-x2, x1]
-// for the halves x1, x2 of a head), summed in float32 and rounded once to
-// the dtype. q is [T, heads * head_dim], k and v [T, kv_heads * head_dim],
+// for the halves x1, x2 of a head), with each product and the sum rounded
+// to the dtype as transformers' ATen ops round them. q is [T, heads * head_dim], k and v [T, kv_heads * head_dim],
 // cos and sin [T, head_dim], q_out [T, heads, head_dim] (contiguous), the
-// caches [slots, kv_heads, head_dim]. The same result as the ATen ops
-// within one rounding of the dtype, in one pass over the step's rows
-// instead of a dozen. Throws c10::Error, writing nothing, when a slot is
+// caches [slots, kv_heads, head_dim]. The same result as the ATen ops, in
+// one pass over the step's rows instead of a dozen. Throws c10::Error, writing nothing, when a slot is
 // outside the cache or the shapes disagree. Runs rows in parallel on
 // ATen's pool when there are enough of them.
 void RopeAndWriteCache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,

@@ -33,11 +33,13 @@ ADAPTERD_INLINE void Rows(const void* gate, const void* up, void* out, int64_t g
       V16 ga, gb, ua, ub;
       W::Load32(g + i, ga, gb);
       W::Load32(u + i, ua, ub);
-      W::Store32(o + i, ga / (1.0f + cpu::Exp(-ga)) * ua, gb / (1.0f + cpu::Exp(-gb)) * ub);
+      // silu(g) rounded to the dtype before the product, as transformers'
+      // two ATen ops round it (exact in float32).
+      W::Store32(o + i, W::NarrowN(ga / (1.0f + cpu::Exp(-ga))) * ua, W::NarrowN(gb / (1.0f + cpu::Exp(-gb))) * ub);
     }
     for (; i < cols; ++i) {
       const float gi = W::Load(g + i);
-      o[i] = W::Round(gi / (1.0f + std::exp(-gi)) * W::Load(u + i));
+      o[i] = W::Round(W::Narrow(gi / (1.0f + std::exp(-gi))) * W::Load(u + i));
     }
   }
 }

@@ -12,9 +12,10 @@ namespace adapterd::model {
 // Otherwise the caller keeps ATen's ops.
 bool SwiGluSupports(const at::Tensor& gate, const at::Tensor& up);
 
-// silu(gate) * up, with silu(g) = g / (1 + e^-g), summed in float32 and
-// rounded once to the dtype: transformers' act_fn(gate_proj(x)) *
-// up_proj(x) within one rounding of the dtype, in one pass that writes one
+// silu(gate) * up, with silu(g) = g / (1 + e^-g) computed in float32 and
+// rounded to the dtype before the product, and the product rounded again,
+// as transformers' act_fn(gate_proj(x)) * up_proj(x) rounds them, in one
+// pass that writes one
 // new contiguous [rows, columns] tensor instead of two ATen ops and their
 // temporaries. Runs rows in parallel on ATen's pool when there are enough.
 // Throws c10::Error when SwiGluSupports does not hold.

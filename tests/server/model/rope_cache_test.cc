@@ -1,6 +1,6 @@
 // RopeAndWriteCache against Llama's rotary embedding written with ATen's ops
-// (x * cos + rotate_half(x) * sin, as transformers' apply_rotary_pos_emb
-// computes it, here in float32 and rounded once) followed by index_copy_
+// on tensors of the dtype (x * cos + rotate_half(x) * sin, as transformers'
+// apply_rotary_pos_emb computes it, each op rounded) followed by index_copy_
 // into the caches: float32, bfloat16 and float16, q/k/v as column views of
 // one fused projection, prompt-sized steps that run on several threads, and
 // the inputs it must refuse.
@@ -36,20 +36,18 @@ void Check(int64_t T, int64_t heads, int64_t kv_heads, int64_t hd, at::ScalarTyp
   std::vector<int64_t> write_slots(perm.data_ptr<int64_t>(), perm.data_ptr<int64_t>() + T);
   at::Tensor k_cache = at::randn({slots, kv_heads, hd}).to(dtype), v_cache = at::randn({slots, kv_heads, hd}).to(dtype);
   at::Tensor want_k = k_cache.clone(), want_v = v_cache.clone();
-  const at::Tensor qf = q.to(at::kFloat).view({T, heads, hd}), kf = k.to(at::kFloat).view({T, kv_heads, hd});
-  const at::Tensor cf = cos.to(at::kFloat), sf = sin.to(at::kFloat);
-  const at::Tensor want_q = Rope(qf, cf, sf).to(dtype);
-  want_k.index_copy_(0, perm, Rope(kf, cf, sf).to(dtype));
+  const at::Tensor want_q = Rope(q.reshape({T, heads, hd}), cos, sin);
+  want_k.index_copy_(0, perm, Rope(k.reshape({T, kv_heads, hd}), cos, sin));
   want_v.index_copy_(0, perm, v.view({T, kv_heads, hd}));
 
   ASSERT_TRUE(RopeCacheSupports(q, k, v, cos, sin, k_cache, v_cache));
   at::Tensor q_out = at::empty({T, heads, hd}, q.options());
   RopeAndWriteCache(q, k, v, cos, sin, write_slots, q_out, k_cache, v_cache);
-  // One rounding of the dtype: float32 sums may differ in their last bit
-  // (fused multiply-adds), which can move a rounded bfloat16 by one step.
-  const double tol = dtype == at::kFloat ? 1e-5 : dtype == at::kBFloat16 ? 1.6e-2 : 2e-3;
+  // The same roundings; float32 may differ in the last bit (fused
+  // multiply-adds), and half-precision results must agree exactly.
+  const double tol = dtype == at::kFloat ? 1e-5 : 0.0;
   auto close = [&](const at::Tensor& got, const at::Tensor& want) {
-    return at::allclose(got.to(at::kFloat), want.to(at::kFloat), tol, tol);
+    return tol == 0.0 ? got.equal(want) : at::allclose(got.to(at::kFloat), want.to(at::kFloat), tol, tol);
   };
   EXPECT_TRUE(close(q_out, want_q)) << at::toString(dtype) << " T " << T;
   EXPECT_TRUE(close(k_cache, want_k)) << at::toString(dtype) << " T " << T;
