@@ -366,7 +366,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       paged_decode ? GatheredDecodeRows{} : GatherDecodeRows(lay.decode_rows, bs, options_.device);
   at::Tensor ids = LongTensor(batch.token_ids).to(options_.device);
   at::Tensor pos = LongTensor(lay.positions).to(options_.device);
-  at::Tensor wslots = LongTensor(lay.write_slots).to(options_.device);
+  at::Tensor wslots;  // made by the first layer that writes the cache through ATen
   at::Tensor cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);
 
   at::Tensor x = EmbedTokens(embed_tokens_, ids, batch.token_ids, segments);  // [T, H]
@@ -393,6 +393,7 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       RopeAndWriteCache(qkv[0], qkv[1], qkv[2], cos, sin, lay.write_slots, q, kc, vc);
     } else {
       q = ApplyRope(qkv[0].view({T, c.num_heads, c.head_dim}), cos, sin);
+      if (!wslots.defined()) wslots = LongTensor(lay.write_slots).to(options_.device);
       kc.index_copy_(0, wslots, ApplyRope(qkv[1].view({T, c.num_kv_heads, c.head_dim}), cos, sin));
       vc.index_copy_(0, wslots, qkv[2].view({T, c.num_kv_heads, c.head_dim}));
     }
