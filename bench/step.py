@@ -42,6 +42,8 @@ def add_parser(sub, cpus):
                    help="the server's --skinny_gemm_rows (0: LibTorch for every base product)")
     p.add_argument("--prepack-weights", choices=["true", "false"], default="true",
                    help="the server's --prepack_weights (false: no packed copy of the base's weights)")
+    p.add_argument("--kinds", default="base,adapters",
+                   help="which streams to run: through the base, through distinct adapters, or both")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
 
@@ -126,7 +128,7 @@ def serve_runs(a, base, cfg, dtype, dirs):
         loadgen(a.build, server.addr, requests=8, concurrency=8, **dict(common, output_min=4, output_max=4))
         for run in range(a.runs):
             for b in [int(x) for x in a.batches.split(",")]:
-                for kind in ("base", "adapters"):
+                for kind in a.kinds.split(","):
                     extra = {"adapters": ",".join(names[:max(b, 1)]), "round_robin": "true"} if kind == "adapters" else {}
                     before, steps0 = step_seconds(metrics)
                     r = loadgen(a.build, server.addr, requests=b, concurrency=b, seed=run + 1, **extra, **common)
@@ -158,7 +160,7 @@ def report(a, cfg, dtype, ceil, res):
         parts = {p: sum(r["parts"][p] for r in runs) for p in PARTS}
         total = sum(parts.values()) or 1.0
         rows[(b, kind)] = dict(tok_s=tok_s, share=share, parts={p: v / total for p, v in parts.items()})
-        ratio = f"{tok_s / rows[(b, 'base')]['tok_s']:.2f}" if kind == "adapters" else ""
+        ratio = f"{tok_s / rows[(b, 'base')]['tok_s']:.2f}" if kind == "adapters" and (b, "base") in rows else ""
         print(f"| {b} | {f'{b} distinct rank-{a.rank} LoRAs' if kind == 'adapters' else 'base'} | "
               f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | {ratio} | "
               + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + " |")
@@ -166,6 +168,8 @@ def report(a, cfg, dtype, ceil, res):
 
 
 def cmd_step(a):
+    if not set(a.kinds.split(",")) <= {"base", "adapters"}:
+        raise SystemExit(f"--kinds: expected base and/or adapters, got {a.kinds!r}")
     work = work_dir()
     base = ensure_model(work, "llama-100m", a.build)
     cfg = load_config(base)
@@ -187,7 +191,7 @@ def cmd_step(a):
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
           f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; the step "
           f"breakdown sums adapterd_step_seconds_total over the runs.")
-    if "fp32" in out and "bf16" in out:
+    if "fp32" in out and "bf16" in out and "64-base" in out["fp32"]["rows"] and "64-base" in out["bf16"]["rows"]:
         f, b = out["fp32"], out["bf16"]
         mm = b["ceiling"]["matmul_gflops"] / f["ceiling"]["matmul_gflops"]
         serve = b["rows"]["64-base"]["tok_s"] / f["rows"]["64-base"]["tok_s"]

@@ -62,6 +62,35 @@ ADAPTERD_INLINE int64_t Slot(const std::vector<int32_t>& table, int64_t p, int64
   return static_cast<int64_t>(table[static_cast<size_t>(p / block_size)]) * block_size + p % block_size;
 }
 
+// The sums of 16 vectors' lanes, as one vector: lane i holds the sum of
+// v[i]'s lanes. Four rounds each halve the vectors and the lanes they
+// still hold, adding two vectors' halves side by side; a last shuffle puts
+// the sums in order. 46 vector operations where 16 Sum() calls take ~150.
+ADAPTERD_INLINE V16 Sums16(const V16* v) {
+  V16 w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i) {
+    w[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30,
+                                   31);
+  }
+  // w[i]: lanes 0-7 partial sums of v[2i], lanes 8-15 of v[2i+1].
+  for (int i = 0; i < 4; ++i) {
+    x[i] = __builtin_shufflevector(w[2 * i], w[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           __builtin_shufflevector(w[2 * i], w[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  }
+  // x[i]: four lanes each of v[4i], v[4i+2], v[4i+1], v[4i+3].
+  for (int i = 0; i < 2; ++i) {
+    y[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           __builtin_shufflevector(x[2 * i], x[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  }
+  // y[i]: two lanes each of v[8i], v[8i+4], v[8i+2], v[8i+6], v[8i+1],
+  // v[8i+5], v[8i+3], v[8i+7].
+  const V16 z = __builtin_shufflevector(y[0], y[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+                __builtin_shufflevector(y[0], y[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  // z: v0, v8, v4, v12, v2, v10, v6, v14, v1, v9, v5, v13, v3, v11, v7, v15.
+  return __builtin_shufflevector(z, z, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+}
+
 // Exponentiates each row of scores [rows, n] against its maximum, 16 lanes
 // at a time, and returns the sums in `sums`.
 ADAPTERD_INLINE void Softmax(float* scores, const float* maxes, float* sums, int64_t rows, int64_t n) {
@@ -129,84 +158,177 @@ ADAPTERD_INLINE void Prefetch(const void* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
 }
 
-// One row and KV heads [g0, g1) together, for head_dim a multiple of 32.
-// Each position's keys (then values) of those heads are adjacent in the
-// cache, so the loop reads them in order, one position after the other,
-// and asks for the next positions' lines while it sums this one's. Each
-// key is read once from memory for all `group` query heads. `scratch` holds
-// (g1 - g0) * group * (length + 2 * head_dim + 2) floats.
+// Query heads held in registers at once for head_dim = 32 * kChunks: their
+// queries (scores) or sums (values), and one position's key or value, fit
+// AVX-512's 32 registers.
+template <int kChunks>
+constexpr int kTile = kChunks >= 8 ? 1 : 8 / kChunks;
+
+// Positions a row's KV heads take in turn: a span's keys or values of all
+// the row's KV heads stay in the L2 cache while each head reads its own.
+constexpr int64_t kSpan = 64;
+static_assert(kSpan % kLanes == 0, "spans start on 16-position blocks");
+constexpr int64_t kAhead = 8;  // positions prefetched ahead
+
+// Where one row's tiles read: its block table, and KV head g of the cache.
 template <class W>
+struct RowView {
+  const typename W::T* cache;
+  const std::vector<int32_t>* table;
+  int64_t g, kv_heads, hd, block_size;
+  ADAPTERD_INLINE const typename W::T* At(int64_t p) const {
+    return cache + (Slot(*table, p, block_size) * kv_heads + g) * hd;
+  }
+};
+
+// Scores of `th` query heads (queries at q, head after head) against the
+// keys at positions [p0, p1), p0 a multiple of 16, into scores[t * n + p];
+// maxes[t] takes their maximum. Each key is read once for the tile, and
+// each 16 positions' dot products are summed together (Sums16). The lines
+// of `ahead` elements from a later position's key are asked for on the
+// way: the first tile of a span asks for all the row's KV heads there, so
+// that the other heads' tiles find them in the cache.
+template <class W, int kChunks>
+ADAPTERD_INLINE void TileScores(const typename W::T* q, int th, float scale, const RowView<W>& keys, int64_t p0,
+                                int64_t p1, int64_t n, int64_t ahead, float* scores, float* maxes) {
+  using T = typename W::T;
+  constexpr int kTh = kTile<kChunks>;
+  constexpr int kVecs = 2 * kChunks;  // 16-lane vectors per head
+  constexpr int64_t hd = 32 * kChunks;
+  V16 qv[kTh][kVecs] = {};
+  V16 vmax[kTh];
+#pragma GCC unroll 8
+  for (int t = 0; t < kTh; ++t) {
+    vmax[t] = V16{} - std::numeric_limits<float>::infinity();
+    if (t >= th) continue;
+#pragma GCC unroll 8
+    for (int c = 0; c < kChunks; ++c) {
+      W::Load32(q + t * hd + 32 * c, qv[t][2 * c], qv[t][2 * c + 1]);
+      qv[t][2 * c] *= scale;
+      qv[t][2 * c + 1] *= scale;
+    }
+  }
+  const int64_t n16 = n - n % kLanes;
+  V16 part[kTh][kLanes];
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + kAhead < n) Prefetch(keys.At(p + kAhead), ahead * static_cast<int64_t>(sizeof(T)));
+    const T* k = keys.At(p);
+    V16 kv[kVecs];
+#pragma GCC unroll 8
+    for (int c = 0; c < kChunks; ++c) W::Load32(k + 32 * c, kv[2 * c], kv[2 * c + 1]);
+    const int64_t i = p % kLanes;
+#pragma GCC unroll 8
+    for (int t = 0; t < kTh; ++t) {
+      if (t >= th) continue;
+      V16 s = kv[0] * qv[t][0];
+#pragma GCC unroll 16
+      for (int c = 1; c < kVecs; ++c) s += kv[c] * qv[t][c];
+      if (p < n16) {
+        part[t][i] = s;
+        if (i == kLanes - 1) {
+          const V16 sums16 = Sums16(part[t]);
+          cpu::StoreBytes(scores + t * n + p - i, sums16);
+          vmax[t] = vmax[t] > sums16 ? vmax[t] : sums16;
+        }
+      } else {
+        const float dot = Sum(s);
+        scores[t * n + p] = dot;
+        maxes[t] = std::max(maxes[t], dot);
+      }
+    }
+  }
+  for (int t = 0; t < th; ++t) {
+    for (int l = 0; l < kLanes; ++l) maxes[t] = std::max(maxes[t], vmax[t][l]);
+  }
+}
+
+// acc[t * hd ...] (in Load32's order) += scores[t * n + p] * value(p) for
+// `th` heads over positions [p0, p1); the sums stay in registers meanwhile.
+template <class W, int kChunks>
+ADAPTERD_INLINE void TileValues(int th, const RowView<W>& values, int64_t p0, int64_t p1, int64_t n, int64_t ahead,
+                                const float* scores, float* acc) {
+  using T = typename W::T;
+  constexpr int kTh = kTile<kChunks>;
+  constexpr int kVecs = 2 * kChunks;
+  constexpr int64_t hd = 32 * kChunks;
+  V16 a[kTh][kVecs] = {};
+#pragma GCC unroll 8
+  for (int t = 0; t < kTh; ++t) {
+    if (t >= th) continue;
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) a[t][c] = cpu::LoadBytes<V16>(acc + t * hd + kLanes * c);
+  }
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + kAhead < n) Prefetch(values.At(p + kAhead), ahead * static_cast<int64_t>(sizeof(T)));
+    const T* v = values.At(p);
+    V16 vv[kVecs];
+#pragma GCC unroll 8
+    for (int c = 0; c < kChunks; ++c) W::Load32(v + 32 * c, vv[2 * c], vv[2 * c + 1]);
+#pragma GCC unroll 8
+    for (int t = 0; t < kTh; ++t) {
+      if (t >= th) continue;
+      const V16 w = V16{} + scores[t * n + p];
+#pragma GCC unroll 16
+      for (int c = 0; c < kVecs; ++c) a[t][c] += w * vv[c];
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < kTh; ++t) {
+    if (t >= th) continue;
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) cpu::StoreBytes(acc + t * hd + kLanes * c, a[t][c]);
+  }
+}
+
+// One row and its KV heads [g0, g1), for head_dim = 32 * kChunks. The
+// context is read in spans of kSpan positions; within a span each KV head's
+// query heads go in register tiles of kTile (TileScores, then, after one
+// softmax over the whole context, TileValues). `scratch` holds
+// (g1 - g0) * group * (length + head_dim + 2) floats.
+template <class W, int kChunks>
 ADAPTERD_INLINE void RowHeads(const typename W::T* q, const typename W::T* k_cache, const typename W::T* v_cache,
                               const DecodeRow& r, int64_t g0, int64_t g1, int64_t heads, int64_t kv_heads,
-                              int64_t hd, int64_t block_size, float scale, typename W::T* out, float* scratch) {
-  constexpr int64_t kAhead = 4;  // positions prefetched ahead
+                              int64_t block_size, float scale, typename W::T* out, float* scratch) {
+  constexpr int kTh = kTile<kChunks>;
+  constexpr int64_t hd = 32 * kChunks;
   const int64_t group = heads / kv_heads;
   const int64_t nh = (g1 - g0) * group;  // query heads done here, from head g0 * group
-  const int64_t chunks = hd / 32;
   const int64_t n = r.length;
-  float* scores = scratch;           // [nh, n]
-  float* qf = scores + nh * n;       // [nh, hd], in Load32's order
-  float* acc = qf + nh * hd;         // [nh, hd], likewise
-  float* maxes = acc + nh * hd;      // [nh]
-  float* sums = maxes + nh;          // [nh]
-  const V16 vscale = V16{} + scale;
-  for (int64_t j = 0; j < nh; ++j) {
-    const typename W::T* qh = q + (r.row * heads + g0 * group + j) * hd;
-    for (int64_t c = 0; c < chunks; ++c) {
-      V16 a, b;
-      W::Load32(qh + 32 * c, a, b);
-      cpu::StoreBytes(qf + j * hd + 32 * c, a * vscale);
-      cpu::StoreBytes(qf + j * hd + 32 * c + 16, b * vscale);
-    }
-    maxes[j] = -std::numeric_limits<float>::infinity();
-  }
+  float* scores = scratch;          // [nh, n]
+  float* acc = scores + nh * n;     // [nh, hd], in Load32's order
+  float* maxes = acc + nh * hd;     // [nh]
+  float* sums = maxes + nh;         // [nh]
+  std::fill(maxes, maxes + nh, -std::numeric_limits<float>::infinity());
   std::fill(acc, acc + nh * hd, 0.0f);
-  const std::vector<int32_t>& table = *r.block_table;
-  const int64_t span = (g1 - g0) * hd;  // elements of one position's heads
-  for (int64_t p = 0; p < n; ++p) {
-    if (p + kAhead < n) Prefetch(k_cache + (Slot(table, p + kAhead, block_size) * kv_heads + g0) * hd,
-                                 span * static_cast<int64_t>(sizeof(typename W::T)));
-    const typename W::T* k = k_cache + (Slot(table, p, block_size) * kv_heads + g0) * hd;
-    for (int64_t j = 0; j < nh; ++j) {
-      const typename W::T* kh = k + (j / group) * hd;
-      const float* qj = qf + j * hd;
-      V16 s{};
-      for (int64_t c = 0; c < chunks; ++c) {
-        V16 a, b;
-        W::Load32(kh + 32 * c, a, b);
-        s += a * cpu::LoadBytes<V16>(qj + 32 * c) + b * cpu::LoadBytes<V16>(qj + 32 * c + 16);
+  const typename W::T* q0 = q + (r.row * heads + g0 * group) * hd;
+  for (int64_t p0 = 0; p0 < n; p0 += kSpan) {
+    const int64_t p1 = std::min(n, p0 + kSpan);
+    for (int64_t g = g0; g < g1; ++g) {
+      const RowView<W> keys{k_cache, r.block_table, g, kv_heads, hd, block_size};
+      for (int64_t j = (g - g0) * group; j < (g - g0 + 1) * group; j += kTh) {
+        const int th = static_cast<int>(std::min<int64_t>(kTh, (g - g0 + 1) * group - j));
+        const int64_t ahead = j == 0 ? (g1 - g0) * hd : hd;
+        TileScores<W, kChunks>(q0 + j * hd, th, scale, keys, p0, p1, n, ahead, scores + j * n, maxes + j);
       }
-      const float dot = Sum(s);
-      scores[j * n + p] = dot;
-      maxes[j] = std::max(maxes[j], dot);
     }
   }
   Softmax(scores, maxes, sums, nh, n);
-  for (int64_t p = 0; p < n; ++p) {
-    if (p + kAhead < n) Prefetch(v_cache + (Slot(table, p + kAhead, block_size) * kv_heads + g0) * hd,
-                                 span * static_cast<int64_t>(sizeof(typename W::T)));
-    const typename W::T* v = v_cache + (Slot(table, p, block_size) * kv_heads + g0) * hd;
-    for (int64_t j = 0; j < nh; ++j) {
-      const typename W::T* vh = v + (j / group) * hd;
-      const V16 w = V16{} + scores[j * n + p];
-      float* aj = acc + j * hd;
-      for (int64_t c = 0; c < chunks; ++c) {
-        V16 a, b;
-        W::Load32(vh + 32 * c, a, b);
-        cpu::StoreBytes(aj + 32 * c, cpu::LoadBytes<V16>(aj + 32 * c) + w * a);
-        cpu::StoreBytes(aj + 32 * c + 16, cpu::LoadBytes<V16>(aj + 32 * c + 16) + w * b);
+  for (int64_t p0 = 0; p0 < n; p0 += kSpan) {
+    const int64_t p1 = std::min(n, p0 + kSpan);
+    for (int64_t g = g0; g < g1; ++g) {
+      const RowView<W> values{v_cache, r.block_table, g, kv_heads, hd, block_size};
+      for (int64_t j = (g - g0) * group; j < (g - g0 + 1) * group; j += kTh) {
+        const int th = static_cast<int>(std::min<int64_t>(kTh, (g - g0 + 1) * group - j));
+        TileValues<W, kChunks>(th, values, p0, p1, n, j == 0 ? (g1 - g0) * hd : hd, scores + j * n, acc + j * hd);
       }
     }
   }
+  typename W::T* o = out + (r.row * heads + g0 * group) * hd;
   for (int64_t j = 0; j < nh; ++j) {
-    typename W::T* o = out + (r.row * heads + g0 * group + j) * hd;
     const float inv = 1.0f / sums[j];
-    for (int64_t c = 0; c < chunks; ++c) {
-      for (int half = 0; half < 2; ++half) {
-        for (int l = 0; l < kLanes; ++l) {
-          o[32 * c + W::Element(half, l)] = W::Round(acc[j * hd + 32 * c + 16 * half + l] * inv);
-        }
-      }
+    for (int c = 0; c < kChunks; ++c) {
+      W::Store32(o + j * hd + 32 * c, cpu::LoadBytes<V16>(acc + j * hd + 32 * c) * inv,
+                 cpu::LoadBytes<V16>(acc + j * hd + 32 * c + kLanes) * inv);
     }
   }
 }
@@ -221,19 +343,32 @@ ADAPTERD_INLINE void Range(const void* q, const void* k_cache, const void* v_cac
   const T* vp = static_cast<const T*>(v_cache);
   T* op = static_cast<T*>(out);
   const int64_t group = heads / kv_heads;
+  const int64_t chunks = hd % 32 == 0 ? hd / 32 : 0;
   for (int64_t i = begin; i < end;) {
     const DecodeRow& r = rows[static_cast<size_t>(i / kv_heads)];
     const int64_t g0 = i % kv_heads;
-    if (hd % 32 != 0) {
-      scratch.resize(static_cast<size_t>(group * (r.length + 2 * hd + 2)));
-      RowHead<W>(qp, kp, vp, r, g0, heads, kv_heads, hd, block_size, scale, op, scratch.data());
-      ++i;
-      continue;
+    // This row's KV heads that fall in [begin, end), together; one at a
+    // time for the generic loop.
+    const int64_t g1 = chunks >= 1 && chunks <= 4 ? std::min(kv_heads, g0 + (end - i)) : g0 + 1;
+    const size_t need = static_cast<size_t>((g1 - g0) * group * (r.length + 2 * hd + 2));
+    if (scratch.size() < need) scratch.resize(need);
+    float* s = scratch.data();
+    switch (chunks) {
+      case 1:
+        RowHeads<W, 1>(qp, kp, vp, r, g0, g1, heads, kv_heads, block_size, scale, op, s);
+        break;
+      case 2:
+        RowHeads<W, 2>(qp, kp, vp, r, g0, g1, heads, kv_heads, block_size, scale, op, s);
+        break;
+      case 3:
+        RowHeads<W, 3>(qp, kp, vp, r, g0, g1, heads, kv_heads, block_size, scale, op, s);
+        break;
+      case 4:
+        RowHeads<W, 4>(qp, kp, vp, r, g0, g1, heads, kv_heads, block_size, scale, op, s);
+        break;
+      default:
+        RowHead<W>(qp, kp, vp, r, g0, heads, kv_heads, hd, block_size, scale, op, s);
     }
-    // This row's KV heads that fall in [begin, end), together.
-    const int64_t g1 = std::min(kv_heads, g0 + (end - i));
-    scratch.resize(static_cast<size_t>((g1 - g0) * group * (r.length + 2 * hd + 2)));
-    RowHeads<W>(qp, kp, vp, r, g0, g1, heads, kv_heads, hd, block_size, scale, op, scratch.data());
     i += g1 - g0;
   }
 }
@@ -241,10 +376,9 @@ ADAPTERD_INLINE void Range(const void* q, const void* k_cache, const void* v_cac
 }  // namespace
 
 // Items [begin, end) of the flattened (row, KV head) work list; the loop
-// that is cloned per instruction set (cpu_clones.h). Where head_dim is a
-// multiple of 32, a row's KV heads in the range go together in vectors of
-// 16 lanes (RowHeads); elsewhere one KV head at a time, with dot products
-// in 16 independent partial sums (RowHead).
+// that is cloned per instruction set (cpu_clones.h). Head sizes 32, 64, 96
+// and 128 take the register-tiled loops (RowHeads); others the generic one,
+// with dot products in 16 independent partial sums (RowHead).
 void PagedAttentionRange(CacheType type, const void* q, const void* k_cache, const void* v_cache,
                          std::span<const DecodeRow> rows, int64_t begin, int64_t end, int64_t heads,
                          int64_t kv_heads, int64_t hd, int64_t block_size, float scale, void* out,
@@ -299,7 +433,8 @@ void PagedDecodeAttention(const at::Tensor& q, const at::Tensor& k_cache, const 
   const int64_t per_item = std::max<int64_t>(1, context * heads * hd / work);
   const int64_t grain = std::max<int64_t>(1, kElementsPerThread / per_item);
   at::parallel_for(0, work, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch;
+    // Grown to the longest context a thread has seen, then reused.
+    thread_local std::vector<float> scratch;
     PagedAttentionRange(type, qp, kp, vp, rows, begin, end, heads, kv_heads, hd, block_size,
                         static_cast<float>(scale), op, scratch);
   });

@@ -3,7 +3,9 @@
 // blocks): GQA, contexts of one position up to several blocks, scattered
 // block tables, head sizes that take the vector loop (multiples of 32) and
 // the generic one, rows whose KV heads are split between threads, float32,
-// bfloat16 and float16.
+// bfloat16 and float16. Query groups larger than a register tile (16 or 18
+// heads over 2 KV heads) and groups that leave a partial tile (5 heads per
+// KV head) check the tiling.
 #include "server/model/paged_attention.h"
 
 #include <ATen/ATen.h>
@@ -70,13 +72,15 @@ void Check(const Case& c, at::ScalarType dtype, double tolerance, std::vector<in
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInFloat32) {
   for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 4, 16, 8}, Case{6, 1, 8, 4},
-                        Case{4, 2, 40, 8}, Case{4, 2, 128, 16}, Case{6, 3, 96, 8}}) {
+                        Case{4, 2, 40, 8}, Case{4, 2, 128, 16}, Case{6, 3, 96, 8}, Case{16, 2, 64, 16},
+                        Case{10, 2, 64, 8}, Case{10, 2, 128, 16}, Case{18, 2, 32, 8}, Case{4, 2, 160, 8}}) {
     Check(c, at::kFloat, 1e-5);
   }
 }
 
 TEST(PagedAttentionTest, MatchesGatheredAttentionInBfloat16) {
-  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 2, 128, 16}, Case{4, 4, 16, 8}}) {
+  for (const Case& c : {Case{8, 4, 32, 16}, Case{12, 4, 64, 16}, Case{4, 2, 128, 16}, Case{4, 4, 16, 8},
+                        Case{10, 2, 64, 8}, Case{10, 2, 128, 16}}) {
     Check(c, at::kBFloat16, 2e-2);
   }
 }

@@ -63,6 +63,8 @@ TEST(RopeCacheTest, MatchesAtenOps) {
     Check(64, 12, 4, 64, dtype);     // a decode step of 64 rows
     Check(300, 8, 8, 32, dtype);     // a prompt chunk, over both threads
     Check(5, 6, 2, 10, dtype);       // a head size that is not a power of two
+    Check(7, 4, 2, 96, dtype);       // 32-lane blocks and a scalar tail in each half
+    Check(9, 4, 1, 128, dtype);      // two 32-lane blocks in each half
   }
 }
 
