@@ -150,9 +150,9 @@ ABSL_FLAG(int, skinny_gemm_rows, -1,
           "through adapterd's own kernel on a float32 or bfloat16 cpu model; 0 = LibTorch for every product, "
           "-1 = by dtype and CPU (float32 16 with --prepack_weights, 32 without; bfloat16 8 with AMX, else 32)");
 ABSL_FLAG(bool, prepack_weights, true,
-          "On a float32 cpu model, keep a second copy of the base's projection and LM head weights in oneDNN's "
-          "blocked layout, made at load, so that batched products skip the packing LibTorch's GEMM does on every "
-          "call (the size of those weights again in memory)");
+          "On a float32 cpu model, or a bfloat16 one on a CPU with AVX512-BF16, keep a second copy of the base's "
+          "projection and LM head weights in oneDNN's blocked layout, made at load, so that batched products skip "
+          "the packing LibTorch's GEMM does on every call (the size of those weights again in memory)");
 ABSL_FLAG(std::string, delta_backend, "auto",
           "How adapter deltas are computed: auto (the CUDA kernels on a GPU when the build has them, else aten), "
           "aten (LibTorch products; row kernels on the CPU), sgmv (the segmented kernels; on the CPU their exact, "

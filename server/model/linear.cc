@@ -61,10 +61,17 @@ at::Tensor PackedLinear(const at::Tensor& x, const at::Tensor& packed, const at:
 
 }  // namespace
 
+bool PacksWeights(at::ScalarType dtype) {
+  static const bool has_op = OneDnnOp("mkldnn::_reorder_linear_weight").has_value() &&
+                             OneDnnOp("mkldnn::_linear_pointwise").has_value();
+  if (!has_op) return false;
+  // oneDNN's bfloat16 GEMM wants AVX-512 (LibTorch refuses it elsewhere).
+  return dtype == at::kFloat || (dtype == at::kBFloat16 && at::cpu::is_avx512_bf16_supported());
+}
+
 at::Tensor PackLinearWeight(const at::Tensor& w) {
-  if (!w.device().is_cpu() || w.dim() != 2 || w.scalar_type() != at::kFloat || w.numel() == 0) return {};
+  if (!w.device().is_cpu() || w.dim() != 2 || w.numel() == 0 || !PacksWeights(w.scalar_type())) return {};
   static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_reorder_linear_weight");
-  if (!op.has_value()) return {};
   torch::jit::Stack stack;
   stack.emplace_back(w.contiguous());
   stack.emplace_back(std::optional<int64_t>(kPackedForRows));

@@ -7,16 +7,18 @@
 
 namespace adapterd::model {
 
-// oneDNN's copy of a float32 base weight w [out, in], in the blocked layout
-// its GEMM reads, made once at load (LibTorch's
-// mkldnn::_reorder_linear_weight): products on it skip the packing that
-// LibTorch's float32 GEMM (OpenBLAS) does on every call, 1.2-1.5x faster
-// from 24 to 64 rows (adapterd_skinny_gemm_bench, docs/benchmarks.md).
-// Undefined where LibTorch was built without oneDNN or w is not a float32
-// CPU matrix: bfloat16 is not packed, as LibTorch's bfloat16 GEMM (oneDNN
-// already) measured no faster on a packed copy. Callers pass an undefined
-// result on as it is. The copy is as large as w and independent of it. May
-// throw c10::Error.
+// Whether PackLinearWeight packs weights of this dtype here: float32, and
+// bfloat16 on a CPU with AVX512-BF16, where LibTorch has oneDNN's operators.
+bool PacksWeights(at::ScalarType dtype);
+
+// oneDNN's copy of a base weight w [out, in], in the blocked layout its GEMM
+// reads, made once at load (LibTorch's mkldnn::_reorder_linear_weight):
+// products on it skip the packing that LibTorch's GEMM does on every call
+// (OpenBLAS for float32, oneDNN for bfloat16). From 24 to 64 rows that is
+// 1.2-1.5x faster in both dtypes (adapterd_skinny_gemm_bench,
+// docs/benchmarks.md). Undefined where PacksWeights(w's dtype) is false or
+// w is not a CPU matrix; callers pass an undefined result on as it is. The
+// copy is as large as w and independent of it. May throw c10::Error.
 at::Tensor PackLinearWeight(const at::Tensor& w);
 
 // Which product Linear() computes for its arguments.

@@ -87,12 +87,16 @@ TEST(LinearTest, OtherProductsGoToAten) {
 }
 
 // oneDNN's GEMM on a packed copy of w against at::linear on w: one row to
-// past a decode step of 64, with and without a bias, in float32 (bfloat16
-// is not packed). This LibTorch is built with oneDNN (Debian's is), so the
-// packed copy must exist: a build without it would test nothing here.
+// past a decode step of 64, with and without a bias, in float32 and (on a
+// CPU with AVX512-BF16) bfloat16. This LibTorch is built with oneDNN
+// (Debian's is), so the float32 copy must exist: a build without it would
+// test nothing here.
 TEST(LinearTest, PackedWeightsMatchAten) {
   at::manual_seed(23);
-  for (const at::ScalarType dtype : {at::kFloat}) {
+  ASSERT_TRUE(PacksWeights(at::kFloat));
+  EXPECT_EQ(PacksWeights(at::kBFloat16), at::cpu::is_avx512_bf16_supported());
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    if (!PacksWeights(dtype)) continue;
     const at::Tensor w = (at::randn({96, 80}) / 10).to(dtype);
     const at::Tensor b = at::randn({96}).to(dtype);
     const at::Tensor packed = PackLinearWeight(w);
@@ -120,8 +124,9 @@ TEST(LinearTest, PackedWeightsMatchAten) {
     EXPECT_EQ(ChooseLinearPath(few.to(at::kFloat), wg, at::Tensor(), 0, PackLinearWeight(wg.detach())),
               LinearPath::kAten);
   }
+  EXPECT_FALSE(PacksWeights(at::kHalf));
   EXPECT_FALSE(PackLinearWeight(at::randn({8, 8}).to(at::kHalf)).defined());
-  EXPECT_FALSE(PackLinearWeight(at::randn({8, 8}).to(at::kBFloat16)).defined());
+  EXPECT_EQ(PackLinearWeight(at::randn({8, 8}).to(at::kBFloat16)).defined(), PacksWeights(at::kBFloat16));
   EXPECT_FALSE(PackLinearWeight(at::randn({8})).defined());
 }
 
@@ -138,7 +143,7 @@ TEST(LinearTest, ModelLogitsMatchTheModelThroughAten) {
     options.dtype = dtype;
     absl::StatusOr<std::unique_ptr<LlamaModel>> by_default = LlamaModel::Load(*dir, options);
     ASSERT_TRUE(by_default.ok()) << by_default.status();
-    EXPECT_EQ((*by_default)->options().skinny_rows, DefaultSkinnyRows(dtype, /*packed=*/dtype == at::kFloat));
+    EXPECT_EQ((*by_default)->options().skinny_rows, DefaultSkinnyRows(dtype, PacksWeights(dtype)));
     options.skinny_rows = 0;
     options.prepack_weights = false;
     absl::StatusOr<std::unique_ptr<LlamaModel>> aten = LlamaModel::Load(*dir, options);

@@ -22,6 +22,7 @@
 #include "nlohmann/json.hpp"
 #include "server/model/checkpoint.h"
 #include "server/model/demo_checkpoint.h"
+#include "server/model/linear.h"
 #include "server/model/kv_cache.h"
 #include "server/model/llama_model.h"
 #include "server/model/model_config.h"
@@ -31,11 +32,13 @@
 namespace adapterd::model {
 namespace {
 
-// The bytes of the float32 copies --prepack_weights keeps: every projection
-// and the LM head.
-int64_t PackedBytes(const ModelConfig& c) {
+// The bytes of the copies --prepack_weights keeps of a model in `dtype`:
+// every projection and the LM head, where that dtype is packed here.
+int64_t PackedBytes(const ModelConfig& c, at::ScalarType dtype = at::kFloat) {
+  if (!PacksWeights(dtype)) return 0;
   const int64_t H = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
-  return 4 * (c.num_layers * (H * (q + 2 * kv) + q * H + 3 * c.intermediate_size * H) + c.vocab_size * H);
+  return c10::elementSize(dtype) *
+         (c.num_layers * (H * (q + 2 * kv) + q * H + 3 * c.intermediate_size * H) + c.vocab_size * H);
 }
 
 namespace fs = std::filesystem;
@@ -199,7 +202,7 @@ TEST_F(LlamaModelLoadTest, Bf16OptionHalvesWeightBytes) {
   opts.dtype = at::kBFloat16;
   absl::StatusOr<std::unique_ptr<LlamaModel>> m = LlamaModel::Load(demo(), opts);
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ((*m)->weight_bytes(), (*m)->config().NumParameters() * 2);
+  EXPECT_EQ((*m)->weight_bytes(), (*m)->config().NumParameters() * 2 + PackedBytes((*m)->config(), at::kBFloat16));
 }
 
 TEST_F(LlamaModelLoadTest, CheckpointF32GetAliasesTheMapping) {
