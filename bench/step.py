@@ -12,7 +12,10 @@ Then adapterd on the same model and dtype: closed-loop decode at batch 1, 8,
 or through its own rank-16 LoRA on all projections), as tok/s and as a share
 of the ceiling: model FLOPs per token times tok/s against the matmul
 ceiling, and at batch 1 weight bytes per token times tok/s against the GEMV
-rate. Each run's step breakdown comes from the server's
+rate. The ceilings are measured again before each round of runs (one round
+per --runs), and each run is judged against the ones just before it: the
+machine's speed drifts with its neighbours. Each run's step breakdown
+comes from the server's
 adapterd_step_seconds_total{part} (gemm, attention, adapters, sampling,
 other), read before and after the run.
 """
@@ -139,7 +142,7 @@ def serve_runs(a, base, cfg, dtype, dirs):
                               f"--skinny_gemm_rows={a.skinny_gemm_rows}",
                               f"--prepack_weights={a.prepack_weights}"])
     metrics = metrics_address(server)
-    res = {}
+    res, ceils = {}, []
     try:
         server.register(dirs, prefix="s")
         names = [f"s{i}" for i in range(len(dirs))]
@@ -147,6 +150,10 @@ def serve_runs(a, base, cfg, dtype, dirs):
                       output_min=a.new_tokens, output_max=a.new_tokens)
         loadgen(a.build, server.addr, requests=8, concurrency=8, **dict(common, output_min=4, output_max=4))
         for run in range(a.runs):
+            # The machine's speed drifts with its neighbours: each round of
+            # runs is judged against a ceiling measured just before it.
+            ceils.append(ceilings(cfg, dtype, a.threads))
+            log(f"{dtype} run {run} ceilings: {ceils[-1]}")
             for b in [int(x) for x in a.batches.split(",")]:
                 for kind in a.kinds.split(","):
                     extra = {"adapters": ",".join(names[:max(b, 1)]), "round_robin": "true"} if kind == "adapters" else {}
@@ -155,12 +162,21 @@ def serve_runs(a, base, cfg, dtype, dirs):
                     after, steps1 = step_seconds(metrics)
                     r["parts"] = {p: after.get(p, 0) - before.get(p, 0) for p in PARTS}
                     r["steps"] = steps1 - steps0
+                    r["ceiling"] = ceils[-1]
                     res.setdefault((b, kind), []).append(r)
                     log(f"{dtype} run {run} batch {b} {kind}: {r['throughput_tok_s']:.1f} tok/s, "
                         f"{r['steps']:.0f} steps")
     finally:
         server.stop()
-    return res
+    return res, ceils
+
+
+def median_ceiling(ceils):
+    """The per-round ceilings' medians, each figure on its own."""
+    out = {k: statistics.median(c[k] for c in ceils) for k in ("matmul_gflops", "gemv_gbs")}
+    for k in ("matmul_gflops_by_way", "gemv_gbs_by_way"):
+        out[k] = {w: statistics.median(c[k][w] for c in ceils) for w in ceils[0][k]}
+    return out
 
 
 def report(a, cfg, dtype, ceil, res):
@@ -176,9 +192,11 @@ def report(a, cfg, dtype, ceil, res):
     for (b, kind), runs in sorted(res.items(), key=lambda kv: (kv[0][0], kv[0][1] != "base")):
         tok_s = statistics.median(r["throughput_tok_s"] for r in runs)
         if b == 1:
-            share = tok_s * weight_bytes / 1e9 / ceil["gemv_gbs"]
+            share = statistics.median(r["throughput_tok_s"] * weight_bytes / 1e9 / r["ceiling"]["gemv_gbs"]
+                                      for r in runs)
         else:
-            share = tok_s * flops / 1e9 / ceil["matmul_gflops"]
+            share = statistics.median(r["throughput_tok_s"] * flops / 1e9 / r["ceiling"]["matmul_gflops"]
+                                      for r in runs)
         parts = {p: sum(r["parts"][p] for r in runs) for p in PARTS}
         total = sum(parts.values()) or 1.0
         rows[(b, kind)] = dict(tok_s=tok_s, share=share, parts={p: v / total for p, v in parts.items()})
@@ -201,17 +219,17 @@ def cmd_step(a):
             for i in range(a.adapters)]
     out = {}
     for dtype in a.dtypes.split(","):
-        ceil = ceilings(cfg, dtype, a.threads)
-        log(f"{dtype} ceilings: {ceil}")
-        res = serve_runs(a, base, cfg, dtype, dirs)
-        out[dtype] = dict(ceiling=ceil, runs={f"{b}-{k}": v for (b, k), v in res.items()})
+        res, ceils = serve_runs(a, base, cfg, dtype, dirs)
+        ceil = median_ceiling(ceils)
+        out[dtype] = dict(ceiling=ceil, ceilings=ceils, runs={f"{b}-{k}": v for (b, k), v in res.items()})
         out[dtype]["rows"] = {f"{b}-{k}": v for (b, k), v in report(a, cfg, dtype, ceil, res).items()}
     print(f"\nThe ~100M Llama ({MODEL_100M['layers']} layers, hidden {MODEL_100M['hidden']}), prompt 16, "
           f"{a.new_tokens} new tokens, closed loop with as many streams as the batch, {a.threads} threads, "
           f"adapters saved in {a.adapter_dtype} (fp32 server: --lora_dtype={a.lora_dtype}), "
           f"--skinny_gemm_rows={a.skinny_gemm_rows}, --prepack_weights={a.prepack_weights}, "
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
-          f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; the step "
+          f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate, each run against the "
+          f"ceilings measured just before its round (the ceilings printed are their medians); the step "
           f"breakdown sums adapterd_step_seconds_total over the runs.")
     if "fp32" in out and "bf16" in out and "64-base" in out["fp32"]["rows"] and "64-base" in out["bf16"]["rows"]:
         f, b = out["fp32"], out["bf16"]

@@ -179,6 +179,16 @@ struct RowView {
   ADAPTERD_INLINE const typename W::T* At(int64_t p) const {
     return cache + (Slot(*table, p, block_size) * kv_heads + g) * hd;
   }
+  // Position p's 32 * kChunks elements into 2 * kChunks vectors (Load32's
+  // order), first asking for the lines of `ahead` elements kAhead
+  // positions on (of n).
+  template <int kChunks>
+  ADAPTERD_INLINE void Read(int64_t p, int64_t n, int64_t ahead, V16* out) const {
+    if (p + kAhead < n) Prefetch(At(p + kAhead), ahead * static_cast<int64_t>(sizeof(typename W::T)));
+    const typename W::T* x = At(p);
+#pragma GCC unroll 8
+    for (int c = 0; c < kChunks; ++c) W::Load32(x + 32 * c, out[2 * c], out[2 * c + 1]);
+  }
 };
 
 // Scores of `th` query heads (queries at q, head after head) against the
@@ -191,7 +201,6 @@ struct RowView {
 template <class W, int kChunks>
 ADAPTERD_INLINE void TileScores(const typename W::T* q, int th, float scale, const RowView<W>& keys, int64_t p0,
                                 int64_t p1, int64_t n, int64_t ahead, float* scores, float* maxes) {
-  using T = typename W::T;
   constexpr int kTh = kTile<kChunks>;
   constexpr int kVecs = 2 * kChunks;  // 16-lane vectors per head
   constexpr int64_t hd = 32 * kChunks;
@@ -211,11 +220,8 @@ ADAPTERD_INLINE void TileScores(const typename W::T* q, int th, float scale, con
   const int64_t n16 = n - n % kLanes;
   V16 part[kTh][kLanes];
   for (int64_t p = p0; p < p1; ++p) {
-    if (p + kAhead < n) Prefetch(keys.At(p + kAhead), ahead * static_cast<int64_t>(sizeof(T)));
-    const T* k = keys.At(p);
     V16 kv[kVecs];
-#pragma GCC unroll 8
-    for (int c = 0; c < kChunks; ++c) W::Load32(k + 32 * c, kv[2 * c], kv[2 * c + 1]);
+    keys.template Read<kChunks>(p, n, ahead, kv);
     const int64_t i = p % kLanes;
 #pragma GCC unroll 8
     for (int t = 0; t < kTh; ++t) {
@@ -247,7 +253,6 @@ ADAPTERD_INLINE void TileScores(const typename W::T* q, int th, float scale, con
 template <class W, int kChunks>
 ADAPTERD_INLINE void TileValues(int th, const RowView<W>& values, int64_t p0, int64_t p1, int64_t n, int64_t ahead,
                                 const float* scores, float* acc) {
-  using T = typename W::T;
   constexpr int kTh = kTile<kChunks>;
   constexpr int kVecs = 2 * kChunks;
   constexpr int64_t hd = 32 * kChunks;
@@ -259,11 +264,8 @@ ADAPTERD_INLINE void TileValues(int th, const RowView<W>& values, int64_t p0, in
     for (int c = 0; c < kVecs; ++c) a[t][c] = cpu::LoadBytes<V16>(acc + t * hd + kLanes * c);
   }
   for (int64_t p = p0; p < p1; ++p) {
-    if (p + kAhead < n) Prefetch(values.At(p + kAhead), ahead * static_cast<int64_t>(sizeof(T)));
-    const T* v = values.At(p);
     V16 vv[kVecs];
-#pragma GCC unroll 8
-    for (int c = 0; c < kChunks; ++c) W::Load32(v + 32 * c, vv[2 * c], vv[2 * c + 1]);
+    values.template Read<kChunks>(p, n, ahead, vv);
 #pragma GCC unroll 8
     for (int t = 0; t < kTh; ++t) {
       if (t >= th) continue;
