@@ -379,6 +379,10 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     delta_step = delta_backend_->BeginStep(segments, T, static_cast<int64_t>(layers_.size()), options_.device,
                                            options_.dtype);
   }
+  // The rotated queries and the attention output have one shape in every
+  // layer, and each layer is done with them before the next: made once per
+  // step. (Each layer's uses end at its o_proj, which writes a new tensor.)
+  at::Tensor q_buffer, attn_buffer;
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     const int64_t L = static_cast<int64_t>(li);
@@ -389,7 +393,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     at::Tensor& vc = kv.v(L);
     at::Tensor q;
     if (RopeCacheSupports(qkv[0], qkv[1], qkv[2], cos, sin, kc, vc)) {
-      q = at::empty({T, c.num_heads, c.head_dim}, qkv[0].options());
+      if (!q_buffer.defined()) q_buffer = at::empty({T, c.num_heads, c.head_dim}, qkv[0].options());
+      q = q_buffer;
       RopeAndWriteCache(qkv[0], qkv[1], qkv[2], cos, sin, lay.write_slots, q, kc, vc);
     } else {
       q = ApplyRope(qkv[0].view({T, c.num_heads, c.head_dim}), cos, sin);
@@ -397,7 +402,8 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
       kc.index_copy_(0, wslots, ApplyRope(qkv[1].view({T, c.num_kv_heads, c.head_dim}), cos, sin));
       vc.index_copy_(0, wslots, qkv[2].view({T, c.num_kv_heads, c.head_dim}));
     }
-    at::Tensor attn = at::empty({T, c.num_heads, c.head_dim}, q.options());
+    if (!attn_buffer.defined()) attn_buffer = at::empty({T, c.num_heads, c.head_dim}, q.options());
+    at::Tensor attn = attn_buffer;
     if (paged_decode && !lay.decode_rows.empty()) {
       PagedDecodeAttention(q.contiguous(), kc, vc, lay.decode_rows, bs, scale, attn);
     } else if (!paged_decode) {
