@@ -1,5 +1,6 @@
 // Checkpoint and LlamaModel::Load: success on the demo checkpoint, and
-// specific errors for corrupted copies of it.
+// specific errors for corrupted copies of it (sharded checkpoints:
+// llama_model_sharded_test.cc).
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include "server/model/llama_model.h"
 #include "server/model/model_config.h"
 #include "server/model/safetensors.h"
+#include "tests/support/llama_model_load_fixture.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd::model {
@@ -48,93 +50,9 @@ using ::testing::HasSubstr;
 
 constexpr char kUpProj1[] = "model.layers.1.mlp.up_proj.weight";
 
-std::string ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+class LlamaModelLoadTest : public LlamaModelLoadFixture {};
 
-void WriteAll(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  ASSERT_TRUE(out) << path;
-}
 
-std::string_view Bytes(std::span<const std::byte> s) {
-  return std::string_view(reinterpret_cast<const char*>(s.data()), s.size());
-}
-
-std::string_view Bytes(const at::Tensor& t) {
-  return std::string_view(static_cast<const char*>(t.data_ptr()), t.nbytes());
-}
-
-class LlamaModelLoadTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::string> dir =
-        EnsureDemoCheckpoint(testing::MakeTempDir("demo-checkpoint-cache"));
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    demo_dir_ = new std::string(*dir);
-  }
-  static void TearDownTestSuite() {
-    delete demo_dir_;
-    demo_dir_ = nullptr;
-  }
-
-  void SetUp() override { ASSERT_NE(demo_dir_, nullptr) << "demo checkpoint was not generated"; }
-
-  static const std::string& demo() { return *demo_dir_; }
-
-  // A copy of the demo directory that the test may corrupt.
-  static std::string CopyOfDemo(const std::string& name) {
-    const std::string dir = testing::MakeTempDir(name);
-    fs::copy(demo(), dir, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
-    return dir;
-  }
-
-  // Rewrites <dir>/model.safetensors from the demo tensors, letting `edit`
-  // drop (return false) or replace (change `out`) each one. `keep` holds
-  // buffers that `out.bytes` may point to.
-  static absl::Status RewriteWeights(
-      const std::string& dir,
-      const std::function<bool(const StTensorInfo&, std::string_view, StTensorToWrite&,
-                               std::vector<at::Tensor>&)>& edit) {
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> src =
-        SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
-    if (!src.ok()) return src.status();
-    std::vector<StTensorToWrite> out;
-    std::vector<at::Tensor> keep;
-    for (const StTensorInfo& t : (*src)->tensors()) {
-      StTensorToWrite w{t.name, t.dtype, t.shape, Bytes((*src)->Data(t))};
-      if (edit(t, Bytes((*src)->Data(t)), w, keep)) out.push_back(w);
-    }
-    return WriteSafetensors((fs::path(dir) / "model.safetensors").string(), out,
-                            {{"format", "pt"}});
-  }
-
-  static absl::StatusOr<at::Tensor> Logits(const LlamaModel& m,
-                                           const std::vector<int64_t>& tokens) {
-    absl::StatusOr<std::unique_ptr<KvCache>> kv =
-        KvCache::Create(m.config(), 16, int64_t{64} << 20, at::kFloat, at::kCPU);
-    if (!kv.ok()) return kv.status();
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    std::vector<int32_t> blocks;
-    if (!(*kv)->Reserve(blocks, n)) return absl::ResourceExhaustedError("kv reserve failed");
-    ForwardBatch batch;
-    batch.token_ids = tokens;
-    batch.seqs.push_back(SequenceChunk{n, 0, &blocks, true});
-    return m.Forward(batch, **kv);
-  }
-
-  static const std::vector<int64_t>& Prompt() {
-    static const std::vector<int64_t> p = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
-    return p;
-  }
-
-  static std::string* demo_dir_;
-};
-
-std::string* LlamaModelLoadTest::demo_dir_ = nullptr;
 
 // ------------------------------------------------------------- success -----
 
@@ -396,131 +314,6 @@ TEST_F(LlamaModelLoadTest, ConfigDisagreesWithWeights) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("[688, 256]"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("[512, 256]"));
 }
-
-// -------------------------------------------------------------- shards -----
-
-class ShardedTest : public LlamaModelLoadTest {
- protected:
-  // Writes the demo tensors into two shards: layers 0-1 plus embeddings go to
-  // shard 1, everything else to shard 2. `shard_of` in the index can be
-  // overridden per tensor.
-  static absl::Status WriteShards(const std::string& dir,
-                                  const std::map<std::string, std::string>& index_override = {}) {
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> src =
-        SafetensorsFile::Open((fs::path(demo()) / "model.safetensors").string());
-    if (!src.ok()) return src.status();
-    const std::string s1 = "model-00001-of-00002.safetensors";
-    const std::string s2 = "model-00002-of-00002.safetensors";
-    std::vector<StTensorToWrite> a, b;
-    json map = json::object();
-    for (const StTensorInfo& t : (*src)->tensors()) {
-      StTensorToWrite w{t.name, t.dtype, t.shape, Bytes((*src)->Data(t))};
-      const bool first = t.name.starts_with("model.embed_tokens") ||
-                         t.name.starts_with("model.layers.0.") ||
-                         t.name.starts_with("model.layers.1.");
-      (first ? a : b).push_back(w);
-      map[t.name] = first ? s1 : s2;
-    }
-    for (const auto& [name, shard] : index_override) map[name] = shard;
-    if (absl::Status s = WriteSafetensors((fs::path(dir) / s1).string(), a, {{"format", "pt"}});
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = WriteSafetensors((fs::path(dir) / s2).string(), b, {{"format", "pt"}});
-        !s.ok()) {
-      return s;
-    }
-    json index = {{"metadata", {{"total_size", (*src)->size_bytes()}}}, {"weight_map", map}};
-    WriteAll(fs::path(dir) / "model.safetensors.index.json", index.dump(2));
-    fs::copy_file(fs::path(demo()) / "config.json", fs::path(dir) / "config.json");
-    fs::copy_file(fs::path(demo()) / "generation_config.json",
-                  fs::path(dir) / "generation_config.json");
-    return absl::OkStatus();
-  }
-};
-
-TEST_F(ShardedTest, LoadsAndMatchesUnsharded) {
-  const std::string dir = testing::MakeTempDir("sharded");
-  ASSERT_TRUE(WriteShards(dir).ok());
-  ASSERT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
-
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_TRUE((*ckpt)->Has("model.embed_tokens.weight"));
-  EXPECT_TRUE((*ckpt)->Has("lm_head.weight"));
-  EXPECT_EQ((*ckpt)->UnusedNames().size(), 39u);
-
-  absl::StatusOr<std::unique_ptr<LlamaModel>> sharded = LlamaModel::Load(dir, {});
-  ASSERT_TRUE(sharded.ok()) << sharded.status();
-  absl::StatusOr<std::unique_ptr<LlamaModel>> single = LlamaModel::Load(demo(), {});
-  ASSERT_TRUE(single.ok()) << single.status();
-  EXPECT_EQ((*sharded)->weight_bytes(), (*single)->weight_bytes());
-
-  absl::StatusOr<at::Tensor> ls = Logits(**sharded, Prompt());
-  absl::StatusOr<at::Tensor> lu = Logits(**single, Prompt());
-  ASSERT_TRUE(ls.ok()) << ls.status();
-  ASSERT_TRUE(lu.ok()) << lu.status();
-  ASSERT_EQ(ls->sizes(), lu->sizes());
-  EXPECT_LE((*ls - *lu).abs().max().item<float>(), 1e-6f);
-}
-
-TEST_F(ShardedTest, IndexNamesWrongShard) {
-  const std::string dir = testing::MakeTempDir("sharded-wrong");
-  // lm_head.weight lives in shard 2, but the index says shard 1.
-  ASSERT_TRUE(
-      WriteShards(dir, {{"lm_head.weight", "model-00001-of-00002.safetensors"}}).ok());
-  absl::Status s = LlamaModel::Load(dir, {}).status();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  const std::string msg(s.message());
-  EXPECT_THAT(msg, HasSubstr("model.safetensors.index.json"));
-  EXPECT_THAT(msg, HasSubstr("lm_head.weight"));
-  EXPECT_THAT(msg, HasSubstr("model-00001-of-00002.safetensors"));
-}
-
-TEST_F(ShardedTest, IndexNamesMissingTensor) {
-  const std::string dir = testing::MakeTempDir("sharded-ghost");
-  ASSERT_TRUE(WriteShards(dir, {{"model.layers.9.mlp.up_proj.weight",
-                                 "model-00002-of-00002.safetensors"}})
-                  .ok());
-  absl::Status s = Checkpoint::Open(dir).status();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("model.layers.9.mlp.up_proj.weight"));
-}
-
-TEST_F(ShardedTest, IndexNamesMissingShardFile) {
-  const std::string dir = testing::MakeTempDir("sharded-no-file");
-  ASSERT_TRUE(WriteShards(dir).ok());
-  const fs::path shard2 = fs::path(dir) / "model-00002-of-00002.safetensors";
-  fs::remove(shard2);
-  absl::Status s = LlamaModel::Load(dir, {}).status();
-  ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.message()), HasSubstr(shard2.string()));
-}
-
-TEST_F(ShardedTest, ShardPathEscapeRejected) {
-  const std::string dir = testing::MakeTempDir("sharded-escape");
-  ASSERT_TRUE(
-      WriteShards(dir, {{"lm_head.weight", "../model-00002-of-00002.safetensors"}}).ok());
-  absl::Status s = Checkpoint::Open(dir).status();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("../model-00002-of-00002.safetensors"));
-}
-
-TEST_F(ShardedTest, BadIndexJson) {
-  const std::string dir = testing::MakeTempDir("sharded-bad-index");
-  ASSERT_TRUE(WriteShards(dir).ok());
-  WriteAll(fs::path(dir) / "model.safetensors.index.json", R"({"metadata": {}})");
-  absl::Status s = Checkpoint::Open(dir).status();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("model.safetensors.index.json"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("weight_map"));
-}
-
-// ------------------------------------------------------ unsupported dtype --
 
 TEST_F(LlamaModelLoadTest, UnsupportedDtype) {
   const std::string dir = CopyOfDemo("i32-weight");
