@@ -6,7 +6,9 @@ wraps the same libtorch), on --threads threads, for each dtype, the faster
 of LibTorch's linear and oneDNN on weights packed once:
   - matmul: one forward's linear layers of the ~100M Llama (q, k, v, o, gate,
     up, down per layer, and the LM head) at batch 64, as GFLOP/s;
-  - GEMV: the same products at batch 1, as GB/s of weights streamed.
+  - GEMV: the same products at batch 1, as GB/s of weights streamed;
+  - read: a plain read of 1 GiB (a float32 sum), as GB/s: what bounds a
+    step's adapter work, which reads every distinct adapter's A and B once.
 Then adapterd on the same model and dtype: closed-loop decode at batch 1, 8,
 32 and 64 (prompt 16, --new-tokens new tokens, each stream through the base
 or through its own rank-16 LoRA on all projections), as tok/s and as a share
@@ -17,7 +19,10 @@ per --runs), and each run is judged against the ones just before it: the
 machine's speed drifts with its neighbours. Each run's step breakdown
 comes from the server's
 adapterd_step_seconds_total{part} (gemm, attention, adapters, sampling,
-other), read before and after the run.
+other), read before and after the run. For the adapter rows it also prints
+the adapters' bytes per step, the rate the adapters part read them at, and
+the adapters / base ratio that a read at the read ceiling would allow: the
+base run's step time over that plus the adapters' bytes at that rate.
 """
 import json
 import os
@@ -103,7 +108,39 @@ def ceilings(cfg, dtype, threads, reps=5):
             rates = {n: sum(w.numel() * w.element_size() for w in weights) / t / 1e9 for n, t in best.items()}
             out["gemv_gbs"] = max(rates.values())
             out["gemv_gbs_by_way"] = rates
+    out["read_gbs"] = read_rate(threads)
     return out
+
+
+def read_rate(threads, reps=5):
+    """GB/s of the fastest of `reps` plain reads (a float32 sum over
+    `threads` threads) of 1 GiB, several times the last-level cache."""
+    import torch
+    torch.set_num_threads(threads)
+    buf = torch.ones(1 << 28, dtype=torch.float32)
+    best = float("inf")
+    with torch.inference_mode():
+        buf.sum()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            buf.sum()
+            best = min(best, time.perf_counter() - t0)
+    return buf.numel() * buf.element_size() / best / 1e9
+
+
+def adapter_bytes(cfg, rank, itemsize):
+    """Bytes of one rank-`rank` LoRA on every projection of every layer
+    (A and B), with elements of `itemsize` bytes."""
+    return sum(rank * (o + i) for o, i in linear_shapes(cfg)[:-1]) * itemsize
+
+
+def adapter_itemsize(a, dtype):
+    """Bytes per element of the adapters' A and B as the server holds them."""
+    if dtype != "fp32":
+        return 2
+    if a.lora_dtype != "auto":
+        return 2
+    return 4 if a.adapter_dtype == "float32" else 2
 
 
 def model_cost(cfg, dtype, context):
@@ -173,7 +210,7 @@ def serve_runs(a, base, cfg, dtype, dirs):
 
 def median_ceiling(ceils):
     """The per-round ceilings' medians, each figure on its own."""
-    out = {k: statistics.median(c[k] for c in ceils) for k in ("matmul_gflops", "gemv_gbs")}
+    out = {k: statistics.median(c[k] for c in ceils) for k in ("matmul_gflops", "gemv_gbs", "read_gbs")}
     for k in ("matmul_gflops_by_way", "gemv_gbs_by_way"):
         out[k] = {w: statistics.median(c[k][w] for c in ceils) for w in ceils[0][k]}
     return out
@@ -184,7 +221,8 @@ def report(a, cfg, dtype, ceil, res):
     ways = ", ".join(f"{n} {v:.1f}" for n, v in ceil["matmul_gflops_by_way"].items())
     gemv_ways = ", ".join(f"{n} {v:.2f}" for n, v in ceil["gemv_gbs_by_way"].items())
     print(f"\n{dtype}: matmul ceiling {ceil['matmul_gflops']:.1f} GFLOP/s at batch 64 ({ways}), GEMV "
-          f"{ceil['gemv_gbs']:.2f} GB/s at batch 1 ({gemv_ways}) (the model's own shapes, {a.threads} threads)\n")
+          f"{ceil['gemv_gbs']:.2f} GB/s at batch 1 ({gemv_ways}) (the model's own shapes, {a.threads} threads), "
+          f"read {ceil['read_gbs']:.1f} GB/s\n")
     print("| batch | streams through | tok/s | share of ceiling | adapters / base | gemm | attention | "
           "adapters | sampling | other |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -204,7 +242,35 @@ def report(a, cfg, dtype, ceil, res):
         print(f"| {b} | {f'{b} distinct rank-{a.rank} LoRAs' if kind == 'adapters' else 'base'} | "
               f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | {ratio} | "
               + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + " |")
+    report_adapter_reads(a, cfg, dtype, res, rows)
     return rows
+
+
+def report_adapter_reads(a, cfg, dtype, res, rows):
+    """The adapter rows' reads against the read ceiling, run by run (each
+    adapters run paired with the base run of its round and batch)."""
+    pairs = [(b, list(zip(res[(b, "base")], runs))) for (b, kind), runs in sorted(res.items())
+             if kind == "adapters" and (b, "base") in res]
+    if not pairs:
+        return
+    print(f"\nAdapter reads ({dtype}; A and B in {adapter_itemsize(a, dtype)}-byte elements):\n")
+    print("| batch | A and B per step | adapters part per step | read at | read ceiling | adapters / base | "
+          "adapters / base the read ceiling allows |")
+    print("|---|---|---|---|---|---|---|")
+    for b, runs in pairs:
+        nbytes = b * adapter_bytes(cfg, a.rank, adapter_itemsize(a, dtype))
+        vals = []
+        for base, ad in runs:
+            t_base = sum(base["parts"].values()) / max(base["steps"], 1)
+            t_ad = ad["parts"]["adapters"] / max(ad["steps"], 1)
+            ceiling = ad["ceiling"]["read_gbs"] * 1e9
+            vals.append(dict(t_ad=t_ad, rate=nbytes / t_ad if t_ad > 0 else 0.0, ceiling=ceiling,
+                             ratio=ad["throughput_tok_s"] / base["throughput_tok_s"],
+                             bound=t_base / (t_base + nbytes / ceiling)))
+        med = {k: statistics.median(v[k] for v in vals) for k in vals[0]}
+        rows[(b, "adapters")]["reads"] = dict(bytes_per_step=nbytes, **med)
+        print(f"| {b} | {nbytes / 1e6:.0f} MB | {med['t_ad'] * 1e3:.1f} ms | {med['rate'] / 1e9:.1f} GB/s | "
+              f"{med['ceiling'] / 1e9:.1f} GB/s | {med['ratio']:.2f} | {med['bound']:.2f} |")
 
 
 def cmd_step(a):
@@ -230,7 +296,9 @@ def cmd_step(a):
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
           f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate, each run against the "
           f"ceilings measured just before its round (the ceilings printed are their medians); the step "
-          f"breakdown sums adapterd_step_seconds_total over the runs.")
+          f"breakdown sums adapterd_step_seconds_total over the runs; adapter reads: every step reads each "
+          f"distinct adapter's A and B once, and the ratio allowed is the base step's time over itself plus "
+          f"those bytes at the read ceiling (medians over the runs, each against its own round).")
     if "fp32" in out and "bf16" in out and "64-base" in out["fp32"]["rows"] and "64-base" in out["bf16"]["rows"]:
         f, b = out["fp32"], out["bf16"]
         mm = b["ceiling"]["matmul_gflops"] / f["ceiling"]["matmul_gflops"]
