@@ -15,7 +15,8 @@ TARGETS=(safetensors_fuzz adapter_config_fuzz generate_request_fuzz tokenizer_js
 # store, the registry and authentication, built in the same instrumented
 # tree and run under ASan+UBSan after the fuzzers (the CI subset of
 # ./x sanitize asan; see tests/sanitizers).
-UNIT_TESTS=(safetensors_test finite_check_test lora_config_test adapter_store_test adapter_registry_test adapter_cache_test path_policy_test call_authenticator_test openai_request_test
+UNIT_TESTS=(safetensors_test safetensors_header_test finite_check_test lora_config_test adapter_store_test adapter_registry_test
+  adapter_registry_failed_load_test adapter_cache_test path_policy_test call_authenticator_test openai_request_test
   tokenizer_components_test tokenizer_json_errors_test incremental_decoder_test stop_string_matcher_test
   chat_template_syntax_test chat_template_expression_test chat_template_filter_test chat_template_error_test
   chat_template_limits_test render_chat_test)
