@@ -136,10 +136,8 @@ def adapter_bytes(cfg, rank, itemsize):
 
 def adapter_itemsize(a, dtype):
     """Bytes per element of the adapters' A and B as the server holds them."""
-    if dtype != "fp32":
-        return 2
-    if a.lora_dtype != "auto":
-        return 2
+    if dtype != "fp32" or a.lora_dtype != "auto":
+        return 2  # the model's dtype, or --lora-dtype's half precision
     return 4 if a.adapter_dtype == "float32" else 2
 
 

@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/model/adapter_weights.h"
+#include "server/model/aten_delta_backend.h"
 #include "server/model/demo_checkpoint.h"
 #include "server/model/llama_model.h"
 #include "tests/fakes/fake_adapter.h"
@@ -151,10 +152,16 @@ TEST_F(LoraDtypeTest, Float32WidensAdaptersSavedInHalfPrecision) {
   EXPECT_EQ(w->a_t.scalar_type(), c10::ScalarType::Float);
   EXPECT_TRUE(at::equal(w->a_t, s->a_t.to(at::kFloat)));
   EXPECT_EQ(widened->weights->bytes(), 2 * as_saved->weights->bytes());
-  // The same float32 products of the same values. The row kernels sum a
-  // bfloat16 module's in another order than a float32 one's, so the two
-  // agree to float32 rounding (they were bit-equal while the prompt's rows
-  // took ATen's products instead).
+  // The same float32 products of the same values. A prompt too long for
+  // the row kernels takes ATen's products of the widened weights: bit for
+  // bit. A short one takes the row kernels, which sum a bfloat16 module's
+  // products in another order than a float32 one's: equal to float32
+  // rounding.
+  std::vector<int64_t> long_prompt;
+  for (int64_t i = 0; i <= model::AtenDeltaBackend::kSmallSegmentRows; ++i) long_prompt.push_back(1 + 97 * i);
+  EXPECT_EQ(testing::MaxDiff(testing::PromptLogits(**widening, widened->weights.get(), long_prompt),
+                             testing::PromptLogits(base(), as_saved->weights.get(), long_prompt)),
+            0.0);
   EXPECT_LT(testing::MaxDiff(testing::PromptLogits(**widening, widened->weights.get()),
                              testing::PromptLogits(base(), as_saved->weights.get())),
             1e-5);

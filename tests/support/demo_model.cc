@@ -19,6 +19,11 @@ absl::StatusOr<std::unique_ptr<model::LlamaModel>> LoadDemoModel() {
 
 at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter) {
   static const std::vector<int64_t> prompt = {1, 17, 523, 1999, 42, 7, 256, 1024, 3, 88, 2047};
+  return PromptLogits(base, adapter, prompt);
+}
+
+at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter,
+                        std::span<const int64_t> prompt) {
   absl::StatusOr<std::unique_ptr<model::KvCache>> kv =
       model::KvCache::Create(base.config(), 16, int64_t{32} << 20, base.options().dtype, at::kCPU);
   EXPECT_TRUE(kv.ok()) << kv.status();
@@ -27,7 +32,7 @@ at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeigh
   std::vector<int32_t> blocks;
   EXPECT_TRUE((*kv)->Reserve(blocks, n));
   model::ForwardBatch batch;
-  batch.token_ids = prompt;
+  batch.token_ids.assign(prompt.begin(), prompt.end());
   batch.seqs.push_back(model::SequenceChunk{n, 0, &blocks, true});
   if (adapter != nullptr) batch.adapters = {adapter};
   absl::StatusOr<at::Tensor> logits = base.Forward(batch, **kv);

@@ -5,7 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <memory>
+#include <span>
 
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
@@ -22,6 +24,9 @@ absl::StatusOr<std::unique_ptr<model::LlamaModel>> LoadDemoModel();
 // with `adapter` (null: the base alone), with a KV cache in the model's dtype. A failure fails the test and gives
 // an undefined tensor.
 at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter);
+// The same for the tokens of `prompt`.
+at::Tensor PromptLogits(const model::LlamaModel& base, const model::AdapterWeights* adapter,
+                        std::span<const int64_t> prompt);
 
 // max |a - b|.
 double MaxDiff(const at::Tensor& a, const at::Tensor& b);
