@@ -150,6 +150,19 @@ def model_cost(cfg, dtype, context):
     return flops, sum(o * i for o, i in shapes) * per
 
 
+def request_flops(cfg, prompt, new_tokens):
+    """FLOPs of one request's whole forward work, prefill included: the
+    prompt's rows and every generated token but the last go through the
+    layers, each generated token through the LM head, and each row's
+    attention covers the positions up to its own."""
+    shapes = linear_shapes(cfg)
+    layer_flops = sum(2 * o * i for o, i in shapes[:-1])
+    head_flops = 2 * shapes[-1][0] * shapes[-1][1]
+    rows = prompt + new_tokens - 1
+    attention = 4 * cfg["num_hidden_layers"] * cfg["hidden_size"] * rows * (rows + 1) // 2
+    return rows * layer_flops + new_tokens * head_flops + attention
+
+
 def step_seconds(metrics_addr):
     """{part: seconds} of adapterd_step_seconds_total, and the step count."""
     with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10) as r:
@@ -221,9 +234,10 @@ def report(a, cfg, dtype, ceil, res):
     print(f"\n{dtype}: matmul ceiling {ceil['matmul_gflops']:.1f} GFLOP/s at batch 64 ({ways}), GEMV "
           f"{ceil['gemv_gbs']:.2f} GB/s at batch 1 ({gemv_ways}) (the model's own shapes, {a.threads} threads), "
           f"read {ceil['read_gbs']:.1f} GB/s\n")
-    print("| batch | streams through | tok/s | share of ceiling | adapters / base | gemm | attention | "
-          "adapters | sampling | other |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    per_request = request_flops(cfg, 16, a.new_tokens)
+    print("| batch | streams through | tok/s | share of ceiling | share, prefill included | adapters / base | gemm | "
+          "attention | adapters | sampling | other |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
     for (b, kind), runs in sorted(res.items(), key=lambda kv: (kv[0][0], kv[0][1] != "base")):
         tok_s = statistics.median(r["throughput_tok_s"] for r in runs)
@@ -233,12 +247,18 @@ def report(a, cfg, dtype, ceil, res):
         else:
             share = statistics.median(r["throughput_tok_s"] * flops / 1e9 / r["ceiling"]["matmul_gflops"]
                                       for r in runs)
+        # All the model arithmetic a run did, its prompts' prefill included,
+        # per second of its wall time.
+        share_all = statistics.median(r["requests"] * per_request / r["wall_s"] / 1e9
+                                      / r["ceiling"]["matmul_gflops"] for r in runs)
         parts = {p: sum(r["parts"][p] for r in runs) for p in PARTS}
         total = sum(parts.values()) or 1.0
-        rows[(b, kind)] = dict(tok_s=tok_s, share=share, parts={p: v / total for p, v in parts.items()})
+        rows[(b, kind)] = dict(tok_s=tok_s, share=share, share_with_prefill=share_all,
+                               parts={p: v / total for p, v in parts.items()})
         ratio = f"{tok_s / rows[(b, 'base')]['tok_s']:.2f}" if kind == "adapters" and (b, "base") in rows else ""
         print(f"| {b} | {f'{b} distinct rank-{a.rank} LoRAs' if kind == 'adapters' else 'base'} | "
-              f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | {ratio} | "
+              f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | "
+              f"{'' if b == 1 else f'{share_all * 100:.0f}% matmul'} | {ratio} | "
               + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + " |")
     report_adapter_reads(a, cfg, dtype, res, rows)
     return rows
@@ -292,7 +312,10 @@ def cmd_step(a):
           f"adapters saved in {a.adapter_dtype} (fp32 server: --lora_dtype={a.lora_dtype}), "
           f"--skinny_gemm_rows={a.skinny_gemm_rows}, --prepack_weights={a.prepack_weights}, "
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
-          f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate, each run against the "
+          f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; share, prefill included = "
+          f"each request's forward arithmetic (prompt rows and every new token but the last through the layers, "
+          f"every new token through the LM head, attention up to each row's position) x requests over the run's "
+          f"wall time, over the matmul ceiling; each run against the "
           f"ceilings measured just before its round (the ceilings printed are their medians); the step "
           f"breakdown sums adapterd_step_seconds_total over the runs; adapter reads: every step reads each "
           f"distinct adapter's A and B once, and the ratio allowed is the base step's time over itself plus "

@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -148,10 +149,16 @@ void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias
   const bool wide = y.scalar_type() == at::kFloat;
   const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+  // Each thread claims the next segment when done with its last, so a
+  // thread that loses its core for a while (to a transport's thread) holds
+  // back only the segments it has claimed, not half of the step's.
+  const int64_t n = static_cast<int64_t>(small.size());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     std::vector<float> tmp, delta(static_cast<size_t>(out));
     std::vector<float> xrow(wide ? 0 : static_cast<size_t>(in)), yrow(wide ? 0 : static_cast<size_t>(out));
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
       const AdapterSegment& s = *small[i].segment;
       for (int64_t row = s.start; row < s.start + s.rows; ++row) {
         const float* xr = nullptr;

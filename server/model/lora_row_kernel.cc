@@ -62,8 +62,23 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a
   const typename W::T* a_t[M];
   for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
   F acc[M][U][C][P] = {};
+  // A^T is one short stream per module (a few KiB to tens of KiB): the
+  // lines kAheadBytes on are asked for in the loop, since the hardware's
+  // prefetcher starts over at each page and each call.
+  constexpr int64_t kAheadBytes = 1024;
+  constexpr int64_t kRowBytes = R * static_cast<int64_t>(sizeof(typename W::T));
+  constexpr int64_t kAheadRows = kAheadBytes / kRowBytes;
   int64_t i = 0;
   for (; i + U <= in; i += U) {
+    for (int64_t u = 0; u < U; ++u) {
+      if (((i + u) * kRowBytes) % 64 < kRowBytes) {  // this row starts a line
+        const int64_t ahead = std::min(i + u + kAheadRows, in - 1) * R;
+        for (int m = 0; m < M; ++m) {
+          const char* const p = reinterpret_cast<const char*>(a_t[m] + ahead);
+          for (int64_t b = 0; b < kRowBytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+        }
+      }
+    }
     for (int64_t u = 0; u < U; ++u) {
       for (int m = 0; m < M; ++m) ShrinkRow<W, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
     }
