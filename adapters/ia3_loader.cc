@@ -48,7 +48,7 @@ absl::StatusOr<LoadedAdapter> LoadIa3(const AdapterFiles& files, const model::Ll
   const model::SafetensorsFile& f = *files.weights;
   const int64_t num_layers = base.config().num_layers;
   const PeftScanRules rules{
-      {{"ia3_l", 0}}, 1, "not an IA3 vector of a linear projection of the base model", nullptr};
+      {{"ia3_l", 0}}, 1, "not an IA3 vector of a linear projection of the base model", nullptr, nullptr};
   absl::StatusOr<PeftModules> found = ScanPeftModules(f, num_layers, rules);
   if (!found.ok()) return found.status();
 

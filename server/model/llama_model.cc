@@ -335,6 +335,18 @@ at::Tensor LlamaModel::Residual(const at::Tensor& x, const at::Tensor& h, int64_
   return out;
 }
 
+AddRmsNormResult LlamaModel::ResidualNorm(const at::Tensor& x, const at::Tensor& h, int64_t layer,
+                                          BottleneckLocation loc, const std::vector<Segment>& segments,
+                                          const at::Tensor& norm, StepProfile* prof) const {
+  const bool bottleneck = std::any_of(segments.begin(), segments.end(), [&](const Segment& s) {
+    return s.adapter->FindBottleneck(layer, loc) != nullptr;
+  });
+  if (!bottleneck) return AddRmsNorm(x, h, norm, config_.rms_norm_eps);
+  at::Tensor sum = Residual(x, h, layer, loc, segments, prof);
+  at::Tensor normed = RmsNorm(sum, norm, config_.rms_norm_eps);
+  return {std::move(sum), std::move(normed)};
+}
+
 absl::StatusOr<ForwardOutput> LlamaModel::Run(const ForwardBatch& batch, KvCache& kv) const {
   return TorchCall("forward", [&] { return ForwardImpl(batch, kv); });
 }
@@ -383,10 +395,11 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
   // layer, and each layer is done with them before the next: made once per
   // step. (Each layer's uses end at its o_proj, which writes a new tensor.)
   at::Tensor q_buffer, attn_buffer;
+  // Each residual sum comes with the next norm's output (ResidualNorm).
+  at::Tensor h = layers_.empty() ? x : RmsNorm(x, layers_[0].input_norm, c.rms_norm_eps);
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     const int64_t L = static_cast<int64_t>(li);
-    at::Tensor h = RmsNorm(x, l.input_norm, c.rms_norm_eps);
     const std::vector<at::Tensor> qkv = Project(h, l.qkv, L, segments, delta_step.get(), prof);
     std::optional<ScopedTimer> attention_timer(std::in_place, prof != nullptr ? &prof->attention : nullptr);
     at::Tensor& kc = kv.k(L);
@@ -412,13 +425,20 @@ ForwardOutput LlamaModel::ForwardImpl(const ForwardBatch& batch, KvCache& kv) co
     PromptChunkAttention(q, kc, vc, batch, lay, c.num_kv_heads, scale, attn);
     attention_timer.reset();
     at::Tensor attn_out = AttentionOutput(attn, q, l, L, segments, delta_step.get(), prof);
-    x = Residual(x, attn_out, L, BottleneckLocation::kAttention, segments, prof);
-    h = RmsNorm(x, l.post_attention_norm, c.rms_norm_eps);
-    const std::vector<at::Tensor> gate_up = Project(h, l.gate_up, L, segments, delta_step.get(), prof);
+    AddRmsNormResult r =
+        ResidualNorm(x, attn_out, L, BottleneckLocation::kAttention, segments, l.post_attention_norm, prof);
+    x = std::move(r.sum);
+    const std::vector<at::Tensor> gate_up = Project(r.normed, l.gate_up, L, segments, delta_step.get(), prof);
     at::Tensor act = SwiGluSupports(gate_up[0], gate_up[1]) ? SwiGlu(gate_up[0], gate_up[1])
                                                              : at::silu(gate_up[0]) * gate_up[1];
-    x = Residual(x, Project(act, l.down, L, segments, delta_step.get(), prof)[0], L, BottleneckLocation::kOutput,
-                 segments, prof);
+    const at::Tensor down = Project(act, l.down, L, segments, delta_step.get(), prof)[0];
+    if (li + 1 == layers_.size()) {
+      x = Residual(x, down, L, BottleneckLocation::kOutput, segments, prof);
+      break;
+    }
+    r = ResidualNorm(x, down, L, BottleneckLocation::kOutput, segments, layers_[li + 1].input_norm, prof);
+    x = std::move(r.sum);
+    h = std::move(r.normed);
   }
   if (lay.logit_rows.empty()) return ForwardOutput{at::empty({0, c.vocab_size}, at::kFloat), {}};
   at::Tensor last = x.index_select(0, LongTensor(lay.logit_rows).to(options_.device));

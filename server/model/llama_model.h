@@ -16,6 +16,7 @@
 #include "server/model/delta_backend.h"
 #include "server/model/kv_cache.h"
 #include "server/model/lora_slot_pool.h"
+#include "server/model/rms_norm.h"
 #include "server/model/step_profile.h"
 #include "server/model/model_config.h"
 
@@ -173,6 +174,11 @@ class LlamaModel {
   // `loc`, that adapter's output.
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
                       const std::vector<Segment>& segments, StepProfile* prof) const;
+  // Residual() and the RMSNorm (weight `norm`) of its result, in one pass
+  // over the rows where no segment has a bottleneck adapter at `loc`.
+  AddRmsNormResult ResidualNorm(const at::Tensor& x, const at::Tensor& h, int64_t layer, BottleneckLocation loc,
+                                const std::vector<Segment>& segments, const at::Tensor& norm,
+                                StepProfile* prof) const;
   ForwardOutput ForwardImpl(const ForwardBatch& batch, KvCache& kv) const;
   // o_proj of a layer's attention `attn` [T, heads, head_dim], with the
   // LLaMA-Adapter segments' gated prompt attention (over their rows of `q`)

@@ -14,6 +14,16 @@ namespace adapterd::model {
 // formula in ATen ops. A pure function: safe from any thread.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// A residual sum and its RMSNorm: sum = x + h rounded to x's dtype (as
+// ATen's add), normed = RmsNorm(sum, weight, eps). On the CPU for contiguous
+// rows of one dtype both come from one pass over the rows; elsewhere from
+// ATen's add and RmsNorm. The same values either way. Safe from any thread.
+struct AddRmsNormResult {
+  at::Tensor sum;
+  at::Tensor normed;
+};
+AddRmsNormResult AddRmsNorm(const at::Tensor& x, const at::Tensor& h, const at::Tensor& weight, double eps);
+
 }  // namespace adapterd::model
 
 #endif  // ADAPTERD_SERVER_MODEL_RMS_NORM_H_

@@ -17,14 +17,21 @@ namespace {
 using cpu::V16;
 
 // Row `x` of `n` values: the first index of its maximum, or of its first NaN.
+// One pass: each lane keeps its largest value and the first position it
+// was seen at (a later equal value does not replace it), and the answer is
+// the smallest position among the lanes that hold the row's maximum. A row
+// with a NaN, rare, is scanned again for its first.
 ADAPTERD_INLINE int64_t ArgmaxRow(const float* x, int64_t n) {
   V16 best = V16{} - std::numeric_limits<float>::infinity();
+  cpu::I16 at{}, pos{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   cpu::U16 nan{};
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (; i + 16 <= n; i += 16, pos += 16) {
     const V16 v = cpu::LoadBytes<V16>(x + i);
     nan |= reinterpret_cast<cpu::U16>(v != v);
-    best = v > best ? v : best;
+    const cpu::I16 greater = reinterpret_cast<cpu::I16>(v > best);
+    best = greater ? v : best;
+    at = greater ? pos : at;
   }
   bool any_nan = false;
   float m = -std::numeric_limits<float>::infinity();
@@ -32,14 +39,25 @@ ADAPTERD_INLINE int64_t ArgmaxRow(const float* x, int64_t n) {
     any_nan = any_nan || nan[l] != 0;
     m = std::max(m, best[l]);
   }
+  int64_t found = n;
+  for (int l = 0; l < 16; ++l) {
+    if (i > 0 && best[l] == m) found = std::min<int64_t>(found, at[l]);
+  }
   for (int64_t j = i; j < n; ++j) {
     any_nan = any_nan || std::isnan(x[j]);
-    m = std::max(m, x[j]);
+    if (x[j] > m) {
+      m = x[j];
+      found = j;
+    } else if (x[j] == m) {
+      found = std::min(found, j);
+    }
   }
-  for (int64_t j = 0; j < n; ++j) {
-    if (any_nan ? std::isnan(x[j]) : x[j] == m) return j;
+  if (any_nan) {
+    for (int64_t j = 0; j < n; ++j) {
+      if (std::isnan(x[j])) return j;
+    }
   }
-  return 0;  // a row of -inf only: at::argmax also answers 0
+  return found < n ? found : 0;  // a row of -inf only: at::argmax also answers 0
 }
 
 }  // namespace

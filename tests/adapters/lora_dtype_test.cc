@@ -99,7 +99,9 @@ void ExpectSameModules(const model::AdapterWeights& got, const model::AdapterWei
       EXPECT_TRUE(at::equal(g->a_t, w->a_t)) << where;
       EXPECT_TRUE(at::equal(g->b_t, w->b_t)) << where;
       ASSERT_EQ(g->dora_scale.defined(), w->dora_scale.defined()) << where;
-      if (w->dora_scale.defined()) EXPECT_TRUE(at::equal(g->dora_scale, w->dora_scale)) << where;
+      if (w->dora_scale.defined()) {
+        EXPECT_TRUE(at::equal(g->dora_scale, w->dora_scale)) << where;
+      }
     }
   }
 }

@@ -37,6 +37,27 @@ TEST_P(RmsNormTest, MatchesTheTransformersFormula) {
   EXPECT_TRUE(at::allclose(RmsNorm(strided, w, 1e-6).to(at::kFloat), want.to(at::kFloat), tol, 1e-3));
 }
 
+// The fused residual sum and norm equal ATen's add followed by RmsNorm, bit
+// for bit, in every dtype; rows that are not contiguous take ATen's path.
+TEST_P(RmsNormTest, AddRmsNormIsTheSumThenTheNorm) {
+  const auto& [dtype, hidden] = GetParam();
+  at::manual_seed(hidden + 1);
+  const at::Tensor x = (at::randn({37, hidden}) * 3).to(dtype);
+  const at::Tensor h = (at::randn({37, hidden}) * 2).to(dtype);
+  const at::Tensor w = (1 + 0.1 * at::randn({hidden})).to(dtype);
+  const at::Tensor sum = x + h;
+  const at::Tensor normed = RmsNorm(sum, w, 1e-6);
+  const AddRmsNormResult got = AddRmsNorm(x, h, w, 1e-6);
+  ASSERT_EQ(got.sum.scalar_type(), dtype);
+  ASSERT_EQ(got.normed.scalar_type(), dtype);
+  EXPECT_TRUE(at::equal(got.sum, sum));
+  EXPECT_TRUE(at::equal(got.normed, normed));
+  const at::Tensor strided = at::cat({h, h}, 1).narrow(1, 0, hidden);
+  const AddRmsNormResult aten = AddRmsNorm(x, strided, w, 1e-6);
+  EXPECT_TRUE(at::equal(aten.sum, sum));
+  EXPECT_TRUE(at::equal(aten.normed, normed));
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormTest,
                          ::testing::Combine(::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
                                             ::testing::Values(int64_t{7}, int64_t{64}, int64_t{768})));
