@@ -1,14 +1,13 @@
 #include "server/model/rms_norm.h"
 
 #include <ATen/ATen.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "server/common/parallel.h"
 #include "server/model/cpu_clones.h"
+#include "server/model/cpu_vec.h"
 
 namespace adapterd::model {
 
@@ -17,55 +16,89 @@ enum class NormType { kF32, kBF16, kF16 };
 
 namespace {
 
-// Rounds v to T and back (the model dtype's value of a float32 result).
-template <typename T>
-inline float Round(float v) {
-  return static_cast<float>(static_cast<T>(v));
-}
-template <>
-inline float Round<float>(float v) {
-  return v;
-}
+using cpu::BF16;
+using cpu::F16;
+using cpu::F32;
+using cpu::V16;
 
-template <typename T>
-inline void Row(const T* __restrict x, const T* __restrict w, int64_t n, float eps, T* __restrict out) {
-  constexpr int kLanes = 16;
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float v = static_cast<float>(x[i + l]);
-      acc[l] += v * v;
-    }
-  }
+// inv = 1 / sqrt(mean(x^2) + eps) from the sums of squares in `acc`
+// (lanes) and `tail` (the elements past the last whole vector pair).
+ADAPTERD_INLINE float InverseRms(V16 a, V16 b, float tail, int64_t n, float eps) {
   float sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += acc[l];
-  for (; i < n; ++i) sum += static_cast<float>(x[i]) * static_cast<float>(x[i]);
-  const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
-  for (int64_t k = 0; k < n; ++k) {
-    out[k] = static_cast<T>(static_cast<float>(w[k]) * Round<T>(static_cast<float>(x[k]) * inv));
+  for (int l = 0; l < 16; ++l) sum += a[l] + b[l];
+  sum += tail;
+  return 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+}
+
+// out = w * round(x * inv), in 32-element vector pairs, the product and
+// its rounding as transformers' ops make them.
+template <class W>
+ADAPTERD_INLINE void Scale(const typename W::T* __restrict x, const typename W::T* __restrict w, int64_t n, float inv,
+                           typename W::T* __restrict out) {
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    V16 xa, xb, wa, wb;
+    W::Load32(x + k, xa, xb);
+    W::Load32(w + k, wa, wb);
+    W::Store32(out + k, wa * W::NarrowN(xa * inv), wb * W::NarrowN(xb * inv));
   }
+  for (; k < n; ++k) out[k] = W::Round(W::Load(w + k) * W::Narrow(W::Load(x + k) * inv));
 }
 
-// sum = x + h in T (as ATen's add rounds it), then out = Row(sum).
-template <typename T>
-inline void AddRow(const T* __restrict x, const T* __restrict h, const T* __restrict w, int64_t n, float eps,
-                   T* __restrict sum, T* __restrict out) {
-  for (int64_t k = 0; k < n; ++k) sum[k] = static_cast<T>(static_cast<float>(x[k]) + static_cast<float>(h[k]));
-  Row(sum, w, n, eps, out);
+template <class W>
+ADAPTERD_INLINE void Row(const typename W::T* __restrict x, const typename W::T* __restrict w, int64_t n, float eps,
+                         typename W::T* __restrict out) {
+  V16 a{}, b{};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    V16 xa, xb;
+    W::Load32(x + i, xa, xb);
+    a += xa * xa;
+    b += xb * xb;
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += W::Load(x + i) * W::Load(x + i);
+  Scale<W>(x, w, n, InverseRms(a, b, tail, n, eps), out);
 }
 
-template <typename T>
-void Rows(const void* x, const void* h, const void* w, int64_t begin, int64_t end, int64_t n, float eps, void* sum,
-          void* out) {
+// sum = x + h rounded to the dtype (as ATen's add rounds it), then out =
+// Row(sum), the squares summed as the sum is written.
+template <class W>
+ADAPTERD_INLINE void AddRow(const typename W::T* __restrict x, const typename W::T* __restrict h,
+                            const typename W::T* __restrict w, int64_t n, float eps, typename W::T* __restrict sum,
+                            typename W::T* __restrict out) {
+  V16 a{}, b{};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    V16 xa, xb, ha, hb;
+    W::Load32(x + i, xa, xb);
+    W::Load32(h + i, ha, hb);
+    const V16 sa = W::NarrowN(xa + ha), sb = W::NarrowN(xb + hb);
+    W::Store32(sum + i, sa, sb);
+    a += sa * sa;
+    b += sb * sb;
+  }
+  float tail = 0;
+  for (; i < n; ++i) {
+    const float v = W::Narrow(W::Load(x + i) + W::Load(h + i));
+    sum[i] = W::Round(v);
+    tail += v * v;
+  }
+  Scale<W>(sum, w, n, InverseRms(a, b, tail, n, eps), out);
+}
+
+template <class W>
+ADAPTERD_INLINE void Rows(const void* x, const void* h, const void* w, int64_t begin, int64_t end, int64_t n,
+                          float eps, void* sum, void* out) {
+  using T = typename W::T;
   const T* xs = static_cast<const T*>(x);
+  const T* ws = static_cast<const T*>(w);
   T* os = static_cast<T*>(out);
   for (int64_t r = begin; r < end; ++r) {
     if (h == nullptr) {
-      Row(xs + r * n, static_cast<const T*>(w), n, eps, os + r * n);
+      Row<W>(xs + r * n, ws, n, eps, os + r * n);
     } else {
-      AddRow(xs + r * n, static_cast<const T*>(h) + r * n, static_cast<const T*>(w), n, eps,
-             static_cast<T*>(sum) + r * n, os + r * n);
+      AddRow<W>(xs + r * n, static_cast<const T*>(h) + r * n, ws, n, eps, static_cast<T*>(sum) + r * n, os + r * n);
     }
   }
 }
@@ -80,9 +113,9 @@ ADAPTERD_CLONES
 void RmsNormRows(NormType type, const void* x, const void* h, const void* w, int64_t begin, int64_t end, int64_t n,
                  float eps, void* sum, void* out) {
   switch (type) {
-    case NormType::kF32: return Rows<float>(x, h, w, begin, end, n, eps, sum, out);
-    case NormType::kBF16: return Rows<c10::BFloat16>(x, h, w, begin, end, n, eps, sum, out);
-    case NormType::kF16: return Rows<c10::Half>(x, h, w, begin, end, n, eps, sum, out);
+    case NormType::kF32: return Rows<F32>(x, h, w, begin, end, n, eps, sum, out);
+    case NormType::kBF16: return Rows<BF16>(x, h, w, begin, end, n, eps, sum, out);
+    case NormType::kF16: return Rows<F16>(x, h, w, begin, end, n, eps, sum, out);
   }
 }
 
