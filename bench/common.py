@@ -82,10 +82,17 @@ class Server:
             return [line.rstrip("\n") for line in f if text in line]
 
     def stop(self):
-        """Stops the server; its temporary directory (log included) goes with it."""
-        self.proc.terminate()
+        """Stops the server; its temporary directory (log included) goes with
+        it, unless the server had already exited: then the log stays, and
+        the exit status and the log's path are printed."""
+        died = self.proc.poll()
+        if died is None:
+            self.proc.terminate()
         self.proc.wait(timeout=60)
         self.log.close()
+        if died is not None:
+            log(f"adapterd had exited with status {died} before it was stopped; its log: {self.log.name}")
+            return
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
