@@ -278,6 +278,11 @@ class HttpClient {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  // A first connection attempt can fail on its own (connect() on loopback
+  // has returned EINVAL once here), and every request sent while the channel
+  // is in that failure fails at once. Up to 10 s for the channel to connect;
+  // if it never does, the requests fail as they would have.
+  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
   auto stub = adapterd::v1::Inference::NewStub(channel);
   std::vector<std::string> adapters =
       absl::StrSplit(absl::GetFlag(FLAGS_adapters), ',', absl::SkipEmpty());
