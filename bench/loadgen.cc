@@ -278,11 +278,6 @@ class HttpClient {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
-  // A first connection attempt can fail on its own (connect() on loopback
-  // has returned EINVAL once here), and every request sent while the channel
-  // is in that failure fails at once. Up to 10 s for the channel to connect;
-  // if it never does, the requests fail as they would have.
-  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
   auto stub = adapterd::v1::Inference::NewStub(channel);
   std::vector<std::string> adapters =
       absl::StrSplit(absl::GetFlag(FLAGS_adapters), ',', absl::SkipEmpty());
@@ -350,6 +345,14 @@ int main(int argc, char** argv) {
 
   // Each client thread has its own HTTP connection; gRPC clients share the channel.
   const std::string http = absl::GetFlag(FLAGS_http);
+  // A first connection attempt can fail on its own (connect() on loopback
+  // has returned EINVAL once here), and every request sent while the channel
+  // is in that failure fails at once. Where requests go over gRPC, up to 10 s
+  // for the channel to connect; if it never does, they fail as they would
+  // have.
+  if (http.empty() || absl::GetFlag(FLAGS_classify)) {
+    channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  }
   auto run = [&](const adapterd::v1::GenerateRequest& req) {
     if (absl::GetFlag(FLAGS_classify)) return ClassifyOne(*stub, req);
     if (http.empty()) return RunOne(*stub, req);

@@ -11,7 +11,6 @@
 
 namespace adapterd::model {
 
-
 enum class NormType { kF32, kBF16, kF16 };
 
 namespace {

@@ -60,7 +60,7 @@ TEST_P(RmsNormTest, AddRmsNormIsTheSumThenTheNorm) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormTest,
                          ::testing::Combine(::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
-                                            ::testing::Values(int64_t{7}, int64_t{64}, int64_t{768})));
+                                            ::testing::Values(int64_t{7}, int64_t{64}, int64_t{77}, int64_t{768})));
 
 }  // namespace
 }  // namespace adapterd::model
