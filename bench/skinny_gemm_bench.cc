@@ -1,7 +1,11 @@
 // The few-row base product (server/model/linear.h, SkinnyGemm) and oneDNN's
-// GEMM on packed weights (PackLinearWeight) against LibTorch's at::linear,
-// side by side in one run, and SkinnyGemm against the machine's memory read
-// rate measured in the same run.
+// GEMM on packed weights (PackLinearWeight, called directly) against
+// LibTorch's at::linear and against LibTorch's own operator on packed
+// weights (mkldnn::_linear_pointwise, which builds oneDNN's descriptor on
+// every call), side by side in one run, and SkinnyGemm against the
+// machine's memory read rate measured in the same run. A last line times
+// one tiny packed product (64x64 by 64x64) both ways: there the per-call
+// cost outside the GEMM is nearly all of it.
 //
 // The workload is one decode step's base products on the ~100M bench model
 // (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64, vocabulary
@@ -14,11 +18,14 @@
 //   ./x run "build/bench/adapterd_skinny_gemm_bench --dtype bfloat16"
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +48,42 @@ namespace {
 struct Shape {
   int64_t out, in;
 };
+
+// LibTorch's own oneDNN operators, called as LibTorch's Python API calls
+// them: the weight packed for 64 rows, and the product on it.
+at::Tensor CallOp(const char* name, torch::jit::Stack stack) {
+  const std::optional<c10::OperatorHandle> op = c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
+  TORCH_CHECK(op.has_value(), "this LibTorch has no ", name);
+  op->callBoxed(&stack);
+  return std::move(stack.back()).toTensor();
+}
+
+at::Tensor TorchPacked(const at::Tensor& w) {
+  return CallOp("mkldnn::_reorder_linear_weight", {w, std::optional<int64_t>(64)});
+}
+
+at::Tensor TorchPackedLinear(const at::Tensor& x, const at::Tensor& packed) {
+  return CallOp("mkldnn::_linear_pointwise", {x, packed, std::optional<at::Tensor>(), std::string("none"),
+                                              c10::List<std::optional<at::Scalar>>(), std::optional<std::string>()});
+}
+
+// Microseconds per call of a 64x64 by 64x64 packed product: (LibTorch's
+// operator, adapterd's direct call), medians of alternating blocks.
+std::pair<double, double> TinyProductMicros(at::ScalarType dtype) {
+  const at::Tensor w = at::randn({64, 64}).to(dtype), x = at::randn({64, 64}).to(dtype);
+  const at::Tensor torch_packed = TorchPacked(w), packed = PackLinearWeight(w);
+  constexpr int kCalls = 2000;
+  std::vector<double> theirs, ours;
+  for (int block = 0; block < 11; ++block) {
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls; ++i) TorchPackedLinear(x, torch_packed);
+    theirs.push_back(bench::SecondsSince(start) / kCalls);
+    start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls; ++i) Linear(x, w, at::Tensor(), 0, packed);
+    ours.push_back(bench::SecondsSince(start) / kCalls);
+  }
+  return {bench::Median(theirs) * 1e6, bench::Median(ours) * 1e6};
+}
 
 int Run() {
   const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
@@ -70,11 +113,12 @@ int Run() {
   std::vector<Shape> shapes;
   for (int l = 0; l < 8; ++l) shapes.insert(shapes.end(), {{1280, 768}, {768, 768}, {4096, 768}, {768, 2048}});
   shapes.push_back({32000, 768});
-  std::vector<at::Tensor> weights, packed;
+  std::vector<at::Tensor> weights, packed, torch_packed;
   int64_t bytes = 0;
   for (const Shape& s : shapes) {
     weights.push_back((at::randn({s.out, s.in}) / 30).to(dtype));
     packed.push_back(PackLinearWeight(weights.back()));
+    if (packed.back().defined()) torch_packed.push_back(TorchPacked(weights.back()));
     bytes += weights.back().numel() * weights.back().element_size();
   }
   if (!packed.front().defined()) {
@@ -84,16 +128,21 @@ int Run() {
   const double ceiling = bench::ReadRate(at::ones({int64_t{1} << 28}));
   std::printf(
       "One decode step's base products of the ~100M model (%.1f MB of %s weights), %d threads, LibTorch's "
-      "at::linear against adapterd's SkinnyGemm and oneDNN on packed weights (--prepack_weights), "
-      "alternating, median of %d steps each; plain read ceiling %.1f GB/s measured in the same run:\n\n",
+      "at::linear against adapterd's SkinnyGemm, oneDNN on packed weights called directly (--prepack_weights) "
+      "and LibTorch's mkldnn::_linear_pointwise on the same packing, alternating, median of %d steps each; "
+      "plain read ceiling %.1f GB/s measured in the same run:\n\n",
       bytes / 1e6, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_reps), ceiling / 1e9);
-  std::printf("| rows | at::linear ms | SkinnyGemm ms | packed ms | SkinnyGemm speed-up | packed speed-up | "
-              "SkinnyGemm GB/s | SkinnyGemm share of read ceiling |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf("| rows | at::linear ms | SkinnyGemm ms | packed ms | LibTorch packed ms | SkinnyGemm speed-up | "
+              "packed speed-up | packed over LibTorch packed | SkinnyGemm GB/s | SkinnyGemm share of read ceiling |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const int64_t m : rows) {
     std::vector<at::Tensor> xs;
     for (const Shape& s : shapes) xs.push_back(at::randn({m, s.in}).to(dtype));
-    std::vector<double> aten, skinny, pack;
+    std::vector<double> aten, skinny, pack, torch_pack;
     for (int rep = 0; rep < absl::GetFlag(FLAGS_reps) + 1; ++rep) {
+      const auto start = std::chrono::steady_clock::now();
+      for (size_t i = 0; i < shapes.size(); ++i) TorchPackedLinear(xs[i], torch_packed[i]);
+      if (rep > 0) torch_pack.push_back(bench::SecondsSince(start));
       for (const LinearPath path : {LinearPath::kAten, LinearPath::kSkinny, LinearPath::kPacked}) {
         const int64_t limit = path == LinearPath::kSkinny ? 64 : 0;
         const auto start = std::chrono::steady_clock::now();
@@ -106,9 +155,14 @@ int Run() {
       }
     }
     const double a = bench::Median(aten), s = bench::Median(skinny), p = bench::Median(pack);
-    std::printf("| %ld | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.1f | %.0f%% |\n", static_cast<long>(m), a * 1e3,
-                s * 1e3, p * 1e3, a / s, a / p, bytes / s / 1e9, 100.0 * bytes / s / ceiling);
+    const double tp = bench::Median(torch_pack);
+    std::printf("| %ld | %.2f | %.2f | %.2f | %.2f | %.2fx | %.2fx | %.2fx | %.1f | %.0f%% |\n", static_cast<long>(m),
+                a * 1e3, s * 1e3, p * 1e3, tp * 1e3, a / s, a / p, tp / p, bytes / s / 1e9,
+                100.0 * bytes / s / ceiling);
   }
+  const auto [theirs, ours] = TinyProductMicros(dtype);
+  std::printf("\nOne 64x64 by 64x64 packed product, median of 11 blocks of 2000 calls: LibTorch's "
+              "mkldnn::_linear_pointwise %.1f us, adapterd's direct call %.1f us\n", theirs, ours);
   return 0;
 }
 

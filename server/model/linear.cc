@@ -1,16 +1,13 @@
 #include "server/model/linear.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/core/GradMode.h>
 
-#include <optional>
-#include <string>
 #include <vector>
 
 #include "server/common/parallel.h"
+#include "server/model/packed_linear.h"
 #include "server/model/skinny_gemm.h"
 
 namespace adapterd::model {
@@ -27,15 +24,6 @@ bool AutogradOn(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   return c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));
 }
 
-// LibTorch's oneDNN operator, where this build registers it.
-std::optional<c10::OperatorHandle> OneDnnOp(const char* name) {
-  return c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
-}
-
-// The batch size oneDNN chooses the packed layout for: a decode step of
-// many streams, where the GEMM's cost is. Every batch size is accepted.
-constexpr int64_t kPackedForRows = 64;
-
 bool TakesPackedPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& packed) {
   if (!packed.defined() || !x.device().is_cpu() || x.dim() != 2 || x.size(0) < 1 || x.size(1) != w.size(1)) {
     return false;
@@ -45,38 +33,16 @@ bool TakesPackedPath(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return !AutogradOn(x, w, b);
 }
 
-at::Tensor PackedLinear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& b) {
-  static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_linear_pointwise");
-  TORCH_CHECK(op.has_value(), "packed linear: this LibTorch has no mkldnn::_linear_pointwise");
-  torch::jit::Stack stack;
-  stack.emplace_back(x.contiguous());
-  stack.emplace_back(packed);
-  stack.emplace_back(b.defined() ? std::optional<at::Tensor>(b.contiguous()) : std::nullopt);
-  stack.emplace_back(std::string("none"));
-  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
-  stack.emplace_back(std::optional<std::string>());
-  op->callBoxed(&stack);
-  return std::move(stack.back()).toTensor();
-}
-
 }  // namespace
 
 bool PacksWeights(at::ScalarType dtype) {
-  static const bool has_op = OneDnnOp("mkldnn::_reorder_linear_weight").has_value() &&
-                             OneDnnOp("mkldnn::_linear_pointwise").has_value();
-  if (!has_op) return false;
-  // oneDNN's bfloat16 GEMM wants AVX-512 (LibTorch refuses it elsewhere).
+  // oneDNN's bfloat16 GEMM wants AVX-512's bfloat16 instructions to be fast.
   return dtype == at::kFloat || (dtype == at::kBFloat16 && at::cpu::is_avx512_bf16_supported());
 }
 
 at::Tensor PackLinearWeight(const at::Tensor& w) {
   if (!w.device().is_cpu() || w.dim() != 2 || w.numel() == 0 || !PacksWeights(w.scalar_type())) return {};
-  static const std::optional<c10::OperatorHandle> op = OneDnnOp("mkldnn::_reorder_linear_weight");
-  torch::jit::Stack stack;
-  stack.emplace_back(w.contiguous());
-  stack.emplace_back(std::optional<int64_t>(kPackedForRows));
-  op->callBoxed(&stack);
-  return std::move(stack.back()).toTensor();
+  return PackForInnerProduct(w);
 }
 
 int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed) {
@@ -112,7 +78,7 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
     case LinearPath::kSkinny:
       break;
     case LinearPath::kPacked:
-      return PackedLinear(x, packed, b);
+      return PackedInnerProduct(x, w, packed, b);
     case LinearPath::kAten:
       return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
   }
