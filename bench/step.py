@@ -51,6 +51,8 @@ def add_parser(sub, cpus):
                    help="the server's --skinny_gemm_rows (0: LibTorch for every base product)")
     p.add_argument("--prepack-weights", choices=["true", "false"], default="true",
                    help="the server's --prepack_weights (false: no packed copy of the base's weights)")
+    p.add_argument("--keep-freed-mb", type=int, default=1024,
+                   help="the server's --keep_freed_mb (0: freed step memory goes back to the kernel)")
     p.add_argument("--kinds", default="base,adapters",
                    help="which streams to run: through the base, through distinct adapters, or both")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -177,6 +179,12 @@ def step_seconds(metrics_addr):
     return parts, steps
 
 
+def minor_faults(pid):
+    """Minor page faults of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def metrics_address(server):
     with open(os.path.join(server.tmp, "ready.json")) as f:
         return json.load(f)["metrics"]
@@ -188,7 +196,7 @@ def serve_runs(a, base, cfg, dtype, dirs):
     server = Server(a.build, [f"--model={base}", f"--threads={a.threads}", f"--dtype={DTYPES[dtype]}",
                               "--max_batch_size=64", "--kv_cache_mb=512", f"--lora_dtype={lora_dtype}",
                               f"--skinny_gemm_rows={a.skinny_gemm_rows}",
-                              f"--prepack_weights={a.prepack_weights}"])
+                              f"--prepack_weights={a.prepack_weights}", f"--keep_freed_mb={a.keep_freed_mb}"])
     metrics = metrics_address(server)
     res, ceils = {}, []
     try:
@@ -206,7 +214,9 @@ def serve_runs(a, base, cfg, dtype, dirs):
                 for kind in a.kinds.split(","):
                     extra = {"adapters": ",".join(names[:max(b, 1)]), "round_robin": "true"} if kind == "adapters" else {}
                     before, steps0 = step_seconds(metrics)
+                    faults0 = minor_faults(server.proc.pid)
                     r = loadgen(a.build, server.addr, requests=b, concurrency=b, seed=run + 1, **extra, **common)
+                    r["faults"] = minor_faults(server.proc.pid) - faults0
                     after, steps1 = step_seconds(metrics)
                     r["parts"] = {p: after.get(p, 0) - before.get(p, 0) for p in PARTS}
                     r["steps"] = steps1 - steps0
@@ -236,8 +246,8 @@ def report(a, cfg, dtype, ceil, res):
           f"read {ceil['read_gbs']:.1f} GB/s\n")
     per_request = request_flops(cfg, 16, a.new_tokens)
     print("| batch | streams through | tok/s | share of ceiling | share, prefill included | adapters / base | gemm | "
-          "attention | adapters | sampling | other |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "attention | adapters | sampling | other | page faults / step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = {}
     for (b, kind), runs in sorted(res.items(), key=lambda kv: (kv[0][0], kv[0][1] != "base")):
         tok_s = statistics.median(r["throughput_tok_s"] for r in runs)
@@ -253,13 +263,14 @@ def report(a, cfg, dtype, ceil, res):
                                       / r["ceiling"]["matmul_gflops"] for r in runs)
         parts = {p: sum(r["parts"][p] for r in runs) for p in PARTS}
         total = sum(parts.values()) or 1.0
+        faults = statistics.median(r["faults"] / max(r["steps"], 1.0) for r in runs)
         rows[(b, kind)] = dict(tok_s=tok_s, share=share, share_with_prefill=share_all,
                                parts={p: v / total for p, v in parts.items()})
         ratio = f"{tok_s / rows[(b, 'base')]['tok_s']:.2f}" if kind == "adapters" and (b, "base") in rows else ""
         print(f"| {b} | {f'{b} distinct rank-{a.rank} LoRAs' if kind == 'adapters' else 'base'} | "
               f"{tok_s:.1f} | {share * 100:.0f}% {'GEMV' if b == 1 else 'matmul'} | "
               f"{'' if b == 1 else f'{share_all * 100:.0f}% matmul'} | {ratio} | "
-              + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + " |")
+              + " | ".join(f"{parts[p] / total * 100:.0f}%" for p in PARTS) + f" | {faults:.0f} |")
     report_adapter_reads(a, cfg, dtype, res, rows)
     return rows
 
@@ -311,13 +322,15 @@ def cmd_step(a):
           f"{a.new_tokens} new tokens, closed loop with as many streams as the batch, {a.threads} threads, "
           f"adapters saved in {a.adapter_dtype} (fp32 server: --lora_dtype={a.lora_dtype}), "
           f"--skinny_gemm_rows={a.skinny_gemm_rows}, --prepack_weights={a.prepack_weights}, "
+          f"--keep_freed_mb={a.keep_freed_mb}, "
           f"median of {a.runs} runs; share of ceiling = model FLOPs (linear layers and attention) x tok/s "
           f"over the matmul ceiling, at batch 1 weight bytes x tok/s over the GEMV rate; share, prefill included = "
           f"each request's forward arithmetic (prompt rows and every new token but the last through the layers, "
           f"every new token through the LM head, attention up to each row's position) x requests over the run's "
           f"wall time, over the matmul ceiling; each run against the "
           f"ceilings measured just before its round (the ceilings printed are their medians); the step "
-          f"breakdown sums adapterd_step_seconds_total over the runs; adapter reads: every step reads each "
+          f"breakdown sums adapterd_step_seconds_total over the runs; page faults / step = the server's minor "
+          f"page faults during a run over its steps (median over the runs); adapter reads: every step reads each "
           f"distinct adapter's A and B once, and the ratio allowed is the base step's time over itself plus "
           f"those bytes at the read ceiling (medians over the runs, each against its own round).")
     if "fp32" in out and "bf16" in out and "64-base" in out["fp32"]["rows"] and "64-base" in out["bf16"]["rows"]:

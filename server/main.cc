@@ -30,6 +30,7 @@
 #include "absl/time/clock.h"
 #include "prometheus/registry.h"
 #include "server/common/compute_threads.h"
+#include "server/common/heap_retention.h"
 #include "server/core/server_core.h"
 #include "server/http/http_server.h"
 #include "server/http/metrics_service.h"
@@ -37,6 +38,7 @@
 #include "server/metrics/http_metrics.h"
 #include "server/metrics/rpc_metrics.h"
 #include "server/rpc/admin_service.h"
+#include "server/auth/auth_settings.h"
 #include "server/auth/call_authenticator.h"
 #include "server/rpc/grpc_server.h"
 #include "server/rpc/inference_service.h"
@@ -136,6 +138,9 @@ ABSL_FLAG(int, metrics_max_adapter_labels, 100,
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics listen address, plaintext HTTP (host:port; port 0 = any; empty disables)");
 ABSL_FLAG(int, threads, 0, "Compute threads for the model (0 = number of cores)");
+ABSL_FLAG(int64_t, keep_freed_mb, 1024,
+          "Memory the steps free that malloc keeps for the next steps instead of returning it to the kernel, in "
+          "MiB at the top of each heap (0 = the C library's default)");
 ABSL_FLAG(std::string, device, "cpu",
           "Where the model, its KV cache and the adapters' device tier live: cpu, or cuda / cuda:N (needs a "
           "LibTorch built with CUDA)");
@@ -204,53 +209,16 @@ bool SetLogLevel(const std::string& level) {
   return true;
 }
 
-// Tokens come from files or the environment and are never logged; only
-// where they came from is.
+// The authentication flags, for the auth layer to check and apply.
 absl::StatusOr<std::unique_ptr<adapterd::auth::CallAuthenticator>> MakeAuthenticator() {
-  adapterd::auth::CallAuthOptions o;
-  const std::string mode = absl::GetFlag(FLAGS_admin_auth);
-  if (mode != "token" && mode != "none") {
-    return absl::InvalidArgumentError("--admin_auth must be 'token' or 'none'");
-  }
-  o.admin_open = mode == "none";
-  absl::StatusOr<std::string> admin =
-      adapterd::auth::ReadSecret(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
-  if (!admin.ok()) return admin.status();
-  absl::StatusOr<std::string> inference =
-      adapterd::auth::ReadSecret(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
-  if (!inference.ok()) return inference.status();
-  if (!admin->empty() && *admin == *inference) {
-    return absl::InvalidArgumentError("the admin and inference tokens must differ");
-  }
-  o.admin_token = *std::move(admin);
-  o.inference_token = *std::move(inference);
-  o.admin_client_names = absl::GetFlag(FLAGS_admin_client_names);
-  o.inference_client_names = absl::GetFlag(FLAGS_inference_client_names);
-  if ((!o.admin_client_names.empty() || !o.inference_client_names.empty()) &&
-      absl::GetFlag(FLAGS_tls_client_ca_file).empty()) {
-    return absl::InvalidArgumentError("--admin_client_names and --inference_client_names need --tls_client_ca_file");
-  }
-  if (o.admin_open && (!o.admin_token.empty() || !o.admin_client_names.empty())) {
-    return absl::InvalidArgumentError("--admin_auth=none excludes an admin token or admin client names");
-  }
-  auto source = [](const std::string& file, const char* env) {
-    return file.empty() ? absl::StrCat("$", env) : file;
-  };
-  if (o.admin_open) {
-    LOG(WARNING) << "--admin_auth=none: anyone who reaches the Admin listener may load and unload adapters";
-  } else if (!o.admin_token.empty()) {
-    LOG(INFO) << "Admin API: bearer token from "
-              << source(absl::GetFlag(FLAGS_admin_token_file), "ADAPTERD_ADMIN_TOKEN");
-  }
-  if (!o.admin_open && o.admin_token.empty() && o.admin_client_names.empty()) {
-    LOG(WARNING) << "no admin credential is configured: every Admin API call will be refused (set "
-                    "--admin_token_file, $ADAPTERD_ADMIN_TOKEN or --admin_client_names)";
-  }
-  if (!o.inference_token.empty()) {
-    LOG(INFO) << "Inference API: bearer token from "
-              << source(absl::GetFlag(FLAGS_inference_token_file), "ADAPTERD_INFERENCE_TOKEN");
-  }
-  return std::make_unique<adapterd::auth::CallAuthenticator>(std::move(o));
+  adapterd::auth::AuthSettings s;
+  s.mode = absl::GetFlag(FLAGS_admin_auth);
+  s.admin_token_file = absl::GetFlag(FLAGS_admin_token_file);
+  s.inference_token_file = absl::GetFlag(FLAGS_inference_token_file);
+  s.admin_client_names = absl::GetFlag(FLAGS_admin_client_names);
+  s.inference_client_names = absl::GetFlag(FLAGS_inference_client_names);
+  s.tls_client_ca = !absl::GetFlag(FLAGS_tls_client_ca_file).empty();
+  return adapterd::auth::MakeCallAuthenticator(s);
 }
 
 // --device: "cpu", "cuda" or "cuda:N", on a LibTorch that has that device.
@@ -535,6 +503,11 @@ int main(int argc, char** argv) {
                           : static_cast<int>(std::thread::hardware_concurrency());
   // One budget for every compute pool: ATen's (our kernels included) and OpenBLAS's.
   adapterd::SetComputeThreads(threads);
+  if (absl::GetFlag(FLAGS_keep_freed_mb) < 0) {
+    return Fail(absl::InvalidArgumentError("--keep_freed_mb must be at least 0"));
+  }
+  std::optional<adapterd::HeapRetention> heap;
+  if (const int64_t mb = absl::GetFlag(FLAGS_keep_freed_mb); mb > 0) heap.emplace(static_cast<size_t>(mb) << 20);
 
   absl::StatusOr<adapterd::core::ServerCoreOptions> options = CoreOptions();
   if (!options.ok()) return Fail(options.status());

@@ -8,7 +8,7 @@
 namespace adapterd::model {
 
 // Whether PackLinearWeight packs weights of this dtype here: float32, and
-// bfloat16 on a CPU with AVX512-BF16, where LibTorch has oneDNN's operators.
+// bfloat16 on a CPU with AVX512-BF16, where oneDNN's bfloat16 GEMM is fast.
 bool PacksWeights(at::ScalarType dtype);
 
 // oneDNN's copy of a base weight w [out, in], in the blocked layout its GEMM

@@ -179,6 +179,9 @@ at::Tensor PackedInnerProduct(const at::Tensor& x, const at::Tensor& w, const at
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && packed.scalar_type() == x.scalar_type() &&
                   packed.nbytes() >= static_cast<size_t>(n * k) * w.element_size(),
               "packed inner product ", Shape(m, k, n), ": packed is not PackForInnerProduct(w) for x's dtype");
+  TORCH_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == n && b.scalar_type() == x.scalar_type()),
+              "packed inner product ", Shape(m, k, n), ": the bias is ", b.sizes(), " of ", b.scalar_type(),
+              ", not [", n, "] of x's dtype");
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({m, n}, x.options());
   try {

@@ -282,6 +282,23 @@ ADAPTERD_INLINE void TileValues(int th, const RowView<W>& values, int64_t p0, in
   }
 }
 
+// Calls fn(g, j, th, p0, p1, ahead) for each span [p0, p1) of a context of
+// n positions, each KV head g in [g0, g1) and each tile of th <= kTh of its
+// query heads, from head j (counted from g0's first); `ahead` is how far
+// the tile's reads should be prefetched.
+template <int kTh, class Fn>
+ADAPTERD_INLINE void ForEachTile(int64_t n, int64_t g0, int64_t g1, int64_t group, int64_t hd, Fn&& fn) {
+  for (int64_t p0 = 0; p0 < n; p0 += kSpan) {
+    const int64_t p1 = std::min(n, p0 + kSpan);
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t j = (g - g0) * group; j < (g - g0 + 1) * group; j += kTh) {
+        const int th = static_cast<int>(std::min<int64_t>(kTh, (g - g0 + 1) * group - j));
+        fn(g, j, th, p0, p1, j == 0 ? (g1 - g0) * hd : hd);
+      }
+    }
+  }
+}
+
 // One row and its KV heads [g0, g1), for head_dim = 32 * kChunks. The
 // context is read in spans of kSpan positions; within a span each KV head's
 // query heads go in register tiles of kTile (TileScores, then, after one
@@ -303,28 +320,19 @@ ADAPTERD_INLINE void RowHeads(const typename W::T* q, const typename W::T* k_cac
   std::fill(maxes, maxes + nh, -std::numeric_limits<float>::infinity());
   std::fill(acc, acc + nh * hd, 0.0f);
   const typename W::T* q0 = q + (r.row * heads + g0 * group) * hd;
-  for (int64_t p0 = 0; p0 < n; p0 += kSpan) {
-    const int64_t p1 = std::min(n, p0 + kSpan);
-    for (int64_t g = g0; g < g1; ++g) {
-      const RowView<W> keys{k_cache, r.block_table, g, kv_heads, hd, block_size};
-      for (int64_t j = (g - g0) * group; j < (g - g0 + 1) * group; j += kTh) {
-        const int th = static_cast<int>(std::min<int64_t>(kTh, (g - g0 + 1) * group - j));
-        const int64_t ahead = j == 0 ? (g1 - g0) * hd : hd;
-        TileScores<W, kChunks>(q0 + j * hd, th, scale, keys, p0, p1, n, ahead, scores + j * n, maxes + j);
-      }
-    }
-  }
+  auto tile_scores = [&](int64_t g, int64_t j, int th, int64_t p0, int64_t p1, int64_t ahead)
+                         ADAPTERD_INLINE_LAMBDA {
+    const RowView<W> keys{k_cache, r.block_table, g, kv_heads, hd, block_size};
+    TileScores<W, kChunks>(q0 + j * hd, th, scale, keys, p0, p1, n, ahead, scores + j * n, maxes + j);
+  };
+  auto tile_values = [&](int64_t g, int64_t j, int th, int64_t p0, int64_t p1, int64_t ahead)
+                         ADAPTERD_INLINE_LAMBDA {
+    const RowView<W> values{v_cache, r.block_table, g, kv_heads, hd, block_size};
+    TileValues<W, kChunks>(th, values, p0, p1, n, ahead, scores + j * n, acc + j * hd);
+  };
+  ForEachTile<kTh>(n, g0, g1, group, hd, tile_scores);
   Softmax(scores, maxes, sums, nh, n);
-  for (int64_t p0 = 0; p0 < n; p0 += kSpan) {
-    const int64_t p1 = std::min(n, p0 + kSpan);
-    for (int64_t g = g0; g < g1; ++g) {
-      const RowView<W> values{v_cache, r.block_table, g, kv_heads, hd, block_size};
-      for (int64_t j = (g - g0) * group; j < (g - g0 + 1) * group; j += kTh) {
-        const int th = static_cast<int>(std::min<int64_t>(kTh, (g - g0 + 1) * group - j));
-        TileValues<W, kChunks>(th, values, p0, p1, n, j == 0 ? (g1 - g0) * hd : hd, scores + j * n, acc + j * hd);
-      }
-    }
-  }
+  ForEachTile<kTh>(n, g0, g1, group, hd, tile_values);
   typename W::T* o = out + (r.row * heads + g0 * group) * hd;
   for (int64_t j = 0; j < nh; ++j) {
     const float inv = 1.0f / sums[j];

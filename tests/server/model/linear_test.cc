@@ -88,9 +88,8 @@ TEST(LinearTest, OtherProductsGoToAten) {
 
 // oneDNN's GEMM on a packed copy of w against at::linear on w: one row to
 // past a decode step of 64, with and without a bias, in float32 and (on a
-// CPU with AVX512-BF16) bfloat16. This LibTorch is built with oneDNN
-// (Debian's is), so the float32 copy must exist: a build without it would
-// test nothing here.
+// CPU with AVX512-BF16) bfloat16. adapterd links oneDNN itself, so the
+// float32 copy must exist: a build without it would test nothing here.
 TEST(LinearTest, PackedWeightsMatchAten) {
   at::manual_seed(23);
   ASSERT_TRUE(PacksWeights(at::kFloat));
