@@ -56,6 +56,10 @@ TEST_F(StartupFlagsTest, LoraDtypeTheModelCannotTake) {
               HasSubstr("--lora_dtype=float16 on a bfloat16 model on cpu: LoRA weights take the model's dtype"));
 }
 
+TEST_F(StartupFlagsTest, NegativeMemoryToKeep) {
+  EXPECT_THAT(Refusal("--keep_freed_mb=-1"), HasSubstr("--keep_freed_mb must be at least 0"));
+}
+
 TEST_F(StartupFlagsTest, AdapterSlotPoolTheMachineCannotHold) {
   // 10^12 slots of the demo model: petabytes, which the allocator refuses.
   const std::string out = Refusal("--adapter_slots=1000000000000");
