@@ -51,19 +51,26 @@ struct Shape {
 
 // LibTorch's own oneDNN operators, called as LibTorch's Python API calls
 // them: the weight packed for 64 rows, and the product on it.
-at::Tensor CallOp(const char* name, torch::jit::Stack stack) {
-  const std::optional<c10::OperatorHandle> op = c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
-  TORCH_CHECK(op.has_value(), "this LibTorch has no ", name);
-  op->callBoxed(&stack);
+// The handle is looked up once, as LibTorch's Python bindings keep theirs.
+at::Tensor CallOp(const c10::OperatorHandle& op, torch::jit::Stack stack) {
+  op.callBoxed(&stack);
   return std::move(stack.back()).toTensor();
 }
 
+c10::OperatorHandle FindOp(const char* name) {
+  const std::optional<c10::OperatorHandle> op = c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
+  TORCH_CHECK(op.has_value(), "this LibTorch has no ", name);
+  return *op;
+}
+
 at::Tensor TorchPacked(const at::Tensor& w) {
-  return CallOp("mkldnn::_reorder_linear_weight", {w, std::optional<int64_t>(64)});
+  static const c10::OperatorHandle op = FindOp("mkldnn::_reorder_linear_weight");
+  return CallOp(op, {w, std::optional<int64_t>(64)});
 }
 
 at::Tensor TorchPackedLinear(const at::Tensor& x, const at::Tensor& packed) {
-  return CallOp("mkldnn::_linear_pointwise", {x, packed, std::optional<at::Tensor>(), std::string("none"),
+  static const c10::OperatorHandle op = FindOp("mkldnn::_linear_pointwise");
+  return CallOp(op, {x, packed, std::optional<at::Tensor>(), std::string("none"),
                                               c10::List<std::optional<at::Scalar>>(), std::optional<std::string>()});
 }
 

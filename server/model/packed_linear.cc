@@ -45,7 +45,6 @@ struct Primitive {
   memory::desc src, weights, bias, dst;
   size_t scratchpad_bytes = 0;
   bool reads_packed = true;
-  bool reference = false;  // oneDNN's reference implementation (slow)
 };
 
 // (m, in, out, dtype, bias); m = 0 keys the packed layout of (in, out, dtype).
@@ -90,8 +89,10 @@ class PrimitiveCache {
   std::unordered_map<Key, std::shared_ptr<const Primitive>, KeyHash> map_ ABSL_GUARDED_BY(mu_);
 };
 
-std::shared_ptr<const Primitive> Make(int64_t m, int64_t k, int64_t n, memory::data_type dt, bool bias,
-                                      const memory::desc& weights) {
+// The primitive for m rows on `weights`' layout; null where oneDNN has only
+// its reference implementation (slow) for it and `reference_ok` is false.
+std::shared_ptr<Primitive> Make(int64_t m, int64_t k, int64_t n, memory::data_type dt, bool bias,
+                                const memory::desc& weights, bool reference_ok) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto p = std::make_shared<Primitive>();
@@ -102,9 +103,9 @@ std::shared_ptr<const Primitive> Make(int64_t m, int64_t k, int64_t n, memory::d
   dnnl::inner_product_forward::primitive_desc pd =
       bias ? dnnl::inner_product_forward::primitive_desc(CpuEngine(), prop, p->src, weights, p->bias, p->dst, attr)
            : dnnl::inner_product_forward::primitive_desc(CpuEngine(), prop, p->src, weights, p->dst, attr);
+  if (!reference_ok && std::string(pd.impl_info_str()).rfind("ref", 0) == 0) return nullptr;
   p->weights = pd.weights_desc();
   p->scratchpad_bytes = pd.scratchpad_desc().get_size();
-  p->reference = std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
   p->prim = dnnl::inner_product_forward(pd);
   return p;
 }
@@ -115,7 +116,7 @@ memory::desc PackedLayout(int64_t k, int64_t n, memory::data_type dt) {
   PrimitiveCache& cache = PrimitiveCache::Get();
   std::shared_ptr<const Primitive> p = cache.Find(key);
   if (p == nullptr) {
-    p = Make(kPackedForRows, k, n, dt, false, memory::desc({n, k}, dt, memory::format_tag::any));
+    p = Make(kPackedForRows, k, n, dt, false, memory::desc({n, k}, dt, memory::format_tag::any), true);
     cache.Put(key, p);
   }
   return p->weights;
@@ -127,18 +128,15 @@ std::shared_ptr<const Primitive> ForRows(int64_t m, int64_t k, int64_t n, memory
   const Key key{m, k, n, static_cast<int>(dt), bias};
   PrimitiveCache& cache = PrimitiveCache::Get();
   if (std::shared_ptr<const Primitive> p = cache.Find(key)) return p;
-  std::shared_ptr<const Primitive> p;
+  std::shared_ptr<Primitive> p;
   try {
-    p = Make(m, k, n, dt, bias, PackedLayout(k, n, dt));
-    if (p->reference) p = nullptr;
+    p = Make(m, k, n, dt, bias, PackedLayout(k, n, dt), false);
   } catch (const dnnl::error&) {
-    p = nullptr;  // no primitive reads this layout at m rows
+    // No primitive reads this layout at m rows: p stays null.
   }
   if (p == nullptr) {
-    auto plain = std::const_pointer_cast<Primitive>(
-        Make(m, k, n, dt, bias, memory::desc({n, k}, dt, memory::format_tag::ab)));
-    plain->reads_packed = false;
-    p = std::move(plain);
+    p = Make(m, k, n, dt, bias, memory::desc({n, k}, dt, memory::format_tag::ab), true);
+    p->reads_packed = false;
   }
   cache.Put(key, p);
   return p;
