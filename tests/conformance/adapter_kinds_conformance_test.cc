@@ -26,6 +26,7 @@
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/clients.h"
 #include "tests/support/reference_outputs.h"
 #include "tests/support/resident_weights.h"
 #include "tests/support/test_env.h"
@@ -170,7 +171,7 @@ TEST_F(AdapterKindsConformanceTest, ServerMatchesLibraries) {
   const std::string base = *dir_ + "/base";
   auto server = testing::ServerProcess::Start({"--model=" + base});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*server)->grpc_address());
   auto admin = v1::Admin::NewStub(channel);
   auto inference = v1::Inference::NewStub(channel);
   const auto prompts = Prompts();

@@ -26,6 +26,7 @@
 #include "server/model/composed_lease.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/clients.h"
 #include "tests/support/http_client.h"
 #include "tests/support/reference_outputs.h"
 #include "tests/support/resident_weights.h"
@@ -143,7 +144,7 @@ void ComposeConformanceTest::CheckServer() {
   const auto prompts = Prompts();
   auto server = testing::ServerProcess::Start({"--model=" + base_dir_});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*server)->grpc_address());
   auto admin = v1::Admin::NewStub(channel);
   auto inference = v1::Inference::NewStub(channel);
   for (const AdapterSpec& a : setup.adapters) {

@@ -30,6 +30,7 @@
 #include "server/model/composed_lease.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors.h"
+#include "tests/support/clients.h"
 #include "tests/support/reference_outputs.h"
 #include "tests/support/test_env.h"
 #include "tests/support/wait.h"
@@ -140,7 +141,7 @@ TEST_F(PromptMethodsConformanceTest, ServerMatchesPeft) {
     ASSERT_NE(ref, nullptr);
     auto server = testing::ServerProcess::Start({"--model=" + d + "/base", "--prefix_caching=true"});
     ASSERT_TRUE(server.ok()) << server.status();
-    auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+    auto channel = adapterd::testing::Connect((*server)->grpc_address());
     auto admin = v1::Admin::NewStub(channel);
     auto inference = v1::Inference::NewStub(channel);
     const auto prompts = Prompts();
@@ -198,7 +199,7 @@ TEST_F(PromptMethodsConformanceTest, PrefixCacheHitsShowInMetricsAndAReloadStart
   const std::string d = *dir_ + "/llama";
   auto server = testing::ServerProcess::Start({"--model=" + d + "/base", "--prefix_caching=true"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*server)->grpc_address());
   auto admin = v1::Admin::NewStub(channel);
   auto inference = v1::Inference::NewStub(channel);
   auto hits = [&](const char* name) {

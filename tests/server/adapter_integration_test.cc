@@ -20,6 +20,7 @@
 #include "server/model/model_config.h"
 #include "server/model/safetensors.h"
 #include "tests/fakes/fake_adapter.h"
+#include "tests/support/clients.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -46,7 +47,7 @@ class AdapterServerTest : public ::testing::Test {
   }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
-    channel_ = grpc::CreateChannel(server_->grpc_address(), grpc::InsecureChannelCredentials());
+    channel_ = adapterd::testing::Connect(server_->grpc_address());
     admin_ = v1::Admin::NewStub(channel_);
     inference_ = v1::Inference::NewStub(channel_);
   }

@@ -103,7 +103,8 @@ TEST(FaultTest, KillNineDuringUploadsLeavesNoPartialAdapter) {
     const std::string victim = absl::StrCat("victim-", i);
     std::atomic<bool> acked{false};
     std::thread uploader([&] {
-      auto ch = testing::Connect((*server)->grpc_address());
+      // A short wait: at fraction 0 the kill may come before the connection.
+      auto ch = testing::Connect((*server)->grpc_address(), absl::Seconds(5));
       auto admin = v1::Admin::NewStub(ch);
       acked = testing::UploadFiles(*admin, victim, big_files).ok();
     });

@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "server/model/demo_checkpoint.h"
 #include "tests/fakes/fake_adapter.h"
+#include "tests/support/clients.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -51,7 +52,7 @@ TEST(LoadTest, TwoHundredStreamingClientsOverSixteenAdapters) {
   ASSERT_TRUE(model::EnsureDemoCheckpoint(dir + "/cache").ok());
   auto server = testing::ServerProcess::Start({"--cache_dir=" + dir + "/cache", "--max_batch_size=64"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*server)->grpc_address());
   auto admin = v1::Admin::NewStub(channel);
   auto stub = v1::Inference::NewStub(channel);
   std::vector<std::string> ids;
@@ -117,7 +118,7 @@ TEST(LoadTest, QueueFullIsResourceExhaustedAtOnce) {
   const std::string dir = testing::MakeTempDir("queue");
   auto server = testing::ServerProcess::Start({"--cache_dir=" + dir, "--max_batch_size=1", "--max_waiting=2"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel((*server)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*server)->grpc_address());
   auto stub = v1::Inference::NewStub(channel);
   // One long request runs, two wait; the fourth is refused immediately.
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;

@@ -15,6 +15,7 @@
 #include "adapterd/v1/inference.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/clients.h"
 #include "tests/support/test_env.h"
 
 namespace adapterd {
@@ -39,7 +40,7 @@ class ServerTest : public ::testing::Test {
   }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
-    channel_ = grpc::CreateChannel(server_->grpc_address(), grpc::InsecureChannelCredentials());
+    channel_ = adapterd::testing::Connect(server_->grpc_address());
     stub_ = v1::Inference::NewStub(channel_);
   }
 
@@ -302,7 +303,7 @@ TEST_F(ServerTest, MetricsAreScraped) {
 TEST(ServerShutdownTest, SigtermFinishesInFlightWorkAndExitsZero) {
   auto s = ServerProcess::Start({"--shutdown_grace_seconds=60"});
   ASSERT_TRUE(s.ok()) << s.status();
-  auto channel = grpc::CreateChannel((*s)->grpc_address(), grpc::InsecureChannelCredentials());
+  auto channel = adapterd::testing::Connect((*s)->grpc_address());
   auto stub = v1::Inference::NewStub(channel);
   GenerateRequest req;
   for (uint32_t t : {1u, 2u, 3u}) req.add_prompt_token_ids(t);

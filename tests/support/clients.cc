@@ -1,13 +1,19 @@
 #include "tests/support/clients.h"
 
+#include <iostream>
+
 #include "absl/time/clock.h"
 
 namespace adapterd::testing {
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
+std::shared_ptr<grpc::Channel> Connect(const std::string& address, absl::Duration wait) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + wait))) {
+    std::cerr << "channel to " << address << " not connected after " << absl::FormatDuration(wait) << "\n";
+  }
+  return channel;
 }
 
 grpc::Status UploadFiles(v1::Admin::Stub& admin, const std::string& id,

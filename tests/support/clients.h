@@ -15,8 +15,16 @@
 
 namespace adapterd::testing {
 
-// A plaintext channel to `address` (loopback servers only).
-std::shared_ptr<grpc::Channel> Connect(const std::string& address);
+// A plaintext channel to `address` (loopback servers only), connected before
+// it is returned. A fail-fast call on a channel whose first connection attempt
+// failed gets UNAVAILABLE at once, so a single transient connect error would
+// fail every call of a test (CI saw one attempt on loopback fail with
+// "Invalid argument"). Waiting for READY lets gRPC's reconnect backoff absorb
+// it.
+// Returns the channel in whatever state it reached after `wait`, and says so
+// on stderr, so that a server that never listens fails the caller's first
+// call with gRPC's own message.
+std::shared_ptr<grpc::Channel> Connect(const std::string& address, absl::Duration wait = absl::Seconds(60));
 
 // Uploads `files` as adapter `id` in chunks of `chunk_bytes`, pinned on the
 // device tier with `pin`.
