@@ -9,6 +9,14 @@
 namespace adapterd::model {
 namespace {
 
+// How far ahead of its reads a kernel asks for the weights' lines. A^T and
+// B^T are short streams (a few KiB to tens of KiB each) that the hardware
+// prefetcher picks up late, if at all. 2 KiB is tuned on two machines: a
+// Xeon reading about 20 GB/s on 2 cores, where 1 KiB did as well, and an
+// EPYC reading about 90 GB/s, where 2 KiB read 1.2x faster than 1 KiB in
+// bfloat16 (adapterd_lora_row_bench, docs/benchmarks.md).
+constexpr int64_t kAheadBytes = 2048;
+
 using cpu::BF16;
 using cpu::F16;
 using cpu::F32;
@@ -65,7 +73,6 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a
   // A^T is one short stream per module (a few KiB to tens of KiB): the
   // lines kAheadBytes on are asked for in the loop, since the hardware's
   // prefetcher starts over at each page and each call.
-  constexpr int64_t kAheadBytes = 1024;
   constexpr int64_t kRowBytes = R * static_cast<int64_t>(sizeof(typename W::T));
   constexpr int64_t kAheadRows = kAheadBytes / kRowBytes;
   int64_t i = 0;
@@ -133,40 +140,57 @@ ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, const void* const* a
   }
 }
 
-// y[o] += sum_k tmp[k] b_t[k][o], a block of outputs at a time with every
-// rank row's slice of it in four partial sums, so that y is read and
-// written once and each row of B^T streams in order.
+// y[o] += sum_k tmp[k] b_t[k][o] for the outputs [o0, o0 + 32 * blocks),
+// the rank rows taken in order: each row of B^T is read front to back, so
+// the whole of B^T (contiguous) is one sequential stream that the hardware
+// prefetcher follows (and the loop asks for kAheadBytes on; x86 prefetches
+// past the end of B^T never fault), and the sums live in a small buffer in
+// L1 until every row has passed. bfloat16 is summed as word pairs (even and
+// odd outputs) and interleaved once at the end.
+constexpr int64_t kExpandChunk = 2048;  // outputs a pass holds; its sums take 8 KiB
+
+template <class W>
+ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
+                                 int64_t o0, int64_t blocks, float* __restrict y) {
+  V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
+  for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
+  constexpr int64_t kBlockBytes = 32 * sizeof(typename W::T);
+  for (int64_t k = 0; k < r; ++k) {
+    const typename W::T* row = b_t + k * out + o0;
+    const float t = tmp[k];
+    for (int64_t j = 0; j < blocks; ++j) {
+      V16 a, b;
+      const char* const ahead = reinterpret_cast<const char*>(row + 32 * j) + kAheadBytes;
+      for (int64_t line = 0; line < kBlockBytes; line += 64) __builtin_prefetch(ahead + line, 0, 3);
+      if constexpr (std::is_same_v<W, BF16>) {
+        BF16::LoadPairs<16>(row + 32 * j, a, b);
+      } else {
+        a = W::template LoadN<16>(row + 32 * j);
+        b = W::template LoadN<16>(row + 32 * j + 16);
+      }
+      lo_sums[j] += t * a;
+      hi_sums[j] += t * b;
+    }
+  }
+  for (int64_t j = 0; j < blocks; ++j) {
+    V16 lo = lo_sums[j], hi = hi_sums[j];
+    if constexpr (std::is_same_v<W, BF16>) Interleave(lo_sums[j], hi_sums[j], lo, hi);
+    float* const yo = y + o0 + 32 * j;
+    StoreBytes(yo, LoadBytes<V16>(yo) + lo);
+    StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
+  }
+}
+
+// The expand over whole blocks of 32 outputs, a chunk at a time; returns
+// the outputs done.
 template <class W>
 ADAPTERD_INLINE int64_t ExpandBlocks(const float* __restrict tmp, const typename W::T* b_t, int64_t r,
                                      int64_t out, float* __restrict y) {
-  int64_t o = 0;
-  for (; o + 16 <= out; o += 16) {
-    V16 s[4] = {LoadBytes<V16>(y + o), V16{}, V16{}, V16{}};
-    for (int64_t k = 0; k < r; ++k) s[k & 3] += tmp[k] * W::template LoadN<16>(b_t + k * out + o);
-    StoreBytes(y + o, (s[0] + s[1]) + (s[2] + s[3]));
+  const int64_t whole = out / 32 * 32;
+  for (int64_t o0 = 0; o0 < whole; o0 += kExpandChunk) {
+    ExpandChunk<W>(tmp, b_t, r, out, o0, std::min(kExpandChunk, whole - o0) / 32, y);
   }
-  return o;
-}
-
-// bfloat16: 32 outputs (a line of each row) at a time, as word pairs.
-template <>
-ADAPTERD_INLINE int64_t ExpandBlocks<BF16>(const float* __restrict tmp, const uint16_t* b_t, int64_t r, int64_t out,
-                                           float* __restrict y) {
-  int64_t o = 0;
-  for (; o + 32 <= out; o += 32) {
-    V16 even[2] = {}, odd[2] = {};
-    for (int64_t k = 0; k < r; ++k) {
-      V16 e, d;
-      BF16::LoadPairs<16>(b_t + k * out + o, e, d);
-      even[k & 1] += tmp[k] * e;
-      odd[k & 1] += tmp[k] * d;
-    }
-    V16 lo, hi;
-    Interleave(even[0] + even[1], odd[0] + odd[1], lo, hi);
-    StoreBytes(y + o, LoadBytes<V16>(y + o) + lo);
-    StoreBytes(y + o + 16, LoadBytes<V16>(y + o + 16) + hi);
-  }
-  return o;
+  return whole;
 }
 
 template <class W>

@@ -19,8 +19,9 @@ namespace adapterd::model {
 // Each module's weights are read once per step, from memory, so the kernels
 // are written for bandwidth: ranks 8, 16 and 32 keep their sums in vector
 // registers with two rows in flight, bfloat16 is widened as word pairs (no
-// shuffles), and the expand writes each block of y once while every rank
-// row streams in order. Other ranks take a plain loop. The file is compiled
+// shuffles), both kernels ask for the weights' lines ahead of their reads,
+// and the expand reads B^T front to back with its sums in L1, writing y
+// once. Other ranks take a plain loop. The file is compiled
 // at -O3 and each function is cloned for AVX-512 and AVX2 + FMA + F16C with
 // a baseline fallback chosen at load time (cpu_clones.h), so the binary
 // still runs on any x86-64.

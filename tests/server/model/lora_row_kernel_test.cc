@@ -113,7 +113,9 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{at::kBFloat16, LoraWeightType::kBF16}),
                        ::testing::Values(int64_t{1}, int64_t{5}, int64_t{8}, int64_t{16}, int64_t{32},
                                          int64_t{64}),
-                       ::testing::Values(int64_t{7}, int64_t{256})),
+                       // out = in + 3: a tail only; a block and a tail; two
+                       // whole chunks of the expand (2048 outputs) and a tail.
+                       ::testing::Values(int64_t{7}, int64_t{256}, int64_t{4101})),
     CaseName);
 
 }  // namespace
