@@ -47,7 +47,10 @@ at::Tensor PackLinearWeight(const at::Tensor& w) {
 
 int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed) {
   if (dtype == at::kFloat) return packed ? 16 : 32;
-  if (dtype == at::kBFloat16) return at::cpu::is_amx_tile_supported() ? 8 : 32;
+  if (dtype == at::kBFloat16) {
+    if (at::cpu::is_amx_tile_supported()) return 8;
+    return packed ? 2 : 32;
+  }
   return 0;
 }
 

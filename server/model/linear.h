@@ -50,8 +50,10 @@ LinearPath ChooseLinearPath(const at::Tensor& x, const at::Tensor& w, const at::
 // The most rows at which SkinnyGemm beats the GEMM it stands in for in
 // `dtype` on this CPU, as adapterd_skinny_gemm_bench measured them
 // (docs/benchmarks.md): float32 32 against LibTorch's GEMM and 16 against
-// oneDNN on packed weights (`packed`); bfloat16 8 where LibTorch's bfloat16
-// GEMM runs on AMX tiles and 32 where it does not; 0 for other dtypes.
+// oneDNN on packed weights (`packed`); bfloat16 8 where the GEMM runs on AMX
+// tiles, 2 against oneDNN on packed weights without AMX (an EPYC with
+// AVX-512 bfloat16: oneDNN is faster from 4 rows on), and 32 against
+// LibTorch's GEMM; 0 for other dtypes.
 int64_t DefaultSkinnyRows(at::ScalarType dtype, bool packed = false);
 
 // Whether Linear() takes the SkinnyGemm path for these arguments.

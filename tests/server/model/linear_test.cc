@@ -174,6 +174,7 @@ TEST(LinearTest, ModelLogitsMatchTheModelThroughAten) {
   EXPECT_EQ(DefaultSkinnyRows(at::kFloat), 32);
   EXPECT_EQ(DefaultSkinnyRows(at::kFloat, true), 16);
   EXPECT_EQ(DefaultSkinnyRows(at::kBFloat16), at::cpu::is_amx_tile_supported() ? 8 : 32);
+  EXPECT_EQ(DefaultSkinnyRows(at::kBFloat16, true), at::cpu::is_amx_tile_supported() ? 8 : 2);
   EXPECT_EQ(DefaultSkinnyRows(at::kHalf), 0);
 }
 
