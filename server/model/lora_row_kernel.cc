@@ -11,10 +11,11 @@ namespace {
 
 // How far ahead of its reads a kernel asks for the weights' lines. A^T and
 // B^T are short streams (a few KiB to tens of KiB each) that the hardware
-// prefetcher picks up late, if at all. 2 KiB is tuned on two machines: a
-// Xeon reading about 20 GB/s on 2 cores, where 1 KiB did as well, and an
-// EPYC reading about 90 GB/s, where 2 KiB read 1.2x faster than 1 KiB in
-// bfloat16 (adapterd_lora_row_bench, docs/benchmarks.md).
+// prefetcher picks up late, if at all. The distance is the product of
+// the read rate and the memory's latency: 1 KiB was tuned on a Xeon reading
+// about 20 GB/s on 2 cores; on an EPYC reading about 90 GB/s, 2 KiB read
+// 1.1-1.2x faster than 1 KiB in bfloat16 (adapterd_lora_row_bench,
+// docs/benchmarks.md). 2 KiB has not been measured on the Xeon.
 constexpr int64_t kAheadBytes = 2048;
 
 using cpu::BF16;
