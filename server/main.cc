@@ -154,7 +154,7 @@ ABSL_FLAG(int, skinny_gemm_rows, -1,
           "Base products of at most this many rows (decode steps of a few streams) read each weight row once "
           "through adapterd's own kernel on a float32 or bfloat16 cpu model; 0 = LibTorch for every product, "
           "-1 = by dtype and CPU (float32 16 with --prepack_weights, 32 without; bfloat16 8 with AMX, else 2 "
-          "with --prepack_weights and 32 without)");
+          "where --prepack_weights packs the weights and 32 where nothing is packed)");
 ABSL_FLAG(bool, prepack_weights, true,
           "On a float32 cpu model, or a bfloat16 one on a CPU with AVX512-BF16, keep a second copy of the base's "
           "projection and LM head weights in oneDNN's blocked layout, made at load, so that batched products skip "
