@@ -21,10 +21,10 @@ namespace adapterd::model {
 // registers with two rows in flight, bfloat16 is widened as word pairs (no
 // shuffles), both kernels ask for the weights' lines ahead of their reads,
 // and the expand reads B^T front to back with its sums in L1, writing y
-// once. Other ranks take a plain loop. The file is compiled
-// at -O3 and each function is cloned for AVX-512 and AVX2 + FMA + F16C with
-// a baseline fallback chosen at load time (cpu_clones.h), so the binary
-// still runs on any x86-64.
+// once. Other ranks take a plain loop. The file is compiled at -O3 and each
+// function is cloned for AVX-512 and AVX2 + FMA + F16C with a baseline
+// fallback chosen at load time (cpu_clones.h), so the binary still runs on
+// any x86-64.
 
 enum class LoraWeightType { kF32, kF16, kBF16 };
 
