@@ -4,8 +4,9 @@ own ceilings, measured in the same run.
 Ceilings, with the LibTorch build adapterd links (Debian's python3-torch
 wraps the same libtorch), on --threads threads, for each dtype, the faster
 of LibTorch's linear and oneDNN on weights packed once:
-  - matmul: one forward's linear layers of the ~100M Llama (q, k, v, o, gate,
-    up, down per layer, and the LM head) at batch 64, as GFLOP/s;
+  - matmul: the products of one forward of the ~100M Llama as the server
+    runs them (q/k/v as one, o, gate/up as one, down per layer, and the LM
+    head) at batch 64, as GFLOP/s;
   - GEMV: the same products at batch 1, as GB/s of weights streamed;
   - read: a plain read of 1 GiB (a float32 sum), as GB/s: what bounds a
     step's adapter work, which reads every distinct adapter's A and B once.
@@ -68,19 +69,39 @@ def linear_shapes(cfg):
     return layer * cfg["num_hidden_layers"] + [(cfg["vocab_size"], h)]
 
 
-def ceilings(cfg, dtype, threads, reps=5):
-    """(matmul GFLOP/s at batch 64, GEMV GB/s at batch 1) over the model's own shapes.
+def gemm_shapes(cfg):
+    """[(out, in)] of the products one forward runs: the server concatenates
+    q/k/v and gate/up at load, so each layer is four GEMMs; the LM head last."""
+    h, i = cfg["hidden_size"], cfg["intermediate_size"]
+    hd = h // cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
+    layer = [(h + 2 * kv, h), (h, h), (2 * i, h), (h, i)]
+    return layer * cfg["num_hidden_layers"] + [(cfg["vocab_size"], h)]
+
+
+def ceilings(cfg, dtype, threads, reps=5, blocks=2):
+    """(matmul GFLOP/s at batch 64, GEMV GB/s at batch 1) over the products
+    the server's step runs (gemm_shapes).
 
     Each is the faster of two ways LibTorch runs the products: its linear
     (OpenBLAS or oneDNN, whichever it picks for the dtype), and oneDNN on a
     copy of the weights packed once (mkldnn's _reorder_linear_weight and
     _linear_pointwise, what the server's --prepack_weights calls), where this
     build has it. Both are reported; the faster is the ceiling.
+
+    Each way is timed in blocks of `reps` passes after 0.2 s of warm-up
+    passes, and the blocks of the two ways alternate. A pass of one way right after the
+    other's would be timed against the other library's idle workers, which
+    spin on the cores for a while after each call (OpenBLAS's after linear,
+    OpenMP's after oneDNN): timed pass by pass alternately, oneDNN's packed
+    float32 product ran at 80-190 GFLOP/s against 400-450 on its own on a
+    2-core EPYC. The server has no such fight: OpenBLAS runs its jobs on
+    ATen's pool there (server/common/compute_threads.cc).
     """
     import torch
     torch.set_num_threads(threads)
     dt = getattr(torch, DTYPES[dtype])
-    shapes = linear_shapes(cfg)
+    shapes = gemm_shapes(cfg)
     weights = [torch.randn(o, i, dtype=dt) * 0.02 for o, i in shapes]
     ways = {"linear": (weights, torch.nn.functional.linear)}
     try:
@@ -93,15 +114,17 @@ def ceilings(cfg, dtype, threads, reps=5):
         xs = [torch.randn(batch, i, dtype=dt) for _, i in shapes]
         best = {}
         with torch.inference_mode():
-            for name, (ws, fn) in ways.items():  # warm-up
-                for x, w in zip(xs, ws):
-                    fn(x, w)
-            for _ in range(reps):  # the ways alternate
+            for _ in range(blocks):  # the ways' blocks alternate
                 for name, (ws, fn) in ways.items():
-                    t0 = time.perf_counter()
-                    for x, w in zip(xs, ws):
-                        fn(x, w)
-                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+                    t_warm = time.perf_counter()
+                    while time.perf_counter() - t_warm < 0.2:  # warm-up: the other way's workers go idle
+                        for x, w in zip(xs, ws):
+                            fn(x, w)
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        for x, w in zip(xs, ws):
+                            fn(x, w)
+                        best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
         if batch == 64:
             rates = {n: sum(2 * 64 * o * i for o, i in shapes) / t / 1e9 for n, t in best.items()}
             out["matmul_gflops"] = max(rates.values())
