@@ -27,6 +27,29 @@ LoraModule LoraModule::FromPeft(const at::Tensor& lora_a, const at::Tensor& lora
   return m;
 }
 
+void LoraModule::FillRowView() {
+  row = RowView{};
+  if (!a_t.defined() || !b_t.defined() || !a_t.device().is_cpu() || !b_t.device().is_cpu() ||
+      b_t.scalar_type() != a_t.scalar_type() || !a_t.is_contiguous() || !b_t.is_contiguous()) {
+    return;
+  }
+  if (dora_scale.defined() && (dora_scale.scalar_type() != at::kFloat || !dora_scale.is_contiguous() ||
+                               !dora_scale.device().is_cpu())) {
+    return;
+  }
+  switch (a_t.scalar_type()) {
+    case at::kFloat: row.type = LoraWeightType::kF32; break;
+    case at::kHalf: row.type = LoraWeightType::kF16; break;
+    case at::kBFloat16: row.type = LoraWeightType::kBF16; break;
+    default: return;
+  }
+  row.a_t = a_t.data_ptr();
+  row.b_t = b_t.data_ptr();
+  row.dora_scale = dora_scale.defined() ? dora_scale.data_ptr<float>() : nullptr;
+  row.rank = rank();
+  row.ok = true;
+}
+
 AdapterWeights::AdapterWeights(int64_t num_layers, AdapterKind kind)
     : kind_(kind), modules_(num_layers), ia3_(num_layers), bottlenecks_(num_layers), adaption_(num_layers),
       bias_deltas_(num_layers) {

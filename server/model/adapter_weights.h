@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "server/model/lora_row_kernel.h"
+
 namespace adapterd::model {
 
 // The seven linear projections of a decoder layer an adapter may target.
@@ -36,7 +38,25 @@ struct LoraModule {
   at::Tensor b;           // [out, r] view of b_t
   double scale = 1.0;     // lora_alpha / r, or / sqrt(r) with rsLoRA
   at::Tensor dora_scale;  // [out] = magnitude / ||W + scale B A||_row; undefined without DoRA
+  // What the CPU row kernels (lora_row_kernel.h) read, taken from the
+  // tensors above when the module is placed into an AdapterWeights (Set,
+  // AddComposed), which never changes it after. A decode step reads it for
+  // every row's module: the tensors' own fields would cost it two dependent
+  // cache misses each (the tensor, then its storage). `ok` is false where
+  // the kernels cannot read the module (not on the CPU, A and B of
+  // different dtypes, a dtype they lack, or DoRA magnitudes not float32).
+  struct RowView {
+    const void* a_t = nullptr;        // [in, rank] elements of `type`
+    const void* b_t = nullptr;        // [rank, out] elements of `type`
+    const float* dora_scale = nullptr;  // [out], or null without DoRA
+    int64_t rank = 0;
+    LoraWeightType type = LoraWeightType::kF32;
+    bool ok = false;
+  };
+  RowView row;
   int64_t rank() const { return a_t.size(1); }
+  // Fills `row` from the tensors.
+  void FillRowView();
   // From PEFT's lora_A [r, in] and lora_B [out, r].
   static LoraModule FromPeft(const at::Tensor& lora_a, const at::Tensor& lora_b, double scale);
 };
@@ -138,7 +158,10 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
     const LoraModule& m = modules_[layer][static_cast<int>(p)];
     return m.a_t.defined() ? &m : nullptr;
   }
-  void Set(int64_t layer, Proj p, LoraModule m) { modules_[layer][static_cast<int>(p)] = std::move(m); }
+  void Set(int64_t layer, Proj p, LoraModule m) {
+    m.FillRowView();
+    modules_[layer][static_cast<int>(p)] = std::move(m);
+  }
 
   // Every LoRA module that projection `p` of `layer` applies, each adding
   // its own delta: the adapter's own module (Find), or for a composite (see
@@ -148,27 +171,55 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
     const LoraModule& m = modules_[layer][static_cast<int>(p)];
     return m.a_t.defined() ? std::span<const LoraModule>(&m, 1) : std::span<const LoraModule>();
   }
+  // Asks for the cache lines Loras(layer, p) reads: the object's first
+  // lines, then (with the second argument) the modules themselves. A step
+  // calls the first for every segment, then the second, so that the misses
+  // of many adapters are in flight at once instead of one after another.
+  void PrefetchHeader() const {
+    __builtin_prefetch(this);
+    __builtin_prefetch(reinterpret_cast<const char*>(this) + 64);
+  }
+  void PrefetchLoras(int64_t layer, Proj p) const {
+    if (!composed_.empty()) {
+      const std::vector<LoraModule>& v = composed_[layer][static_cast<int>(p)];
+      if (!v.empty()) __builtin_prefetch(v.data());
+      return;
+    }
+    const LoraModule* m = &modules_[layer][static_cast<int>(p)];
+    __builtin_prefetch(m);
+    __builtin_prefetch(reinterpret_cast<const char*>(m) + 64);
+  }
   // Composition (server/model/composed_lease.h): appends a module to the
   // ones Loras(layer, p) gives. Its tensors are the component adapter's own
   // (shared, not copied), with the weight folded into its scale. A
   // composite holds nothing but such modules; Find() gives null for it.
   void AddComposed(int64_t layer, Proj p, LoraModule m) {
     if (composed_.empty()) composed_.resize(modules_.size());
+    m.FillRowView();
     composed_[layer][static_cast<int>(p)].push_back(std::move(m));
   }
   bool composed() const { return !composed_.empty(); }
 
   const Ia3Module* FindIa3(int64_t layer, Proj p) const {
+    if (!has_ia3_) return nullptr;
     const Ia3Module& m = ia3_[layer][static_cast<int>(p)];
     return m.scale.defined() ? &m : nullptr;
   }
-  void SetIa3(int64_t layer, Proj p, Ia3Module m) { ia3_[layer][static_cast<int>(p)] = std::move(m); }
+  void SetIa3(int64_t layer, Proj p, Ia3Module m) {
+    has_ia3_ = has_ia3_ || m.scale.defined();
+    ia3_[layer][static_cast<int>(p)] = std::move(m);
+  }
+  // Whether any layer has an IA3 vector (FindIa3 gives null everywhere
+  // otherwise).
+  bool has_ia3() const { return has_ia3_; }
 
   const BottleneckModule* FindBottleneck(int64_t layer, BottleneckLocation loc) const {
+    if (!has_bottlenecks_) return nullptr;
     const BottleneckModule& m = bottlenecks_[layer][static_cast<int>(loc)];
     return m.down_t.defined() ? &m : nullptr;
   }
   void SetBottleneck(int64_t layer, BottleneckLocation loc, BottleneckModule m) {
+    has_bottlenecks_ = has_bottlenecks_ || m.down_t.defined();
     bottlenecks_[layer][static_cast<int>(loc)] = std::move(m);
   }
 
@@ -192,21 +243,29 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
 
   // LLaMA-Adapter: the module of `layer`, or null where the layer has none.
   const AdaptionPromptModule* FindAdaptionPrompt(int64_t layer) const {
+    if (!has_adaption_) return nullptr;
     const AdaptionPromptModule& m = adaption_[layer];
     return m.v.defined() ? &m : nullptr;
   }
-  void SetAdaptionPrompt(int64_t layer, AdaptionPromptModule m) { adaption_[layer] = std::move(m); }
+  void SetAdaptionPrompt(int64_t layer, AdaptionPromptModule m) {
+    has_adaption_ = has_adaption_ || m.v.defined();
+    adaption_[layer] = std::move(m);
+  }
 
   // Per-projection bias deltas [out] (trained biases, PEFT's bias "all" and
   // "lora_only", and scale * lora_B.bias): added to the projection's output
   // rows. Null where the adapter leaves the bias alone.
   const at::Tensor* FindBiasDelta(int64_t layer, Proj p) const {
+    if (!has_bias_deltas_) return nullptr;
     const at::Tensor& t = bias_deltas_[layer][static_cast<int>(p)];
     return t.defined() ? &t : nullptr;
   }
   void SetBiasDelta(int64_t layer, Proj p, at::Tensor delta) {
+    has_bias_deltas_ = has_bias_deltas_ || delta.defined();
     bias_deltas_[layer][static_cast<int>(p)] = std::move(delta);
   }
+  // Whether any projection has a bias delta (as has_ia3 for FindBiasDelta).
+  bool has_bias_deltas() const { return has_bias_deltas_; }
 
   // Whole modules (PEFT modules_to_save): [vocab, hidden] copies that take
   // the place of the base's embedding or LM head for this adapter's rows;
@@ -256,7 +315,18 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   int64_t pool_slot_ = -1;
   AdapterKind kind_;
   uint64_t instance_id_;
+  // Whether any module of each family is set: the Find functions answer
+  // from these first, without touching the families' per-layer storage,
+  // since a step asks them for every segment of every layer.
+  bool has_ia3_ = false;
+  bool has_bias_deltas_ = false;
+  bool has_bottlenecks_ = false;
+  bool has_adaption_ = false;
+  // modules_ and composed_ sit next to the fields above, in the object's
+  // first two cache lines (PrefetchLoras).
   std::vector<std::array<LoraModule, kNumProj>> modules_;
+  // A composite's modules per layer and projection; empty otherwise.
+  std::vector<std::array<std::vector<LoraModule>, kNumProj>> composed_;
   std::vector<std::array<Ia3Module, kNumProj>> ia3_;
   std::vector<std::array<BottleneckModule, kNumBottleneckLocations>> bottlenecks_;
   at::Tensor prompt_;
@@ -266,8 +336,6 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   at::Tensor embed_tokens_, lm_head_, classifier_;
   TokenRows embed_token_rows_, head_token_rows_;
   EmbeddingLora embedding_lora_;
-  // A composite's modules per layer and projection; empty otherwise.
-  std::vector<std::array<std::vector<LoraModule>, kNumProj>> composed_;
 };
 
 }  // namespace adapterd::model

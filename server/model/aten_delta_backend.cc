@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <optional>
 #include <vector>
 
 #include "server/common/parallel.h"
@@ -16,24 +15,8 @@
 namespace adapterd::model {
 namespace {
 
-// How the row kernels read the module's weights (fp32, or half precision
-// kept on a fp32 base); nullopt when they cannot.
-std::optional<LoraWeightType> RowWeightType(const LoraModule& m) {
-  if (!m.a_t.device().is_cpu() || m.b_t.scalar_type() != m.a_t.scalar_type()) return std::nullopt;
-  if (m.dora_scale.defined() && (m.dora_scale.scalar_type() != at::kFloat || !m.dora_scale.is_contiguous())) {
-    return std::nullopt;
-  }
-  switch (m.a_t.scalar_type()) {
-    case at::kFloat: return LoraWeightType::kF32;
-    case at::kHalf: return LoraWeightType::kF16;
-    case at::kBFloat16: return LoraWeightType::kBF16;
-    default: return std::nullopt;
-  }
-}
-
 bool RowCapable(std::span<const LoraModule> modules) {
-  return std::all_of(modules.begin(), modules.end(),
-                     [](const LoraModule& m) { return RowWeightType(m).has_value(); });
+  return std::all_of(modules.begin(), modules.end(), [](const LoraModule& m) { return m.row.ok; });
 }
 
 // ys (+)= m's delta for the rows xs, with two ATen products: scale * (xs
@@ -54,16 +37,15 @@ void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, cons
 
 // y_row (+)= one module's delta, with tmp = scale * x_row A^T already
 // computed. `delta` holds `out` floats (DoRA's scratch).
-void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule& m, LoraWeightType type,
-               const float* bias, float* delta) {
-  const int64_t r = m.rank();
-  if (!m.dora_scale.defined()) {
-    LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, y);
+void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule::RowView& m, const float* bias,
+               float* delta) {
+  if (m.dora_scale == nullptr) {
+    LoraExpandRow(tmp, m.b_t, m.type, m.rank, out, y);
     return;
   }
   std::fill(delta, delta + out, 0.0f);
-  LoraExpandRow(tmp, m.b_t.data_ptr(), type, r, out, delta);
-  const float* mag = m.dora_scale.data_ptr<float>();
+  LoraExpandRow(tmp, m.b_t, m.type, m.rank, out, delta);
+  const float* mag = m.dora_scale;
   for (int64_t o = 0; o < out; ++o) {
     const float base = bias != nullptr ? y[o] - bias[o] : y[o];
     y[o] += (mag[o] - 1.0f) * base + mag[o] * delta[o];
@@ -72,9 +54,9 @@ void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule& m, Lor
 
 // One LoRA module a small segment applies at one projection of the group.
 struct RowModule {
-  const LoraModule* module;
+  LoraModule::RowView view;
+  float scale;
   const ProjSlice* slice;
-  LoraWeightType type;
 };
 
 // A segment of at most kSmallSegmentRows rows and every module it applies
@@ -108,18 +90,18 @@ void StoreRow(const float* src, int64_t n, at::Tensor& t, int64_t row) {
 void ApplyRow(const float* xr, float* yr, int64_t in, const std::vector<RowModule>& modules, const float* bias,
               std::vector<float>& tmp, std::vector<float>& delta) {
   constexpr size_t kMaxShared = 8;
-  const RowModule& first = modules.front();
-  const int64_t r = first.module->rank();
+  const LoraModule::RowView& first = modules.front().view;
+  const int64_t r = first.rank;
   const bool shared = modules.size() > 1 && modules.size() <= kMaxShared &&
                       std::all_of(modules.begin(), modules.end(), [&](const RowModule& m) {
-                        return m.type == first.type && m.module->rank() == r;
+                        return m.view.type == first.type && m.view.rank == r;
                       });
   if (shared) {
     const void* a_ts[kMaxShared];
     float scales[kMaxShared];
     for (size_t i = 0; i < modules.size(); ++i) {
-      a_ts[i] = modules[i].module->a_t.data_ptr();
-      scales[i] = static_cast<float>(modules[i].module->scale);
+      a_ts[i] = modules[i].view.a_t;
+      scales[i] = modules[i].scale;
     }
     tmp.resize(modules.size() * static_cast<size_t>(r));
     LoraShrinkRowMulti(xr, a_ts, static_cast<int64_t>(modules.size()), first.type, in, r, scales, tmp.data());
@@ -130,13 +112,12 @@ void ApplyRow(const float* xr, float* yr, int64_t in, const std::vector<RowModul
     if (shared) {
       t = tmp.data() + i * static_cast<size_t>(r);
     } else {
-      tmp.resize(static_cast<size_t>(m.module->rank()));
-      LoraShrinkRow(xr, m.module->a_t.data_ptr(), m.type, in, m.module->rank(),
-                    static_cast<float>(m.module->scale), tmp.data());
+      tmp.resize(static_cast<size_t>(m.view.rank));
+      LoraShrinkRow(xr, m.view.a_t, m.view.type, in, m.view.rank, m.scale, tmp.data());
       t = tmp.data();
     }
-    ExpandRow(t, yr + m.slice->col, m.slice->width, *m.module, m.type,
-              bias != nullptr ? bias + m.slice->col : nullptr, delta.data());
+    ExpandRow(t, yr + m.slice->col, m.slice->width, m.view, bias != nullptr ? bias + m.slice->col : nullptr,
+              delta.data());
   }
 }
 
@@ -187,6 +168,7 @@ at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
                                          std::span<const AdapterSegment> segments) const {
   at::Tensor in = x;
   for (const AdapterSegment& s : segments) {
+    if (!s.adapter->has_ia3()) continue;
     const Ia3Module* m = s.adapter->FindIa3(layer, p);
     if (m == nullptr || !m->scales_input) continue;
     if (in.is_same(x)) in = x.clone();
@@ -198,6 +180,10 @@ at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
 void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias, int64_t layer,
                                  std::span<const ProjSlice> group, std::span<const AdapterSegment> segments,
                                  const DeltaStep* /*step*/) const {
+  for (const AdapterSegment& s : segments) s.adapter->PrefetchHeader();
+  for (const AdapterSegment& s : segments) {
+    for (const ProjSlice& slice : group) s.adapter->PrefetchLoras(layer, slice.proj);
+  }
   ScaleOutputsAndAddBiasDeltas(y, layer, group, segments);
   AddLoraDeltas(x, y, bias, layer, group, segments);
 }
@@ -205,6 +191,7 @@ void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
 void AtenDeltaBackend::ScaleOutputsAndAddBiasDeltas(at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
                                                     std::span<const AdapterSegment> segments) {
   for (const AdapterSegment& s : segments) {
+    if (!s.adapter->has_ia3() && !s.adapter->has_bias_deltas()) continue;
     for (const ProjSlice& slice : group) {
       // Views only where there is work: a step holds many segments, and
       // each ATen view costs more than a decode row's arithmetic here.
@@ -232,7 +219,7 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
       const std::span<const LoraModule> modules = s.adapter->Loras(layer, slice.proj);
       if (modules.empty()) continue;
       if (row_capable && RowCapable(modules)) {
-        for (const LoraModule& m : modules) row_work.modules.push_back({&m, &slice, *RowWeightType(m)});
+        for (const LoraModule& m : modules) row_work.modules.push_back({m.row, static_cast<float>(m.scale), &slice});
         continue;
       }
       const at::Tensor slice_bias = bias.defined() ? bias.narrow(0, slice.col, slice.width) : at::Tensor();
