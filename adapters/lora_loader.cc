@@ -196,6 +196,16 @@ absl::StatusOr<LoadedAdapter> LoadLora(const AdapterFiles& files, const model::L
   if (modules == 0 && out.weights->bytes() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(f.label(), ": holds no LoRA tensors"));
   }
+  // One region in step order, on huge pages where the kernel gives them:
+  // a decode step streams every module from memory.
+  if (absl::Status s = TorchCall(absl::StrCat(f.label(), ": packing the LoRA modules"),
+                                 [&] {
+                                   c10::InferenceMode guard;
+                                   out.weights->PackLoras();
+                                 });
+      !s.ok()) {
+    return s;
+  }
   out.summary.type = config->adalora ? "adalora" : config->use_dora ? "dora" : "lora";
   out.summary.ranks.assign(ranks.begin(), ranks.end());
   out.summary.target_modules.assign(targets.begin(), targets.end());

@@ -9,8 +9,9 @@
 // threads as AtenDeltaBackend splits segments. Before each group the
 // threads stream --flush_mb of other memory, as the base's weights pass
 // through the caches between two groups in a step, so the adapters' weights
-// come from memory. Each adapter's tensors are allocated one by one, as the
-// loader allocates them.
+// come from memory. Each adapter's modules are packed into one region on
+// huge pages, as the loader leaves them (AdapterWeights::PackLoras), or with
+// --pack=false allocated tensor by tensor.
 //
 // The ceiling is a plain read of a 1 GiB buffer on the same threads. The
 // printed figures are medians over --reps steps.
@@ -29,6 +30,7 @@
 #include "absl/flags/parse.h"
 #include "bench/read_ceiling.h"
 #include "server/common/parallel.h"
+#include "server/model/adapter_weights.h"
 #include "server/model/lora_row_kernel.h"
 
 ABSL_FLAG(int, adapters, 32, "distinct adapters, one row each");
@@ -36,6 +38,9 @@ ABSL_FLAG(std::string, dtype, "float32", "stored A and B: float32, bfloat16 or f
 ABSL_FLAG(int, threads, 2, "compute threads");
 ABSL_FLAG(int, flush_mb, 50, "MiB streamed before each group (the base's weights)");
 ABSL_FLAG(int, reps, 15, "steps measured");
+ABSL_FLAG(bool, pack, true,
+          "each adapter's modules in one region on huge pages, as the loader leaves them; false: each tensor "
+          "allocated on its own");
 
 namespace adapterd::model {
 namespace {
@@ -72,14 +77,28 @@ int Run() {
     return 2;
   }
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
-  // [adapter][layer][module]: A^T [in, r] and B^T [r, out], one allocation each.
+  // [adapter][layer][module]: A^T [in, r] and B^T [r, out].
+  std::vector<AdapterWeights> weights;
   std::vector<at::Tensor> a_t, b_t;
   int64_t bytes = 0;
-  for (int a = 0; a < adapters * kLayers; ++a) {
-    for (const Module& m : kModules) {
-      a_t.push_back((at::randn({m.in, kRank}) / 30).to(dtype));
-      b_t.push_back((at::randn({kRank, m.out}) / 30).to(dtype));
-      bytes += (a_t.back().numel() + b_t.back().numel()) * a_t.back().element_size();
+  weights.reserve(static_cast<size_t>(adapters));
+  for (int a = 0; a < adapters; ++a) {
+    AdapterWeights& w = weights.emplace_back(kLayers);
+    for (int l = 0; l < kLayers; ++l) {
+      for (int m = 0; m < 7; ++m) {
+        w.Set(l, static_cast<Proj>(m),
+              LoraModule::FromPeft((at::randn({kRank, kModules[m].in}) / 30).to(dtype),
+                                   (at::randn({kModules[m].out, kRank}) / 30).to(dtype), 1.0));
+      }
+    }
+    if (absl::GetFlag(FLAGS_pack)) w.PackLoras();
+    for (int l = 0; l < kLayers; ++l) {
+      for (int m = 0; m < 7; ++m) {
+        const LoraModule& lm = *w.Find(l, static_cast<Proj>(m));
+        a_t.push_back(lm.a_t);
+        b_t.push_back(lm.b_t);
+        bytes += static_cast<int64_t>(lm.a_t.nbytes() + lm.b_t.nbytes());
+      }
     }
   }
   const at::Tensor x = at::randn({adapters, 2048});
@@ -123,8 +142,9 @@ int Run() {
   const double step = Median(steps);
   std::printf(
       "%d distinct rank-16 LoRAs on all 7 projections of the ~100M model, %s, one row each, %d threads, "
-      "%d MiB streamed between groups; median of %zu steps:\n\n",
-      adapters, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb), steps.size());
+      "%d MiB streamed between groups, %s; median of %zu steps:\n\n",
+      adapters, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb),
+      absl::GetFlag(FLAGS_pack) ? "packed per adapter" : "tensors allocated one by one", steps.size());
   std::printf("| adapter bytes per step | ms per step | GB/s | read ceiling GB/s | share of ceiling |\n");
   std::printf("|---|---|---|---|---|\n");
   std::printf("| %.1f MB | %.2f | %.1f | %.1f | %.0f%% |\n", bytes / 1e6, step * 1e3, bytes / step / 1e9, ceiling / 1e9,

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 
+#include "server/model/huge_page_region.h"
+
 namespace adapterd::model {
 
 std::string_view ProjPath(Proj p) {
@@ -55,6 +57,41 @@ AdapterWeights::AdapterWeights(int64_t num_layers, AdapterKind kind)
       bias_deltas_(num_layers) {
   static std::atomic<uint64_t> next_instance{1};  // 0 stands for the base model
   instance_id_ = next_instance.fetch_add(1, std::memory_order_relaxed);
+}
+
+void AdapterWeights::PackLoras() {
+  constexpr int64_t kAlign = 64;
+  const auto padded = [](const at::Tensor& t) {
+    return (static_cast<int64_t>(t.nbytes()) + kAlign - 1) / kAlign * kAlign;
+  };
+  const auto packable = [](const LoraModule& m) {
+    return m.a_t.defined() && m.b_t.defined() && m.a_t.device().is_cpu() && m.b_t.device().is_cpu();
+  };
+  int64_t total = 0;
+  for (const auto& layer : modules_) {
+    for (const LoraModule& m : layer) {
+      if (packable(m)) total += padded(m.a_t) + padded(m.b_t);
+    }
+  }
+  if (total == 0) return;
+  const at::Tensor region = HugePageBytes(total);
+  int64_t offset = 0;
+  const auto place = [&](at::Tensor& t) {
+    at::Tensor dst = region.narrow(0, offset, static_cast<int64_t>(t.nbytes())).view(t.scalar_type()).view(t.sizes());
+    dst.copy_(t);
+    offset += padded(t);
+    t = std::move(dst);
+  };
+  for (auto& layer : modules_) {
+    for (LoraModule& m : layer) {
+      if (!packable(m)) continue;
+      place(m.a_t);
+      place(m.b_t);
+      m.a = m.a_t.t();
+      m.b = m.b_t.t();
+      m.FillRowView();
+    }
+  }
 }
 
 int64_t TokenRows::Find(int64_t id) const {

@@ -171,6 +171,14 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
     const LoraModule& m = modules_[layer][static_cast<int>(p)];
     return m.a_t.defined() ? std::span<const LoraModule>(&m, 1) : std::span<const LoraModule>();
   }
+  // Moves the A and B of every LoRA module on the CPU into one region of
+  // their own (HugePageBytes), each tensor on a 64-byte boundary, in the
+  // order a step reads them: layer by layer, q to down, A before B. The
+  // values do not change. A loader calls it once, before the weights are
+  // shared; a composite's modules are its components' and stay where they
+  // are. May throw (call inside TorchCall).
+  void PackLoras();
+
   // Asks for the cache lines Loras(layer, p) reads: the object's first
   // lines, then (with the second argument) the modules themselves. A step
   // calls the first for every segment, then the second, so that the misses
