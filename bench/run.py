@@ -219,6 +219,8 @@ def cmd_serving(a):
                                  **extra, **common)
                 rows.append(dict(config=name, mode="closed", run=run, **closed))
                 log(f"run {run} {name} closed: {closed['throughput_tok_s']:.1f} tok/s")
+                if not a.poisson:
+                    continue
                 if rate <= 0:
                     # 70% (by default) of the base model's saturated request rate,
                     # fixed from the first run so every row sees the same arrivals.
@@ -407,6 +409,8 @@ def main():
     sv.add_argument("--long-prompt-config", default="64 uniform",
                     help="the row whose Poisson run is repeated with the long prompt")
     sv.add_argument("--inject-at", type=float, default=5.0, help="seconds into the Poisson run")
+    sv.add_argument("--poisson", action=argparse.BooleanOptionalAction, default=True,
+                    help="the open-loop (Poisson) runs after each closed one (--no-poisson: closed loop only)")
     sv.add_argument("--peft-adapters", default="8,64", help="adapter counts PEFT replays (uniform)")
     sv.add_argument("--peft-batches", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32],
                     help="PEFT batch sizes probed for its best throughput")

@@ -19,13 +19,15 @@ namespace adapterd::model {
 class AtenDeltaBackend : public DeltaBackend {
  public:
   // Rows at or below this count per segment take the direct row loop: in
-  // decode steps each segment is one or a few rows, and a short prompt's
-  // segment a few more, where per-call overhead, not arithmetic,
-  // dominates. (After its first row, a segment's weights come from the
-  // cache. With 8, the 16-token prompts of `./x bench step` spent a tenth
-  // of the adapters' time in the two ATen products per module of one
-  // prefill step.)
-  static constexpr int64_t kSmallSegmentRows = 16;
+  // decode steps each segment is one or a few rows, and a prompt's segment
+  // up to a few dozen, where per-call overhead (two products, the widening
+  // of half-precision weights, the sum), not arithmetic, dominates. After
+  // its first row, a segment's weights come from the cache. (With 8, the
+  // 16-token prompts of `./x bench step` spent a tenth of the adapters'
+  // time in the ATen products of one prefill step; going from 16 to 64 gave
+  // the serving bench's 8-64-token prompts with 64 adapters 4-5% more
+  // throughput, docs/benchmarks.md.)
+  static constexpr int64_t kSmallSegmentRows = 64;
 
   const char* name() const override { return "aten"; }
   at::Tensor ScaleInputs(const at::Tensor& x, int64_t layer, Proj p,
