@@ -28,6 +28,8 @@ base run's step time over that plus the adapters' bytes at that rate.
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -137,6 +139,18 @@ def ceilings(cfg, dtype, threads, reps=5, blocks=2):
     return out
 
 
+def ceilings_apart(cfg, dtype, threads):
+    """ceilings() in a process of its own. LibTorch's and OpenBLAS's workers
+    spin on the cores for a while after their last call; in this process
+    they would take cores from the server's next run (a batch-1 run lasts a
+    quarter of a second). The child's workers end with it."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import step; "
+            "print(json.dumps(step.ceilings(json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))")
+    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), json.dumps(cfg),
+                          dtype, str(threads)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def read_rate(threads, reps=5):
     """GB/s of the fastest of `reps` plain reads (a float32 sum over
     `threads` threads) of 1 GiB, several times the last-level cache."""
@@ -231,7 +245,7 @@ def serve_runs(a, base, cfg, dtype, dirs):
         for run in range(a.runs):
             # The machine's speed drifts with its neighbours: each round of
             # runs is judged against a ceiling measured just before it.
-            ceils.append(ceilings(cfg, dtype, a.threads))
+            ceils.append(ceilings_apart(cfg, dtype, a.threads))
             log(f"{dtype} run {run} ceilings: {ceils[-1]}")
             for b in [int(x) for x in a.batches.split(",")]:
                 for kind in a.kinds.split(","):
