@@ -82,11 +82,25 @@ void AdapterWeights::PackLoras() {
     offset += padded(t);
     t = std::move(dst);
   };
+  // The projections that read one input (q, k, v; o; gate, up; down) are
+  // one group of a step: the group's A's, then its B's, so that each of a
+  // step's two sweeps over a group (the shrinks, then the expands one after
+  // another) reads one run of memory, and a kernel's reads ahead of the end
+  // of one B land on the next.
+  static constexpr int kGroupEnd[] = {3, 4, 6, 7};
   for (auto& layer : modules_) {
+    int first = 0;
+    for (const int end : kGroupEnd) {
+      for (int p = first; p < end; ++p) {
+        if (packable(layer[p])) place(layer[p].a_t);
+      }
+      for (int p = first; p < end; ++p) {
+        if (packable(layer[p])) place(layer[p].b_t);
+      }
+      first = end;
+    }
     for (LoraModule& m : layer) {
       if (!packable(m)) continue;
-      place(m.a_t);
-      place(m.b_t);
       m.a = m.a_t.t();
       m.b = m.b_t.t();
       m.FillRowView();

@@ -173,7 +173,9 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   }
   // Moves the A and B of every LoRA module on the CPU into one region of
   // their own (HugePageBytes), each tensor on a 64-byte boundary, in the
-  // order a step reads them: layer by layer, q to down, A before B. The
+  // order a step reads them: layer by layer, and in each layer group by
+  // group of the projections that read one input (q/k/v, o, gate/up,
+  // down), the group's A's, then its B's. The
   // values do not change. A loader calls it once, before the weights are
   // shared; a composite's modules are its components' and stay where they
   // are. May throw (call inside TorchCall).

@@ -50,9 +50,10 @@ TEST(AdapterWeightsTest, RowViewRefusesWhatTheKernelsCannotRead) {
 TEST(AdapterWeightsTest, PackLorasKeepsTheValuesInOneRegionInStepOrder) {
   at::manual_seed(3);
   AdapterWeights w(2);
-  std::vector<at::Tensor> before;
+  const Proj projs[] = {Proj::kQ, Proj::kV, Proj::kGate, Proj::kUp, Proj::kDown};
+  std::vector<at::Tensor> before;  // a_t, b_t of each module in `projs` order, layer by layer
   for (int64_t l = 0; l < 2; ++l) {
-    for (Proj p : {Proj::kQ, Proj::kV, Proj::kDown}) {
+    for (Proj p : projs) {
       w.Set(l, p, RandomModule(48 + l, 33, 8, l == 0 ? at::kFloat : at::kBFloat16));
       before.push_back(w.Find(l, p)->a_t.clone());
       before.push_back(w.Find(l, p)->b_t.clone());
@@ -61,24 +62,16 @@ TEST(AdapterWeightsTest, PackLorasKeepsTheValuesInOneRegionInStepOrder) {
   const int64_t bytes = w.bytes();
   w.PackLoras();
   EXPECT_EQ(w.bytes(), bytes);
-  const char* region = nullptr;
-  const char* last_end = nullptr;
   size_t i = 0;
   for (int64_t l = 0; l < 2; ++l) {
-    for (Proj p : {Proj::kQ, Proj::kV, Proj::kDown}) {
+    for (Proj p : projs) {
       const LoraModule& m = *w.Find(l, p);
+      EXPECT_TRUE(at::equal(m.a_t, before[i++]));
+      EXPECT_TRUE(at::equal(m.b_t, before[i++]));
       for (const at::Tensor* t : {&m.a_t, &m.b_t}) {
-        EXPECT_TRUE(at::equal(*t, before[i++]));
         EXPECT_TRUE(t->is_contiguous());
-        const auto* start = static_cast<const char*>(t->data_ptr());
-        EXPECT_EQ(reinterpret_cast<uintptr_t>(start) % 64, 0u);
-        if (region == nullptr) region = start;
-        EXPECT_TRUE(t->storage().is_alias_of(m.a_t.storage()));  // one region for all
-        if (last_end != nullptr) {
-          EXPECT_GE(start, last_end);  // in the order a step reads them
-          EXPECT_LT(start - last_end, 64);
-        }
-        last_end = start + t->nbytes();
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data_ptr()) % 64, 0u);
+        EXPECT_TRUE(t->storage().is_alias_of(w.Find(0, Proj::kQ)->a_t.storage()));  // one region for all
       }
       EXPECT_TRUE(m.a.is_alias_of(m.a_t));
       EXPECT_TRUE(m.b.is_alias_of(m.b_t));
@@ -87,7 +80,24 @@ TEST(AdapterWeightsTest, PackLorasKeepsTheValuesInOneRegionInStepOrder) {
       EXPECT_TRUE(m.row.ok);
     }
   }
-  EXPECT_TRUE(w.Find(0, Proj::kQ)->a_t.storage().is_alias_of(w.Find(1, Proj::kDown)->b_t.storage()));
+  // The order a step reads them: per layer and group of projections that
+  // share an input (q/v here, gate/up, down), the group's A's, then its B's,
+  // each right after the last (at most 63 bytes of padding).
+  std::vector<const at::Tensor*> order;
+  for (int64_t l = 0; l < 2; ++l) {
+    const auto f = [&](Proj p) { return w.Find(l, p); };
+    for (const at::Tensor* t : {&f(Proj::kQ)->a_t, &f(Proj::kV)->a_t, &f(Proj::kQ)->b_t, &f(Proj::kV)->b_t,
+                                &f(Proj::kGate)->a_t, &f(Proj::kUp)->a_t, &f(Proj::kGate)->b_t, &f(Proj::kUp)->b_t,
+                                &f(Proj::kDown)->a_t, &f(Proj::kDown)->b_t}) {
+      order.push_back(t);
+    }
+  }
+  for (size_t j = 1; j < order.size(); ++j) {
+    const auto* prev_end = static_cast<const char*>(order[j - 1]->data_ptr()) + order[j - 1]->nbytes();
+    const auto* start = static_cast<const char*>(order[j]->data_ptr());
+    EXPECT_GE(start, prev_end) << j;
+    EXPECT_LT(start - prev_end, 64) << j;
+  }
 }
 
 TEST(AdapterWeightsTest, PackLorasWithoutLorasDoesNothing) {
