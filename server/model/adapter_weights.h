@@ -46,8 +46,8 @@ struct LoraModule {
   // the kernels cannot read the module (not on the CPU, A and B of
   // different dtypes, a dtype they lack, or DoRA magnitudes not float32).
   struct RowView {
-    const void* a_t = nullptr;        // [in, rank] elements of `type`
-    const void* b_t = nullptr;        // [rank, out] elements of `type`
+    const void* a_t = nullptr;          // [in, rank] elements of `type`
+    const void* b_t = nullptr;          // [rank, out] elements of `type`
     const float* dora_scale = nullptr;  // [out], or null without DoRA
     int64_t rank = 0;
     LoraWeightType type = LoraWeightType::kF32;
@@ -175,14 +175,14 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
   // their own (HugePageBytes), each tensor on a 64-byte boundary, in the
   // order a step reads them: layer by layer, and in each layer group by
   // group of the projections that read one input (q/k/v, o, gate/up,
-  // down), the group's A's, then its B's. The
-  // values do not change. A loader calls it once, before the weights are
-  // shared; a composite's modules are its components' and stay where they
-  // are. May throw (call inside TorchCall).
+  // down), the group's A's, then its B's. The values do not change. A
+  // loader calls it once, before the weights are shared; a composite's
+  // modules are its components' and stay where they are. May throw (call
+  // inside TorchCall).
   void PackLoras();
 
-  // Asks for the cache lines Loras(layer, p) reads: the object's first
-  // lines, then (with the second argument) the modules themselves. A step
+  // Ask for the cache lines Loras(layer, p) reads: PrefetchHeader the
+  // object's first two lines, PrefetchLoras the modules themselves. A step
   // calls the first for every segment, then the second, so that the misses
   // of many adapters are in flight at once instead of one after another.
   void PrefetchHeader() const {
