@@ -103,7 +103,12 @@ std::string VersionName(int64_t version) { return absl::StrCat("v", version); }
 int64_t ManifestVersion(const std::string& entry) {
   absl::StatusOr<std::string> text = ReadFile(entry + "/" + kManifest);
   if (!text.ok()) return 0;
-  const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  // Not const: operator[] on a key the manifest lacks then gives null
+  // instead of undefined behaviour.
+  nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const auto text_of = [&](const char* key) {
+    return m.is_object() && m[key].is_string() ? m[key].get<std::string>() : std::string();
+  };
   if (!m.is_object() || !m.contains("version") || !m["version"].is_number_unsigned()) return 0;
   return static_cast<int64_t>(m["version"].get<uint64_t>());
 }
@@ -361,11 +366,16 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     if (!fs::exists(entry, ec)) return absl::NotFoundError(absl::StrCat("adapter store has no entry ", entry));
     return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": no readable ", kManifest));
   }
-  const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  // Not const: operator[] on a key the manifest lacks then gives null
+  // instead of undefined behaviour.
+  nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const auto text_of = [&](const char* key) {
+    return m.is_object() && m[key].is_string() ? m[key].get<std::string>() : std::string();
+  };
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat("adapter store entry ", entry, ": ", why));
   };
-  const std::string format = m.is_object() ? m.value("format", "") : "";
+  const std::string format = text_of("format");
   if (format != kFormat && format != kFormatV1) {
     return bad(absl::StrCat(kManifest, " is not an ", kFormat, " manifest"));
   }
@@ -382,14 +392,14 @@ absl::StatusOr<StoredAdapter> AdapterStore::ReadEntry(const std::string& id) con
     out.version = static_cast<int64_t>(m["version"].get<uint64_t>());
     files_dir = absl::StrCat(entry, "/", VersionName(out.version));
   }
-  const std::string kind = m.value("source", "");
+  const std::string kind = text_of("source");
   if (kind == "path") {
     if (!m["path"].is_string()) return bad("the manifest's path is not a string");
     out.source = PathSource{m["path"].get<std::string>()};
     return out;
   }
   if (kind != "upload" || !m["files"].is_array()) return bad("the manifest's source is neither path nor upload");
-  for (const auto& f : m["files"]) {
+  for (auto& f : m["files"]) {
     if (!f.is_object() || !f["name"].is_string() || !f["bytes"].is_number_unsigned() ||
         !f["crc32c"].is_number_unsigned()) {
       return bad("a manifest file record is malformed");
@@ -451,7 +461,12 @@ std::vector<ManifestEntry> AdapterStore::Manifests() const {
     if (absl::StartsWith(name, ".")) continue;
     absl::StatusOr<std::string> text = ReadFile(e.path().string() + "/" + kManifest);
     if (!text.ok()) continue;
-    const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    // Not const: operator[] on a key the manifest lacks then gives null
+  // instead of undefined behaviour.
+  nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  const auto text_of = [&](const char* key) {
+    return m.is_object() && m[key].is_string() ? m[key].get<std::string>() : std::string();
+  };
     if (!m.is_object()) continue;
     ManifestEntry entry;
     entry.id = name;

@@ -22,6 +22,14 @@ absl::Status Invalid(std::string_view param, std::string_view message) {
   return param.empty() ? st : WithParam(std::move(st), param);
 }
 
+// Whether `j` is an object whose "type" is the string `want` (json::value
+// would throw where "type" holds another kind of value).
+bool TypeIs(const json& j, std::string_view want) {
+  if (!j.is_object()) return false;
+  const auto it = j.find("type");
+  return it != j.end() && it->is_string() && it->get_ref<const std::string&>() == want;
+}
+
 // The deepest nesting of arrays and objects in `body`, stopping early once
 // it passes `limit`; the parser is never handed deeper input.
 int NestingDepth(std::string_view body, int limit) {
@@ -134,7 +142,7 @@ absl::Status RefuseUnsupported(const Fields& f, ApiKind kind) {
     return Invalid("tools", "tools (function calling) are not supported");
   }
   if (const json* r = f.Get("response_format"); r != nullptr) {
-    if (!r->is_object() || r->value("type", "") != "text") {
+    if (!TypeIs(*r, "text")) {
       return Invalid("response_format", "response_format: only {\"type\": \"text\"} is supported");
     }
   }
@@ -300,7 +308,7 @@ absl::StatusOr<std::string> MessageContent(const json& m, size_t index) {
   for (size_t j = 0; j < it->size(); ++j) {
     const json& part = (*it)[j];
     const std::string part_param = absl::StrCat(param, "[", j, "]");
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+    if (!TypeIs(part, "text") || !part.contains("text") || !part["text"].is_string()) {
       return Invalid(part_param, absl::StrCat(part_param, " must be {\"type\": \"text\", \"text\": string}; ",
                                               "other content parts are not supported"));
     }

@@ -5,6 +5,7 @@
 #include "adapters/adapter_store.h"
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -184,6 +185,40 @@ TEST(AdapterStoreTest, CorruptEntriesAreSkippedAndNamed) {
     EXPECT_THAT(all, HasSubstr(name));
   }
   EXPECT_THAT(all, HasSubstr("does not match its size or CRC32C"));
+}
+
+TEST(AdapterStoreTest, ManifestsWithFieldsMissingOrOfTheWrongKindAreSkipped) {
+  const std::string dir = testing::MakeTempDir("store");
+  auto store = AdapterStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  // Each entry's manifest as written, changed in one field.
+  const std::map<std::string, std::function<void(nlohmann::json&)>> changes = {
+      {"format-number", [](nlohmann::json& m) { m["format"] = 7; }},
+      {"no-id", [](nlohmann::json& m) { m.erase("id"); }},
+      {"source-object", [](nlohmann::json& m) { m["source"] = {{"x", 1}}; }},
+      {"no-source", [](nlohmann::json& m) { m.erase("source"); }},
+      {"no-files", [](nlohmann::json& m) { m.erase("files"); }},
+      {"file-no-bytes", [](nlohmann::json& m) { m["files"][0].erase("bytes"); }},
+      {"file-no-name", [](nlohmann::json& m) { m["files"][0].erase("name"); }},
+  };
+  ASSERT_TRUE((*store)->Put("good", Upload("0123456789")).ok());
+  for (const auto& [id, change] : changes) {
+    ASSERT_TRUE((*store)->Put(id, Upload("0123456789")).ok());
+    std::ifstream in(dir + "/" + id + "/manifest.json");
+    nlohmann::json m = nlohmann::json::parse(std::string(std::istreambuf_iterator<char>(in), {}));
+    change(m);
+    WriteRaw(dir + "/" + id + "/manifest.json", m.dump());
+  }
+  StoreScan scan = (*store)->Scan();
+  ASSERT_THAT(scan.adapters, SizeIs(1));
+  EXPECT_EQ(scan.adapters[0].id, "good");
+  ASSERT_THAT(scan.skipped, SizeIs(changes.size()));
+  std::string all;
+  for (const absl::Status& st : scan.skipped) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    absl::StrAppend(&all, st.message(), "\n");
+  }
+  for (const auto& [id, change] : changes) EXPECT_THAT(all, HasSubstr(id));
 }
 
 TEST(AdapterStoreTest, RejectsUnsafeFileNamesAndUnwritableDirectories) {

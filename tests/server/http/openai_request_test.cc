@@ -208,6 +208,11 @@ TEST(ParseChatRequestTest, BadMessagesNameTheField) {
             "tools");
   EXPECT_EQ(ChatError(R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})"),
             "response_format");
+  // A "type" that is not a string (found by openai_request_fuzz: it threw).
+  EXPECT_EQ(ChatError(R"({"messages": [{"role": "user", "content": [{"type": {"url": "x"}}]}]})"),
+            "messages[0].content[0]");
+  EXPECT_EQ(ChatError(R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": 1}})"),
+            "response_format");
   EXPECT_EQ(ChatError(R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": -5})"), "max_tokens");
   EXPECT_EQ(ChatError(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})"), "logprobs");
 }
