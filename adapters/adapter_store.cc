@@ -103,12 +103,7 @@ std::string VersionName(int64_t version) { return absl::StrCat("v", version); }
 int64_t ManifestVersion(const std::string& entry) {
   absl::StatusOr<std::string> text = ReadFile(entry + "/" + kManifest);
   if (!text.ok()) return 0;
-  // Not const: operator[] on a key the manifest lacks then gives null
-  // instead of undefined behaviour.
-  nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  const auto text_of = [&](const char* key) {
-    return m.is_object() && m[key].is_string() ? m[key].get<std::string>() : std::string();
-  };
+  const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (!m.is_object() || !m.contains("version") || !m["version"].is_number_unsigned()) return 0;
   return static_cast<int64_t>(m["version"].get<uint64_t>());
 }
@@ -461,12 +456,7 @@ std::vector<ManifestEntry> AdapterStore::Manifests() const {
     if (absl::StartsWith(name, ".")) continue;
     absl::StatusOr<std::string> text = ReadFile(e.path().string() + "/" + kManifest);
     if (!text.ok()) continue;
-    // Not const: operator[] on a key the manifest lacks then gives null
-  // instead of undefined behaviour.
-  nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  const auto text_of = [&](const char* key) {
-    return m.is_object() && m[key].is_string() ? m[key].get<std::string>() : std::string();
-  };
+    const nlohmann::json m = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
     if (!m.is_object()) continue;
     ManifestEntry entry;
     entry.id = name;

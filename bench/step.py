@@ -74,11 +74,9 @@ def linear_shapes(cfg):
 def gemm_shapes(cfg):
     """[(out, in)] of the products one forward runs: the server concatenates
     q/k/v and gate/up at load, so each layer is four GEMMs; the LM head last."""
-    h, i = cfg["hidden_size"], cfg["intermediate_size"]
-    hd = h // cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    layer = [(h + 2 * kv, h), (h, h), (2 * i, h), (h, i)]
-    return layer * cfg["num_hidden_layers"] + [(cfg["vocab_size"], h)]
+    shapes = linear_shapes(cfg)
+    (q, h), (k, _), (v, _), o, (g, _), (u, _), down = shapes[:7]
+    return [(q + k + v, h), o, (g + u, h), down] * cfg["num_hidden_layers"] + shapes[-1:]
 
 
 def ceilings(cfg, dtype, threads, reps=5, blocks=2):
@@ -92,8 +90,9 @@ def ceilings(cfg, dtype, threads, reps=5, blocks=2):
     build has it. Both are reported; the faster is the ceiling.
 
     Each way is timed in blocks of `reps` passes after 0.2 s of warm-up
-    passes, and the blocks of the two ways alternate. A pass of one way right after the
-    other's would be timed against the other library's idle workers, which
+    passes, and the blocks of the two ways alternate. A pass of one way
+    right after the other's would be timed against the other library's idle
+    workers, which
     spin on the cores for a while after each call (OpenBLAS's after linear,
     OpenMP's after oneDNN): timed pass by pass alternately, oneDNN's packed
     float32 product ran at 80-190 GFLOP/s against 400-450 on its own on a

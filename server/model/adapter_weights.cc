@@ -88,6 +88,7 @@ void AdapterWeights::PackLoras() {
   // another) reads one run of memory, and a kernel's reads ahead of the end
   // of one B land on the next.
   static constexpr int kGroupEnd[] = {3, 4, 6, 7};
+  static_assert(kGroupEnd[3] == kNumProj && static_cast<int>(Proj::kO) == 3 && static_cast<int>(Proj::kDown) == 6);
   for (auto& layer : modules_) {
     int first = 0;
     for (const int end : kGroupEnd) {

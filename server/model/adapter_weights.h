@@ -219,9 +219,6 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
     has_ia3_ = has_ia3_ || m.scale.defined();
     ia3_[layer][static_cast<int>(p)] = std::move(m);
   }
-  // Whether any layer has an IA3 vector (FindIa3 gives null everywhere
-  // otherwise).
-  bool has_ia3() const { return has_ia3_; }
 
   const BottleneckModule* FindBottleneck(int64_t layer, BottleneckLocation loc) const {
     if (!has_bottlenecks_) return nullptr;
@@ -274,8 +271,6 @@ class AdapterWeights : public std::enable_shared_from_this<AdapterWeights> {
     has_bias_deltas_ = has_bias_deltas_ || delta.defined();
     bias_deltas_[layer][static_cast<int>(p)] = std::move(delta);
   }
-  // Whether any projection has a bias delta (as has_ia3 for FindBiasDelta).
-  bool has_bias_deltas() const { return has_bias_deltas_; }
 
   // Whole modules (PEFT modules_to_save): [vocab, hidden] copies that take
   // the place of the base's embedding or LM head for this adapter's rows;

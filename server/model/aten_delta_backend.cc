@@ -168,7 +168,6 @@ at::Tensor AtenDeltaBackend::ScaleInputs(const at::Tensor& x, int64_t layer, Pro
                                          std::span<const AdapterSegment> segments) const {
   at::Tensor in = x;
   for (const AdapterSegment& s : segments) {
-    if (!s.adapter->has_ia3()) continue;
     const Ia3Module* m = s.adapter->FindIa3(layer, p);
     if (m == nullptr || !m->scales_input) continue;
     if (in.is_same(x)) in = x.clone();
@@ -191,7 +190,6 @@ void AtenDeltaBackend::AddDeltas(const at::Tensor& x, at::Tensor& y, const at::T
 void AtenDeltaBackend::ScaleOutputsAndAddBiasDeltas(at::Tensor& y, int64_t layer, std::span<const ProjSlice> group,
                                                     std::span<const AdapterSegment> segments) {
   for (const AdapterSegment& s : segments) {
-    if (!s.adapter->has_ia3() && !s.adapter->has_bias_deltas()) continue;
     for (const ProjSlice& slice : group) {
       // Views only where there is work: a step holds many segments, and
       // each ATen view costs more than a decode row's arithmetic here.
