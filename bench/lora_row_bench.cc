@@ -3,7 +3,9 @@
 //
 // The workload is one decode step's adapter rows on the ~100M bench model
 // (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64): --adapters
-// distinct rank-16 LoRAs on all seven projections, one row each, in the
+// distinct rank-16 LoRAs on all seven projections, one row each (--rows:
+// more, as a prompt's rows, four at a time or with --rows_at_once=false
+// one at a time), in the
 // order the step runs them (per layer: q/k/v as one shared shrink, o,
 // gate/up as one shared shrink, down), each group's rows split over the
 // threads as AtenDeltaBackend splits segments. Before each group the
@@ -33,7 +35,10 @@
 #include "server/model/adapter_weights.h"
 #include "server/model/lora_row_kernel.h"
 
-ABSL_FLAG(int, adapters, 32, "distinct adapters, one row each");
+ABSL_FLAG(int, adapters, 32, "distinct adapters");
+ABSL_FLAG(int, rows, 1, "rows per adapter: 1 for decode, more for a prompt's rows");
+ABSL_FLAG(bool, rows_at_once, true,
+          "a prompt's rows through LoraShrinkRows/LoraExpandRows four at a time; false: one row at a time");
 ABSL_FLAG(std::string, dtype, "float32", "stored A and B: float32, bfloat16 or float16");
 ABSL_FLAG(int, threads, 2, "compute threads");
 ABSL_FLAG(int, flush_mb, 50, "MiB streamed before each group (the base's weights)");
@@ -71,9 +76,9 @@ int Run() {
     return 2;
   }
   const int adapters = absl::GetFlag(FLAGS_adapters);
-  if (adapters < 1 || absl::GetFlag(FLAGS_reps) < 1 || absl::GetFlag(FLAGS_threads) < 1 ||
+  if (adapters < 1 || absl::GetFlag(FLAGS_rows) < 1 || absl::GetFlag(FLAGS_reps) < 1 || absl::GetFlag(FLAGS_threads) < 1 ||
       absl::GetFlag(FLAGS_flush_mb) < 0) {
-    std::fprintf(stderr, "--adapters, --reps and --threads must be at least 1, --flush_mb at least 0\n");
+    std::fprintf(stderr, "--adapters, --rows, --reps and --threads must be at least 1, --flush_mb at least 0\n");
     return 2;
   }
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
@@ -101,8 +106,10 @@ int Run() {
       }
     }
   }
-  const at::Tensor x = at::randn({adapters, 2048});
-  at::Tensor y = at::zeros({adapters, 2048});
+  const int64_t rows = absl::GetFlag(FLAGS_rows);
+  const bool at_once = absl::GetFlag(FLAGS_rows_at_once);
+  const at::Tensor x = at::randn({adapters * rows, 2048});
+  at::Tensor y = at::zeros({adapters * rows, 2048});
   const at::Tensor flush = at::ones({int64_t{absl::GetFlag(FLAGS_flush_mb)} << 18});
   const at::Tensor big = at::ones({int64_t{1} << 28});
   const double ceiling = ReadRate(big);
@@ -116,21 +123,25 @@ int Run() {
         (void)sink;
         const auto start = std::chrono::steady_clock::now();
         at::parallel_for(0, adapters, 1, [&](int64_t begin, int64_t end) {
-          float tmp[3 * kRank];
+          float tmp[4 * 3 * kRank];
           for (int64_t a = begin; a < end; ++a) {
             const size_t base = (static_cast<size_t>(a) * kLayers + l) * 7;
-            const float* xr = x.data_ptr<float>() + a * 2048;
-            float* yr = y.data_ptr<float>() + a * 2048;
             const float scales[3] = {2.0f, 2.0f, 2.0f};
             // The group's modules: q/k/v, o, gate/up, down.
             static constexpr int kFirst[4] = {0, 3, 4, 6}, kCount[4] = {3, 1, 2, 1};
             const int first = kFirst[group], count = kCount[group];
             const void* as[3];
             for (int m = 0; m < count; ++m) as[m] = a_t[base + first + m].data_ptr();
-            LoraShrinkRowMulti(xr, as, count, type, kModules[first].in, kRank, scales, tmp);
-            for (int m = 0; m < count; ++m) {
-              LoraExpandRow(tmp + m * kRank, b_t[base + first + m].data_ptr(), type, kRank,
-                            kModules[first + m].out, yr);
+            const int64_t step_rows = at_once ? 4 : 1;
+            for (int64_t row = a * rows; row < (a + 1) * rows; row += step_rows) {
+              const int64_t n = std::min(step_rows, (a + 1) * rows - row);
+              const float* xr = x.data_ptr<float>() + row * 2048;
+              float* yr = y.data_ptr<float>() + row * 2048;
+              LoraShrinkRows(xr, 2048, n, as, count, type, kModules[first].in, kRank, scales, tmp, count * kRank);
+              for (int m = 0; m < count; ++m) {
+                LoraExpandRows(tmp + m * kRank, count * kRank, n, b_t[base + first + m].data_ptr(), type, kRank,
+                               kModules[first + m].out, yr, 2048);
+              }
             }
           }
         });
@@ -141,9 +152,10 @@ int Run() {
   }
   const double step = Median(steps);
   std::printf(
-      "%d distinct rank-16 LoRAs on all 7 projections of the ~100M model, %s, one row each, %d threads, "
+      "%d distinct rank-16 LoRAs on all 7 projections of the ~100M model, %s, %lld row(s) each%s, %d threads, "
       "%d MiB streamed between groups, %s; median of %zu steps:\n\n",
-      adapters, dtype_name.c_str(), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb),
+      adapters, dtype_name.c_str(), static_cast<long long>(rows),
+      rows == 1 ? "" : (at_once ? " (four at a time)" : " (one at a time)"), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb),
       absl::GetFlag(FLAGS_pack) ? "packed per adapter" : "tensors allocated one by one", steps.size());
   std::printf("| adapter bytes per step | ms per step | GB/s | read ceiling GB/s | share of ceiling |\n");
   std::printf("|---|---|---|---|---|\n");

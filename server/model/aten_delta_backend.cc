@@ -35,14 +35,10 @@ void AddLoraDelta(const at::Tensor& xs, at::Tensor ys, const LoraModule& m, cons
   }
 }
 
-// y_row (+)= one module's delta, with tmp = scale * x_row A^T already
+// y_row (+)= one DoRA module's delta, with tmp = scale * x_row A^T already
 // computed. `delta` holds `out` floats (DoRA's scratch).
-void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule::RowView& m, const float* bias,
-               float* delta) {
-  if (m.dora_scale == nullptr) {
-    LoraExpandRow(tmp, m.b_t, m.type, m.rank, out, y);
-    return;
-  }
+void ExpandRowDora(const float* tmp, float* y, int64_t out, const LoraModule::RowView& m, const float* bias,
+                   float* delta) {
   std::fill(delta, delta + out, 0.0f);
   LoraExpandRow(tmp, m.b_t, m.type, m.rank, out, delta);
   const float* mag = m.dora_scale;
@@ -50,6 +46,17 @@ void ExpandRow(const float* tmp, float* y, int64_t out, const LoraModule::RowVie
     const float base = bias != nullptr ? y[o] - bias[o] : y[o];
     y[o] += (mag[o] - 1.0f) * base + mag[o] * delta[o];
   }
+}
+
+// The same for `rows` rows (tmp's rows ldt apart, y's ldy apart): without
+// DoRA, in one pass over B^T.
+void ExpandRows(const float* tmp, int64_t ldt, float* y, int64_t ldy, int64_t rows, int64_t out,
+                const LoraModule::RowView& m, const float* bias, float* delta) {
+  if (m.dora_scale == nullptr) {
+    LoraExpandRows(tmp, ldt, rows, m.b_t, m.type, m.rank, out, y, ldy);
+    return;
+  }
+  for (int64_t j = 0; j < rows; ++j) ExpandRowDora(tmp + j * ldt, y + j * ldy, out, m, bias, delta);
 }
 
 // One LoRA module a small segment applies at one projection of the group.
@@ -84,14 +91,16 @@ void StoreRow(const float* src, int64_t n, at::Tensor& t, int64_t row) {
   NarrowRow(src, n, RowType(t), base + row * t.stride(0) * t.element_size());
 }
 
-// All of one row's modules: when they share type and rank (a group's q, k
-// and v of one adapter), their shrinks in one pass over x; then each
-// module's expand into its projection's columns.
-void ApplyRow(const float* xr, float* yr, int64_t in, const std::vector<RowModule>& modules, const float* bias,
-              std::vector<float>& tmp, std::vector<float>& delta) {
+// All of a segment's modules for up to kRowsAtOnce of its rows (x's rows
+// ldx apart, y's ldy apart): when the modules share type and rank (a
+// group's q, k and v of one adapter), their shrinks in one pass over x; then
+// each module's expand into its projection's columns.
+void ApplyRows(const float* xs, int64_t ldx, float* ys, int64_t ldy, int64_t rows, int64_t in,
+               const std::vector<RowModule>& modules, const float* bias, std::vector<float>& tmp,
+               std::vector<float>& delta) {
   constexpr size_t kMaxShared = 8;
   const LoraModule::RowView& first = modules.front().view;
-  const int64_t r = first.rank;
+  const int64_t r = first.rank, count = static_cast<int64_t>(modules.size());
   const bool shared = modules.size() > 1 && modules.size() <= kMaxShared &&
                       std::all_of(modules.begin(), modules.end(), [&](const RowModule& m) {
                         return m.view.type == first.type && m.view.rank == r;
@@ -103,27 +112,31 @@ void ApplyRow(const float* xr, float* yr, int64_t in, const std::vector<RowModul
       a_ts[i] = modules[i].view.a_t;
       scales[i] = modules[i].scale;
     }
-    tmp.resize(modules.size() * static_cast<size_t>(r));
-    LoraShrinkRowMulti(xr, a_ts, static_cast<int64_t>(modules.size()), first.type, in, r, scales, tmp.data());
+    tmp.resize(static_cast<size_t>(rows * count * r));
+    LoraShrinkRows(xs, ldx, rows, a_ts, count, first.type, in, r, scales, tmp.data(), count * r);
   }
   for (size_t i = 0; i < modules.size(); ++i) {
     const RowModule& m = modules[i];
-    const float* t = nullptr;
+    int64_t ldt = m.view.rank;
     if (shared) {
-      t = tmp.data() + i * static_cast<size_t>(r);
+      ldt = count * r;
     } else {
-      tmp.resize(static_cast<size_t>(m.view.rank));
-      LoraShrinkRow(xr, m.view.a_t, m.view.type, in, m.view.rank, m.scale, tmp.data());
-      t = tmp.data();
+      tmp.resize(static_cast<size_t>(rows * m.view.rank));
+      LoraShrinkRows(xs, ldx, rows, &m.view.a_t, 1, m.view.type, in, m.view.rank, &m.scale, tmp.data(), ldt);
     }
-    ExpandRow(t, yr + m.slice->col, m.slice->width, m.view, bias != nullptr ? bias + m.slice->col : nullptr,
-              delta.data());
+    const float* t = tmp.data() + (shared ? i * static_cast<size_t>(r) : 0);
+    ExpandRows(t, ldt, ys + m.slice->col, ldy, rows, m.slice->width, m.view,
+               bias != nullptr ? bias + m.slice->col : nullptr, delta.data());
   }
 }
 
-// y (+)= every small segment's deltas, row by row. Segments own disjoint
-// rows, so they run in parallel without locks. Half-precision rows are
-// widened to float32 once and rounded back once after all their modules.
+// Rows of one segment that share one pass over each module's weights.
+constexpr int64_t kRowsAtOnce = 4;
+
+// y (+)= every small segment's deltas, kRowsAtOnce rows at a time. Segments
+// own disjoint rows, so they run in parallel without locks. Half-precision
+// rows are widened to float32 once and rounded back once after all their
+// modules.
 void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias,
                       const std::vector<SmallSegment>& small) {
   const int64_t in = x.size(1), out = y.size(1);
@@ -137,24 +150,24 @@ void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     std::vector<float> tmp, delta(static_cast<size_t>(out));
-    std::vector<float> xrow(wide ? 0 : static_cast<size_t>(in)), yrow(wide ? 0 : static_cast<size_t>(out));
+    std::vector<float> xrows(wide ? 0 : static_cast<size_t>(kRowsAtOnce * in));
+    std::vector<float> yrows(wide ? 0 : static_cast<size_t>(kRowsAtOnce * out));
     for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
          i = next.fetch_add(1, std::memory_order_relaxed)) {
       const AdapterSegment& s = *small[i].segment;
-      for (int64_t row = s.start; row < s.start + s.rows; ++row) {
-        const float* xr = nullptr;
-        float* yr = nullptr;
+      for (int64_t row = s.start; row < s.start + s.rows; row += kRowsAtOnce) {
+        const int64_t rows = std::min(kRowsAtOnce, s.start + s.rows - row);
         if (wide) {
-          xr = x.data_ptr<float>() + row * x.stride(0);
-          yr = y.data_ptr<float>() + row * y.stride(0);
-        } else {
-          LoadRow(x, row, in, xrow.data());
-          LoadRow(y, row, out, yrow.data());
-          xr = xrow.data();
-          yr = yrow.data();
+          ApplyRows(x.data_ptr<float>() + row * x.stride(0), x.stride(0), y.data_ptr<float>() + row * y.stride(0),
+                    y.stride(0), rows, in, small[i].modules, bp, tmp, delta);
+          continue;
         }
-        ApplyRow(xr, yr, in, small[i].modules, bp, tmp, delta);
-        if (!wide) StoreRow(yrow.data(), out, y, row);
+        for (int64_t j = 0; j < rows; ++j) {
+          LoadRow(x, row + j, in, xrows.data() + j * in);
+          LoadRow(y, row + j, out, yrows.data() + j * out);
+        }
+        ApplyRows(xrows.data(), in, yrows.data(), out, rows, in, small[i].modules, bp, tmp, delta);
+        for (int64_t j = 0; j < rows; ++j) StoreRow(yrows.data() + j * out, out, y, row + j);
       }
     }
   });

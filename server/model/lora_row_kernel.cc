@@ -48,68 +48,126 @@ ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
 #endif
 }
 
-// sums += xi * one row of A^T (the elements at `row`), as C vectors of N
-// lanes; bfloat16 as C vectors of N word pairs, even ranks in sums[c][0]
-// and odd ones in sums[c][1].
-template <class W, int N, int C, class F, int P>
-ADAPTERD_INLINE void ShrinkRow(const typename W::T* row, float xi, F (&sums)[C][P]) {
+// The accumulators of one shrink: R ranks of one module for one row of x.
+// A row of A^T is C vectors of N lanes (bfloat16: C vectors of N word
+// pairs, even ranks in one and odd ones in the other: P = 2). Where a row
+// of A^T fills half a 16-lane vector (N = 8), two rows of A^T, i and i + 1,
+// are read as one vector, row i in lanes [0, 8) and row i + 1 in lanes [8,
+// 16): the same sums as two 8-lane accumulators of alternate rows, in half
+// the instructions. Otherwise U = 2 accumulators take alternate rows, so
+// that no sum waits on its own last FMA.
+template <class W, int R>
+struct ShrinkShape {
+  static constexpr bool kPairs = std::is_same_v<W, BF16>;
+  static constexpr int kLanes = kPairs ? R / 2 : R;  // fp32 lanes per row and half (bfloat16: per parity)
+  static constexpr int N = std::min(kLanes, 16), C = kLanes / N, P = kPairs ? 2 : 1;
+  static constexpr bool kPacked = N == 8;
+  static constexpr int L = kPacked ? 16 : N;  // lanes of an accumulator
+  static constexpr int U = kPacked ? 1 : 2;
+  using F = typename Vec<L>::F;
+  // Rows of x that share one pass over A^T: their accumulators for M
+  // modules stay within 24 vector registers.
+  template <int M>
+  static constexpr int kRows = std::clamp(24 / (M * U * C * P), 1, 4);
+};
+
+// The C x P vectors of one row of A^T (kPacked: of rows i and i + 1) at p.
+template <class W, int L, class F, int C, int P>
+ADAPTERD_INLINE void LoadA(const typename W::T* p, F (&w)[C][P]) {
   for (int c = 0; c < C; ++c) {
     if constexpr (std::is_same_v<W, BF16>) {
-      F even, odd;
-      W::template LoadPairs<N>(row + c * 2 * N, even, odd);
-      sums[c][0] += xi * even;
-      sums[c][1] += xi * odd;
+      W::template LoadPairs<L>(p + c * 2 * L, w[c][0], w[c][1]);
     } else {
-      sums[c][0] += xi * W::template LoadN<N>(row + c * N);
+      w[c][0] = W::template LoadN<L>(p + c * L);
     }
   }
 }
 
-// M modules of rank R (8, 16 or 32) over one input, in one pass over x:
-// tmp[m * R + k] = scales[m] * sum_i x[i] a_t[m][i * R + k]. A row of A^T
-// is C vectors of N lanes (bfloat16: C vectors of N word pairs), and two
-// rows are in flight so that no accumulator waits on its own last FMA.
-template <class W, int R, int M>
-ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, const void* const* a, int64_t in, const float* scales,
-                                 float* __restrict tmp) {
-  constexpr bool kPairs = std::is_same_v<W, BF16>;
-  constexpr int kLanes = kPairs ? R / 2 : R;  // fp32 lanes per row and half (bfloat16: per parity)
-  constexpr int N = std::min(kLanes, 16), C = kLanes / N, P = kPairs ? 2 : 1;
-  constexpr int64_t U = 2;
-  using F = typename Vec<N>::F;
-  const typename W::T* a_t[M];
-  for (int m = 0; m < M; ++m) a_t[m] = static_cast<const typename W::T*>(a[m]);
-  F acc[M][U][C][P] = {};
-  for (int m = 0; m < M; ++m) PrefetchHead(a_t[m], in * static_cast<int64_t>(R * sizeof(typename W::T)));
-  // A^T is one short stream per module (a few KiB to tens of KiB): the
-  // lines kAheadBytes on are asked for in the loop, since the hardware's
-  // prefetcher starts over at each page and each call.
+// x[i] in lanes [0, 8) and x[i + 1] in lanes [8, 16).
+ADAPTERD_INLINE V16 PairOf(const float* x) {
+  using F8 = Vec<8>::F;
+  const F8 lo = F8{} + x[0], hi = F8{} + x[1];
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// Asks for the line kAheadBytes past row i of each A^T, where row i starts a line.
+template <int M>
+ADAPTERD_INLINE void PrefetchAhead(const char* const (&a)[M], int64_t i, int64_t in, int64_t row_bytes) {
+  if ((i * row_bytes) % 64 >= row_bytes) return;
+  const int64_t ahead = std::min(i + kAheadBytes / row_bytes, in - 1) * row_bytes;
+  for (int m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(a[m] + ahead + b, 0, 3);
+  }
+}
+
+// M modules of rank R (8, 16 or 32) over NR rows of x, in one pass over
+// each A^T: tmp[j * ldt + m * R + k] = scales[m] * sum_i x[j * ldx + i]
+// a_t[m][i * R + k] for j < NR. Each row's sums are those of NR = 1, bit
+// for bit: the same products, added in the same order.
+template <class W, int R, int M, int NR>
+ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const void* const* a, int64_t in,
+                                 const float* scales, float* __restrict tmp, int64_t ldt) {
+  using S = ShrinkShape<W, R>;
+  using F = typename S::F;
+  constexpr int C = S::C, P = S::P, U = S::U;
   constexpr int64_t kRowBytes = R * static_cast<int64_t>(sizeof(typename W::T));
-  constexpr int64_t kAheadRows = kAheadBytes / kRowBytes;
+  const typename W::T* a_t[M];
+  const char* a_bytes[M];
+  for (int m = 0; m < M; ++m) {
+    a_t[m] = static_cast<const typename W::T*>(a[m]);
+    a_bytes[m] = static_cast<const char*>(a[m]);
+    PrefetchHead(a_t[m], in * kRowBytes);
+  }
+  F acc[M][NR][U][C][P] = {};
   int64_t i = 0;
-  for (; i + U <= in; i += U) {
-    for (int64_t u = 0; u < U; ++u) {
-      if (((i + u) * kRowBytes) % 64 < kRowBytes) {  // this row starts a line
-        const int64_t ahead = std::min(i + u + kAheadRows, in - 1) * R;
-        for (int m = 0; m < M; ++m) {
-          const char* const p = reinterpret_cast<const char*>(a_t[m] + ahead);
-          for (int64_t b = 0; b < kRowBytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+  for (; i + 2 <= in; i += 2) {
+    PrefetchAhead<M>(a_bytes, i, in, kRowBytes);
+    PrefetchAhead<M>(a_bytes, i + 1, in, kRowBytes);
+    for (int m = 0; m < M; ++m) {
+      if constexpr (S::kPacked) {
+        F w[C][P];
+        LoadA<W, S::L>(a_t[m] + i * R, w);
+        for (int j = 0; j < NR; ++j) {
+          const F xv = PairOf(x + j * ldx + i);
+          for (int p = 0; p < P; ++p) acc[m][j][0][0][p] += xv * w[0][p];
+        }
+      } else {
+        for (int u = 0; u < U; ++u) {
+          F w[C][P];
+          LoadA<W, S::L>(a_t[m] + (i + u) * R, w);
+          for (int j = 0; j < NR; ++j) {
+            const float xi = x[j * ldx + i + u];
+            for (int c = 0; c < C; ++c) {
+              for (int p = 0; p < P; ++p) acc[m][j][u][c][p] += xi * w[c][p];
+            }
+          }
         }
       }
     }
-    for (int64_t u = 0; u < U; ++u) {
-      for (int m = 0; m < M; ++m) ShrinkRow<W, N, C>(a_t[m] + (i + u) * R, x[i + u], acc[m][u]);
-    }
-  }
-  for (; i < in; ++i) {
-    for (int m = 0; m < M; ++m) ShrinkRow<W, N, C>(a_t[m] + i * R, x[i], acc[m][0]);
   }
   for (int m = 0; m < M; ++m) {
-    for (int c = 0; c < C; ++c) {
-      for (int p = 0; p < P; ++p) {
-        F s = acc[m][0][c][p];
-        for (int64_t u = 1; u < U; ++u) s += acc[m][u][c][p];
-        for (int j = 0; j < N; ++j) tmp[m * R + (c * N + j) * P + p] = s[j] * scales[m];
+    for (int j = 0; j < NR; ++j) {
+      for (int c = 0; c < C; ++c) {
+        for (int p = 0; p < P; ++p) {
+          // The rows of A^T in the first accumulator (lanes [0, 8) where
+          // packed), the odd row left over, then the second's.
+          using H = typename Vec<S::N>::F;
+          H first, second;
+          if constexpr (S::kPacked) {
+            std::memcpy(&first, &acc[m][j][0][c][p], sizeof(H));
+            std::memcpy(&second, reinterpret_cast<const char*>(&acc[m][j][0][c][p]) + sizeof(H), sizeof(H));
+          } else {
+            first = acc[m][j][0][c][p];
+            second = acc[m][j][1][c][p];
+          }
+          if (i < in) {
+            H w[C][P];
+            LoadA<W, S::N>(a_t[m] + i * R, w);
+            first += x[j * ldx + i] * w[c][p];
+          }
+          const H sum = first + second;
+          for (int l = 0; l < S::N; ++l) tmp[j * ldt + m * R + (c * S::N + l) * P + p] = sum[l] * scales[m];
+        }
       }
     }
   }
@@ -127,26 +185,40 @@ ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* _
   for (int64_t k = 0; k < r; ++k) tmp[k] *= scale;
 }
 
+// `rows` rows through ShrinkFixed, kRows at a time.
+template <class W, int R, int M>
+ADAPTERD_INLINE void ShrinkRowsFixed(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
+                                     int64_t in, const float* scales, float* __restrict tmp, int64_t ldt) {
+  constexpr int NR = ShrinkShape<W, R>::template kRows<M>;
+  int64_t j = 0;
+  if constexpr (NR > 1) {
+    for (; j + NR <= rows; j += NR) ShrinkFixed<W, R, M, NR>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+  }
+  for (; j < rows; ++j) ShrinkFixed<W, R, M, 1>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+}
+
 // Returns false where no fixed-size path covers rank r.
 template <class W, int M>
-ADAPTERD_INLINE bool ShrinkRanked(const float* __restrict x, const void* const* a, int64_t in, int64_t r,
-                                  const float* scales, float* __restrict tmp) {
+ADAPTERD_INLINE bool ShrinkRanked(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
+                                  int64_t in, int64_t r, const float* scales, float* __restrict tmp, int64_t ldt) {
   switch (r) {
-    case 8: ShrinkFixed<W, 8, M>(x, a, in, scales, tmp); return true;
-    case 16: ShrinkFixed<W, 16, M>(x, a, in, scales, tmp); return true;
-    case 32: ShrinkFixed<W, 32, M>(x, a, in, scales, tmp); return true;
+    case 8: ShrinkRowsFixed<W, 8, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
+    case 16: ShrinkRowsFixed<W, 16, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
+    case 32: ShrinkRowsFixed<W, 32, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
     default: return false;
   }
 }
 
 template <class W>
-ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, const void* const* a, int64_t count, int64_t in,
-                                 int64_t r, const float* scales, float* __restrict tmp) {
-  if (count == 2 && ShrinkRanked<W, 2>(x, a, in, r, scales, tmp)) return;
-  if (count == 3 && ShrinkRanked<W, 3>(x, a, in, r, scales, tmp)) return;
+ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
+                                 int64_t count, int64_t in, int64_t r, const float* scales, float* __restrict tmp,
+                                 int64_t ldt) {
+  if (count == 2 && ShrinkRanked<W, 2>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
+  if (count == 3 && ShrinkRanked<W, 3>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
   for (int64_t m = 0; m < count; ++m) {
-    if (!ShrinkRanked<W, 1>(x, a + m, in, r, scales + m, tmp + m * r)) {
-      ShrinkAny<W>(x, static_cast<const typename W::T*>(a[m]), in, r, scales[m], tmp + m * r);
+    if (ShrinkRanked<W, 1>(x, ldx, rows, a + m, in, r, scales + m, tmp + m * r, ldt)) continue;
+    for (int64_t j = 0; j < rows; ++j) {
+      ShrinkAny<W>(x + j * ldx, static_cast<const typename W::T*>(a[m]), in, r, scales[m], tmp + j * ldt + m * r);
     }
   }
 }
@@ -204,17 +276,78 @@ ADAPTERD_INLINE int64_t ExpandBlocks(const float* __restrict tmp, const typename
   return whole;
 }
 
+// The outputs past the last whole block of 32, one at a time.
 template <class W>
-ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
-                            float* __restrict y) {
-  const auto* b_t = static_cast<const typename W::T*>(b);
-  PrefetchHead(b_t, r * out * static_cast<int64_t>(sizeof(typename W::T)));
-  const int64_t done = ExpandBlocks<W>(tmp, b_t, r, out, y);
+ADAPTERD_INLINE void ExpandTail(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
+                                int64_t done, float* __restrict y) {
   for (int64_t o = done; o < out; ++o) {
     float v = 0.0f;
     for (int64_t k = 0; k < r; ++k) v += tmp[k] * W::Load(b_t + k * out + o);
     y[o] += v;
   }
+}
+
+template <class W>
+ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
+                            float* __restrict y) {
+  const auto* b_t = static_cast<const typename W::T*>(b);
+  PrefetchHead(b_t, r * out * static_cast<int64_t>(sizeof(typename W::T)));
+  ExpandTail<W>(tmp, b_t, r, out, ExpandBlocks<W>(tmp, b_t, r, out, y), y);
+}
+
+// The expand of NR rows, y[j * ldy + o] += sum_k tmp[j * ldt + k] b_t[k][o],
+// a block of 32 outputs at a time with its sums in registers: B^T is read
+// once for all NR rows, a column of blocks at a time (the rows of a prompt,
+// whose weights the first rows have brought into L2). Each row's sums are
+// those of Expand, bit for bit: from zero, k in order, then added to y.
+template <class W, int NR>
+ADAPTERD_INLINE void ExpandRowsFixed(const float* __restrict tmp, int64_t ldt, const void* b, int64_t r,
+                                     int64_t out, float* __restrict y, int64_t ldy) {
+  const auto* b_t = static_cast<const typename W::T*>(b);
+  PrefetchHead(b_t, r * out * static_cast<int64_t>(sizeof(typename W::T)));
+  const int64_t whole = out / 32 * 32;
+  for (int64_t o = 0; o < whole; o += 32) {
+    V16 lo_sums[NR] = {}, hi_sums[NR] = {};
+    for (int64_t k = 0; k < r; ++k) {
+      const typename W::T* row = b_t + k * out + o;
+      const char* const ahead = reinterpret_cast<const char*>(row) + kAheadBytes;
+      for (int64_t line = 0; line < 32 * static_cast<int64_t>(sizeof(typename W::T)); line += 64) {
+        __builtin_prefetch(ahead + line, 0, 3);
+      }
+      V16 a, b2;
+      if constexpr (std::is_same_v<W, BF16>) {
+        BF16::LoadPairs<16>(row, a, b2);
+      } else {
+        a = W::template LoadN<16>(row);
+        b2 = W::template LoadN<16>(row + 16);
+      }
+      for (int j = 0; j < NR; ++j) {
+        const float t = tmp[j * ldt + k];
+        lo_sums[j] += t * a;
+        hi_sums[j] += t * b2;
+      }
+    }
+    for (int j = 0; j < NR; ++j) {
+      V16 lo = lo_sums[j], hi = hi_sums[j];
+      if constexpr (std::is_same_v<W, BF16>) Interleave(lo_sums[j], hi_sums[j], lo, hi);
+      float* const yo = y + j * ldy + o;
+      StoreBytes(yo, LoadBytes<V16>(yo) + lo);
+      StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
+    }
+  }
+  for (int j = 0; j < NR; ++j) ExpandTail<W>(tmp + j * ldt, b_t, r, out, whole, y + j * ldy);
+}
+
+constexpr int64_t kExpandRows = 4;  // rows that share one pass over B^T
+
+template <class W>
+ADAPTERD_INLINE void ExpandRows(const float* __restrict tmp, int64_t ldt, int64_t rows, const void* b, int64_t r,
+                                int64_t out, float* __restrict y, int64_t ldy) {
+  int64_t j = 0;
+  for (; j + kExpandRows <= rows; j += kExpandRows) {
+    ExpandRowsFixed<W, kExpandRows>(tmp + j * ldt, ldt, b, r, out, y + j * ldy, ldy);
+  }
+  for (; j < rows; ++j) Expand<W>(tmp + j * ldt, b, r, out, y + j * ldy);
 }
 
 template <class W>
@@ -253,29 +386,40 @@ void NarrowRow(const float* __restrict src, int64_t n, LoraWeightType type, void
   }
 }
 
-ADAPTERD_CLONES
 void LoraShrinkRow(const float* __restrict x, const void* a_t, LoraWeightType type, int64_t in, int64_t r,
                    float scale, float* __restrict tmp) {
-  LoraShrinkRowMulti(x, &a_t, 1, type, in, r, &scale, tmp);
+  LoraShrinkRows(x, in, 1, &a_t, 1, type, in, r, &scale, tmp, r);
+}
+
+void LoraShrinkRowMulti(const float* __restrict x, const void* const* a_ts, int64_t count, LoraWeightType type,
+                        int64_t in, int64_t r, const float* scales, float* __restrict tmp) {
+  LoraShrinkRows(x, in, 1, a_ts, count, type, in, r, scales, tmp, count * r);
+}
+
+void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
+                   float* __restrict y) {
+  LoraExpandRows(tmp, r, 1, b_t, type, r, out, y, out);
 }
 
 ADAPTERD_CLONES
-void LoraShrinkRowMulti(const float* __restrict x, const void* const* a_ts, int64_t count, LoraWeightType type,
-                        int64_t in, int64_t r, const float* scales, float* __restrict tmp) {
+void LoraShrinkRows(const float* __restrict x, int64_t x_stride, int64_t rows, const void* const* a_ts,
+                    int64_t count, LoraWeightType type, int64_t in, int64_t r, const float* scales,
+                    float* __restrict tmp, int64_t tmp_stride) {
   switch (type) {
-    case LoraWeightType::kF32: return ShrinkMulti<F32>(x, a_ts, count, in, r, scales, tmp);
-    case LoraWeightType::kF16: return ShrinkMulti<F16>(x, a_ts, count, in, r, scales, tmp);
-    case LoraWeightType::kBF16: return ShrinkMulti<BF16>(x, a_ts, count, in, r, scales, tmp);
+    case LoraWeightType::kF32: return ShrinkMulti<F32>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+    case LoraWeightType::kF16: return ShrinkMulti<F16>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+    case LoraWeightType::kBF16:
+      return ShrinkMulti<BF16>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
   }
 }
 
 ADAPTERD_CLONES
-void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
-                   float* __restrict y) {
+void LoraExpandRows(const float* __restrict tmp, int64_t tmp_stride, int64_t rows, const void* b_t,
+                    LoraWeightType type, int64_t r, int64_t out, float* __restrict y, int64_t y_stride) {
   switch (type) {
-    case LoraWeightType::kF32: return Expand<F32>(tmp, b_t, r, out, y);
-    case LoraWeightType::kF16: return Expand<F16>(tmp, b_t, r, out, y);
-    case LoraWeightType::kBF16: return Expand<BF16>(tmp, b_t, r, out, y);
+    case LoraWeightType::kF32: return ExpandRows<F32>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+    case LoraWeightType::kF16: return ExpandRows<F16>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+    case LoraWeightType::kBF16: return ExpandRows<BF16>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
   }
 }
 

@@ -45,6 +45,19 @@ void LoraShrinkRowMulti(const float* x, const void* const* a_ts, int64_t count, 
 void LoraExpandRow(const float* tmp, const void* b_t, LoraWeightType type, int64_t r, int64_t out,
                    float* y);
 
+// The kernels above for `rows` rows at once (a prompt's rows that apply
+// one adapter): row j's input is at x + j * x_stride, its sums at tmp + j *
+// tmp_stride (count * r of them, module m's at m * r) and its output at y + j
+// * y_stride. Each module's weights are read once for up to four rows, from
+// registers and L1 rather than once per row. Every row's results are those
+// of the one-row kernels above, bit for bit, so a row's delta does not depend
+// on how many rows of its adapter share the step.
+void LoraShrinkRows(const float* x, int64_t x_stride, int64_t rows, const void* const* a_ts, int64_t count,
+                    LoraWeightType type, int64_t in, int64_t r, const float* scales, float* tmp,
+                    int64_t tmp_stride);
+void LoraExpandRows(const float* tmp, int64_t tmp_stride, int64_t rows, const void* b_t, LoraWeightType type,
+                    int64_t r, int64_t out, float* y, int64_t y_stride);
+
 // Half-precision activation rows for the kernels above: dst[0, n) = src's
 // n elements of `type` widened to fp32 (exactly), and back, rounded to the
 // nearest with ties to even as c10::BFloat16 and c10::Half round (a NaN

@@ -67,6 +67,51 @@ TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
   EXPECT_TRUE(at::allclose(y, want_y, 1e-5, 1e-4)) << (y - want_y).abs().max();
 }
 
+// Several rows at once (a prompt's rows of one adapter) give each row what
+// the one-row kernels give it, bit for bit, for one to nine rows (whole
+// groups of rows and the rows left over), one to four modules, and rows
+// that are not contiguous.
+TEST_P(LoraRowKernelTest, RowsAtOnceEqualRowByRow) {
+  const auto& [c, r, in] = GetParam();
+  const int64_t out = in + 3, ldx = in + 5, ldy = out + 2;
+  at::manual_seed(r * 7 + in);
+  const at::Tensor x = at::randn({9, ldx});
+  const at::Tensor y0 = at::randn({9, ldy});
+  std::vector<at::Tensor> as, bs;
+  for (int m = 0; m < 4; ++m) {
+    as.push_back((at::randn({in, r}) / 4).to(c.dtype).contiguous());
+    bs.push_back(at::randn({r, out}).to(c.dtype).contiguous());
+  }
+  const float scales[4] = {1.5f, -0.5f, 2.0f, 0.25f};
+  for (int64_t count = 1; count <= 4; ++count) {
+    std::vector<const void*> ptrs;
+    for (int64_t m = 0; m < count; ++m) ptrs.push_back(as[m].data_ptr());
+    const int64_t ldt = count * r + 1;
+    for (int64_t rows = 1; rows <= 9; ++rows) {
+      const std::string where = "count " + std::to_string(count) + " rows " + std::to_string(rows);
+      std::vector<float> got(static_cast<size_t>(rows * ldt), -1.0f), want(got.size(), -1.0f);
+      LoraShrinkRows(x.data_ptr<float>(), ldx, rows, ptrs.data(), count, c.type, in, r, scales, got.data(), ldt);
+      for (int64_t j = 0; j < rows; ++j) {
+        LoraShrinkRowMulti(x.data_ptr<float>() + j * ldx, ptrs.data(), count, c.type, in, r, scales,
+                           want.data() + j * ldt);
+      }
+      EXPECT_EQ(got, want) << where;
+
+      at::Tensor y_got = y0.clone(), y_want = y0.clone();
+      for (int64_t m = 0; m < count; ++m) {
+        LoraExpandRows(got.data() + m * r, ldt, rows, bs[m].data_ptr(), c.type, r, out, y_got.data_ptr<float>(), ldy);
+        for (int64_t j = 0; j < rows; ++j) {
+          LoraExpandRow(want.data() + j * ldt + m * r, bs[m].data_ptr(), c.type, r, out,
+                        y_want.data_ptr<float>() + j * ldy);
+        }
+      }
+      EXPECT_TRUE(at::equal(y_got, y_want)) << where << ": " << (y_got - y_want).abs().max();
+      // The columns past each row's `out` are left alone.
+      EXPECT_TRUE(at::equal(y_got.narrow(1, out, ldy - out), y0.narrow(1, out, ldy - out))) << where;
+    }
+  }
+}
+
 // Activation rows round-trip as ATen converts them: widening is exact, and
 // narrowing rounds as to(dtype) does, ties to even, infinities and NaNs
 // included, over lengths that end in a vector's tail.
