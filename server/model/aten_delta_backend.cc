@@ -241,6 +241,12 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
     }
     if (!row_work.modules.empty()) small.push_back(std::move(row_work));
   }
+  // The threads claim the longest segments (prompts' rows) first, so that
+  // the step's last claims are single decode rows and neither thread is left
+  // with a whole prompt while the other waits.
+  std::stable_sort(small.begin(), small.end(), [](const SmallSegment& a, const SmallSegment& b) {
+    return a.segment->rows > b.segment->rows;
+  });
   if (!small.empty()) AddSmallSegments(x, y, bias, small);
 }
 
