@@ -43,6 +43,7 @@ ABSL_FLAG(std::string, dtype, "float32", "stored A and B: float32, bfloat16 or f
 ABSL_FLAG(int, threads, 2, "compute threads");
 ABSL_FLAG(int, flush_mb, 50, "MiB streamed before each group (the base's weights)");
 ABSL_FLAG(int, reps, 15, "steps measured");
+ABSL_FLAG(bool, prefetch_expand, true, "ask for the head of each B^T before the shrink, as the server does");
 ABSL_FLAG(bool, pack, true,
           "each adapter's modules in one region on huge pages, as the loader leaves them; false: each tensor "
           "allocated on its own");
@@ -108,6 +109,7 @@ int Run() {
   }
   const int64_t rows = absl::GetFlag(FLAGS_rows);
   const bool at_once = absl::GetFlag(FLAGS_rows_at_once);
+  const bool prefetch_expand = absl::GetFlag(FLAGS_prefetch_expand);
   const at::Tensor x = at::randn({adapters * rows, 2048});
   at::Tensor y = at::zeros({adapters * rows, 2048});
   const at::Tensor flush = at::ones({int64_t{absl::GetFlag(FLAGS_flush_mb)} << 18});
@@ -132,6 +134,11 @@ int Run() {
             const int first = kFirst[group], count = kCount[group];
             const void* as[3];
             for (int m = 0; m < count; ++m) as[m] = a_t[base + first + m].data_ptr();
+            if (prefetch_expand) {
+              for (int m = 0; m < count; ++m) {
+                LoraPrefetchExpand(b_t[base + first + m].data_ptr(), type, kRank, kModules[first + m].out);
+              }
+            }
             const int64_t step_rows = at_once ? 4 : 1;
             for (int64_t row = a * rows; row < (a + 1) * rows; row += step_rows) {
               const int64_t n = std::min(step_rows, (a + 1) * rows - row);

@@ -101,6 +101,7 @@ void ApplyRows(const float* xs, int64_t ldx, float* ys, int64_t ldy, int64_t row
   constexpr size_t kMaxShared = 8;
   const LoraModule::RowView& first = modules.front().view;
   const int64_t r = first.rank, count = static_cast<int64_t>(modules.size());
+  for (const RowModule& m : modules) LoraPrefetchExpand(m.view.b_t, m.view.type, m.view.rank, m.slice->width);
   const bool shared = modules.size() > 1 && modules.size() <= kMaxShared &&
                       std::all_of(modules.begin(), modules.end(), [&](const RowModule& m) {
                         return m.view.type == first.type && m.view.rank == r;

@@ -401,6 +401,10 @@ void LoraExpandRow(const float* __restrict tmp, const void* b_t, LoraWeightType 
   LoraExpandRows(tmp, r, 1, b_t, type, r, out, y, out);
 }
 
+void LoraPrefetchExpand(const void* b_t, LoraWeightType type, int64_t r, int64_t out) {
+  PrefetchHead(b_t, r * out * (type == LoraWeightType::kF32 ? 4 : 2));
+}
+
 ADAPTERD_CLONES
 void LoraShrinkRows(const float* __restrict x, int64_t x_stride, int64_t rows, const void* const* a_ts,
                     int64_t count, LoraWeightType type, int64_t in, int64_t r, const float* scales,

@@ -58,6 +58,11 @@ void LoraShrinkRows(const float* x, int64_t x_stride, int64_t rows, const void* 
 void LoraExpandRows(const float* tmp, int64_t tmp_stride, int64_t rows, const void* b_t, LoraWeightType type,
                     int64_t r, int64_t out, float* y, int64_t y_stride);
 
+// Asks for the first lines of a module's B^T ([r, out] elements of
+// `type`), where a shrink comes before its expand: the expand then does not
+// start on a miss.
+void LoraPrefetchExpand(const void* b_t, LoraWeightType type, int64_t r, int64_t out);
+
 // Half-precision activation rows for the kernels above: dst[0, n) = src's
 // n elements of `type` widened to fp32 (exactly), and back, rounded to the
 // nearest with ties to even as c10::BFloat16 and c10::Half round (a NaN
