@@ -91,6 +91,9 @@ void StoreRow(const float* src, int64_t n, at::Tensor& t, int64_t row) {
   NarrowRow(src, n, RowType(t), base + row * t.stride(0) * t.element_size());
 }
 
+// Rows of one segment that share one pass over each module's weights.
+constexpr int64_t kRowsAtOnce = 4;
+
 // All of a segment's modules for up to kRowsAtOnce of its rows (x's rows
 // ldx apart, y's ldy apart): when the modules share type and rank (a
 // group's q, k and v of one adapter), their shrinks in one pass over x; then
@@ -130,9 +133,6 @@ void ApplyRows(const float* xs, int64_t ldx, float* ys, int64_t ldy, int64_t row
                bias != nullptr ? bias + m.slice->col : nullptr, delta.data());
   }
 }
-
-// Rows of one segment that share one pass over each module's weights.
-constexpr int64_t kRowsAtOnce = 4;
 
 // y (+)= every small segment's deltas, kRowsAtOnce rows at a time. Segments
 // own disjoint rows, so they run in parallel without locks. Half-precision

@@ -10,9 +10,10 @@ namespace adapterd::model {
 // The DeltaBackend of the CPU, and of devices without kernels of ours. A segment of up to
 // kSmallSegmentRows rows whose modules the row kernels can read (on the
 // CPU, activations in float32, bfloat16 or float16) takes a direct loop
-// over its rows (lora_row_kernel.h): one pass over the shared input for all
-// of a group's LoRA shrinks, then each projection's expand, segments in
-// parallel. Larger segments, and every segment on other devices, take two
+// over its rows (lora_row_kernel.h), four rows at a time: one pass over
+// the shared input for all of a group's LoRA shrinks, then each
+// projection's expand, each module's weights read once for the four rows.
+// Segments run in parallel, the longest claimed first. Larger segments, and every segment on other devices, take two
 // ATen products per module. Bottleneck adapters are ATen operations per
 // segment (BottleneckForward). Stateless and immutable: safe from any
 // thread.
