@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <span>
 #include <vector>
 
 #include "server/common/parallel.h"
@@ -67,10 +68,11 @@ struct RowModule {
 };
 
 // A segment of at most kSmallSegmentRows rows and every module it applies
-// in the group (one per projection, or one per component of a composite).
+// in the group (one per projection, or one per component of a composite):
+// modules [begin, end) of the step's list.
 struct SmallSegment {
   const AdapterSegment* segment;
-  std::vector<RowModule> modules;
+  size_t begin, end;
 };
 
 LoraWeightType RowType(const at::Tensor& t) {
@@ -99,7 +101,7 @@ constexpr int64_t kRowsAtOnce = 4;
 // group's q, k and v of one adapter), their shrinks in one pass over x; then
 // each module's expand into its projection's columns.
 void ApplyRows(const float* xs, int64_t ldx, float* ys, int64_t ldy, int64_t rows, int64_t in,
-               const std::vector<RowModule>& modules, const float* bias, std::vector<float>& tmp,
+               std::span<const RowModule> modules, const float* bias, std::vector<float>& tmp,
                std::vector<float>& delta) {
   constexpr size_t kMaxShared = 8;
   const LoraModule::RowView& first = modules.front().view;
@@ -139,35 +141,43 @@ void ApplyRows(const float* xs, int64_t ldx, float* ys, int64_t ldy, int64_t row
 // rows are widened to float32 once and rounded back once after all their
 // modules.
 void AddSmallSegments(const at::Tensor& x, at::Tensor& y, const at::Tensor& bias,
-                      const std::vector<SmallSegment>& small) {
+                      std::span<const SmallSegment> small, std::span<const RowModule> modules) {
   const int64_t in = x.size(1), out = y.size(1);
   const bool wide = y.scalar_type() == at::kFloat;
   const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  const float* const x0 = wide ? x.data_ptr<float>() : nullptr;
+  float* const y0 = wide ? y.data_ptr<float>() : nullptr;
+  const int64_t ldx = x.stride(0), ldy = y.stride(0);
   // Each thread claims the next segment when done with its last, so a
   // thread that loses its core for a while (to a transport's thread) holds
   // back only the segments it has claimed, not half of the step's.
   const int64_t n = static_cast<int64_t>(small.size());
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    std::vector<float> tmp, delta(static_cast<size_t>(out));
-    std::vector<float> xrows(wide ? 0 : static_cast<size_t>(kRowsAtOnce * in));
-    std::vector<float> yrows(wide ? 0 : static_cast<size_t>(kRowsAtOnce * out));
+    // Scratch kept by each thread from step to step: a step makes 32 or
+    // more of these calls, and the threads are the same ones.
+    thread_local std::vector<float> tmp, delta, xrows, yrows;
+    delta.resize(static_cast<size_t>(out));
+    if (!wide) {
+      xrows.resize(static_cast<size_t>(kRowsAtOnce * in));
+      yrows.resize(static_cast<size_t>(kRowsAtOnce * out));
+    }
     for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
          i = next.fetch_add(1, std::memory_order_relaxed)) {
       const AdapterSegment& s = *small[i].segment;
+      const std::span<const RowModule> mods = modules.subspan(small[i].begin, small[i].end - small[i].begin);
       for (int64_t row = s.start; row < s.start + s.rows; row += kRowsAtOnce) {
         const int64_t rows = std::min(kRowsAtOnce, s.start + s.rows - row);
         if (wide) {
-          ApplyRows(x.data_ptr<float>() + row * x.stride(0), x.stride(0), y.data_ptr<float>() + row * y.stride(0),
-                    y.stride(0), rows, in, small[i].modules, bp, tmp, delta);
+          ApplyRows(x0 + row * ldx, ldx, y0 + row * ldy, ldy, rows, in, mods, bp, tmp, delta);
           continue;
         }
         for (int64_t j = 0; j < rows; ++j) {
           LoadRow(x, row + j, in, xrows.data() + j * in);
           LoadRow(y, row + j, out, yrows.data() + j * out);
         }
-        ApplyRows(xrows.data(), in, yrows.data(), out, rows, in, small[i].modules, bp, tmp, delta);
+        ApplyRows(xrows.data(), in, yrows.data(), out, rows, in, mods, bp, tmp, delta);
         for (int64_t j = 0; j < rows; ++j) StoreRow(yrows.data() + j * out, out, y, row + j);
       }
     }
@@ -223,15 +233,20 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
                                      std::span<const ProjSlice> group, std::span<const AdapterSegment> segments) {
   const bool direct = x.device().is_cpu() && RowLoopDtype(x.scalar_type()) && y.scalar_type() == x.scalar_type() &&
                       x.is_contiguous() && y.stride(1) == 1 && (!bias.defined() || bias.is_contiguous());
-  std::vector<SmallSegment> small;
+  // The step's list of small segments and their modules, kept by the
+  // calling (engine) thread from call to call.
+  thread_local std::vector<SmallSegment> small;
+  thread_local std::vector<RowModule> row_modules;
+  small.clear();
+  row_modules.clear();
   for (const AdapterSegment& s : segments) {
-    SmallSegment row_work{&s, {}};
-    bool row_capable = direct && s.rows <= kSmallSegmentRows;
+    const size_t begin = row_modules.size();
+    const bool row_capable = direct && s.rows <= kSmallSegmentRows;
     for (const ProjSlice& slice : group) {
       const std::span<const LoraModule> modules = s.adapter->Loras(layer, slice.proj);
       if (modules.empty()) continue;
       if (row_capable && RowCapable(modules)) {
-        for (const LoraModule& m : modules) row_work.modules.push_back({m.row, static_cast<float>(m.scale), &slice});
+        for (const LoraModule& m : modules) row_modules.push_back({m.row, static_cast<float>(m.scale), &slice});
         continue;
       }
       const at::Tensor slice_bias = bias.defined() ? bias.narrow(0, slice.col, slice.width) : at::Tensor();
@@ -240,7 +255,7 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
                      slice_bias);
       }
     }
-    if (!row_work.modules.empty()) small.push_back(std::move(row_work));
+    if (row_modules.size() > begin) small.push_back({&s, begin, row_modules.size()});
   }
   // The threads claim the longest segments (prompts' rows) first, so that
   // the step's last claims are single decode rows and neither thread is left
@@ -248,7 +263,7 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
   std::stable_sort(small.begin(), small.end(), [](const SmallSegment& a, const SmallSegment& b) {
     return a.segment->rows > b.segment->rows;
   });
-  if (!small.empty()) AddSmallSegments(x, y, bias, small);
+  if (!small.empty()) AddSmallSegments(x, y, bias, small, row_modules);
 }
 
 void AtenDeltaBackend::ApplyBottlenecks(const at::Tensor& x, const at::Tensor& h, at::Tensor& out, int64_t layer,
