@@ -5,8 +5,7 @@
 // (hidden 768, intermediate 2048, 8 layers, 4 KV heads of 64): --adapters
 // distinct rank-16 LoRAs on all seven projections, one row each (--rows:
 // more, as a prompt's rows, four at a time or with --rows_at_once=false
-// one at a time), in the
-// order the step runs them (per layer: q/k/v as one shared shrink, o,
+// one at a time), in the order the step runs them (per layer: q/k/v as one shared shrink, o,
 // gate/up as one shared shrink, down), each group's rows split over the
 // threads as AtenDeltaBackend splits segments. Before each group the
 // threads stream --flush_mb of other memory, as the base's weights pass
@@ -77,8 +76,8 @@ int Run() {
     return 2;
   }
   const int adapters = absl::GetFlag(FLAGS_adapters);
-  if (adapters < 1 || absl::GetFlag(FLAGS_rows) < 1 || absl::GetFlag(FLAGS_reps) < 1 || absl::GetFlag(FLAGS_threads) < 1 ||
-      absl::GetFlag(FLAGS_flush_mb) < 0) {
+  if (adapters < 1 || absl::GetFlag(FLAGS_rows) < 1 || absl::GetFlag(FLAGS_reps) < 1 ||
+      absl::GetFlag(FLAGS_threads) < 1 || absl::GetFlag(FLAGS_flush_mb) < 0) {
     std::fprintf(stderr, "--adapters, --rows, --reps and --threads must be at least 1, --flush_mb at least 0\n");
     return 2;
   }
@@ -162,7 +161,8 @@ int Run() {
       "%d distinct rank-16 LoRAs on all 7 projections of the ~100M model, %s, %lld row(s) each%s, %d threads, "
       "%d MiB streamed between groups, %s; median of %zu steps:\n\n",
       adapters, dtype_name.c_str(), static_cast<long long>(rows),
-      rows == 1 ? "" : (at_once ? " (four at a time)" : " (one at a time)"), at::get_num_threads(), absl::GetFlag(FLAGS_flush_mb),
+      rows == 1 ? "" : (at_once ? " (four at a time)" : " (one at a time)"), at::get_num_threads(),
+      absl::GetFlag(FLAGS_flush_mb),
       absl::GetFlag(FLAGS_pack) ? "packed per adapter" : "tensors allocated one by one", steps.size());
   std::printf("| adapter bytes per step | ms per step | GB/s | read ceiling GB/s | share of ceiling |\n");
   std::printf("|---|---|---|---|---|\n");

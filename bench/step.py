@@ -92,8 +92,7 @@ def ceilings(cfg, dtype, threads, reps=5, blocks=2):
     Each way is timed in blocks of `reps` passes after 0.2 s of warm-up
     passes, and the blocks of the two ways alternate. A pass of one way
     right after the other's would be timed against the other library's idle
-    workers, which
-    spin on the cores for a while after each call (OpenBLAS's after linear,
+    workers, which spin on the cores for a while after each call (OpenBLAS's after linear,
     OpenMP's after oneDNN): timed pass by pass alternately, oneDNN's packed
     float32 product ran at 80-190 GFLOP/s against 400-450 on its own on a
     2-core EPYC. The server has no such fight: OpenBLAS runs its jobs on

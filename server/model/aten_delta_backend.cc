@@ -259,9 +259,11 @@ void AtenDeltaBackend::AddLoraDeltas(const at::Tensor& x, at::Tensor& y, const a
   }
   // The threads claim the longest segments (prompts' rows) first, so that
   // the step's last claims are single decode rows and neither thread is left
-  // with a whole prompt while the other waits.
-  std::stable_sort(small.begin(), small.end(), [](const SmallSegment& a, const SmallSegment& b) {
-    return a.segment->rows > b.segment->rows;
+  // with a whole prompt while the other waits. (std::sort, unlike
+  // stable_sort, needs no buffer; ties go in row order.)
+  std::sort(small.begin(), small.end(), [](const SmallSegment& a, const SmallSegment& b) {
+    return a.segment->rows != b.segment->rows ? a.segment->rows > b.segment->rows
+                                              : a.segment->start < b.segment->start;
   });
   if (!small.empty()) AddSmallSegments(x, y, bias, small, row_modules);
 }

@@ -13,8 +13,8 @@ namespace adapterd::model {
 // over its rows (lora_row_kernel.h), four rows at a time: one pass over
 // the shared input for all of a group's LoRA shrinks, then each
 // projection's expand, each module's weights read once for the four rows.
-// Segments run in parallel, the longest claimed first. Larger segments, and every segment on other devices, take two
-// ATen products per module. Bottleneck adapters are ATen operations per
+// Segments run in parallel, the longest claimed first. Larger segments, and
+// every segment on other devices, take two ATen products per module. Bottleneck adapters are ATen operations per
 // segment (BottleneckForward). Stateless and immutable: safe from any
 // thread.
 class AtenDeltaBackend : public DeltaBackend {

@@ -145,13 +145,15 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const v
       }
     }
   }
+  using H = typename Vec<S::N>::F;
   for (int m = 0; m < M; ++m) {
+    H tail[C][P] = {};  // the odd row of A^T left over, if any
+    if (i < in) LoadA<W, S::N>(a_t[m] + i * R, tail);
     for (int j = 0; j < NR; ++j) {
       for (int c = 0; c < C; ++c) {
         for (int p = 0; p < P; ++p) {
           // The rows of A^T in the first accumulator (lanes [0, 8) where
           // packed), the odd row left over, then the second's.
-          using H = typename Vec<S::N>::F;
           H first, second;
           if constexpr (S::kPacked) {
             std::memcpy(&first, &acc[m][j][0][c][p], sizeof(H));
@@ -160,11 +162,7 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const v
             first = acc[m][j][0][c][p];
             second = acc[m][j][1][c][p];
           }
-          if (i < in) {
-            H w[C][P];
-            LoadA<W, S::N>(a_t[m] + i * R, w);
-            first += x[j * ldx + i] * w[c][p];
-          }
+          if (i < in) first += x[j * ldx + i] * tail[c][p];
           const H sum = first + second;
           for (int l = 0; l < S::N; ++l) tmp[j * ldt + m * R + (c * S::N + l) * P + p] = sum[l] * scales[m];
         }
@@ -232,36 +230,41 @@ ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, int64_t ldx, int64_t
 // odd outputs) and interleaved once at the end.
 constexpr int64_t kExpandChunk = 2048;  // outputs a pass holds; its sums take 8 KiB
 
+// The 32 elements of B^T at `row`, in W::Load32's order, asking for the
+// lines kAheadBytes on.
+template <class W>
+ADAPTERD_INLINE void LoadBlock(const typename W::T* row, V16& a, V16& b) {
+  const char* const ahead = reinterpret_cast<const char*>(row) + kAheadBytes;
+  for (int64_t line = 0; line < 32 * static_cast<int64_t>(sizeof(typename W::T)); line += 64) {
+    __builtin_prefetch(ahead + line, 0, 3);
+  }
+  W::Load32(row, a, b);
+}
+
+// yo[0, 32) += the sums of one block, lo and hi in LoadBlock's order.
+template <class W>
+ADAPTERD_INLINE void AddBlock(V16 lo, V16 hi, float* __restrict yo) {
+  if constexpr (std::is_same_v<W, BF16>) Interleave(lo, hi, lo, hi);
+  StoreBytes(yo, LoadBytes<V16>(yo) + lo);
+  StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
+}
+
 template <class W>
 ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
                                  int64_t o0, int64_t blocks, float* __restrict y) {
   V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
   for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
-  constexpr int64_t kBlockBytes = 32 * sizeof(typename W::T);
   for (int64_t k = 0; k < r; ++k) {
     const typename W::T* row = b_t + k * out + o0;
     const float t = tmp[k];
     for (int64_t j = 0; j < blocks; ++j) {
       V16 a, b;
-      const char* const ahead = reinterpret_cast<const char*>(row + 32 * j) + kAheadBytes;
-      for (int64_t line = 0; line < kBlockBytes; line += 64) __builtin_prefetch(ahead + line, 0, 3);
-      if constexpr (std::is_same_v<W, BF16>) {
-        BF16::LoadPairs<16>(row + 32 * j, a, b);
-      } else {
-        a = W::template LoadN<16>(row + 32 * j);
-        b = W::template LoadN<16>(row + 32 * j + 16);
-      }
+      LoadBlock<W>(row + 32 * j, a, b);
       lo_sums[j] += t * a;
       hi_sums[j] += t * b;
     }
   }
-  for (int64_t j = 0; j < blocks; ++j) {
-    V16 lo = lo_sums[j], hi = hi_sums[j];
-    if constexpr (std::is_same_v<W, BF16>) Interleave(lo_sums[j], hi_sums[j], lo, hi);
-    float* const yo = y + o0 + 32 * j;
-    StoreBytes(yo, LoadBytes<V16>(yo) + lo);
-    StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
-  }
+  for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + o0 + 32 * j);
 }
 
 // The expand over whole blocks of 32 outputs, a chunk at a time; returns
@@ -309,31 +312,15 @@ ADAPTERD_INLINE void ExpandRowsFixed(const float* __restrict tmp, int64_t ldt, c
   for (int64_t o = 0; o < whole; o += 32) {
     V16 lo_sums[NR] = {}, hi_sums[NR] = {};
     for (int64_t k = 0; k < r; ++k) {
-      const typename W::T* row = b_t + k * out + o;
-      const char* const ahead = reinterpret_cast<const char*>(row) + kAheadBytes;
-      for (int64_t line = 0; line < 32 * static_cast<int64_t>(sizeof(typename W::T)); line += 64) {
-        __builtin_prefetch(ahead + line, 0, 3);
-      }
       V16 a, b2;
-      if constexpr (std::is_same_v<W, BF16>) {
-        BF16::LoadPairs<16>(row, a, b2);
-      } else {
-        a = W::template LoadN<16>(row);
-        b2 = W::template LoadN<16>(row + 16);
-      }
+      LoadBlock<W>(b_t + k * out + o, a, b2);
       for (int j = 0; j < NR; ++j) {
         const float t = tmp[j * ldt + k];
         lo_sums[j] += t * a;
         hi_sums[j] += t * b2;
       }
     }
-    for (int j = 0; j < NR; ++j) {
-      V16 lo = lo_sums[j], hi = hi_sums[j];
-      if constexpr (std::is_same_v<W, BF16>) Interleave(lo_sums[j], hi_sums[j], lo, hi);
-      float* const yo = y + j * ldy + o;
-      StoreBytes(yo, LoadBytes<V16>(yo) + lo);
-      StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
-    }
+    for (int j = 0; j < NR; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + j * ldy + o);
   }
   for (int j = 0; j < NR; ++j) ExpandTail<W>(tmp + j * ldt, b_t, r, out, whole, y + j * ldy);
 }

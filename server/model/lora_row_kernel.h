@@ -8,8 +8,8 @@ namespace adapterd::model {
 // Direct kernels for applying a low-rank delta to one row, or to a few rows
 // of one adapter, used where a segment holds one row (decode) or a few dozen
 // (a short prompt) and the two ATen matmuls would cost more in call overhead
-// than in arithmetic. Both are pure functions over
-// caller-owned buffers and are safe to call from many threads at once.
+// than in arithmetic. All are pure functions over caller-owned buffers and
+// are safe to call from many threads at once.
 //
 // Activations and accumulators are fp32. The delta's A and B may be stored
 // in fp32, fp16 or bf16 (an adapter saved in half precision keeps its dtype
