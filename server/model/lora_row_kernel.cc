@@ -1,6 +1,8 @@
 #include "server/model/lora_row_kernel.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <type_traits>
 
 #include "server/model/cpu_clones.h"
@@ -54,8 +56,12 @@ ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
 // of A^T fills half a 16-lane vector (N = 8), two rows of A^T, i and i + 1,
 // are read as one vector, row i in lanes [0, 8) and row i + 1 in lanes [8,
 // 16): the same sums as two 8-lane accumulators of alternate rows, in half
-// the instructions. Otherwise U = 2 accumulators take alternate rows, so
-// that no sum waits on its own last FMA.
+// the instructions. U sets of accumulators take turns over the rows (where
+// packed, over the pairs of rows), U chosen so that a row of x with its M
+// modules keeps about 8 sums in flight: an FMA waits on its own
+// accumulator's last one, and two FMA pipes with a latency of four cycles
+// need eight independent sums to stay busy (one module alone had two). The choice depends on M, not on
+// how many rows of x share the pass, so that a row's sums do not either.
 template <class W, int R>
 struct ShrinkShape {
   static constexpr bool kPairs = std::is_same_v<W, BF16>;
@@ -63,12 +69,14 @@ struct ShrinkShape {
   static constexpr int N = std::min(kLanes, 16), C = kLanes / N, P = kPairs ? 2 : 1;
   static constexpr bool kPacked = N == 8;
   static constexpr int L = kPacked ? 16 : N;  // lanes of an accumulator
-  static constexpr int U = kPacked ? 1 : 2;
   using F = typename Vec<L>::F;
+  template <int M>
+  static constexpr int U = std::clamp(std::bit_floor(8u / (M * C * P)), kPacked ? 1u : 2u, 4u);
+  static constexpr int kRowsPerSet = kPacked ? 2 : 1;  // rows of A^T an accumulator set takes per turn
   // Rows of x that share one pass over A^T: their accumulators for M
   // modules stay within 24 vector registers.
   template <int M>
-  static constexpr int kRows = std::clamp(24 / (M * U * C * P), 1, 4);
+  static constexpr int kRows = std::clamp(24 / (M * U<M> * C * P), 1, 4);
 };
 
 // The C x P vectors of one row of A^T (kPacked: of rows i and i + 1) at p.
@@ -86,7 +94,9 @@ ADAPTERD_INLINE void LoadA(const typename W::T* p, F (&w)[C][P]) {
 // x[i] in lanes [0, 8) and x[i + 1] in lanes [8, 16).
 ADAPTERD_INLINE V16 PairOf(const float* x) {
   using F8 = Vec<8>::F;
-  const F8 lo = F8{} + x[0], hi = F8{} + x[1];
+  // x - (+0) is x for every x, -0 included (x + 0 is not), so this is a
+  // broadcast with no arithmetic.
+  const F8 lo = x[0] - F8{}, hi = x[1] - F8{};
   return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
@@ -100,6 +110,29 @@ ADAPTERD_INLINE void PrefetchAhead(const char* const (&a)[M], int64_t i, int64_t
   }
 }
 
+// Adds the products of rows [i, i + S::kRowsPerSet) of each A^T to
+// accumulator set u of each of the NR rows of x.
+template <class W, int R, int M, int NR, class F, int U, int C, int P>
+ADAPTERD_INLINE void ShrinkTurn(const float* __restrict x, int64_t ldx, const typename W::T* const (&a_t)[M],
+                                int64_t i, int u, F (&acc)[M][NR][U][C][P]) {
+  using S = ShrinkShape<W, R>;
+  for (int m = 0; m < M; ++m) {
+    F w[C][P];
+    LoadA<W, S::L>(a_t[m] + i * R, w);
+    for (int j = 0; j < NR; ++j) {
+      if constexpr (S::kPacked) {
+        const F xv = PairOf(x + j * ldx + i);
+        for (int p = 0; p < P; ++p) acc[m][j][u][0][p] += xv * w[0][p];
+      } else {
+        const float xi = x[j * ldx + i];
+        for (int c = 0; c < C; ++c) {
+          for (int p = 0; p < P; ++p) acc[m][j][u][c][p] += xi * w[c][p];
+        }
+      }
+    }
+  }
+}
+
 // M modules of rank R (8, 16 or 32) over NR rows of x, in one pass over
 // each A^T: tmp[j * ldt + m * R + k] = scales[m] * sum_i x[j * ldx + i]
 // a_t[m][i * R + k] for j < NR. Each row's sums are those of NR = 1, bit
@@ -109,7 +142,7 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const v
                                  const float* scales, float* __restrict tmp, int64_t ldt) {
   using S = ShrinkShape<W, R>;
   using F = typename S::F;
-  constexpr int C = S::C, P = S::P, U = S::U;
+  constexpr int C = S::C, P = S::P, U = S::template U<M>, kSet = S::kRowsPerSet;
   constexpr int64_t kRowBytes = R * static_cast<int64_t>(sizeof(typename W::T));
   const typename W::T* a_t[M];
   const char* a_bytes[M];
@@ -120,50 +153,33 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const v
   }
   F acc[M][NR][U][C][P] = {};
   int64_t i = 0;
-  for (; i + 2 <= in; i += 2) {
-    PrefetchAhead<M>(a_bytes, i, in, kRowBytes);
-    PrefetchAhead<M>(a_bytes, i + 1, in, kRowBytes);
-    for (int m = 0; m < M; ++m) {
-      if constexpr (S::kPacked) {
-        F w[C][P];
-        LoadA<W, S::L>(a_t[m] + i * R, w);
-        for (int j = 0; j < NR; ++j) {
-          const F xv = PairOf(x + j * ldx + i);
-          for (int p = 0; p < P; ++p) acc[m][j][0][0][p] += xv * w[0][p];
-        }
-      } else {
-        for (int u = 0; u < U; ++u) {
-          F w[C][P];
-          LoadA<W, S::L>(a_t[m] + (i + u) * R, w);
-          for (int j = 0; j < NR; ++j) {
-            const float xi = x[j * ldx + i + u];
-            for (int c = 0; c < C; ++c) {
-              for (int p = 0; p < P; ++p) acc[m][j][u][c][p] += xi * w[c][p];
-            }
-          }
-        }
-      }
-    }
+  for (; i + U * kSet <= in; i += U * kSet) {
+    for (int k = 0; k < U * kSet; ++k) PrefetchAhead<M>(a_bytes, i + k, in, kRowBytes);
+    for (int u = 0; u < U; ++u) ShrinkTurn<W, R, M, NR>(x, ldx, a_t, i + u * kSet, u, acc);
   }
+  // The whole turns left over, one per set.
+  for (int u = 0; i + kSet <= in; i += kSet, ++u) ShrinkTurn<W, R, M, NR>(x, ldx, a_t, i, u, acc);
   using H = typename Vec<S::N>::F;
   for (int m = 0; m < M; ++m) {
-    H tail[C][P] = {};  // the odd row of A^T left over, if any
+    H tail[C][P] = {};  // the odd row of A^T left over where packed, if any
     if (i < in) LoadA<W, S::N>(a_t[m] + i * R, tail);
     for (int j = 0; j < NR; ++j) {
       for (int c = 0; c < C; ++c) {
         for (int p = 0; p < P; ++p) {
-          // The rows of A^T in the first accumulator (lanes [0, 8) where
-          // packed), the odd row left over, then the second's.
-          H first, second;
+          // The sets in order; where packed, the rows in lanes [0, 8) (with
+          // the odd row left over), then those in lanes [8, 16).
+          F all = acc[m][j][0][c][p];
+          for (int u = 1; u < U; ++u) all += acc[m][j][u][c][p];
+          H sum;
           if constexpr (S::kPacked) {
-            std::memcpy(&first, &acc[m][j][0][c][p], sizeof(H));
-            std::memcpy(&second, reinterpret_cast<const char*>(&acc[m][j][0][c][p]) + sizeof(H), sizeof(H));
+            H first, second;
+            std::memcpy(&first, &all, sizeof(H));
+            std::memcpy(&second, reinterpret_cast<const char*>(&all) + sizeof(H), sizeof(H));
+            if (i < in) first += x[j * ldx + i] * tail[c][p];
+            sum = first + second;
           } else {
-            first = acc[m][j][0][c][p];
-            second = acc[m][j][1][c][p];
+            sum = all;
           }
-          if (i < in) first += x[j * ldx + i] * tail[c][p];
-          const H sum = first + second;
           for (int l = 0; l < S::N; ++l) tmp[j * ldt + m * R + (c * S::N + l) * P + p] = sum[l] * scales[m];
         }
       }
@@ -252,19 +268,26 @@ ADAPTERD_INLINE void AddBlock(V16 lo, V16 hi, float* __restrict yo) {
 template <class W>
 ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
                                  int64_t o0, int64_t blocks, float* __restrict y) {
-  V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
-  for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
+  // A block's two sums side by side: two arrays would put sums[j]'s halves
+  // 4 KiB apart, where a store to one stalls the load of the other.
+  V16 sums[kExpandChunk / 32][2];
+  if (r <= 0) return;  // no row to start the sums
   for (int64_t k = 0; k < r; ++k) {
     const typename W::T* row = b_t + k * out + o0;
     const float t = tmp[k];
     for (int64_t j = 0; j < blocks; ++j) {
       V16 a, b;
       LoadBlock<W>(row + 32 * j, a, b);
-      lo_sums[j] += t * a;
-      hi_sums[j] += t * b;
+      if (k == 0) {  // the sums start from +0, with no pass to zero them
+        sums[j][0] = t * a + V16{};
+        sums[j][1] = t * b + V16{};
+      } else {
+        sums[j][0] += t * a;
+        sums[j][1] += t * b;
+      }
     }
   }
-  for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + o0 + 32 * j);
+  for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(sums[j][0], sums[j][1], y + o0 + 32 * j);
 }
 
 // The expand over whole blocks of 32 outputs, a chunk at a time; returns
