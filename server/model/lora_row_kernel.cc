@@ -1,6 +1,7 @@
 #include "server/model/lora_row_kernel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstring>
 #include <type_traits>
@@ -27,6 +28,24 @@ constexpr int64_t kAheadBytes = 2048;
 ADAPTERD_INLINE void PrefetchHead(const void* p, int64_t bytes) {
   const auto* c = static_cast<const char*>(p);
   for (int64_t b = 0; b < std::min(bytes, kAheadBytes); b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
+// Whether the CPU runs the AVX-512 clones (x86-64-v4). The shrink keeps
+// more sums and builds x's pairs with a 16-lane permute there only, and the
+// expand keeps a block's sums side by side: in the other clones GCC holds
+// 16-lane vectors in memory and moves them element by element, where the
+// earlier forms are faster. The choice is per CPU, so a row's sums still do
+// not depend on how many rows share a pass. Tests may override it.
+std::atomic<int> wide_override{-1};
+
+bool HasWideVectors() {
+  if (const int o = wide_override.load(std::memory_order_relaxed); o >= 0) return o == 1;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const bool wide = __builtin_cpu_supports("x86-64-v4");
+  return wide;
+#else
+  return true;
+#endif
 }
 
 using cpu::BF16;
@@ -62,7 +81,7 @@ ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
 // accumulator's last one, and two FMA pipes with a latency of four cycles
 // need eight independent sums to stay busy (one module alone had two). The choice depends on M, not on
 // how many rows of x share the pass, so that a row's sums do not either.
-template <class W, int R>
+template <class W, int R, bool kWide>
 struct ShrinkShape {
   static constexpr bool kPairs = std::is_same_v<W, BF16>;
   static constexpr int kLanes = kPairs ? R / 2 : R;  // fp32 lanes per row and half (bfloat16: per parity)
@@ -71,7 +90,8 @@ struct ShrinkShape {
   static constexpr int L = kPacked ? 16 : N;  // lanes of an accumulator
   using F = typename Vec<L>::F;
   template <int M>
-  static constexpr int U = std::clamp(std::bit_floor(8u / (M * C * P)), kPacked ? 1u : 2u, 4u);
+  static constexpr int U =
+      kWide ? std::clamp(std::bit_floor(8u / (M * C * P)), kPacked ? 1u : 2u, 4u) : (kPacked ? 1 : 2);
   static constexpr int kRowsPerSet = kPacked ? 2 : 1;  // rows of A^T an accumulator set takes per turn
   // Rows of x that share one pass over A^T: their accumulators for M
   // modules stay within 24 vector registers.
@@ -91,15 +111,24 @@ ADAPTERD_INLINE void LoadA(const typename W::T* p, F (&w)[C][P]) {
   }
 }
 
-// x[i] in lanes [0, 8) and x[i + 1] in lanes [8, 16): the pair's 8 bytes
-// broadcast, then one permute (two broadcasts and a shuffle took five
-// instructions).
+// x[i] in lanes [0, 8) and x[i + 1] in lanes [8, 16). With AVX-512: the
+// pair's 8 bytes broadcast, then one permute (two broadcasts and a shuffle
+// took five instructions). Without, GCC lowers that permute of a 16-lane
+// vector element by element, so the two 8-lane broadcasts are joined.
+template <bool kWide>
 ADAPTERD_INLINE V16 PairOf(const float* x) {
-  using Q8 = uint64_t __attribute__((vector_size(64)));
-  uint64_t pair;
-  std::memcpy(&pair, x, sizeof(pair));
-  const V16 pairs = reinterpret_cast<V16>(pair + Q8{});  // x[i], x[i + 1], x[i], ...
-  return __builtin_shufflevector(pairs, pairs, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  if constexpr (kWide) {
+    using Q8 = uint64_t __attribute__((vector_size(64)));
+    uint64_t pair;
+    std::memcpy(&pair, x, sizeof(pair));
+    const V16 pairs = reinterpret_cast<V16>(pair + Q8{});  // x[i], x[i + 1], x[i], ...
+    return __builtin_shufflevector(pairs, pairs, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  } else {
+    using F8 = Vec<8>::F;
+    // x - (+0) is x for every x, -0 included (x + 0 is not): a broadcast.
+    const F8 lo = x[0] - F8{}, hi = x[1] - F8{};
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
 }
 
 // Asks for the line kAheadBytes past row i of each A^T, where row i starts a line.
@@ -114,20 +143,26 @@ ADAPTERD_INLINE void PrefetchAhead(const char* const (&a)[M], int64_t i, int64_t
 
 // Adds the products of rows [i, i + S::kRowsPerSet) of each A^T to
 // accumulator set u of each of the NR rows of x.
-template <class W, int R, int M, int NR, class F, int U, int C, int P>
+template <class W, int R, bool kWide, int M, int NR, class F, int U, int C, int P>
 ADAPTERD_INLINE void ShrinkTurn(const float* __restrict x, int64_t ldx, const typename W::T* const (&a_t)[M],
                                 int64_t i, int u, F (&acc)[M][NR][U][C][P]) {
-  using S = ShrinkShape<W, R>;
-  F pairs[S::kPacked ? NR : 1];  // each row's x pair, shared by the M modules
-  if constexpr (S::kPacked) {
-    for (int j = 0; j < NR; ++j) pairs[j] = PairOf(x + j * ldx + i);
+  using S = ShrinkShape<W, R, kWide>;
+  // Each row's x pair, shared by the M modules (without AVX-512 built
+  // where used: a 16-lane vector is not kept in registers there).
+  constexpr bool kHoist = S::kPacked && kWide;
+  F pairs[kHoist ? NR : 1];
+  if constexpr (kHoist) {
+    for (int j = 0; j < NR; ++j) pairs[j] = PairOf<kWide>(x + j * ldx + i);
   }
   for (int m = 0; m < M; ++m) {
     F w[C][P];
     LoadA<W, S::L>(a_t[m] + i * R, w);
     for (int j = 0; j < NR; ++j) {
-      if constexpr (S::kPacked) {
+      if constexpr (kHoist) {
         for (int p = 0; p < P; ++p) acc[m][j][u][0][p] += pairs[j] * w[0][p];
+      } else if constexpr (S::kPacked) {
+        const F xv = PairOf<kWide>(x + j * ldx + i);
+        for (int p = 0; p < P; ++p) acc[m][j][u][0][p] += xv * w[0][p];
       } else {
         const float xi = x[j * ldx + i];
         for (int c = 0; c < C; ++c) {
@@ -142,10 +177,10 @@ ADAPTERD_INLINE void ShrinkTurn(const float* __restrict x, int64_t ldx, const ty
 // each A^T: tmp[j * ldt + m * R + k] = scales[m] * sum_i x[j * ldx + i]
 // a_t[m][i * R + k] for j < NR. Each row's sums are those of NR = 1, bit
 // for bit: the same products, added in the same order.
-template <class W, int R, int M, int NR>
+template <class W, int R, bool kWide, int M, int NR>
 ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const void* const* a, int64_t in,
                                  const float* scales, float* __restrict tmp, int64_t ldt) {
-  using S = ShrinkShape<W, R>;
+  using S = ShrinkShape<W, R, kWide>;
   using F = typename S::F;
   constexpr int C = S::C, P = S::P, U = S::template U<M>, kSet = S::kRowsPerSet;
   constexpr int64_t kRowBytes = R * static_cast<int64_t>(sizeof(typename W::T));
@@ -160,10 +195,10 @@ ADAPTERD_INLINE void ShrinkFixed(const float* __restrict x, int64_t ldx, const v
   int64_t i = 0;
   for (; i + U * kSet <= in; i += U * kSet) {
     for (int k = 0; k < U * kSet; ++k) PrefetchAhead<M>(a_bytes, i + k, in, kRowBytes);
-    for (int u = 0; u < U; ++u) ShrinkTurn<W, R, M, NR>(x, ldx, a_t, i + u * kSet, u, acc);
+    for (int u = 0; u < U; ++u) ShrinkTurn<W, R, kWide, M, NR>(x, ldx, a_t, i + u * kSet, u, acc);
   }
   // The whole turns left over, one per set.
-  for (int u = 0; i + kSet <= in; i += kSet, ++u) ShrinkTurn<W, R, M, NR>(x, ldx, a_t, i, u, acc);
+  for (int u = 0; i + kSet <= in; i += kSet, ++u) ShrinkTurn<W, R, kWide, M, NR>(x, ldx, a_t, i, u, acc);
   using H = typename Vec<S::N>::F;
   for (int m = 0; m < M; ++m) {
     H tail[C][P] = {};  // the odd row of A^T left over where packed, if any
@@ -205,37 +240,37 @@ ADAPTERD_INLINE void ShrinkAny(const float* __restrict x, const typename W::T* _
 }
 
 // `rows` rows through ShrinkFixed, kRows at a time.
-template <class W, int R, int M>
+template <class W, int R, bool kWide, int M>
 ADAPTERD_INLINE void ShrinkRowsFixed(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
                                      int64_t in, const float* scales, float* __restrict tmp, int64_t ldt) {
-  constexpr int NR = ShrinkShape<W, R>::template kRows<M>;
+  constexpr int NR = ShrinkShape<W, R, kWide>::template kRows<M>;
   int64_t j = 0;
   if constexpr (NR > 1) {
-    for (; j + NR <= rows; j += NR) ShrinkFixed<W, R, M, NR>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+    for (; j + NR <= rows; j += NR) ShrinkFixed<W, R, kWide, M, NR>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
   }
-  for (; j < rows; ++j) ShrinkFixed<W, R, M, 1>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+  for (; j < rows; ++j) ShrinkFixed<W, R, kWide, M, 1>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
 }
 
 // Returns false where no fixed-size path covers rank r.
-template <class W, int M>
+template <class W, bool kWide, int M>
 ADAPTERD_INLINE bool ShrinkRanked(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
                                   int64_t in, int64_t r, const float* scales, float* __restrict tmp, int64_t ldt) {
   switch (r) {
-    case 8: ShrinkRowsFixed<W, 8, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
-    case 16: ShrinkRowsFixed<W, 16, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
-    case 32: ShrinkRowsFixed<W, 32, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
+    case 8: ShrinkRowsFixed<W, 8, kWide, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
+    case 16: ShrinkRowsFixed<W, 16, kWide, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
+    case 32: ShrinkRowsFixed<W, 32, kWide, M>(x, ldx, rows, a, in, scales, tmp, ldt); return true;
     default: return false;
   }
 }
 
-template <class W>
+template <class W, bool kWide>
 ADAPTERD_INLINE void ShrinkMulti(const float* __restrict x, int64_t ldx, int64_t rows, const void* const* a,
                                  int64_t count, int64_t in, int64_t r, const float* scales, float* __restrict tmp,
                                  int64_t ldt) {
-  if (count == 2 && ShrinkRanked<W, 2>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
-  if (count == 3 && ShrinkRanked<W, 3>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
+  if (count == 2 && ShrinkRanked<W, kWide, 2>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
+  if (count == 3 && ShrinkRanked<W, kWide, 3>(x, ldx, rows, a, in, r, scales, tmp, ldt)) return;
   for (int64_t m = 0; m < count; ++m) {
-    if (ShrinkRanked<W, 1>(x, ldx, rows, a + m, in, r, scales + m, tmp + m * r, ldt)) continue;
+    if (ShrinkRanked<W, kWide, 1>(x, ldx, rows, a + m, in, r, scales + m, tmp + m * r, ldt)) continue;
     for (int64_t j = 0; j < rows; ++j) {
       ShrinkAny<W>(x + j * ldx, static_cast<const typename W::T*>(a[m]), in, r, scales[m], tmp + j * ldt + m * r);
     }
@@ -270,11 +305,29 @@ ADAPTERD_INLINE void AddBlock(V16 lo, V16 hi, float* __restrict yo) {
   StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
 }
 
-template <class W>
+template <class W, bool kWide>
 ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
                                  int64_t o0, int64_t blocks, float* __restrict y) {
-  // A block's two sums side by side: two arrays would put sums[j]'s halves
-  // 4 KiB apart, where a store to one stalls the load of the other.
+  // With AVX-512, a block's two sums side by side: two arrays would put
+  // sums[j]'s halves 4 KiB apart, where a store to one stalls the load of
+  // the other. Without, GCC moves 16-lane vectors through memory, and the
+  // arrays as they were are faster.
+  if constexpr (!kWide) {
+    V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
+    for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
+    for (int64_t k = 0; k < r; ++k) {
+      const typename W::T* row = b_t + k * out + o0;
+      const float t = tmp[k];
+      for (int64_t j = 0; j < blocks; ++j) {
+        V16 a, b;
+        LoadBlock<W>(row + 32 * j, a, b);
+        lo_sums[j] += t * a;
+        hi_sums[j] += t * b;
+      }
+    }
+    for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + o0 + 32 * j);
+    return;
+  }
   V16 sums[kExpandChunk / 32][2];
   if (r <= 0) return;  // no row to start the sums
   for (int64_t k = 0; k < r; ++k) {
@@ -297,12 +350,12 @@ ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::
 
 // The expand over whole blocks of 32 outputs, a chunk at a time; returns
 // the outputs done.
-template <class W>
+template <class W, bool kWide>
 ADAPTERD_INLINE int64_t ExpandBlocks(const float* __restrict tmp, const typename W::T* b_t, int64_t r,
                                      int64_t out, float* __restrict y) {
   const int64_t whole = out / 32 * 32;
   for (int64_t o0 = 0; o0 < whole; o0 += kExpandChunk) {
-    ExpandChunk<W>(tmp, b_t, r, out, o0, std::min(kExpandChunk, whole - o0) / 32, y);
+    ExpandChunk<W, kWide>(tmp, b_t, r, out, o0, std::min(kExpandChunk, whole - o0) / 32, y);
   }
   return whole;
 }
@@ -318,12 +371,12 @@ ADAPTERD_INLINE void ExpandTail(const float* __restrict tmp, const typename W::T
   }
 }
 
-template <class W>
+template <class W, bool kWide>
 ADAPTERD_INLINE void Expand(const float* __restrict tmp, const void* b, int64_t r, int64_t out,
                             float* __restrict y) {
   const auto* b_t = static_cast<const typename W::T*>(b);
   PrefetchHead(b_t, r * out * static_cast<int64_t>(sizeof(typename W::T)));
-  ExpandTail<W>(tmp, b_t, r, out, ExpandBlocks<W>(tmp, b_t, r, out, y), y);
+  ExpandTail<W>(tmp, b_t, r, out, ExpandBlocks<W, kWide>(tmp, b_t, r, out, y), y);
 }
 
 // The expand of NR rows, y[j * ldy + o] += sum_k tmp[j * ldt + k] b_t[k][o],
@@ -355,14 +408,14 @@ ADAPTERD_INLINE void ExpandRowsFixed(const float* __restrict tmp, int64_t ldt, c
 
 constexpr int64_t kExpandRows = 4;  // rows that share one pass over B^T
 
-template <class W>
+template <class W, bool kWide>
 ADAPTERD_INLINE void ExpandRows(const float* __restrict tmp, int64_t ldt, int64_t rows, const void* b, int64_t r,
                                 int64_t out, float* __restrict y, int64_t ldy) {
   int64_t j = 0;
   for (; j + kExpandRows <= rows; j += kExpandRows) {
     ExpandRowsFixed<W, kExpandRows>(tmp + j * ldt, ldt, b, r, out, y + j * ldy, ldy);
   }
-  for (; j < rows; ++j) Expand<W>(tmp + j * ldt, b, r, out, y + j * ldy);
+  for (; j < rows; ++j) Expand<W, kWide>(tmp + j * ldt, b, r, out, y + j * ldy);
 }
 
 template <class W>
@@ -372,6 +425,8 @@ ADAPTERD_INLINE void Widen(const void* src, int64_t n, float* __restrict dst) {
 }
 
 }  // namespace
+
+void LoraRowWideVectorsForTest(int wide) { wide_override.store(wide, std::memory_order_relaxed); }
 
 ADAPTERD_CLONES
 void WidenRow(const void* src, LoraWeightType type, int64_t n, float* __restrict dst) {
@@ -424,21 +479,37 @@ ADAPTERD_CLONES
 void LoraShrinkRows(const float* __restrict x, int64_t x_stride, int64_t rows, const void* const* a_ts,
                     int64_t count, LoraWeightType type, int64_t in, int64_t r, const float* scales,
                     float* __restrict tmp, int64_t tmp_stride) {
-  switch (type) {
-    case LoraWeightType::kF32: return ShrinkMulti<F32>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
-    case LoraWeightType::kF16: return ShrinkMulti<F16>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
-    case LoraWeightType::kBF16:
-      return ShrinkMulti<BF16>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+  const auto run = [&]<bool kWide>() ADAPTERD_INLINE_LAMBDA {
+    switch (type) {
+      case LoraWeightType::kF32:
+        return ShrinkMulti<F32, kWide>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+      case LoraWeightType::kF16:
+        return ShrinkMulti<F16, kWide>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+      case LoraWeightType::kBF16:
+        return ShrinkMulti<BF16, kWide>(x, x_stride, rows, a_ts, count, in, r, scales, tmp, tmp_stride);
+    }
+  };
+  if (HasWideVectors()) {
+    run.template operator()<true>();
+  } else {
+    run.template operator()<false>();
   }
 }
 
 ADAPTERD_CLONES
 void LoraExpandRows(const float* __restrict tmp, int64_t tmp_stride, int64_t rows, const void* b_t,
                     LoraWeightType type, int64_t r, int64_t out, float* __restrict y, int64_t y_stride) {
-  switch (type) {
-    case LoraWeightType::kF32: return ExpandRows<F32>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
-    case LoraWeightType::kF16: return ExpandRows<F16>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
-    case LoraWeightType::kBF16: return ExpandRows<BF16>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+  const auto run = [&]<bool kWide>() ADAPTERD_INLINE_LAMBDA {
+    switch (type) {
+      case LoraWeightType::kF32: return ExpandRows<F32, kWide>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+      case LoraWeightType::kF16: return ExpandRows<F16, kWide>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+      case LoraWeightType::kBF16: return ExpandRows<BF16, kWide>(tmp, tmp_stride, rows, b_t, r, out, y, y_stride);
+    }
+  };
+  if (HasWideVectors()) {
+    run.template operator()<true>();
+  } else {
+    run.template operator()<false>();
   }
 }
 

@@ -64,6 +64,12 @@ void LoraExpandRows(const float* tmp, int64_t tmp_stride, int64_t rows, const vo
 // start on a miss.
 void LoraPrefetchExpand(const void* b_t, LoraWeightType type, int64_t r, int64_t out);
 
+// For tests: 1 runs the kernels as on a CPU with AVX-512 (x86-64-v4), 0 as
+// on one without (fewer sums in flight; the forms that suit clones which
+// hold 16-lane vectors in memory), -1 as this CPU chooses. Results differ
+// between the two only in the order of the sums.
+void LoraRowWideVectorsForTest(int wide);
+
 // Half-precision activation rows for the kernels above: dst[0, n) = src's
 // n elements of `type` widened to fp32 (exactly), and back, rounded to the
 // nearest with ties to even as c10::BFloat16 and c10::Half round (a NaN

@@ -24,10 +24,16 @@ struct Case {
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.dtype; }
 
-class LoraRowKernelTest : public ::testing::TestWithParam<std::tuple<Case, int64_t, int64_t>> {};
+// The last parameter runs the kernels as on a CPU with AVX-512 (true) or
+// without (false), whichever this CPU has: both forms are checked here.
+class LoraRowKernelTest : public ::testing::TestWithParam<std::tuple<Case, int64_t, int64_t, bool>> {
+ protected:
+  void SetUp() override { LoraRowWideVectorsForTest(std::get<3>(GetParam()) ? 1 : 0); }
+  void TearDown() override { LoraRowWideVectorsForTest(-1); }
+};
 
 TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
-  const auto& [c, r, in] = GetParam();
+  const auto& [c, r, in, wide] = GetParam();
   const int64_t out = in + 3;
   at::manual_seed(r * 1000 + in);
   const at::Tensor x = at::randn({in});
@@ -72,7 +78,7 @@ TEST_P(LoraRowKernelTest, MatchesTheProductOfTheWidenedWeights) {
 // groups of rows and the rows left over), one to four modules, and rows
 // that are not contiguous.
 TEST_P(LoraRowKernelTest, RowsAtOnceEqualRowByRow) {
-  const auto& [c, r, in] = GetParam();
+  const auto& [c, r, in, wide] = GetParam();
   const int64_t out = in + 3, ldx = in + 5, ldy = out + 2;
   at::manual_seed(r * 7 + in);
   const at::Tensor x = at::randn({9, ldx});
@@ -145,10 +151,11 @@ TEST(LoraRowConversionTest, RowsConvertAsAtenDoes) {
   }
 }
 
-std::string CaseName(const ::testing::TestParamInfo<std::tuple<Case, int64_t, int64_t>>& info) {
+std::string CaseName(const ::testing::TestParamInfo<std::tuple<Case, int64_t, int64_t, bool>>& info) {
   static const char* const kNames[] = {"f32", "f16", "bf16"};
-  const auto& [c, r, in] = info.param;
-  return std::string(kNames[static_cast<int>(c.type)]) + "_r" + std::to_string(r) + "_in" + std::to_string(in);
+  const auto& [c, r, in, wide] = info.param;
+  return std::string(kNames[static_cast<int>(c.type)]) + "_r" + std::to_string(r) + "_in" + std::to_string(in) +
+         (wide ? "_wide" : "_narrow");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -160,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          int64_t{64}),
                        // out = in + 3: a tail only; a block and a tail; two
                        // whole chunks of the expand (2048 outputs) and a tail.
-                       ::testing::Values(int64_t{7}, int64_t{256}, int64_t{4101})),
+                       ::testing::Values(int64_t{7}, int64_t{256}, int64_t{4101}), ::testing::Bool()),
     CaseName);
 
 }  // namespace
