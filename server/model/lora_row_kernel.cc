@@ -305,47 +305,48 @@ ADAPTERD_INLINE void AddBlock(V16 lo, V16 hi, float* __restrict yo) {
   StoreBytes(yo + 16, LoadBytes<V16>(yo + 16) + hi);
 }
 
-template <class W, bool kWide>
-ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
-                                 int64_t o0, int64_t blocks, float* __restrict y) {
-  // With AVX-512, a block's two sums side by side: two arrays would put
-  // sums[j]'s halves 4 KiB apart, where a store to one stalls the load of
-  // the other. Without, GCC moves 16-lane vectors through memory, and the
-  // arrays as they were are faster.
-  if constexpr (!kWide) {
-    V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
-    for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
-    for (int64_t k = 0; k < r; ++k) {
-      const typename W::T* row = b_t + k * out + o0;
-      const float t = tmp[k];
-      for (int64_t j = 0; j < blocks; ++j) {
-        V16 a, b;
-        LoadBlock<W>(row + 32 * j, a, b);
-        lo_sums[j] += t * a;
-        hi_sums[j] += t * b;
-      }
-    }
-    for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + o0 + 32 * j);
-    return;
-  }
-  V16 sums[kExpandChunk / 32][2];
-  if (r <= 0) return;  // no row to start the sums
+// Calls add(k, j, t_k * a, t_k * b) for every rank row k of a chunk of B^T
+// and each of its `blocks` blocks (a and b in LoadBlock's order), row by
+// row, each row front to back.
+template <class W, class Add>
+ADAPTERD_INLINE void ForEachProduct(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
+                                    int64_t o0, int64_t blocks, Add add) {
   for (int64_t k = 0; k < r; ++k) {
     const typename W::T* row = b_t + k * out + o0;
     const float t = tmp[k];
     for (int64_t j = 0; j < blocks; ++j) {
       V16 a, b;
       LoadBlock<W>(row + 32 * j, a, b);
-      if (k == 0) {  // the sums start from +0, with no pass to zero them
-        sums[j][0] = t * a + V16{};
-        sums[j][1] = t * b + V16{};
-      } else {
-        sums[j][0] += t * a;
-        sums[j][1] += t * b;
-      }
+      add(k, j, t * a, t * b);
     }
   }
-  for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(sums[j][0], sums[j][1], y + o0 + 32 * j);
+}
+
+template <class W, bool kWide>
+ADAPTERD_INLINE void ExpandChunk(const float* __restrict tmp, const typename W::T* b_t, int64_t r, int64_t out,
+                                 int64_t o0, int64_t blocks, float* __restrict y) {
+  // With AVX-512, a block's two sums side by side: two arrays would put
+  // sums[j]'s halves 4 KiB apart, where a store to one stalls the load of
+  // the other; and the first rank row sets the sums, with no pass to zero
+  // them (+0 plus the product, as before). Without, GCC moves 16-lane
+  // vectors through memory, and the arrays as they were are faster.
+  if constexpr (!kWide) {
+    V16 lo_sums[kExpandChunk / 32], hi_sums[kExpandChunk / 32];
+    for (int64_t j = 0; j < blocks; ++j) lo_sums[j] = hi_sums[j] = V16{};
+    ForEachProduct<W>(tmp, b_t, r, out, o0, blocks, [&](int64_t, int64_t j, V16 a, V16 b) ADAPTERD_INLINE_LAMBDA {
+      lo_sums[j] += a;
+      hi_sums[j] += b;
+    });
+    for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(lo_sums[j], hi_sums[j], y + o0 + 32 * j);
+  } else {
+    V16 sums[kExpandChunk / 32][2];
+    if (r <= 0) return;  // no row to start the sums
+    ForEachProduct<W>(tmp, b_t, r, out, o0, blocks, [&](int64_t k, int64_t j, V16 a, V16 b) ADAPTERD_INLINE_LAMBDA {
+      sums[j][0] = (k == 0 ? V16{} : sums[j][0]) + a;
+      sums[j][1] = (k == 0 ? V16{} : sums[j][1]) + b;
+    });
+    for (int64_t j = 0; j < blocks; ++j) AddBlock<W>(sums[j][0], sums[j][1], y + o0 + 32 * j);
+  }
 }
 
 // The expand over whole blocks of 32 outputs, a chunk at a time; returns
