@@ -76,11 +76,13 @@ ADAPTERD_INLINE void Interleave(V16 even, V16 odd, V16& lo, V16& hi) {
 // are read as one vector, row i in lanes [0, 8) and row i + 1 in lanes [8,
 // 16): the same sums as two 8-lane accumulators of alternate rows, in half
 // the instructions. U sets of accumulators take turns over the rows (where
-// packed, over the pairs of rows), U chosen so that a row of x with its M
-// modules keeps about 8 sums in flight: an FMA waits on its own
-// accumulator's last one, and two FMA pipes with a latency of four cycles
-// need eight independent sums to stay busy (one module alone had two). The choice depends on M, not on
-// how many rows of x share the pass, so that a row's sums do not either.
+// packed, over the pairs of rows). With AVX-512 (kWide), U is chosen so
+// that a row of x with its M modules keeps about 8 sums in flight: an FMA
+// waits on its own accumulator's last one, and two FMA pipes with a latency
+// of four cycles need eight independent sums to stay busy (one module alone
+// had two). Without, U stays 1 where packed and 2 otherwise (see
+// HasWideVectors). U depends on M, not on how many rows of x share the
+// pass, so that a row's sums do not either.
 template <class W, int R, bool kWide>
 struct ShrinkShape {
   static constexpr bool kPairs = std::is_same_v<W, BF16>;
@@ -246,7 +248,9 @@ ADAPTERD_INLINE void ShrinkRowsFixed(const float* __restrict x, int64_t ldx, int
   constexpr int NR = ShrinkShape<W, R, kWide>::template kRows<M>;
   int64_t j = 0;
   if constexpr (NR > 1) {
-    for (; j + NR <= rows; j += NR) ShrinkFixed<W, R, kWide, M, NR>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+    for (; j + NR <= rows; j += NR) {
+      ShrinkFixed<W, R, kWide, M, NR>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
+    }
   }
   for (; j < rows; ++j) ShrinkFixed<W, R, kWide, M, 1>(x + j * ldx, ldx, a, in, scales, tmp + j * ldt, ldt);
 }
